@@ -1,0 +1,250 @@
+//! `ChangeRequest`: the audited record of one template rebuild, from the
+//! findings that opened it to publication. Not owned by its Template: it is
+//! the audit trail and outlives it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::Severity;
+
+/// The label linking a ChangeRequest to its Template; open requests are found
+/// by it, never by recomputing a name.
+pub const TEMPLATE_LABEL: &str = "patchloop.dev/template";
+
+/// ChangeRequest records one template rebuild: why (scope), who decided,
+/// the build and test Jobs, and the published revision.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "patchloop.dev",
+    version = "v1alpha1",
+    kind = "ChangeRequest",
+    namespaced,
+    status = "ChangeRequestStatus",
+    shortname = "chg",
+    category = "patchloop",
+    doc = "ChangeRequest is the audited record of one template rebuild: scope, approval, build, test and publication.",
+    printcolumn(name = "Template", type_ = "string", json_path = ".spec.template"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Revision", type_ = "integer", json_path = ".status.targetRevision"),
+    printcolumn(
+        name = "Decision",
+        type_ = "string",
+        priority = 1,
+        json_path = ".spec.decision.verdict"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeRequestSpec {
+    /// The Template to rebuild, in the same namespace.
+    #[schemars(length(min = 1))]
+    pub template: String,
+    /// A person's decision. It counts only while `digest` equals
+    /// `status.scope.digest`; `patchloop approve` fills it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+}
+
+/// A person's decision on a ChangeRequest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// Approved or Rejected.
+    pub verdict: Verdict,
+    /// The `status.scope.digest` the decision was made on; when the scope
+    /// changes before the build starts, the decision stops counting.
+    #[schemars(length(min = 1))]
+    pub digest: String,
+    /// Why, for the audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A decision's verdict.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Verdict {
+    /// Rebuild, test and publish.
+    Approved,
+    /// Close the request without building.
+    Rejected,
+}
+
+/// ChangeRequest phases.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ChangeRequestPhase {
+    /// Waiting for a decision whose digest matches the scope.
+    AwaitingApproval,
+    /// Approved (by a person or the policy); the build starts next.
+    Approved,
+    /// The build Job runs.
+    Building,
+    /// The test Job runs against the built image.
+    Testing,
+    /// The new revision is published (closed).
+    Published,
+    /// A person rejected it (closed).
+    Rejected,
+    /// The build, the test or the publication checks failed (closed).
+    Failed,
+    /// The template became compliant another way (closed).
+    Obsolete,
+}
+
+/// Observed state of a ChangeRequest.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeRequestStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Approved, Published.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Where the request stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ChangeRequestPhase>,
+    /// A sentence saying what happens next or what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// What the rebuild includes; frozen once the build starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// The policy whose approval rule governs this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The template revision and image the rebuild starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_revision: Option<i64>,
+    /// The image the rebuild starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image: Option<String>,
+    /// The revision publication will create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_revision: Option<i64>,
+    /// The decision that took effect, as the controller recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRecord>,
+    /// Per-request secret the build result must carry (Inventory `spec.nonce`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// The build Job's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_job: Option<String>,
+    /// The test Job's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_job: Option<String>,
+    /// The accepted build result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<BuildResult>,
+    /// When each phase was entered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamps: Option<PhaseTimestamps>,
+}
+
+/// What a rebuild includes and its digest.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Scope {
+    /// A digest of the advisories and packages below; decisions name it.
+    pub digest: String,
+    /// The advisories the rebuild addresses.
+    #[serde(default)]
+    pub advisories: Vec<ScopeAdvisory>,
+    /// The packages to update and their minimum fixed versions.
+    #[serde(default)]
+    pub packages: Vec<ScopePackage>,
+}
+
+/// One advisory in a scope.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopeAdvisory {
+    /// The advisory id.
+    pub id: String,
+    /// Its severity.
+    pub severity: Severity,
+    /// Listed as known exploited.
+    #[serde(default)]
+    pub known_exploited: bool,
+    /// Its CVEs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cves: Vec<String>,
+    /// When the fix is due on the template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<Time>,
+}
+
+/// One package in a scope.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopePackage {
+    /// The package name (binary package).
+    pub name: String,
+    /// The minimum version the new image must carry.
+    pub fixed: String,
+}
+
+/// A decision as it took effect.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRecord {
+    /// Approved or Rejected.
+    pub verdict: Verdict,
+    /// `Person` (spec.decision) or `Policy` (Automatic, AutomaticForEmergency).
+    pub by: String,
+    /// The field manager that last set `spec.decision`, as the client asserted
+    /// it; the apiserver audit log is the authoritative record of who.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_manager: Option<String>,
+    /// The digest decided on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The reason given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the controller saw the decision take effect.
+    pub effective_at: Time,
+}
+
+/// The accepted build result.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildResult {
+    /// The new image reference.
+    pub image: String,
+    /// The Inventory describing it.
+    pub inventory: String,
+}
+
+/// When each phase was entered.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseTimestamps {
+    /// Opened, waiting for approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_approval: Option<Time>,
+    /// Approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved: Option<Time>,
+    /// Build Job created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub building: Option<Time>,
+    /// Test Job created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub testing: Option<Time>,
+    /// Revision published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Time>,
+    /// Rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<Time>,
+    /// Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Time>,
+    /// Became obsolete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obsolete: Option<Time>,
+}

@@ -1,0 +1,63 @@
+//! The Patchloop API, group `patchloop.dev`, version `v1alpha1`: seven kinds,
+//! one file each, plus the value types they share.
+
+pub mod change_request;
+pub mod common;
+pub mod conditions;
+pub mod exception;
+pub mod feed;
+pub mod inventory;
+pub mod policy;
+pub mod template;
+pub mod workload;
+
+pub use change_request::{ChangeRequest, ChangeRequestSpec, ChangeRequestStatus};
+pub use exception::{PatchException, PatchExceptionSpec, PatchExceptionStatus};
+pub use feed::{AdvisoryFeed, AdvisoryFeedSpec, AdvisoryFeedStatus};
+pub use inventory::{Inventory, InventorySpec, InventoryStatus};
+pub use policy::{PatchPolicy, PatchPolicySpec, PatchPolicyStatus};
+pub use template::{Template, TemplateSpec, TemplateStatus};
+pub use workload::{Workload, WorkloadSpec, WorkloadStatus};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// The API group of every kind.
+pub const GROUP: &str = "patchloop.dev";
+
+/// The annotation on each CRD naming the schema version it was generated
+/// with; the controller refuses to start against older CRDs.
+pub const SCHEMA_VERSION_ANNOTATION: &str = "patchloop.dev/schema-version";
+
+/// Bumped whenever a CRD's schema changes in a way the controller relies on.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Every CRD, annotated with [`SCHEMA_VERSION`], in a stable order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    let mut crds = vec![
+        AdvisoryFeed::crd(),
+        ChangeRequest::crd(),
+        Inventory::crd(),
+        PatchException::crd(),
+        PatchPolicy::crd(),
+        Template::crd(),
+        Workload::crd(),
+    ];
+    for crd in &mut crds {
+        crd.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(SCHEMA_VERSION_ANNOTATION.into(), SCHEMA_VERSION.to_string());
+    }
+    crds
+}
+
+/// The CRDs as one multi-document YAML stream, as checked into `crds/`.
+pub fn crds_yaml() -> Result<String, serde_saphyr::ser::Error> {
+    let mut out = String::new();
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&crd)?);
+    }
+    Ok(out)
+}

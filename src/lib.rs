@@ -1,0 +1,6 @@
+//! Patchloop: a Kubernetes controller that keeps a fleet patched — its live
+//! machines and the templates they are provisioned from.
+//!
+//! - [`api`]: the seven resource kinds and their shared value types.
+
+pub mod api;
