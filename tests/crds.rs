@@ -26,7 +26,11 @@ fn every_crd_stays_far_below_the_client_side_apply_limit() {
     const LIMIT: usize = 256 * 1024;
     for crd in api::crds() {
         let json = serde_json::to_vec(&crd).expect("CRD serializes");
-        println!("{}: {} bytes of JSON", crd.metadata.name.as_deref().unwrap_or("?"), json.len());
+        println!(
+            "{}: {} bytes of JSON",
+            crd.metadata.name.as_deref().unwrap_or("?"),
+            json.len()
+        );
         assert!(
             json.len() < LIMIT / 4,
             "{:?} is {} bytes, more than a quarter of the 256 KiB annotation limit",
@@ -39,8 +43,15 @@ fn every_crd_stays_far_below_the_client_side_apply_limit() {
 #[test]
 fn crds_use_nothing_kubernetes_1_20_lacks() {
     let yaml = api::crds_yaml().expect("CRDs serialize");
-    for forbidden in ["x-kubernetes-validations", "selectableFields", "messageExpression"] {
-        assert!(!yaml.contains(forbidden), "CRDs contain {forbidden}, unknown to Kubernetes 1.20");
+    for forbidden in [
+        "x-kubernetes-validations",
+        "selectableFields",
+        "messageExpression",
+    ] {
+        assert!(
+            !yaml.contains(forbidden),
+            "CRDs contain {forbidden}, unknown to Kubernetes 1.20"
+        );
     }
 }
 
@@ -52,7 +63,9 @@ fn every_crd_is_annotated_categorised_and_has_status_and_columns() {
         let name = crd.metadata.name.clone().unwrap_or_default();
         let annotations = crd.metadata.annotations.clone().unwrap_or_default();
         assert_eq!(
-            annotations.get(api::SCHEMA_VERSION_ANNOTATION).map(String::as_str),
+            annotations
+                .get(api::SCHEMA_VERSION_ANNOTATION)
+                .map(String::as_str),
             Some(api::SCHEMA_VERSION.to_string().as_str()),
             "{name}: schema-version annotation"
         );
@@ -63,25 +76,43 @@ fn every_crd_is_annotated_categorised_and_has_status_and_columns() {
             "{name}: category"
         );
         assert!(
-            crd.spec.names.short_names.as_ref().is_some_and(|s| !s.is_empty()),
+            crd.spec
+                .names
+                .short_names
+                .as_ref()
+                .is_some_and(|s| !s.is_empty()),
             "{name}: short names"
         );
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
         assert!(
-            version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
             "{name}: status subresource"
         );
-        let columns = version.additional_printer_columns.clone().unwrap_or_default();
+        let columns = version
+            .additional_printer_columns
+            .clone()
+            .unwrap_or_default();
         assert!(columns.len() >= 3, "{name}: printer columns");
-        assert!(columns.iter().any(|c| c.name == "Age"), "{name}: Age column");
+        assert!(
+            columns.iter().any(|c| c.name == "Age"),
+            "{name}: Age column"
+        );
     }
     let scopes: Vec<(String, String)> = crds
         .iter()
         .map(|c| (c.spec.names.kind.clone(), c.spec.scope.clone()))
         .collect();
     for (kind, scope) in scopes {
-        let expected = if kind == "AdvisoryFeed" { "Cluster" } else { "Namespaced" };
+        let expected = if kind == "AdvisoryFeed" {
+            "Cluster"
+        } else {
+            "Namespaced"
+        };
         assert_eq!(scope, expected, "{kind} scope");
     }
 }
@@ -120,7 +151,10 @@ fn every_field_is_documented_for_kubectl_explain() {
         // Condition is metav1.Condition, documented by k8s-openapi itself.
         undocumented(&kind, schema, &mut missing);
     }
-    assert!(missing.is_empty(), "fields without a description: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "fields without a description: {missing:#?}"
+    );
 }
 
 #[test]

@@ -27,14 +27,22 @@ pub const TEMPLATE_LABEL: &str = "patchloop.dev/template";
     doc = "ChangeRequest is the audited record of one template rebuild: scope, approval, build, test and publication.",
     printcolumn(name = "Template", type_ = "string", json_path = ".spec.template"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Revision", type_ = "integer", json_path = ".status.targetRevision"),
+    printcolumn(
+        name = "Revision",
+        type_ = "integer",
+        json_path = ".status.targetRevision"
+    ),
     printcolumn(
         name = "Decision",
         type_ = "string",
         priority = 1,
         json_path = ".spec.decision.verdict"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeRequestSpec {

@@ -47,7 +47,9 @@ impl JsonSchema for Duration {
 
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {value:?}: expected <integer><unit> terms with units s, m, h, d, w (e.g. 90m, 36h, 7d)")]
+#[error(
+    "invalid duration {value:?}: expected <integer><unit> terms with units s, m, h, d, w (e.g. 90m, 36h, 7d)"
+)]
 pub struct DurationError {
     /// The refused text.
     pub value: String,
@@ -320,7 +322,9 @@ mod tests {
 
     #[test]
     fn malformed_durations_are_refused() {
-        for text in ["", "7", "d", "7 d", "7days", "-1h", "1.5h", "1H", "1h ", "P1D"] {
+        for text in [
+            "", "7", "d", "7 d", "7days", "-1h", "1.5h", "1H", "1h ", "P1D",
+        ] {
             let err = Duration(text.into()).parse().expect_err(text);
             assert_eq!(err.value, text);
             assert!(err.to_string().contains("invalid duration"));

@@ -153,7 +153,8 @@ mod tests {
         assert_eq!(t1, vec![types::READY]);
         assert_eq!(first[0].last_transition_time, at(100));
 
-        let reworded = DesiredCondition::new(types::READY, ConditionStatus::True, "Valid", "still ok");
+        let reworded =
+            DesiredCondition::new(types::READY, ConditionStatus::True, "Valid", "still ok");
         let (second, t2) = merge(&first, &[reworded], Some(2), &at(200));
         assert!(t2.is_empty(), "same status is no transition");
         assert_eq!(second[0].last_transition_time, at(100));

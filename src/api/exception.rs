@@ -24,9 +24,22 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Active\")].status"
     ),
-    printcolumn(name = "Matched", type_ = "integer", json_path = ".status.matchedWorkloads"),
-    printcolumn(name = "Ticket", type_ = "string", priority = 1, json_path = ".spec.ticket"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Matched",
+        type_ = "integer",
+        json_path = ".status.matchedWorkloads"
+    ),
+    printcolumn(
+        name = "Ticket",
+        type_ = "string",
+        priority = 1,
+        json_path = ".spec.ticket"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PatchExceptionSpec {

@@ -20,7 +20,11 @@ use super::common::Duration;
     category = "patchloop",
     doc = "AdvisoryFeed loads vendor advisories (OSV) or the CISA KEV catalog from a URL, a ConfigMap or a mounted path.",
     printcolumn(name = "Format", type_ = "string", json_path = ".spec.format"),
-    printcolumn(name = "Advisories", type_ = "integer", json_path = ".status.advisories"),
+    printcolumn(
+        name = "Advisories",
+        type_ = "integer",
+        json_path = ".status.advisories"
+    ),
     printcolumn(name = "Last-Sync", type_ = "date", json_path = ".status.lastSyncTime"),
     printcolumn(
         name = "Ready",
@@ -32,7 +36,11 @@ use super::common::Duration;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Degraded\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AdvisoryFeedSpec {

@@ -20,17 +20,29 @@ use serde::{Deserialize, Serialize};
     shortname = "inv",
     category = "patchloop",
     doc = "Inventory lists the packages installed on a Workload, a Template revision or a build result; the controller finds it by spec.subject.",
-    printcolumn(name = "Subject-Kind", type_ = "string", json_path = ".spec.subject.kind"),
+    printcolumn(
+        name = "Subject-Kind",
+        type_ = "string",
+        json_path = ".spec.subject.kind"
+    ),
     printcolumn(name = "Subject", type_ = "string", json_path = ".spec.subject.name"),
     printcolumn(name = "Format", type_ = "string", json_path = ".spec.format"),
-    printcolumn(name = "Packages", type_ = "integer", json_path = ".status.packageCount"),
+    printcolumn(
+        name = "Packages",
+        type_ = "integer",
+        json_path = ".status.packageCount"
+    ),
     printcolumn(name = "Reported", type_ = "date", json_path = ".spec.reportedAt"),
     printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct InventorySpec {

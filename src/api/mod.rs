@@ -19,7 +19,9 @@ pub use policy::{PatchPolicy, PatchPolicySpec, PatchPolicyStatus};
 pub use template::{Template, TemplateSpec, TemplateStatus};
 pub use workload::{Workload, WorkloadSpec, WorkloadStatus};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 /// The API group of every kind.
@@ -44,12 +46,39 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         Workload::crd(),
     ];
     for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                drop_nullable(schema);
+            }
+        }
         crd.metadata
             .annotations
             .get_or_insert_with(Default::default)
             .insert(SCHEMA_VERSION_ANNOTATION.into(), SCHEMA_VERSION.to_string());
     }
     crds
+}
+
+/// Removes `nullable` from every schema node. Kubernetes 1.20 publishes a
+/// nullable field to OpenAPI v2 without its type and properties, which breaks
+/// `kubectl explain` below it; and a CRD does not need it: structural schemas
+/// prune `null` values of non-nullable fields, and Patchloop never writes null
+/// (absent optional fields are omitted).
+fn drop_nullable(schema: &mut JSONSchemaProps) {
+    schema.nullable = None;
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        drop_nullable(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(item)) = schema.items.as_mut() {
+        drop_nullable(item);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(extra)) = schema.additional_properties.as_mut() {
+        drop_nullable(extra);
+    }
 }
 
 /// The CRDs as one multi-document YAML stream, as checked into `crds/`.

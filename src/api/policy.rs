@@ -24,16 +24,32 @@ use super::common::{Duration, Severity, int_or_percent, preserved_object};
     category = "patchloop",
     doc = "PatchPolicy declares deadlines per severity, maintenance windows and how remediation rolls out to the Workloads and Templates it selects.",
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.remediation.mode"),
-    printcolumn(name = "Matched", type_ = "integer", json_path = ".status.workloads.matched"),
-    printcolumn(name = "Compliant", type_ = "integer", json_path = ".status.workloads.compliant"),
-    printcolumn(name = "Overdue", type_ = "integer", json_path = ".status.workloads.overdue"),
+    printcolumn(
+        name = "Matched",
+        type_ = "integer",
+        json_path = ".status.workloads.matched"
+    ),
+    printcolumn(
+        name = "Compliant",
+        type_ = "integer",
+        json_path = ".status.workloads.compliant"
+    ),
+    printcolumn(
+        name = "Overdue",
+        type_ = "integer",
+        json_path = ".status.workloads.overdue"
+    ),
     printcolumn(name = "Next-Window", type_ = "date", json_path = ".status.nextWindow"),
     printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PatchPolicySpec {

@@ -24,14 +24,26 @@ use super::common::{ComplianceSummary, Finding, InventoryReference, preserved_ob
     doc = "Template is a provisioning blueprint (golden image, VM template) that Patchloop rebuilds, tests and publishes through a ChangeRequest when it falls out of policy.",
     printcolumn(name = "Platform", type_ = "string", json_path = ".spec.platform"),
     printcolumn(name = "Revision", type_ = "integer", json_path = ".status.revision"),
-    printcolumn(name = "Compliance", type_ = "string", json_path = ".status.compliance.state"),
-    printcolumn(name = "Change-Request", type_ = "string", json_path = ".status.changeRequest"),
+    printcolumn(
+        name = "Compliance",
+        type_ = "string",
+        json_path = ".status.compliance.state"
+    ),
+    printcolumn(
+        name = "Change-Request",
+        type_ = "string",
+        json_path = ".status.changeRequest"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateSpec {

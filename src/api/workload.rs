@@ -25,9 +25,21 @@ pub const PLATFORM_PATTERN: &str = r"^[A-Za-z][A-Za-z ]*:\S.*$";
     category = "patchloop",
     doc = "Workload is one live machine (VM, node, instance) whose patch level Patchloop keeps within policy.",
     printcolumn(name = "Platform", type_ = "string", json_path = ".spec.platform"),
-    printcolumn(name = "Compliance", type_ = "string", json_path = ".status.compliance.state"),
-    printcolumn(name = "Overdue", type_ = "integer", json_path = ".status.compliance.overdue"),
-    printcolumn(name = "Remediation", type_ = "string", json_path = ".status.remediation.phase"),
+    printcolumn(
+        name = "Compliance",
+        type_ = "string",
+        json_path = ".status.compliance.state"
+    ),
+    printcolumn(
+        name = "Overdue",
+        type_ = "integer",
+        json_path = ".status.compliance.overdue"
+    ),
+    printcolumn(
+        name = "Remediation",
+        type_ = "string",
+        json_path = ".status.remediation.phase"
+    ),
     printcolumn(
         name = "Template-Current",
         type_ = "string",
@@ -39,7 +51,11 @@ pub const PLATFORM_PATTERN: &str = r"^[A-Za-z][A-Za-z ]*:\S.*$";
         priority = 1,
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {

@@ -140,7 +140,14 @@ fn make_keys(dir: &Path) -> Result<(), String> {
         .arg("-out")
         .arg(dir.join("serving.crt")))?;
     run(Command::new("openssl")
-        .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"])
+        .args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+        ])
         .arg(dir.join("sa.key")))?;
     run(Command::new("openssl")
         .args(["ec", "-pubout", "-in"])
@@ -225,8 +232,7 @@ fn etcd_healthy(port: u16) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s
-        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
         .is_err()
     {
         return false;
@@ -268,8 +274,9 @@ pub fn start(opts: Options) -> Result<Started, String> {
                 let startup = began.elapsed();
                 eprintln!(
                     "testenv: Kubernetes {K8S_VERSION} control plane up at {server} in {:.1}s \
-                     (attempt {attempt}, dir {})",
+                     ({} CRDs, attempt {attempt}, dir {})",
                     startup.as_secs_f64(),
+                    installed_crds.len(),
                     dir.display()
                 );
                 return Ok(Started {
@@ -284,7 +291,9 @@ pub fn start(opts: Options) -> Result<Started, String> {
                 });
             }
             Err(e) => {
-                eprintln!("testenv: attempt {attempt}/{ATTEMPTS} to start the control plane failed:\n{e}");
+                eprintln!(
+                    "testenv: attempt {attempt}/{ATTEMPTS} to start the control plane failed:\n{e}"
+                );
                 errors.push(format!("attempt {attempt}: {e}"));
             }
         }
@@ -401,17 +410,16 @@ fn try_start(
             .await
             .map_err(|e| failure_report(&mut procs, &e))?;
         let deadline = Instant::now() + APISERVER_TIMEOUT;
-        let mut last = String::from("not polled yet");
         loop {
             check_alive(&mut procs)?;
             let req = http::Request::get("/readyz")
                 .body(Vec::new())
                 .map_err(|e| format!("cannot build the /readyz request: {e}"))?;
-            match client.request_text(req).await {
+            let last = match client.request_text(req).await {
                 Ok(body) if body.trim() == "ok" => break,
-                Ok(body) => last = body,
-                Err(e) => last = e.to_string(),
-            }
+                Ok(body) => body,
+                Err(e) => e.to_string(),
+            };
             if Instant::now() >= deadline {
                 return Err(failure_report(
                     &mut procs,

@@ -55,13 +55,13 @@ pub async fn client(
 ) -> Result<kube::Client, String> {
     let kubeconfig = Kubeconfig::read_from(path)
         .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| format!("cannot load kubeconfig {}: {e}", path.display()))?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| format!("cannot load kubeconfig {}: {e}", path.display()))?;
     if let Some(imp) = impersonate {
         config.auth_info.impersonate = Some(imp.user.clone());
-        config.auth_info.impersonate_groups =
-            (!imp.groups.is_empty()).then(|| imp.groups.clone());
+        config.auth_info.impersonate_groups = (!imp.groups.is_empty()).then(|| imp.groups.clone());
     }
     kube::Client::try_from(config).map_err(|e| format!("cannot build a kube client: {e}"))
 }

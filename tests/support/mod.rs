@@ -35,7 +35,12 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
-pub use controlplane::{ADMIN_USER, K8S_VERSION, SERVICE_ACCOUNT_ISSUER};
+/// Kubernetes version of the test control plane.
+pub const K8S_VERSION: &str = controlplane::K8S_VERSION;
+/// The static-token user of the admin kubeconfig (group `system:masters`).
+pub const ADMIN_USER: &str = controlplane::ADMIN_USER;
+/// `--service-account-issuer` of the apiserver.
+pub const SERVICE_ACCOUNT_ISSUER: &str = controlplane::SERVICE_ACCOUNT_ISSUER;
 pub use process::ManagedChild;
 
 /// How long helpers wait for the control plane to do something (namespace SA, tokens...).
@@ -57,7 +62,10 @@ pub struct TestEnv {
 static WITH_CRDS: OnceLock<Result<TestEnv, String>> = OnceLock::new();
 static WITHOUT_CRDS: OnceLock<Result<TestEnv, String>> = OnceLock::new();
 
-fn shared(cell: &'static OnceLock<Result<TestEnv, String>>, install_crds: bool) -> &'static TestEnv {
+fn shared(
+    cell: &'static OnceLock<Result<TestEnv, String>>,
+    install_crds: bool,
+) -> &'static TestEnv {
     let started = cell.get_or_init(|| {
         process::on_supervisor(move || {
             controlplane::start(controlplane::Options { install_crds }).map(|s| TestEnv {
@@ -313,7 +321,13 @@ impl TestEnv {
     fn scratch_file(&self, stem: &str) -> PathBuf {
         let stem: String = stem
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.dir.join(format!("{stem}-{}", random_suffix()))
     }

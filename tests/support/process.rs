@@ -41,7 +41,10 @@ fn register_atexit() {
     ATEXIT.call_once(|| {
         // SAFETY: registering a plain `extern "C" fn()` without captured state.
         let rc = unsafe { libc::atexit(cleanup_at_exit) };
-        assert_eq!(rc, 0, "libc::atexit failed to register the test-env cleanup");
+        assert_eq!(
+            rc, 0,
+            "libc::atexit failed to register the test-env cleanup"
+        );
     });
 }
 
@@ -55,9 +58,7 @@ extern "C" fn cleanup_at_exit() {
                 Err(std::sync::TryLockError::Poisoned(p)) => {
                     return std::mem::take(&mut *p.into_inner());
                 }
-                Err(std::sync::TryLockError::WouldBlock) => {
-                    thread::sleep(Duration::from_millis(5))
-                }
+                Err(std::sync::TryLockError::WouldBlock) => thread::sleep(Duration::from_millis(5)),
             }
         }
         Vec::new()
@@ -122,7 +123,10 @@ pub fn on_supervisor<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) 
             let _ = tx.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
         }))
         .expect("the test-env supervisor thread is gone");
-    match rx.recv().expect("the test-env supervisor thread dropped a job") {
+    match rx
+        .recv()
+        .expect("the test-env supervisor thread dropped a job")
+    {
         Ok(r) => r,
         Err(panic) => std::panic::resume_unwind(panic),
     }
@@ -147,8 +151,13 @@ pub fn spawn(name: &str, mut cmd: Command) -> io::Result<ManagedChild> {
         // SAFETY: the hook runs between fork and exec and only calls async-signal-safe syscalls.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0)
-                    != 0
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
                 {
                     return Err(io::Error::last_os_error());
                 }
