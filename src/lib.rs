@@ -2,5 +2,7 @@
 //! machines and the templates they are provisioned from.
 //!
 //! - [`api`]: the seven resource kinds and their shared value types.
+//! - [`engine`]: the pure compliance engine (versions, advisories, evaluation).
 
 pub mod api;
+pub mod engine;

@@ -461,12 +461,74 @@ async fn crds_from_the_repository_are_established() {
     }
 }
 
+/// The mode for Helm tests: a second, separate control plane without pre-installed CRDs.
 #[tokio::test]
-async fn zz_temporary_panics() {
+async fn control_plane_without_crds_installs_them_on_request() {
+    let env = support::env_without_crds();
+    assert!(env.installed_crds().is_empty());
+    assert_ne!(env.server_url(), support::env().server_url());
+    let expected: Vec<String> = support::crd_manifests()
+        .iter()
+        .map(|m| {
+            m.pointer("/metadata/name")
+                .and_then(|n| n.as_str())
+                .expect("CRD manifest has metadata.name")
+                .to_string()
+        })
+        .collect();
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client().await);
+    let present: Vec<String> = crds
+        .list(&ListParams::default())
+        .await
+        .expect("list CRDs")
+        .items
+        .iter()
+        .map(|c| c.name_any())
+        .collect();
+    assert!(
+        expected.iter().all(|name| !present.contains(name)),
+        "no repository CRD is installed: {present:?}"
+    );
+    let mut installed = env.install_crds().await;
+    installed.sort();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(installed, expected);
+}
+
+/// What later tests do with the controller binary: a long-running subprocess using the
+/// kubeconfig, killed when its handle is dropped.
+#[tokio::test]
+async fn managed_subprocess_watches_the_cluster_and_dies_on_drop() {
     let env = support::env();
-    let _ns = env.namespace("panics").await;
-    if std::env::var("ZZ_SLEEP").is_ok() {
-        tokio::time::sleep(Duration::from_secs(120)).await;
-    }
-    panic!("deliberate panic to check cleanup");
+    let ns = env.namespace("subprocess").await;
+    let out_file = env.dir().join(format!("{ns}-watch.out"));
+    let mut cmd = env.kubectl_command();
+    cmd.args(["get", "configmaps", "-n", &ns, "--watch", "-o", "name"])
+        .stdout(std::fs::File::create(&out_file).expect("create watch output file"));
+    let mut watch = support::spawn_managed("kubectl --watch", cmd);
+    let pid = watch.id();
+
+    let cms: Api<ConfigMap> = Api::namespaced(env.client().await, &ns);
+    cms.create(&PostParams::default(), &config_map("watched", None, false))
+        .await
+        .expect("create ConfigMap");
+    support::eventually(
+        "kubectl --watch to print the new ConfigMap",
+        support::WAIT_TIMEOUT,
+        async || {
+            let text = std::fs::read_to_string(&out_file).ok()?;
+            text.lines().any(|l| l == "configmap/watched").then_some(())
+        },
+    )
+    .await;
+    assert!(
+        watch.try_wait().expect("try_wait").is_none(),
+        "still watching"
+    );
+
+    drop(watch);
+    // SAFETY: signal 0 only checks whether the pid exists.
+    let exists = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+    assert!(!exists, "the subprocess {pid} is gone after drop");
 }

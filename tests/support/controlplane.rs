@@ -1,5 +1,6 @@
 //! Starting etcd + kube-apiserver + kube-controller-manager (Kubernetes 1.20.2) on free loopback
-//! ports in a scratch directory. Runs on the supervisor thread (see `process.rs`).
+//! ports in a scratch directory. Runs on a thread of its own; processes are spawned through the
+//! supervisor thread of `process.rs`.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ const SCRATCH_PREFIX: &str = "patchloop-testenv-";
 const ATTEMPTS: usize = 3;
 const ETCD_TIMEOUT: Duration = Duration::from_secs(30);
 const APISERVER_TIMEOUT: Duration = Duration::from_secs(120);
+const READYZ_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const CONTROLLER_MANAGER_TIMEOUT: Duration = Duration::from_secs(90);
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 pub const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
@@ -246,6 +248,19 @@ pub struct Options {
     pub install_crds: bool,
 }
 
+/// Why an attempt failed: a process did not come up (worth retrying with new ports), or
+/// something that would fail the same way again (e.g. the apiserver rejects a CRD).
+enum Failure {
+    Retry(String),
+    Fatal(String),
+}
+
+impl From<String> for Failure {
+    fn from(msg: String) -> Failure {
+        Failure::Retry(msg)
+    }
+}
+
 /// Starts a control plane, retrying with fresh ports if a process does not come up.
 pub fn start(opts: Options) -> Result<Started, String> {
     let began = Instant::now();
@@ -262,6 +277,11 @@ pub fn start(opts: Options) -> Result<Started, String> {
         format!("{admin_token},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n"),
     )
     .map_err(|e| format!("cannot write {}: {e}", tokens.display()))?;
+    let crd_manifests = if opts.install_crds {
+        crds::manifests()?
+    } else {
+        Vec::new()
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -269,12 +289,18 @@ pub fn start(opts: Options) -> Result<Started, String> {
 
     let mut errors = Vec::new();
     for attempt in 1..=ATTEMPTS {
-        match try_start(&runtime, &bins, &dir, attempt, &admin_token, &opts) {
-            Ok((server, kubeconfig, processes, installed_crds)) => {
+        match try_start(&runtime, &bins, &dir, attempt, &admin_token, &crd_manifests) {
+            Ok(Attempt {
+                server,
+                kubeconfig,
+                processes,
+                installed_crds,
+                phases,
+            }) => {
                 let startup = began.elapsed();
                 eprintln!(
                     "testenv: Kubernetes {K8S_VERSION} control plane up at {server} in {:.1}s \
-                     ({} CRDs, attempt {attempt}, dir {})",
+                     ({phases}; {} CRDs, attempt {attempt}, dir {})",
                     startup.as_secs_f64(),
                     installed_crds.len(),
                     dir.display()
@@ -290,7 +316,10 @@ pub fn start(opts: Options) -> Result<Started, String> {
                     processes,
                 });
             }
-            Err(e) => {
+            Err(Failure::Fatal(e)) => {
+                return Err(format!("cannot start the test control plane: {e}"));
+            }
+            Err(Failure::Retry(e)) => {
                 eprintln!(
                     "testenv: attempt {attempt}/{ATTEMPTS} to start the control plane failed:\n{e}"
                 );
@@ -304,7 +333,23 @@ pub fn start(opts: Options) -> Result<Started, String> {
     ))
 }
 
-type Attempt = (String, PathBuf, Vec<ManagedChild>, Vec<String>);
+struct Attempt {
+    server: String,
+    kubeconfig: PathBuf,
+    processes: Vec<ManagedChild>,
+    installed_crds: Vec<String>,
+    /// "etcd 0.4s, kube-apiserver 5.0s, ..." for the start message.
+    phases: String,
+}
+
+/// Appends "<name> <elapsed since *since>s" to `phases` and restarts the clock.
+fn phase(phases: &mut String, name: &str, since: &mut Instant) {
+    if !phases.is_empty() {
+        phases.push_str(", ");
+    }
+    phases.push_str(&format!("{name} {:.1}s", since.elapsed().as_secs_f64()));
+    *since = Instant::now();
+}
 
 fn try_start(
     runtime: &tokio::runtime::Runtime,
@@ -312,14 +357,16 @@ fn try_start(
     dir: &Path,
     attempt: usize,
     admin_token: &str,
-    opts: &Options,
-) -> Result<Attempt, String> {
+    crd_manifests: &[serde_json::Value],
+) -> Result<Attempt, Failure> {
     let run_dir = dir.join(format!("attempt-{attempt}"));
     std::fs::create_dir_all(run_dir.join("etcd"))
         .map_err(|e| format!("cannot create {}: {e}", run_dir.display()))?;
     let ports = free_ports(3)?;
     let (etcd_client, etcd_peer, apiserver_port) = (ports[0], ports[1], ports[2]);
     let mut procs: Vec<Proc> = Vec::new();
+    let mut phases = String::new();
+    let mut clock = Instant::now();
 
     // etcd
     let mut etcd = Command::new(&bins.etcd);
@@ -347,10 +394,12 @@ fn try_start(
             return Err(failure_report(
                 &mut procs,
                 &format!("etcd not healthy within {ETCD_TIMEOUT:?}"),
-            ));
+            )
+            .into());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    phase(&mut phases, "etcd", &mut clock);
 
     // kube-apiserver
     let server = format!("https://127.0.0.1:{apiserver_port}");
@@ -415,10 +464,14 @@ fn try_start(
             let req = http::Request::get("/readyz")
                 .body(Vec::new())
                 .map_err(|e| format!("cannot build the /readyz request: {e}"))?;
-            let last = match client.request_text(req).await {
-                Ok(body) if body.trim() == "ok" => break,
-                Ok(body) => body,
-                Err(e) => e.to_string(),
+            // Bounded: if another process took the port, a request may hang rather than fail.
+            let last = match tokio::time::timeout(READYZ_REQUEST_TIMEOUT, client.request_text(req))
+                .await
+            {
+                Ok(Ok(body)) if body.trim() == "ok" => break,
+                Ok(Ok(body)) => body,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {READYZ_REQUEST_TIMEOUT:?}"),
             };
             if Instant::now() >= deadline {
                 return Err(failure_report(
@@ -426,20 +479,18 @@ fn try_start(
                     &format!(
                         "kube-apiserver not ready within {APISERVER_TIMEOUT:?} (last /readyz: {last})"
                     ),
-                ));
+                ).into());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        phase(&mut phases, "kube-apiserver", &mut clock);
 
         // CRDs first: the controller manager's garbage collector discovers new kinds only about
         // every 30 s.
-        let installed = if opts.install_crds {
-            crds::install(&client, &crds::manifests()?)
-                .await
-                .map_err(|e| failure_report(&mut procs, &e))?
-        } else {
-            Vec::new()
-        };
+        let installed = crds::install(&client, crd_manifests)
+            .await
+            .map_err(Failure::Fatal)?;
+        phase(&mut phases, "CRDs", &mut clock);
 
         // kube-controller-manager
         let mut kcm = Command::new(&bins.kube_controller_manager);
@@ -479,18 +530,20 @@ fn try_start(
                         "kube-controller-manager did not create the token of default/default \
                          within {CONTROLLER_MANAGER_TIMEOUT:?}"
                     ),
-                ));
+                ).into());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(installed)
+        phase(&mut phases, "kube-controller-manager", &mut clock);
+        Ok::<_, Failure>(installed)
     });
     // On failure, dropping `procs` kills and reaps this attempt's processes.
-    let installed = result?;
-    Ok((
+    let installed_crds = result?;
+    Ok(Attempt {
         server,
         kubeconfig,
-        procs.into_iter().map(|p| p.child).collect(),
-        installed,
-    ))
+        processes: procs.into_iter().map(|p| p.child).collect(),
+        installed_crds,
+        phases,
+    })
 }

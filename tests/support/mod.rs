@@ -67,17 +67,24 @@ fn shared(
     install_crds: bool,
 ) -> &'static TestEnv {
     let started = cell.get_or_init(|| {
-        process::on_supervisor(move || {
-            controlplane::start(controlplane::Options { install_crds }).map(|s| TestEnv {
-                dir: s.dir,
-                kubeconfig: s.kubeconfig,
-                server: s.server,
-                ca_file: s.ca_file,
-                admin_token: s.admin_token,
-                installed_crds: s.installed_crds,
-                startup: s.startup,
-                processes: Mutex::new(s.processes),
-            })
+        // On a thread of its own: the caller is usually inside a tokio runtime, and start-up
+        // blocks on one. Processes are still spawned from the supervisor thread (see process.rs).
+        let starter = std::thread::Builder::new()
+            .name("patchloop-testenv-start".into())
+            .spawn(move || controlplane::start(controlplane::Options { install_crds }))
+            .expect("cannot spawn the test-env start thread");
+        let started = starter
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        started.map(|s| TestEnv {
+            dir: s.dir,
+            kubeconfig: s.kubeconfig,
+            server: s.server,
+            ca_file: s.ca_file,
+            admin_token: s.admin_token,
+            installed_crds: s.installed_crds,
+            startup: s.startup,
+            processes: Mutex::new(s.processes),
         })
     });
     match started {

@@ -1,0 +1,1107 @@
+//! Advisories: OSV records (schema 1.x) and the CISA Known Exploited
+//! Vulnerabilities catalog, read into one model and indexed by (ecosystem,
+//! package) so an inventory lookup is one hash probe per package.
+//!
+//! Pure: the functions here take bytes and paths the caller already chose to
+//! read; nothing fetches from the network.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use serde::Deserialize;
+
+use super::version::{Ecosystem, Version, parse_platform};
+use crate::api::common::Severity;
+
+/// Why advisory data could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum AdvisoryError {
+    /// A file or directory could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A document is not valid JSON of the expected shape.
+    #[error("{origin}: not a valid {what} document: {source}")]
+    Json {
+        /// Where the document came from (file, archive member).
+        origin: String,
+        /// `OSV record` or `KEV catalog`.
+        what: &'static str,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// A zip archive is corrupt or truncated.
+    #[error("{origin}: not a readable zip archive: {source}")]
+    Zip {
+        /// The archive.
+        origin: String,
+        /// The zip error.
+        source: zip::result::ZipError,
+    },
+    /// A KEV catalog entry carries an unreadable date.
+    #[error("{origin}: {cve}: invalid {field} {value:?}")]
+    KevDate {
+        /// The catalog.
+        origin: String,
+        /// The entry's CVE.
+        cve: String,
+        /// `dateAdded` or `dueDate`.
+        field: &'static str,
+        /// The text.
+        value: String,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// OSV wire format (only the fields Patchloop uses; unknown fields ignored).
+
+/// One OSV record as distributed.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OsvRecord {
+    /// The record id (DSA-5514-1, CVE-2023-4911, USN-6409-1, ...).
+    pub id: String,
+    /// Last modification.
+    #[serde(default)]
+    pub modified: Option<Timestamp>,
+    /// Publication.
+    #[serde(default)]
+    pub published: Option<Timestamp>,
+    /// Set when the record was withdrawn: it no longer counts.
+    #[serde(default)]
+    pub withdrawn: Option<Timestamp>,
+    /// Other ids for the same vulnerability.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Upstream vulnerabilities this record derives from.
+    #[serde(default)]
+    pub upstream: Vec<String>,
+    /// Related, not equivalent, records.
+    #[serde(default)]
+    pub related: Vec<String>,
+    /// One-line summary.
+    #[serde(default)]
+    pub summary: Option<String>,
+    /// Severity scores (CVSS vectors, or an ecosystem's own rating).
+    #[serde(default)]
+    pub severity: Vec<OsvSeverity>,
+    /// Affected packages.
+    #[serde(default)]
+    pub affected: Vec<OsvAffected>,
+}
+
+/// One `severity[]` entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OsvSeverity {
+    /// `CVSS_V2`, `CVSS_V3`, `CVSS_V4`, `Ubuntu`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The vector or rating.
+    pub score: String,
+}
+
+/// One `affected[]` entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OsvAffected {
+    /// The package; some entries (GIT-only) carry none.
+    #[serde(default)]
+    pub package: Option<OsvPackage>,
+    /// Version ranges.
+    #[serde(default)]
+    pub ranges: Vec<OsvRange>,
+    /// Explicitly listed affected versions.
+    #[serde(default)]
+    pub versions: Vec<String>,
+    /// Per-entry severity (rare).
+    #[serde(default)]
+    pub severity: Vec<OsvSeverity>,
+    /// Ecosystem-specific data: Debian `urgency`, Ubuntu `priority`.
+    #[serde(default)]
+    pub ecosystem_specific: Option<serde_json::Value>,
+}
+
+/// An affected package.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OsvPackage {
+    /// The OSV ecosystem (`Debian:12`).
+    #[serde(default)]
+    pub ecosystem: String,
+    /// The package name (a source package for Debian and Ubuntu).
+    #[serde(default)]
+    pub name: String,
+}
+
+/// A version range.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OsvRange {
+    /// `ECOSYSTEM`, `SEMVER` or `GIT`; only `ECOSYSTEM` applies to packages.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The range's events.
+    #[serde(default)]
+    pub events: Vec<OsvEvent>,
+}
+
+/// One range event; exactly one field is set.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OsvEvent {
+    /// The range starts here (`0`: from the beginning).
+    #[serde(default)]
+    pub introduced: Option<String>,
+    /// Fixed in this version.
+    #[serde(default)]
+    pub fixed: Option<String>,
+    /// The last affected version (no fix known after it).
+    #[serde(default)]
+    pub last_affected: Option<String>,
+    /// Upper limit of the range.
+    #[serde(default)]
+    pub limit: Option<String>,
+}
+
+/// Parses one OSV record from JSON bytes; `origin` names it in errors.
+pub fn parse_osv(bytes: &[u8], origin: &str) -> Result<OsvRecord, AdvisoryError> {
+    serde_json::from_slice(bytes).map_err(|source| AdvisoryError::Json {
+        origin: origin.to_owned(),
+        what: "OSV record",
+        source,
+    })
+}
+
+/// Reads OSV records from a zip archive as OSV distributes them per
+/// ecosystem (`all.zip`: one JSON record per member).
+pub fn parse_osv_zip(bytes: &[u8], origin: &str) -> Result<Vec<OsvRecord>, AdvisoryError> {
+    let zip_err = |source| AdvisoryError::Zip {
+        origin: origin.to_owned(),
+        source,
+    };
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(zip_err)?;
+    let mut records = Vec::with_capacity(archive.len());
+    let mut buf = Vec::new();
+    for i in 0..archive.len() {
+        let mut member = archive.by_index(i).map_err(zip_err)?;
+        let member_name = member.name().map_err(zip_err)?.into_owned();
+        if !member.is_file() || !member_name.ends_with(".json") {
+            continue;
+        }
+        let name = format!("{origin}!{member_name}");
+        buf.clear();
+        member.read_to_end(&mut buf).map_err(|source| AdvisoryError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        records.push(parse_osv(&buf, &name)?);
+    }
+    Ok(records)
+}
+
+/// Reads OSV records from bytes that are either a zip archive, one JSON
+/// record, or a JSON array of records.
+pub fn parse_osv_bytes(bytes: &[u8], origin: &str) -> Result<Vec<OsvRecord>, AdvisoryError> {
+    if bytes.starts_with(b"PK\x03\x04") {
+        return parse_osv_zip(bytes, origin);
+    }
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        return serde_json::from_slice(bytes).map_err(|source| AdvisoryError::Json {
+            origin: origin.to_owned(),
+            what: "OSV record",
+            source,
+        });
+    }
+    parse_osv(bytes, origin).map(|r| vec![r])
+}
+
+/// Reads OSV records from a file (JSON record or zip archive) or a directory
+/// (every `*.json` and `*.zip` below it, recursively, in name order).
+pub fn load_osv_path(path: &Path) -> Result<Vec<OsvRecord>, AdvisoryError> {
+    let io = |source| AdvisoryError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .map_err(io)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io)?;
+        entries.sort_by_key(|e| e.file_name());
+        let mut records = Vec::new();
+        for entry in entries {
+            let child = entry.path();
+            let is_data = child
+                .extension()
+                .is_some_and(|e| e == "json" || e == "zip");
+            if child.is_dir() || is_data {
+                records.extend(load_osv_path(&child)?);
+            }
+        }
+        return Ok(records);
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    parse_osv_bytes(&bytes, &path.display().to_string())
+}
+
+// ---------------------------------------------------------------------------
+// CISA Known Exploited Vulnerabilities.
+
+/// One KEV catalog entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KevEntry {
+    /// The CVE.
+    pub cve: String,
+    /// When CISA added it to the catalog (the KEV deadline clock starts here).
+    pub date_added: Date,
+    /// CISA's due date for federal agencies.
+    pub due_date: Option<Date>,
+}
+
+/// The KEV catalog, by CVE id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KevCatalog {
+    /// Entries by CVE id.
+    pub entries: HashMap<String, KevEntry>,
+}
+
+#[derive(Deserialize)]
+struct KevWire {
+    vulnerabilities: Vec<KevWireEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KevWireEntry {
+    #[serde(rename = "cveID")]
+    cve_id: String,
+    date_added: String,
+    #[serde(default)]
+    due_date: Option<String>,
+}
+
+/// Parses the CISA KEV catalog JSON (`known_exploited_vulnerabilities.json`).
+pub fn parse_kev(bytes: &[u8], origin: &str) -> Result<KevCatalog, AdvisoryError> {
+    let wire: KevWire = serde_json::from_slice(bytes).map_err(|source| AdvisoryError::Json {
+        origin: origin.to_owned(),
+        what: "KEV catalog",
+        source,
+    })?;
+    let mut entries = HashMap::with_capacity(wire.vulnerabilities.len());
+    for v in wire.vulnerabilities {
+        let date = |field: &'static str, value: &str| {
+            value
+                .parse::<Date>()
+                .map_err(|_| AdvisoryError::KevDate {
+                    origin: origin.to_owned(),
+                    cve: v.cve_id.clone(),
+                    field,
+                    value: value.to_owned(),
+                })
+        };
+        let date_added = date("dateAdded", &v.date_added)?;
+        let due_date = match v.due_date.as_deref() {
+            Some(d) if !d.is_empty() => Some(date("dueDate", d)?),
+            _ => None,
+        };
+        let cve = v.cve_id.trim().to_uppercase();
+        entries.insert(
+            cve.clone(),
+            KevEntry {
+                cve,
+                date_added,
+                due_date,
+            },
+        );
+    }
+    Ok(KevCatalog { entries })
+}
+
+impl KevCatalog {
+    /// Merges another catalog in (the earliest `dateAdded` wins).
+    pub fn merge(&mut self, other: KevCatalog) {
+        for (cve, entry) in other.entries {
+            match self.entries.get(&cve) {
+                Some(old) if old.date_added <= entry.date_added => {}
+                _ => {
+                    self.entries.insert(cve, entry);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The model.
+
+/// The normalised CVE id an id stands for: `CVE-2023-4911` itself, and
+/// Ubuntu's `UBUNTU-CVE-2023-4911`; other ids (DSA, USN, GHSA) are not CVEs.
+pub fn cve_of(id: &str) -> Option<String> {
+    let id = id.trim();
+    let upper = id.to_ascii_uppercase();
+    let cve = upper.strip_prefix("UBUNTU-").unwrap_or(&upper);
+    let rest = cve.strip_prefix("CVE-")?;
+    let (year, number) = rest.split_once('-')?;
+    let valid = year.len() == 4
+        && year.bytes().all(|b| b.is_ascii_digit())
+        && number.len() >= 4
+        && number.bytes().all(|b| b.is_ascii_digit());
+    valid.then(|| cve.to_owned())
+}
+
+/// Where an advisory's severity came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SeveritySource {
+    /// A CVSS vector in the record.
+    Cvss,
+    /// A distribution's rating (Debian urgency, Ubuntu priority).
+    Distribution,
+    /// The highest severity known for the record's CVEs in the loaded data
+    /// (Debian DSA/DLA and Ubuntu USN records carry none of their own).
+    RelatedCves,
+    /// No source states one.
+    None,
+}
+
+/// One range event with its version parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Event {
+    /// `introduced`; `None` is `"0"`, before every version.
+    Introduced(Option<Version>),
+    Fixed(Version),
+    LastAffected(Version),
+    Limit(Version),
+}
+
+impl Event {
+    fn version(&self) -> Option<&Version> {
+        match self {
+            Event::Introduced(v) => v.as_ref(),
+            Event::Fixed(v) | Event::LastAffected(v) | Event::Limit(v) => Some(v),
+        }
+    }
+}
+
+/// One affected package of an advisory, ready to test versions against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Affected {
+    /// The OSV ecosystem (`Debian:12`).
+    pub ecosystem: String,
+    /// The package the advisory names (Debian/Ubuntu: a source package).
+    pub package: String,
+    /// The severity that applies to this package.
+    pub severity: Severity,
+    /// Where the severity came from.
+    pub severity_source: SeveritySource,
+    ranges: Vec<Vec<Event>>,
+    versions: HashSet<String>,
+}
+
+/// Whether and how an installed version is affected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match {
+    /// The minimum version that fixes it, if one is published.
+    pub fixed: Option<Version>,
+}
+
+impl Affected {
+    /// Tests an installed version (of this entry's ordering family): `None`
+    /// when not affected, else the minimum fixed version above it, if any.
+    ///
+    /// OSV semantics: affected when listed in `versions`, or inside any
+    /// ECOSYSTEM range (events applied in version order: `introduced` opens,
+    /// `fixed` closes at, `last_affected` closes after; `limit` bounds the
+    /// range). An open-ended range counts even when `versions` stops short.
+    pub fn check(&self, installed: &Version) -> Option<Match> {
+        let cmp = |v: &Version| installed.compare(v).ok();
+        let mut affected = self.versions.contains(installed.as_str());
+        for events in &self.ranges {
+            let mut inside = false;
+            for event in events {
+                match event {
+                    Event::Introduced(None) => inside = true,
+                    Event::Introduced(Some(v)) => {
+                        if cmp(v).is_some_and(|o| o.is_ge()) {
+                            inside = true;
+                        }
+                    }
+                    Event::Fixed(v) => {
+                        if cmp(v).is_some_and(|o| o.is_ge()) {
+                            inside = false;
+                        }
+                    }
+                    Event::LastAffected(v) => {
+                        if cmp(v).is_some_and(|o| o.is_gt()) {
+                            inside = false;
+                        }
+                    }
+                    Event::Limit(_) => {}
+                }
+            }
+            let mut limits = events.iter().filter_map(|e| match e {
+                Event::Limit(v) => Some(v),
+                _ => None,
+            });
+            let limited = events.iter().any(|e| matches!(e, Event::Limit(_)));
+            if limited && !limits.any(|l| cmp(l).is_some_and(|o| o.is_lt())) {
+                inside = false;
+            }
+            affected |= inside;
+        }
+        if !affected {
+            return None;
+        }
+        let fixed = self
+            .ranges
+            .iter()
+            .flatten()
+            .filter_map(|e| match e {
+                Event::Fixed(v) if cmp(v).is_some_and(|o| o.is_lt()) => Some(v),
+                _ => None,
+            })
+            .min_by(|a, b| a.compare(b).unwrap_or(std::cmp::Ordering::Equal))
+            .cloned();
+        Some(Match { fixed })
+    }
+}
+
+/// An advisory after normalisation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advisory {
+    /// The record id.
+    pub id: String,
+    /// One-line summary.
+    pub summary: Option<String>,
+    /// The CVEs this advisory covers: itself, aliases, upstream and related
+    /// ids that are CVEs (sorted, unique).
+    pub cves: Vec<String>,
+    /// Publication (else modification) time; deadlines run from here.
+    pub published: Option<Timestamp>,
+    /// Last modification.
+    pub modified: Option<Timestamp>,
+    /// The highest severity over the affected packages.
+    pub severity: Severity,
+    /// The affected packages on known platforms.
+    pub affected: Vec<Affected>,
+}
+
+/// What a load kept, skipped and could not read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Advisories indexed.
+    pub advisories: usize,
+    /// Withdrawn records left out.
+    pub withdrawn: usize,
+    /// Affected entries without a package name (GIT-only), left out.
+    pub empty_packages: usize,
+    /// Affected entries on ecosystems Patchloop does not order (PyPI, ...) or
+    /// not requested, left out.
+    pub other_ecosystems: usize,
+    /// Records superseded by a newer copy of the same id.
+    pub duplicates: usize,
+    /// Entries whose versions could not be parsed: `(record id, message)`.
+    pub errors: Vec<(String, String)>,
+}
+
+/// One advisory's entry for one (ecosystem, package) key.
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    /// The advisory.
+    pub advisory: Arc<Advisory>,
+    /// Index into `advisory.affected`.
+    pub affected: usize,
+}
+
+impl IndexEntry {
+    /// The affected package this entry stands for.
+    pub fn affected(&self) -> &Affected {
+        &self.advisory.affected[self.affected]
+    }
+}
+
+type PackageIndex = HashMap<String, Vec<IndexEntry>>;
+
+/// Every loaded advisory, indexed by ecosystem then package, with the KEV
+/// overlay. Immutable once built: the controller swaps whole databases.
+#[derive(Debug, Default)]
+pub struct AdvisoryDb {
+    index: HashMap<String, PackageIndex>,
+    kev: KevCatalog,
+    fingerprints: HashMap<(String, String), u64>,
+    ecosystems: BTreeMap<String, usize>,
+    advisories: usize,
+}
+
+/// The (ecosystem, package) keys whose advisories differ between two
+/// databases; exactly the objects with these packages need re-evaluation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexDiff {
+    /// Keys with advisories gained, lost or changed (KEV links included).
+    pub changed: BTreeSet<(String, String)>,
+    /// Ecosystems that have data in one database and not the other.
+    pub ecosystems: BTreeSet<String>,
+}
+
+impl IndexDiff {
+    /// True when nothing differs.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.ecosystems.is_empty()
+    }
+}
+
+fn cvss_severity(kind: &str, score: &str) -> Option<Severity> {
+    let value = match kind {
+        "CVSS_V2" => {
+            let vector = score.strip_prefix("CVSS:2.0/").unwrap_or(score);
+            let v: cvss::v2::Vector = vector.parse().ok()?;
+            let s = v.score().value();
+            // NVD's CVSS v2 bands have no "critical".
+            return Some(if s >= 7.0 {
+                Severity::High
+            } else if s >= 4.0 {
+                Severity::Medium
+            } else {
+                Severity::Low
+            });
+        }
+        "CVSS_V3" | "CVSS_V4" => score.parse::<cvss::Cvss>().ok()?.score(),
+        _ => return None,
+    };
+    Some(band(value))
+}
+
+/// The standard CVSS v3/v4 qualitative bands; a 0.0 score ("none") is low.
+fn band(score: f64) -> Severity {
+    if score >= 9.0 {
+        Severity::Critical
+    } else if score >= 7.0 {
+        Severity::High
+    } else if score >= 4.0 {
+        Severity::Medium
+    } else {
+        Severity::Low
+    }
+}
+
+/// A distribution's word for severity: Debian urgency, Ubuntu priority.
+fn distribution_severity(word: &str) -> Option<Severity> {
+    match word.trim().trim_end_matches('*').to_ascii_lowercase().as_str() {
+        "critical" => Some(Severity::Critical),
+        "high" => Some(Severity::High),
+        "medium" => Some(Severity::Medium),
+        "low" | "unimportant" | "negligible" => Some(Severity::Low),
+        _ => None, // "not yet assigned", "untriaged", "end-of-life"
+    }
+}
+
+fn record_cvss(severities: &[OsvSeverity]) -> Option<Severity> {
+    severities
+        .iter()
+        .filter_map(|s| cvss_severity(&s.kind, &s.score))
+        .max()
+}
+
+fn record_distribution(severities: &[OsvSeverity]) -> Option<Severity> {
+    severities
+        .iter()
+        .filter(|s| s.kind.eq_ignore_ascii_case("ubuntu"))
+        .filter_map(|s| distribution_severity(&s.score))
+        .max()
+}
+
+fn affected_distribution(a: &OsvAffected) -> Option<Severity> {
+    let specific = a.ecosystem_specific.as_ref();
+    let word = |key: &str| {
+        specific
+            .and_then(|v| v.get(key))
+            .and_then(|v| v.as_str())
+            .and_then(distribution_severity)
+    };
+    word("urgency")
+        .or_else(|| word("priority"))
+        .or_else(|| word("severity"))
+        .or_else(|| record_distribution(&a.severity))
+}
+
+fn parse_events(
+    family: Ecosystem,
+    range: &OsvRange,
+) -> Result<Vec<Event>, super::version::VersionError> {
+    let mut events = Vec::with_capacity(range.events.len());
+    for e in &range.events {
+        let parse = |s: &str| Version::parse(family, s);
+        let event = if let Some(v) = &e.introduced {
+            if v == "0" {
+                Event::Introduced(None)
+            } else {
+                Event::Introduced(Some(parse(v)?))
+            }
+        } else if let Some(v) = &e.fixed {
+            Event::Fixed(parse(v)?)
+        } else if let Some(v) = &e.last_affected {
+            Event::LastAffected(parse(v)?)
+        } else if let Some(v) = &e.limit {
+            if v == "*" {
+                continue;
+            }
+            Event::Limit(parse(v)?)
+        } else {
+            continue;
+        };
+        events.push(event);
+    }
+    // Events apply in version order; `introduced: 0` comes first. Versions of
+    // one family always compare.
+    events.sort_by(|a, b| match (a.version(), b.version()) {
+        (None, None) => std::cmp::Ordering::Equal,
+        (None, Some(_)) => std::cmp::Ordering::Less,
+        (Some(_), None) => std::cmp::Ordering::Greater,
+        (Some(x), Some(y)) => x.compare(y).unwrap_or(std::cmp::Ordering::Equal),
+    });
+    Ok(events)
+}
+
+impl AdvisoryDb {
+    /// Builds a database from OSV records and KEV catalogs. `ecosystems`
+    /// restricts which OSV ecosystems are kept (empty keeps every ecosystem
+    /// Patchloop can order). A record that appears several times (several
+    /// feeds) is kept once, the most recently modified copy.
+    pub fn build(
+        records: Vec<OsvRecord>,
+        kev: KevCatalog,
+        ecosystems: &[String],
+    ) -> (AdvisoryDb, LoadReport) {
+        let mut report = LoadReport::default();
+
+        // One copy per id: the most recently modified.
+        let mut by_id: HashMap<String, OsvRecord> = HashMap::with_capacity(records.len());
+        for record in records {
+            match by_id.get(&record.id) {
+                Some(old) if old.modified >= record.modified => report.duplicates += 1,
+                Some(_) => {
+                    report.duplicates += 1;
+                    by_id.insert(record.id.clone(), record);
+                }
+                None => {
+                    by_id.insert(record.id.clone(), record);
+                }
+            }
+        }
+        let mut records: Vec<OsvRecord> = by_id.into_values().collect();
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+
+        // The severity each CVE has on its own (from CVE records and records
+        // aliasing a CVE), for records that carry none: Debian DSA/DLA and
+        // Ubuntu USN records point at their CVEs through upstream/related.
+        let mut cve_severity: HashMap<String, Severity> = HashMap::new();
+        for record in &records {
+            let own = record_cvss(&record.severity).or_else(|| {
+                record_distribution(&record.severity).or_else(|| {
+                    record.affected.iter().filter_map(affected_distribution).max()
+                })
+            });
+            let Some(own) = own else { continue };
+            let names = std::iter::once(&record.id).chain(&record.aliases);
+            for cve in names.filter_map(|id| cve_of(id)) {
+                let slot = cve_severity.entry(cve).or_insert(own);
+                *slot = (*slot).max(own);
+            }
+        }
+
+        let mut index: HashMap<String, PackageIndex> = HashMap::new();
+        let mut ecosystem_counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut platforms: HashMap<String, Option<Ecosystem>> = HashMap::new();
+        for record in records {
+            if record.withdrawn.is_some() {
+                report.withdrawn += 1;
+                continue;
+            }
+            let mut cves: Vec<String> = std::iter::once(&record.id)
+                .chain(&record.aliases)
+                .chain(&record.upstream)
+                .chain(&record.related)
+                .filter_map(|id| cve_of(id))
+                .collect();
+            cves.sort();
+            cves.dedup();
+            let cvss = record_cvss(&record.severity);
+            let derived = cves.iter().filter_map(|c| cve_severity.get(c)).max().copied();
+
+            let mut affected = Vec::new();
+            for entry in &record.affected {
+                let Some(package) = entry.package.as_ref().filter(|p| !p.name.is_empty()) else {
+                    report.empty_packages += 1;
+                    continue;
+                };
+                let wanted = ecosystems.is_empty() || ecosystems.contains(&package.ecosystem);
+                let family = *platforms
+                    .entry(package.ecosystem.clone())
+                    .or_insert_with(|| {
+                        parse_platform(&package.ecosystem)
+                            .ok()
+                            .filter(|p| p.osv_ecosystem() == package.ecosystem)
+                            .map(|p| p.family)
+                    });
+                let (Some(family), true) = (family, wanted) else {
+                    report.other_ecosystems += 1;
+                    continue;
+                };
+                let ranges: Result<Vec<Vec<Event>>, _> = entry
+                    .ranges
+                    .iter()
+                    .filter(|r| r.kind == "ECOSYSTEM")
+                    .map(|r| parse_events(family, r))
+                    .collect();
+                let ranges = match ranges {
+                    Ok(r) => r,
+                    Err(e) => {
+                        report.errors.push((record.id.clone(), e.to_string()));
+                        continue;
+                    }
+                };
+                let (severity, severity_source) = if let Some(s) = cvss {
+                    (s, SeveritySource::Cvss)
+                } else if let Some(s) = affected_distribution(entry)
+                    .or_else(|| record_distribution(&record.severity))
+                {
+                    (s, SeveritySource::Distribution)
+                } else if let Some(s) = derived {
+                    (s, SeveritySource::RelatedCves)
+                } else {
+                    (Severity::Unknown, SeveritySource::None)
+                };
+                affected.push(Affected {
+                    ecosystem: package.ecosystem.clone(),
+                    package: package.name.clone(),
+                    severity,
+                    severity_source,
+                    ranges,
+                    versions: entry.versions.iter().cloned().collect(),
+                });
+            }
+            if affected.is_empty() {
+                continue;
+            }
+            let advisory = Arc::new(Advisory {
+                severity: affected
+                    .iter()
+                    .map(|a| a.severity)
+                    .max()
+                    .unwrap_or(Severity::Unknown),
+                id: record.id,
+                summary: record.summary,
+                cves,
+                published: record.published.or(record.modified),
+                modified: record.modified,
+                affected,
+            });
+            report.advisories += 1;
+            let mut counted = HashSet::new();
+            for (i, a) in advisory.affected.iter().enumerate() {
+                if counted.insert(a.ecosystem.as_str()) {
+                    *ecosystem_counts.entry(a.ecosystem.clone()).or_default() += 1;
+                }
+                index
+                    .entry(a.ecosystem.clone())
+                    .or_default()
+                    .entry(a.package.clone())
+                    .or_default()
+                    .push(IndexEntry {
+                        advisory: Arc::clone(&advisory),
+                        affected: i,
+                    });
+            }
+        }
+
+        let mut db = AdvisoryDb {
+            index,
+            kev,
+            fingerprints: HashMap::new(),
+            ecosystems: ecosystem_counts,
+            advisories: report.advisories,
+        };
+        db.fingerprints = db.compute_fingerprints();
+        (db, report)
+    }
+
+    fn compute_fingerprints(&self) -> HashMap<(String, String), u64> {
+        let mut out = HashMap::new();
+        for (ecosystem, packages) in &self.index {
+            for (package, entries) in packages {
+                let mut hasher = DefaultHasher::new();
+                let mut items: Vec<_> = entries
+                    .iter()
+                    .map(|e| {
+                        let a = e.affected();
+                        let kev: Vec<_> = e
+                            .advisory
+                            .cves
+                            .iter()
+                            .filter_map(|c| self.kev.entries.get(c))
+                            .collect();
+                        let mut h = DefaultHasher::new();
+                        e.advisory.id.hash(&mut h);
+                        e.advisory.published.hash(&mut h);
+                        e.advisory.modified.hash(&mut h);
+                        e.advisory.cves.hash(&mut h);
+                        a.severity.hash(&mut h);
+                        format!("{:?}", a.ranges).hash(&mut h);
+                        let mut versions: Vec<_> = a.versions.iter().collect();
+                        versions.sort();
+                        versions.hash(&mut h);
+                        kev.hash(&mut h);
+                        h.finish()
+                    })
+                    .collect();
+                items.sort_unstable();
+                items.hash(&mut hasher);
+                out.insert((ecosystem.clone(), package.clone()), hasher.finish());
+            }
+        }
+        out
+    }
+
+    /// The entries for one package of one ecosystem (one hash probe once the
+    /// ecosystem's map is in hand, see [`AdvisoryDb::ecosystem`]).
+    pub fn lookup(&self, ecosystem: &str, package: &str) -> &[IndexEntry] {
+        self.ecosystem(ecosystem)
+            .and_then(|m| m.get(package))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The package map of one ecosystem, for repeated lookups.
+    pub fn ecosystem(&self, ecosystem: &str) -> Option<&HashMap<String, Vec<IndexEntry>>> {
+        self.index.get(ecosystem)
+    }
+
+    /// True when any advisory is loaded for the ecosystem: a platform without
+    /// data is Unknown, never Compliant.
+    pub fn has_data_for(&self, ecosystem: &str) -> bool {
+        self.ecosystems.contains_key(ecosystem)
+    }
+
+    /// Advisories loaded per ecosystem.
+    pub fn ecosystems(&self) -> &BTreeMap<String, usize> {
+        &self.ecosystems
+    }
+
+    /// Advisories loaded.
+    pub fn len(&self) -> usize {
+        self.advisories
+    }
+
+    /// True when no advisory is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.advisories == 0
+    }
+
+    /// The KEV overlay.
+    pub fn kev(&self) -> &KevCatalog {
+        &self.kev
+    }
+
+    /// The earliest KEV entry among an advisory's CVEs (ids, aliases,
+    /// upstream and related), if it is known exploited.
+    pub fn known_exploited(&self, advisory: &Advisory) -> Option<&KevEntry> {
+        advisory
+            .cves
+            .iter()
+            .filter_map(|c| self.kev.entries.get(c))
+            .min_by_key(|e| e.date_added)
+    }
+
+    /// Which (ecosystem, package) keys differ from `old`.
+    pub fn diff(&self, old: &AdvisoryDb) -> IndexDiff {
+        let mut changed = BTreeSet::new();
+        for (key, fp) in &self.fingerprints {
+            if old.fingerprints.get(key) != Some(fp) {
+                changed.insert(key.clone());
+            }
+        }
+        for key in old.fingerprints.keys() {
+            if !self.fingerprints.contains_key(key) {
+                changed.insert(key.clone());
+            }
+        }
+        let mine: BTreeSet<_> = self.ecosystems.keys().cloned().collect();
+        let theirs: BTreeSet<_> = old.ecosystems.keys().cloned().collect();
+        IndexDiff {
+            changed,
+            ecosystems: mine.symmetric_difference(&theirs).cloned().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(json: serde_json::Value) -> OsvRecord {
+        serde_json::from_value(json).expect("valid record")
+    }
+
+    fn dpkg(s: &str) -> Version {
+        Version::parse(Ecosystem::Dpkg, s).expect("valid version")
+    }
+
+    fn one(events: serde_json::Value, versions: serde_json::Value) -> AdvisoryDb {
+        let r = record(serde_json::json!({
+            "id": "DSA-1-1", "modified": "2024-01-01T00:00:00Z",
+            "affected": [{
+                "package": {"ecosystem": "Debian:12", "name": "pkg"},
+                "ranges": [{"type": "ECOSYSTEM", "events": events}],
+                "versions": versions
+            }]
+        }));
+        AdvisoryDb::build(vec![r], KevCatalog::default(), &[]).0
+    }
+
+    #[test]
+    fn cve_ids_are_recognised() {
+        assert_eq!(cve_of("CVE-2023-4911").as_deref(), Some("CVE-2023-4911"));
+        assert_eq!(cve_of("UBUNTU-CVE-2023-4911").as_deref(), Some("CVE-2023-4911"));
+        assert_eq!(cve_of("cve-2021-44228").as_deref(), Some("CVE-2021-44228"));
+        assert_eq!(cve_of("DSA-5514-1"), None);
+        assert_eq!(cve_of("CVE-23-1"), None);
+    }
+
+    #[test]
+    fn ranges_follow_osv_event_semantics() {
+        let db = one(
+            serde_json::json!([{"introduced": "0"}, {"fixed": "2.0-1"}, {"introduced": "3.0-1"}, {"last_affected": "3.5-1"}]),
+            serde_json::json!([]),
+        );
+        let entry = &db.lookup("Debian:12", "pkg")[0];
+        let a = entry.affected();
+        let fixed = |v: &str| a.check(&dpkg(v)).map(|m| m.fixed.map(|f| f.as_str().to_owned()));
+        assert_eq!(fixed("1.0-1"), Some(Some("2.0-1".into())));
+        assert_eq!(fixed("2.0-1"), None);
+        assert_eq!(fixed("2.5-1"), None);
+        assert_eq!(fixed("3.0-1"), Some(None), "last_affected: no fix known");
+        assert_eq!(fixed("3.5-1"), Some(None));
+        assert_eq!(fixed("3.5-2"), None);
+    }
+
+    #[test]
+    fn open_ended_ranges_count_beyond_the_versions_list() {
+        let db = one(
+            serde_json::json!([{"introduced": "0"}]),
+            serde_json::json!(["1.0-1", "1.0-2"]),
+        );
+        let a = db.lookup("Debian:12", "pkg")[0].affected().clone();
+        assert!(a.check(&dpkg("9.9-9")).is_some(), "no fix yet: every version");
+        assert_eq!(a.check(&dpkg("9.9-9")).and_then(|m| m.fixed), None);
+    }
+
+    #[test]
+    fn explicit_versions_count_without_ranges() {
+        let r = record(serde_json::json!({
+            "id": "X-1", "affected": [{"package": {"ecosystem": "Debian:12", "name": "pkg"},
+            "versions": ["1.0-1"]}]
+        }));
+        let db = AdvisoryDb::build(vec![r], KevCatalog::default(), &[]).0;
+        let a = db.lookup("Debian:12", "pkg")[0].affected().clone();
+        assert!(a.check(&dpkg("1.0-1")).is_some());
+        assert!(a.check(&dpkg("1.0-2")).is_none());
+    }
+
+    #[test]
+    fn limit_bounds_the_range() {
+        let db = one(
+            serde_json::json!([{"introduced": "0"}, {"limit": "5.0-1"}]),
+            serde_json::json!([]),
+        );
+        let a = db.lookup("Debian:12", "pkg")[0].affected().clone();
+        assert!(a.check(&dpkg("4.9-1")).is_some());
+        assert!(a.check(&dpkg("5.0-1")).is_none());
+    }
+
+    #[test]
+    fn withdrawn_and_empty_and_foreign_entries_are_left_out() {
+        let records = vec![
+            record(serde_json::json!({"id": "W-1", "withdrawn": "2024-01-01T00:00:00Z",
+                "affected": [{"package": {"ecosystem": "Debian:12", "name": "a"}, "versions": ["1"]}]})),
+            record(serde_json::json!({"id": "E-1",
+                "affected": [{"package": {"ecosystem": "", "name": ""}, "versions": ["1"]}, {"ranges": []}]})),
+            record(serde_json::json!({"id": "P-1",
+                "affected": [{"package": {"ecosystem": "PyPI", "name": "requests"}, "versions": ["1"]}]})),
+        ];
+        let (db, report) = AdvisoryDb::build(records, KevCatalog::default(), &[]);
+        assert!(db.is_empty());
+        assert_eq!(report.withdrawn, 1);
+        assert_eq!(report.empty_packages, 2);
+        assert_eq!(report.other_ecosystems, 1);
+        assert!(!db.has_data_for("Debian:12"));
+    }
+
+    #[test]
+    fn unparsable_range_versions_are_reported_not_dropped_silently() {
+        let r = record(serde_json::json!({"id": "B-1",
+            "affected": [{"package": {"ecosystem": "Debian:12", "name": "a"},
+              "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "1:"}]}]}]}));
+        let (_, report) = AdvisoryDb::build(vec![r], KevCatalog::default(), &[]);
+        assert_eq!(report.errors.len(), 1);
+        assert_eq!(report.errors[0].0, "B-1");
+    }
+
+    #[test]
+    fn severity_bands_and_distribution_words() {
+        assert_eq!(
+            cvss_severity("CVSS_V3", "CVSS:3.1/AV:L/AC:L/PR:L/UI:N/S:U/C:H/I:H/A:H"),
+            Some(Severity::High)
+        );
+        assert_eq!(
+            cvss_severity("CVSS_V3", "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"),
+            Some(Severity::Critical)
+        );
+        assert_eq!(cvss_severity("CVSS_V2", "AV:N/AC:L/Au:N/C:P/I:P/A:P"), Some(Severity::High));
+        assert_eq!(cvss_severity("CVSS_V3", "garbage"), None);
+        assert_eq!(distribution_severity("unimportant"), Some(Severity::Low));
+        assert_eq!(distribution_severity("not yet assigned"), None);
+        assert_eq!(distribution_severity("negligible"), Some(Severity::Low));
+    }
+
+    #[test]
+    fn diff_names_exactly_the_changed_keys() {
+        let base = |fixed: &str| {
+            vec![
+                record(serde_json::json!({"id": "A-1", "modified": "2024-01-01T00:00:00Z",
+                    "affected": [{"package": {"ecosystem": "Debian:12", "name": "a"},
+                      "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": fixed}]}]}]})),
+                record(serde_json::json!({"id": "B-1", "modified": "2024-01-01T00:00:00Z", "related": ["CVE-2024-0001"],
+                    "affected": [{"package": {"ecosystem": "Debian:12", "name": "b"},
+                      "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "1.0-1"}]}]}]})),
+            ]
+        };
+        let (old, _) = AdvisoryDb::build(base("1.0-1"), KevCatalog::default(), &[]);
+        let (same, _) = AdvisoryDb::build(base("1.0-1"), KevCatalog::default(), &[]);
+        assert!(same.diff(&old).is_empty());
+
+        let (newer, _) = AdvisoryDb::build(base("1.0-2"), KevCatalog::default(), &[]);
+        let d = newer.diff(&old);
+        assert_eq!(
+            d.changed.into_iter().collect::<Vec<_>>(),
+            vec![("Debian:12".to_owned(), "a".to_owned())]
+        );
+
+        let mut kev = KevCatalog::default();
+        kev.entries.insert(
+            "CVE-2024-0001".into(),
+            KevEntry { cve: "CVE-2024-0001".into(), date_added: Date::constant(2024, 2, 1), due_date: None },
+        );
+        let (exploited, _) = AdvisoryDb::build(base("1.0-1"), kev, &[]);
+        let d = exploited.diff(&old);
+        assert_eq!(
+            d.changed.into_iter().collect::<Vec<_>>(),
+            vec![("Debian:12".to_owned(), "b".to_owned())],
+            "a new KEV link changes exactly the keys of the advisories it touches"
+        );
+    }
+}
