@@ -98,8 +98,12 @@ pub struct PatchPolicySpec {
     pub templates: TemplatePolicy,
 }
 
+/// The `inventoryMaxAge` of a policy that does not set one, and of objects no
+/// policy matches.
+pub const DEFAULT_INVENTORY_MAX_AGE: &str = "24h";
+
 fn default_inventory_max_age() -> Duration {
-    Duration::from_static("24h")
+    Duration::from_static(DEFAULT_INVENTORY_MAX_AGE)
 }
 
 /// Deadlines per severity, counted from an advisory's publication.

@@ -624,6 +624,7 @@ fn affected_distribution(a: &OsvAffected) -> Option<Severity> {
             .and_then(distribution_severity)
     };
     word("urgency")
+        .or_else(|| word("ubuntu_priority"))
         .or_else(|| word("priority"))
         .or_else(|| word("severity"))
         .or_else(|| record_distribution(&a.severity))

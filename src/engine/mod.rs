@@ -4,6 +4,14 @@
 //! - [`version`]: version ordering per ecosystem (dpkg, rpm, apk).
 //! - [`advisory`]: OSV and KEV records → one model → an index by (ecosystem,
 //!   package), and the diff of two indexes.
+//! - [`inventory`]: dpkg / rpm / apk inventories → one package model and the
+//!   compact line format the API stores.
+//! - [`selector`]: label selectors without a cluster.
+//! - [`evaluate`]: policies × inventory × advisories × exceptions × now →
+//!   findings, verdict, next change.
 
 pub mod advisory;
+pub mod evaluate;
+pub mod inventory;
+pub mod selector;
 pub mod version;

@@ -305,8 +305,14 @@ pub fn create_scratch_dir(base: &Path, prefix: &str) -> io::Result<PathBuf> {
     }
 }
 
-/// Removes the scratch directories `<base>/<prefix><pid>-*` whose owning process is gone.
+/// Removes the scratch directories `<base>/<prefix><pid>-*` whose owning process is gone
+/// (once per process).
 pub fn sweep_stale_scratch_dirs(base: &Path, prefix: &str) {
+    static SWEPT: Once = Once::new();
+    SWEPT.call_once(|| sweep(base, prefix));
+}
+
+fn sweep(base: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
@@ -335,6 +341,8 @@ pub fn sweep_stale_scratch_dirs(base: &Path, prefix: &str) {
         if !alive {
             match std::fs::remove_dir_all(&path) {
                 Ok(()) => eprintln!("testenv: removed stale {}", path.display()),
+                // Another test binary swept it at the same time.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => eprintln!("testenv: cannot remove stale {}: {e}", path.display()),
             }
         }
