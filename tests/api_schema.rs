@@ -545,7 +545,11 @@ async fn status_conditions_apply_and_show_in_kubectl_get() {
     assert_eq!(cell(&table, "web-07", "COMPLIANCE"), "Overdue", "{table}");
     assert_eq!(cell(&table, "web-07", "OVERDUE"), "2", "{table}");
     assert_eq!(cell(&table, "web-07", "REMEDIATION"), "", "{table}");
-    assert_eq!(cell(&table, "web-07", "TEMPLATE-CURRENT"), "False", "{table}");
+    assert_eq!(
+        cell(&table, "web-07", "TEMPLATE-CURRENT"),
+        "False",
+        "{table}"
+    );
 
     // The category lists every kind at once.
     let out = env.kubectl(["get", "patchloop", "-n", &ns]);
@@ -569,15 +573,24 @@ async fn status_conditions_apply_and_show_in_kubectl_get() {
 fn cell(table: &str, name: &str, column: &str) -> String {
     let mut lines = table.lines();
     let header = lines.next().unwrap_or_default();
-    let start = header.find(column).unwrap_or_else(|| panic!("no column {column} in {header}"));
+    let start = header
+        .find(column)
+        .unwrap_or_else(|| panic!("no column {column} in {header}"));
     let end = header[start..]
         .find(char::is_whitespace)
-        .and_then(|w| header[start + w..].find(|c: char| !c.is_whitespace()).map(|n| start + w + n))
+        .and_then(|w| {
+            header[start + w..]
+                .find(|c: char| !c.is_whitespace())
+                .map(|n| start + w + n)
+        })
         .unwrap_or(usize::MAX);
     let row = lines
         .find(|l| l.split_whitespace().next() == Some(name))
         .unwrap_or_else(|| panic!("no row {name} in {table}"));
-    row.get(start..end.min(row.len())).unwrap_or_default().trim().to_owned()
+    row.get(start..end.min(row.len()))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 #[tokio::test]

@@ -194,10 +194,12 @@ pub fn parse_osv_zip(bytes: &[u8], origin: &str) -> Result<Vec<OsvRecord>, Advis
         }
         let name = format!("{origin}!{member_name}");
         buf.clear();
-        member.read_to_end(&mut buf).map_err(|source| AdvisoryError::Io {
-            path: name.clone(),
-            source,
-        })?;
+        member
+            .read_to_end(&mut buf)
+            .map_err(|source| AdvisoryError::Io {
+                path: name.clone(),
+                source,
+            })?;
         records.push(parse_osv(&buf, &name)?);
     }
     Ok(records)
@@ -237,9 +239,7 @@ pub fn load_osv_path(path: &Path) -> Result<Vec<OsvRecord>, AdvisoryError> {
         let mut records = Vec::new();
         for entry in entries {
             let child = entry.path();
-            let is_data = child
-                .extension()
-                .is_some_and(|e| e == "json" || e == "zip");
+            let is_data = child.extension().is_some_and(|e| e == "json" || e == "zip");
             if child.is_dir() || is_data {
                 records.extend(load_osv_path(&child)?);
             }
@@ -296,14 +296,12 @@ pub fn parse_kev(bytes: &[u8], origin: &str) -> Result<KevCatalog, AdvisoryError
     let mut entries = HashMap::with_capacity(wire.vulnerabilities.len());
     for v in wire.vulnerabilities {
         let date = |field: &'static str, value: &str| {
-            value
-                .parse::<Date>()
-                .map_err(|_| AdvisoryError::KevDate {
-                    origin: origin.to_owned(),
-                    cve: v.cve_id.clone(),
-                    field,
-                    value: value.to_owned(),
-                })
+            value.parse::<Date>().map_err(|_| AdvisoryError::KevDate {
+                origin: origin.to_owned(),
+                cve: v.cve_id.clone(),
+                field,
+                value: value.to_owned(),
+            })
         };
         let date_added = date("dateAdded", &v.date_added)?;
         let due_date = match v.due_date.as_deref() {
@@ -591,7 +589,12 @@ fn band(score: f64) -> Severity {
 
 /// A distribution's word for severity: Debian urgency, Ubuntu priority.
 fn distribution_severity(word: &str) -> Option<Severity> {
-    match word.trim().trim_end_matches('*').to_ascii_lowercase().as_str() {
+    match word
+        .trim()
+        .trim_end_matches('*')
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "critical" => Some(Severity::Critical),
         "high" => Some(Severity::High),
         "medium" => Some(Severity::Medium),
@@ -704,7 +707,11 @@ impl AdvisoryDb {
         for record in &records {
             let own = record_cvss(&record.severity).or_else(|| {
                 record_distribution(&record.severity).or_else(|| {
-                    record.affected.iter().filter_map(affected_distribution).max()
+                    record
+                        .affected
+                        .iter()
+                        .filter_map(affected_distribution)
+                        .max()
                 })
             });
             let Some(own) = own else { continue };
@@ -732,7 +739,11 @@ impl AdvisoryDb {
             cves.sort();
             cves.dedup();
             let cvss = record_cvss(&record.severity);
-            let derived = cves.iter().filter_map(|c| cve_severity.get(c)).max().copied();
+            let derived = cves
+                .iter()
+                .filter_map(|c| cve_severity.get(c))
+                .max()
+                .copied();
 
             let mut affected = Vec::new();
             for entry in &record.affected {
@@ -768,8 +779,8 @@ impl AdvisoryDb {
                 };
                 let (severity, severity_source) = if let Some(s) = cvss {
                     (s, SeveritySource::Cvss)
-                } else if let Some(s) = affected_distribution(entry)
-                    .or_else(|| record_distribution(&record.severity))
+                } else if let Some(s) =
+                    affected_distribution(entry).or_else(|| record_distribution(&record.severity))
                 {
                     (s, SeveritySource::Distribution)
                 } else if let Some(s) = derived {
@@ -967,7 +978,10 @@ mod tests {
     #[test]
     fn cve_ids_are_recognised() {
         assert_eq!(cve_of("CVE-2023-4911").as_deref(), Some("CVE-2023-4911"));
-        assert_eq!(cve_of("UBUNTU-CVE-2023-4911").as_deref(), Some("CVE-2023-4911"));
+        assert_eq!(
+            cve_of("UBUNTU-CVE-2023-4911").as_deref(),
+            Some("CVE-2023-4911")
+        );
         assert_eq!(cve_of("cve-2021-44228").as_deref(), Some("CVE-2021-44228"));
         assert_eq!(cve_of("DSA-5514-1"), None);
         assert_eq!(cve_of("CVE-23-1"), None);
@@ -981,7 +995,10 @@ mod tests {
         );
         let entry = &db.lookup("Debian:12", "pkg")[0];
         let a = entry.affected();
-        let fixed = |v: &str| a.check(&dpkg(v)).map(|m| m.fixed.map(|f| f.as_str().to_owned()));
+        let fixed = |v: &str| {
+            a.check(&dpkg(v))
+                .map(|m| m.fixed.map(|f| f.as_str().to_owned()))
+        };
         assert_eq!(fixed("1.0-1"), Some(Some("2.0-1".into())));
         assert_eq!(fixed("2.0-1"), None);
         assert_eq!(fixed("2.5-1"), None);
@@ -997,7 +1014,10 @@ mod tests {
             serde_json::json!(["1.0-1", "1.0-2"]),
         );
         let a = db.lookup("Debian:12", "pkg")[0].affected().clone();
-        assert!(a.check(&dpkg("9.9-9")).is_some(), "no fix yet: every version");
+        assert!(
+            a.check(&dpkg("9.9-9")).is_some(),
+            "no fix yet: every version"
+        );
         assert_eq!(a.check(&dpkg("9.9-9")).and_then(|m| m.fixed), None);
     }
 
@@ -1027,8 +1047,10 @@ mod tests {
     #[test]
     fn withdrawn_and_empty_and_foreign_entries_are_left_out() {
         let records = vec![
-            record(serde_json::json!({"id": "W-1", "withdrawn": "2024-01-01T00:00:00Z",
-                "affected": [{"package": {"ecosystem": "Debian:12", "name": "a"}, "versions": ["1"]}]})),
+            record(
+                serde_json::json!({"id": "W-1", "withdrawn": "2024-01-01T00:00:00Z",
+                "affected": [{"package": {"ecosystem": "Debian:12", "name": "a"}, "versions": ["1"]}]}),
+            ),
             record(serde_json::json!({"id": "E-1",
                 "affected": [{"package": {"ecosystem": "", "name": ""}, "versions": ["1"]}, {"ranges": []}]})),
             record(serde_json::json!({"id": "P-1",
@@ -1062,7 +1084,10 @@ mod tests {
             cvss_severity("CVSS_V3", "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"),
             Some(Severity::Critical)
         );
-        assert_eq!(cvss_severity("CVSS_V2", "AV:N/AC:L/Au:N/C:P/I:P/A:P"), Some(Severity::High));
+        assert_eq!(
+            cvss_severity("CVSS_V2", "AV:N/AC:L/Au:N/C:P/I:P/A:P"),
+            Some(Severity::High)
+        );
         assert_eq!(cvss_severity("CVSS_V3", "garbage"), None);
         assert_eq!(distribution_severity("unimportant"), Some(Severity::Low));
         assert_eq!(distribution_severity("not yet assigned"), None);
@@ -1073,12 +1098,16 @@ mod tests {
     fn diff_names_exactly_the_changed_keys() {
         let base = |fixed: &str| {
             vec![
-                record(serde_json::json!({"id": "A-1", "modified": "2024-01-01T00:00:00Z",
+                record(
+                    serde_json::json!({"id": "A-1", "modified": "2024-01-01T00:00:00Z",
                     "affected": [{"package": {"ecosystem": "Debian:12", "name": "a"},
-                      "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": fixed}]}]}]})),
-                record(serde_json::json!({"id": "B-1", "modified": "2024-01-01T00:00:00Z", "related": ["CVE-2024-0001"],
+                      "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": fixed}]}]}]}),
+                ),
+                record(
+                    serde_json::json!({"id": "B-1", "modified": "2024-01-01T00:00:00Z", "related": ["CVE-2024-0001"],
                     "affected": [{"package": {"ecosystem": "Debian:12", "name": "b"},
-                      "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "1.0-1"}]}]}]})),
+                      "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "1.0-1"}]}]}]}),
+                ),
             ]
         };
         let (old, _) = AdvisoryDb::build(base("1.0-1"), KevCatalog::default(), &[]);
@@ -1095,7 +1124,11 @@ mod tests {
         let mut kev = KevCatalog::default();
         kev.entries.insert(
             "CVE-2024-0001".into(),
-            KevEntry { cve: "CVE-2024-0001".into(), date_added: Date::constant(2024, 2, 1), due_date: None },
+            KevEntry {
+                cve: "CVE-2024-0001".into(),
+                date_added: Date::constant(2024, 2, 1),
+                due_date: None,
+            },
         );
         let (exploited, _) = AdvisoryDb::build(base("1.0-1"), kev, &[]);
         let d = exploited.diff(&old);

@@ -228,7 +228,11 @@ pub struct Evaluation {
 /// The one definition of an emergency, shared by remediation windows and
 /// template approval: a finding whose severity the rule lists, or that is
 /// known exploited when the rule says so.
-pub fn is_emergency(rule: Option<&EmergencyRule>, severity: Severity, known_exploited: bool) -> bool {
+pub fn is_emergency(
+    rule: Option<&EmergencyRule>,
+    severity: Severity,
+    known_exploited: bool,
+) -> bool {
     rule.is_some_and(|r| r.severities.contains(&severity) || (r.known_exploited && known_exploited))
 }
 
@@ -264,7 +268,13 @@ pub fn effective_expiry(
     };
     let mut best = (expires, None);
     for p in policies {
-        let Some(max) = p.spec.exceptions.max_duration.as_ref().and_then(|d| d.parse().ok()) else {
+        let Some(max) = p
+            .spec
+            .exceptions
+            .max_duration
+            .as_ref()
+            .and_then(|d| d.parse().ok())
+        else {
             continue;
         };
         let Ok(cap) = created.checked_add(max) else {
@@ -299,7 +309,9 @@ fn time(t: Timestamp) -> Time {
 }
 
 fn kev_start(date: jiff::civil::Date) -> Option<Timestamp> {
-    date.to_zoned(jiff::tz::TimeZone::UTC).ok().map(|z| z.timestamp())
+    date.to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
 }
 
 /// The strictest due date over the policies: `(due, policy)`.
@@ -327,10 +339,13 @@ fn due_date(
     }
     for p in policies {
         consider(
-            parse(p.spec.deadlines.for_severity(severity)).and_then(|d| published.checked_add(d).ok()),
+            parse(p.spec.deadlines.for_severity(severity))
+                .and_then(|d| published.checked_add(d).ok()),
             Some(p.name),
         );
-        if let (Some(added), Some(kev)) = (kev_added, p.spec.known_exploited.as_ref().and_then(parse)) {
+        if let (Some(added), Some(kev)) =
+            (kev_added, p.spec.known_exploited.as_ref().and_then(parse))
+        {
             consider(added.checked_add(kev).ok(), Some(p.name));
         }
     }
@@ -340,14 +355,16 @@ fn due_date(
 fn is_rejected(policies: &[PolicyRef<'_>], advisory: &Advisory) -> bool {
     policies.iter().any(|p| {
         p.spec.approval.rejected.iter().any(|r| {
-            r.eq_ignore_ascii_case(&advisory.id) || advisory.cves.iter().any(|c| c.eq_ignore_ascii_case(r))
+            r.eq_ignore_ascii_case(&advisory.id)
+                || advisory.cves.iter().any(|c| c.eq_ignore_ascii_case(r))
         })
     })
 }
 
 fn names_advisory(exception: &PatchExceptionSpec, advisory: &Advisory) -> bool {
     exception.advisories.iter().any(|a| {
-        a.eq_ignore_ascii_case(&advisory.id) || advisory.cves.iter().any(|c| c.eq_ignore_ascii_case(a))
+        a.eq_ignore_ascii_case(&advisory.id)
+            || advisory.cves.iter().any(|c| c.eq_ignore_ascii_case(a))
     })
 }
 
@@ -588,7 +605,12 @@ pub fn evaluate(input: &Input<'_>) -> Evaluation {
         let (fa, fb) = (&a.finding, &b.finding);
         state_rank(fa.state)
             .cmp(&state_rank(fb.state))
-            .then_with(|| fa.due.as_ref().map(|t| t.0).cmp(&fb.due.as_ref().map(|t| t.0)))
+            .then_with(|| {
+                fa.due
+                    .as_ref()
+                    .map(|t| t.0)
+                    .cmp(&fb.due.as_ref().map(|t| t.0))
+            })
             .then_with(|| fb.severity.cmp(&fa.severity))
             .then_with(|| fa.advisory.cmp(&fb.advisory))
     });
@@ -678,7 +700,11 @@ impl Evaluation {
             .collect();
         let truncated = actionable.len().saturating_sub(cap);
         (
-            actionable.into_iter().take(cap).map(|f| f.finding.clone()).collect(),
+            actionable
+                .into_iter()
+                .take(cap)
+                .map(|f| f.finding.clone())
+                .collect(),
             i32::try_from(truncated).unwrap_or(i32::MAX),
         )
     }
@@ -715,23 +741,32 @@ mod tests {
     /// Two advisories on source `openssl` (fixed 3.0.11-1~deb12u2, published
     /// 2026-11-01), one on `glibc` without a fix, one on `zlib` (high, KEV).
     fn db(kev: bool) -> AdvisoryDb {
-        let rec = |v: serde_json::Value| -> OsvRecord { serde_json::from_value(v).expect("record") };
+        let rec =
+            |v: serde_json::Value| -> OsvRecord { serde_json::from_value(v).expect("record") };
         let records = vec![
-            rec(json!({"id": "DSA-9001-1", "published": "2026-11-01T00:00:00Z", "related": ["CVE-2026-1000"],
+            rec(
+                json!({"id": "DSA-9001-1", "published": "2026-11-01T00:00:00Z", "related": ["CVE-2026-1000"],
                 "affected": [{"package": {"ecosystem": "Debian:12", "name": "openssl"},
-                  "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "3.0.11-1~deb12u2"}]}]}]})),
-            rec(json!({"id": "CVE-2026-1000", "published": "2026-10-31T00:00:00Z",
+                  "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "3.0.11-1~deb12u2"}]}]}]}),
+            ),
+            rec(
+                json!({"id": "CVE-2026-1000", "published": "2026-10-31T00:00:00Z",
                 "severity": [{"type": "CVSS_V3", "score": "CVSS:3.1/AV:L/AC:L/PR:L/UI:N/S:U/C:H/I:H/A:H"}],
                 "affected": [{"package": {"ecosystem": "Debian:13", "name": "openssl"},
-                  "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "3.3.0-1"}]}]}]})),
-            rec(json!({"id": "CVE-2026-2000", "published": "2026-11-01T00:00:00Z",
+                  "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "3.3.0-1"}]}]}]}),
+            ),
+            rec(
+                json!({"id": "CVE-2026-2000", "published": "2026-11-01T00:00:00Z",
                 "affected": [{"package": {"ecosystem": "Debian:12", "name": "glibc"},
                   "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}],
-                  "ecosystem_specific": {"urgency": "low"}}]})),
-            rec(json!({"id": "DSA-9002-1", "published": "2026-11-10T00:00:00Z", "related": ["CVE-2026-3000"],
+                  "ecosystem_specific": {"urgency": "low"}}]}),
+            ),
+            rec(
+                json!({"id": "DSA-9002-1", "published": "2026-11-10T00:00:00Z", "related": ["CVE-2026-3000"],
                 "affected": [{"package": {"ecosystem": "Debian:12", "name": "zlib"},
                   "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "1:1.2.13.dfsg-1+deb12u1"}]}],
-                  "ecosystem_specific": {"urgency": "medium"}}]})),
+                  "ecosystem_specific": {"urgency": "medium"}}]}),
+            ),
         ];
         let mut catalog = KevCatalog::default();
         if kev {
@@ -788,9 +823,22 @@ mod tests {
         let db = db(false);
         let gold = policy(json!({"deadlines": {"high": "7d", "medium": "30d"}}));
         let pkgs = packages();
-        let e = run(&db, &[PolicyRef { name: "gold", spec: &gold }], &[], &pkgs,
-            "2026-11-20T00:00:00Z", "2026-11-20T01:00:00Z");
-        let ids: Vec<_> = e.findings.iter().map(|f| (f.finding.advisory.as_str(), f.finding.state)).collect();
+        let e = run(
+            &db,
+            &[PolicyRef {
+                name: "gold",
+                spec: &gold,
+            }],
+            &[],
+            &pkgs,
+            "2026-11-20T00:00:00Z",
+            "2026-11-20T01:00:00Z",
+        );
+        let ids: Vec<_> = e
+            .findings
+            .iter()
+            .map(|f| (f.finding.advisory.as_str(), f.finding.state))
+            .collect();
         assert_eq!(
             ids,
             vec![
@@ -800,15 +848,28 @@ mod tests {
             ]
         );
         let openssl = &e.findings[0].finding;
-        assert_eq!(openssl.severity, Severity::High, "derived from CVE-2026-1000's CVSS");
+        assert_eq!(
+            openssl.severity,
+            Severity::High,
+            "derived from CVE-2026-1000's CVSS"
+        );
         let names: Vec<_> = openssl.packages.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["libssl3", "openssl"]);
         assert_eq!(openssl.packages[0].source.as_deref(), Some("openssl"));
-        assert_eq!(openssl.packages[0].fixed.as_deref(), Some("3.0.11-1~deb12u2"));
-        assert_eq!(openssl.due.as_ref().map(|t| t.0), Some(ts("2026-11-08T00:00:00Z")));
+        assert_eq!(
+            openssl.packages[0].fixed.as_deref(),
+            Some("3.0.11-1~deb12u2")
+        );
+        assert_eq!(
+            openssl.due.as_ref().map(|t| t.0),
+            Some(ts("2026-11-08T00:00:00Z"))
+        );
         assert_eq!(openssl.due_by.as_deref(), Some("gold"));
         assert_eq!(e.state, ComplianceState::Overdue);
-        assert_eq!((e.counts.overdue, e.counts.pending, e.counts.no_fix_yet), (1, 1, 1));
+        assert_eq!(
+            (e.counts.overdue, e.counts.pending, e.counts.no_fix_yet),
+            (1, 1, 1)
+        );
         // The next change by itself: the inventory goes stale after the
         // default 24h, before the zlib finding becomes overdue.
         assert_eq!(e.next_change, Some(ts("2026-11-21T00:00:00Z")));
@@ -818,10 +879,22 @@ mod tests {
     #[test]
     fn pending_becomes_overdue_exactly_at_the_due_date() {
         let db = db(false);
-        let gold = policy(json!({"deadlines": {"high": "30d", "medium": "30d"}, "inventoryMaxAge": "90d"}));
+        let gold = policy(
+            json!({"deadlines": {"high": "30d", "medium": "30d"}, "inventoryMaxAge": "90d"}),
+        );
         let pkgs = packages();
-        let p = [PolicyRef { name: "gold", spec: &gold }];
-        let before = run(&db, &p, &[], &pkgs, "2026-11-20T00:00:00Z", "2026-11-20T12:00:00Z");
+        let p = [PolicyRef {
+            name: "gold",
+            spec: &gold,
+        }];
+        let before = run(
+            &db,
+            &p,
+            &[],
+            &pkgs,
+            "2026-11-20T00:00:00Z",
+            "2026-11-20T12:00:00Z",
+        );
         assert_eq!(before.state, ComplianceState::Pending);
         let due = before.next_change.expect("a due date ahead");
         assert_eq!(due, ts("2026-12-01T00:00:00Z"));
@@ -836,11 +909,34 @@ mod tests {
         let lax = policy(json!({"deadlines": {"high": "60d"}}));
         let strict = policy(json!({"deadlines": {"high": "2d"}, "priority": 5}));
         let pkgs = packages();
-        let e = run(&db, &[PolicyRef { name: "lax", spec: &lax }, PolicyRef { name: "strict", spec: &strict }],
-            &[], &pkgs, "2026-11-02T00:00:00Z", "2026-11-02T01:00:00Z");
-        let f = &e.findings.iter().find(|f| f.finding.advisory == "DSA-9001-1").expect("finding").finding;
+        let e = run(
+            &db,
+            &[
+                PolicyRef {
+                    name: "lax",
+                    spec: &lax,
+                },
+                PolicyRef {
+                    name: "strict",
+                    spec: &strict,
+                },
+            ],
+            &[],
+            &pkgs,
+            "2026-11-02T00:00:00Z",
+            "2026-11-02T01:00:00Z",
+        );
+        let f = &e
+            .findings
+            .iter()
+            .find(|f| f.finding.advisory == "DSA-9001-1")
+            .expect("finding")
+            .finding;
         assert_eq!(f.due_by.as_deref(), Some("strict"));
-        assert_eq!(f.due.as_ref().map(|t| t.0), Some(ts("2026-11-03T00:00:00Z")));
+        assert_eq!(
+            f.due.as_ref().map(|t| t.0),
+            Some(ts("2026-11-03T00:00:00Z"))
+        );
         assert_eq!(e.remediation, RemediationChoice::Policy("strict".into()));
     }
 
@@ -849,29 +945,79 @@ mod tests {
         let db = db(true);
         let gold = policy(json!({"deadlines": {"medium": "30d"}, "knownExploited": "2d"}));
         let pkgs = packages();
-        let e = run(&db, &[PolicyRef { name: "gold", spec: &gold }], &[], &pkgs,
-            "2026-11-13T00:00:00Z", "2026-11-13T01:00:00Z");
-        let f = &e.findings.iter().find(|f| f.finding.advisory == "DSA-9002-1").expect("finding").finding;
-        assert!(f.known_exploited, "KEV matched through the DSA's related CVE");
-        assert_eq!(f.due.as_ref().map(|t| t.0), Some(ts("2026-11-14T00:00:00Z")));
+        let e = run(
+            &db,
+            &[PolicyRef {
+                name: "gold",
+                spec: &gold,
+            }],
+            &[],
+            &pkgs,
+            "2026-11-13T00:00:00Z",
+            "2026-11-13T01:00:00Z",
+        );
+        let f = &e
+            .findings
+            .iter()
+            .find(|f| f.finding.advisory == "DSA-9002-1")
+            .expect("finding")
+            .finding;
+        assert!(
+            f.known_exploited,
+            "KEV matched through the DSA's related CVE"
+        );
+        assert_eq!(
+            f.due.as_ref().map(|t| t.0),
+            Some(ts("2026-11-14T00:00:00Z"))
+        );
     }
 
     #[test]
     fn exceptions_exempt_until_they_expire_and_are_capped() {
         let db = db(false);
-        let gold = policy(json!({"deadlines": {"high": "7d", "medium": "7d"}, "exceptions": {"maxDuration": "10d"}, "inventoryMaxAge": "90d"}));
+        let gold = policy(
+            json!({"deadlines": {"high": "7d", "medium": "7d"}, "exceptions": {"maxDuration": "10d"}, "inventoryMaxAge": "90d"}),
+        );
         let pkgs = packages();
-        let p = [PolicyRef { name: "gold", spec: &gold }];
+        let p = [PolicyRef {
+            name: "gold",
+            spec: &gold,
+        }];
         let waiver = exception(&["CVE-2026-1000", "DSA-9002-1"], "2027-06-01T00:00:00Z");
-        let ex = [ExceptionRef { name: "waiver", spec: &waiver, created: Some(ts("2026-11-15T00:00:00Z")) }];
-        let e = run(&db, &p, &ex, &pkgs, "2026-11-20T00:00:00Z", "2026-11-20T00:00:00Z");
+        let ex = [ExceptionRef {
+            name: "waiver",
+            spec: &waiver,
+            created: Some(ts("2026-11-15T00:00:00Z")),
+        }];
+        let e = run(
+            &db,
+            &p,
+            &ex,
+            &pkgs,
+            "2026-11-20T00:00:00Z",
+            "2026-11-20T00:00:00Z",
+        );
         assert_eq!(e.state, ComplianceState::Exempt);
         assert_eq!(e.counts.exempt, 2);
         assert_eq!(e.exceptions[0].capped_by.as_deref(), Some("gold"));
-        assert_eq!(e.exceptions[0].effective_expires, ts("2026-11-25T00:00:00Z"));
+        assert_eq!(
+            e.exceptions[0].effective_expires,
+            ts("2026-11-25T00:00:00Z")
+        );
         assert_eq!(e.next_change, Some(ts("2026-11-25T00:00:00Z")));
-        let after = run(&db, &p, &ex, &pkgs, "2026-11-25T00:00:00Z", "2026-11-25T00:00:00Z");
-        assert_eq!(after.state, ComplianceState::Overdue, "an expired exception stops counting");
+        let after = run(
+            &db,
+            &p,
+            &ex,
+            &pkgs,
+            "2026-11-25T00:00:00Z",
+            "2026-11-25T00:00:00Z",
+        );
+        assert_eq!(
+            after.state,
+            ComplianceState::Overdue,
+            "an expired exception stops counting"
+        );
         assert!(!after.exceptions[0].active);
     }
 
@@ -880,8 +1026,17 @@ mod tests {
         let db = db(false);
         let gold = policy(json!({"approval": {"rejected": ["DSA-9001-1", "CVE-2026-3000"]}}));
         let pkgs = packages();
-        let e = run(&db, &[PolicyRef { name: "gold", spec: &gold }], &[], &pkgs,
-            "2026-11-20T00:00:00Z", "2026-11-20T00:00:00Z");
+        let e = run(
+            &db,
+            &[PolicyRef {
+                name: "gold",
+                spec: &gold,
+            }],
+            &[],
+            &pkgs,
+            "2026-11-20T00:00:00Z",
+            "2026-11-20T00:00:00Z",
+        );
         assert_eq!(e.counts.blocked, 2);
         assert_eq!(e.state, ComplianceState::Compliant);
         assert!(e.reason().contains("rejected"));
@@ -891,46 +1046,118 @@ mod tests {
     fn unknown_when_inputs_are_missing_or_stale() {
         let db = db(false);
         let gold = policy(json!({"inventoryMaxAge": "12h"}));
-        let p = [PolicyRef { name: "gold", spec: &gold }];
+        let p = [PolicyRef {
+            name: "gold",
+            spec: &gold,
+        }];
         let pkgs = packages();
-        let stale = run(&db, &p, &[], &pkgs, "2026-11-20T00:00:00Z", "2026-11-20T12:00:00Z");
+        let stale = run(
+            &db,
+            &p,
+            &[],
+            &pkgs,
+            "2026-11-20T00:00:00Z",
+            "2026-11-20T12:00:00Z",
+        );
         assert_eq!(stale.state, ComplianceState::Unknown);
-        assert_eq!(stale.unknown.as_ref().map(UnknownCause::reason), Some("InventoryStale"));
+        assert_eq!(
+            stale.unknown.as_ref().map(UnknownCause::reason),
+            Some("InventoryStale")
+        );
         assert_eq!(stale.inventory_fresh, Some(false));
-        let fresh = run(&db, &p, &[], &pkgs, "2026-11-20T00:00:00Z", "2026-11-20T11:59:59Z");
+        let fresh = run(
+            &db,
+            &p,
+            &[],
+            &pkgs,
+            "2026-11-20T00:00:00Z",
+            "2026-11-20T11:59:59Z",
+        );
         assert_ne!(fresh.state, ComplianceState::Unknown);
-        assert_eq!(fresh.next_change, Some(ts("2026-11-20T12:00:00Z")), "the inventory goes stale then");
+        assert_eq!(
+            fresh.next_change,
+            Some(ts("2026-11-20T12:00:00Z")),
+            "the inventory goes stale then"
+        );
 
         // An image inventory never ages.
         let image = evaluate(&Input {
-            platform: "Debian:12", policies: &p, exceptions: &[], advisories: &db, now: ts("2027-11-20T00:00:00Z"),
-            inventory: Some(InventoryInput { packages: &pkgs, collected_at: ts("2026-01-01T00:00:00Z"), ages: false, provisional: false }),
+            platform: "Debian:12",
+            policies: &p,
+            exceptions: &[],
+            advisories: &db,
+            now: ts("2027-11-20T00:00:00Z"),
+            inventory: Some(InventoryInput {
+                packages: &pkgs,
+                collected_at: ts("2026-01-01T00:00:00Z"),
+                ages: false,
+                provisional: false,
+            }),
         });
         assert_eq!(image.state, ComplianceState::Overdue);
 
         let none = evaluate(&Input {
-            platform: "Debian:12", policies: &p, exceptions: &[], advisories: &db, now: ts("2026-11-20T00:00:00Z"), inventory: None,
+            platform: "Debian:12",
+            policies: &p,
+            exceptions: &[],
+            advisories: &db,
+            now: ts("2026-11-20T00:00:00Z"),
+            inventory: None,
         });
         assert_eq!(none.unknown, Some(UnknownCause::NoInventory));
 
-        let inv = Some(InventoryInput { packages: &pkgs, collected_at: ts("2026-11-20T00:00:00Z"), ages: true, provisional: false });
-        let no_data = evaluate(&Input {
-            platform: "Ubuntu:22.04:LTS", policies: &p, exceptions: &[], advisories: &db, now: ts("2026-11-20T00:00:00Z"), inventory: inv,
+        let inv = Some(InventoryInput {
+            packages: &pkgs,
+            collected_at: ts("2026-11-20T00:00:00Z"),
+            ages: true,
+            provisional: false,
         });
-        assert_eq!(no_data.unknown, Some(UnknownCause::NoAdvisoryData("Ubuntu:22.04:LTS".into())));
-        assert_eq!(no_data.state, ComplianceState::Unknown, "no data is never Compliant");
+        let no_data = evaluate(&Input {
+            platform: "Ubuntu:22.04:LTS",
+            policies: &p,
+            exceptions: &[],
+            advisories: &db,
+            now: ts("2026-11-20T00:00:00Z"),
+            inventory: inv,
+        });
+        assert_eq!(
+            no_data.unknown,
+            Some(UnknownCause::NoAdvisoryData("Ubuntu:22.04:LTS".into()))
+        );
+        assert_eq!(
+            no_data.state,
+            ComplianceState::Unknown,
+            "no data is never Compliant"
+        );
 
         let bad_platform = evaluate(&Input {
-            platform: "Windows:11", policies: &p, exceptions: &[], advisories: &db, now: ts("2026-11-20T00:00:00Z"), inventory: inv,
+            platform: "Windows:11",
+            policies: &p,
+            exceptions: &[],
+            advisories: &db,
+            now: ts("2026-11-20T00:00:00Z"),
+            inventory: inv,
         });
-        assert_eq!(bad_platform.unknown.as_ref().map(UnknownCause::reason), Some("UnknownPlatform"));
+        assert_eq!(
+            bad_platform.unknown.as_ref().map(UnknownCause::reason),
+            Some("UnknownPlatform")
+        );
     }
 
     #[test]
     fn an_unreadable_installed_version_is_unknown_never_compliant() {
         let db = db(false);
-        let pkgs = vec![crate::engine::inventory::parse_compact("libssl3 not:a:version openssl").expect("line")];
-        let e = run(&db, &[], &[], &pkgs, "2026-11-20T00:00:00Z", "2026-11-20T00:00:00Z");
+        let pkgs = vec![
+            crate::engine::inventory::parse_compact("libssl3 not:a:version openssl").expect("line"),
+        ];
+        let e = run(
+            &db,
+            &[],
+            &[],
+            &pkgs,
+            "2026-11-20T00:00:00Z",
+            "2026-11-20T00:00:00Z",
+        );
         assert_eq!(e.state, ComplianceState::Unknown);
         match e.unknown {
             Some(UnknownCause::InvalidVersions(list)) => assert!(list[0].starts_with("libssl3: ")),
@@ -944,35 +1171,90 @@ mod tests {
         let b = policy(json!({"priority": 10}));
         let c = policy(json!({"priority": 1}));
         let refs = [
-            PolicyRef { name: "b", spec: &b },
-            PolicyRef { name: "a", spec: &a },
-            PolicyRef { name: "c", spec: &c },
+            PolicyRef {
+                name: "b",
+                spec: &b,
+            },
+            PolicyRef {
+                name: "a",
+                spec: &a,
+            },
+            PolicyRef {
+                name: "c",
+                spec: &c,
+            },
         ];
-        assert_eq!(remediation_policy(&refs), RemediationChoice::Conflict(vec!["a".into(), "b".into()]));
-        assert_eq!(remediation_policy(&refs[2..]), RemediationChoice::Policy("c".into()));
+        assert_eq!(
+            remediation_policy(&refs),
+            RemediationChoice::Conflict(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            remediation_policy(&refs[2..]),
+            RemediationChoice::Policy("c".into())
+        );
         assert_eq!(remediation_policy(&[]), RemediationChoice::None);
     }
 
     #[test]
     fn soak_delays_installation_unless_emergency() {
         let db = db(true);
-        let gold = policy(json!({"approval": {"approveAfter": "3d"}, "emergency": {"knownExploited": true}}));
+        let gold = policy(
+            json!({"approval": {"approveAfter": "3d"}, "emergency": {"knownExploited": true}}),
+        );
         let pkgs = packages();
-        let e = run(&db, &[PolicyRef { name: "gold", spec: &gold }], &[], &pkgs,
-            "2026-11-12T00:00:00Z", "2026-11-12T00:00:00Z");
-        let zlib = e.findings.iter().find(|f| f.finding.advisory == "DSA-9002-1").expect("zlib");
-        assert!(zlib.emergency && zlib.installable, "KEV emergency skips the soak");
-        let e = run(&db, &[PolicyRef { name: "gold", spec: &gold }], &[], &pkgs,
-            "2026-11-02T00:00:00Z", "2026-11-02T00:00:00Z");
-        let openssl = e.findings.iter().find(|f| f.finding.advisory == "DSA-9001-1").expect("openssl");
+        let e = run(
+            &db,
+            &[PolicyRef {
+                name: "gold",
+                spec: &gold,
+            }],
+            &[],
+            &pkgs,
+            "2026-11-12T00:00:00Z",
+            "2026-11-12T00:00:00Z",
+        );
+        let zlib = e
+            .findings
+            .iter()
+            .find(|f| f.finding.advisory == "DSA-9002-1")
+            .expect("zlib");
+        assert!(
+            zlib.emergency && zlib.installable,
+            "KEV emergency skips the soak"
+        );
+        let e = run(
+            &db,
+            &[PolicyRef {
+                name: "gold",
+                spec: &gold,
+            }],
+            &[],
+            &pkgs,
+            "2026-11-02T00:00:00Z",
+            "2026-11-02T00:00:00Z",
+        );
+        let openssl = e
+            .findings
+            .iter()
+            .find(|f| f.finding.advisory == "DSA-9001-1")
+            .expect("openssl");
         assert!(!openssl.installable);
-        assert_eq!(openssl.finding.installable_after.as_ref().map(|t| t.0), Some(ts("2026-11-04T00:00:00Z")));
-        assert!(e.next_change.is_some_and(|t| t <= ts("2026-11-04T00:00:00Z")));
+        assert_eq!(
+            openssl.finding.installable_after.as_ref().map(|t| t.0),
+            Some(ts("2026-11-04T00:00:00Z"))
+        );
+        assert!(
+            e.next_change
+                .is_some_and(|t| t <= ts("2026-11-04T00:00:00Z"))
+        );
     }
 
     #[test]
     fn emergency_definition() {
-        let rule = EmergencyRule { severities: vec![Severity::Critical], known_exploited: true };
+        let rule = EmergencyRule {
+            severities: vec![Severity::Critical],
+            known_exploited: true,
+        };
         assert!(is_emergency(Some(&rule), Severity::Critical, false));
         assert!(is_emergency(Some(&rule), Severity::Low, true));
         assert!(!is_emergency(Some(&rule), Severity::High, false));
@@ -983,9 +1265,20 @@ mod tests {
     fn status_findings_are_capped_with_a_count() {
         let db = db(false);
         let pkgs = packages();
-        let e = run(&db, &[], &[], &pkgs, "2026-11-20T00:00:00Z", "2026-11-20T00:00:00Z");
+        let e = run(
+            &db,
+            &[],
+            &[],
+            &pkgs,
+            "2026-11-20T00:00:00Z",
+            "2026-11-20T00:00:00Z",
+        );
         let (all, truncated) = e.status_findings(10);
-        assert_eq!((all.len(), truncated), (2, 0), "no-fix findings are counts only");
+        assert_eq!(
+            (all.len(), truncated),
+            (2, 0),
+            "no-fix findings are counts only"
+        );
         let (one, truncated) = e.status_findings(1);
         assert_eq!((one.len(), truncated), (1, 1));
         assert_eq!(one[0].advisory, all[0].advisory, "most urgent first");

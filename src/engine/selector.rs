@@ -87,17 +87,32 @@ mod tests {
                 expr("zone", "NotIn", &["dmz"]),
             ]),
         };
-        assert_eq!(matches(&sel, &labels(&[("tier", "gold"), ("app", "shop")])), Ok(true));
-        assert_eq!(matches(&sel, &labels(&[("tier", "gold"), ("app", "crm")])), Ok(false));
         assert_eq!(
-            matches(&sel, &labels(&[("tier", "gold"), ("app", "erp"), ("legacy", "1")])),
+            matches(&sel, &labels(&[("tier", "gold"), ("app", "shop")])),
+            Ok(true)
+        );
+        assert_eq!(
+            matches(&sel, &labels(&[("tier", "gold"), ("app", "crm")])),
             Ok(false)
         );
         assert_eq!(
-            matches(&sel, &labels(&[("tier", "gold"), ("app", "erp"), ("zone", "dmz")])),
+            matches(
+                &sel,
+                &labels(&[("tier", "gold"), ("app", "erp"), ("legacy", "1")])
+            ),
             Ok(false)
         );
-        assert_eq!(matches(&sel, &labels(&[("tier", "silver"), ("app", "shop")])), Ok(false));
+        assert_eq!(
+            matches(
+                &sel,
+                &labels(&[("tier", "gold"), ("app", "erp"), ("zone", "dmz")])
+            ),
+            Ok(false)
+        );
+        assert_eq!(
+            matches(&sel, &labels(&[("tier", "silver"), ("app", "shop")])),
+            Ok(false)
+        );
     }
 
     #[test]
