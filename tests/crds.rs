@@ -3,7 +3,7 @@
 //! the examples parse into the typed API.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps,
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray,
 };
 use patchloop::api;
 
@@ -131,10 +131,8 @@ fn undocumented(path: &str, schema: &JSONSchemaProps, out: &mut Vec<String>) {
             undocumented(&here, prop, out);
         }
     }
-    if let Some(items) = &schema.items {
-        if let k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(item) = items {
-            undocumented(&format!("{path}[]"), item, out);
-        }
+    if let Some(JSONSchemaPropsOrArray::Schema(item)) = &schema.items {
+        undocumented(&format!("{path}[]"), item, out);
     }
 }
 

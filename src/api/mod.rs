@@ -1,6 +1,10 @@
 //! The Patchloop API, group `patchloop.dev`, version `v1alpha1`: seven kinds,
 //! one file each, plus the value types they share.
 
+// kube's derive takes one `printcolumn(...)` attribute per column; clippy reads
+// the repeated `type_ = "string"` keys as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod change_request;
 pub mod common;
 pub mod conditions;

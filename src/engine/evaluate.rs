@@ -18,9 +18,9 @@
 //!   Pending.
 //! - The verdict: Unknown (unknown platform, no advisory data for it, no
 //!   inventory, a live inventory older than the strictest `inventoryMaxAge`,
-//!   or an affected package whose version cannot be read) > Overdue > Pending
-//!   > Exempt > Compliant. No-fix and blocked findings never make an object
-//!   non-compliant: there is nothing to install.
+//!   or an affected package whose version cannot be read), then Overdue,
+//!   Pending, Exempt, Compliant. No-fix and blocked findings never make an
+//!   object non-compliant: there is nothing to install.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
