@@ -9,9 +9,12 @@
 //! - [`selector`]: label selectors without a cluster.
 //! - [`evaluate`]: policies × inventory × advisories × exceptions × now →
 //!   findings, verdict, next change.
+//! - [`rollout`]: policy × workload states × jobs in flight × ledger × now →
+//!   which remediation Jobs to start, and when to look again.
 
 pub mod advisory;
 pub mod evaluate;
 pub mod inventory;
+pub mod rollout;
 pub mod selector;
 pub mod version;
