@@ -263,7 +263,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         in_flight,
         wake_at: None,
     };
-    let mut wake = |t: Timestamp, wake_at: &mut Option<Timestamp>| {
+    let wake = |t: Timestamp, wake_at: &mut Option<Timestamp>| {
         if t > now && wake_at.is_none_or(|w| t < w) {
             *wake_at = Some(t);
         }
