@@ -2,6 +2,7 @@
 //! one only parses arguments and dispatches.
 
 mod crds;
+mod evaluate;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,10 @@ pub struct Cli {
 enum Command {
     /// Print every CustomResourceDefinition as multi-document YAML.
     Crds(crds::CrdsArgs),
+    /// Evaluate an inventory against advisories and policies, offline. Exits
+    /// 0 when compliant (or exempt), 1 when a fix is pending or overdue, 3
+    /// when compliance is unknown, 2 on bad input.
+    Evaluate(Box<evaluate::EvaluateArgs>),
 }
 
 /// Parses the command line and runs the chosen subcommand.
@@ -26,6 +31,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crds(args) => crds::run(&args),
+        Command::Evaluate(args) => evaluate::run(&args),
     };
     match result {
         Ok(code) => code,

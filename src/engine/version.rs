@@ -12,7 +12,9 @@
 //!   implements dpkg's `verrevcmp`. The *split* of a string into epoch,
 //!   upstream version and revision is done here, following dpkg's
 //!   `parseversion`, because `debversion`'s own parser accepts strings dpkg
-//!   rejects (`"1:"`, `"1.0-"`, `"1.0:2"`).
+//!   rejects (`"1:"`, `"1.0-"`, `"1.0:2"`); and one ordering bug of
+//!   `debversion` 0.5.5 is corrected (a missing trailing number must equal
+//!   0: dpkg has `2.0+dfsg-11 > 2.0+dfsg0-1`, see [`DpkgVersion`]).
 //! - **rpm** (RHEL, AlmaLinux, Rocky, Fedora, SUSE, ...): segment ordering from
 //!   the `rpm-version` crate, which implements `rpmvercmp`. The split into
 //!   epoch, version and release is done here, following rpm's `parseEVR`, and
