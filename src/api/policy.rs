@@ -197,8 +197,9 @@ pub struct ExceptionLimits {
 #[serde(rename_all = "camelCase")]
 pub struct MaintenanceWindow {
     /// When the window opens: a five-field cron expression (minute hour
-    /// day-of-month month day-of-week), e.g. `0 2 * * SAT`.
-    #[schemars(length(min = 9))]
+    /// day-of-month month day-of-week), e.g. `0 2 * * SAT` or `0 3 * * TUE#2`
+    /// (second Tuesday), or `@daily`, `@weekly`, `@monthly`.
+    #[schemars(length(min = 6))]
     pub schedule: String,
     /// How long the window stays open once opened.
     pub duration: Duration,

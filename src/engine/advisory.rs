@@ -403,9 +403,9 @@ pub struct Affected {
 
 /// Whether and how an installed version is affected.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Match {
+pub struct Match<'a> {
     /// The minimum version that fixes it, if one is published.
-    pub fixed: Option<Version>,
+    pub fixed: Option<&'a Version>,
 }
 
 impl Affected {
@@ -416,56 +416,50 @@ impl Affected {
     /// ECOSYSTEM range (events applied in version order: `introduced` opens,
     /// `fixed` closes at, `last_affected` closes after; `limit` bounds the
     /// range). An open-ended range counts even when `versions` stops short.
-    pub fn check(&self, installed: &Version) -> Option<Match> {
-        let cmp = |v: &Version| installed.compare(v).ok();
+    pub fn check(&self, installed: &Version) -> Option<Match<'_>> {
+        // Each event's version is compared once (comparisons dominate the
+        // cost of evaluating a fleet). Events are in version order, so the
+        // first `fixed` above the installed version in a range is the
+        // smallest one of that range.
         let mut affected = self.versions.contains(installed.as_str());
+        let mut fixed: Option<&Version> = None;
         for events in &self.ranges {
             let mut inside = false;
+            let mut limited = false;
+            let mut below_a_limit = false;
+            let mut range_fix: Option<&Version> = None;
             for event in events {
+                let order = event.version().and_then(|v| installed.compare(v).ok());
                 match event {
                     Event::Introduced(None) => inside = true,
-                    Event::Introduced(Some(v)) => {
-                        if cmp(v).is_some_and(|o| o.is_ge()) {
-                            inside = true;
-                        }
-                    }
-                    Event::Fixed(v) => {
-                        if cmp(v).is_some_and(|o| o.is_ge()) {
+                    Event::Introduced(Some(_)) => inside |= order.is_some_and(|o| o.is_ge()),
+                    Event::Fixed(v) => match order {
+                        Some(o) if o.is_ge() => inside = false,
+                        Some(_) if range_fix.is_none() => range_fix = Some(v),
+                        _ => {}
+                    },
+                    Event::LastAffected(_) => {
+                        if order.is_some_and(|o| o.is_gt()) {
                             inside = false;
                         }
                     }
-                    Event::LastAffected(v) => {
-                        if cmp(v).is_some_and(|o| o.is_gt()) {
-                            inside = false;
-                        }
+                    Event::Limit(_) => {
+                        limited = true;
+                        below_a_limit |= order.is_some_and(|o| o.is_lt());
                     }
-                    Event::Limit(_) => {}
                 }
             }
-            let mut limits = events.iter().filter_map(|e| match e {
-                Event::Limit(v) => Some(v),
-                _ => None,
-            });
-            let limited = events.iter().any(|e| matches!(e, Event::Limit(_)));
-            if limited && !limits.any(|l| cmp(l).is_some_and(|o| o.is_lt())) {
+            if limited && !below_a_limit {
                 inside = false;
             }
             affected |= inside;
+            if let Some(candidate) = range_fix
+                && fixed.is_none_or(|f| candidate.compare(f).is_ok_and(|o| o.is_lt()))
+            {
+                fixed = Some(candidate);
+            }
         }
-        if !affected {
-            return None;
-        }
-        let fixed = self
-            .ranges
-            .iter()
-            .flatten()
-            .filter_map(|e| match e {
-                Event::Fixed(v) if cmp(v).is_some_and(|o| o.is_lt()) => Some(v),
-                _ => None,
-            })
-            .min_by(|a, b| a.compare(b).unwrap_or(std::cmp::Ordering::Equal))
-            .cloned();
-        Some(Match { fixed })
+        affected.then_some(Match { fixed })
     }
 }
 

@@ -314,39 +314,83 @@ fn kev_start(date: jiff::civil::Date) -> Option<Timestamp> {
         .map(|z| z.timestamp())
 }
 
+/// One policy's deadlines, parsed once per evaluation rather than once per
+/// finding.
+struct Terms<'a> {
+    /// The policy; `None` for the built-in defaults (no policy matches).
+    policy: Option<&'a str>,
+    /// Deadline per severity, indexed by [`severity_index`].
+    deadlines: [Option<SignedDuration>; 5],
+    /// `knownExploited`.
+    known_exploited: Option<SignedDuration>,
+}
+
+fn severity_index(s: Severity) -> usize {
+    match s {
+        Severity::Unknown => 0,
+        Severity::Low => 1,
+        Severity::Medium => 2,
+        Severity::High => 3,
+        Severity::Critical => 4,
+    }
+}
+
+impl<'a> Terms<'a> {
+    fn of(policy: Option<&'a str>, deadlines: &Deadlines, kev: Option<&Duration>) -> Self {
+        let d = |s| parse(deadlines.for_severity(s));
+        Terms {
+            policy,
+            deadlines: [
+                d(Severity::Unknown),
+                d(Severity::Low),
+                d(Severity::Medium),
+                d(Severity::High),
+                d(Severity::Critical),
+            ],
+            known_exploited: kev.and_then(parse),
+        }
+    }
+
+    fn all(policies: &[PolicyRef<'a>]) -> Vec<Terms<'a>> {
+        if policies.is_empty() {
+            return vec![Terms::of(None, &Deadlines::default(), None)];
+        }
+        policies
+            .iter()
+            .map(|p| {
+                Terms::of(
+                    Some(p.name),
+                    &p.spec.deadlines,
+                    p.spec.known_exploited.as_ref(),
+                )
+            })
+            .collect()
+    }
+}
+
 /// The strictest due date over the policies: `(due, policy)`.
-fn due_date(
-    policies: &[PolicyRef<'_>],
-    advisory: &Advisory,
+fn due_date<'a>(
+    terms: &[Terms<'a>],
+    published: Option<Timestamp>,
     severity: Severity,
     kev_added: Option<Timestamp>,
-) -> Option<(Timestamp, Option<String>)> {
-    let published = advisory.published?;
-    let mut best: Option<(Timestamp, Option<String>)> = None;
-    let mut consider = |due: Option<Timestamp>, by: Option<&str>| {
+) -> Option<(Timestamp, Option<&'a str>)> {
+    let published = published?;
+    let mut best: Option<(Timestamp, Option<&'a str>)> = None;
+    let mut consider = |due: Option<Timestamp>, by: Option<&'a str>| {
         if let Some(due) = due
             && best.as_ref().is_none_or(|(b, _)| due < *b)
         {
-            best = Some((due, by.map(str::to_owned)));
+            best = Some((due, by));
         }
     };
-    if policies.is_empty() {
-        let defaults = Deadlines::default();
+    for t in terms {
         consider(
-            parse(defaults.for_severity(severity)).and_then(|d| published.checked_add(d).ok()),
-            None,
+            t.deadlines[severity_index(severity)].and_then(|d| published.checked_add(d).ok()),
+            t.policy,
         );
-    }
-    for p in policies {
-        consider(
-            parse(p.spec.deadlines.for_severity(severity))
-                .and_then(|d| published.checked_add(d).ok()),
-            Some(p.name),
-        );
-        if let (Some(added), Some(kev)) =
-            (kev_added, p.spec.known_exploited.as_ref().and_then(parse))
-        {
-            consider(added.checked_add(kev).ok(), Some(p.name));
+        if let (Some(added), Some(kev)) = (kev_added, t.known_exploited) {
+            consider(added.checked_add(kev).ok(), t.policy);
         }
     }
     best
@@ -479,44 +523,61 @@ pub fn evaluate(input: &Input<'_>) -> Evaluation {
         severity: Severity,
         packages: Vec<AffectedPackage>,
     }
-    let mut hits: BTreeMap<String, Hit> = BTreeMap::new();
+    let mut hits: BTreeMap<&str, Hit> = BTreeMap::new();
     let mut invalid: Vec<String> = Vec::new();
+    // Binary packages of one source share its (name, version): each distinct
+    // probe is parsed and tested once, then attributed to every binary.
+    let mut probes: Vec<((&str, &str), &InstalledPackage)> =
+        Vec::with_capacity(inventory.packages.len());
     for pkg in inventory.packages {
-        let mut probes: Vec<(&str, &str)> = vec![(pkg.source_name(), pkg.source_version())];
+        probes.push(((pkg.source_name(), pkg.source_version()), pkg));
         if platform.family != Ecosystem::Dpkg && pkg.base_name() != pkg.source_name() {
-            probes.push((pkg.base_name(), pkg.version.as_str()));
+            probes.push(((pkg.base_name(), pkg.version.as_str()), pkg));
         }
-        for (name, version) in probes {
-            let Some(entries) = packages_index.get(name) else {
+    }
+    probes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut i = 0;
+    while i < probes.len() {
+        let key = probes[i].0;
+        let group_end = probes[i..]
+            .iter()
+            .position(|(k, _)| *k != key)
+            .map_or(probes.len(), |n| i + n);
+        let group = &probes[i..group_end];
+        i = group_end;
+        let (name, version) = key;
+        let Some(entries) = packages_index.get(name) else {
+            continue;
+        };
+        let installed = match Version::parse(platform.family, version) {
+            Ok(v) => v,
+            Err(e) => {
+                invalid.extend(group.iter().map(|(_, pkg)| format!("{}: {e}", pkg.name)));
+                continue;
+            }
+        };
+        for entry in entries {
+            let affected = entry.affected();
+            let Some(m) = affected.check(&installed) else {
                 continue;
             };
-            let installed = match Version::parse(platform.family, version) {
-                Ok(v) => v,
-                Err(e) => {
-                    invalid.push(format!("{}: {e}", pkg.name));
-                    continue;
-                }
-            };
-            for entry in entries {
-                let affected = entry.affected();
-                let Some(m) = affected.check(&installed) else {
-                    continue;
-                };
-                let hit = hits
-                    .entry(entry.advisory.id.clone())
-                    .or_insert_with(|| Hit {
-                        advisory: Arc::clone(&entry.advisory),
-                        severity: affected.severity,
-                        packages: Vec::new(),
-                    });
-                hit.severity = hit.severity.max(affected.severity);
+            let fixed = m.fixed.map(|f| f.as_str().to_owned());
+            let hit = hits
+                .entry(entry.advisory.id.as_str())
+                .or_insert_with(|| Hit {
+                    advisory: Arc::clone(&entry.advisory),
+                    severity: affected.severity,
+                    packages: Vec::new(),
+                });
+            hit.severity = hit.severity.max(affected.severity);
+            for (_, pkg) in group {
                 if hit.packages.iter().any(|p| p.name == pkg.name) {
                     continue;
                 }
                 hit.packages.push(AffectedPackage {
                     name: pkg.name.clone(),
                     installed: version.to_owned(),
-                    fixed: m.fixed.map(|f| f.as_str().to_owned()),
+                    fixed: fixed.clone(),
                     source: (name != pkg.name).then(|| name.to_owned()),
                 });
             }
@@ -529,13 +590,14 @@ pub fn evaluate(input: &Input<'_>) -> Evaluation {
         None => input.policies.iter().filter_map(soak).max(),
     };
     let emergency_rule = driving.and_then(|p| p.spec.emergency.as_ref());
+    let terms = Terms::all(input.policies);
 
     for (_, hit) in hits {
         let advisory = hit.advisory;
         let kev = input.advisories.known_exploited(&advisory);
         let known_exploited = kev.is_some();
         let kev_added = kev.and_then(|k| kev_start(k.date_added));
-        let due = due_date(input.policies, &advisory, hit.severity, kev_added);
+        let due = due_date(&terms, advisory.published, hit.severity, kev_added);
         let has_fix = hit.packages.iter().any(|p| p.fixed.is_some());
         let emergency = is_emergency(emergency_rule, hit.severity, known_exploited);
         let installable_after = match (soak_time, advisory.published) {
@@ -591,7 +653,7 @@ pub fn evaluate(input: &Input<'_>) -> Evaluation {
                 packages,
                 published: advisory.published.map(time),
                 due: due.as_ref().map(|(d, _)| time(*d)),
-                due_by: due.and_then(|(_, by)| by),
+                due_by: due.and_then(|(_, by)| by.map(str::to_owned)),
                 installable_after: installable_after.filter(|a| *a > now).map(time),
                 exempted_by,
                 state,

@@ -9,6 +9,8 @@
 //! - [`selector`]: label selectors without a cluster.
 //! - [`evaluate`]: policies × inventory × advisories × exceptions × now →
 //!   findings, verdict, next change.
+//! - [`window`]: maintenance windows: cron + duration + IANA time zone →
+//!   open now? when next?
 //! - [`rollout`]: policy × workload states × jobs in flight × ledger × now →
 //!   which remediation Jobs to start, and when to look again.
 
@@ -18,3 +20,4 @@ pub mod inventory;
 pub mod rollout;
 pub mod selector;
 pub mod version;
+pub mod window;
