@@ -54,6 +54,7 @@ fn now() -> Timestamp {
 fn eval(db: &AdvisoryDb, platform: &str, packages: &[InstalledPackage]) -> evaluate::Evaluation {
     let policy = gold();
     evaluate::evaluate(&Input {
+        detail: evaluate::Detail::All,
         platform,
         policies: &[PolicyRef {
             name: "gold",

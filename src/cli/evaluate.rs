@@ -183,6 +183,7 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let evaluation = evaluate::evaluate(&Input {
+        detail: evaluate::Detail::All,
         platform: &args.platform,
         policies: &policy_refs,
         exceptions: &exception_refs,

@@ -421,7 +421,7 @@ impl Affected {
         // cost of evaluating a fleet). Events are in version order, so the
         // first `fixed` above the installed version in a range is the
         // smallest one of that range.
-        let mut affected = self.versions.contains(installed.as_str());
+        let mut affected = false;
         let mut fixed: Option<&Version> = None;
         for events in &self.ranges {
             let mut inside = false;
@@ -459,6 +459,9 @@ impl Affected {
                 fixed = Some(candidate);
             }
         }
+        // Explicit versions count too (consulted last: a hash probe into a
+        // cold table costs more than the range comparisons above).
+        affected = affected || self.versions.contains(installed.as_str());
         affected.then_some(Match { fixed })
     }
 }
@@ -481,6 +484,9 @@ pub struct Advisory {
     pub severity: Severity,
     /// The affected packages on known platforms.
     pub affected: Vec<Affected>,
+    /// The earliest KEV entry among its CVEs, linked when the database is
+    /// built (ids, aliases, upstream and related all count).
+    pub known_exploited: Option<KevEntry>,
 }
 
 /// What a load kept, skipped and could not read.
@@ -517,18 +523,55 @@ impl IndexEntry {
     }
 }
 
-type PackageIndex = HashMap<String, Vec<IndexEntry>>;
+/// Index maps use foldhash: lookups by package name are the hot path of every
+/// evaluation, and SipHash cost a fifth of it.
+type FastMap<K, V> = foldhash::HashMap<K, V>;
+
+type PackageIndex = FastMap<String, Vec<IndexEntry>>;
 
 /// Every loaded advisory, indexed by ecosystem then package, with the KEV
 /// overlay. Immutable once built: the controller swaps whole databases.
 #[derive(Debug, Default)]
 pub struct AdvisoryDb {
-    index: HashMap<String, PackageIndex>,
+    index: FastMap<String, PackageIndex>,
     kev: KevCatalog,
     fingerprints: HashMap<(String, String), u64>,
     ecosystems: BTreeMap<String, usize>,
     advisories: usize,
+    probes: ProbeCache,
 }
+
+/// What one installed (package, version) matches: the indexes of the
+/// affected entries under that package and their minimum fixed versions.
+pub type ProbeMatches = Arc<[(usize, Option<Arc<str>>)]>;
+
+/// A memo of [`AdvisoryDb::probe`]. Fleets repeat the same (package,
+/// version) pairs on thousands of machines (they come from a few images), and
+/// testing a version against every advisory of a package is the bulk of an
+/// evaluation. The memo lives and dies with its database, so swapping in new
+/// advisories never serves a stale answer.
+#[derive(Debug, Default)]
+struct ProbeCache {
+    /// By the hash of (ecosystem, package, version); the strings are kept to
+    /// tell collisions apart, so a hit allocates nothing.
+    entries: std::sync::Mutex<FastMap<u64, Vec<CachedProbe>>>,
+    len: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Debug)]
+struct CachedProbe {
+    key: [Box<str>; 3],
+    result: Result<ProbeMatches, String>,
+}
+
+fn probe_hash(parts: [&str; 3]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(parts)
+}
+
+/// Beyond this many distinct (ecosystem, package, version) triples the memo
+/// stops growing, bounding its memory (about 150 bytes per entry).
+const PROBE_CACHE_LIMIT: usize = 1_000_000;
 
 /// The (ecosystem, package) keys whose advisories differ between two
 /// databases; exactly the objects with these packages need re-evaluation.
@@ -716,7 +759,7 @@ impl AdvisoryDb {
             }
         }
 
-        let mut index: HashMap<String, PackageIndex> = HashMap::new();
+        let mut index: FastMap<String, PackageIndex> = FastMap::default();
         let mut ecosystem_counts: BTreeMap<String, usize> = BTreeMap::new();
         let mut platforms: HashMap<String, Option<Ecosystem>> = HashMap::new();
         for record in records {
@@ -802,10 +845,15 @@ impl AdvisoryDb {
                     .unwrap_or(Severity::Unknown),
                 id: record.id,
                 summary: record.summary,
-                cves,
                 published: record.published.or(record.modified),
                 modified: record.modified,
+                known_exploited: cves
+                    .iter()
+                    .filter_map(|c| kev.entries.get(c))
+                    .min_by_key(|e| e.date_added)
+                    .cloned(),
                 affected,
+                cves,
             });
             report.advisories += 1;
             let mut counted = HashSet::new();
@@ -831,6 +879,7 @@ impl AdvisoryDb {
             fingerprints: HashMap::new(),
             ecosystems: ecosystem_counts,
             advisories: report.advisories,
+            probes: ProbeCache::default(),
         };
         db.fingerprints = db.compute_fingerprints();
         (db, report)
@@ -882,8 +931,59 @@ impl AdvisoryDb {
             .unwrap_or(&[])
     }
 
+    /// Tests an installed version of `package` against every advisory entry
+    /// indexed under it: the matching entries' indexes (into
+    /// [`AdvisoryDb::lookup`]'s slice) with their minimum fixed versions, or
+    /// the reason the version cannot be read. Memoized per database.
+    pub fn probe(
+        &self,
+        ecosystem: &str,
+        family: Ecosystem,
+        package: &str,
+        version: &str,
+    ) -> Result<ProbeMatches, String> {
+        let entries = self.lookup(ecosystem, package);
+        if entries.is_empty() {
+            return Ok(Arc::from([]));
+        }
+        let parts = [ecosystem, package, version];
+        let hash = probe_hash(parts);
+        if let Ok(cache) = self.probes.entries.lock()
+            && let Some(hit) = cache
+                .get(&hash)
+                .and_then(|bucket| bucket.iter().find(|c| c.key.iter().map(|k| &**k).eq(parts)))
+        {
+            return hit.result.clone();
+        }
+        let result = Version::parse(family, version)
+            .map(|installed| {
+                entries
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| {
+                        e.affected()
+                            .check(&installed)
+                            .map(|m| (i, m.fixed.map(|f| Arc::from(f.as_str()))))
+                    })
+                    .collect::<Vec<_>>()
+                    .into()
+            })
+            .map_err(|e| e.to_string());
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.probes.len.load(Relaxed) < PROBE_CACHE_LIMIT
+            && let Ok(mut cache) = self.probes.entries.lock()
+        {
+            self.probes.len.fetch_add(1, Relaxed);
+            cache.entry(hash).or_default().push(CachedProbe {
+                key: parts.map(Box::from),
+                result: result.clone(),
+            });
+        }
+        result
+    }
+
     /// The package map of one ecosystem, for repeated lookups.
-    pub fn ecosystem(&self, ecosystem: &str) -> Option<&HashMap<String, Vec<IndexEntry>>> {
+    pub fn ecosystem(&self, ecosystem: &str) -> Option<&FastMap<String, Vec<IndexEntry>>> {
         self.index.get(ecosystem)
     }
 
@@ -915,12 +1015,8 @@ impl AdvisoryDb {
 
     /// The earliest KEV entry among an advisory's CVEs (ids, aliases,
     /// upstream and related), if it is known exploited.
-    pub fn known_exploited(&self, advisory: &Advisory) -> Option<&KevEntry> {
-        advisory
-            .cves
-            .iter()
-            .filter_map(|c| self.kev.entries.get(c))
-            .min_by_key(|e| e.date_added)
+    pub fn known_exploited<'a>(&self, advisory: &'a Advisory) -> Option<&'a KevEntry> {
+        advisory.known_exploited.as_ref()
     }
 
     /// Which (ecosystem, package) keys differ from `old`.

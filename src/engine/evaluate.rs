@@ -22,7 +22,7 @@
 //!   Pending, Exempt, Compliant. No-fix and blocked findings never make an
 //!   object non-compliant: there is nothing to install.
 
-use std::collections::BTreeMap;
+use foldhash::{HashMap, HashSet};
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
@@ -30,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::advisory::{Advisory, AdvisoryDb};
 use super::inventory::InstalledPackage;
-use super::version::{Ecosystem, Version, parse_platform};
+use super::version::{Ecosystem, parse_platform};
 use crate::api::common::{
     AffectedPackage, ComplianceState, ComplianceSummary, Duration, Finding, FindingState, Severity,
 };
@@ -75,9 +75,22 @@ pub struct InventoryInput<'a> {
     pub provisional: bool,
 }
 
+/// Which findings an evaluation materialises.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Detail {
+    /// Every finding, no-fix and blocked ones included (`patchloop evaluate`).
+    #[default]
+    All,
+    /// Only what a status lists (Pending, Overdue, Exempt); no-fix and
+    /// blocked findings are counted, not built. The controller's mode.
+    Actionable,
+}
+
 /// Everything an evaluation depends on.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
+    /// Which findings to materialise.
+    pub detail: Detail,
     /// The object's platform (`Debian:12`).
     pub platform: &'a str,
     /// The policies matching the object.
@@ -423,7 +436,7 @@ fn state_rank(s: FindingState) -> u8 {
 }
 
 /// Evaluates one object.
-pub fn evaluate(input: &Input<'_>) -> Evaluation {
+pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
     let now = input.now;
     let remediation = remediation_policy(input.policies);
     let driving: Option<&PolicyRef<'_>> = match &remediation {
@@ -518,57 +531,72 @@ pub fn evaluate(input: &Input<'_>) -> Evaluation {
 
     // Match packages. Debian and Ubuntu advisories name source packages; rpm
     // and apk advisories may name either, so both names are probed there.
+    // Binary packages of one source share its (name, version): each distinct
+    // probe is tested once, then attributed to every binary.
     struct Hit {
         advisory: Arc<Advisory>,
         severity: Severity,
         packages: Vec<AffectedPackage>,
     }
-    let mut hits: BTreeMap<&str, Hit> = BTreeMap::new();
-    let mut invalid: Vec<String> = Vec::new();
-    // Binary packages of one source share its (name, version): each distinct
-    // probe is parsed and tested once, then attributed to every binary.
-    let mut probes: Vec<((&str, &str), &InstalledPackage)> =
-        Vec::with_capacity(inventory.packages.len());
+    let mut probe_keys: Vec<(&str, &str)> = Vec::new();
+    let mut probe_index: HashMap<(&str, &str), usize> = HashMap::default();
+    let mut members: Vec<(usize, &InstalledPackage)> = Vec::with_capacity(inventory.packages.len());
     for pkg in inventory.packages {
-        probes.push(((pkg.source_name(), pkg.source_version()), pkg));
+        let mut add = |key: (&'a str, &'a str)| {
+            let next = probe_keys.len();
+            let idx = *probe_index.entry(key).or_insert(next);
+            if idx == next {
+                probe_keys.push(key);
+            }
+            members.push((idx, pkg));
+        };
+        add((pkg.source_name(), pkg.source_version()));
         if platform.family != Ecosystem::Dpkg && pkg.base_name() != pkg.source_name() {
-            probes.push(((pkg.base_name(), pkg.version.as_str()), pkg));
+            add((pkg.base_name(), pkg.version.as_str()));
         }
     }
-    probes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let mut i = 0;
-    while i < probes.len() {
-        let key = probes[i].0;
-        let group_end = probes[i..]
-            .iter()
-            .position(|(k, _)| *k != key)
-            .map_or(probes.len(), |n| i + n);
-        let group = &probes[i..group_end];
-        i = group_end;
-        let (name, version) = key;
+    members.sort_unstable_by_key(|(idx, _)| *idx);
+
+    let only_actionable = input.detail == Detail::Actionable;
+    let mut hit_index: HashMap<&str, usize> = HashMap::default();
+    let mut hits: Vec<Hit> = Vec::new();
+    let mut without_fix: HashSet<&str> = HashSet::default();
+    let mut invalid: Vec<String> = Vec::new();
+    for group in members.chunk_by(|a, b| a.0 == b.0) {
+        let (name, version) = probe_keys[group[0].0];
         let Some(entries) = packages_index.get(name) else {
             continue;
         };
-        let installed = match Version::parse(platform.family, version) {
-            Ok(v) => v,
+        let matches = match input
+            .advisories
+            .probe(ecosystem, platform.family, name, version)
+        {
+            Ok(m) => m,
             Err(e) => {
                 invalid.extend(group.iter().map(|(_, pkg)| format!("{}: {e}", pkg.name)));
                 continue;
             }
         };
-        for entry in entries {
-            let affected = entry.affected();
-            let Some(m) = affected.check(&installed) else {
+        for (index, fixed) in matches.iter() {
+            let Some(entry) = entries.get(*index) else {
                 continue;
             };
-            let fixed = m.fixed.map(|f| f.as_str().to_owned());
-            let hit = hits
-                .entry(entry.advisory.id.as_str())
-                .or_insert_with(|| Hit {
+            // Status needs no-fix findings as a count only.
+            if only_actionable && fixed.is_none() {
+                without_fix.insert(entry.advisory.id.as_str());
+                continue;
+            }
+            let affected = entry.affected();
+            let next = hits.len();
+            let at = *hit_index.entry(entry.advisory.id.as_str()).or_insert(next);
+            if at == next {
+                hits.push(Hit {
                     advisory: Arc::clone(&entry.advisory),
                     severity: affected.severity,
                     packages: Vec::new(),
                 });
+            }
+            let hit = &mut hits[at];
             hit.severity = hit.severity.max(affected.severity);
             for (_, pkg) in group {
                 if hit.packages.iter().any(|p| p.name == pkg.name) {
@@ -577,12 +605,16 @@ pub fn evaluate(input: &Input<'_>) -> Evaluation {
                 hit.packages.push(AffectedPackage {
                     name: pkg.name.clone(),
                     installed: version.to_owned(),
-                    fixed: fixed.clone(),
+                    fixed: fixed.as_deref().map(str::to_owned),
                     source: (name != pkg.name).then(|| name.to_owned()),
                 });
             }
         }
     }
+    evaluation.counts.no_fix_yet += without_fix
+        .iter()
+        .filter(|id| !hit_index.contains_key(*id))
+        .count();
 
     let soak = |p: &PolicyRef<'_>| p.spec.approval.approve_after.as_ref().and_then(parse);
     let soak_time = match driving {
@@ -592,7 +624,7 @@ pub fn evaluate(input: &Input<'_>) -> Evaluation {
     let emergency_rule = driving.and_then(|p| p.spec.emergency.as_ref());
     let terms = Terms::all(input.policies);
 
-    for (_, hit) in hits {
+    for hit in hits {
         let advisory = hit.advisory;
         let kev = input.advisories.known_exploited(&advisory);
         let known_exploited = kev.is_some();
@@ -628,6 +660,13 @@ pub fn evaluate(input: &Input<'_>) -> Evaluation {
         let actionable = matches!(state, FindingState::Pending | FindingState::Overdue);
         if actionable && let Some(after) = installable_after {
             wake(after);
+        }
+        if only_actionable && matches!(state, FindingState::NoFixYet | FindingState::Blocked) {
+            match state {
+                FindingState::Blocked => evaluation.counts.blocked += 1,
+                _ => evaluation.counts.no_fix_yet += 1,
+            }
+            continue;
         }
         match state {
             FindingState::Pending => evaluation.counts.pending += 1,
@@ -866,6 +905,7 @@ mod tests {
         now: &str,
     ) -> Evaluation {
         evaluate(&Input {
+            detail: Detail::All,
             platform: "Debian:12",
             policies,
             exceptions,
@@ -1144,6 +1184,7 @@ mod tests {
 
         // An image inventory never ages.
         let image = evaluate(&Input {
+            detail: Detail::All,
             platform: "Debian:12",
             policies: &p,
             exceptions: &[],
@@ -1159,6 +1200,7 @@ mod tests {
         assert_eq!(image.state, ComplianceState::Overdue);
 
         let none = evaluate(&Input {
+            detail: Detail::All,
             platform: "Debian:12",
             policies: &p,
             exceptions: &[],
@@ -1175,6 +1217,7 @@ mod tests {
             provisional: false,
         });
         let no_data = evaluate(&Input {
+            detail: Detail::All,
             platform: "Ubuntu:22.04:LTS",
             policies: &p,
             exceptions: &[],
@@ -1193,6 +1236,7 @@ mod tests {
         );
 
         let bad_platform = evaluate(&Input {
+            detail: Detail::All,
             platform: "Windows:11",
             policies: &p,
             exceptions: &[],
@@ -1321,6 +1365,41 @@ mod tests {
         assert!(is_emergency(Some(&rule), Severity::Low, true));
         assert!(!is_emergency(Some(&rule), Severity::High, false));
         assert!(!is_emergency(None, Severity::Critical, true));
+    }
+
+    #[test]
+    fn actionable_detail_counts_what_it_does_not_build() {
+        let db = db(false);
+        let gold =
+            policy(json!({"approval": {"rejected": ["DSA-9002-1"]}, "inventoryMaxAge": "90d"}));
+        let pkgs = packages();
+        let p = [PolicyRef {
+            name: "gold",
+            spec: &gold,
+        }];
+        let input = |detail| Input {
+            detail,
+            platform: "Debian:12",
+            policies: &p,
+            exceptions: &[],
+            inventory: Some(InventoryInput {
+                packages: &pkgs,
+                collected_at: ts("2026-11-20T00:00:00Z"),
+                ages: true,
+                provisional: false,
+            }),
+            advisories: &db,
+            now: ts("2026-11-20T00:00:00Z"),
+        };
+        let all = evaluate(&input(Detail::All));
+        let actionable = evaluate(&input(Detail::Actionable));
+        assert_eq!(all.counts, actionable.counts);
+        assert_eq!((all.counts.no_fix_yet, all.counts.blocked), (1, 1));
+        assert_eq!(all.state, actionable.state);
+        assert_eq!(all.next_change, actionable.next_change);
+        assert_eq!(all.status_findings(10), actionable.status_findings(10));
+        assert_eq!(all.findings.len(), 3);
+        assert_eq!(actionable.findings.len(), 1);
     }
 
     #[test]
