@@ -1228,4 +1228,76 @@ mod tests {
             "a new KEV link changes exactly the keys of the advisories it touches"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A range event on plain integers (`n` stands for dpkg version `1.n`).
+        #[derive(Debug, Clone, Copy)]
+        enum E {
+            Introduced(u32),
+            Fixed(u32),
+            LastAffected(u32),
+        }
+
+        /// The straightforward reading of a range: find the last event at or
+        /// below `v` (an introduced or fixed version counts when `<= v`, a
+        /// last_affected one when `< v`); `v` is affected iff it is an
+        /// introduced event.
+        fn reference(events: &[E], v: u32) -> bool {
+            let mut sorted: Vec<E> = events.to_vec();
+            sorted.sort_by_key(|e| match e {
+                E::Introduced(n) | E::Fixed(n) | E::LastAffected(n) => *n,
+            });
+            sorted
+                .iter()
+                .filter(|e| match e {
+                    E::Introduced(n) | E::Fixed(n) => *n <= v,
+                    E::LastAffected(n) => *n < v,
+                })
+                .last()
+                .is_some_and(|e| matches!(e, E::Introduced(_)))
+        }
+
+        fn events() -> impl Strategy<Value = Vec<E>> {
+            // Distinct versions, so that no two events tie.
+            proptest::collection::btree_set(1u32..60, 1..7).prop_flat_map(|versions| {
+                let versions: Vec<u32> = versions.into_iter().collect();
+                let n = versions.len();
+                (Just(versions), proptest::collection::vec(0u8..3, n))
+            })
+            .prop_map(|(versions, kinds)| {
+                versions
+                    .into_iter()
+                    .zip(kinds)
+                    .map(|(v, k)| match k {
+                        0 => E::Introduced(v),
+                        1 => E::Fixed(v),
+                        _ => E::LastAffected(v),
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn range_checks_agree_with_the_reference(events in events(), v in 0u32..65) {
+                let json: Vec<serde_json::Value> = events
+                    .iter()
+                    .map(|e| match e {
+                        E::Introduced(n) => serde_json::json!({"introduced": format!("1.{n}")}),
+                        E::Fixed(n) => serde_json::json!({"fixed": format!("1.{n}")}),
+                        E::LastAffected(n) => serde_json::json!({"last_affected": format!("1.{n}")}),
+                    })
+                    .collect();
+                let db = one(serde_json::Value::Array(json), serde_json::json!([]));
+                let got = db.lookup("Debian:12", "pkg")[0]
+                    .affected()
+                    .check(&dpkg(&format!("1.{v}")))
+                    .is_some();
+                prop_assert_eq!(got, reference(&events, v), "events {:?}, version 1.{}", events, v);
+            }
+        }
+    }
 }
