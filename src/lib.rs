@@ -5,4 +5,5 @@
 //! - [`engine`]: the pure compliance engine (versions, advisories, evaluation).
 
 pub mod api;
+pub mod controller;
 pub mod engine;

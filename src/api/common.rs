@@ -296,6 +296,14 @@ pub fn int_or_percent(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// A status timestamp: whole seconds, as `metav1.Time` serialises them, so a
+/// status built in memory equals the one read back and unchanged state never
+/// causes a write.
+pub fn time(t: jiff::Timestamp) -> Time {
+    let whole = jiff::Timestamp::from_second(t.as_second()).unwrap_or(t);
+    Time(whole)
+}
+
 /// The name used to label and categorise every Patchloop object.
 pub const CATEGORY: &str = "patchloop";
 

@@ -3,6 +3,7 @@
 
 mod crds;
 mod evaluate;
+mod run;
 
 use std::process::ExitCode;
 
@@ -24,6 +25,9 @@ enum Command {
     /// 0 when compliant (or exempt), 1 when a fix is pending or overdue, 3
     /// when compliance is unknown, 2 on bad input.
     Evaluate(Box<evaluate::EvaluateArgs>),
+    /// Run the controller: reconcile Workloads, PatchPolicies,
+    /// PatchExceptions, Inventories and AdvisoryFeeds until SIGTERM.
+    Run(Box<run::RunArgs>),
 }
 
 /// Parses the command line and runs the chosen subcommand.
@@ -32,6 +36,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crds(args) => crds::run(&args),
         Command::Evaluate(args) => evaluate::run(&args),
+        Command::Run(args) => run::run(&args),
     };
     match result {
         Ok(code) => code,

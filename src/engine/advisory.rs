@@ -1252,32 +1252,32 @@ mod tests {
             });
             sorted
                 .iter()
-                .filter(|e| match e {
+                .rfind(|e| match e {
                     E::Introduced(n) | E::Fixed(n) => *n <= v,
                     E::LastAffected(n) => *n < v,
                 })
-                .last()
                 .is_some_and(|e| matches!(e, E::Introduced(_)))
         }
 
         fn events() -> impl Strategy<Value = Vec<E>> {
             // Distinct versions, so that no two events tie.
-            proptest::collection::btree_set(1u32..60, 1..7).prop_flat_map(|versions| {
-                let versions: Vec<u32> = versions.into_iter().collect();
-                let n = versions.len();
-                (Just(versions), proptest::collection::vec(0u8..3, n))
-            })
-            .prop_map(|(versions, kinds)| {
-                versions
-                    .into_iter()
-                    .zip(kinds)
-                    .map(|(v, k)| match k {
-                        0 => E::Introduced(v),
-                        1 => E::Fixed(v),
-                        _ => E::LastAffected(v),
-                    })
-                    .collect()
-            })
+            proptest::collection::btree_set(1u32..60, 1..7)
+                .prop_flat_map(|versions| {
+                    let versions: Vec<u32> = versions.into_iter().collect();
+                    let n = versions.len();
+                    (Just(versions), proptest::collection::vec(0u8..3, n))
+                })
+                .prop_map(|(versions, kinds)| {
+                    versions
+                        .into_iter()
+                        .zip(kinds)
+                        .map(|(v, k)| match k {
+                            0 => E::Introduced(v),
+                            1 => E::Fixed(v),
+                            _ => E::LastAffected(v),
+                        })
+                        .collect()
+                })
         }
 
         proptest! {

@@ -114,6 +114,8 @@ pub enum UnknownCause {
     NoAdvisoryData(String),
     /// The object has no inventory.
     NoInventory,
+    /// Its Inventory cannot be read (the message says where).
+    InvalidInventory(String),
     /// The live inventory is older than the strictest `inventoryMaxAge`.
     StaleInventory {
         /// When it was written.
@@ -132,6 +134,7 @@ impl UnknownCause {
             UnknownCause::UnknownPlatform(_) => "UnknownPlatform",
             UnknownCause::NoAdvisoryData(_) => "NoAdvisoryData",
             UnknownCause::NoInventory => "NoInventory",
+            UnknownCause::InvalidInventory(_) => "InvalidInventory",
             UnknownCause::StaleInventory { .. } => "InventoryStale",
             UnknownCause::InvalidVersions(_) => "InvalidVersions",
         }
@@ -146,6 +149,9 @@ impl UnknownCause {
             ),
             UnknownCause::NoInventory => {
                 "no Inventory reports this object yet: run a reporter (patchloop inventory)".into()
+            }
+            UnknownCause::InvalidInventory(e) => {
+                format!("the Inventory cannot be read: {e}")
             }
             UnknownCause::StaleInventory { written, max_age } => format!(
                 "the inventory was written at {written}, longer ago than inventoryMaxAge ({}): the reporter may be down",
@@ -318,7 +324,7 @@ fn human(d: SignedDuration) -> String {
 }
 
 fn time(t: Timestamp) -> Time {
-    Time(t)
+    crate::api::common::time(t)
 }
 
 fn kev_start(date: jiff::civil::Date) -> Option<Timestamp> {

@@ -1,0 +1,299 @@
+//! The AdvisoryFeed reconciler (cluster-scoped): fetch, parse, check, swap
+//! into the shared advisory store; a failed or suspect refresh keeps the last
+//! good data and says so.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tracing::Instrument;
+
+use super::feed_source::{self, FeedContent, Fetched, Validators};
+use super::{Error, Shared, now};
+use crate::api::AdvisoryFeed;
+use crate::api::common::time;
+use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
+use crate::api::feed::{AdvisoryFeedStatus, EcosystemCount};
+
+/// The field manager of AdvisoryFeed status.
+pub const MANAGER: &str = "patchloop-feed";
+
+/// What the feed reconciler remembers between refreshes of one feed.
+#[derive(Debug, Default, Clone)]
+struct Held {
+    validators: Validators,
+    digest: String,
+}
+
+/// The feed reconciler's context.
+pub struct FeedContext {
+    /// Shared client, store, metrics.
+    pub shared: Arc<Shared>,
+    /// Feed downloads.
+    pub http: reqwest::Client,
+    held: Mutex<HashMap<String, Held>>,
+}
+
+impl FeedContext {
+    /// A context around the shared parts.
+    pub fn new(shared: Arc<Shared>, http: reqwest::Client) -> Self {
+        FeedContext {
+            shared,
+            http,
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Forgets a deleted feed and removes its data.
+    pub fn forget(&self, feed: &str) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(feed);
+        }
+        self.shared.advisories.set_feed(feed, None);
+        self.shared.metrics.forget_feed(feed);
+    }
+}
+
+fn ecosystem_counts(content: &FeedContent, wanted: &[String]) -> Vec<EcosystemCount> {
+    let FeedContent::Osv(records) = content else {
+        return Vec::new();
+    };
+    let mut counts: BTreeMap<&str, i32> = BTreeMap::new();
+    for r in records {
+        let mut seen: Vec<&str> = r
+            .affected
+            .iter()
+            .filter_map(|a| a.package.as_ref())
+            .map(|p| p.ecosystem.as_str())
+            .filter(|e| !e.is_empty() && (wanted.is_empty() || wanted.iter().any(|w| w == e)))
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        for e in seen {
+            *counts.entry(e).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(name, advisories)| EcosystemCount {
+            name: name.to_owned(),
+            advisories,
+        })
+        .collect()
+}
+
+/// Reconciles one AdvisoryFeed.
+pub async fn reconcile(feed: Arc<AdvisoryFeed>, ctx: Arc<FeedContext>) -> Result<Action, Error> {
+    let mut timer = ctx.shared.metrics.reconcile("feed");
+    let span = tracing::info_span!("reconcile", controller = "feed", object = %ObjectRef::from_obj(feed.as_ref()));
+    timer.observe(reconcile_inner(feed, &ctx).instrument(span).await)
+}
+
+enum Outcome {
+    /// New data loaded.
+    Loaded(FeedContent, Validators, String),
+    /// The data held is current.
+    Unchanged,
+    /// The refresh failed or was refused; the last good data stays.
+    Failed(&'static str, String),
+}
+
+async fn refresh(ctx: &FeedContext, feed: &AdvisoryFeed, name: &str, held: &Held) -> Outcome {
+    let have_data = ctx.shared.advisories.feed_size(name).is_some();
+    let validators = if have_data {
+        held.validators.clone()
+    } else {
+        Validators::default()
+    };
+    let fetched = match feed_source::fetch(
+        &ctx.shared.client,
+        &ctx.http,
+        &feed.spec.source,
+        &validators,
+    )
+    .await
+    {
+        Ok(f) => f,
+        Err(e) => return Outcome::Failed(e.reason(), e.to_string()),
+    };
+    let (blobs, validators) = match fetched {
+        Fetched::NotModified => return Outcome::Unchanged,
+        Fetched::Content { blobs, validators } => (blobs, validators),
+    };
+    let digest = feed_source::content_digest(&blobs);
+    if have_data && digest == held.digest {
+        return Outcome::Unchanged;
+    }
+    let content = match feed_source::parse(feed.spec.format, &feed.spec.ecosystems, &blobs, "") {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failed(e.reason(), e.to_string()),
+    };
+    let previous = ctx.shared.advisories.feed_size(name).unwrap_or(0);
+    if feed_source::is_suspect_drop(previous, content.len(), feed.spec.max_drop_percent) {
+        return Outcome::Failed(
+            "SuspectDrop",
+            format!(
+                "the refresh has {} advisories where the last good data had {previous}: more than maxDropPercent ({}%) lost, kept out",
+                content.len(),
+                feed.spec.max_drop_percent
+            ),
+        );
+    }
+    Outcome::Loaded(content, validators, digest)
+}
+
+async fn reconcile_inner(feed: Arc<AdvisoryFeed>, ctx: &Arc<FeedContext>) -> Result<Action, Error> {
+    let shared = &ctx.shared;
+    let name = feed.name_any();
+    let now = now();
+    let previous = feed.status.clone().unwrap_or_default();
+    let interval = match feed.spec.interval.parse() {
+        Ok(d) => std::time::Duration::from_secs(u64::try_from(d.as_secs()).unwrap_or(3600).max(10)),
+        Err(_) => std::time::Duration::from_secs(3600),
+    };
+    let held = ctx
+        .held
+        .lock()
+        .ok()
+        .and_then(|h| h.get(&name).cloned())
+        .unwrap_or_default();
+
+    let mut status = AdvisoryFeedStatus {
+        observed_generation: feed.metadata.generation,
+        ..previous.clone()
+    };
+    let outcome = refresh(ctx, &feed, &name, &held).await;
+    let (degraded, error) = match outcome {
+        Outcome::Loaded(content, validators, digest) => {
+            let counts = ecosystem_counts(&content, &feed.spec.ecosystems);
+            status.advisories = i32::try_from(content.len()).unwrap_or(i32::MAX);
+            status.ecosystems = counts.clone();
+            status.content_digest = Some(digest.clone());
+            status.etag = validators.etag.clone();
+            status.last_modified = validators.last_modified.clone();
+            status.last_sync_time = Some(time(now));
+            let diff = shared.advisories.set_feed(&name, Some(content));
+            tracing::info!(
+                advisories = status.advisories,
+                changed_keys = diff.changed.len(),
+                "feed loaded"
+            );
+            if let Ok(mut h) = ctx.held.lock() {
+                h.insert(name.clone(), Held { validators, digest });
+            }
+            shared.metrics.feed_refreshed(&name, now, &counts);
+            (false, None)
+        }
+        Outcome::Unchanged => {
+            status.last_sync_time = Some(time(now));
+            shared.metrics.set_feed_last_success(&name, now);
+            (false, None)
+        }
+        Outcome::Failed(reason, message) => {
+            shared.metrics.feed_error(&name);
+            (true, Some((reason, message)))
+        }
+    };
+    let has_data = shared.advisories.feed_size(&name).is_some();
+    let interval_error = feed.spec.interval.parse().err();
+    let ready = match (&interval_error, has_data, &error) {
+        (Some(e), _, _) => DesiredCondition::new(
+            types::READY,
+            ConditionStatus::False,
+            "InvalidSpec",
+            format!("spec.interval: {e}"),
+        ),
+        (None, true, _) => DesiredCondition::new(
+            types::READY,
+            ConditionStatus::True,
+            "Loaded",
+            format!("{} advisories loaded", status.advisories),
+        ),
+        (None, false, Some((reason, message))) => DesiredCondition::new(
+            types::READY,
+            ConditionStatus::False,
+            *reason,
+            message.clone(),
+        ),
+        (None, false, None) => DesiredCondition::new(
+            types::READY,
+            ConditionStatus::False,
+            "NoData",
+            "nothing loaded yet",
+        ),
+    };
+    let degraded_condition = match &error {
+        Some((reason, message)) => DesiredCondition::new(
+            types::DEGRADED,
+            ConditionStatus::True,
+            *reason,
+            if has_data {
+                format!("{message}; the last good data is kept")
+            } else {
+                message.clone()
+            },
+        ),
+        None => DesiredCondition::new(
+            types::DEGRADED,
+            ConditionStatus::False,
+            "RefreshSucceeded",
+            "the last refresh succeeded",
+        ),
+    };
+    let (conds, transitions) = conditions::merge(
+        &previous.conditions,
+        &[ready, degraded_condition],
+        feed.metadata.generation,
+        &time(now),
+    );
+    status.conditions = conds;
+    // A 304 or an unchanged download moves only lastSyncTime: write it at
+    // most once per interval, so a steady feed causes no write storm.
+    if status != previous {
+        let api: Api<AdvisoryFeed> = Api::all(shared.client.clone());
+        let patch = json!({"apiVersion": "patchloop.dev/v1alpha1", "kind": "AdvisoryFeed", "status": status});
+        api.patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        shared.metrics.status_write("feed");
+    }
+    if transitions.contains(&types::DEGRADED) {
+        match &error {
+            Some((reason, message)) => {
+                shared
+                    .event(feed.as_ref(), true, reason, message.clone())
+                    .await
+            }
+            None if conditions::find(&previous.conditions, types::DEGRADED).is_some() => {
+                shared
+                    .event(
+                        feed.as_ref(),
+                        false,
+                        "Recovered",
+                        "the feed refreshed successfully again".into(),
+                    )
+                    .await
+            }
+            None => {}
+        }
+    }
+    let retry = if degraded {
+        interval.min(std::time::Duration::from_secs(60))
+    } else {
+        interval
+    };
+    Ok(Action::requeue(retry))
+}
+
+/// The error policy: retry with a short backoff.
+pub fn error_policy(feed: Arc<AdvisoryFeed>, err: &Error, _ctx: Arc<FeedContext>) -> Action {
+    tracing::warn!(error = %err, object = %ObjectRef::from_obj(feed.as_ref()), "feed reconcile failed");
+    Action::requeue(std::time::Duration::from_secs(10))
+}

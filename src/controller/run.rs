@@ -1,0 +1,461 @@
+//! `patchloop run`: wires the caches, the trigger channels and one
+//! kube-runtime controller per kind, serves metrics and health, and shuts
+//! down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use futures::{FutureExt, StreamExt, future};
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+
+use super::advisories::AdvisoryStore;
+use super::feed::FeedContext;
+use super::http::{self, Health};
+use super::metrics::Metrics;
+use super::scope::{self, Scope, SubjectIndex, TriggerStreams};
+use super::{
+    Settings, Shared, exception, feed, feed_source, inventory, policy, recorder, workload,
+};
+use crate::api::inventory::SubjectKind;
+use crate::api::{AdvisoryFeed, Inventory, PatchException, PatchPolicy, Template, Workload};
+use crate::engine::advisory::IndexDiff;
+use crate::engine::inventory::parse_compact_list;
+use crate::engine::version::parse_platform;
+
+/// Why the controller could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The metrics/health address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The feed HTTP client could not be built.
+    #[error("{0}")]
+    Http(#[from] feed_source::FetchError),
+}
+
+/// Runs until `shutdown` resolves (SIGTERM/SIGINT in the binary).
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let metrics = Metrics::new();
+    let health = Health::new();
+    let started = super::now();
+    let shared = Arc::new(Shared {
+        recorder: recorder(client.clone()),
+        advisories: Arc::new(AdvisoryStore::new(started, settings.grace)),
+        metrics: metrics.clone(),
+        settings: settings.clone(),
+        client: client.clone(),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = {
+        let rx = stop_rx.clone();
+        move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        }
+    };
+    let (bound, server) = http::bind(listen, metrics.clone(), health.clone(), stopped())
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: listen,
+            source,
+        })?;
+    tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+
+    let feeds = feed_controller(Arc::clone(&shared), stopped())?;
+    let mut tasks: Vec<future::BoxFuture<'static, ()>> = vec![feeds.boxed()];
+    let mut ready_checks = Vec::new();
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    for namespace in scopes {
+        let (task, ready) = scope_controllers(Arc::clone(&shared), namespace, &stopped);
+        tasks.push(task);
+        ready_checks.push(ready);
+    }
+    let readiness = {
+        let health = health.clone();
+        async move {
+            for r in ready_checks {
+                r.await;
+            }
+            health.set_ready(true);
+            tracing::info!("caches synced; ready");
+        }
+    };
+    tasks.push(readiness.boxed());
+    tasks.push(
+        async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        }
+        .boxed(),
+    );
+    tasks.push(
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        }
+        .boxed(),
+    );
+    future::join_all(tasks).await;
+    Ok(())
+}
+
+fn feed_controller(
+    shared: Arc<Shared>,
+    stopped: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<impl Future<Output = ()> + Send, RunError> {
+    let http = feed_source::http_client()?;
+    let ctx = Arc::new(FeedContext::new(Arc::clone(&shared), http));
+    let mut config = watcher::Config::default();
+    if let Some(sel) = &shared.settings.feed_selector {
+        config = config.labels(sel);
+    }
+    let api: Api<AdvisoryFeed> = Api::all(shared.client.clone());
+    // Deleted feeds take their data with them.
+    let deletions = {
+        let ctx = Arc::clone(&ctx);
+        watcher::watcher(api.clone(), config.clone()).for_each(move |ev| {
+            if let Ok(Event::Delete(f)) = ev {
+                ctx.forget(&f.name_any());
+            }
+            future::ready(())
+        })
+    };
+    let controller = Controller::new(api, config)
+        .graceful_shutdown_on(stopped)
+        .run(feed::reconcile, feed::error_policy, ctx)
+        .for_each(|r| {
+            log_result(r.map(|(o, _)| o));
+            future::ready(())
+        });
+    Ok(async move {
+        tokio::select! {
+            () = controller => {},
+            () = deletions => {},
+        }
+    })
+}
+
+fn log_result<K: std::fmt::Display, E: std::fmt::Display>(r: Result<K, E>) {
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "reconcile stream");
+    }
+}
+
+type Ready = future::BoxFuture<'static, ()>;
+
+/// All namespaced controllers of one scope.
+fn scope_controllers<F, Fut>(
+    shared: Arc<Shared>,
+    namespace: Option<String>,
+    stopped: &F,
+) -> (future::BoxFuture<'static, ()>, Ready)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()> + Send + Sync + 'static,
+{
+    let client = shared.client.clone();
+    let ns = namespace.as_deref();
+    let (policies, policy_writer) = scope::store::<PatchPolicy>();
+    let (exceptions, exception_writer) = scope::store::<PatchException>();
+    let (templates, template_writer) = scope::store::<Template>();
+    let (inventories, inventory_writer) = scope::store::<Inventory>();
+    let (triggers, streams) = scope::triggers();
+    let TriggerStreams {
+        workloads: workload_refs,
+        policies: policy_refs,
+        exceptions: exception_refs,
+        inventories: inventory_refs,
+    } = streams;
+
+    let workload_controller = Controller::new(
+        scope::api_in::<Workload>(&client, ns),
+        watcher::Config::default(),
+    );
+    let workloads = workload_controller.store();
+    let subjects = Arc::new(RwLock::new(SubjectIndex::default()));
+    let scope = Arc::new(Scope {
+        shared: Arc::clone(&shared),
+        namespace: namespace.clone(),
+        policies: policies.clone(),
+        exceptions: exceptions.clone(),
+        templates: templates.clone(),
+        inventories: inventories.clone(),
+        subjects: Arc::clone(&subjects),
+        workloads: workloads.clone(),
+        triggers: triggers.clone(),
+    });
+
+    // Dependencies wake the reconcilers that read them.
+    let policy_loop = {
+        let scope = Arc::clone(&scope);
+        scope::reflect(
+            scope::api_in::<PatchPolicy>(&client, ns),
+            policy_writer,
+            move |ev| {
+                if let Event::Apply(p) | Event::Delete(p) = ev
+                    && let Some(pns) = p.namespace()
+                {
+                    if matches!(ev, Event::Delete(_)) {
+                        scope.shared.metrics.forget_policy(&pns, &p.name_any());
+                    }
+                    scope.wake_workloads_in(&pns);
+                }
+            },
+        )
+        .for_each(|()| future::ready(()))
+    };
+    let exception_loop = {
+        let scope = Arc::clone(&scope);
+        scope::reflect(
+            scope::api_in::<PatchException>(&client, ns),
+            exception_writer,
+            move |ev| {
+                if let Event::Apply(e) | Event::Delete(e) = ev
+                    && let Some(ens) = e.namespace()
+                {
+                    scope.wake_workloads_in(&ens);
+                }
+            },
+        )
+        .for_each(|()| future::ready(()))
+    };
+    let template_loop = {
+        let scope = Arc::clone(&scope);
+        scope::reflect(
+            scope::api_in::<Template>(&client, ns),
+            template_writer,
+            move |ev| {
+                if let Event::Apply(t) | Event::Delete(t) = ev {
+                    let name = t.name_any();
+                    for w in scope.workloads.state() {
+                        if w.namespace() == t.namespace()
+                            && w.spec.template_ref.as_ref().is_some_and(|r| r.name == name)
+                        {
+                            let _ = scope
+                                .triggers
+                                .workloads
+                                .unbounded_send(ObjectRef::from_obj(w.as_ref()));
+                        }
+                    }
+                }
+            },
+        )
+        .for_each(|()| future::ready(()))
+    };
+    let inventory_loop = {
+        let scope = Arc::clone(&scope);
+        scope::reflect(
+            scope::api_in::<Inventory>(&client, ns),
+            inventory_writer,
+            move |ev| {
+                let changed = scope
+                    .subjects
+                    .write()
+                    .map(|mut i| i.apply(ev))
+                    .unwrap_or_default();
+                for (sns, kind, name) in changed {
+                    match kind {
+                        SubjectKind::Workload => {
+                            let _ = scope
+                                .triggers
+                                .workloads
+                                .unbounded_send(ObjectRef::new(&name).within(&sns));
+                        }
+                        // A template revision's inventory judges new Workloads
+                        // provisionally.
+                        SubjectKind::Template => {
+                            for w in scope.workloads.state() {
+                                if w.namespace().as_deref() == Some(sns.as_str())
+                                    && w.spec.template_ref.as_ref().is_some_and(|r| r.name == name)
+                                {
+                                    let _ = scope
+                                        .triggers
+                                        .workloads
+                                        .unbounded_send(ObjectRef::from_obj(w.as_ref()));
+                                }
+                            }
+                        }
+                        SubjectKind::ChangeRequest => {}
+                    }
+                }
+            },
+        )
+        .for_each(|()| future::ready(()))
+    };
+    let diff_loop = advisory_changes(Arc::clone(&scope));
+
+    let workload_run = workload_controller
+        .reconcile_on(workload_refs)
+        .graceful_shutdown_on(stopped())
+        .run(
+            workload::reconcile,
+            workload::error_policy,
+            Arc::clone(&scope),
+        )
+        .for_each(|r| {
+            log_result(r.map(|(o, _)| o));
+            future::ready(())
+        });
+    let policy_run = Controller::new(
+        scope::api_in::<PatchPolicy>(&client, ns),
+        watcher::Config::default(),
+    )
+    .reconcile_on(policy_refs)
+    .graceful_shutdown_on(stopped())
+    .run(policy::reconcile, policy::error_policy, Arc::clone(&scope))
+    .for_each(|r| {
+        log_result(r.map(|(o, _)| o));
+        future::ready(())
+    });
+    let exception_run = Controller::new(
+        scope::api_in::<PatchException>(&client, ns),
+        watcher::Config::default(),
+    )
+    .reconcile_on(exception_refs)
+    .graceful_shutdown_on(stopped())
+    .run(
+        exception::reconcile,
+        exception::error_policy,
+        Arc::clone(&scope),
+    )
+    .for_each(|r| {
+        log_result(r.map(|(o, _)| o));
+        future::ready(())
+    });
+    let inventory_run = Controller::new(
+        scope::api_in::<Inventory>(&client, ns),
+        watcher::Config::default(),
+    )
+    .reconcile_on(inventory_refs)
+    .graceful_shutdown_on(stopped())
+    .run(
+        inventory::reconcile,
+        inventory::error_policy,
+        Arc::clone(&scope),
+    )
+    .for_each(|r| {
+        log_result(r.map(|(o, _)| o));
+        future::ready(())
+    });
+
+    let ready: Ready = {
+        let (p, e, t, i, w) = (policies, exceptions, templates, inventories, workloads);
+        async move {
+            let _ = p.wait_until_ready().await;
+            let _ = e.wait_until_ready().await;
+            let _ = t.wait_until_ready().await;
+            let _ = i.wait_until_ready().await;
+            let _ = w.wait_until_ready().await;
+        }
+        .boxed()
+    };
+
+    // The auxiliary loops never end on their own: stop with the controllers.
+    let stop = stopped();
+    let task = async move {
+        let aux = async {
+            tokio::join!(
+                policy_loop,
+                exception_loop,
+                template_loop,
+                inventory_loop,
+                diff_loop
+            );
+        };
+        let controllers = async {
+            tokio::join!(workload_run, policy_run, exception_run, inventory_run);
+        };
+        tokio::select! {
+            () = aux => {},
+            ((), ()) = async { tokio::join!(controllers, stop) } => {},
+        }
+    }
+    .boxed();
+    (task, ready)
+}
+
+/// Re-evaluates exactly the Workloads whose platform and packages a change
+/// of the advisory index touches.
+async fn advisory_changes(scope: Arc<Scope>) {
+    let mut changes = scope.shared.advisories.subscribe();
+    loop {
+        let diff = match changes.recv().await {
+            Ok(d) => d,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                // Missed some: everything may be affected.
+                for w in scope.workloads.state() {
+                    let _ = scope
+                        .triggers
+                        .workloads
+                        .unbounded_send(ObjectRef::from_obj(w.as_ref()));
+                }
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        for w in affected_workloads(&scope, &diff) {
+            let _ = scope.triggers.workloads.unbounded_send(w);
+        }
+    }
+}
+
+/// The Workloads a diff touches: on an ecosystem that gained or lost all
+/// data, or with an installed (source) package whose advisories changed.
+pub fn affected_workloads(scope: &Scope, diff: &IndexDiff) -> Vec<ObjectRef<Workload>> {
+    let mut out = Vec::new();
+    for w in scope.workloads.state() {
+        let Ok(platform) = parse_platform(&w.spec.platform) else {
+            continue;
+        };
+        let eco = platform.osv_ecosystem();
+        let Some(ns) = w.namespace() else { continue };
+        let hit = diff.ecosystems.contains(eco) || {
+            let inventory = scope.inventory_for(&(ns.clone(), SubjectKind::Workload, w.name_any()));
+            inventory.is_some_and(|inv| {
+                parse_compact_list(&inv.spec.packages).is_ok_and(|pkgs| {
+                    pkgs.iter().any(|p| {
+                        diff.changed
+                            .contains(&(eco.to_owned(), p.source_name().to_owned()))
+                            || diff
+                                .changed
+                                .contains(&(eco.to_owned(), p.base_name().to_owned()))
+                    })
+                })
+            })
+        };
+        // Provisional evaluation through a template inventory: re-evaluate
+        // when unsure.
+        let provisional = w
+            .status
+            .as_ref()
+            .and_then(|s| s.inventory.as_ref())
+            .is_some_and(|i| i.provisional);
+        if hit || (provisional && diff.changed.iter().any(|(e, _)| e == eco)) {
+            out.push(ObjectRef::from_obj(w.as_ref()));
+        }
+    }
+    out
+}

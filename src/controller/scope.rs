@@ -1,0 +1,306 @@
+//! One watch scope (all namespaces, or one): the caches every namespaced
+//! reconciler reads, the Inventory subject index, and the trigger channels
+//! that wake reconcilers when something they depend on changes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use futures::channel::mpsc;
+use futures::{Stream, StreamExt};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{Config as WatcherConfig, Event, watcher};
+use kube::runtime::{WatchStreamExt, reflector::store::Writer};
+use kube::{Api, Client, ResourceExt};
+
+use super::Shared;
+use crate::api::inventory::SubjectKind;
+use crate::api::{Inventory, PatchException, PatchPolicy, Template, Workload};
+use crate::engine::selector;
+
+/// (namespace, subject kind, subject name).
+pub type SubjectKey = (String, SubjectKind, String);
+
+type BySubject = HashMap<SubjectKey, BTreeSet<String>>;
+type ByInventory = HashMap<(String, String), SubjectKey>;
+
+/// Inventories by the object they describe, rebuilt on every relist so
+/// objects deleted during a disconnect do not linger.
+#[derive(Debug, Default)]
+pub struct SubjectIndex {
+    by_subject: BySubject,
+    by_inventory: ByInventory,
+    building: Option<(BySubject, ByInventory)>,
+}
+
+impl SubjectIndex {
+    fn key_of(inv: &Inventory) -> Option<((String, String), SubjectKey)> {
+        let ns = inv.namespace()?;
+        let subject = &inv.spec.subject;
+        Some((
+            (ns.clone(), inv.name_any()),
+            (ns, subject.kind, subject.name.clone()),
+        ))
+    }
+
+    fn insert(
+        by_subject: &mut BySubject,
+        by_inventory: &mut ByInventory,
+        inv: &Inventory,
+    ) -> Option<SubjectKey> {
+        let (id, subject) = Self::key_of(inv)?;
+        let old = by_inventory.insert(id.clone(), subject.clone());
+        if let Some(old) = &old
+            && let Some(set) = by_subject.get_mut(old)
+        {
+            set.remove(&id.1);
+        }
+        by_subject.entry(subject).or_default().insert(id.1);
+        old
+    }
+
+    /// Applies one watch event; returns the subjects whose inventory changed
+    /// (old and new, when an Inventory moved to another subject).
+    pub fn apply(&mut self, event: &Event<Inventory>) -> Vec<SubjectKey> {
+        match event {
+            Event::Init => {
+                self.building = Some(Default::default());
+                Vec::new()
+            }
+            Event::InitApply(inv) => {
+                if let Some((s, i)) = self.building.as_mut() {
+                    Self::insert(s, i, inv);
+                }
+                Vec::new()
+            }
+            Event::InitDone => {
+                if let Some((s, i)) = self.building.take() {
+                    self.by_subject = s;
+                    self.by_inventory = i;
+                }
+                Vec::new()
+            }
+            Event::Apply(inv) => {
+                let old = Self::insert(&mut self.by_subject, &mut self.by_inventory, inv);
+                Self::key_of(inv)
+                    .map(|(_, s)| s)
+                    .into_iter()
+                    .chain(old)
+                    .collect()
+            }
+            Event::Delete(inv) => {
+                let Some((id, subject)) = Self::key_of(inv) else {
+                    return Vec::new();
+                };
+                self.by_inventory.remove(&id);
+                if let Some(set) = self.by_subject.get_mut(&subject) {
+                    set.remove(&id.1);
+                }
+                vec![subject]
+            }
+        }
+    }
+
+    /// The Inventories naming a subject.
+    pub fn inventories(&self, key: &SubjectKey) -> Vec<String> {
+        self.by_subject
+            .get(key)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Senders that wake reconcilers.
+#[derive(Clone)]
+pub struct Triggers {
+    /// Wakes the workload reconciler.
+    pub workloads: mpsc::UnboundedSender<ObjectRef<Workload>>,
+    /// Wakes the policy reconciler.
+    pub policies: mpsc::UnboundedSender<ObjectRef<PatchPolicy>>,
+    /// Wakes the exception reconciler.
+    pub exceptions: mpsc::UnboundedSender<ObjectRef<PatchException>>,
+    /// Wakes the inventory reconciler.
+    pub inventories: mpsc::UnboundedSender<ObjectRef<Inventory>>,
+}
+
+/// Receivers matching [`Triggers`], consumed by the controllers.
+pub struct TriggerStreams {
+    /// Workload refs.
+    pub workloads: mpsc::UnboundedReceiver<ObjectRef<Workload>>,
+    /// Policy refs.
+    pub policies: mpsc::UnboundedReceiver<ObjectRef<PatchPolicy>>,
+    /// Exception refs.
+    pub exceptions: mpsc::UnboundedReceiver<ObjectRef<PatchException>>,
+    /// Inventory refs.
+    pub inventories: mpsc::UnboundedReceiver<ObjectRef<Inventory>>,
+}
+
+/// Trigger senders and their streams.
+pub fn triggers() -> (Triggers, TriggerStreams) {
+    let (w, wr) = mpsc::unbounded();
+    let (p, pr) = mpsc::unbounded();
+    let (e, er) = mpsc::unbounded();
+    let (i, ir) = mpsc::unbounded();
+    (
+        Triggers {
+            workloads: w,
+            policies: p,
+            exceptions: e,
+            inventories: i,
+        },
+        TriggerStreams {
+            workloads: wr,
+            policies: pr,
+            exceptions: er,
+            inventories: ir,
+        },
+    )
+}
+
+/// Everything a namespaced reconciler reads, for one scope.
+pub struct Scope {
+    /// Shared client, recorder, advisories, metrics, settings.
+    pub shared: Arc<Shared>,
+    /// `None`: all namespaces.
+    pub namespace: Option<String>,
+    /// PatchPolicies.
+    pub policies: Store<PatchPolicy>,
+    /// PatchExceptions.
+    pub exceptions: Store<PatchException>,
+    /// Templates.
+    pub templates: Store<Template>,
+    /// Inventories (with their packages).
+    pub inventories: Store<Inventory>,
+    /// Inventories by subject.
+    pub subjects: Arc<RwLock<SubjectIndex>>,
+    /// Workloads (the workload controller's own cache).
+    pub workloads: Store<Workload>,
+    /// Wakes reconcilers.
+    pub triggers: Triggers,
+}
+
+impl Scope {
+    /// An `Api` for `K` in this scope.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        api_in(&self.shared.client, self.namespace.as_deref())
+    }
+
+    /// The policies of `namespace` whose selector matches `labels`.
+    pub fn matching_policies(
+        &self,
+        namespace: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<Arc<PatchPolicy>> {
+        let mut out: Vec<_> = self
+            .policies
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace().as_deref() == Some(namespace))
+            .filter(|p| selector::matches(&p.spec.selector, labels).unwrap_or(false))
+            .collect();
+        out.sort_by_key(|p| p.name_any());
+        out
+    }
+
+    /// The exceptions of `namespace` whose selector matches `labels`.
+    pub fn matching_exceptions(
+        &self,
+        namespace: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<Arc<PatchException>> {
+        let mut out: Vec<_> = self
+            .exceptions
+            .state()
+            .into_iter()
+            .filter(|e| e.namespace().as_deref() == Some(namespace))
+            .filter(|e| selector::matches(&e.spec.selector, labels).unwrap_or(false))
+            .collect();
+        out.sort_by_key(|e| e.name_any());
+        out
+    }
+
+    /// The Inventory describing a subject: the most recently written one
+    /// when several do.
+    pub fn inventory_for(&self, key: &SubjectKey) -> Option<Arc<Inventory>> {
+        let names = self.subjects.read().ok()?.inventories(key);
+        names
+            .iter()
+            .filter_map(|n| self.inventories.get(&ObjectRef::new(n).within(&key.0)))
+            .max_by_key(|inv| written_at(inv.as_ref()))
+    }
+
+    /// Wakes every Workload of a namespace.
+    pub fn wake_workloads_in(&self, namespace: &str) {
+        for w in self.workloads.state() {
+            if w.namespace().as_deref() == Some(namespace) {
+                let _ = self
+                    .triggers
+                    .workloads
+                    .unbounded_send(ObjectRef::from_obj(&*w));
+            }
+        }
+    }
+}
+
+/// When the apiserver last recorded a write to the object: the newest
+/// managedFields time (server time), else its creation. Remediation is
+/// verified against this, never against a reporter's own clock.
+pub fn written_at<K: kube::Resource>(obj: &K) -> Option<jiff::Timestamp> {
+    let meta = obj.meta();
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.time.as_ref().map(|t| t.0))
+        .max()
+        .or_else(|| meta.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+/// An `Api` in one namespace, or across all.
+pub fn api_in<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs a reflector for `K` feeding `writer`, calling `on_change` for every
+/// object changed or deleted after the initial list (the initial list needs
+/// no triggers: every reconciler runs once at start anyway).
+pub fn reflect<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+    mut on_event: impl FnMut(&Event<K>) + Send + 'static,
+) -> impl Stream<Item = ()> + Send
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, WatcherConfig::default())
+        .default_backoff()
+        .reflect(writer)
+        .filter_map(move |ev| {
+            match &ev {
+                Ok(e) => on_event(e),
+                Err(e) => tracing::warn!(error = %e, "watch error; retrying with backoff"),
+            }
+            futures::future::ready(Some(()))
+        })
+}
+
+/// A store and its writer.
+pub fn store<K>() -> (Store<K>, Writer<K>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    reflector::store()
+}

@@ -1,0 +1,1044 @@
+//! Feed sources against real transports: HTTP(S) over loopback from a scripted
+//! HTTP/1.1 server written here (no mock of reqwest), files and directories on
+//! disk, and ConfigMaps in the test control plane.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{ObjectMeta, PostParams};
+use patchloop::api::common::Duration as SpecDuration;
+use patchloop::api::feed::{ConfigMapSource, FeedFormat, FeedSource, UrlSource};
+use patchloop::controller::feed_source::{
+    self, Blob, FeedContent, FetchError, Fetched, Validators, content_digest, fetch,
+    is_suspect_drop, parse,
+};
+use patchloop::engine::advisory::{AdvisoryDb, KevCatalog, load_osv_path};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(FIXTURES).join(rel)
+}
+
+fn kev_bytes() -> Vec<u8> {
+    std::fs::read(fixture("kev/known_exploited_vulnerabilities.json")).expect("KEV fixture")
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).expect("gzip");
+    enc.finish().expect("gzip")
+}
+
+// ---------------------------------------------------------------------------
+// A scripted HTTP/1.1 server.
+
+/// A loopback server: every connection's request head is recorded, then
+/// handed with the stream to the handler (with the request's index).
+struct Server {
+    base: String,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    async fn start<F, Fut>(handler: F) -> Server
+    where
+        F: Fn(usize, String, TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let recorded = Arc::clone(&heads);
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let Some(head) = read_head(&mut stream).await else {
+                    continue;
+                };
+                recorded.lock().expect("heads").push(head.clone());
+                tokio::spawn(handler(n, head, stream));
+                n += 1;
+            }
+        });
+        Server {
+            base: format!("http://{addr}"),
+            heads,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().expect("heads").clone()
+    }
+}
+
+async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// The value of a request header (names compared case-insensitively).
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// Writes a complete response and closes the connection.
+async fn respond(mut stream: TcpStream, status: &str, headers: &[(&str, &str)], body: &[u8]) {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let _ = stream.write_all(out.as_bytes()).await;
+    let _ = stream.write_all(body).await;
+    let _ = stream.shutdown().await;
+}
+
+fn url_source(url: &str, timeout: &str, max_bytes: i64) -> FeedSource {
+    FeedSource {
+        url: Some(UrlSource {
+            url: url.to_owned(),
+            timeout: SpecDuration(timeout.to_owned()),
+            max_bytes,
+        }),
+        config_map: None,
+        path: None,
+    }
+}
+
+fn path_source(path: &Path) -> FeedSource {
+    FeedSource {
+        url: None,
+        config_map: None,
+        path: Some(path.display().to_string()),
+    }
+}
+
+/// A client for sources that never reach the cluster (URL and path): built,
+/// never used.
+fn offline_kube() -> kube::Client {
+    let uri = "http://127.0.0.1:9".parse().expect("uri");
+    kube::Client::try_from(kube::Config::new(uri)).expect("offline kube client")
+}
+
+fn http() -> reqwest::Client {
+    feed_source::http_client().expect("http client")
+}
+
+async fn fetch_url(source: &FeedSource, validators: &Validators) -> Result<Fetched, FetchError> {
+    fetch(&offline_kube(), &http(), source, validators).await
+}
+
+fn content(fetched: Fetched) -> (Vec<Blob>, Validators) {
+    match fetched {
+        Fetched::Content { blobs, validators } => (blobs, validators),
+        Fetched::NotModified => panic!("expected content, got NotModified"),
+    }
+}
+
+fn assert_reason(result: Result<Fetched, FetchError>, reason: &str) -> FetchError {
+    let err = result.expect_err("expected an error");
+    assert_eq!(err.reason(), reason, "{err}");
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
+    err
+}
+
+// ---------------------------------------------------------------------------
+// HTTP.
+
+#[tokio::test]
+async fn etag_revalidation_gets_not_modified_then_new_content() {
+    let server = Server::start(|n, head, stream| async move {
+        match (n, header(&head, "if-none-match").as_deref()) {
+            (0, None) => respond(stream, "200 OK", &[("ETag", "\"v1\"")], &kev_bytes()).await,
+            (1, Some("\"v1\"")) => {
+                respond(stream, "304 Not Modified", &[("ETag", "\"v1\"")], b"").await
+            }
+            (2, Some("\"v1\"")) => respond(stream, "200 OK", &[("ETag", "\"v2\"")], b"{}").await,
+            _ => respond(stream, "400 Bad Request", &[], b"unexpected request").await,
+        }
+    })
+    .await;
+    let source = url_source(&server.url("/kev.json"), "10s", 1 << 20);
+
+    let (blobs, validators) = content(
+        fetch_url(&source, &Validators::default())
+            .await
+            .expect("first download"),
+    );
+    assert_eq!(blobs.len(), 1);
+    assert_eq!(blobs[0].bytes, kev_bytes());
+    assert_eq!(blobs[0].name, server.url("/kev.json"));
+    assert_eq!(validators.etag.as_deref(), Some("\"v1\""));
+    assert_eq!(validators.last_modified, None);
+
+    let again = fetch_url(&source, &validators).await.expect("revalidation");
+    assert_eq!(again, Fetched::NotModified);
+
+    let (blobs, next) = content(fetch_url(&source, &validators).await.expect("changed"));
+    assert_eq!(blobs[0].bytes, b"{}");
+    assert_eq!(next.etag.as_deref(), Some("\"v2\""));
+
+    let heads = server.heads();
+    assert_eq!(heads.len(), 3);
+    assert_eq!(header(&heads[0], "if-none-match"), None);
+    assert_eq!(
+        header(&heads[1], "if-none-match").as_deref(),
+        Some("\"v1\"")
+    );
+    assert_eq!(header(&heads[1], "if-modified-since"), None);
+    assert!(
+        header(&heads[0], "user-agent").is_some_and(|ua| ua.starts_with("patchloop/")),
+        "{}",
+        heads[0]
+    );
+}
+
+#[tokio::test]
+async fn last_modified_revalidation_gets_not_modified() {
+    const STAMP: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+    let server = Server::start(|_, head, stream| async move {
+        if header(&head, "if-modified-since").as_deref() == Some(STAMP) {
+            respond(stream, "304 Not Modified", &[], b"").await
+        } else {
+            respond(stream, "200 OK", &[("Last-Modified", STAMP)], b"[]").await
+        }
+    })
+    .await;
+    let source = url_source(&server.url("/all.json"), "10s", 1 << 20);
+    let (_, validators) = content(
+        fetch_url(&source, &Validators::default())
+            .await
+            .expect("download"),
+    );
+    assert_eq!(validators.last_modified.as_deref(), Some(STAMP));
+    assert_eq!(validators.etag, None);
+    assert_eq!(
+        fetch_url(&source, &validators).await.expect("revalidation"),
+        Fetched::NotModified
+    );
+    let heads = server.heads();
+    assert_eq!(
+        header(&heads[1], "if-modified-since").as_deref(),
+        Some(STAMP)
+    );
+    assert_eq!(header(&heads[1], "if-none-match"), None);
+}
+
+#[tokio::test]
+async fn error_statuses_are_http_status_errors() {
+    let server = Server::start(|n, _, stream| async move {
+        match n {
+            0 => respond(stream, "500 Internal Server Error", &[], b"boom").await,
+            1 => respond(stream, "404 Not Found", &[], b"").await,
+            // 304 to an unconditional request: there is nothing to keep.
+            _ => respond(stream, "304 Not Modified", &[], b"").await,
+        }
+    })
+    .await;
+    let source = url_source(&server.url("/feed"), "10s", 1 << 20);
+    for expected in [500, 404, 304] {
+        let err = assert_reason(
+            fetch_url(&source, &Validators::default()).await,
+            "HttpStatus",
+        );
+        let FetchError::HttpStatus { status, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(status.as_u16(), expected);
+        assert!(err.to_string().contains(&expected.to_string()), "{err}");
+        assert_eq!(err.is_transient(), expected == 500, "{err}");
+    }
+    assert!(
+        assert_reason(
+            fetch_url(&source, &Validators::default()).await,
+            "HttpStatus"
+        )
+        .to_string()
+        .contains("/feed")
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_max_bytes_is_refused_while_streaming() {
+    const TOTAL: usize = 64 << 20;
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<usize, usize>>();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let server = Server::start(move |_, _, mut stream| {
+        let tx = Arc::clone(&tx);
+        async move {
+            // No Content-Length: the size is only known by reading.
+            let head = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n";
+            let mut sent = 0usize;
+            let mut outcome = stream.write_all(head.as_bytes()).await.map(|_| ());
+            let chunk = vec![b'x'; 64 * 1024];
+            while outcome.is_ok() && sent < TOTAL {
+                outcome = stream.write_all(&chunk).await;
+                if outcome.is_ok() {
+                    sent += chunk.len();
+                }
+            }
+            let report = if outcome.is_ok() { Ok(sent) } else { Err(sent) };
+            if let Some(tx) = tx.lock().expect("tx").take() {
+                let _ = tx.send(report);
+            }
+        }
+    })
+    .await;
+    let source = url_source(&server.url("/huge"), "30s", 100_000);
+    let err = assert_reason(fetch_url(&source, &Validators::default()).await, "TooLarge");
+    assert!(err.to_string().contains("100000"), "{err}");
+    let report = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("the server finishes")
+        .expect("the server reports");
+    let sent = report.expect_err("the client hung up before the whole body was sent");
+    assert!(sent < TOTAL / 2, "sent {sent} bytes before the hang-up");
+}
+
+#[tokio::test]
+async fn a_content_length_over_max_bytes_is_refused_before_reading() {
+    let server = Server::start(|_, _, mut stream| async move {
+        let head = "HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\n";
+        let _ = stream.write_all(head.as_bytes()).await;
+        // Never send the body: a client that waits for it times out instead.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+    .await;
+    let source = url_source(&server.url("/huge"), "30s", 1 << 20);
+    let started = Instant::now();
+    assert_reason(fetch_url(&source, &Validators::default()).await, "TooLarge");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_body_cut_short_is_truncated_not_partial_data() {
+    let server = Server::start(|n, _, mut stream| async move {
+        let head: &[u8] = if n == 0 {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n0123456789"
+        } else {
+            // Chunked, closed before the terminating zero-size chunk.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\na\r\n0123456789\r\n"
+        };
+        let _ = stream.write_all(head).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    let source = url_source(&server.url("/cut"), "10s", 1 << 20);
+    for _ in 0..2 {
+        let err = assert_reason(
+            fetch_url(&source, &Validators::default()).await,
+            "Truncated",
+        );
+        assert!(err.is_transient());
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    let server = Server::start(|n, _, mut stream| async move {
+        if n == 1 {
+            // Headers and part of the body, then silence.
+            let head = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789";
+            let _ = stream.write_all(head.as_bytes()).await;
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(stream);
+    })
+    .await;
+    let source = url_source(&server.url("/slow"), "1s", 1 << 20);
+    for _ in 0..2 {
+        let started = Instant::now();
+        let err = assert_reason(fetch_url(&source, &Validators::default()).await, "Timeout");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+            "{took:?}"
+        );
+        assert!(err.to_string().contains("1s"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_closed_port_is_unreachable() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let source = url_source(&format!("http://{addr}/feed"), "5s", 1 << 20);
+    let err = assert_reason(
+        fetch_url(&source, &Validators::default()).await,
+        "Unreachable",
+    );
+    assert!(err.is_transient());
+}
+
+#[tokio::test]
+async fn invalid_url_sources_are_refused_without_a_request() {
+    for (url, timeout, max) in [
+        ("ftp://example.org/x", "10s", 1),
+        ("not a url", "10s", 1),
+        ("http://127.0.0.1:9/x", "0s", 1),
+        ("http://127.0.0.1:9/x", "ten seconds", 1),
+        ("http://127.0.0.1:9/x", "10s", 0),
+    ] {
+        let source = url_source(url, timeout, max);
+        assert_reason(
+            fetch_url(&source, &Validators::default()).await,
+            "InvalidSource",
+        );
+    }
+    let none = FeedSource {
+        url: None,
+        config_map: None,
+        path: None,
+    };
+    assert_reason(
+        fetch_url(&none, &Validators::default()).await,
+        "InvalidSource",
+    );
+    let both = FeedSource {
+        path: Some("/tmp".into()),
+        ..url_source("http://127.0.0.1:9/x", "1s", 1)
+    };
+    assert_reason(
+        fetch_url(&both, &Validators::default()).await,
+        "InvalidSource",
+    );
+}
+
+#[tokio::test]
+async fn gzip_is_decoded_within_the_limit() {
+    let kev = kev_bytes();
+    let encoded = gzip(&kev);
+    let bomb = gzip(&vec![0u8; 8 << 20]);
+    let server = Server::start(move |n, _, stream| {
+        let (encoded, bomb) = (encoded.clone(), bomb.clone());
+        async move {
+            match n {
+                // Transfer compression, decoded by the client.
+                0 => respond(stream, "200 OK", &[("Content-Encoding", "gzip")], &encoded).await,
+                // A .gz file served as is.
+                1 => {
+                    respond(
+                        stream,
+                        "200 OK",
+                        &[("Content-Type", "application/gzip")],
+                        &encoded,
+                    )
+                    .await
+                }
+                // 8 MiB of zeros in a few KiB.
+                2 => respond(stream, "200 OK", &[("Content-Encoding", "gzip")], &bomb).await,
+                _ => respond(stream, "200 OK", &[], &bomb).await,
+            }
+        }
+    })
+    .await;
+    let source = url_source(&server.url("/kev.json"), "10s", 1 << 20);
+    for _ in 0..2 {
+        let (blobs, _) = content(
+            fetch_url(&source, &Validators::default())
+                .await
+                .expect("gzip download"),
+        );
+        assert_eq!(blobs[0].bytes, kev);
+    }
+    for _ in 0..2 {
+        assert_reason(fetch_url(&source, &Validators::default()).await, "TooLarge");
+    }
+    let heads = server.heads();
+    assert!(
+        header(&heads[0], "accept-encoding").is_some_and(|v| v.contains("gzip")),
+        "{}",
+        heads[0]
+    );
+}
+
+#[tokio::test]
+async fn https_uses_rustls_with_ring_and_verifies_certificates() {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("self-signed certificate");
+    let cert_der = certified.cert.der().clone();
+    let key_der =
+        rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der.clone()], key_der)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = kev_bytes();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"tls\"\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tls.write_all(head.as_bytes()).await;
+                let _ = tls.write_all(&body).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    let source = url_source(&format!("https://{addr}/kev.json"), "10s", 1 << 20);
+
+    let trusting = feed_source::http_client_builder()
+        .tls_certs_only([reqwest::Certificate::from_der(&cert_der).expect("certificate")])
+        .build()
+        .expect("client trusting the test CA");
+    let (blobs, validators) = content(
+        fetch(&offline_kube(), &trusting, &source, &Validators::default())
+            .await
+            .expect("https download"),
+    );
+    assert_eq!(blobs[0].bytes, kev_bytes());
+    assert_eq!(validators.etag.as_deref(), Some("\"tls\""));
+
+    // The default client (system roots) refuses the self-signed certificate.
+    let err = assert_reason(
+        fetch(&offline_kube(), &http(), &source, &Validators::default()).await,
+        "Unreachable",
+    );
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Parsing.
+
+fn osv(content: FeedContent) -> Vec<String> {
+    let FeedContent::Osv(records) = content else {
+        panic!("expected OSV records")
+    };
+    let mut ids: Vec<String> = records.into_iter().map(|r| r.id).collect();
+    ids.sort();
+    ids
+}
+
+fn blob(name: &str, bytes: Vec<u8>) -> Blob {
+    Blob {
+        name: name.into(),
+        bytes,
+    }
+}
+
+fn fixture_ids(dir: &str) -> Vec<String> {
+    let mut ids: Vec<String> = load_osv_path(&fixture(dir))
+        .expect("fixtures")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn malformed_content_is_malformed() {
+    let cases = [
+        (FeedFormat::Osv, b"{\"id\": \"X-1\", ".to_vec()),
+        (FeedFormat::Osv, b"[{\"id\": 5}]".to_vec()),
+        (FeedFormat::Osv, b"PK\x03\x04 not really a zip".to_vec()),
+        (FeedFormat::Osv, b"".to_vec()),
+        (FeedFormat::Kev, b"{\"vulnerabilities\": 3}".to_vec()),
+        (FeedFormat::Kev, b"<html>captive portal</html>".to_vec()),
+    ];
+    for (format, bytes) in cases {
+        let err = parse(
+            format,
+            &[],
+            &[blob("feed.json", bytes)],
+            "AdvisoryFeed test",
+        )
+        .expect_err("malformed");
+        assert_eq!(err.reason(), "Malformed", "{err}");
+        let text = err.to_string();
+        assert!(text.contains("AdvisoryFeed test: feed.json"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+    }
+}
+
+#[test]
+fn a_zip_of_osv_records_parses() {
+    let dir = fixture("osv/debian");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixture dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for file in &files {
+        let name = file.file_name().expect("name").to_string_lossy();
+        writer.start_file(name, options).expect("zip member");
+        writer
+            .write_all(&std::fs::read(file).expect("fixture"))
+            .expect("zip write");
+    }
+    let archive = writer.finish().expect("zip").into_inner();
+
+    let parsed = parse(FeedFormat::Osv, &[], &[blob("all.zip", archive)], "debian")
+        .expect("zip of OSV records");
+    assert_eq!(parsed.len(), files.len());
+    assert_eq!(osv(parsed), fixture_ids("osv/debian"));
+}
+
+#[test]
+fn json_arrays_and_single_records_parse() {
+    let one = std::fs::read(fixture("osv/debian/DSA-5514-1.json")).expect("fixture");
+    let two = std::fs::read(fixture("osv/debian/DLA-4015-1.json")).expect("fixture");
+    let array = [b"[".as_slice(), &one, b",", &two, b"]"].concat();
+    let parsed = parse(
+        FeedFormat::Osv,
+        &[],
+        &[blob("a", one.clone()), blob("b", array)],
+        "x",
+    )
+    .expect("records");
+    assert_eq!(osv(parsed), ["DLA-4015-1", "DSA-5514-1", "DSA-5514-1"]);
+}
+
+#[test]
+fn the_kev_catalog_parses_and_merges() {
+    let bytes = kev_bytes();
+    let wire: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    let count = wire["vulnerabilities"].as_array().expect("array").len();
+    let parsed = parse(FeedFormat::Kev, &[], &[blob("kev", bytes.clone())], "kev").expect("KEV");
+    let FeedContent::Kev(catalog) = &parsed else {
+        panic!("expected KEV")
+    };
+    assert_eq!(catalog.entries.len(), count);
+    assert!(catalog.entries.contains_key("CVE-2023-4911"));
+    let twice = parse(
+        FeedFormat::Kev,
+        &[],
+        &[blob("a", bytes.clone()), blob("b", bytes)],
+        "kev",
+    )
+    .expect("KEV");
+    assert_eq!(twice.len(), count);
+}
+
+#[test]
+fn the_ecosystem_filter_drops_only_records_that_cannot_matter() {
+    let records = load_osv_path(&fixture("osv")).expect("fixtures");
+    let blobs: Vec<Blob> = std::fs::read_dir(fixture("osv/debian"))
+        .expect("dir")
+        .chain(std::fs::read_dir(fixture("osv/ubuntu")).expect("dir"))
+        .map(|e| {
+            let path = e.expect("entry").path();
+            blob(
+                &path.display().to_string(),
+                std::fs::read(&path).expect("read"),
+            )
+        })
+        .collect();
+    for wanted in [
+        vec!["Debian:10".to_owned()],
+        vec!["Debian:12".to_owned()],
+        vec!["Ubuntu:22.04:LTS".to_owned()],
+        vec!["Alpine:v3.19".to_owned()],
+    ] {
+        let FeedContent::Osv(kept) = parse(FeedFormat::Osv, &wanted, &blobs, "all").expect("parse")
+        else {
+            panic!("OSV")
+        };
+        assert!(kept.len() < records.len(), "{wanted:?} drops something");
+        // The engine's result is exactly the same with or without the drop.
+        let (full, _) = AdvisoryDb::build(records.clone(), KevCatalog::default(), &wanted);
+        let (filtered, _) = AdvisoryDb::build(kept, KevCatalog::default(), &wanted);
+        assert!(full.diff(&filtered).is_empty(), "{wanted:?}");
+        assert_eq!(full.len(), filtered.len(), "{wanted:?}");
+        assert_eq!(full.ecosystems(), filtered.ecosystems(), "{wanted:?}");
+    }
+    let everything = parse(FeedFormat::Osv, &[], &blobs, "all").expect("parse");
+    assert_eq!(everything.len(), records.len());
+}
+
+#[test]
+fn content_digests_follow_content() {
+    let abc = [blob("x", b"abc".to_vec())];
+    assert_eq!(
+        content_digest(&abc),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(
+        content_digest(&[blob("elsewhere", b"abc".to_vec())]),
+        content_digest(&abc),
+        "one blob: the bytes alone"
+    );
+    let two = [blob("a", b"1".to_vec()), blob("b", b"2".to_vec())];
+    assert_eq!(content_digest(&two), content_digest(&two.clone()));
+    assert_ne!(
+        content_digest(&two),
+        content_digest(&[blob("a", b"1".to_vec()), blob("b", b"3".to_vec())])
+    );
+    assert_ne!(
+        content_digest(&two),
+        content_digest(&[blob("a", b"12".to_vec()), blob("b", b"".to_vec())]),
+        "length-framed"
+    );
+    assert_eq!(content_digest(&[]).len(), 64);
+}
+
+#[test]
+fn suspect_drops() {
+    let table = [
+        // previous, next, max %, suspect
+        (0, 0, 50, false),
+        (0, 10, 0, false),
+        (100, 100, 0, false),
+        (100, 150, 0, false),
+        (100, 99, 0, true),
+        (100, 50, 50, false),
+        (100, 49, 50, true),
+        (100, 0, 100, false),
+        (100, 0, 99, true),
+        (3, 2, 33, true),
+        (3, 2, 34, false),
+        (1, 0, 50, true),
+        (10, 5, -5, true),
+        (10, 0, 250, false),
+        (usize::MAX, 0, 99, true),
+        (usize::MAX - 1, (usize::MAX - 1) / 2, 50, false),
+        (usize::MAX, usize::MAX / 2, 50, true),
+    ];
+    for (previous, next, max, suspect) in table {
+        assert_eq!(
+            is_suspect_drop(previous, next, max),
+            suspect,
+            "{previous} -> {next} at {max}%"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Path sources.
+
+#[tokio::test]
+async fn a_directory_reads_like_load_osv_path() {
+    for dir in ["osv/debian", "osv"] {
+        let (blobs, validators) = content(
+            fetch_url(&path_source(&fixture(dir)), &Validators::default())
+                .await
+                .expect("directory"),
+        );
+        assert!(validators.is_empty());
+        let parsed = parse(FeedFormat::Osv, &[], &blobs, dir).expect("records");
+        assert_eq!(osv(parsed), fixture_ids(dir), "{dir}");
+    }
+    let file = fixture("osv/debian/DSA-5514-1.json");
+    let (blobs, _) = content(
+        fetch_url(&path_source(&file), &Validators::default())
+            .await
+            .expect("file"),
+    );
+    assert_eq!(blobs.len(), 1);
+    assert_eq!(blobs[0].name, file.display().to_string());
+
+    let kev = fixture("kev/known_exploited_vulnerabilities.json");
+    let (blobs, _) = content(
+        fetch_url(&path_source(&kev), &Validators::default())
+            .await
+            .expect("KEV file"),
+    );
+    assert!(
+        parse(FeedFormat::Kev, &[], &blobs, "kev")
+            .expect("KEV")
+            .len()
+            > 10
+    );
+
+    let missing = fixture("osv/nowhere");
+    let err = assert_reason(
+        fetch_url(&path_source(&missing), &Validators::default()).await,
+        "NotFound",
+    );
+    assert!(err.to_string().contains("osv/nowhere"), "{err}");
+}
+
+#[tokio::test]
+async fn a_mounted_config_map_volume_counts_each_file_once() {
+    // The kubelet's atomic-writer layout: NAME -> ..data/NAME, ..data -> ..TS.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stamp = dir.path().join("..2024_01_01_00_00_00.000000001");
+    std::fs::create_dir(&stamp).expect("mkdir");
+    std::fs::copy(
+        fixture("osv/debian/DSA-5514-1.json"),
+        stamp.join("DSA-5514-1.json"),
+    )
+    .expect("copy");
+    std::fs::write(
+        stamp.join("DLA-4015-1.json.gz"),
+        gzip(&std::fs::read(fixture("osv/debian/DLA-4015-1.json")).expect("fixture")),
+    )
+    .expect("write gz");
+    std::os::unix::fs::symlink(stamp.file_name().expect("name"), dir.path().join("..data"))
+        .expect("symlink");
+    for name in ["DSA-5514-1.json", "DLA-4015-1.json.gz"] {
+        std::os::unix::fs::symlink(Path::new("..data").join(name), dir.path().join(name))
+            .expect("symlink");
+    }
+    let (blobs, _) = content(
+        fetch_url(&path_source(dir.path()), &Validators::default())
+            .await
+            .expect("mounted volume"),
+    );
+    assert_eq!(blobs.len(), 2);
+    let parsed = parse(FeedFormat::Osv, &[], &blobs, "volume").expect("records");
+    assert_eq!(osv(parsed), ["DLA-4015-1", "DSA-5514-1"]);
+}
+
+// ---------------------------------------------------------------------------
+// ConfigMap sources (real apiserver).
+
+fn cm_source(ns: &str, name: &str, key: Option<&str>) -> FeedSource {
+    FeedSource {
+        url: None,
+        config_map: Some(ConfigMapSource {
+            namespace: ns.into(),
+            name: name.into(),
+            key: key.map(str::to_owned),
+        }),
+        path: None,
+    }
+}
+
+async fn create_config_map(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    data: BTreeMap<String, String>,
+    binary: BTreeMap<String, Vec<u8>>,
+) {
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(data),
+        binary_data: Some(
+            binary
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v)))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap_or_else(|e| panic!("create configmap {name}: {e}"));
+}
+
+fn read_fixture(rel: &str) -> String {
+    std::fs::read_to_string(fixture(rel)).expect("fixture")
+}
+
+#[tokio::test]
+async fn config_map_data_is_read_by_key_or_whole() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("feeds").await;
+    let data = BTreeMap::from([
+        (
+            "DSA-5514-1.json".to_owned(),
+            read_fixture("osv/debian/DSA-5514-1.json"),
+        ),
+        (
+            "DLA-4015-1.json".to_owned(),
+            read_fixture("osv/debian/DLA-4015-1.json"),
+        ),
+    ]);
+    create_config_map(&client, &ns, "osv", data, BTreeMap::new()).await;
+    let http = http();
+
+    let one = fetch(
+        &client,
+        &http,
+        &cm_source(&ns, "osv", Some("DSA-5514-1.json")),
+        &Validators::default(),
+    )
+    .await
+    .expect("one key");
+    let (blobs, validators) = content(one);
+    assert!(validators.is_empty());
+    assert_eq!(blobs.len(), 1);
+    assert_eq!(
+        blobs[0].name,
+        format!("configmap {ns}/osv key DSA-5514-1.json")
+    );
+    assert_eq!(
+        osv(parse(FeedFormat::Osv, &[], &blobs, "cm").expect("record")),
+        ["DSA-5514-1"]
+    );
+
+    let all = fetch(
+        &client,
+        &http,
+        &cm_source(&ns, "osv", None),
+        &Validators::default(),
+    )
+    .await
+    .expect("every key");
+    let (blobs, _) = content(all);
+    assert_eq!(blobs.len(), 2);
+    assert_eq!(
+        osv(parse(FeedFormat::Osv, &[], &blobs, "cm").expect("records")),
+        ["DLA-4015-1", "DSA-5514-1"]
+    );
+}
+
+#[tokio::test]
+async fn config_map_binary_data_may_be_gzip() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("feeds").await;
+    let kev = kev_bytes();
+    let binary = BTreeMap::from([
+        ("kev.json.gz".to_owned(), gzip(&kev)),
+        ("raw.json".to_owned(), kev.clone()),
+    ]);
+    create_config_map(&client, &ns, "kev", BTreeMap::new(), binary).await;
+    // Past the decompression limit, a few hundred KiB stored.
+    let bomb_size = usize::try_from(feed_source::CONFIG_MAP_MAX_BYTES).expect("usize") + 1024;
+    let bomb = BTreeMap::from([("bomb.gz".to_owned(), gzip(&vec![b' '; bomb_size]))]);
+    create_config_map(&client, &ns, "bomb", BTreeMap::new(), bomb).await;
+    let http = http();
+
+    let (blobs, _) = content(
+        fetch(
+            &client,
+            &http,
+            &cm_source(&ns, "kev", None),
+            &Validators::default(),
+        )
+        .await
+        .expect("binaryData"),
+    );
+    assert_eq!(blobs.len(), 2);
+    assert_eq!(blobs[0].bytes, kev, "gzip decompressed");
+    assert_eq!(blobs[1].bytes, kev, "plain binaryData kept as is");
+    let parsed = parse(FeedFormat::Kev, &[], &blobs, "cm").expect("KEV");
+    assert!(parsed.len() > 10);
+
+    let err = assert_reason(
+        fetch(
+            &client,
+            &http,
+            &cm_source(&ns, "bomb", None),
+            &Validators::default(),
+        )
+        .await,
+        "TooLarge",
+    );
+    assert!(err.to_string().contains("bomb.gz"), "{err}");
+}
+
+#[tokio::test]
+async fn missing_or_forbidden_config_maps_are_clear_errors() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("feeds").await;
+    create_config_map(
+        &client,
+        &ns,
+        "present",
+        BTreeMap::from([("a.json".to_owned(), "{}".to_owned())]),
+        BTreeMap::new(),
+    )
+    .await;
+    let http = http();
+
+    let err = assert_reason(
+        fetch(
+            &client,
+            &http,
+            &cm_source(&ns, "absent", None),
+            &Validators::default(),
+        )
+        .await,
+        "NotFound",
+    );
+    assert_eq!(err.to_string(), format!("configmap {ns}/absent not found"));
+
+    let err = assert_reason(
+        fetch(
+            &client,
+            &http,
+            &cm_source(&ns, "present", Some("b.json")),
+            &Validators::default(),
+        )
+        .await,
+        "NotFound",
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("\"b.json\"") && text.contains("a.json"),
+        "{text}"
+    );
+
+    let nobody = env.client_as("nobody", &[]).await;
+    let err = assert_reason(
+        fetch(
+            &nobody,
+            &http,
+            &cm_source(&ns, "present", None),
+            &Validators::default(),
+        )
+        .await,
+        "Forbidden",
+    );
+    assert!(!err.is_transient(), "{err}");
+}
