@@ -340,11 +340,11 @@ pub async fn fetch_url(
         if e.is_timeout() {
             timed_out()
         } else if e.is_builder() {
-            FetchError::InvalidSource(format!("url {:?}: {}", source.url, chain(&e)))
+            FetchError::InvalidSource(format!("url {:?}: {}", source.url, chain(&e.without_url())))
         } else {
             FetchError::Unreachable {
                 origin: name.clone(),
-                message: chain(&e),
+                message: chain(&e.without_url()),
             }
         }
     })?;
@@ -389,7 +389,7 @@ pub async fn fetch_url(
                 // early or was corrupt.
                 FetchError::Truncated {
                     url: name.clone(),
-                    message: chain(&e),
+                    message: chain(&e.without_url()),
                 }
             }
         })?;
@@ -731,7 +731,7 @@ fn keep_record(record: &OsvRecord, ecosystems: &[String]) -> bool {
     let affects_wanted = record.affected.iter().any(|a| {
         a.package
             .as_ref()
-            .is_some_and(|p| ecosystems.iter().any(|e| *e == p.ecosystem))
+            .is_some_and(|p| ecosystems.contains(&p.ecosystem))
     });
     if affects_wanted {
         return true;
