@@ -365,6 +365,19 @@ async fn an_exception_stops_exempting_when_it_expires() {
         .expect("status");
     assert_eq!(condition(&ex.conditions, "Active"), Some("True"));
     assert_eq!(ex.matched_workloads, 1);
+    let out = env.kubectl([
+        "wait",
+        "-n",
+        &ns,
+        "--for=condition=Ready",
+        "--timeout=60s",
+        "patchexception/erp-glibc",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // After the expiry (no polling: the controller requeued at that instant).
     let status = support::eventually(
@@ -399,5 +412,525 @@ async fn an_exception_stops_exempting_when_it_expires() {
             .find(|c| c.type_ == "Active")
             .map(|c| c.reason.as_str()),
         Some("Expired")
+    );
+}
+
+/// A tiny HTTP/1.1 server for feed tests: serves the current body with an
+/// ETag, answers 304 to a matching If-None-Match, and counts requests.
+mod feed_server {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[derive(Default)]
+    pub struct State {
+        pub body: Vec<u8>,
+        pub etag: String,
+        pub requests: usize,
+        pub not_modified: usize,
+    }
+
+    pub async fn start(state: Arc<Mutex<State>>) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = Arc::clone(&state);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut len = 0;
+                    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf[len..]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => len += n,
+                        }
+                    }
+                    let request = String::from_utf8_lossy(&buf[..len]).to_lowercase();
+                    let response = {
+                        let mut s = state.lock().expect("state");
+                        s.requests += 1;
+                        let etag = format!("\"{}\"", s.etag);
+                        if request.contains(&format!("if-none-match: {}", etag.to_lowercase())) {
+                            s.not_modified += 1;
+                            format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n").into_bytes()
+                        } else {
+                            let mut r = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nETag: {etag}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                s.body.len()
+                            )
+                            .into_bytes();
+                            r.extend_from_slice(&s.body);
+                            r
+                        }
+                    };
+                    let _ = sock.write_all(&response).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        port
+    }
+}
+
+fn osv_record(id: &str, package: &str, fixed: &str, published: jiff::Timestamp) -> Value {
+    json!({
+        "schema_version": "1.6.0", "id": id,
+        "published": published.to_string(), "modified": published.to_string(),
+        "severity": [{"type": "CVSS_V3", "score": "CVSS:3.1/AV:L/AC:L/PR:L/UI:N/S:U/C:H/I:H/A:H"}],
+        "affected": [{
+            "package": {"ecosystem": "Debian:12", "name": package},
+            "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": fixed}]}]
+        }]
+    })
+}
+
+async fn resource_version(api: &Api<Workload>, name: &str) -> String {
+    api.get(name)
+        .await
+        .ok()
+        .and_then(|w| w.metadata.resource_version)
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_http_feed_change_reevaluates_only_affected_workloads_and_bad_data_is_kept_out() {
+    use std::sync::{Arc, Mutex};
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("http-feed").await;
+    let label = support::random_suffix();
+    let published = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 30);
+    let state = Arc::new(Mutex::new(feed_server::State {
+        body: serde_json::to_vec(&json!([osv_record(
+            "DSA-9100-1",
+            "openssl",
+            "3.0.15-1~deb12u2",
+            published
+        )]))
+        .expect("json"),
+        etag: "v1".into(),
+        ..Default::default()
+    }));
+    let port = feed_server::start(Arc::clone(&state)).await;
+    apply(&client, "", json!({
+        "apiVersion": "patchloop.dev/v1alpha1", "kind": "AdvisoryFeed",
+        "metadata": {"name": format!("http-{label}"), "labels": {"patchloop-test": label}},
+        "spec": {"source": {"url": {"url": format!("http://127.0.0.1:{port}/osv.json"), "timeout": "5s"}},
+                 "format": "OSV", "interval": "2s", "maxDropPercent": 50}
+    }))
+    .await;
+    apply(&client, &ns, policy("gold", json!({}), 1)).await;
+    let openssl = [
+        "libssl3 3.0.15-1~deb12u1 openssl",
+        "openssl 3.0.15-1~deb12u1",
+    ];
+    let zlib = ["zlib1g 1:1.2.13.dfsg-1 zlib"];
+    for (name, pkgs) in [
+        ("ssl-1", &openssl[..]),
+        ("ssl-2", &openssl[..]),
+        ("zlib-1", &zlib[..]),
+        ("zlib-2", &zlib[..]),
+    ] {
+        apply(&client, &ns, workload(name, json!({"app": name}))).await;
+        apply(&client, &ns, inventory(name, name, pkgs)).await;
+    }
+    let pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+    let state_of = async |name: &str| {
+        workload_status(&workloads, name)
+            .await
+            .and_then(|s| s.compliance)
+            .and_then(|c| c.state)
+            .map(|s| s.to_string())
+    };
+    support::eventually(
+        "openssl workloads Overdue, zlib ones Compliant",
+        WAIT,
+        async || {
+            let all = [
+                state_of("ssl-1").await,
+                state_of("ssl-2").await,
+                state_of("zlib-1").await,
+                state_of("zlib-2").await,
+            ];
+            (all == [
+                Some("Overdue".into()),
+                Some("Overdue".into()),
+                Some("Compliant".into()),
+                Some("Compliant".into()),
+            ])
+            .then_some(())
+        },
+    )
+    .await;
+
+    // Conditional requests: the unchanged feed is answered 304.
+    support::eventually("a 304 answer", WAIT, async || {
+        (state.lock().expect("state").not_modified >= 2).then_some(())
+    })
+    .await;
+
+    // A new zlib advisory: only the zlib Workloads are re-evaluated.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before: Vec<String> = futures::future::join_all(
+        ["ssl-1", "ssl-2", "zlib-1", "zlib-2"].map(|n| resource_version(&workloads, n)),
+    )
+    .await;
+    {
+        let mut s = state.lock().expect("state");
+        s.body = serde_json::to_vec(&json!([
+            osv_record("DSA-9100-1", "openssl", "3.0.15-1~deb12u2", published),
+            osv_record("DSA-9101-1", "zlib", "1:1.2.13.dfsg-1+deb12u1", published),
+        ]))
+        .expect("json");
+        s.etag = "v2".into();
+    }
+    support::eventually("zlib workloads Overdue", WAIT, async || {
+        let all = [state_of("zlib-1").await, state_of("zlib-2").await];
+        (all == [Some("Overdue".into()), Some("Overdue".into())]).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after: Vec<String> = futures::future::join_all(
+        ["ssl-1", "ssl-2", "zlib-1", "zlib-2"].map(|n| resource_version(&workloads, n)),
+    )
+    .await;
+    assert_eq!(
+        before[..2],
+        after[..2],
+        "the openssl Workloads were not touched"
+    );
+    assert_ne!(before[2], after[2]);
+    assert_ne!(before[3], after[3]);
+
+    // Malformed content: findings unchanged, Degraded with the error.
+    {
+        let mut s = state.lock().expect("state");
+        s.body = b"{\"id\": \"DSA-9102-1\", \"affected\": [".to_vec();
+        s.etag = "v3".into();
+    }
+    let feeds: Api<patchloop::api::AdvisoryFeed> = Api::all(client.clone());
+    let feed_name = format!("http-{label}");
+    let fs = support::eventually("the feed to be Degraded", WAIT, async || {
+        feeds
+            .get_status(&feed_name)
+            .await
+            .ok()
+            .and_then(|f| f.status)
+            .filter(|s| condition(&s.conditions, "Degraded") == Some("True"))
+    })
+    .await;
+    let degraded = fs
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("Degraded");
+    assert!(
+        degraded.message.contains("last good data is kept"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(condition(&fs.conditions, "Ready"), Some("True"));
+    assert_eq!(fs.advisories, 2, "the last good data is still counted");
+    // A suspect drop (2 → 0 advisories) is also kept out.
+    {
+        let mut s = state.lock().expect("state");
+        s.body = b"[]".to_vec();
+        s.etag = "v4".into();
+    }
+    let fs = support::eventually("the drop to be refused", WAIT, async || {
+        feeds
+            .get_status(&feed_name)
+            .await
+            .ok()
+            .and_then(|f| f.status)
+            .filter(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Degraded" && c.reason == "SuspectDrop")
+            })
+    })
+    .await;
+    assert_eq!(fs.advisories, 2);
+    assert_eq!(state_of("zlib-1").await.as_deref(), Some("Overdue"));
+    assert_eq!(state_of("ssl-1").await.as_deref(), Some("Overdue"));
+    drop(pl);
+}
+
+#[tokio::test]
+async fn a_due_date_passing_makes_a_finding_overdue_without_polling() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("due").await;
+    let label = support::random_suffix();
+    // Published so that a 1h deadline passes 25 s from now.
+    let published = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3600 - 25);
+    let published = jiff::Timestamp::from_second(published.as_second()).expect("time");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("DSA-9200-1.json"),
+        serde_json::to_vec(&osv_record(
+            "DSA-9200-1",
+            "openssl",
+            "3.0.15-1~deb12u2",
+            published,
+        ))
+        .expect("json"),
+    )
+    .expect("write");
+    apply(
+        &client,
+        "",
+        feed(
+            &format!("due-{label}"),
+            &label,
+            "OSV",
+            &dir.path().to_string_lossy(),
+        ),
+    )
+    .await;
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "patchloop.dev/v1alpha1", "kind": "PatchPolicy",
+            "metadata": {"name": "fast"},
+            "spec": {"selector": {}, "deadlines": {"high": "1h"}, "inventoryMaxAge": "30d"}
+        }),
+    )
+    .await;
+    apply(&client, &ns, workload("db-01", json!({}))).await;
+    apply(
+        &client,
+        &ns,
+        inventory("db-01", "db-01", &["libssl3 3.0.15-1~deb12u1 openssl"]),
+    )
+    .await;
+    let pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+    let pending = support::eventually("db-01 Pending", WAIT, async || {
+        workload_status(&workloads, "db-01").await.filter(|s| {
+            s.compliance
+                .as_ref()
+                .and_then(|c| c.state)
+                .map(|s| s.to_string())
+                .as_deref()
+                == Some("Pending")
+        })
+    })
+    .await;
+    let due = pending.findings[0].due.as_ref().map(|t| t.0).expect("due");
+    assert_eq!(due, published + jiff::SignedDuration::from_secs(3600));
+
+    // Nothing changes until then: the reconcile counter stays flat.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reconciles = pl
+        .metric("patchloop_reconciles_total{controller=\"workload\"}")
+        .await;
+    let writes = pl
+        .metric("patchloop_status_writes_total{controller=\"workload\"}")
+        .await;
+    let rv = resource_version(&workloads, "db-01").await;
+    let until_due = due.as_second() - jiff::Timestamp::now().as_second() - 3;
+    if until_due > 0 {
+        tokio::time::sleep(Duration::from_secs(u64::try_from(until_due).unwrap_or(0))).await;
+        assert_eq!(
+            pl.metric("patchloop_reconciles_total{controller=\"workload\"}")
+                .await,
+            reconciles,
+            "no polling while nothing changes"
+        );
+        assert_eq!(
+            resource_version(&workloads, "db-01").await,
+            rv,
+            "no status write while nothing changes"
+        );
+    }
+    let overdue = support::eventually(
+        "db-01 Overdue at the due date",
+        Duration::from_secs(30),
+        async || {
+            workload_status(&workloads, "db-01").await.filter(|s| {
+                s.compliance
+                    .as_ref()
+                    .and_then(|c| c.state)
+                    .map(|s| s.to_string())
+                    .as_deref()
+                    == Some("Overdue")
+            })
+        },
+    )
+    .await;
+    assert!(jiff::Timestamp::now() >= due);
+    let became = overdue
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Compliant")
+        .map(|c| c.last_transition_time.0);
+    assert!(became.is_some());
+    assert_eq!(
+        pl.metric("patchloop_status_writes_total{controller=\"workload\"}")
+            .await,
+        writes + 1.0,
+        "exactly one status write at the transition"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_without_advisory_data_keeps_compliance_for_the_grace_period_then_unknown() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("grace").await;
+    let label = support::random_suffix();
+    fixture_feeds(&client, &label).await;
+    apply(&client, &ns, policy("gold", json!({}), 1)).await;
+    apply(&client, &ns, workload("app-01", json!({}))).await;
+    apply(&client, &ns, inventory("app-01", "app-01", OLD_GLIBC)).await;
+    let pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+    support::eventually("app-01 Overdue", WAIT, async || {
+        workload_status(&workloads, "app-01").await.filter(|s| {
+            s.compliance
+                .as_ref()
+                .and_then(|c| c.state)
+                .map(|s| s.to_string())
+                .as_deref()
+                == Some("Overdue")
+        })
+    })
+    .await;
+    drop(pl);
+    let before = workload_status(&workloads, "app-01").await.expect("status");
+    let rv = resource_version(&workloads, "app-01").await;
+
+    // Restart with the feed gone (it would be unreachable): a 20 s grace.
+    let feeds: Api<patchloop::api::AdvisoryFeed> = Api::all(client.clone());
+    for f in [format!("osv-{label}"), format!("kev-{label}")] {
+        feeds
+            .delete(&f, &Default::default())
+            .await
+            .expect("delete feed");
+    }
+    let started = std::time::Instant::now();
+    let _pl = Patchloop::start(env, &ns, &label, &["--grace-period", "20s"]).await;
+    apply(&client, &ns, workload("app-02", json!({}))).await;
+    let st = support::eventually("app-02 Ready during the grace period", WAIT, async || {
+        workload_status(&workloads, "app-02")
+            .await
+            .filter(|s| condition(&s.conditions, "Ready") == Some("True"))
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "Ready is never held back"
+    );
+    assert_eq!(st.observed_generation, Some(1));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        resource_version(&workloads, "app-01").await,
+        rv,
+        "zero compliance changes during the grace period"
+    );
+    let after = support::eventually("app-01 Unknown after the grace period", WAIT, async || {
+        workload_status(&workloads, "app-01").await.filter(|s| {
+            s.compliance
+                .as_ref()
+                .and_then(|c| c.state)
+                .map(|s| s.to_string())
+                .as_deref()
+                == Some("Unknown")
+        })
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(19));
+    let compliant = after
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Compliant")
+        .expect("Compliant");
+    assert_eq!(
+        (compliant.status.as_str(), compliant.reason.as_str()),
+        ("Unknown", "NoAdvisoryData")
+    );
+    assert_ne!(before.compliance, after.compliance);
+}
+
+#[tokio::test]
+async fn a_controller_restart_loses_nothing_and_changes_nothing() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("restart").await;
+    let label = support::random_suffix();
+    fixture_feeds(&client, &label).await;
+    apply(&client, &ns, policy("gold", json!({}), 1)).await;
+    for i in 0..5 {
+        let name = format!("node-{i}");
+        apply(&client, &ns, workload(&name, json!({}))).await;
+        apply(
+            &client,
+            &ns,
+            inventory(
+                &name,
+                &name,
+                if i % 2 == 0 { OLD_GLIBC } else { FIXED_GLIBC },
+            ),
+        )
+        .await;
+    }
+    let pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+    let policies: Api<PatchPolicy> = Api::namespaced(client.clone(), &ns);
+    support::eventually("all evaluated and counted", WAIT, async || {
+        policies
+            .get_status("gold")
+            .await
+            .ok()
+            .and_then(|p| p.status)
+            .and_then(|s| s.workloads)
+            .filter(|w| w.overdue == 3 && w.compliant == 2)
+            .map(|_| ())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let names: Vec<String> = (0..5).map(|i| format!("node-{i}")).collect();
+    let snapshot = async || {
+        let mut v =
+            futures::future::join_all(names.iter().map(|n| resource_version(&workloads, n))).await;
+        v.push(
+            policies
+                .get("gold")
+                .await
+                .ok()
+                .and_then(|p| p.metadata.resource_version)
+                .unwrap_or_default(),
+        );
+        v
+    };
+    let before = snapshot().await;
+    drop(pl);
+    let pl = Patchloop::start(env, &ns, &label, &[]).await;
+    // Give the restarted controller time to reconcile everything once.
+    support::eventually(
+        "the restarted controller to reconcile every Workload",
+        WAIT,
+        async || {
+            (pl.metric("patchloop_reconciles_total{controller=\"workload\"}")
+                .await
+                >= 5.0)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(snapshot().await, before, "a restart writes nothing");
+    assert_eq!(
+        pl.metric("patchloop_status_writes_total{controller=\"workload\"}")
+            .await,
+        0.0
     );
 }

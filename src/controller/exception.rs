@@ -31,6 +31,7 @@ pub async fn reconcile(ex: Arc<PatchException>, scope: Arc<Scope>) -> Result<Act
 }
 
 async fn reconcile_inner(ex: Arc<PatchException>, scope: &Arc<Scope>) -> Result<Action, Error> {
+    scope.caches_ready().await;
     let shared = &scope.shared;
     let ns = ex.namespace().ok_or(Error::Missing("metadata.namespace"))?;
     let name = ex.name_any();

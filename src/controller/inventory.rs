@@ -29,6 +29,7 @@ pub async fn reconcile(inv: Arc<Inventory>, scope: Arc<Scope>) -> Result<Action,
 }
 
 async fn reconcile_inner(inv: Arc<Inventory>, scope: &Arc<Scope>) -> Result<Action, Error> {
+    scope.caches_ready().await;
     let shared = &scope.shared;
     let ns = inv
         .namespace()

@@ -170,6 +170,7 @@ pub async fn reconcile(policy: Arc<PatchPolicy>, scope: Arc<Scope>) -> Result<Ac
 }
 
 async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result<Action, Error> {
+    scope.caches_ready().await;
     let shared = &scope.shared;
     let ns = policy
         .namespace()

@@ -196,7 +196,9 @@ where
     );
     let workloads = workload_controller.store();
     let subjects = Arc::new(RwLock::new(SubjectIndex::default()));
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
     let scope = Arc::new(Scope {
+        synced,
         shared: Arc::clone(&shared),
         namespace: namespace.clone(),
         policies: policies.clone(),
@@ -369,6 +371,7 @@ where
             let _ = t.wait_until_ready().await;
             let _ = i.wait_until_ready().await;
             let _ = w.wait_until_ready().await;
+            let _ = synced_tx.send(true);
         }
         .boxed()
     };

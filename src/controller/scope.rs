@@ -176,6 +176,8 @@ pub struct Scope {
     pub workloads: Store<Workload>,
     /// Wakes reconcilers.
     pub triggers: Triggers,
+    /// True once every cache above has listed once.
+    pub synced: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Scope {
@@ -229,6 +231,17 @@ impl Scope {
             .iter()
             .filter_map(|n| self.inventories.get(&ObjectRef::new(n).within(&key.0)))
             .max_by_key(|inv| written_at(inv.as_ref()))
+    }
+
+    /// Waits until every cache of the scope has listed once: deciding on a
+    /// half-filled cache would write a wrong status (e.g. "no inventory")
+    /// right after a restart.
+    ///
+    /// The run loop flips `synced` once every store is ready (one waiter on
+    /// the stores; reconcilers wait on this channel).
+    pub async fn caches_ready(&self) {
+        let mut rx = self.synced.clone();
+        let _ = rx.wait_for(|ready| *ready).await;
     }
 
     /// Wakes every Workload of a namespace.

@@ -339,6 +339,7 @@ pub async fn reconcile(wl: Arc<Workload>, scope: Arc<Scope>) -> Result<Action, E
 }
 
 async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action, Error> {
+    scope.caches_ready().await;
     let shared = &scope.shared;
     let ns = wl.namespace().ok_or(Error::Missing("metadata.namespace"))?;
     let name = wl.name_any();

@@ -176,6 +176,9 @@ pub fn parse_osv(bytes: &[u8], origin: &str) -> Result<OsvRecord, AdvisoryError>
     })
 }
 
+/// The largest zip member read (OSV records are a few KiB each).
+const ZIP_MEMBER_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// Reads OSV records from a zip archive as OSV distributes them per
 /// ecosystem (`all.zip`: one JSON record per member).
 pub fn parse_osv_zip(bytes: &[u8], origin: &str) -> Result<Vec<OsvRecord>, AdvisoryError> {
@@ -238,6 +241,11 @@ pub fn load_osv_path(path: &Path) -> Result<Vec<OsvRecord>, AdvisoryError> {
         entries.sort_by_key(|e| e.file_name());
         let mut records = Vec::new();
         for entry in entries {
+            // Dot-names are a mounted ConfigMap volume's `..data` links:
+            // reading them would load every record again.
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             let child = entry.path();
             let is_data = child.extension().is_some_and(|e| e == "json" || e == "zip");
             if child.is_dir() || is_data {
