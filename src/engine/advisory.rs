@@ -197,12 +197,20 @@ pub fn parse_osv_zip(bytes: &[u8], origin: &str) -> Result<Vec<OsvRecord>, Advis
         }
         let name = format!("{origin}!{member_name}");
         buf.clear();
-        member
+        // A zip bomb guard: no OSV record is anywhere near this size.
+        (&mut member)
+            .take(ZIP_MEMBER_LIMIT + 1)
             .read_to_end(&mut buf)
             .map_err(|source| AdvisoryError::Io {
                 path: name.clone(),
                 source,
             })?;
+        if buf.len() as u64 > ZIP_MEMBER_LIMIT {
+            return Err(AdvisoryError::Io {
+                path: name,
+                source: std::io::Error::other("archive member larger than 64 MiB"),
+            });
+        }
         records.push(parse_osv(&buf, &name)?);
     }
     Ok(records)
