@@ -18,6 +18,18 @@ pub struct AdvisoryStore {
     changes: broadcast::Sender<Arc<IndexDiff>>,
     started: Timestamp,
     grace: SignedDuration,
+    /// The feeds that existed at start, and those that have been tried once:
+    /// until every one was tried (or the grace period ends), verdicts stay as
+    /// they were, so a start does not flap through partial data (OSV loaded,
+    /// the KEV catalog not yet).
+    startup: std::sync::Mutex<Startup>,
+}
+
+#[derive(Debug, Default)]
+struct Startup {
+    expected: Option<std::collections::BTreeSet<String>>,
+    attempted: std::collections::BTreeSet<String>,
+    settled: bool,
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +60,7 @@ impl AdvisoryStore {
             changes,
             started,
             grace,
+            startup: std::sync::Mutex::new(Startup::default()),
         }
     }
 
@@ -59,14 +72,62 @@ impl AdvisoryStore {
             .unwrap_or_default()
     }
 
-    /// Whether `ecosystem` has data, or is still within the grace period.
+    /// Whether `ecosystem` can be judged now: loaded (and every feed of
+    /// the start tried once), still within the grace period, or missing.
     pub fn data_state(&self, ecosystem: &str, now: Timestamp) -> DataState {
-        if self.db().has_data_for(ecosystem) {
+        let loaded = self.db().has_data_for(ecosystem);
+        if loaded && self.settled() {
             return DataState::Loaded;
         }
         match self.started.checked_add(self.grace) {
             Ok(end) if now < end => DataState::Waiting(end),
+            _ if loaded => DataState::Loaded,
             _ => DataState::Missing,
+        }
+    }
+
+    /// True once every feed present at start has been tried once.
+    pub fn settled(&self) -> bool {
+        self.startup.lock().map(|s| s.settled).unwrap_or(true)
+    }
+
+    /// Records the feeds present at start.
+    pub fn expect_feeds(&self, names: impl IntoIterator<Item = String>) {
+        if let Ok(mut s) = self.startup.lock() {
+            s.expected = Some(names.into_iter().collect());
+        }
+        self.check_settled();
+    }
+
+    /// Records that a feed was tried (successfully or not).
+    pub fn attempted(&self, feed: &str) {
+        if let Ok(mut s) = self.startup.lock() {
+            s.attempted.insert(feed.to_owned());
+        }
+        self.check_settled();
+    }
+
+    fn check_settled(&self) {
+        let newly = match self.startup.lock() {
+            Ok(mut s) => {
+                let done = !s.settled
+                    && s.expected
+                        .as_ref()
+                        .is_some_and(|e| e.is_subset(&s.attempted));
+                if done {
+                    s.settled = true;
+                }
+                done
+            }
+            Err(_) => false,
+        };
+        if newly {
+            // Every object on a loaded platform may be judged now.
+            let ecosystems = self.db().ecosystems().keys().cloned().collect();
+            let _ = self.changes.send(Arc::new(IndexDiff {
+                changed: Default::default(),
+                ecosystems,
+            }));
         }
     }
 

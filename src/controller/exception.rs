@@ -4,15 +4,12 @@
 
 use std::sync::Arc;
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use serde_json::json;
-use tracing::Instrument;
 
 use super::scope::Scope;
-use super::{Error, now, requeue_at};
+use super::{Error, now, observed, requeue_at, write_status};
 use crate::api::PatchException;
 use crate::api::common::time;
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
@@ -25,9 +22,14 @@ pub const MANAGER: &str = "patchloop-exception";
 
 /// Reconciles one PatchException's status.
 pub async fn reconcile(ex: Arc<PatchException>, scope: Arc<Scope>) -> Result<Action, Error> {
-    let mut timer = scope.shared.metrics.reconcile("exception");
-    let span = tracing::info_span!("reconcile", controller = "exception", object = %ObjectRef::from_obj(ex.as_ref()));
-    timer.observe(reconcile_inner(ex, &scope).instrument(span).await)
+    let shared = Arc::clone(&scope.shared);
+    observed(
+        &shared,
+        "exception",
+        ex.as_ref(),
+        reconcile_inner(Arc::clone(&ex), &scope),
+    )
+    .await
 }
 
 async fn reconcile_inner(ex: Arc<PatchException>, scope: &Arc<Scope>) -> Result<Action, Error> {
@@ -132,14 +134,7 @@ async fn reconcile_inner(ex: Arc<PatchException>, scope: &Arc<Scope>) -> Result<
     };
     if status != previous {
         let api: Api<PatchException> = Api::namespaced(shared.client.clone(), &ns);
-        let patch = json!({"apiVersion": "patchloop.dev/v1alpha1", "kind": "PatchException", "status": status});
-        api.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-        shared.metrics.status_write("exception");
+        write_status(shared, &api, &name, "exception", MANAGER, &status).await?;
         let was_active = conditions::find(&previous.conditions, types::ACTIVE).is_some();
         if transitions.contains(&types::ACTIVE) && !active && was_active {
             shared.metrics.exception_expired();
@@ -168,10 +163,4 @@ async fn reconcile_inner(ex: Arc<PatchException>, scope: &Arc<Scope>) -> Result<
         now,
         shared.settings.max_requeue,
     )))
-}
-
-/// The error policy: retry with a short backoff.
-pub fn error_policy(ex: Arc<PatchException>, err: &Error, _scope: Arc<Scope>) -> Action {
-    tracing::warn!(error = %err, object = %ObjectRef::from_obj(ex.as_ref()), "exception reconcile failed");
-    Action::requeue(std::time::Duration::from_secs(5))
 }

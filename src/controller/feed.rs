@@ -5,15 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use serde_json::json;
-use tracing::Instrument;
 
 use super::feed_source::{self, FeedContent, Fetched, Validators};
-use super::{Error, Shared, now};
+use super::{Error, Shared, now, observed, write_status};
 use crate::api::AdvisoryFeed;
 use crate::api::common::time;
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
@@ -88,9 +84,14 @@ fn ecosystem_counts(content: &FeedContent, wanted: &[String]) -> Vec<EcosystemCo
 
 /// Reconciles one AdvisoryFeed.
 pub async fn reconcile(feed: Arc<AdvisoryFeed>, ctx: Arc<FeedContext>) -> Result<Action, Error> {
-    let mut timer = ctx.shared.metrics.reconcile("feed");
-    let span = tracing::info_span!("reconcile", controller = "feed", object = %ObjectRef::from_obj(feed.as_ref()));
-    timer.observe(reconcile_inner(feed, &ctx).instrument(span).await)
+    let shared = Arc::clone(&ctx.shared);
+    observed(
+        &shared,
+        "feed",
+        feed.as_ref(),
+        reconcile_inner(Arc::clone(&feed), &ctx),
+    )
+    .await
 }
 
 enum Outcome {
@@ -167,6 +168,10 @@ async fn reconcile_inner(feed: Arc<AdvisoryFeed>, ctx: &Arc<FeedContext>) -> Res
         ..previous.clone()
     };
     let outcome = refresh(ctx, &feed, &name, &held).await;
+    // A load is recorded as attempted once its data is in the store (below).
+    if !matches!(outcome, Outcome::Loaded(..)) {
+        shared.advisories.attempted(&name);
+    }
     let (degraded, error) = match outcome {
         Outcome::Loaded(content, validators, digest) => {
             let counts = ecosystem_counts(&content, &feed.spec.ecosystems);
@@ -177,6 +182,7 @@ async fn reconcile_inner(feed: Arc<AdvisoryFeed>, ctx: &Arc<FeedContext>) -> Res
             status.last_modified = validators.last_modified.clone();
             status.last_sync_time = Some(time(now));
             let diff = shared.advisories.set_feed(&name, Some(content));
+            shared.advisories.attempted(&name);
             tracing::info!(
                 advisories = status.advisories,
                 changed_keys = diff.changed.len(),
@@ -255,14 +261,7 @@ async fn reconcile_inner(feed: Arc<AdvisoryFeed>, ctx: &Arc<FeedContext>) -> Res
     // most once per interval, so a steady feed causes no write storm.
     if status != previous {
         let api: Api<AdvisoryFeed> = Api::all(shared.client.clone());
-        let patch = json!({"apiVersion": "patchloop.dev/v1alpha1", "kind": "AdvisoryFeed", "status": status});
-        api.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-        shared.metrics.status_write("feed");
+        write_status(shared, &api, &name, "feed", MANAGER, &status).await?;
     }
     if transitions.contains(&types::DEGRADED) {
         match &error {
@@ -290,10 +289,4 @@ async fn reconcile_inner(feed: Arc<AdvisoryFeed>, ctx: &Arc<FeedContext>) -> Res
         interval
     };
     Ok(Action::requeue(retry))
-}
-
-/// The error policy: retry with a short backoff.
-pub fn error_policy(feed: Arc<AdvisoryFeed>, err: &Error, _ctx: Arc<FeedContext>) -> Action {
-    tracing::warn!(error = %err, object = %ObjectRef::from_obj(feed.as_ref()), "feed reconcile failed");
-    Action::requeue(std::time::Duration::from_secs(10))
 }

@@ -3,15 +3,12 @@
 
 use std::sync::Arc;
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use serde_json::json;
-use tracing::Instrument;
 
 use super::scope::Scope;
-use super::{Error, now};
+use super::{Error, now, observed, write_status};
 use crate::api::common::time;
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::inventory::{InventoryStatus, SubjectKind};
@@ -23,9 +20,14 @@ pub const MANAGER: &str = "patchloop-inventory";
 
 /// Reconciles one Inventory's status.
 pub async fn reconcile(inv: Arc<Inventory>, scope: Arc<Scope>) -> Result<Action, Error> {
-    let mut timer = scope.shared.metrics.reconcile("inventory");
-    let span = tracing::info_span!("reconcile", controller = "inventory", object = %ObjectRef::from_obj(inv.as_ref()));
-    timer.observe(reconcile_inner(inv, &scope).instrument(span).await)
+    let shared = Arc::clone(&scope.shared);
+    observed(
+        &shared,
+        "inventory",
+        inv.as_ref(),
+        reconcile_inner(Arc::clone(&inv), &scope),
+    )
+    .await
 }
 
 async fn reconcile_inner(inv: Arc<Inventory>, scope: &Arc<Scope>) -> Result<Action, Error> {
@@ -94,21 +96,7 @@ async fn reconcile_inner(inv: Arc<Inventory>, scope: &Arc<Scope>) -> Result<Acti
     };
     if status != previous {
         let api: Api<Inventory> = Api::namespaced(shared.client.clone(), &ns);
-        let patch =
-            json!({"apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory", "status": status});
-        api.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-        shared.metrics.status_write("inventory");
+        write_status(shared, &api, &name, "inventory", MANAGER, &status).await?;
     }
     Ok(Action::requeue(shared.settings.max_requeue))
-}
-
-/// The error policy: retry with a short backoff.
-pub fn error_policy(inv: Arc<Inventory>, err: &Error, _scope: Arc<Scope>) -> Action {
-    tracing::warn!(error = %err, object = %ObjectRef::from_obj(inv.as_ref()), "inventory reconcile failed");
-    Action::requeue(std::time::Duration::from_secs(5))
 }

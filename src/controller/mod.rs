@@ -23,8 +23,12 @@ pub mod workload;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Client, Resource};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, Resource};
+use tracing::Instrument;
 
 use self::advisories::AdvisoryStore;
 use self::metrics::Metrics;
@@ -104,6 +108,60 @@ pub fn recorder(client: Client) -> Recorder {
         instance: std::env::var("POD_NAME").ok(),
     };
     Recorder::new(client, reporter)
+}
+
+/// Server-side-applies `status` to the status subresource of `name` under
+/// the writer's own field manager, and counts the write.
+pub async fn write_status<K>(
+    shared: &Shared,
+    api: &Api<K>,
+    name: &str,
+    controller: &'static str,
+    manager: &str,
+    status: &impl serde::Serialize,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    shared.metrics.status_write(controller);
+    Ok(())
+}
+
+/// Runs one reconcile in a tracing span named after the object, counting it
+/// (and its failure) and timing it.
+pub async fn observed<K>(
+    shared: &Shared,
+    controller: &'static str,
+    obj: &K,
+    reconcile: impl Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let mut timer = shared.metrics.reconcile(controller);
+    let span = tracing::info_span!("reconcile", controller, object = %ObjectRef::from_obj(obj));
+    timer.observe(reconcile.instrument(span).await)
+}
+
+/// The error policy of every reconciler: log, retry soon (kube-runtime
+/// backs off on repeated failures of the same object).
+pub fn retry_soon<K, C>(obj: Arc<K>, err: &Error, _ctx: Arc<C>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    tracing::warn!(error = %err, object = %ObjectRef::from_obj(obj.as_ref()), "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
 }
 
 /// The requeue delay for an instant in the future, capped.

@@ -7,15 +7,12 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::{Job, JobTemplateSpec};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use serde_json::json;
-use tracing::Instrument;
 
 use super::scope::Scope;
-use super::{Error, now, requeue_at};
+use super::{Error, now, observed, requeue_at, write_status};
 use crate::api::common::{ComplianceState, Duration, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::policy::{PatchPolicySpec, PatchPolicyStatus, WorkloadCounts};
@@ -164,9 +161,14 @@ pub fn count(workloads: &[Arc<Workload>]) -> WorkloadCounts {
 
 /// Reconciles one PatchPolicy's status.
 pub async fn reconcile(policy: Arc<PatchPolicy>, scope: Arc<Scope>) -> Result<Action, Error> {
-    let mut timer = scope.shared.metrics.reconcile("policy");
-    let span = tracing::info_span!("reconcile", controller = "policy", object = %ObjectRef::from_obj(policy.as_ref()));
-    timer.observe(reconcile_inner(policy, &scope).instrument(span).await)
+    let shared = Arc::clone(&scope.shared);
+    observed(
+        &shared,
+        "policy",
+        policy.as_ref(),
+        reconcile_inner(Arc::clone(&policy), &scope),
+    )
+    .await
 }
 
 async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result<Action, Error> {
@@ -268,14 +270,7 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
     shared.metrics.set_workload_counts(&ns, &name, &counts);
     if status != previous {
         let api: Api<PatchPolicy> = Api::namespaced(shared.client.clone(), &ns);
-        let patch = json!({"apiVersion": "patchloop.dev/v1alpha1", "kind": "PatchPolicy", "status": status});
-        api.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-        shared.metrics.status_write("policy");
+        write_status(shared, &api, &name, "policy", MANAGER, &status).await?;
         if transitions.contains(&types::READY) && !errors.is_empty() {
             shared
                 .event(policy.as_ref(), true, "InvalidSpec", errors.join("; "))
@@ -298,10 +293,4 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
         now,
         shared.settings.max_requeue,
     )))
-}
-
-/// The error policy: retry with a short backoff.
-pub fn error_policy(p: Arc<PatchPolicy>, err: &Error, _scope: Arc<Scope>) -> Action {
-    tracing::warn!(error = %err, object = %ObjectRef::from_obj(p.as_ref()), "policy reconcile failed");
-    Action::requeue(std::time::Duration::from_secs(5))
 }

@@ -18,7 +18,8 @@ use super::http::{self, Health};
 use super::metrics::Metrics;
 use super::scope::{self, Scope, SubjectIndex, TriggerStreams};
 use super::{
-    Settings, Shared, exception, feed, feed_source, inventory, policy, recorder, workload,
+    Settings, Shared, exception, feed, feed_source, inventory, policy, recorder, retry_soon,
+    workload,
 };
 use crate::api::inventory::SubjectKind;
 use crate::api::{AdvisoryFeed, Inventory, PatchException, PatchPolicy, Template, Workload};
@@ -143,9 +144,22 @@ fn feed_controller(
             future::ready(())
         })
     };
-    let controller = Controller::new(api, config)
+    let controller = Controller::new(api, config);
+    // The feeds present at start: verdicts wait until each was tried once.
+    let startup = {
+        let store = controller.store();
+        let shared = Arc::clone(&shared);
+        async move {
+            if store.wait_until_ready().await.is_ok() {
+                shared
+                    .advisories
+                    .expect_feeds(store.state().iter().map(|f| f.name_any()));
+            }
+        }
+    };
+    let controller = controller
         .graceful_shutdown_on(stopped)
-        .run(feed::reconcile, feed::error_policy, ctx)
+        .run(feed::reconcile, retry_soon, ctx)
         .for_each(|r| {
             log_result(r.map(|(o, _)| o));
             future::ready(())
@@ -154,8 +168,37 @@ fn feed_controller(
         tokio::select! {
             () = controller => {},
             () = deletions => {},
+            () = async { startup.await; std::future::pending::<()>().await } => {},
         }
     })
+}
+
+/// Runs a namespaced controller, also woken by `triggers`, until `stop`.
+fn drive<K, Fut>(
+    controller: Controller<K>,
+    triggers: futures::channel::mpsc::UnboundedReceiver<ObjectRef<K>>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+    reconcile: fn(Arc<K>, Arc<Scope>) -> Fut,
+    scope: Arc<Scope>,
+) -> impl Future<Output = ()> + Send
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    Fut: Future<Output = Result<kube::runtime::controller::Action, super::Error>> + Send + 'static,
+{
+    controller
+        .reconcile_on(triggers)
+        .graceful_shutdown_on(stop)
+        .run(reconcile, retry_soon, scope)
+        .for_each(|r| {
+            log_result(r.map(|(o, _)| o));
+            future::ready(())
+        })
 }
 
 fn log_result<K: std::fmt::Display, E: std::fmt::Display>(r: Result<K, E>) {
@@ -309,59 +352,43 @@ where
     };
     let diff_loop = advisory_changes(Arc::clone(&scope));
 
-    let workload_run = workload_controller
-        .reconcile_on(workload_refs)
-        .graceful_shutdown_on(stopped())
-        .run(
-            workload::reconcile,
-            workload::error_policy,
-            Arc::clone(&scope),
-        )
-        .for_each(|r| {
-            log_result(r.map(|(o, _)| o));
-            future::ready(())
-        });
-    let policy_run = Controller::new(
-        scope::api_in::<PatchPolicy>(&client, ns),
-        watcher::Config::default(),
-    )
-    .reconcile_on(policy_refs)
-    .graceful_shutdown_on(stopped())
-    .run(policy::reconcile, policy::error_policy, Arc::clone(&scope))
-    .for_each(|r| {
-        log_result(r.map(|(o, _)| o));
-        future::ready(())
-    });
-    let exception_run = Controller::new(
-        scope::api_in::<PatchException>(&client, ns),
-        watcher::Config::default(),
-    )
-    .reconcile_on(exception_refs)
-    .graceful_shutdown_on(stopped())
-    .run(
+    let workload_run = drive(
+        workload_controller,
+        workload_refs,
+        stopped(),
+        workload::reconcile,
+        Arc::clone(&scope),
+    );
+    let policy_run = drive(
+        Controller::new(
+            scope::api_in::<PatchPolicy>(&client, ns),
+            watcher::Config::default(),
+        ),
+        policy_refs,
+        stopped(),
+        policy::reconcile,
+        Arc::clone(&scope),
+    );
+    let exception_run = drive(
+        Controller::new(
+            scope::api_in::<PatchException>(&client, ns),
+            watcher::Config::default(),
+        ),
+        exception_refs,
+        stopped(),
         exception::reconcile,
-        exception::error_policy,
         Arc::clone(&scope),
-    )
-    .for_each(|r| {
-        log_result(r.map(|(o, _)| o));
-        future::ready(())
-    });
-    let inventory_run = Controller::new(
-        scope::api_in::<Inventory>(&client, ns),
-        watcher::Config::default(),
-    )
-    .reconcile_on(inventory_refs)
-    .graceful_shutdown_on(stopped())
-    .run(
+    );
+    let inventory_run = drive(
+        Controller::new(
+            scope::api_in::<Inventory>(&client, ns),
+            watcher::Config::default(),
+        ),
+        inventory_refs,
+        stopped(),
         inventory::reconcile,
-        inventory::error_policy,
         Arc::clone(&scope),
-    )
-    .for_each(|r| {
-        log_result(r.map(|(o, _)| o));
-        future::ready(())
-    });
+    );
 
     let ready: Ready = {
         let (p, e, t, i, w) = (policies, exceptions, templates, inventories, workloads);

@@ -6,16 +6,13 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use serde_json::json;
-use tracing::Instrument;
 
 use super::advisories::DataState;
 use super::scope::{Scope, written_at};
-use super::{Error, now, requeue_at};
+use super::{Error, now, observed, requeue_at, write_status};
 use crate::api::common::{ComplianceState, InventoryReference, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::inventory::SubjectKind;
@@ -333,9 +330,14 @@ fn choose_inventory(
 
 /// Reconciles one Workload.
 pub async fn reconcile(wl: Arc<Workload>, scope: Arc<Scope>) -> Result<Action, Error> {
-    let mut timer = scope.shared.metrics.reconcile("workload");
-    let span = tracing::info_span!("reconcile", controller = "workload", object = %ObjectRef::from_obj(wl.as_ref()));
-    timer.observe(reconcile_inner(wl, &scope).instrument(span).await)
+    let shared = Arc::clone(&scope.shared);
+    observed(
+        &shared,
+        "workload",
+        wl.as_ref(),
+        reconcile_inner(Arc::clone(&wl), &scope),
+    )
+    .await
 }
 
 async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action, Error> {
@@ -424,19 +426,18 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
         }
     };
 
-    // Start-up grace: no data for this platform yet, keep the earlier verdict.
+    // Start-up grace: until the platform's data (and every feed present at
+    // start) has loaded, keep the earlier verdict.
     let mut next = evaluation.next_change;
-    let keep = match (&evaluation.unknown, parse_platform(&wl.spec.platform)) {
-        (Some(UnknownCause::NoAdvisoryData(_)), Ok(platform)) => {
-            match shared.advisories.data_state(platform.osv_ecosystem(), now) {
-                DataState::Waiting(until) => {
-                    next = Some(next.map_or(until, |n| n.min(until)));
-                    true
-                }
-                _ => false,
+    let keep = match parse_platform(&wl.spec.platform) {
+        Ok(platform) => match shared.advisories.data_state(platform.osv_ecosystem(), now) {
+            DataState::Waiting(until) => {
+                next = Some(next.map_or(until, |n| n.min(until)));
+                true
             }
-        }
-        _ => false,
+            _ => false,
+        },
+        Err(_) => false,
     };
 
     let policy_names: Vec<String> = policies.iter().map(|p| p.name_any()).collect();
@@ -454,18 +455,7 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
 
     if desired != previous {
         let api: Api<Workload> = Api::namespaced(shared.client.clone(), &ns);
-        let patch = json!({
-            "apiVersion": "patchloop.dev/v1alpha1",
-            "kind": "Workload",
-            "status": desired,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-        shared.metrics.status_write("workload");
+        write_status(shared, &api, &name, "workload", MANAGER, &desired).await?;
         events(scope, &wl, &previous, &desired).await;
         // Policies and exceptions count their Workloads: wake the ones this
         // Workload matched before and matches now.
@@ -533,10 +523,4 @@ async fn events(scope: &Scope, wl: &Workload, previous: &WorkloadStatus, desired
         }
         _ => {}
     }
-}
-
-/// The error policy: retry with a short backoff.
-pub fn error_policy(wl: Arc<Workload>, err: &Error, _scope: Arc<Scope>) -> Action {
-    tracing::warn!(error = %err, object = %ObjectRef::from_obj(wl.as_ref()), "workload reconcile failed");
-    Action::requeue(std::time::Duration::from_secs(5))
 }
