@@ -173,6 +173,54 @@ fn feed_controller(
     })
 }
 
+/// Passes on watch events that change an object's spec or labels (a new
+/// generation or label set) or delete it, and drops status-only updates: a
+/// policy's count changing must not wake every Workload it counts.
+/// An object's identity, and what of it matters to the objects it judges.
+type ObjectKey = (Option<String>, String);
+type SpecVersion = (Option<i64>, std::collections::BTreeMap<String, String>);
+
+#[derive(Default)]
+struct GenerationFilter {
+    seen: std::collections::HashMap<ObjectKey, SpecVersion>,
+}
+
+impl GenerationFilter {
+    fn changed<'a, K: kube::Resource>(&mut self, ev: &'a Event<K>) -> Option<&'a K> {
+        match ev {
+            Event::Init | Event::InitDone => None,
+            Event::InitApply(o) => {
+                self.seen.insert(Self::key(o), Self::version(o));
+                None
+            }
+            Event::Apply(o) => {
+                let version = Self::version(o);
+                (self.seen.insert(Self::key(o), version.clone()) != Some(version)).then_some(o)
+            }
+            Event::Delete(o) => {
+                self.seen.remove(&Self::key(o));
+                Some(o)
+            }
+        }
+    }
+
+    fn key<K: kube::Resource>(o: &K) -> ObjectKey {
+        (
+            o.meta().namespace.clone(),
+            o.meta().name.clone().unwrap_or_default(),
+        )
+    }
+
+    fn version<K: kube::Resource>(
+        o: &K,
+    ) -> (Option<i64>, std::collections::BTreeMap<String, String>) {
+        (
+            o.meta().generation,
+            o.meta().labels.clone().unwrap_or_default(),
+        )
+    }
+}
+
 /// Runs a namespaced controller, also woken by `triggers`, until `stop`.
 fn drive<K, Fut>(
     controller: Controller<K>,
@@ -256,11 +304,14 @@ where
     // Dependencies wake the reconcilers that read them.
     let policy_loop = {
         let scope = Arc::clone(&scope);
+        let mut seen = GenerationFilter::default();
         scope::reflect(
             scope::api_in::<PatchPolicy>(&client, ns),
             policy_writer,
             move |ev| {
-                if let Event::Apply(p) | Event::Delete(p) = ev
+                // Only a changed spec or labels (or a deletion) changes what
+                // Workloads are judged against; status writes do not.
+                if let Some(p) = seen.changed(ev)
                     && let Some(pns) = p.namespace()
                 {
                     if matches!(ev, Event::Delete(_)) {
@@ -274,11 +325,12 @@ where
     };
     let exception_loop = {
         let scope = Arc::clone(&scope);
+        let mut seen = GenerationFilter::default();
         scope::reflect(
             scope::api_in::<PatchException>(&client, ns),
             exception_writer,
             move |ev| {
-                if let Event::Apply(e) | Event::Delete(e) = ev
+                if let Some(e) = seen.changed(ev)
                     && let Some(ens) = e.namespace()
                 {
                     scope.wake_workloads_in(&ens);
