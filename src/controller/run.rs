@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use futures::{FutureExt, StreamExt, future};
-use kube::runtime::controller::Controller;
+use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
@@ -158,6 +158,7 @@ fn feed_controller(
         }
     };
     let controller = controller
+        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .graceful_shutdown_on(stopped)
         .run(feed::reconcile, retry_soon, ctx)
         .for_each(|r| {
@@ -221,6 +222,12 @@ impl GenerationFilter {
     }
 }
 
+/// Reconciles in flight per controller. kube-runtime's default is
+/// unbounded: at start every object of a large fleet would be evaluated at
+/// once, each holding its parsed inventory and findings in memory while
+/// thousands of status patches compete for the apiserver.
+const RECONCILE_CONCURRENCY: u16 = 16;
+
 /// Runs a namespaced controller, also woken by `triggers`, until `stop`.
 fn drive<K, Fut>(
     controller: Controller<K>,
@@ -240,6 +247,7 @@ where
     Fut: Future<Output = Result<kube::runtime::controller::Action, super::Error>> + Send + 'static,
 {
     controller
+        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .reconcile_on(triggers)
         .graceful_shutdown_on(stop)
         .run(reconcile, retry_soon, scope)
