@@ -125,6 +125,15 @@ async fn workload_status(
     api.get_status(name).await.ok().and_then(|w| w.status)
 }
 
+/// True when the status's compliance state is `state`.
+fn in_state(status: &patchloop::api::WorkloadStatus, state: &str) -> bool {
+    status
+        .compliance
+        .as_ref()
+        .and_then(|c| c.state)
+        .is_some_and(|s| s.to_string() == state)
+}
+
 fn condition<'a>(
     conds: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     t: &str,
@@ -149,14 +158,9 @@ async fn a_real_advisory_yields_exact_findings_and_a_fixed_inventory_clears_them
 
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
     let status = support::eventually("web-01 to be Overdue", WAIT, async || {
-        workload_status(&workloads, "web-01").await.filter(|s| {
-            s.compliance
-                .as_ref()
-                .and_then(|c| c.state)
-                .map(|s| s.to_string())
-                .as_deref()
-                == Some("Overdue")
-        })
+        workload_status(&workloads, "web-01")
+            .await
+            .filter(|s| in_state(s, "Overdue"))
     })
     .await;
     let ids: Vec<&str> = status
@@ -340,14 +344,9 @@ async fn an_exception_stops_exempting_when_it_expires() {
     let _pl = Patchloop::start(env, &ns, &label, &[]).await;
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
     let status = support::eventually("erp-01 Exempt", WAIT, async || {
-        workload_status(&workloads, "erp-01").await.filter(|s| {
-            s.compliance
-                .as_ref()
-                .and_then(|c| c.state)
-                .map(|s| s.to_string())
-                .as_deref()
-                == Some("Exempt")
-        })
+        workload_status(&workloads, "erp-01")
+            .await
+            .filter(|s| in_state(s, "Exempt"))
     })
     .await;
     assert!(
@@ -384,14 +383,9 @@ async fn an_exception_stops_exempting_when_it_expires() {
         "erp-01 Overdue after the expiry",
         Duration::from_secs(90),
         async || {
-            workload_status(&workloads, "erp-01").await.filter(|s| {
-                s.compliance
-                    .as_ref()
-                    .and_then(|c| c.state)
-                    .map(|s| s.to_string())
-                    .as_deref()
-                    == Some("Overdue")
-            })
+            workload_status(&workloads, "erp-01")
+                .await
+                .filter(|s| in_state(s, "Overdue"))
         },
     )
     .await;
@@ -714,14 +708,9 @@ async fn a_due_date_passing_makes_a_finding_overdue_without_polling() {
     let pl = Patchloop::start(env, &ns, &label, &[]).await;
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
     let pending = support::eventually("db-01 Pending", WAIT, async || {
-        workload_status(&workloads, "db-01").await.filter(|s| {
-            s.compliance
-                .as_ref()
-                .and_then(|c| c.state)
-                .map(|s| s.to_string())
-                .as_deref()
-                == Some("Pending")
-        })
+        workload_status(&workloads, "db-01")
+            .await
+            .filter(|s| in_state(s, "Pending"))
     })
     .await;
     let due = pending.findings[0].due.as_ref().map(|t| t.0).expect("due");
@@ -755,14 +744,9 @@ async fn a_due_date_passing_makes_a_finding_overdue_without_polling() {
         "db-01 Overdue at the due date",
         Duration::from_secs(30),
         async || {
-            workload_status(&workloads, "db-01").await.filter(|s| {
-                s.compliance
-                    .as_ref()
-                    .and_then(|c| c.state)
-                    .map(|s| s.to_string())
-                    .as_deref()
-                    == Some("Overdue")
-            })
+            workload_status(&workloads, "db-01")
+                .await
+                .filter(|s| in_state(s, "Overdue"))
         },
     )
     .await;
@@ -794,14 +778,9 @@ async fn a_restart_without_advisory_data_keeps_compliance_for_the_grace_period_t
     let pl = Patchloop::start(env, &ns, &label, &[]).await;
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
     support::eventually("app-01 Overdue", WAIT, async || {
-        workload_status(&workloads, "app-01").await.filter(|s| {
-            s.compliance
-                .as_ref()
-                .and_then(|c| c.state)
-                .map(|s| s.to_string())
-                .as_deref()
-                == Some("Overdue")
-        })
+        workload_status(&workloads, "app-01")
+            .await
+            .filter(|s| in_state(s, "Overdue"))
     })
     .await;
     drop(pl);
@@ -837,14 +816,9 @@ async fn a_restart_without_advisory_data_keeps_compliance_for_the_grace_period_t
         "zero compliance changes during the grace period"
     );
     let after = support::eventually("app-01 Unknown after the grace period", WAIT, async || {
-        workload_status(&workloads, "app-01").await.filter(|s| {
-            s.compliance
-                .as_ref()
-                .and_then(|c| c.state)
-                .map(|s| s.to_string())
-                .as_deref()
-                == Some("Unknown")
-        })
+        workload_status(&workloads, "app-01")
+            .await
+            .filter(|s| in_state(s, "Unknown"))
     })
     .await;
     assert!(started.elapsed() >= Duration::from_secs(19));

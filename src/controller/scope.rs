@@ -195,15 +195,7 @@ impl Scope {
         namespace: &str,
         labels: &std::collections::BTreeMap<String, String>,
     ) -> Vec<Arc<PatchPolicy>> {
-        let mut out: Vec<_> = self
-            .policies
-            .state()
-            .into_iter()
-            .filter(|p| p.namespace().as_deref() == Some(namespace))
-            .filter(|p| selector::matches(&p.spec.selector, labels).unwrap_or(false))
-            .collect();
-        out.sort_by_key(|p| p.name_any());
-        out
+        selecting(&self.policies, namespace, labels, |p| &p.spec.selector)
     }
 
     /// The exceptions of `namespace` whose selector matches `labels`.
@@ -212,15 +204,7 @@ impl Scope {
         namespace: &str,
         labels: &std::collections::BTreeMap<String, String>,
     ) -> Vec<Arc<PatchException>> {
-        let mut out: Vec<_> = self
-            .exceptions
-            .state()
-            .into_iter()
-            .filter(|e| e.namespace().as_deref() == Some(namespace))
-            .filter(|e| selector::matches(&e.spec.selector, labels).unwrap_or(false))
-            .collect();
-        out.sort_by_key(|e| e.name_any());
-        out
+        selecting(&self.exceptions, namespace, labels, |e| &e.spec.selector)
     }
 
     /// The Inventory describing a subject: the most recently written one
@@ -255,6 +239,27 @@ impl Scope {
             }
         }
     }
+}
+
+/// The objects of `namespace` in `store` whose selector matches `labels`, by
+/// name (an invalid selector matches nothing; its owner reports it).
+fn selecting<K>(
+    store: &Store<K>,
+    namespace: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+    selector_of: impl Fn(&K) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> Vec<Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut out: Vec<_> = store
+        .state()
+        .into_iter()
+        .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
+        .filter(|o| selector::matches(selector_of(o), labels).unwrap_or(false))
+        .collect();
+    out.sort_by_key(|o| o.meta().name.clone());
+    out
 }
 
 /// When the apiserver last recorded a write to the object: the newest

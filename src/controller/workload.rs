@@ -378,53 +378,34 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
     let parsed = chosen
         .as_ref()
         .map(|c| parse_compact_list(&c.object.spec.packages));
-    let evaluation = match &parsed {
-        Some(Err(e)) => {
-            let mut e2 = evaluate::evaluate(&Input {
-                detail: Detail::Actionable,
-                platform: &wl.spec.platform,
-                policies: &policy_refs,
-                exceptions: &exception_refs,
-                inventory: None,
-                advisories: &db,
-                now,
-            });
-            if !matches!(e2.unknown, Some(UnknownCause::UnknownPlatform(_))) {
-                e2.unknown = Some(UnknownCause::InvalidInventory(format!(
-                    "Inventory {}: spec.{e}",
-                    chosen
-                        .as_ref()
-                        .map(|c| c.object.name_any())
-                        .unwrap_or_default()
-                )));
-            }
-            e2
-        }
-        other => {
-            let packages = match other {
-                Some(Ok(p)) => p.as_slice(),
-                _ => &[],
-            };
-            evaluate::evaluate(&Input {
-                detail: Detail::Actionable,
-                platform: &wl.spec.platform,
-                policies: &policy_refs,
-                exceptions: &exception_refs,
-                inventory: chosen
-                    .as_ref()
-                    .filter(|_| other.is_some())
-                    .map(|c| InventoryInput {
-                        packages,
-                        collected_at: written_at(c.object.as_ref())
-                            .unwrap_or(c.object.spec.reported_at.0),
-                        ages: !c.provisional,
-                        provisional: c.provisional,
-                    }),
-                advisories: &db,
-                now,
-            })
-        }
+    // An unreadable Inventory is judged as no inventory, with its error as
+    // the reason (unless the platform itself is the problem).
+    let inventory = match (&chosen, &parsed) {
+        (Some(c), Some(Ok(packages))) => Some(InventoryInput {
+            packages,
+            collected_at: written_at(c.object.as_ref()).unwrap_or(c.object.spec.reported_at.0),
+            ages: !c.provisional,
+            provisional: c.provisional,
+        }),
+        _ => None,
     };
+    let mut evaluation = evaluate::evaluate(&Input {
+        detail: Detail::Actionable,
+        platform: &wl.spec.platform,
+        policies: &policy_refs,
+        exceptions: &exception_refs,
+        inventory,
+        advisories: &db,
+        now,
+    });
+    if let (Some(c), Some(Err(e))) = (&chosen, &parsed)
+        && !matches!(evaluation.unknown, Some(UnknownCause::UnknownPlatform(_)))
+    {
+        evaluation.unknown = Some(UnknownCause::InvalidInventory(format!(
+            "Inventory {}: spec.{e}",
+            c.object.name_any()
+        )));
+    }
 
     // Start-up grace: until the platform's data (and every feed present at
     // start) has loaded, keep the earlier verdict.
