@@ -23,6 +23,7 @@
 mod controlplane;
 mod crds;
 mod kubeconfig;
+pub mod objects;
 pub mod patchloop;
 mod process;
 

@@ -1,0 +1,144 @@
+//! Builders for the Patchloop objects integration tests apply, the real
+//! fixture feeds, and readers of the statuses they assert on.
+
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use patchloop::api::Workload;
+use serde_json::{Value, json};
+
+/// The repository's test fixtures.
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+/// How long a test waits for the controller to converge.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Applies a manifest (any Patchloop kind) with the test's field manager.
+pub async fn apply(client: &kube::Client, ns: &str, doc: Value) {
+    let kind = doc["kind"].as_str().expect("kind").to_owned();
+    let name = doc["metadata"]["name"].as_str().expect("name").to_owned();
+    let plural = match kind.as_str() {
+        "PatchPolicy" => "patchpolicies".to_owned(),
+        "Inventory" => "inventories".to_owned(),
+        k => format!("{}s", k.to_lowercase()),
+    };
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("patchloop.dev", "v1alpha1", &kind),
+        &plural,
+    );
+    let api: Api<DynamicObject> = if kind == "AdvisoryFeed" {
+        Api::all_with(client.clone(), &resource)
+    } else {
+        Api::namespaced_with(client.clone(), ns, &resource)
+    };
+    let obj: DynamicObject = serde_json::from_value(doc).expect("object");
+    api.patch(
+        &name,
+        &PatchParams::apply("test-reporter").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {kind}/{name}: {e}"));
+}
+
+pub fn feed(name: &str, label: &str, format: &str, path: &str) -> Value {
+    json!({
+        "apiVersion": "patchloop.dev/v1alpha1", "kind": "AdvisoryFeed",
+        "metadata": {"name": name, "labels": {"patchloop-test": label}},
+        "spec": {"source": {"path": path}, "format": format, "interval": "1h"}
+    })
+}
+
+pub fn inventory(name: &str, workload: &str, packages: &[&str]) -> Value {
+    json!({
+        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
+        "metadata": {"name": name},
+        "spec": {
+            "subject": {"kind": "Workload", "name": workload},
+            "reporter": "test", "reportedAt": "2026-11-24T08:00:00Z", "format": "dpkg",
+            "packages": packages,
+        }
+    })
+}
+
+pub fn workload(name: &str, labels: Value) -> Value {
+    json!({
+        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Workload",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"platform": "Debian:12", "target": {"address": "10.0.0.1"}}
+    })
+}
+
+pub fn policy(name: &str, selector: Value, priority: i32) -> Value {
+    json!({
+        "apiVersion": "patchloop.dev/v1alpha1", "kind": "PatchPolicy",
+        "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": selector}, "priority": priority,
+                 "deadlines": {"critical": "3d", "high": "7d", "medium": "30d", "low": "90d", "unknown": "30d"},
+                 "knownExploited": "2d", "inventoryMaxAge": "3650d"}
+    })
+}
+
+pub const OLD_GLIBC: &[&str] = &[
+    "libc6 2.36-9+deb12u2 glibc",
+    "libc-bin 2.36-9+deb12u2 glibc",
+    "bash 5.2.15-2+b8 bash 5.2.15-2",
+];
+pub const FIXED_GLIBC: &[&str] = &[
+    "libc6 2.36-9+deb12u3 glibc",
+    "libc-bin 2.36-9+deb12u3 glibc",
+    "bash 5.2.15-2+b8 bash 5.2.15-2",
+];
+
+/// Feeds of the real fixtures, labelled for this test only.
+pub async fn fixture_feeds(client: &kube::Client, label: &str) {
+    apply(
+        client,
+        "",
+        feed(
+            &format!("osv-{label}"),
+            label,
+            "OSV",
+            &format!("{FIXTURES}/osv/debian"),
+        ),
+    )
+    .await;
+    apply(
+        client,
+        "",
+        feed(
+            &format!("kev-{label}"),
+            label,
+            "KEV",
+            &format!("{FIXTURES}/kev/known_exploited_vulnerabilities.json"),
+        ),
+    )
+    .await;
+}
+
+pub async fn workload_status(
+    api: &Api<Workload>,
+    name: &str,
+) -> Option<patchloop::api::WorkloadStatus> {
+    api.get_status(name).await.ok().and_then(|w| w.status)
+}
+
+/// True when the status's compliance state is `state`.
+pub fn in_state(status: &patchloop::api::WorkloadStatus, state: &str) -> bool {
+    status
+        .compliance
+        .as_ref()
+        .and_then(|c| c.state)
+        .is_some_and(|s| s.to_string() == state)
+}
+
+pub fn condition<'a>(
+    conds: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    t: &str,
+) -> Option<&'a str> {
+    conds
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| c.status.as_str())
+}
