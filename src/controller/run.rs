@@ -310,6 +310,7 @@ where
         subjects: Arc::clone(&subjects),
         workloads: workloads.clone(),
         jobs: jobs.clone(),
+        expected_jobs: Default::default(),
         triggers: triggers.clone(),
     });
 
