@@ -350,7 +350,7 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
     shared.metrics.set_workload_counts(&ns, &name, &counts);
     if status != previous {
         let api: Api<PatchPolicy> = Api::namespaced(shared.client.clone(), &ns);
-        write_status(shared, &api, &name, "policy", MANAGER, &status).await?;
+        write_status(shared, &api, &name, "policy", MANAGER, &status, &previous).await?;
         if transitions.contains(&types::READY) && !errors.is_empty() {
             shared
                 .event(policy.as_ref(), true, "InvalidSpec", errors.join("; "))
