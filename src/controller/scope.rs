@@ -305,6 +305,34 @@ impl Scope {
         }
     }
 
+    /// Wakes every object of every kind (a new leader's first look).
+    pub fn wake_everything(&self) {
+        for o in self.workloads.state() {
+            let _ = self
+                .triggers
+                .workloads
+                .unbounded_send(ObjectRef::from_obj(o.as_ref()));
+        }
+        for o in self.policies.state() {
+            let _ = self
+                .triggers
+                .policies
+                .unbounded_send(ObjectRef::from_obj(o.as_ref()));
+        }
+        for o in self.exceptions.state() {
+            let _ = self
+                .triggers
+                .exceptions
+                .unbounded_send(ObjectRef::from_obj(o.as_ref()));
+        }
+        for o in self.inventories.state() {
+            let _ = self
+                .triggers
+                .inventories
+                .unbounded_send(ObjectRef::from_obj(o.as_ref()));
+        }
+    }
+
     /// Wakes every Workload of a namespace.
     pub fn wake_workloads_in(&self, namespace: &str) {
         for w in self.workloads.state() {
