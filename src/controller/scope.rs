@@ -307,30 +307,10 @@ impl Scope {
 
     /// Wakes every object of every kind (a new leader's first look).
     pub fn wake_everything(&self) {
-        for o in self.workloads.state() {
-            let _ = self
-                .triggers
-                .workloads
-                .unbounded_send(ObjectRef::from_obj(o.as_ref()));
-        }
-        for o in self.policies.state() {
-            let _ = self
-                .triggers
-                .policies
-                .unbounded_send(ObjectRef::from_obj(o.as_ref()));
-        }
-        for o in self.exceptions.state() {
-            let _ = self
-                .triggers
-                .exceptions
-                .unbounded_send(ObjectRef::from_obj(o.as_ref()));
-        }
-        for o in self.inventories.state() {
-            let _ = self
-                .triggers
-                .inventories
-                .unbounded_send(ObjectRef::from_obj(o.as_ref()));
-        }
+        wake_all(&self.workloads, &self.triggers.workloads);
+        wake_all(&self.policies, &self.triggers.policies);
+        wake_all(&self.exceptions, &self.triggers.exceptions);
+        wake_all(&self.inventories, &self.triggers.inventories);
     }
 
     /// Wakes every Workload of a namespace.
@@ -343,6 +323,16 @@ impl Scope {
                     .unbounded_send(ObjectRef::from_obj(&*w));
             }
         }
+    }
+}
+
+/// Sends every object of `store` to its reconciler.
+fn wake_all<K>(store: &Store<K>, trigger: &mpsc::UnboundedSender<ObjectRef<K>>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    for o in store.state() {
+        let _ = trigger.unbounded_send(ObjectRef::from_obj(o.as_ref()));
     }
 }
 
