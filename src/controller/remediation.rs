@@ -121,7 +121,10 @@ pub async fn round(
             continue;
         }
         for owner in job.owner_references() {
-            owned.entry(owner.uid.clone()).or_default().push(Arc::clone(&job));
+            owned
+                .entry(owner.uid.clone())
+                .or_default()
+                .push(Arc::clone(&job));
         }
     }
     let in_flight = |w: &Workload| {
