@@ -394,7 +394,7 @@ async fn max_failures_pauses_the_rollout_until_the_resume_annotation_changes() {
         remediating_policy(
             "gold",
             "gold",
-            json!({"maxConcurrent": 2, "maxFailures": 2}),
+            json!({"maxConcurrent": 1, "maxFailures": 2}),
         ),
     )
     .await;
@@ -402,12 +402,14 @@ async fn max_failures_pauses_the_rollout_until_the_resume_annotation_changes() {
     let _pl = Patchloop::start(env, &ns, &label_, &[]).await;
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
 
-    let first = support::eventually("two Jobs", WAIT, async || {
-        let jobs = executor::jobs(&client, &ns).await;
-        (jobs.len() == 2).then_some(jobs)
-    })
-    .await;
-    for job in &first {
+    // One at a time: each Job fails; after the second the rollout pauses.
+    let mut first = Vec::new();
+    for n in 1..=2 {
+        let job = support::eventually("the next Job", WAIT, async || {
+            let jobs = executor::jobs(&client, &ns).await;
+            (jobs.len() == n).then(|| jobs.into_iter().last()).flatten()
+        })
+        .await;
         let name = job.metadata.name.clone().unwrap_or_default();
         executor::fail(
             &client,
@@ -416,6 +418,7 @@ async fn max_failures_pauses_the_rollout_until_the_resume_annotation_changes() {
             Some("E: Unable to locate package libc6"),
         )
         .await;
+        first.push(job);
     }
     let failed: Vec<String> = first
         .iter()

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use futures::{StreamExt, future, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -22,6 +23,9 @@ use crate::engine::evaluate::{PolicyRef, RemediationChoice, remediation_policy};
 use crate::engine::rollout::{
     self, Hold, Need, Plan, PlanInput, Record, RolloutSettings, Start, WindowState, WorkloadState,
 };
+
+/// Job creations in flight at once within a round.
+const CREATES_IN_FLIGHT: usize = 16;
 
 /// What a round of the rollout did.
 #[derive(Debug, Clone, Default)]
@@ -210,17 +214,31 @@ pub async fn round(
     );
 
     if may_start {
+        // The planner fixed the set; creating it concurrently keeps a large
+        // rollout's slots full (each create is three requests and a fresh
+        // evaluation), and expectations count every create until cached.
+        let by_name: BTreeMap<String, &Arc<Workload>> =
+            driven.iter().map(|w| (w.name_any(), w)).collect();
+        let mut creates = Vec::new();
         for start in &plan.start {
-            let Some(w) = driven.iter().find(|w| w.name_any() == start.workload) else {
-                continue;
-            };
-            if let Err(e) = start_job(scope, policy, ns, w, start, now).await {
-                round
-                    .errors
-                    .push(format!("Workload {}: {e}", start.workload));
-                // A Workload that did not start is not a canary.
-                round.ledger.canaries.retain(|c| *c != start.workload);
+            if let Some(w) = by_name.get(&start.workload) {
+                creates.push(async move {
+                    start_job(scope, policy, ns, w, start, now)
+                        .await
+                        .err()
+                        .map(|e| (start.workload.clone(), e))
+                });
             }
+        }
+        let failures: Vec<(String, StartError)> = stream::iter(creates)
+            .buffer_unordered(CREATES_IN_FLIGHT)
+            .filter_map(future::ready)
+            .collect()
+            .await;
+        for (workload, e) in failures {
+            round.errors.push(format!("Workload {workload}: {e}"));
+            // A Workload that did not start is not a canary.
+            round.ledger.canaries.retain(|c| *c != workload);
         }
     } else {
         let started: BTreeSet<&str> = plan.start.iter().map(|s| s.workload.as_str()).collect();

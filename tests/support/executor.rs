@@ -122,15 +122,40 @@ pub async fn fail(client: &kube::Client, ns: &str, job: &str, message: Option<&s
     .await;
 }
 
+/// Sets a Job's outcome as its executor would. The 1.20 Job controller
+/// writes a Job's status on its first sync (startTime, active) and may
+/// overwrite a patch racing with that write: wait for it first, then check
+/// that the outcome stayed.
 async fn set_status(client: &kube::Client, ns: &str, job: &str, status: serde_json::Value) {
     let api: Api<Job> = Api::namespaced(client.clone(), ns);
-    api.patch_status(
-        job,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"status": status})),
+    super::eventually(
+        "the Job controller's first sync",
+        super::objects::WAIT,
+        async || {
+            api.get_status(job)
+                .await
+                .ok()
+                .and_then(|j| j.status)
+                .filter(|s| {
+                    s.start_time.is_some() && s.active.unwrap_or(0) + s.failed.unwrap_or(0) > 0
+                })
+        },
     )
-    .await
-    .unwrap_or_else(|e| panic!("setting Job {job}'s status: {e}"));
+    .await;
+    for _ in 0..5 {
+        api.patch_status(
+            job,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": &status})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("setting Job {job}'s status: {e}"));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if api.get_status(job).await.is_ok_and(|j| !unfinished(&j)) {
+            return;
+        }
+    }
+    panic!("Job {job}'s outcome did not stay");
 }
 
 /// Watches Patchloop's Jobs in a namespace for the whole test and keeps the
