@@ -191,8 +191,12 @@ pub struct ScopeAdvisory {
 pub struct ScopePackage {
     /// The package name (binary package).
     pub name: String,
-    /// The minimum version the new image must carry.
+    /// The minimum version the new image must carry (of the source package
+    /// when `source` is set: Debian and rpm advisories name sources).
     pub fixed: String,
+    /// The source package the advisories name, when it differs from `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// A decision as it took effect.
