@@ -10,10 +10,12 @@
 
 pub mod advisories;
 pub mod exception;
+pub mod failpoint;
 pub mod feed;
 pub mod feed_source;
 pub mod http;
 pub mod inventory;
+pub mod jobs;
 pub mod metrics;
 pub mod policy;
 pub mod run;

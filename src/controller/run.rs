@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use futures::{FutureExt, StreamExt, future};
+use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, Event};
@@ -15,11 +16,12 @@ use tokio::sync::watch;
 use super::advisories::AdvisoryStore;
 use super::feed::FeedContext;
 use super::http::{self, Health};
+use super::jobs::{MANAGED_BY, MANAGED_BY_LABEL};
 use super::metrics::Metrics;
 use super::scope::{self, Scope, SubjectIndex, TriggerStreams};
 use super::{
-    Settings, Shared, exception, feed, feed_source, inventory, policy, recorder, retry_soon,
-    workload,
+    Settings, Shared, exception, failpoint, feed, feed_source, inventory, policy, recorder,
+    retry_soon, workload,
 };
 use crate::api::inventory::SubjectKind;
 use crate::api::{AdvisoryFeed, Inventory, PatchException, PatchPolicy, Template, Workload};
@@ -281,6 +283,7 @@ where
     let (exceptions, exception_writer) = scope::store::<PatchException>();
     let (templates, template_writer) = scope::store::<Template>();
     let (inventories, inventory_writer) = scope::store::<Inventory>();
+    let (jobs, job_writer) = scope::store::<Job>();
     let (triggers, streams) = scope::triggers();
     let TriggerStreams {
         workloads: workload_refs,
@@ -306,6 +309,7 @@ where
         inventories: inventories.clone(),
         subjects: Arc::clone(&subjects),
         workloads: workloads.clone(),
+        jobs: jobs.clone(),
         triggers: triggers.clone(),
     });
 
@@ -410,6 +414,23 @@ where
         )
         .for_each(|()| future::ready(()))
     };
+    // Only Jobs Patchloop created; each change wakes the object that owns
+    // the Job and the policy that created it.
+    let job_loop = {
+        let scope = Arc::clone(&scope);
+        scope::reflect_lagging(
+            scope::api_in::<Job>(&client, ns),
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+            failpoint::delay(failpoint::JOB_WATCH_DELAY),
+            job_writer,
+            move |ev| {
+                if let Event::Apply(job) | Event::Delete(job) = ev {
+                    scope.wake_for_job(job);
+                }
+            },
+        )
+        .for_each(|()| future::ready(()))
+    };
     let diff_loop = advisory_changes(Arc::clone(&scope));
 
     let workload_run = drive(
@@ -451,13 +472,21 @@ where
     );
 
     let ready: Ready = {
-        let (p, e, t, i, w) = (policies, exceptions, templates, inventories, workloads);
+        let (p, e, t, i, w, j) = (
+            policies,
+            exceptions,
+            templates,
+            inventories,
+            workloads,
+            jobs,
+        );
         async move {
             let _ = p.wait_until_ready().await;
             let _ = e.wait_until_ready().await;
             let _ = t.wait_until_ready().await;
             let _ = i.wait_until_ready().await;
             let _ = w.wait_until_ready().await;
+            let _ = j.wait_until_ready().await;
             let _ = synced_tx.send(true);
         }
         .boxed()
@@ -472,6 +501,7 @@ where
                 exception_loop,
                 template_loop,
                 inventory_loop,
+                job_loop,
                 diff_loop
             );
         };

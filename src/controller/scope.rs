@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{Config as WatcherConfig, Event, watcher};
 use kube::runtime::{WatchStreamExt, reflector::store::Writer};
@@ -174,6 +175,8 @@ pub struct Scope {
     pub subjects: Arc<RwLock<SubjectIndex>>,
     /// Workloads (the workload controller's own cache).
     pub workloads: Store<Workload>,
+    /// Jobs Patchloop created (labelled managed-by patchloop).
+    pub jobs: Store<Job>,
     /// Wakes reconcilers.
     pub triggers: Triggers,
     /// True once every cache above has listed once.
@@ -226,6 +229,38 @@ impl Scope {
     pub async fn caches_ready(&self) {
         let mut rx = self.synced.clone();
         let _ = rx.wait_for(|ready| *ready).await;
+    }
+
+    /// The Jobs Patchloop created for (owned by) an object, by its uid.
+    pub fn jobs_owned_by(&self, namespace: &str, uid: &str) -> Vec<Arc<Job>> {
+        self.jobs
+            .state()
+            .into_iter()
+            .filter(|j| j.metadata.namespace.as_deref() == Some(namespace))
+            .filter(|j| j.owner_references().iter().any(|o| o.uid == uid))
+            .collect()
+    }
+
+    /// Wakes what a Job's change concerns: the Workload that owns it and the
+    /// policy that created it.
+    pub fn wake_for_job(&self, job: &Job) {
+        let Some(ns) = job.metadata.namespace.as_deref() else {
+            return;
+        };
+        for owner in job.owner_references() {
+            if owner.kind == "Workload" {
+                let _ = self
+                    .triggers
+                    .workloads
+                    .unbounded_send(ObjectRef::new(&owner.name).within(ns));
+            }
+        }
+        if let Some(policy) = job.labels().get(super::jobs::POLICY_LABEL) {
+            let _ = self
+                .triggers
+                .policies
+                .unbounded_send(ObjectRef::new(policy).within(ns));
+        }
     }
 
     /// Wakes every Workload of a namespace.
@@ -292,6 +327,27 @@ where
 pub fn reflect<K>(
     api: Api<K>,
     writer: Writer<K>,
+    on_event: impl FnMut(&Event<K>) + Send + 'static,
+) -> impl Stream<Item = ()> + Send
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    reflect_lagging(api, WatcherConfig::default(), None, writer, on_event)
+}
+
+/// [`reflect`] with a watcher config, and (test failpoint only) every event
+/// reaching the cache `lag` late, in order.
+pub fn reflect_lagging<K>(
+    api: Api<K>,
+    config: WatcherConfig,
+    lag: Option<std::time::Duration>,
+    writer: Writer<K>,
     mut on_event: impl FnMut(&Event<K>) + Send + 'static,
 ) -> impl Stream<Item = ()> + Send
 where
@@ -303,8 +359,15 @@ where
         + Sync
         + 'static,
 {
-    watcher(api, WatcherConfig::default())
+    watcher(api, config)
         .default_backoff()
+        .map(move |ev| async move {
+            if let Some(lag) = lag {
+                tokio::time::sleep(lag).await;
+            }
+            ev
+        })
+        .buffered(1024)
         .reflect(writer)
         .filter_map(move |ev| {
             match &ev {

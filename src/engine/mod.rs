@@ -9,6 +9,8 @@
 //! - [`selector`]: label selectors without a cluster.
 //! - [`evaluate`]: policies × inventory × advisories × exceptions × now →
 //!   findings, verdict, next change.
+//! - [`fixes`]: an evaluation → the packages and minimum fixed versions to
+//!   install, with the digest that names the set.
 //! - [`window`]: maintenance windows: cron + duration + IANA time zone →
 //!   open now? when next?
 //! - [`rollout`]: policy × workload states × jobs in flight × ledger × now →
@@ -19,6 +21,7 @@
 pub mod advisory;
 pub mod change;
 pub mod evaluate;
+pub mod fixes;
 pub mod inventory;
 pub mod rollout;
 pub mod selector;

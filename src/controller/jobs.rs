@@ -1,0 +1,659 @@
+//! Jobs from user templates plus the job contract, created idempotently
+//! under deterministic names, read back (finished? why did it fail?) and
+//! cleaned up.
+//!
+//! The contract (README, "Job contract"): every container gets `PATCHLOOP_*`
+//! environment variables naming the object, and a ConfigMap named like the
+//! Job is mounted read-only at [`CONTRACT_DIR`] with the package list
+//! (`packages`: one `name minimum-fixed-version [source]` line each) and
+//! whatever else the caller adds. The ConfigMap is created first (owned by
+//! the Job's owner), then the Job, then the ConfigMap is handed to the Job
+//! as its owner: deleting the Job, or its owner, removes both.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::{Job, JobTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, EnvVar, Pod, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use sha2::{Digest, Sha256};
+
+/// Every object Patchloop creates carries this label (and the controller
+/// watches only objects that do).
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "patchloop";
+/// What a Job is for: `remediation`, `build` or `test`.
+pub const PURPOSE_LABEL: &str = "patchloop.dev/purpose";
+/// The PatchPolicy that created a remediation Job.
+pub const POLICY_LABEL: &str = "patchloop.dev/policy";
+/// The Workload a remediation Job patches.
+pub const WORKLOAD_LABEL: &str = "patchloop.dev/workload";
+/// The attempt number of a remediation Job.
+pub const ATTEMPT_LABEL: &str = "patchloop.dev/attempt";
+/// The short digest of the fix set a Job installs.
+pub const FIX_SET_LABEL: &str = "patchloop.dev/fix-set";
+/// The label the 1.20 Job controller puts on a Job's Pods.
+pub const POD_JOB_NAME_LABEL: &str = "job-name";
+
+/// Where the contract ConfigMap is mounted in every container.
+pub const CONTRACT_DIR: &str = "/var/run/patchloop";
+/// The volume that mounts it.
+const CONTRACT_VOLUME: &str = "patchloop-contract";
+/// The longest Job name: a Job's Pods carry it as a label value.
+pub const MAX_JOB_NAME: usize = 63;
+/// Termination messages longer than this are cut in status.
+const MAX_MESSAGE: usize = 1024;
+
+/// What a Job is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Installs fixes on a live Workload.
+    Remediation,
+    /// Rebuilds a Template's image.
+    Build,
+    /// Tests a rebuilt image.
+    Test,
+}
+
+impl Purpose {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Remediation => "remediation",
+            Purpose::Build => "build",
+            Purpose::Test => "test",
+        }
+    }
+}
+
+/// A user's job template could not be turned into a Job.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct TemplateError {
+    /// The field at fault, e.g. `spec.remediation.jobTemplate.spec`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Everything a contract Job is built from.
+#[derive(Debug, Clone)]
+pub struct JobRequest<'a> {
+    /// The user's batch/v1 JobTemplateSpec, as stored.
+    pub template: &'a serde_json::Value,
+    /// The field the template came from, for errors.
+    pub template_field: &'a str,
+    /// The Job's (and its ConfigMap's) name, from [`job_name`].
+    pub name: String,
+    /// The namespace.
+    pub namespace: &'a str,
+    /// Labels for the Job, its Pods and its ConfigMap (the managed-by label
+    /// and the purpose are added).
+    pub labels: BTreeMap<String, String>,
+    /// What the Job is for.
+    pub purpose: Purpose,
+    /// The object that owns the Job (garbage collection removes the Job with it).
+    pub owner: OwnerReference,
+    /// `activeDeadlineSeconds`.
+    pub deadline_seconds: i64,
+    /// Contract environment variables (they replace same-named ones of the
+    /// template).
+    pub env: Vec<(String, String)>,
+    /// Files of the contract ConfigMap.
+    pub files: BTreeMap<String, String>,
+}
+
+/// A deterministic Job name of at most 63 characters: `base-suffix`, or,
+/// when that is too long, a cut `base` with a short hash of the whole of it,
+/// so two long names sharing a prefix never collide.
+pub fn job_name(base: &str, suffix: &str) -> String {
+    let full = format!("{base}-{suffix}");
+    if full.len() <= MAX_JOB_NAME {
+        return full;
+    }
+    let hash = short_hash(base, 6);
+    let room = MAX_JOB_NAME.saturating_sub(suffix.len() + hash.len() + 2);
+    let cut: String = base.chars().take(room).collect();
+    let cut = cut.trim_end_matches(['-', '.']);
+    format!("{cut}-{hash}-{suffix}")
+}
+
+/// A label value for an object name: the name when it fits in 63
+/// characters, else a cut name with a short hash (names may be 253 long).
+pub fn label_value(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_owned();
+    }
+    let hash = short_hash(name, 8);
+    let cut: String = name.chars().take(63 - hash.len() - 1).collect();
+    format!("{}-{hash}", cut.trim_end_matches(['-', '.', '_']))
+}
+
+fn short_hash(s: &str, len: usize) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()[..len]
+        .to_owned()
+}
+
+/// The Job and its contract ConfigMap; pure.
+pub fn build(req: &JobRequest<'_>) -> Result<(Job, ConfigMap), TemplateError> {
+    let err = |field: &str, message: String| TemplateError {
+        field: format!("{}{field}", req.template_field),
+        message,
+    };
+    let template: JobTemplateSpec = serde_json::from_value(req.template.clone())
+        .map_err(|e| err("", format!("not a batch/v1 JobTemplateSpec: {e}")))?;
+    let mut spec = template
+        .spec
+        .ok_or_else(|| err(".spec", "missing".into()))?;
+    let mut labels = req.labels.clone();
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    labels.insert(PURPOSE_LABEL.into(), req.purpose.as_str().into());
+
+    // Retries belong to the controller (counted in its ledger), never to
+    // the Job controller.
+    spec.backoff_limit = Some(0);
+    spec.active_deadline_seconds = Some(req.deadline_seconds);
+    let pod_meta = spec.template.metadata.get_or_insert_with(Default::default);
+    pod_meta
+        .labels
+        .get_or_insert_with(Default::default)
+        .extend(labels.clone());
+    let pod = spec
+        .template
+        .spec
+        .as_mut()
+        .ok_or_else(|| err(".spec.template.spec", "missing".into()))?;
+    if pod.containers.is_empty() {
+        return Err(err(".spec.template.spec.containers", "empty".into()));
+    }
+    pod.restart_policy = Some("Never".into());
+    let volumes = pod.volumes.get_or_insert_with(Vec::new);
+    volumes.retain(|v| v.name != CONTRACT_VOLUME);
+    volumes.push(Volume {
+        name: CONTRACT_VOLUME.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: req.name.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let containers = pod
+        .containers
+        .iter_mut()
+        .chain(pod.init_containers.iter_mut().flatten());
+    for c in containers {
+        add_contract(c, &req.env);
+    }
+
+    let mut meta = template.metadata.unwrap_or_default();
+    meta.name = Some(req.name.clone());
+    meta.generate_name = None;
+    meta.namespace = Some(req.namespace.to_owned());
+    meta.labels
+        .get_or_insert_with(Default::default)
+        .extend(labels.clone());
+    meta.owner_references = Some(vec![req.owner.clone()]);
+    let job = Job {
+        metadata: meta,
+        spec: Some(spec),
+        status: None,
+    };
+    let config_map = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(req.name.clone()),
+            namespace: Some(req.namespace.to_owned()),
+            labels: Some(labels),
+            owner_references: Some(vec![req.owner.clone()]),
+            ..Default::default()
+        },
+        data: Some(req.files.clone()),
+        ..Default::default()
+    };
+    Ok((job, config_map))
+}
+
+fn add_contract(c: &mut Container, env: &[(String, String)]) {
+    let vars = c.env.get_or_insert_with(Vec::new);
+    vars.retain(|v| !env.iter().any(|(n, _)| *n == v.name));
+    vars.extend(env.iter().map(|(name, value)| EnvVar {
+        name: name.clone(),
+        value: Some(value.clone()),
+        value_from: None,
+    }));
+    let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+    mounts.retain(|m| m.name != CONTRACT_VOLUME && m.mount_path != CONTRACT_DIR);
+    mounts.push(VolumeMount {
+        name: CONTRACT_VOLUME.into(),
+        mount_path: CONTRACT_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
+}
+
+/// Whether a create made the Job or found it there already (a restart, or
+/// a duplicated controller, repeating work: nothing runs twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// This call created the Job.
+    New,
+    /// A Job of that name existed.
+    Existed,
+}
+
+/// Creates the ConfigMap, the Job, then makes the Job the ConfigMap's
+/// owner; every step tolerates "already exists", so a repeat after a crash
+/// finishes the work instead of duplicating it.
+pub async fn create(
+    client: &Client,
+    job: &Job,
+    config_map: &ConfigMap,
+) -> Result<Created, kube::Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    match config_maps.create(&PostParams::default(), config_map).await {
+        Ok(_) => {}
+        Err(e) if is_conflict(&e) => {}
+        Err(e) => return Err(e),
+    }
+    let (created, uid) = match jobs.create(&PostParams::default(), job).await {
+        Ok(j) => (Created::New, j.uid()),
+        Err(e) if is_conflict(&e) => (Created::Existed, jobs.get(&name).await?.uid()),
+        Err(e) => return Err(e),
+    };
+    if let Some(uid) = uid {
+        let owner = OwnerReference {
+            api_version: "batch/v1".into(),
+            kind: "Job".into(),
+            name: name.clone(),
+            uid,
+            controller: Some(true),
+            block_owner_deletion: None,
+        };
+        let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
+        match config_maps
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            // The Job's owner went away meanwhile; garbage collection follows.
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(created)
+}
+
+/// Deletes a finished Job (its Pods in the background) and its ConfigMap;
+/// already gone is fine.
+pub async fn delete(client: &Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    for result in [
+        jobs.delete(name, &DeleteParams::background())
+            .await
+            .map(|_| ()),
+        config_maps
+            .delete(name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    ] {
+        match result {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// How a Job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// `Complete` (true) or `Failed` (false).
+    pub succeeded: bool,
+    /// When (completionTime, else the condition's transition).
+    pub at: Option<Timestamp>,
+    /// The Failed condition's reason and message (e.g. DeadlineExceeded).
+    pub message: Option<String>,
+}
+
+/// Whether a Job has a `Complete` or `Failed` condition; a Job without one
+/// is in flight.
+pub fn finished(job: &Job) -> Option<Finished> {
+    let status = job.status.as_ref()?;
+    let cond = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")?;
+    let succeeded = cond.type_ == "Complete";
+    let at = status
+        .completion_time
+        .as_ref()
+        .filter(|_| succeeded)
+        .or(cond.last_transition_time.as_ref())
+        .map(|t| t.0);
+    let message = (!succeeded).then(|| match (cond.reason.as_deref(), cond.message.as_deref()) {
+        (Some(r), Some(m)) if !m.is_empty() => format!("{r}: {m}"),
+        (Some(r), _) => r.to_owned(),
+        (None, Some(m)) => m.to_owned(),
+        (None, None) => "the Job failed".to_owned(),
+    });
+    Some(Finished {
+        succeeded,
+        at,
+        message,
+    })
+}
+
+/// When a Job started: `status.startTime` (server time, set by the Job
+/// controller), else its creation.
+pub fn started_at(job: &Job) -> Option<Timestamp> {
+    job.status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .or(job.metadata.creation_timestamp.as_ref())
+        .map(|t| t.0)
+}
+
+/// The termination message a failed Job's Pod left (the container's
+/// `terminationMessagePath`, or its last log lines with
+/// `FallbackToLogsOnError`), from a live list of its Pods; the newest Pod
+/// with one wins.
+pub async fn termination_message(
+    client: &Client,
+    namespace: &str,
+    job: &str,
+) -> Result<Option<String>, kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("{POD_JOB_NAME_LABEL}={job}")))
+        .await?;
+    let mut items = list.items;
+    items.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
+    Ok(items.iter().find_map(pod_termination_message))
+}
+
+/// The first terminated container's message (else reason and exit code).
+pub fn pod_termination_message(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let statuses = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten());
+    statuses.into_iter().find_map(|cs| {
+        let t = cs
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .or_else(|| cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()))?;
+        if t.exit_code == 0 {
+            return None;
+        }
+        let text = match (&t.message, &t.reason) {
+            (Some(m), _) if !m.trim().is_empty() => m.trim().to_owned(),
+            (_, Some(r)) => format!("{r} (exit code {})", t.exit_code),
+            _ => format!("exit code {}", t.exit_code),
+        };
+        Some(format!(
+            "container {}: {}",
+            cs.name,
+            cut(&text, MAX_MESSAGE)
+        ))
+    })
+}
+
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "patchloop.dev/v1alpha1".into(),
+            kind: "Workload".into(),
+            name: "web-01".into(),
+            uid: "1234".into(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }
+    }
+
+    fn request(template: &serde_json::Value) -> JobRequest<'_> {
+        JobRequest {
+            template,
+            template_field: "spec.remediation.jobTemplate",
+            name: "web-01-abc-1".into(),
+            namespace: "fleet",
+            labels: BTreeMap::from([(WORKLOAD_LABEL.into(), "web-01".into())]),
+            purpose: Purpose::Remediation,
+            owner: owner(),
+            deadline_seconds: 600,
+            env: vec![
+                ("PATCHLOOP_WORKLOAD".into(), "web-01".into()),
+                (
+                    "PATCHLOOP_TARGET".into(),
+                    r#"{"address":"10.0.3.17"}"#.into(),
+                ),
+            ],
+            files: BTreeMap::from([("packages".into(), "libc6 2.36-9+deb12u3 glibc\n".into())]),
+        }
+    }
+
+    #[test]
+    fn the_contract_is_added_and_retries_belong_to_the_controller() {
+        let template = json!({
+            "metadata": {"labels": {"team": "ops"}, "annotations": {"a": "b"}},
+            "spec": {
+                "backoffLimit": 6,
+                "activeDeadlineSeconds": 99999,
+                "template": {"spec": {
+                    "restartPolicy": "OnFailure",
+                    "initContainers": [{"name": "prep", "image": "busybox"}],
+                    "containers": [{"name": "patch", "image": "debian:12",
+                                    "env": [{"name": "PATCHLOOP_WORKLOAD", "value": "forged"},
+                                            {"name": "KEEP", "value": "1"}]}],
+                }}
+            }
+        });
+        let (job, cm) = build(&request(&template)).expect("a job");
+        assert_eq!(job.metadata.name.as_deref(), Some("web-01-abc-1"));
+        let labels = job.metadata.labels.as_ref().expect("labels");
+        assert_eq!(labels["team"], "ops");
+        assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
+        assert_eq!(labels[PURPOSE_LABEL], "remediation");
+        assert_eq!(labels[WORKLOAD_LABEL], "web-01");
+        assert_eq!(job.metadata.owner_references, Some(vec![owner()]));
+        let spec = job.spec.as_ref().expect("spec");
+        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(spec.active_deadline_seconds, Some(600));
+        let pod = spec.template.spec.as_ref().expect("pod");
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(
+            spec.template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.as_ref())
+                .map(|l| l[WORKLOAD_LABEL].as_str()),
+            Some("web-01")
+        );
+        let volume = &pod.volumes.as_ref().expect("volumes")[0];
+        assert_eq!(
+            volume.config_map.as_ref().map(|c| c.name.as_str()),
+            Some("web-01-abc-1")
+        );
+        for c in pod
+            .containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten())
+        {
+            let env: Vec<(&str, &str)> = c
+                .env
+                .iter()
+                .flatten()
+                .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or("")))
+                .collect();
+            assert!(env.contains(&("PATCHLOOP_WORKLOAD", "web-01")), "{env:?}");
+            assert!(!env.contains(&("PATCHLOOP_WORKLOAD", "forged")));
+            let mount = &c.volume_mounts.as_ref().expect("mounts")[0];
+            assert_eq!(
+                (mount.mount_path.as_str(), mount.read_only),
+                (CONTRACT_DIR, Some(true))
+            );
+        }
+        assert!(
+            pod.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "KEEP")
+        );
+        assert_eq!(cm.metadata.name.as_deref(), Some("web-01-abc-1"));
+        assert_eq!(
+            cm.data.as_ref().map(|d| d["packages"].as_str()),
+            Some("libc6 2.36-9+deb12u3 glibc\n")
+        );
+        assert_eq!(cm.metadata.owner_references, Some(vec![owner()]));
+    }
+
+    #[test]
+    fn a_broken_template_names_the_field() {
+        let no_spec = json!({"metadata": {}});
+        let e = build(&request(&no_spec)).expect_err("no spec");
+        assert_eq!(e.field, "spec.remediation.jobTemplate.spec");
+        let no_containers = json!({"spec": {"template": {"spec": {"containers": []}}}});
+        let e = build(&request(&no_containers)).expect_err("no containers");
+        assert_eq!(
+            e.field,
+            "spec.remediation.jobTemplate.spec.template.spec.containers"
+        );
+        let wrong_type = json!({"spec": {"backoffLimit": "many"}});
+        let e = build(&request(&wrong_type)).expect_err("wrong type");
+        assert_eq!(e.field, "spec.remediation.jobTemplate");
+        assert!(e.message.contains("JobTemplateSpec"), "{e}");
+    }
+
+    #[test]
+    fn job_names_are_deterministic_and_at_most_63_characters() {
+        assert_eq!(job_name("web-01", "abcdef0123-1"), "web-01-abcdef0123-1");
+        let long = "a".repeat(40) + "." + &"b".repeat(200);
+        let other = "a".repeat(40) + "." + &"c".repeat(200);
+        let n1 = job_name(&long, "abcdef0123-12");
+        let n2 = job_name(&other, "abcdef0123-12");
+        assert!(
+            n1.len() <= MAX_JOB_NAME && n2.len() <= MAX_JOB_NAME,
+            "{n1} {n2}"
+        );
+        assert_ne!(n1, n2);
+        assert_eq!(n1, job_name(&long, "abcdef0123-12"));
+        assert!(n1.ends_with("-abcdef0123-12"));
+        let dashy = "x".repeat(48) + "-----" + &"y".repeat(30);
+        assert!(
+            !job_name(&dashy, "s-1").contains("--"),
+            "{}",
+            job_name(&dashy, "s-1")
+        );
+        assert_eq!(label_value("web-01"), "web-01");
+        let v = label_value(&long);
+        assert!(v.len() <= 63 && v != label_value(&other));
+    }
+
+    #[test]
+    fn a_job_is_finished_by_its_complete_or_failed_condition() {
+        let job: Job = serde_json::from_value(json!({
+            "metadata": {"name": "j", "creationTimestamp": "2026-11-24T08:00:00Z"},
+            "status": {"startTime": "2026-11-24T08:00:05Z", "active": 1}
+        }))
+        .expect("job");
+        assert_eq!(finished(&job), None);
+        assert_eq!(
+            started_at(&job),
+            Some("2026-11-24T08:00:05Z".parse().expect("ts"))
+        );
+        let failed: Job = serde_json::from_value(json!({
+            "metadata": {"name": "j"},
+            "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                        "message": "Job was active longer than specified deadline",
+                        "lastTransitionTime": "2026-11-24T09:00:00Z"}]}
+        }))
+        .expect("job");
+        let f = finished(&failed).expect("finished");
+        assert!(!f.succeeded);
+        assert_eq!(f.at, Some("2026-11-24T09:00:00Z".parse().expect("ts")));
+        assert_eq!(
+            f.message.as_deref(),
+            Some("DeadlineExceeded: Job was active longer than specified deadline")
+        );
+        let complete: Job = serde_json::from_value(json!({
+            "metadata": {"name": "j"},
+            "status": {"completionTime": "2026-11-24T08:10:00Z",
+                       "conditions": [{"type": "Complete", "status": "True"}]}
+        }))
+        .expect("job");
+        let c = finished(&complete).expect("finished");
+        assert!(c.succeeded && c.message.is_none());
+        assert_eq!(c.at, Some("2026-11-24T08:10:00Z".parse().expect("ts")));
+    }
+
+    #[test]
+    fn the_pod_termination_message_explains_a_failure() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"containerStatuses": [
+                {"name": "sidecar", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+                 "state": {"terminated": {"exitCode": 0}}},
+                {"name": "patch", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+                 "state": {"terminated": {"exitCode": 100, "reason": "Error",
+                                          "message": "E: Unable to locate package libc6\n"}}}
+            ]}
+        }))
+        .expect("pod");
+        assert_eq!(
+            pod_termination_message(&pod).as_deref(),
+            Some("container patch: E: Unable to locate package libc6")
+        );
+        let quiet: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"containerStatuses": [
+                {"name": "patch", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+                 "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}
+            ]}
+        }))
+        .expect("pod");
+        assert_eq!(
+            pod_termination_message(&quiet).as_deref(),
+            Some("container patch: OOMKilled (exit code 137)")
+        );
+        assert_eq!(cut(&"é".repeat(10), 5), "éé…");
+    }
+}
