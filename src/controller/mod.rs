@@ -9,6 +9,7 @@
 //! next-change instant.
 
 pub mod advisories;
+pub mod change;
 pub mod exception;
 pub mod failpoint;
 pub mod feed;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod policy;
 pub mod run;
 pub mod scope;
+pub mod template;
 pub mod workload;
 
 use std::sync::Arc;

@@ -262,7 +262,7 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
         observed_generation: generation,
         conditions: conds,
         workloads: Some(counts.clone()),
-        templates: previous.templates.clone(),
+        templates: Some(super::template::counts_for_policy(scope, &ns, &policy.spec)),
         rollout: previous.rollout.clone(),
         next_window: next_window.map(time),
         window_open_until: open_until.map(time),

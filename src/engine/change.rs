@@ -17,12 +17,13 @@
 //!   current revision lacks.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use jiff::{SignedDuration, Timestamp};
 use sha2::{Digest, Sha256};
 
 use super::evaluate::Evaluation;
+use super::fixes::{self, Take};
 use super::inventory::InstalledPackage;
 use super::version::{Ecosystem, compare};
 use crate::api::change_request::{
@@ -47,54 +48,36 @@ pub fn before_build(phase: Option<Phase>) -> bool {
     )
 }
 
-/// The scope of a rebuild: every Pending or Overdue finding with a fix (soak
-/// or not: a rebuild is approved and tested before anything runs it), each
-/// package at the highest minimum fixed version any of them names. `None`
-/// when nothing is left to install. The second value: a scoped finding is an
-/// emergency by the driving policy's rule.
+/// The scope of a rebuild: the fix set of every due fix, soaking or not (a
+/// rebuild is approved and tested before anything runs it; see
+/// [`fixes::fix_set`] with [`Take::AllDue`]), with the advisories it
+/// addresses. `None` when nothing is left to install. The second value: a
+/// scoped finding is an emergency by the driving policy's rule.
 pub fn scope(evaluation: &Evaluation, family: Ecosystem) -> Option<(Scope, bool)> {
-    let mut packages: BTreeMap<String, ScopePackage> = BTreeMap::new();
-    let mut advisories = Vec::new();
-    let mut emergency = false;
-    for f in &evaluation.findings {
-        if !matches!(
-            f.finding.state,
-            FindingState::Pending | FindingState::Overdue
-        ) {
-            continue;
-        }
-        let mut addressed = false;
-        for p in &f.finding.packages {
-            let Some(fixed) = &p.fixed else { continue };
-            addressed = true;
-            let entry = packages
-                .entry(p.name.clone())
-                .or_insert_with(|| ScopePackage {
-                    name: p.name.clone(),
-                    fixed: fixed.clone(),
-                    source: p.source.clone(),
-                });
-            if compare(family, fixed, &entry.fixed).is_ok_and(|o| o == Ordering::Greater) {
-                entry.fixed = fixed.clone();
-            }
-        }
-        if addressed {
-            emergency |= f.emergency;
-            advisories.push(ScopeAdvisory {
-                id: f.finding.advisory.clone(),
-                severity: f.finding.severity,
-                known_exploited: f.finding.known_exploited,
-                cves: f.finding.cves.clone(),
-                due: f.finding.due.clone(),
-            });
-        }
-    }
-    if packages.is_empty() {
-        return None;
-    }
+    let set = fixes::fix_set(evaluation, family, Take::AllDue)?;
+    let mut advisories: Vec<ScopeAdvisory> = evaluation
+        .findings
+        .iter()
+        .filter(|f| set.advisories.binary_search(&f.finding.advisory).is_ok())
+        .map(|f| ScopeAdvisory {
+            id: f.finding.advisory.clone(),
+            severity: f.finding.severity,
+            known_exploited: f.finding.known_exploited,
+            cves: f.finding.cves.clone(),
+            due: f.finding.due.clone(),
+        })
+        .collect();
     advisories.sort_by(|a, b| a.id.cmp(&b.id));
     advisories.dedup_by(|a, b| a.id == b.id);
-    let packages: Vec<ScopePackage> = packages.into_values().collect();
+    let packages: Vec<ScopePackage> = set
+        .packages
+        .into_iter()
+        .map(|p| ScopePackage {
+            name: p.name,
+            fixed: p.fixed,
+            source: p.source,
+        })
+        .collect();
     let digest = digest(&advisories, &packages);
     Some((
         Scope {
@@ -102,7 +85,7 @@ pub fn scope(evaluation: &Evaluation, family: Ecosystem) -> Option<(Scope, bool)
             advisories,
             packages,
         },
-        emergency,
+        set.emergency,
     ))
 }
 
