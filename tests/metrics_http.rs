@@ -13,7 +13,8 @@ use futures::channel::oneshot;
 use patchloop::api::feed::EcosystemCount;
 use patchloop::api::policy::{TemplateCounts, WorkloadCounts};
 use patchloop::controller::http::{self, DRAIN_TIMEOUT, Health};
-use patchloop::controller::metrics::{JobKind, Metrics};
+use patchloop::controller::jobs::Purpose;
+use patchloop::controller::metrics::Metrics;
 
 /// Bounds every wait so a broken server fails the test instead of hanging it.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,7 +143,7 @@ async fn metrics_are_scraped_with_names_labels_and_values() {
     failing.error();
     drop(failing);
     metrics.status_write("policy");
-    metrics.job_created(JobKind::Remediation);
+    metrics.job_created(Purpose::Remediation);
     metrics.set_leader(true);
     metrics.exception_expired();
     metrics.set_workload_counts(

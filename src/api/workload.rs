@@ -127,6 +127,11 @@ pub struct WorkloadStatus {
     /// Actionable findings left out of `findings` by the cap.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub findings_truncated: i32,
+    /// What a remediation Job would install now: the due fixes (Pending or
+    /// Overdue, not exempt, not blocked) past their soak time or emergencies.
+    /// The driving policy plans its rollout from this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installable: Option<InstallableFixes>,
     /// The per-Workload remediation record; survives Job cleanup and restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remediation: Option<RemediationRecord>,
@@ -160,6 +165,28 @@ pub struct TemplateStatus {
     /// True when `revision` is the latest.
     #[serde(default)]
     pub current: bool,
+}
+
+/// The fixes a Workload needs that may be installed now.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstallableFixes {
+    /// Short digest of the packages and minimum fixed versions: remediation
+    /// Jobs are named after it, and a new digest starts a new attempt count.
+    pub fix_set: String,
+    /// How many packages.
+    #[serde(default)]
+    pub packages: i32,
+    /// How many advisories they address.
+    #[serde(default)]
+    pub advisories: i32,
+    /// At least one is an emergency by the driving policy (may run outside
+    /// maintenance windows).
+    #[serde(default)]
+    pub emergency: bool,
+    /// The earliest due date among them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<Time>,
 }
 
 /// Phase of a Workload's remediation.

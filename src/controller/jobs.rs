@@ -42,6 +42,9 @@ pub const POD_JOB_NAME_LABEL: &str = "job-name";
 
 /// Where the contract ConfigMap is mounted in every container.
 pub const CONTRACT_DIR: &str = "/var/run/patchloop";
+/// The package list in the contract ConfigMap: one `name
+/// minimum-fixed-version [source]` line per package.
+pub const PACKAGES_FILE: &str = "packages";
 /// The volume that mounts it.
 const CONTRACT_VOLUME: &str = "patchloop-contract";
 /// The longest Job name: a Job's Pods carry it as a label value.
@@ -61,6 +64,9 @@ pub enum Purpose {
 }
 
 impl Purpose {
+    /// Every purpose, for pre-creating metric series.
+    pub const ALL: [Purpose; 3] = [Purpose::Remediation, Purpose::Build, Purpose::Test];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -39,6 +39,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::jobs::Purpose;
 use crate::api::feed::EcosystemCount;
 use crate::api::policy::{TemplateCounts, WorkloadCounts};
 
@@ -72,31 +73,6 @@ pub const WORKLOAD_STATES: [&str; 5] = ["compliant", "pending", "overdue", "exem
 pub const TEMPLATE_STATES: [&str; 2] = ["compliant", "noncompliant"];
 
 /// What a Job was created for; the `kind` label of
-/// `patchloop_jobs_created_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum JobKind {
-    /// A remediation Job patching a live Workload.
-    Remediation,
-    /// A Job building a new Template revision.
-    Build,
-    /// A Job testing a built Template revision.
-    Test,
-}
-
-impl JobKind {
-    /// Every kind, for pre-creating series.
-    pub const ALL: [JobKind; 3] = [JobKind::Remediation, JobKind::Build, JobKind::Test];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Remediation => "remediation",
-            JobKind::Build => "build",
-            JobKind::Test => "test",
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ControllerLabels {
     controller: &'static str,
@@ -269,7 +245,7 @@ impl Metrics {
             drop(reconcile_duration.get_or_create(&labels));
             drop(status_writes.get_or_create(&labels));
         }
-        for kind in JobKind::ALL {
+        for kind in Purpose::ALL {
             drop(jobs_created.get_or_create(&JobLabels {
                 kind: kind.as_str(),
             }));
@@ -442,7 +418,7 @@ impl Metrics {
     }
 
     /// Counts one Job created.
-    pub fn job_created(&self, kind: JobKind) {
+    pub fn job_created(&self, kind: Purpose) {
         self.inner
             .jobs_created
             .get_or_create(&JobLabels {
@@ -481,7 +457,7 @@ impl Metrics {
     }
 
     /// Jobs of `kind` created so far; for tests and logs.
-    pub fn jobs_created(&self, kind: JobKind) -> u64 {
+    pub fn jobs_created(&self, kind: Purpose) -> u64 {
         counter_value(
             &self.inner.jobs_created,
             &JobLabels {

@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod metrics;
 pub mod policy;
+pub mod remediation;
 pub mod run;
 pub mod scope;
 pub mod template;

@@ -11,12 +11,19 @@ use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
+use super::remediation;
 use super::scope::Scope;
 use super::{Error, now, observed, requeue_at, write_status};
 use crate::api::common::{ComplianceState, Duration, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
-use crate::api::policy::{PatchPolicySpec, PatchPolicyStatus, WorkloadCounts};
+use crate::api::policy::{
+    PatchPolicySpec, PatchPolicyStatus, RESUME_ANNOTATION, Remediation, RemediationMode,
+    RolloutLedger, WorkloadCounts,
+};
+use crate::api::workload::RemediationPhase;
 use crate::api::{PatchPolicy, Workload};
+use crate::engine::outcome::OutcomeSettings;
+use crate::engine::rollout::WindowState;
 use crate::engine::selector;
 use crate::engine::window::{self, MaintenanceWindow};
 
@@ -75,10 +82,31 @@ pub fn validate(spec: &PatchPolicySpec) -> (Vec<String>, Vec<MaintenanceWindow>)
             }
         }
     }
+    if r.mode == RemediationMode::Remediate && r.job_template.is_none() {
+        errors.push(
+            "spec.remediation.jobTemplate: required when spec.remediation.mode is Remediate".into(),
+        );
+    }
     if let Err(e) = selector::matches(&spec.selector, &Default::default()) {
         errors.push(format!("spec.selector: {e}"));
     }
     (errors, windows)
+}
+
+/// The settings outcome tracking reads from a policy (an unparsable
+/// duration, already reported on the policy, falls back to its default).
+pub fn outcome_settings(r: &Remediation) -> OutcomeSettings {
+    let defaults = Remediation::default();
+    let parse = |d: &Duration, fallback: &Duration| {
+        d.parse()
+            .or_else(|_| fallback.parse())
+            .unwrap_or(jiff::SignedDuration::from_mins(10))
+    };
+    OutcomeSettings {
+        attempts: u32::try_from(r.attempts).unwrap_or(1).max(1),
+        backoff: parse(&r.backoff, &defaults.backoff),
+        verify_timeout: parse(&r.verify_timeout, &defaults.verify_timeout),
+    }
 }
 
 /// Checks the embedded Job template with a server-side dry-run create, the
@@ -155,6 +183,14 @@ pub fn count(workloads: &[Arc<Workload>]) -> WorkloadCounts {
         {
             c.skipped += 1;
         }
+        match status
+            .and_then(|s| s.remediation.as_ref())
+            .and_then(|r| r.phase)
+        {
+            Some(RemediationPhase::Running | RemediationPhase::Verifying) => c.remediating += 1,
+            Some(RemediationPhase::Failed | RemediationPhase::Unverified) => c.failed += 1,
+            _ => {}
+        }
     }
     c
 }
@@ -224,6 +260,28 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
         .collect();
     rivals.sort();
 
+    let open_until = window::open_until(&windows, now);
+    let next_window = window::next_opening(&windows, now);
+    let driven = remediation::driven(scope, &name, &ns, &matched);
+    let round = remediation::round(
+        scope,
+        &policy,
+        &ns,
+        &driven,
+        WindowState {
+            open_until,
+            next_opening: next_window,
+        },
+        errors.is_empty(),
+        now,
+    )
+    .await?;
+    let mut counts = counts;
+    counts.waiting_for_window = round.waiting_for_window;
+    // A Job the apiserver refused (e.g. a template the dry-run accepted but
+    // the real object did not) is the spec's problem too.
+    errors.extend(round.errors.iter().cloned());
+
     let mut desired = vec![if errors.is_empty() {
         DesiredCondition::new(
             types::READY,
@@ -253,17 +311,39 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
             ),
         )
     });
+    let ledger = &round.ledger;
+    desired.push(match ledger.paused_at.as_ref() {
+        Some(at) => DesiredCondition::new(
+            types::ROLLOUT_PAUSED,
+            ConditionStatus::True,
+            "MaxFailuresReached",
+            format!(
+                "paused at {} after {} failed or unverified outcomes (maxFailures {}), last: {}; set the {RESUME_ANNOTATION} annotation to a new value to resume",
+                at.0,
+                ledger.failures,
+                policy.spec.remediation.max_failures,
+                ledger.last_failures.join(", ")
+            ),
+        ),
+        None => DesiredCondition::new(
+            types::ROLLOUT_PAUSED,
+            ConditionStatus::False,
+            "Rolling",
+            format!(
+                "{} failed or unverified outcomes of maxFailures {}",
+                ledger.failures, policy.spec.remediation.max_failures
+            ),
+        ),
+    });
     let (conds, transitions) =
         conditions::merge(&previous.conditions, &desired, generation, &time(now));
 
-    let open_until = window::open_until(&windows, now);
-    let next_window = window::next_opening(&windows, now);
     let status = PatchPolicyStatus {
         observed_generation: generation,
         conditions: conds,
         workloads: Some(counts.clone()),
         templates: Some(super::template::counts_for_policy(scope, &ns, &policy.spec)),
-        rollout: previous.rollout.clone(),
+        rollout: Some(round.ledger.clone()).filter(|l| *l != RolloutLedger::default()),
         next_window: next_window.map(time),
         window_open_until: open_until.map(time),
     };
@@ -276,6 +356,39 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
                 .event(policy.as_ref(), true, "InvalidSpec", errors.join("; "))
                 .await;
         }
+        if transitions.contains(&types::ROLLOUT_PAUSED) {
+            match ledger.paused_at {
+                Some(_) => {
+                    shared
+                        .event(
+                            policy.as_ref(),
+                            true,
+                            "RolloutPaused",
+                            format!(
+                                "{} failed or unverified outcomes: {}",
+                                ledger.failures,
+                                ledger.last_failures.join(", ")
+                            ),
+                        )
+                        .await;
+                }
+                None if previous
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == types::ROLLOUT_PAUSED && c.status == "True") =>
+                {
+                    shared
+                        .event(
+                            policy.as_ref(),
+                            false,
+                            "RolloutResumed",
+                            format!("resumed by {RESUME_ANNOTATION}"),
+                        )
+                        .await;
+                }
+                None => {}
+            }
+        }
         if transitions.contains(&types::CONFLICT) && !rivals.is_empty() {
             shared
                 .event(
@@ -287,7 +400,10 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
                 .await;
         }
     }
-    let next = window::next_change(&windows, now);
+    let next = match (window::next_change(&windows, now), round.wake_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     Ok(Action::requeue(requeue_at(
         next,
         now,

@@ -320,6 +320,7 @@ where
         workloads: workloads.clone(),
         jobs: jobs.clone(),
         change_requests: change_requests.clone(),
+        expected_jobs: Default::default(),
         triggers: triggers.clone(),
     });
 

@@ -110,6 +110,46 @@ impl SubjectIndex {
     }
 }
 
+/// Jobs this process created that its cache may not show yet: counted as
+/// in flight until the cache has them, so a burst of reconciles under a
+/// lagging watch never exceeds `maxConcurrent`. After a restart the cache
+/// is listed before anything reconciles, so nothing created earlier is
+/// missed.
+#[derive(Debug, Default)]
+pub struct JobExpectations {
+    /// (namespace, Job name) → (owner uid, when created).
+    created: std::sync::Mutex<HashMap<(String, String), (String, std::time::Instant)>>,
+}
+
+/// How long an expectation waits for the cache before it is dropped (the
+/// Job was deleted before the cache saw it, or the watch is broken: the
+/// watch's own errors are logged).
+const EXPECTATION_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl JobExpectations {
+    /// Records a Job just created for `owner_uid`.
+    pub fn created(&self, namespace: &str, job: &str, owner_uid: &str) {
+        if let Ok(mut m) = self.created.lock() {
+            m.insert(
+                (namespace.to_owned(), job.to_owned()),
+                (owner_uid.to_owned(), std::time::Instant::now()),
+            );
+        }
+    }
+
+    /// The owners with a created Job the cache does not show yet; drops the
+    /// expectations the cache has met.
+    pub fn pending_owners(&self, jobs: &Store<Job>) -> BTreeSet<String> {
+        let Ok(mut m) = self.created.lock() else {
+            return BTreeSet::new();
+        };
+        m.retain(|(ns, name), (_, at)| {
+            at.elapsed() < EXPECTATION_TTL && jobs.get(&ObjectRef::new(name).within(ns)).is_none()
+        });
+        m.values().map(|(uid, _)| uid.clone()).collect()
+    }
+}
+
 /// Senders that wake reconcilers.
 #[derive(Clone)]
 pub struct Triggers {
@@ -193,6 +233,8 @@ pub struct Scope {
     pub jobs: Store<Job>,
     /// ChangeRequests (the change controller's own cache).
     pub change_requests: Store<ChangeRequest>,
+    /// Jobs created but perhaps not in `jobs` yet.
+    pub expected_jobs: JobExpectations,
     /// Wakes reconcilers.
     pub triggers: Triggers,
     /// True once every cache above has listed once.
@@ -345,14 +387,21 @@ where
     out
 }
 
-/// When the apiserver last recorded a write to the object: the newest
-/// managedFields time (server time), else its creation. Remediation is
-/// verified against this, never against a reporter's own clock.
+/// When the apiserver last recorded a write of the object's content: the
+/// newest managedFields time (server time) of a writer other than
+/// Patchloop's own status writers, else its creation. Remediation is
+/// verified against this, never against a reporter's own clock — and never
+/// against the controller's own status write, which would make an old
+/// inventory look fresh.
 pub fn written_at<K: kube::Resource>(obj: &K) -> Option<jiff::Timestamp> {
     let meta = obj.meta();
     meta.managed_fields
         .iter()
         .flatten()
+        .filter(|m| {
+            m.subresource.as_deref() != Some("status")
+                && m.manager.as_deref() != Some(super::inventory::MANAGER)
+        })
         .filter_map(|m| m.time.as_ref().map(|t| t.0))
         .max()
         .or_else(|| meta.creation_timestamp.as_ref().map(|t| t.0))

@@ -10,19 +10,27 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
+
 use super::advisories::DataState;
+use super::jobs::{self, Purpose};
+use super::policy::outcome_settings;
 use super::scope::{Scope, written_at};
 use super::{Error, now, observed, requeue_at, write_status};
 use crate::api::common::{ComplianceState, InventoryReference, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::inventory::SubjectKind;
-use crate::api::workload::TemplateStatus;
+use crate::api::policy::RemediationMode;
+use crate::api::workload::{InstallableFixes, RemediationPhase, RemediationRecord, TemplateStatus};
 use crate::api::{Inventory, PatchException, PatchPolicy, Template, Workload, WorkloadStatus};
 use crate::engine::evaluate::{
     self, Detail, Evaluation, ExceptionRef, Input, InventoryInput, PolicyRef, RemediationChoice,
     STATUS_FINDINGS_CAP, UnknownCause,
 };
-use crate::engine::inventory::parse_compact_list;
+use crate::engine::fixes::{FixSet, Take, fix_set, gaps, parse_package_lines};
+use crate::engine::inventory::{InstalledPackage, parse_compact_list};
+use crate::engine::outcome::{self, JobEnd, JobView, Lookup, Notice, Observation, ObserveInput};
 use crate::engine::version::parse_platform;
 
 /// The field manager of Workload status.
@@ -100,9 +108,160 @@ pub fn template_status(
     ))
 }
 
+/// The remediation part of a Workload's status.
+#[derive(Debug, Clone, Default)]
+pub struct RemediationView {
+    /// What a Job would install now.
+    pub installable: Option<InstallableFixes>,
+    /// The per-Workload record.
+    pub record: Option<RemediationRecord>,
+    /// Remediating, RemediationFailed, RemediationUnverified.
+    pub conditions: Vec<DesiredCondition>,
+}
+
+/// Why a Workload with installable fixes has no Job running, as far as the
+/// Workload itself can tell (the rollout's fleet-wide reasons — window,
+/// canary, maxConcurrent — are in the driving policy's status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// `spec.paused`.
+    WorkloadPaused,
+    /// Policies tie on priority.
+    Conflict,
+    /// No policy matches.
+    NoPolicy,
+    /// The driving policy only reports.
+    ReportOnly(String),
+    /// The driving policy's `remediation.paused`.
+    PolicyPaused(String),
+    /// Scheduled by the driving policy's rollout.
+    Queued(String),
+}
+
+/// Remediating, RemediationFailed and RemediationUnverified from the record;
+/// pure. Absent until the Workload has something to install or a record.
+pub fn remediation_conditions(
+    record: Option<&RemediationRecord>,
+    installable: Option<&InstallableFixes>,
+    standing: &Standing,
+) -> Vec<DesiredCondition> {
+    if record.is_none() && installable.is_none() {
+        return Vec::new();
+    }
+    let phase = record.and_then(|r| r.phase);
+    let job = record.and_then(|r| r.job.as_deref()).unwrap_or_default();
+    let attempt = record.map_or(0, |r| r.attempt);
+    let when = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+        t.map_or_else(|| "-".to_owned(), |t| t.0.to_string())
+    };
+    let remediating = match (phase, installable) {
+        (Some(RemediationPhase::Running), _) => DesiredCondition::new(
+            types::REMEDIATING,
+            ConditionStatus::True,
+            "JobRunning",
+            format!("Job {job} (attempt {attempt}) is running"),
+        ),
+        (Some(RemediationPhase::Verifying), _) => DesiredCondition::new(
+            types::REMEDIATING,
+            ConditionStatus::True,
+            "Verifying",
+            format!(
+                "Job {job} succeeded; waiting for an Inventory written after {} that shows the fixed versions",
+                when(record.and_then(|r| r.started_at.as_ref()))
+            ),
+        ),
+        (_, None) => DesiredCondition::new(
+            types::REMEDIATING,
+            ConditionStatus::False,
+            "NothingToInstall",
+            "no installable fix is missing",
+        ),
+        (Some(RemediationPhase::BackingOff), Some(_)) => DesiredCondition::new(
+            types::REMEDIATING,
+            ConditionStatus::False,
+            "BackingOff",
+            format!(
+                "attempt {attempt} failed; the next starts after {}",
+                when(record.and_then(|r| r.backoff_until.as_ref()))
+            ),
+        ),
+        (Some(RemediationPhase::Failed), Some(_)) => DesiredCondition::new(
+            types::REMEDIATING,
+            ConditionStatus::False,
+            "GaveUp",
+            "every attempt for this fix set failed: see RemediationFailed",
+        ),
+        (_, Some(_)) => {
+            let (reason, message) = match standing {
+                Standing::WorkloadPaused => {
+                    ("WorkloadPaused", "skipped: spec.paused is true".to_owned())
+                }
+                Standing::Conflict => (
+                    "Conflict",
+                    "skipped: several PatchPolicies match with the same priority".to_owned(),
+                ),
+                Standing::NoPolicy => ("NoPolicy", "no PatchPolicy matches".to_owned()),
+                Standing::ReportOnly(p) => (
+                    "ReportOnly",
+                    format!("PatchPolicy {p} only reports (spec.remediation.mode: Report)"),
+                ),
+                Standing::PolicyPaused(p) => (
+                    "PolicyPaused",
+                    format!("PatchPolicy {p} has spec.remediation.paused: true"),
+                ),
+                Standing::Queued(p) => (
+                    "Queued",
+                    format!(
+                        "waiting for PatchPolicy {p}'s rollout (maintenance window, canary, maxConcurrent, rollout pause): see its status"
+                    ),
+                ),
+            };
+            DesiredCondition::new(types::REMEDIATING, ConditionStatus::False, reason, message)
+        }
+    };
+    let message = record.and_then(|r| r.message.clone()).unwrap_or_default();
+    let failed = if phase == Some(RemediationPhase::Failed) {
+        DesiredCondition::new(
+            types::REMEDIATION_FAILED,
+            ConditionStatus::True,
+            "AttemptsExhausted",
+            format!(
+                "attempt {attempt} of fix set {} failed, the last allowed: {message}",
+                record
+                    .and_then(|r| r.fix_set.as_deref())
+                    .unwrap_or_default()
+            ),
+        )
+    } else {
+        DesiredCondition::new(
+            types::REMEDIATION_FAILED,
+            ConditionStatus::False,
+            "NotFailed",
+            "remediation has not given up",
+        )
+    };
+    let unverified = if phase == Some(RemediationPhase::Unverified) {
+        DesiredCondition::new(
+            types::REMEDIATION_UNVERIFIED,
+            ConditionStatus::True,
+            "NoFreshInventory",
+            message,
+        )
+    } else {
+        DesiredCondition::new(
+            types::REMEDIATION_UNVERIFIED,
+            ConditionStatus::False,
+            "NotUnverified",
+            "no remediation is waiting past its verifyTimeout",
+        )
+    };
+    vec![remediating, failed, unverified]
+}
+
 /// The Workload status the controller wants, from the evaluation; pure.
 /// `keep_compliance` holds the earlier verdict (start-up grace period with
 /// no advisory data for the platform yet).
+#[allow(clippy::too_many_arguments)]
 pub fn desired_status(
     wl: &Workload,
     evaluation: &Evaluation,
@@ -110,6 +269,7 @@ pub fn desired_status(
     template: Option<(TemplateStatus, DesiredCondition)>,
     policies: Vec<String>,
     keep_compliance: bool,
+    remediation: RemediationView,
     now: Timestamp,
 ) -> WorkloadStatus {
     let previous = wl.status.clone().unwrap_or_default();
@@ -258,6 +418,7 @@ pub fn desired_status(
         desired.push(condition);
         status
     });
+    desired.extend(remediation.conditions);
 
     let (conditions, _) = conditions::merge(&previous.conditions, &desired, generation, &time(now));
     WorkloadStatus {
@@ -266,7 +427,8 @@ pub fn desired_status(
         compliance,
         findings,
         findings_truncated: truncated,
-        remediation: previous.remediation,
+        installable: remediation.installable,
+        remediation: remediation.record,
         template: template_status,
         inventory: inventory.map(|i| InventoryReference {
             name: Some(i.object.name_any()),
@@ -328,37 +490,55 @@ fn choose_inventory(
     })
 }
 
-/// Reconciles one Workload.
-pub async fn reconcile(wl: Arc<Workload>, scope: Arc<Scope>) -> Result<Action, Error> {
-    let shared = Arc::clone(&scope.shared);
-    observed(
-        &shared,
-        "workload",
-        wl.as_ref(),
-        reconcile_inner(Arc::clone(&wl), &scope),
-    )
-    .await
+/// A Workload judged against what the caches hold.
+pub struct Judged {
+    /// The engine's verdict.
+    pub evaluation: Evaluation,
+    /// The inventory it used.
+    pub chosen: Option<ChosenInventory>,
+    /// The parsed packages of that inventory, when readable.
+    pub packages: Option<Vec<InstalledPackage>>,
+    /// The Template its `templateRef` names, if it exists.
+    pub template: Option<Arc<Template>>,
+    /// The matching policies, by name.
+    pub policies: Vec<Arc<PatchPolicy>>,
+    /// The matching exceptions.
+    pub exceptions: Vec<Arc<PatchException>>,
 }
 
-async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action, Error> {
-    scope.caches_ready().await;
-    let shared = &scope.shared;
-    let ns = wl.namespace().ok_or(Error::Missing("metadata.namespace"))?;
-    let name = wl.name_any();
-    let now = now();
-    let labels = wl.labels().clone();
+impl Judged {
+    /// The policy that drives remediation, if exactly one does.
+    pub fn driving_policy(&self) -> Option<&Arc<PatchPolicy>> {
+        match &self.evaluation.remediation {
+            RemediationChoice::Policy(name) => self
+                .policies
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(name.as_str())),
+            _ => None,
+        }
+    }
 
-    // Dereference.
-    let policies: Vec<Arc<PatchPolicy>> = scope.matching_policies(&ns, &labels);
-    let exceptions: Vec<Arc<PatchException>> = scope.matching_exceptions(&ns, &labels);
+    /// What a remediation Job would install now.
+    pub fn installable(&self, platform: &str) -> Option<FixSet> {
+        let family = parse_platform(platform).ok()?.family;
+        fix_set(&self.evaluation, family, Take::Installable)
+    }
+}
+
+/// Dereferences and evaluates a Workload (the first half of its reconcile,
+/// shared with the policy reconciler, which needs the full fix set of the
+/// Workloads it starts).
+pub fn judge(scope: &Scope, wl: &Workload, ns: &str, now: Timestamp) -> Judged {
+    let labels = wl.labels();
+    let policies: Vec<Arc<PatchPolicy>> = scope.matching_policies(ns, labels);
+    let exceptions: Vec<Arc<PatchException>> = scope.matching_exceptions(ns, labels);
     let template = wl
         .spec
         .template_ref
         .as_ref()
-        .and_then(|t| scope.templates.get(&ObjectRef::new(&t.name).within(&ns)));
-    let chosen = choose_inventory(scope, &wl, &ns, template.as_deref());
+        .and_then(|t| scope.templates.get(&ObjectRef::new(&t.name).within(ns)));
+    let chosen = choose_inventory(scope, wl, ns, template.as_deref());
 
-    // Evaluate.
     let policy_refs: Vec<PolicyRef<'_>> = policies
         .iter()
         .map(|p| PolicyRef {
@@ -374,7 +554,7 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
             created: e.metadata.creation_timestamp.as_ref().map(|t| t.0),
         })
         .collect();
-    let db = shared.advisories.db();
+    let db = scope.shared.advisories.db();
     let parsed = chosen
         .as_ref()
         .map(|c| parse_compact_list(&c.object.spec.packages));
@@ -406,6 +586,38 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
             c.object.name_any()
         )));
     }
+    Judged {
+        evaluation,
+        chosen,
+        packages: parsed.and_then(Result::ok),
+        template,
+        policies,
+        exceptions,
+    }
+}
+
+/// Reconciles one Workload.
+pub async fn reconcile(wl: Arc<Workload>, scope: Arc<Scope>) -> Result<Action, Error> {
+    let shared = Arc::clone(&scope.shared);
+    observed(
+        &shared,
+        "workload",
+        wl.as_ref(),
+        reconcile_inner(Arc::clone(&wl), &scope),
+    )
+    .await
+}
+
+async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action, Error> {
+    scope.caches_ready().await;
+    let shared = &scope.shared;
+    let ns = wl.namespace().ok_or(Error::Missing("metadata.namespace"))?;
+    let name = wl.name_any();
+    let now = now();
+    let previous = wl.status.clone().unwrap_or_default();
+
+    let judged = judge(scope, &wl, &ns, now);
+    let evaluation = &judged.evaluation;
 
     // Start-up grace: until the platform's data (and every feed present at
     // start) has loaded, keep the earlier verdict.
@@ -421,23 +633,52 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
         Err(_) => false,
     };
 
-    let policy_names: Vec<String> = policies.iter().map(|p| p.name_any()).collect();
-    let template_info = template_status(&wl, template.as_deref());
+    let installable = if keep {
+        previous.installable.clone()
+    } else {
+        judged
+            .installable(&wl.spec.platform)
+            .map(|f| InstallableFixes {
+                fix_set: f.short().to_owned(),
+                packages: i32::try_from(f.packages.len()).unwrap_or(i32::MAX),
+                advisories: i32::try_from(f.advisories.len()).unwrap_or(i32::MAX),
+                emergency: f.emergency,
+                due: f.due.map(time),
+            })
+    };
+    let (record, notices, wake_at) = track_remediation(scope, &wl, &ns, &judged, now).await?;
+    if let Some(w) = wake_at {
+        next = Some(next.map_or(w, |n| n.min(w)));
+    }
+    let standing = standing(&wl, &judged);
+    let remediation = RemediationView {
+        conditions: remediation_conditions(record.as_ref(), installable.as_ref(), &standing),
+        installable,
+        record,
+    };
+
+    let policy_names: Vec<String> = judged.policies.iter().map(|p| p.name_any()).collect();
+    let template_info = template_status(&wl, judged.template.as_deref());
     let desired = desired_status(
         &wl,
-        &evaluation,
-        chosen.as_ref(),
+        evaluation,
+        judged.chosen.as_ref(),
         template_info,
         policy_names.clone(),
         keep,
+        remediation,
         now,
     );
-    let previous = wl.status.clone().unwrap_or_default();
 
     if desired != previous {
         let api: Api<Workload> = Api::namespaced(shared.client.clone(), &ns);
         write_status(shared, &api, &name, "workload", MANAGER, &desired).await?;
         events(scope, &wl, &previous, &desired).await;
+        for n in notices {
+            shared
+                .event(wl.as_ref(), n.warning, n.reason, n.message)
+                .await;
+        }
         // Policies and exceptions count their Workloads: wake the ones this
         // Workload matched before and matches now.
         for p in previous.policies.iter().chain(&policy_names) {
@@ -446,7 +687,7 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
                 .policies
                 .unbounded_send(ObjectRef::new(p).within(&ns));
         }
-        for e in &exceptions {
+        for e in &judged.exceptions {
             let _ = scope
                 .triggers
                 .exceptions
@@ -479,6 +720,142 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
         now,
         shared.settings.max_requeue,
     )))
+}
+
+/// Where the Workload stands with remediation, as far as it can tell.
+fn standing(wl: &Workload, judged: &Judged) -> Standing {
+    if wl.spec.paused {
+        return Standing::WorkloadPaused;
+    }
+    match &judged.evaluation.remediation {
+        RemediationChoice::Conflict(_) => Standing::Conflict,
+        RemediationChoice::None => Standing::NoPolicy,
+        RemediationChoice::Policy(name) => match judged.driving_policy() {
+            Some(p) if p.spec.remediation.mode == RemediationMode::Report => {
+                Standing::ReportOnly(name.clone())
+            }
+            Some(p) if p.spec.remediation.paused => Standing::PolicyPaused(name.clone()),
+            _ => Standing::Queued(name.clone()),
+        },
+    }
+}
+
+/// The Workload's remediation Jobs as the outcome tracker sees them.
+pub fn job_views(jobs: &[Arc<Job>]) -> Vec<JobView> {
+    jobs.iter()
+        .filter(|j| {
+            j.labels().get(jobs::PURPOSE_LABEL).map(String::as_str)
+                == Some(Purpose::Remediation.as_str())
+        })
+        .filter_map(|j| {
+            let labels = j.labels();
+            let created = j.metadata.creation_timestamp.as_ref()?.0;
+            Some(JobView {
+                name: j.name_any(),
+                policy: labels.get(jobs::POLICY_LABEL).cloned(),
+                fix_set: labels.get(jobs::FIX_SET_LABEL).cloned().unwrap_or_default(),
+                attempt: labels
+                    .get(jobs::ATTEMPT_LABEL)
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(1),
+                created,
+                started: jobs::started_at(j).unwrap_or(created),
+                end: jobs::finished(j).map(|f| JobEnd {
+                    succeeded: f.succeeded,
+                    at: f.at.unwrap_or(created),
+                    message: f.message,
+                }),
+            })
+        })
+        .collect()
+}
+
+/// Follows the Workload's remediation Jobs into its record (the engine
+/// decides; this looks up what it asks for: a failed Pod's termination
+/// message, whether the fresh inventory covers the Job's fix set).
+async fn track_remediation(
+    scope: &Scope,
+    wl: &Workload,
+    ns: &str,
+    judged: &Judged,
+    now: Timestamp,
+) -> Result<(Option<RemediationRecord>, Vec<Notice>, Option<Timestamp>), Error> {
+    let previous = wl.status.as_ref().and_then(|s| s.remediation.as_ref());
+    let owned = wl
+        .metadata
+        .uid
+        .as_deref()
+        .map(|uid| scope.jobs_owned_by(ns, uid))
+        .unwrap_or_default();
+    let views = job_views(&owned);
+    if previous.is_none() && views.is_empty() {
+        return Ok((None, Vec::new(), None));
+    }
+    // The settings of the policy that drives it, else of the one that
+    // created the current Job, else the defaults.
+    let recorded_policy = previous
+        .and_then(|r| r.policy.as_deref())
+        .and_then(|p| scope.policies.get(&ObjectRef::new(p).within(ns)));
+    let remediation = judged
+        .driving_policy()
+        .or(recorded_policy.as_ref())
+        .map(|p| p.spec.remediation.clone())
+        .unwrap_or_default();
+    // The Workload's own inventory only: a template's never verifies a fix.
+    let own = judged.chosen.as_ref().filter(|c| !c.provisional);
+    let mut input = ObserveInput {
+        record: previous,
+        jobs: &views,
+        inventory_written: own.and_then(|c| written_at(c.object.as_ref())),
+        covered: None,
+        failure_message: None,
+        settings: outcome_settings(&remediation),
+        now,
+    };
+    loop {
+        match outcome::observe(&input) {
+            Observation::Decided {
+                record,
+                notices,
+                wake_at,
+            } => return Ok((record, notices, wake_at)),
+            Observation::Lookup(Lookup::FailureMessage(job)) => {
+                let message = jobs::termination_message(&scope.shared.client, ns, &job)
+                    .await?
+                    .unwrap_or_default();
+                input.failure_message = Some(message);
+            }
+            Observation::Lookup(Lookup::Coverage(job)) => {
+                input.covered = Some(covers(scope, ns, &job, judged, &wl.spec.platform).await?);
+            }
+        }
+    }
+}
+
+/// Whether the Workload's inventory has every package of the Job's fix set
+/// (read from the Job's contract ConfigMap) at least at its fixed version.
+/// Without the ConfigMap, the evaluation must show no installable fix left.
+async fn covers(
+    scope: &Scope,
+    ns: &str,
+    job: &str,
+    judged: &Judged,
+    platform: &str,
+) -> Result<bool, Error> {
+    let api: Api<ConfigMap> = Api::namespaced(scope.shared.client.clone(), ns);
+    let Some(cm) = api.get_opt(job).await? else {
+        return Ok(judged.installable(platform).is_none());
+    };
+    let wanted = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(jobs::PACKAGES_FILE))
+        .map(|text| parse_package_lines(text))
+        .unwrap_or_default();
+    let (Some(packages), Ok(p)) = (&judged.packages, parse_platform(platform)) else {
+        return Ok(false);
+    };
+    Ok(gaps(&wanted, packages, p.family, false).is_empty())
 }
 
 async fn events(scope: &Scope, wl: &Workload, previous: &WorkloadStatus, desired: &WorkloadStatus) {

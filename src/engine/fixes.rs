@@ -14,6 +14,7 @@ use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
 use super::evaluate::Evaluation;
+use super::inventory::InstalledPackage;
 use super::version::{Ecosystem, compare};
 use crate::api::common::FindingState;
 
@@ -165,21 +166,49 @@ pub fn fix_set(evaluation: &Evaluation, family: Ecosystem, take: Take) -> Option
     })
 }
 
-/// Whether `installed` (name → version; source versions for packages with
-/// a source) covers every package of `set`: each at least its fixed version.
-/// Returns the packages still below their fixed version (missing ones count
-/// as not covered only when `missing_is_gap`; a package removed from a
-/// machine no longer needs its fix).
+/// The packages of `set` that `installed` does not bring to their fixed
+/// version: each is compared on its source version when the advisories
+/// name a source package, else on its own version. A package no longer
+/// installed is a gap only when `missing_is_gap` (a machine that removed a
+/// package no longer needs its fix; an image must still carry it).
 pub fn gaps<'a>(
     set: &'a [FixPackage],
-    installed: &BTreeMap<&str, &str>,
+    installed: &[InstalledPackage],
     family: Ecosystem,
     missing_is_gap: bool,
 ) -> Vec<&'a FixPackage> {
+    let by_name: BTreeMap<&str, &InstalledPackage> = installed
+        .iter()
+        .flat_map(|p| [(p.name.as_str(), p), (p.base_name(), p)])
+        .collect();
     set.iter()
-        .filter(|p| match installed.get(p.name.as_str()) {
+        .filter(|want| match by_name.get(want.name.as_str()) {
             None => missing_is_gap,
-            Some(v) => !compare(family, v, &p.fixed).is_ok_and(|o| o != Ordering::Less),
+            Some(have) => {
+                let version = if want.source.is_some() {
+                    have.source_version()
+                } else {
+                    have.version.as_str()
+                };
+                !compare(family, version, &want.fixed).is_ok_and(|o| o != Ordering::Less)
+            }
+        })
+        .collect()
+}
+
+/// Reads a package file written by [`FixSet::package_lines`].
+pub fn parse_package_lines(text: &str) -> Vec<FixPackage> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let name = fields.next()?;
+            let fixed = fields.next()?;
+            Some(FixPackage {
+                name: name.to_owned(),
+                fixed: fixed.to_owned(),
+                source: fields.next().map(str::to_owned),
+                advisories: Vec::new(),
+            })
         })
         .collect()
 }
@@ -192,6 +221,7 @@ mod tests {
     use crate::api::common::{AffectedPackage, Finding, Severity, time};
     use crate::engine::advisory::Advisory;
     use crate::engine::evaluate::{EvaluatedFinding, RemediationChoice};
+    use crate::engine::inventory::parse_compact_list;
 
     fn finding(
         id: &str,
@@ -404,7 +434,7 @@ mod tests {
     }
 
     #[test]
-    fn gaps_are_packages_below_their_fixed_version() {
+    fn gaps_are_packages_below_their_fixed_version_on_source_versions() {
         let e = evaluation(vec![finding(
             "DSA-1",
             FindingState::Overdue,
@@ -416,15 +446,33 @@ mod tests {
             "2026-11-20T00:00:00Z",
         )]);
         let set = fix_set(&e, Ecosystem::Dpkg, Take::Installable).expect("set");
-        let newer = BTreeMap::from([("libc6", "2.36-9+deb12u4"), ("libc-bin", "2.36-9+deb12u3")]);
+        assert_eq!(
+            parse_package_lines(&set.package_lines()),
+            set.packages
+                .iter()
+                .map(|p| FixPackage {
+                    advisories: vec![],
+                    ..p.clone()
+                })
+                .collect::<Vec<_>>()
+        );
+        let inv = |lines: &[&str]| {
+            parse_compact_list(&lines.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>())
+                .expect("inventory")
+        };
+        // Binary versions with a binNMU suffix: the source version decides.
+        let newer = inv(&[
+            "libc6:amd64 2.36-9+deb12u4+b1 src 2.36-9+deb12u4",
+            "libc-bin 2.36-9+deb12u3 src",
+        ]);
         assert!(gaps(&set.packages, &newer, Ecosystem::Dpkg, true).is_empty());
-        let older = BTreeMap::from([("libc6", "2.36-9+deb12u2"), ("libc-bin", "2.36-9+deb12u3")]);
+        let older = inv(&["libc6 2.36-9+deb12u2 src", "libc-bin 2.36-9+deb12u3 src"]);
         let g: Vec<&str> = gaps(&set.packages, &older, Ecosystem::Dpkg, true)
             .iter()
             .map(|p| p.name.as_str())
             .collect();
         assert_eq!(g, ["libc6"]);
-        let removed = BTreeMap::from([("libc6", "2.36-9+deb12u3")]);
+        let removed = inv(&["libc6 2.36-9+deb12u3 src"]);
         assert!(gaps(&set.packages, &removed, Ecosystem::Dpkg, false).is_empty());
         assert_eq!(
             gaps(&set.packages, &removed, Ecosystem::Dpkg, true).len(),

@@ -13,6 +13,8 @@
 //!   install, with the digest that names the set.
 //! - [`window`]: maintenance windows: cron + duration + IANA time zone →
 //!   open now? when next?
+//! - [`outcome`]: a Workload's remediation record × its Jobs × its freshest
+//!   inventory × now → the next record (verified, failed, backing off).
 //! - [`rollout`]: policy × workload states × jobs in flight × ledger × now →
 //!   which remediation Jobs to start, and when to look again.
 //! - [`change`]: the ChangeRequest lifecycle: scope and digest, approval,
@@ -23,6 +25,7 @@ pub mod change;
 pub mod evaluate;
 pub mod fixes;
 pub mod inventory;
+pub mod outcome;
 pub mod rollout;
 pub mod selector;
 pub mod version;

@@ -1,0 +1,605 @@
+//! Remediation outcomes: (a Workload's remediation record, the Jobs it
+//! owns, its freshest inventory, now) → the next record, the Events to
+//! publish, and when to look again. Pure: the workload reconciler feeds it
+//! what the cluster shows and writes what it returns.
+//!
+//! Rules (also in the README):
+//! - The newest Job of the Workload is the current attempt; the record
+//!   follows it (`Running`).
+//! - `Complete` → `Verifying` until an Inventory written (server time) at or
+//!   after the Job started shows every package of the Job's fix set at least
+//!   at its fixed version → `Verified`; past `verifyTimeout` → `Unverified`.
+//! - `Failed` (or the Job deleted while running) → `BackingOff` until
+//!   `finished + backoff × 2^(attempt-1)`, or `Failed` once `attempts` are
+//!   used up. An unverified attempt also backs off before the next try.
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::rollout::backoff_after;
+use crate::api::common::time;
+use crate::api::workload::{RemediationOutcome, RemediationPhase, RemediationRecord};
+
+/// A Job as the outcome tracker sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobView {
+    /// The Job's name.
+    pub name: String,
+    /// The policy that created it.
+    pub policy: Option<String>,
+    /// The short digest of the fix set it installs.
+    pub fix_set: String,
+    /// Its attempt number.
+    pub attempt: u32,
+    /// Its creation (server time).
+    pub created: Timestamp,
+    /// `status.startTime`, else its creation.
+    pub started: Timestamp,
+    /// How it ended, if it did.
+    pub end: Option<JobEnd>,
+}
+
+/// How a Job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEnd {
+    /// `Complete` rather than `Failed`.
+    pub succeeded: bool,
+    /// When.
+    pub at: Timestamp,
+    /// Why it failed.
+    pub message: Option<String>,
+}
+
+/// The policy settings outcomes depend on.
+#[derive(Debug, Clone, Copy)]
+pub struct OutcomeSettings {
+    /// Tries per fix set.
+    pub attempts: u32,
+    /// The wait after the first failure; doubles each time.
+    pub backoff: SignedDuration,
+    /// How long a success may wait for a confirming inventory.
+    pub verify_timeout: SignedDuration,
+}
+
+/// What the caller must look up before the outcome can be decided (each
+/// costs a request, so only when needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Whether the Workload's inventory covers this Job's fix set.
+    Coverage(String),
+    /// The termination message of this failed Job's Pod.
+    FailureMessage(String),
+}
+
+/// Everything [`observe`] depends on.
+#[derive(Debug, Clone)]
+pub struct ObserveInput<'a> {
+    /// The record in status.
+    pub record: Option<&'a RemediationRecord>,
+    /// The Workload's remediation Jobs in the cache.
+    pub jobs: &'a [JobView],
+    /// When the Workload's own Inventory was last written (server time).
+    pub inventory_written: Option<Timestamp>,
+    /// The answer to [`Lookup::Coverage`], once looked up.
+    pub covered: Option<bool>,
+    /// The answer to [`Lookup::FailureMessage`], once looked up.
+    pub failure_message: Option<String>,
+    /// The driving policy's settings (defaults when none drives it).
+    pub settings: OutcomeSettings,
+    /// Now.
+    pub now: Timestamp,
+}
+
+/// An Event to publish about the Workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// A Warning rather than Normal.
+    pub warning: bool,
+    /// The Event reason.
+    pub reason: &'static str,
+    /// The note.
+    pub message: String,
+}
+
+/// The result of [`observe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// Look this up and call again.
+    Lookup(Lookup),
+    /// The decision.
+    Decided {
+        /// The record to write (`None`: the Workload never had a Job).
+        record: Option<RemediationRecord>,
+        /// Events for the transitions.
+        notices: Vec<Notice>,
+        /// When the record can change by itself (the verify timeout).
+        wake_at: Option<Timestamp>,
+    },
+}
+
+/// Decides the next record.
+pub fn observe(input: &ObserveInput<'_>) -> Observation {
+    let mut record = input.record.cloned();
+    let mut notices = Vec::new();
+    let mut wake_at = None;
+    let started_of = |r: &RemediationRecord| r.started_at.as_ref().map(|t| t.0);
+
+    // The newest Job is the current attempt; an older one kept for
+    // inspection never replaces the record of a newer one.
+    let newest = input
+        .jobs
+        .iter()
+        .max_by(|a, b| (a.created, a.attempt, &a.name).cmp(&(b.created, b.attempt, &b.name)));
+    if let Some(job) = newest {
+        let is_new = match &record {
+            None => true,
+            Some(r) => {
+                r.job.as_deref() != Some(job.name.as_str())
+                    && started_of(r).is_none_or(|s| job.created >= s)
+            }
+        };
+        if is_new {
+            record = Some(RemediationRecord {
+                policy: job.policy.clone(),
+                fix_set: Some(job.fix_set.clone()),
+                attempt: i32::try_from(job.attempt).unwrap_or(i32::MAX),
+                job: Some(job.name.clone()),
+                phase: Some(RemediationPhase::Running),
+                started_at: Some(time(job.started)),
+                finished_at: None,
+                outcome: None,
+                backoff_until: None,
+                message: None,
+            });
+            notices.push(Notice {
+                warning: false,
+                reason: "RemediationStarted",
+                message: format!(
+                    "Job {} started: attempt {} of fix set {}",
+                    job.name, job.attempt, job.fix_set
+                ),
+            });
+        }
+    }
+    let Some(mut r) = record else {
+        return Observation::Decided {
+            record: None,
+            notices,
+            wake_at,
+        };
+    };
+    let current = r
+        .job
+        .as_deref()
+        .and_then(|name| input.jobs.iter().find(|j| j.name == name));
+    let attempt = u32::try_from(r.attempt).unwrap_or(0);
+    let give_up = attempt >= input.settings.attempts.max(1);
+    let backoff_from = |at: Timestamp| time(at + backoff_after(input.settings.backoff, attempt));
+
+    match r.phase {
+        Some(RemediationPhase::Running) => match current {
+            Some(job) => {
+                // startTime arrives after creation: verification counts
+                // from the real start.
+                r.started_at = Some(time(job.started));
+                match &job.end {
+                    None => {}
+                    Some(end) if end.succeeded => {
+                        r.phase = Some(RemediationPhase::Verifying);
+                        r.finished_at = Some(time(end.at));
+                        notices.push(Notice {
+                            warning: false,
+                            reason: "RemediationSucceeded",
+                            message: format!(
+                                "Job {} completed; waiting for an Inventory written after it started that shows the fixed versions",
+                                job.name
+                            ),
+                        });
+                    }
+                    Some(end) => {
+                        let Some(pod_message) = &input.failure_message else {
+                            return Observation::Lookup(Lookup::FailureMessage(job.name.clone()));
+                        };
+                        let message = if pod_message.is_empty() {
+                            end.message
+                                .clone()
+                                .unwrap_or_else(|| "the Job failed".into())
+                        } else {
+                            pod_message.clone()
+                        };
+                        fail(
+                            &mut r,
+                            end.at,
+                            message,
+                            give_up,
+                            backoff_from(end.at),
+                            &mut notices,
+                        );
+                    }
+                }
+            }
+            None => {
+                // The record names a Job the cache no longer has: it was
+                // deleted before it finished. It is not silently re-run:
+                // the attempt counts as failed.
+                let name = r.job.clone().unwrap_or_default();
+                fail(
+                    &mut r,
+                    input.now,
+                    format!("Job {name} was deleted before it finished"),
+                    give_up,
+                    backoff_from(input.now),
+                    &mut notices,
+                );
+            }
+        },
+        Some(RemediationPhase::Verifying) => {
+            let started = started_of(&r).unwrap_or(input.now);
+            let fresh = input.inventory_written.is_some_and(|w| w >= started);
+            let deadline =
+                r.finished_at.as_ref().map_or(input.now, |t| t.0) + input.settings.verify_timeout;
+            let verified = if fresh {
+                match input.covered {
+                    None => {
+                        let job = r.job.clone().unwrap_or_default();
+                        return Observation::Lookup(Lookup::Coverage(job));
+                    }
+                    Some(c) => c,
+                }
+            } else {
+                false
+            };
+            if verified {
+                r.phase = Some(RemediationPhase::Verified);
+                r.outcome = Some(RemediationOutcome::Verified);
+                r.message = Some("a fresh Inventory shows the fixed versions".into());
+                notices.push(Notice {
+                    warning: false,
+                    reason: "RemediationVerified",
+                    message: format!(
+                        "Job {}: a fresh Inventory shows every fixed version",
+                        r.job.as_deref().unwrap_or_default()
+                    ),
+                });
+            } else if input.now >= deadline {
+                r.phase = Some(RemediationPhase::Unverified);
+                r.outcome = Some(RemediationOutcome::Unverified);
+                if !give_up {
+                    r.backoff_until = Some(backoff_from(input.now));
+                }
+                r.message = Some(format!(
+                    "Job {} succeeded but no Inventory written since it started showed the fixed versions within verifyTimeout",
+                    r.job.as_deref().unwrap_or_default()
+                ));
+                notices.push(Notice {
+                    warning: true,
+                    reason: "RemediationUnverified",
+                    message: r.message.clone().unwrap_or_default(),
+                });
+            } else {
+                wake_at = Some(deadline);
+            }
+        }
+        _ => {}
+    }
+    Observation::Decided {
+        record: Some(r),
+        notices,
+        wake_at,
+    }
+}
+
+fn fail(
+    r: &mut RemediationRecord,
+    at: Timestamp,
+    message: String,
+    give_up: bool,
+    backoff_until: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    notices: &mut Vec<Notice>,
+) {
+    r.finished_at = Some(time(at));
+    r.outcome = Some(RemediationOutcome::Failed);
+    r.message = Some(message.clone());
+    let job = r.job.clone().unwrap_or_default();
+    if give_up {
+        r.phase = Some(RemediationPhase::Failed);
+        r.backoff_until = None;
+        notices.push(Notice {
+            warning: true,
+            reason: "RemediationGaveUp",
+            message: format!(
+                "Job {job} failed ({message}); attempt {} was the last for this fix set",
+                r.attempt
+            ),
+        });
+    } else {
+        r.phase = Some(RemediationPhase::BackingOff);
+        let until = backoff_until.0;
+        r.backoff_until = Some(backoff_until);
+        notices.push(Notice {
+            warning: true,
+            reason: "RemediationFailed",
+            message: format!(
+                "Job {job} failed ({message}); attempt {} retries after {until}",
+                r.attempt + 1
+            ),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().expect("timestamp literal")
+    }
+
+    const SETTINGS: OutcomeSettings = OutcomeSettings {
+        attempts: 2,
+        backoff: SignedDuration::from_mins(10),
+        verify_timeout: SignedDuration::from_hours(2),
+    };
+
+    fn job(name: &str, attempt: u32, created: &str, end: Option<JobEnd>) -> JobView {
+        JobView {
+            name: name.into(),
+            policy: Some("gold".into()),
+            fix_set: "abc".into(),
+            attempt,
+            created: ts(created),
+            started: ts(created),
+            end,
+        }
+    }
+
+    fn input<'a>(
+        record: Option<&'a RemediationRecord>,
+        jobs: &'a [JobView],
+        now: &str,
+    ) -> ObserveInput<'a> {
+        ObserveInput {
+            record,
+            jobs,
+            inventory_written: None,
+            covered: None,
+            failure_message: None,
+            settings: SETTINGS,
+            now: ts(now),
+        }
+    }
+
+    fn decided(o: Observation) -> (RemediationRecord, Vec<&'static str>, Option<Timestamp>) {
+        match o {
+            Observation::Decided {
+                record,
+                notices,
+                wake_at,
+            } => (
+                record.expect("a record"),
+                notices.iter().map(|n| n.reason).collect(),
+                wake_at,
+            ),
+            Observation::Lookup(l) => panic!("unexpected lookup {l:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_job_starts_the_record_and_success_verifies_with_a_fresh_inventory() {
+        let running = [job("web-abc-1", 1, "2026-11-24T08:00:00Z", None)];
+        let (r, n, _) = decided(observe(&input(None, &running, "2026-11-24T08:00:01Z")));
+        assert_eq!(r.phase, Some(RemediationPhase::Running));
+        assert_eq!((r.attempt, r.job.as_deref()), (1, Some("web-abc-1")));
+        assert_eq!(n, ["RemediationStarted"]);
+
+        let done = [job(
+            "web-abc-1",
+            1,
+            "2026-11-24T08:00:00Z",
+            Some(JobEnd {
+                succeeded: true,
+                at: ts("2026-11-24T08:05:00Z"),
+                message: None,
+            }),
+        )];
+        let (r, n, wake) = decided(observe(&input(Some(&r), &done, "2026-11-24T08:05:01Z")));
+        assert_eq!(r.phase, Some(RemediationPhase::Verifying));
+        assert_eq!(n, ["RemediationSucceeded"]);
+        assert_eq!(wake, None);
+
+        // An inventory written before the Job started proves nothing.
+        let mut i = input(Some(&r), &done, "2026-11-24T08:06:00Z");
+        i.inventory_written = Some(ts("2026-11-24T07:59:59Z"));
+        let (still, n, wake) = decided(observe(&i));
+        assert_eq!(still.phase, Some(RemediationPhase::Verifying));
+        assert!(n.is_empty());
+        assert_eq!(wake, Some(ts("2026-11-24T10:05:00Z")));
+
+        // A fresh one must be checked, then covers the fix set.
+        i.inventory_written = Some(ts("2026-11-24T08:04:00Z"));
+        assert_eq!(
+            observe(&i),
+            Observation::Lookup(Lookup::Coverage("web-abc-1".into()))
+        );
+        i.covered = Some(false);
+        assert_eq!(
+            decided(observe(&i)).0.phase,
+            Some(RemediationPhase::Verifying)
+        );
+        i.covered = Some(true);
+        let (r, n, _) = decided(observe(&i));
+        assert_eq!(r.phase, Some(RemediationPhase::Verified));
+        assert_eq!(r.outcome, Some(RemediationOutcome::Verified));
+        assert_eq!(n, ["RemediationVerified"]);
+    }
+
+    #[test]
+    fn no_confirmation_within_the_timeout_is_unverified() {
+        let done = [job(
+            "web-abc-1",
+            1,
+            "2026-11-24T08:00:00Z",
+            Some(JobEnd {
+                succeeded: true,
+                at: ts("2026-11-24T08:05:00Z"),
+                message: None,
+            }),
+        )];
+        let verifying = RemediationRecord {
+            job: Some("web-abc-1".into()),
+            attempt: 1,
+            fix_set: Some("abc".into()),
+            phase: Some(RemediationPhase::Verifying),
+            started_at: Some(time(ts("2026-11-24T08:00:00Z"))),
+            finished_at: Some(time(ts("2026-11-24T08:05:00Z"))),
+            ..Default::default()
+        };
+        let (r, n, _) = decided(observe(&input(
+            Some(&verifying),
+            &done,
+            "2026-11-24T10:05:00Z",
+        )));
+        assert_eq!(r.phase, Some(RemediationPhase::Unverified));
+        assert_eq!(r.outcome, Some(RemediationOutcome::Unverified));
+        assert_eq!(
+            r.backoff_until.as_ref().map(|t| t.0),
+            Some(ts("2026-11-24T10:15:00Z"))
+        );
+        assert_eq!(n, ["RemediationUnverified"]);
+    }
+
+    #[test]
+    fn failures_back_off_then_give_up_with_the_pod_message() {
+        let failed = |name: &str, attempt, created: &str, at: &str| {
+            job(
+                name,
+                attempt,
+                created,
+                Some(JobEnd {
+                    succeeded: false,
+                    at: ts(at),
+                    message: Some("BackoffLimitExceeded".into()),
+                }),
+            )
+        };
+        let jobs = [failed(
+            "web-abc-1",
+            1,
+            "2026-11-24T08:00:00Z",
+            "2026-11-24T08:01:00Z",
+        )];
+        let (first, _, _) = decided(observe(&input(
+            None,
+            &[job("web-abc-1", 1, "2026-11-24T08:00:00Z", None)],
+            "2026-11-24T08:00:00Z",
+        )));
+        let i = input(Some(&first), &jobs, "2026-11-24T08:01:05Z");
+        assert_eq!(
+            observe(&i),
+            Observation::Lookup(Lookup::FailureMessage("web-abc-1".into()))
+        );
+        let mut i = i;
+        i.failure_message = Some("container patch: E: broken dpkg".into());
+        let (r, n, _) = decided(observe(&i));
+        assert_eq!(r.phase, Some(RemediationPhase::BackingOff));
+        assert_eq!(
+            r.message.as_deref(),
+            Some("container patch: E: broken dpkg")
+        );
+        assert_eq!(
+            r.backoff_until.as_ref().map(|t| t.0),
+            Some(ts("2026-11-24T08:11:00Z"))
+        );
+        assert_eq!(n, ["RemediationFailed"]);
+
+        // Without a pod message, the Job's own reason.
+        let mut i = input(Some(&first), &jobs, "2026-11-24T08:01:05Z");
+        i.failure_message = Some(String::new());
+        assert_eq!(
+            decided(observe(&i)).0.message.as_deref(),
+            Some("BackoffLimitExceeded")
+        );
+
+        // The second (last) attempt gives up.
+        let jobs2 = [
+            jobs[0].clone(),
+            failed(
+                "web-abc-2",
+                2,
+                "2026-11-24T08:12:00Z",
+                "2026-11-24T08:13:00Z",
+            ),
+        ];
+        let (second, n, _) = decided(observe(&input(
+            Some(&r),
+            &[
+                jobs2[0].clone(),
+                job("web-abc-2", 2, "2026-11-24T08:12:00Z", None),
+            ],
+            "2026-11-24T08:12:01Z",
+        )));
+        assert_eq!(
+            (second.attempt, second.phase),
+            (2, Some(RemediationPhase::Running))
+        );
+        assert_eq!(n, ["RemediationStarted"]);
+        let mut i = input(Some(&second), &jobs2, "2026-11-24T08:13:01Z");
+        i.failure_message = Some(String::new());
+        let (r, n, _) = decided(observe(&i));
+        assert_eq!(r.phase, Some(RemediationPhase::Failed));
+        assert_eq!(r.backoff_until, None);
+        assert_eq!(n, ["RemediationGaveUp"]);
+    }
+
+    #[test]
+    fn a_job_deleted_while_running_counts_as_failed_and_old_jobs_never_replace_the_record() {
+        let (running, _, _) = decided(observe(&input(
+            None,
+            &[job("web-abc-2", 2, "2026-11-24T09:00:00Z", None)],
+            "2026-11-24T09:00:00Z",
+        )));
+        // Only an older, kept Job remains.
+        let old = [job(
+            "web-abc-1",
+            1,
+            "2026-11-24T08:00:00Z",
+            Some(JobEnd {
+                succeeded: false,
+                at: ts("2026-11-24T08:01:00Z"),
+                message: None,
+            }),
+        )];
+        let (r, n, _) = decided(observe(&input(
+            Some(&running),
+            &old,
+            "2026-11-24T09:01:00Z",
+        )));
+        assert_eq!(r.job.as_deref(), Some("web-abc-2"));
+        assert_eq!(r.phase, Some(RemediationPhase::Failed));
+        assert_eq!(
+            r.message.as_deref(),
+            Some("Job web-abc-2 was deleted before it finished")
+        );
+        assert_eq!(n, ["RemediationGaveUp"]);
+        // Later observations change nothing.
+        let (again, n, _) = decided(observe(&input(Some(&r), &old, "2026-11-24T10:00:00Z")));
+        assert_eq!(again, r);
+        assert!(n.is_empty());
+    }
+
+    #[test]
+    fn the_start_time_replaces_the_creation_once_known() {
+        let mut j = job("web-abc-1", 1, "2026-11-24T08:00:00Z", None);
+        let (r, _, _) = decided(observe(&input(
+            None,
+            std::slice::from_ref(&j),
+            "2026-11-24T08:00:00Z",
+        )));
+        j.started = ts("2026-11-24T08:00:30Z");
+        let (r, n, _) = decided(observe(&input(Some(&r), &[j], "2026-11-24T08:01:00Z")));
+        assert_eq!(
+            r.started_at.as_ref().map(|t| t.0),
+            Some(ts("2026-11-24T08:00:30Z"))
+        );
+        assert!(n.is_empty());
+    }
+}
