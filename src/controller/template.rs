@@ -531,6 +531,13 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
                 .unbounded_send(ObjectRef::from_obj(p.as_ref()));
         }
     }
+    // The open request follows the findings (its scope, until the build).
+    if let Requests::Open(c) = &state {
+        let _ = scope
+            .triggers
+            .change_requests
+            .unbounded_send(ObjectRef::from_obj(c.as_ref()));
+    }
     if let Some(cr) = &opened {
         shared
             .event(
