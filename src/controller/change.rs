@@ -22,6 +22,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
+use super::advisories::DataState;
 use super::scope::{Scope, written_at};
 use super::template::{self as tpl, Current};
 use super::{Error, failpoint, jobs, now, observed, requeue_at};
@@ -446,6 +447,20 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
         .templates
         .get(&ObjectRef::new(&cr.spec.template).within(&ns));
     let before = before_build(previous.phase);
+    // Until the platform's advisory data has loaded (start-up), neither the
+    // scope nor the publication checks can be decided; a feed load wakes the
+    // Template, which wakes its open request.
+    if let Some(t) = &template
+        && let Ok(platform) = parse_platform(&t.spec.platform)
+        && let DataState::Waiting(until) =
+            shared.advisories.data_state(platform.osv_ecosystem(), now)
+    {
+        return Ok(Action::requeue(requeue_at(
+            Some(until),
+            now,
+            shared.settings.max_requeue,
+        )));
+    }
 
     // What the Template needs now (before the build only: then it freezes).
     let mut needed: Option<ChangeScope> = previous.scope.clone();
@@ -453,17 +468,7 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     let mut rule = None;
     let mut wake: Option<Timestamp> = None;
     if before && let Some(t) = &template {
-        let Current {
-            judged, waiting, ..
-        } = tpl::judge_current(scope, t, &ns, now);
-        if let Some(w) = waiting {
-            // No advisory data yet: decide nothing.
-            return Ok(Action::requeue(requeue_at(
-                Some(w),
-                now,
-                shared.settings.max_requeue,
-            )));
-        }
+        let Current { judged, .. } = tpl::judge_current(scope, t, &ns, now);
         rule = judged.approval_rule();
         wake = judged.evaluation.next_change;
         // Unknown keeps the last scope: no data is not "fixed another way".
@@ -532,6 +537,15 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     let Some(mut step) = change::next(&observed) else {
         return Ok(idle);
     };
+    tracing::debug!(
+        from = ?phase,
+        to = ?step.phase,
+        act = ?step.act,
+        build = ?build,
+        test = ?test,
+        result = result.is_some(),
+        "change step"
+    );
 
     // The status this step records (the Job it starts reads it: nonce,
     // scope, target revision).
