@@ -689,6 +689,27 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         ),
         (1, 0, 0)
     );
+    // kubectl wait works on the new kinds and on build results.
+    for target in [
+        "template/base".to_owned(),
+        format!("changerequest/{name}"),
+        "inventory/base-r1".to_owned(),
+        "inventory/base-r2".to_owned(),
+    ] {
+        let out = env.kubectl([
+            "wait",
+            "-n",
+            &ns,
+            "--for=condition=Ready",
+            "--timeout=60s",
+            &target,
+        ]);
+        assert!(
+            out.status.success(),
+            "{target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // Closed requests take no more decisions.
     let out = decide(env, "reject", &ns, &name, "too late");
     assert!(!out.status.success());

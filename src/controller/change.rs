@@ -307,7 +307,11 @@ async fn create_job(
         Err(e) => return Ok(Err(e.to_string())),
     };
     match jobs::create(&scope.shared.client, &job, &config_map).await {
-        Ok(_) => {}
+        Ok(jobs::Created::New) => {
+            scope.shared.metrics.job_created(purpose);
+            tracing::info!(change_request = %name, job = %job.metadata.name.clone().unwrap_or_default(), "{} Job created", purpose.as_str());
+        }
+        Ok(jobs::Created::Existed) => {}
         // The apiserver refuses the Job (an invalid pod spec): the
         // template's fault, not a transient error.
         Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
@@ -440,6 +444,9 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     let now = now();
     let previous = cr.status.clone().unwrap_or_default();
     let idle = Action::requeue(shared.settings.max_requeue);
+    if cr.status.is_none() {
+        tpl::wake_inventories_of(scope, &ns, SubjectKind::ChangeRequest, &name);
+    }
     if is_closed(previous.phase) {
         return Ok(idle);
     }

@@ -531,6 +531,10 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
                 .unbounded_send(ObjectRef::from_obj(p.as_ref()));
         }
     }
+    // Inventories naming this Template may have been waiting for it to exist.
+    if t.status.is_none() {
+        wake_inventories_of(scope, &ns, SubjectKind::Template, &name);
+    }
     // The open request follows the findings (its scope, until the build).
     if let Requests::Open(c) = &state {
         let _ = scope
@@ -560,6 +564,22 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
         now,
         shared.settings.max_requeue,
     )))
+}
+
+/// Wakes the inventory reconciler for the Inventories naming a subject
+/// (their `Ready` says whether the subject exists).
+pub fn wake_inventories_of(scope: &Scope, ns: &str, kind: SubjectKind, name: &str) {
+    let names = scope
+        .subjects
+        .read()
+        .map(|s| s.inventories(&(ns.to_owned(), kind, name.to_owned())))
+        .unwrap_or_default();
+    for n in names {
+        let _ = scope
+            .triggers
+            .inventories
+            .unbounded_send(ObjectRef::new(&n).within(ns));
+    }
 }
 
 /// Creates a ChangeRequest for the Template: a generated name, linked by the
