@@ -56,7 +56,15 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
                 .as_mut()
                 .and_then(|s| s.open_api_v3_schema.as_mut())
             {
-                drop_nullable(schema);
+                walk(schema, &mut |s| s.nullable = None);
+                // Status is written whole by its one writer, so its schema
+                // needs no defaults; and with them, a server-side apply that
+                // drops an optional object leaves its defaulted children
+                // behind, owned by nobody: an object missing its required
+                // fields that every later write is refused for.
+                if let Some(status) = schema.properties.as_mut().and_then(|p| p.get_mut("status")) {
+                    walk(status, &mut |s| s.default = None);
+                }
             }
         }
         crd.metadata
@@ -67,21 +75,23 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     crds
 }
 
-/// Removes `nullable` from every schema node. Kubernetes 1.20 publishes a
-/// nullable field to OpenAPI v2 without its type and properties, which breaks
+/// Applies `f` to every schema node.
+///
+/// `nullable` goes from every node: Kubernetes 1.20 publishes a nullable
+/// field to OpenAPI v2 without its type and properties, which breaks
 /// `kubectl explain` below it; and a CRD does not need it: structural schemas
 /// prune `null` values of non-nullable fields, and Patchloop never writes null
 /// (absent optional fields are omitted).
-fn drop_nullable(schema: &mut JSONSchemaProps) {
-    schema.nullable = None;
+fn walk(schema: &mut JSONSchemaProps, f: &mut impl FnMut(&mut JSONSchemaProps)) {
+    f(schema);
     for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
-        drop_nullable(child);
+        walk(child, f);
     }
     if let Some(JSONSchemaPropsOrArray::Schema(item)) = schema.items.as_mut() {
-        drop_nullable(item);
+        walk(item, f);
     }
     if let Some(JSONSchemaPropsOrBool::Schema(extra)) = schema.additional_properties.as_mut() {
-        drop_nullable(extra);
+        walk(extra, f);
     }
 }
 

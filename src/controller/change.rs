@@ -197,6 +197,7 @@ fn contract(
     cr: &ChangeRequest,
     t: &Template,
     status: &ChangeRequestStatus,
+    job: &str,
     test_image: Option<&str>,
 ) -> Contract {
     let ns = cr.namespace().unwrap_or_default();
@@ -215,7 +216,12 @@ fn contract(
     }
     let advisories: Vec<&str> = scope.advisories.iter().map(|a| a.id.as_str()).collect();
     let base_image = status.base_image.clone().unwrap_or_else(|| tpl::image(t));
+    let purpose = match test_image {
+        Some(_) => jobs::Purpose::Test,
+        None => jobs::Purpose::Build,
+    };
     let mut env = vec![
+        ("PATCHLOOP_PURPOSE".to_owned(), purpose.as_str().to_owned()),
         ("PATCHLOOP_NAMESPACE".to_owned(), ns),
         ("PATCHLOOP_TEMPLATE".to_owned(), t.name_any()),
         ("PATCHLOOP_PLATFORM".to_owned(), t.spec.platform.clone()),
@@ -228,13 +234,17 @@ fn contract(
                 .map(|r| r.to_string())
                 .unwrap_or_default(),
         ),
-        ("PATCHLOOP_ADVISORIES".to_owned(), advisories.join(" ")),
+        ("PATCHLOOP_ADVISORIES".to_owned(), advisories.join(",")),
+        ("PATCHLOOP_JOB".to_owned(), job.to_owned()),
         (
             "PATCHLOOP_PACKAGES_FILE".to_owned(),
-            format!("{}/packages", jobs::CONTRACT_DIR),
+            format!("{}/{}", jobs::CONTRACT_DIR, jobs::PACKAGES_FILE),
         ),
     ];
-    let mut files = BTreeMap::from([("packages".to_owned(), packages)]);
+    let mut files = BTreeMap::from([
+        (jobs::PACKAGES_FILE.to_owned(), packages),
+        ("advisories".to_owned(), advisories.join("\n") + "\n"),
+    ]);
     match test_image {
         Some(image) => env.push(("PATCHLOOP_IMAGE".to_owned(), image.to_owned())),
         None => {
@@ -279,11 +289,12 @@ async fn create_job(
         .pointer("/spec/activeDeadlineSeconds")
         .and_then(serde_json::Value::as_i64)
         .unwrap_or(DEFAULT_JOB_DEADLINE);
-    let c = contract(cr, t, status, test_image);
+    let job_name = jobs::job_name(&name, suffix);
+    let c = contract(cr, t, status, &job_name, test_image);
     let request = jobs::JobRequest {
         template,
         template_field: field,
-        name: jobs::job_name(&name, suffix),
+        name: job_name,
         namespace: &ns,
         labels: BTreeMap::from([
             (TEMPLATE_LABEL.to_owned(), jobs::label_value(&t.name_any())),
@@ -387,19 +398,53 @@ async fn publish(
 
 /// Applies ChangeRequest status with the read resourceVersion as a
 /// precondition: `false` when the object changed since (a stale cache).
+///
+/// An object field the previous status had and this one drops is first
+/// removed by a merge patch (with the same precondition): on 1.20 an apply
+/// that stops sending an object field leaves it as `null`, which the schema
+/// then refuses on every later write.
 async fn write(
     scope: &Scope,
     cr: &ChangeRequest,
+    previous: &ChangeRequestStatus,
     status: &ChangeRequestStatus,
 ) -> Result<bool, Error> {
     let ns = cr.namespace().ok_or(Error::Missing("metadata.namespace"))?;
+    let api: Api<ChangeRequest> = Api::namespaced(scope.shared.client.clone(), &ns);
+    let desired = serde_json::to_value(status)?;
+    let dropped = super::dropped_objects(&serde_json::to_value(previous)?, &desired);
+    let mut version = cr.resource_version();
+    if !dropped.is_empty() {
+        let nulls: serde_json::Map<String, serde_json::Value> = dropped
+            .into_iter()
+            .map(|k| (k, serde_json::Value::Null))
+            .collect();
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": version},
+            "status": nulls,
+        });
+        match api
+            .patch_status(
+                &cr.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(updated) => {
+                scope.shared.metrics.status_write("change");
+                version = updated.resource_version();
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
     let patch = serde_json::json!({
         "apiVersion": ChangeRequest::api_version(&()),
         "kind": ChangeRequest::kind(&()),
-        "metadata": {"resourceVersion": cr.resource_version()},
-        "status": status,
+        "metadata": {"resourceVersion": version},
+        "status": desired,
     });
-    let api: Api<ChangeRequest> = Api::namespaced(scope.shared.client.clone(), &ns);
     match api
         .patch_status(
             &cr.name_any(),
@@ -726,7 +771,7 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     status.conditions = conds;
 
     if status != previous {
-        if !write(scope, &cr, &status).await? {
+        if !write(scope, &cr, &previous, &status).await? {
             return Ok(Action::requeue(SOON));
         }
         if previous.phase != Some(step.phase) {

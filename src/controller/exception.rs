@@ -134,7 +134,16 @@ async fn reconcile_inner(ex: Arc<PatchException>, scope: &Arc<Scope>) -> Result<
     };
     if status != previous {
         let api: Api<PatchException> = Api::namespaced(shared.client.clone(), &ns);
-        write_status(shared, &api, &name, "exception", MANAGER, &status).await?;
+        write_status(
+            shared,
+            &api,
+            &name,
+            "exception",
+            MANAGER,
+            &status,
+            &previous,
+        )
+        .await?;
         let was_active = conditions::find(&previous.conditions, types::ACTIVE).is_some();
         if transitions.contains(&types::ACTIVE) && !active && was_active {
             shared.metrics.exception_expired();

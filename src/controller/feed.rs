@@ -261,7 +261,7 @@ async fn reconcile_inner(feed: Arc<AdvisoryFeed>, ctx: &Arc<FeedContext>) -> Res
     // most once per interval, so a steady feed causes no write storm.
     if status != previous {
         let api: Api<AdvisoryFeed> = Api::all(shared.client.clone());
-        write_status(shared, &api, &name, "feed", MANAGER, &status).await?;
+        write_status(shared, &api, &name, "feed", MANAGER, &status, &previous).await?;
     }
     if transitions.contains(&types::DEGRADED) {
         match &error {

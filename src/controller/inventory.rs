@@ -96,7 +96,16 @@ async fn reconcile_inner(inv: Arc<Inventory>, scope: &Arc<Scope>) -> Result<Acti
     };
     if status != previous {
         let api: Api<Inventory> = Api::namespaced(shared.client.clone(), &ns);
-        write_status(shared, &api, &name, "inventory", MANAGER, &status).await?;
+        write_status(
+            shared,
+            &api,
+            &name,
+            "inventory",
+            MANAGER,
+            &status,
+            &previous,
+        )
+        .await?;
     }
     Ok(Action::requeue(shared.settings.max_requeue))
 }

@@ -117,21 +117,40 @@ pub fn recorder(client: Client) -> Recorder {
 
 /// Server-side-applies `status` to the status subresource of `name` under
 /// the writer's own field manager, and counts the write.
-pub async fn write_status<K>(
+///
+/// An object field that `previous` had and `status` drops is first removed
+/// with a merge patch: on 1.20 a server-side apply that stops sending an
+/// object field leaves it behind as `null`, which the schema then refuses
+/// on every later write.
+pub async fn write_status<K, S>(
     shared: &Shared,
     api: &Api<K>,
     name: &str,
     controller: &'static str,
     manager: &str,
-    status: &impl serde::Serialize,
+    status: &S,
+    previous: &S,
 ) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize,
 {
+    let desired = serde_json::to_value(status)?;
+    let dropped = dropped_objects(&serde_json::to_value(previous)?, &desired);
+    if !dropped.is_empty() {
+        let nulls: serde_json::Map<String, serde_json::Value> = dropped
+            .into_iter()
+            .map(|k| (k, serde_json::Value::Null))
+            .collect();
+        let patch = serde_json::json!({ "status": nulls });
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        shared.metrics.status_write(controller);
+    }
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
-        "status": status,
+        "status": desired,
     });
     api.patch_status(
         name,
@@ -141,6 +160,18 @@ where
     .await?;
     shared.metrics.status_write(controller);
     Ok(())
+}
+
+/// The object-valued top-level fields of `previous` that `desired` lacks.
+pub fn dropped_objects(previous: &serde_json::Value, desired: &serde_json::Value) -> Vec<String> {
+    let (Some(before), Some(after)) = (previous.as_object(), desired.as_object()) else {
+        return Vec::new();
+    };
+    before
+        .iter()
+        .filter(|(k, v)| v.is_object() && !after.contains_key(*k))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// Runs one reconcile in a tracing span named after the object, counting it
@@ -179,4 +210,17 @@ pub fn requeue_at(next: Option<jiff::Timestamp>, now: jiff::Timestamp, cap: Dura
 /// Now, in whole seconds (status timestamps carry whole seconds).
 pub fn now() -> jiff::Timestamp {
     crate::api::common::time(jiff::Timestamp::now()).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dropped_objects;
+    use serde_json::json;
+
+    #[test]
+    fn only_dropped_object_fields_need_removing() {
+        let before = json!({"a": {"x": 1}, "b": 2, "c": {"y": 1}, "d": [1]});
+        let after = json!({"c": {"y": 2}});
+        assert_eq!(dropped_objects(&before, &after), ["a"]);
+    }
 }

@@ -354,7 +354,7 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
         .set_template_counts(&ns, &name, &template_counts);
     if status != previous {
         let api: Api<PatchPolicy> = Api::namespaced(shared.client.clone(), &ns);
-        write_status(shared, &api, &name, "policy", MANAGER, &status).await?;
+        write_status(shared, &api, &name, "policy", MANAGER, &status, &previous).await?;
         if transitions.contains(&types::READY) && !errors.is_empty() {
             shared
                 .event(policy.as_ref(), true, "InvalidSpec", errors.join("; "))

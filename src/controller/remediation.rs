@@ -148,6 +148,34 @@ pub async fn round(
         })
         .collect();
     let ledger = rollout::account(&previous, &outcomes);
+    let unrecorded_failures = driven
+        .iter()
+        .filter(|w| {
+            let record = w.status.as_ref().and_then(|s| s.remediation.as_ref());
+            w.metadata
+                .uid
+                .as_ref()
+                .and_then(|uid| owned.get(uid))
+                .is_some_and(|js| {
+                    js.iter().any(|j| {
+                        jobs::finished(j).is_some_and(|f| !f.succeeded)
+                            && record.is_none_or(|r| {
+                                r.job.as_deref() != j.metadata.name.as_deref()
+                                    || r.outcome.is_none()
+                            })
+                            && record.is_none_or(|r| {
+                                // An older Job the record has moved past.
+                                r.started_at.as_ref().is_none_or(|s| {
+                                    j.metadata
+                                        .creation_timestamp
+                                        .as_ref()
+                                        .is_none_or(|c| c.0 >= s.0)
+                                })
+                            })
+                    })
+                })
+        })
+        .count();
     let settings = rollout_settings(policy);
     let plan: Plan = rollout::plan(&PlanInput {
         settings: &settings,
@@ -158,6 +186,7 @@ pub async fn round(
             .annotations()
             .get(RESUME_ANNOTATION)
             .map(String::as_str),
+        unrecorded_failures: u32::try_from(unrecorded_failures).unwrap_or(u32::MAX),
         now,
     });
     let mut round = Round {
@@ -177,7 +206,7 @@ pub async fn round(
         start = plan.start.len(),
         in_flight = plan.in_flight,
         limit = plan.limit,
-        held = plan.held.len(),
+        held = ?plan.held,
         "rollout planned"
     );
 

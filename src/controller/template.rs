@@ -523,7 +523,15 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
     };
     if compared != previous {
         let api: Api<Template> = Api::namespaced(shared.client.clone(), &ns);
-        write_status(shared, &api, &name, "template", MANAGER, &own).await?;
+        // Only this writer's fields count as dropped (never revision, image,
+        // history: the change reconciler's).
+        let mine = TemplateStatus {
+            revision: None,
+            image: None,
+            history: Vec::new(),
+            ..previous.clone()
+        };
+        write_status(shared, &api, &name, "template", MANAGER, &own, &mine).await?;
         for p in &current.judged.policies {
             let _ = scope
                 .triggers

@@ -672,7 +672,10 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
 
     if desired != previous {
         let api: Api<Workload> = Api::namespaced(shared.client.clone(), &ns);
-        write_status(shared, &api, &name, "workload", MANAGER, &desired).await?;
+        write_status(
+            shared, &api, &name, "workload", MANAGER, &desired, &previous,
+        )
+        .await?;
         events(scope, &wl, &previous, &desired).await;
         for n in notices {
             shared

@@ -173,6 +173,10 @@ pub struct PlanInput<'a> {
     pub ledger: &'a RolloutLedger,
     /// The `patchloop.dev/resume` annotation's value.
     pub resume: Option<&'a str>,
+    /// Jobs that failed but whose Workload has not recorded the outcome
+    /// yet: they hold new starts when they would reach `maxFailures`, so a
+    /// failure is never outrun by the record that counts it.
+    pub unrecorded_failures: u32,
     /// Now.
     pub now: Timestamp,
 }
@@ -322,7 +326,14 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         plan.ledger.last_failures.clear();
     }
 
-    let fleet_hold = match (s.mode, s.paused, plan.ledger.paused_at.is_some()) {
+    let failures = u32::try_from(plan.ledger.failures).unwrap_or(0);
+    let about_to_pause =
+        s.max_failures > 0 && failures.saturating_add(input.unrecorded_failures) >= s.max_failures;
+    let fleet_hold = match (
+        s.mode,
+        s.paused,
+        plan.ledger.paused_at.is_some() || about_to_pause,
+    ) {
         (RemediationMode::Report, _, _) => Some(Hold::ReportOnly),
         (_, true, _) => Some(Hold::PolicyPaused),
         (_, _, true) => Some(Hold::RolloutPaused),
@@ -461,8 +472,34 @@ mod tests {
             workloads,
             ledger,
             resume: None,
+            unrecorded_failures: 0,
             now: ts("2026-11-28T02:00:00Z"),
         })
+    }
+
+    #[test]
+    fn a_failure_not_recorded_yet_holds_new_starts_at_the_threshold() {
+        let s = settings(IntOrString::Int(5), 0);
+        let fleet = [needy("a"), needy("b")];
+        let ledger = RolloutLedger {
+            failures: 1,
+            ..Default::default()
+        };
+        let input = |unrecorded| PlanInput {
+            settings: &s,
+            window: open(),
+            workloads: &fleet,
+            ledger: &ledger,
+            resume: None,
+            unrecorded_failures: unrecorded,
+            now: ts("2026-11-28T02:00:00Z"),
+        };
+        assert_eq!(plan(&input(0)).start.len(), 2);
+        let held = plan(&input(1));
+        assert!(held.start.is_empty());
+        assert!(held.held.iter().all(|(_, h)| *h == Hold::RolloutPaused));
+        // Not paused yet: the record will count it.
+        assert_eq!(held.ledger.paused_at, None);
     }
 
     fn started(p: &Plan) -> Vec<&str> {
@@ -615,6 +652,7 @@ mod tests {
             workloads: &fleet,
             ledger: &again,
             resume: Some("2026-11-28T09:00:00Z"),
+            unrecorded_failures: 0,
             now: ts("2026-11-28T02:00:00Z"),
         });
         assert_eq!(started(&resumed), ["a", "b"]);
@@ -633,6 +671,7 @@ mod tests {
             workloads: &fleet,
             ledger: &later,
             resume: Some("2026-11-28T09:00:00Z"),
+            unrecorded_failures: 0,
             now: ts("2026-11-28T02:00:00Z"),
         });
         assert!(p.start.is_empty());

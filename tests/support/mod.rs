@@ -22,6 +22,7 @@
 
 mod controlplane;
 mod crds;
+pub mod executor;
 mod kubeconfig;
 pub mod objects;
 pub mod patchloop;

@@ -32,6 +32,20 @@ impl Patchloop {
         feed_label: &str,
         extra: &[&str],
     ) -> Patchloop {
+        let pl = Self::spawn(env, namespace, feed_label, extra, &[]);
+        pl.ready().await;
+        pl
+    }
+
+    /// Starts the controller like [`Patchloop::start`] with extra
+    /// environment variables (e.g. failpoints), without waiting.
+    pub fn spawn(
+        env: &TestEnv,
+        namespace: &str,
+        feed_label: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Patchloop {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_patchloop"));
         cmd.arg("run")
@@ -43,21 +57,26 @@ impl Patchloop {
             .args(["--log-level", "info,patchloop=debug"])
             .args(extra)
             .env_remove("KUBECONFIG")
+            .env_remove("PATCHLOOP_FAILPOINTS")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null());
         let child = spawn_managed("patchloop", cmd);
-        let pl = Patchloop { child, port };
+        Patchloop { child, port }
+    }
+
+    /// Waits until the controller reports ready.
+    pub async fn ready(&self) {
         eventually(
             "patchloop to report ready",
             Duration::from_secs(60),
             async || {
-                pl.get("/readyz")
+                self.get("/readyz")
                     .await
                     .filter(|(code, _)| *code == 200)
                     .map(|_| ())
             },
         )
         .await;
-        pl
     }
 
     /// `GET path` on the metrics port: (status code, body).

@@ -1,0 +1,711 @@
+//! Live remediation against a real Kubernetes 1.20.2 control plane: Jobs
+//! rolled out by the policy reconciler (windows, emergencies, canary,
+//! maxConcurrent under cache lag, maxFailures and resume), outcomes verified
+//! by fresh inventory, and crashes that never duplicate a Job. The tests play
+//! the executor (there is no kubelet): they set Job and Pod status and write
+//! the fixed Inventory.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use patchloop::api::workload::RemediationPhase;
+use patchloop::api::{PatchPolicy, Workload, WorkloadStatus};
+use serde_json::{Value, json};
+use support::executor::{self, InFlightWatch, label, unfinished};
+use support::objects::*;
+use support::patchloop::Patchloop;
+
+const LONG_WAIT: Duration = Duration::from_secs(240);
+const WORKLOAD_LABEL: &str = "patchloop.dev/workload";
+
+/// A PatchPolicy that remediates `tier`, always inside a window, with
+/// `remediation` fields merged over the defaults of these tests.
+fn remediating_policy(name: &str, tier: &str, remediation: Value) -> Value {
+    let mut p = policy(name, json!({"tier": tier}), 100);
+    p["spec"]["maintenanceWindows"] = json!([{"schedule": "* * * * *", "duration": "2h"}]);
+    let mut r = json!({
+        "mode": "Remediate", "maxConcurrent": 1, "canary": 0, "maxFailures": 2, "attempts": 1,
+        "jobTemplate": {"spec": {"template": {"spec": {
+            "containers": [{"name": "patch", "image": "debian:12", "command": ["/scripts/patch.sh"]}]
+        }}}}
+    });
+    if let (Some(r), Some(extra)) = (r.as_object_mut(), remediation.as_object()) {
+        r.extend(extra.clone());
+    }
+    p["spec"]["remediation"] = r;
+    p
+}
+
+/// Workloads `{prefix}-NN` of a tier, each with the vulnerable inventory.
+async fn fleet(client: &kube::Client, ns: &str, prefix: &str, tier: &str, n: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    for i in 0..n {
+        let name = format!("{prefix}-{i:02}");
+        apply(client, ns, workload(&name, json!({"tier": tier}))).await;
+        apply(client, ns, inventory(&name, &name, OLD_GLIBC)).await;
+        names.push(name);
+    }
+    names
+}
+
+fn phase(s: &WorkloadStatus) -> Option<RemediationPhase> {
+    s.remediation.as_ref().and_then(|r| r.phase)
+}
+
+/// Finishes every unfinished Job of the namespace successfully and reports
+/// the fixed inventory for its Workload, as a working remediation script
+/// would; returns how many it finished.
+async fn succeed_all(client: &kube::Client, ns: &str) -> usize {
+    succeed_older_than(client, ns, 0).await
+}
+
+/// [`succeed_all`] for the Jobs created at least `seconds` ago.
+async fn succeed_older_than(client: &kube::Client, ns: &str, seconds: i64) -> usize {
+    let mut n = 0;
+    let now = jiff::Timestamp::now();
+    for job in executor::jobs(client, ns).await {
+        let age = job
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| (now - t.0).get_seconds());
+        if unfinished(&job) && age >= seconds {
+            let name = job.metadata.name.clone().unwrap_or_default();
+            executor::complete(client, ns, &name, None).await;
+            let w = label(&job, WORKLOAD_LABEL);
+            apply(client, ns, inventory(w, w, FIXED_GLIBC)).await;
+            n += 1;
+        }
+    }
+    n
+}
+
+async fn all_verified(api: &Api<Workload>, names: &[String]) -> bool {
+    for n in names {
+        let ok = workload_status(api, n).await.is_some_and(|s| {
+            phase(&s) == Some(RemediationPhase::Verified) && in_state(&s, "Compliant")
+        });
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+fn jobs_by_workload(jobs: &[Job]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for j in jobs {
+        out.entry(label(j, WORKLOAD_LABEL).to_owned())
+            .or_default()
+            .push(j.metadata.name.clone().unwrap_or_default());
+    }
+    out
+}
+
+async fn policy_status(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> Option<patchloop::api::PatchPolicyStatus> {
+    let api: Api<PatchPolicy> = Api::namespaced(client.clone(), ns);
+    api.get_status(name).await.ok().and_then(|p| p.status)
+}
+
+fn env_of(job: &Job) -> BTreeMap<String, String> {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| &p.containers[0])
+        .and_then(|c| c.env.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name, e.value.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_canary_runs_alone_then_at_most_max_concurrent_and_every_fix_is_verified() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("rollout").await;
+    let label_ = support::random_suffix();
+    fixture_feeds(&client, &label_).await;
+    apply(
+        &client,
+        &ns,
+        remediating_policy(
+            "gold",
+            "gold",
+            json!({"maxConcurrent": 3, "canary": 1, "keepFinishedJobs": 0}),
+        ),
+    )
+    .await;
+    let names = fleet(&client, &ns, "web", "gold", 10).await;
+    let watch = InFlightWatch::start(&client, &ns);
+    let _pl = Patchloop::start(env, &ns, &label_, &[]).await;
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+
+    let canary = support::eventually("the canary Job", WAIT, async || {
+        executor::jobs(&client, &ns).await.into_iter().next()
+    })
+    .await;
+    let canary_name = canary.metadata.name.clone().unwrap_or_default();
+    let canary_workload = label(&canary, WORKLOAD_LABEL).to_owned();
+
+    // The contract: deterministic name, owner, no retries of its own,
+    // environment and the mounted package list with minimum fixed versions.
+    let status = workload_status(&workloads, &canary_workload)
+        .await
+        .expect("status");
+    let fix_set = status
+        .installable
+        .as_ref()
+        .map(|i| i.fix_set.clone())
+        .expect("installable fixes");
+    assert_eq!(canary_name, format!("{canary_workload}-{fix_set}-1"));
+    assert_eq!(label(&canary, "patchloop.dev/policy"), "gold");
+    assert_eq!(label(&canary, "patchloop.dev/attempt"), "1");
+    let owner = &canary.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Workload", canary_workload.as_str())
+    );
+    let spec = canary.spec.as_ref().expect("spec");
+    assert_eq!(spec.backoff_limit, Some(0));
+    assert_eq!(spec.active_deadline_seconds, Some(3600));
+    let pod = spec.template.spec.as_ref().expect("pod");
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    let vars = env_of(&canary);
+    assert_eq!(vars["PATCHLOOP_WORKLOAD"], canary_workload);
+    assert_eq!(vars["PATCHLOOP_NAMESPACE"], ns);
+    assert_eq!(vars["PATCHLOOP_PLATFORM"], "Debian:12");
+    assert_eq!(vars["PATCHLOOP_TARGET"], r#"{"address":"10.0.0.1"}"#);
+    assert_eq!(vars["PATCHLOOP_ADVISORIES"], "CVE-2023-4911,DSA-5514-1");
+    assert_eq!(
+        vars["PATCHLOOP_PACKAGES_FILE"],
+        "/var/run/patchloop/packages"
+    );
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let cm = config_maps
+        .get(&canary_name)
+        .await
+        .expect("the contract ConfigMap");
+    assert_eq!(
+        cm.data.as_ref().map(|d| d["packages"].as_str()),
+        Some("libc-bin 2.36-9+deb12u3 glibc\nlibc6 2.36-9+deb12u3 glibc\n")
+    );
+    let cm_owner = &cm.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!(
+        (cm_owner.kind.as_str(), cm_owner.name.as_str()),
+        ("Job", canary_name.as_str())
+    );
+
+    // The canary runs alone; complete but unverified, it still holds the
+    // rest back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        executor::jobs(&client, &ns).await.len(),
+        1,
+        "only the canary runs"
+    );
+    executor::complete(&client, &ns, &canary_name, None).await;
+    support::eventually("the canary to be Verifying", WAIT, async || {
+        workload_status(&workloads, &canary_workload)
+            .await
+            .filter(|s| phase(s) == Some(RemediationPhase::Verifying))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        executor::jobs(&client, &ns).await.len(),
+        1,
+        "an unverified canary holds the rollout"
+    );
+    apply(
+        &client,
+        &ns,
+        inventory(&canary_workload, &canary_workload, FIXED_GLIBC),
+    )
+    .await;
+
+    support::eventually(
+        "every Workload remediated and verified",
+        LONG_WAIT,
+        async || {
+            succeed_all(&client, &ns).await;
+            all_verified(&workloads, &names).await.then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        watch.most(),
+        3,
+        "never more than maxConcurrent, and it was used"
+    );
+    assert_eq!(watch.created(), 10, "one Job per Workload");
+
+    let counts = support::eventually("the policy to count 10 compliant", WAIT, async || {
+        policy_status(&client, &ns, "gold")
+            .await
+            .and_then(|s| s.workloads)
+            .filter(|c| c.compliant == 10)
+    })
+    .await;
+    assert_eq!((counts.remediating, counts.failed), (0, 0));
+    // keepFinishedJobs 0: recorded Jobs and their ConfigMaps are cleaned up;
+    // the records stay on the Workloads.
+    support::eventually("finished Jobs cleaned up", WAIT, async || {
+        let left = executor::jobs(&client, &ns).await.len()
+            + config_maps
+                .list(&ListParams::default().labels(executor::OURS))
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(1);
+        (left == 0).then_some(())
+    })
+    .await;
+    let status = workload_status(&workloads, &canary_workload)
+        .await
+        .expect("status");
+    assert_eq!(
+        status.remediation.as_ref().and_then(|r| r.job.as_deref()),
+        Some(canary_name.as_str())
+    );
+}
+
+#[tokio::test]
+async fn max_concurrent_holds_while_the_job_cache_lags() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("lag").await;
+    let label_ = support::random_suffix();
+    fixture_feeds(&client, &label_).await;
+    apply(
+        &client,
+        &ns,
+        remediating_policy("gold", "gold", json!({"maxConcurrent": 5})),
+    )
+    .await;
+    let names = fleet(&client, &ns, "vm", "gold", 50).await;
+    let watch = InFlightWatch::start(&client, &ns);
+    let pl = Patchloop::spawn(
+        env,
+        &ns,
+        &label_,
+        &[],
+        &[("PATCHLOOP_FAILPOINTS", "job-watch-delay=3s")],
+    );
+    pl.ready().await;
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+
+    // Every success writes an inventory and a Job status at once: a burst of
+    // triggers while the controller's Job cache is 3 s behind.
+    support::eventually(
+        "all 50 remediated under a lagging Job watch",
+        LONG_WAIT,
+        async || {
+            succeed_older_than(&client, &ns, 2).await;
+            all_verified(&workloads, &names).await.then_some(())
+        },
+    )
+    .await;
+    assert!(watch.most() <= 5, "{} Jobs in flight at once", watch.most());
+    assert_eq!(watch.most(), 5);
+    assert_eq!(watch.created(), 50);
+}
+
+#[tokio::test]
+async fn jobs_start_only_in_a_window_or_as_an_emergency() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("window").await;
+    let label_ = support::random_suffix();
+    fixture_feeds(&client, &label_).await;
+    let closed = json!([{"schedule": "0 0 1 1 *", "duration": "1m", "timeZone": "UTC"}]);
+    let mut routine = remediating_policy("routine", "a", json!({"maxConcurrent": 2}));
+    routine["spec"]["maintenanceWindows"] = closed.clone();
+    let mut urgent = remediating_policy("urgent", "b", json!({}));
+    urgent["spec"]["maintenanceWindows"] = closed;
+    urgent["spec"]["emergency"] = json!({"knownExploited": true});
+    apply(&client, &ns, routine.clone()).await;
+    apply(&client, &ns, urgent).await;
+    fleet(&client, &ns, "a", "a", 2).await;
+    fleet(&client, &ns, "b", "b", 1).await;
+    let _pl = Patchloop::start(env, &ns, &label_, &[]).await;
+
+    // The known-exploited finding is an emergency: it starts in a closed window.
+    support::eventually("the emergency Job", WAIT, async || {
+        let jobs = executor::jobs(&client, &ns).await;
+        jobs.iter()
+            .any(|j| label(j, WORKLOAD_LABEL) == "b-00")
+            .then_some(())
+    })
+    .await;
+    let waiting = support::eventually("routine to wait for its window", WAIT, async || {
+        policy_status(&client, &ns, "routine")
+            .await
+            .and_then(|s| s.workloads)
+            .filter(|c| c.waiting_for_window == 2)
+    })
+    .await;
+    assert_eq!(waiting.matched, 2);
+    let jobs = executor::jobs(&client, &ns).await;
+    assert!(
+        jobs.iter().all(|j| label(j, WORKLOAD_LABEL) == "b-00"),
+        "nothing starts outside the window: {:?}",
+        jobs_by_workload(&jobs)
+    );
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+    let b = workload_status(&workloads, "b-00").await.expect("status");
+    assert!(b.installable.as_ref().is_some_and(|i| i.emergency));
+
+    // Opening the window starts them.
+    routine["spec"]["maintenanceWindows"] = json!([{"schedule": "* * * * *", "duration": "2h"}]);
+    apply(&client, &ns, routine).await;
+    support::eventually("the routine Jobs", WAIT, async || {
+        let by = jobs_by_workload(&executor::jobs(&client, &ns).await);
+        (by.contains_key("a-00") && by.contains_key("a-01")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn max_failures_pauses_the_rollout_until_the_resume_annotation_changes() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("failures").await;
+    let label_ = support::random_suffix();
+    fixture_feeds(&client, &label_).await;
+    apply(
+        &client,
+        &ns,
+        remediating_policy(
+            "gold",
+            "gold",
+            json!({"maxConcurrent": 2, "maxFailures": 2}),
+        ),
+    )
+    .await;
+    fleet(&client, &ns, "db", "gold", 4).await;
+    let _pl = Patchloop::start(env, &ns, &label_, &[]).await;
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+
+    let first = support::eventually("two Jobs", WAIT, async || {
+        let jobs = executor::jobs(&client, &ns).await;
+        (jobs.len() == 2).then_some(jobs)
+    })
+    .await;
+    for job in &first {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        executor::fail(
+            &client,
+            &ns,
+            &name,
+            Some("E: Unable to locate package libc6"),
+        )
+        .await;
+    }
+    let failed: Vec<String> = first
+        .iter()
+        .map(|j| label(j, WORKLOAD_LABEL).to_owned())
+        .collect();
+    let paused = support::eventually("RolloutPaused", WAIT, async || {
+        policy_status(&client, &ns, "gold")
+            .await
+            .filter(|s| condition(&s.conditions, "RolloutPaused") == Some("True"))
+    })
+    .await;
+    let message = &paused
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "RolloutPaused")
+        .expect("condition")
+        .message;
+    for w in &failed {
+        assert!(message.contains(w.as_str()), "{message}");
+    }
+    let ledger = paused.rollout.expect("ledger");
+    assert_eq!(ledger.failures, 2);
+    // The failed Pod's termination message is on the Workload.
+    let status = workload_status(&workloads, &failed[0])
+        .await
+        .expect("status");
+    let record = status.remediation.as_ref().expect("record");
+    assert_eq!(record.phase, Some(RemediationPhase::Failed));
+    assert!(
+        record
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("E: Unable to locate package libc6")),
+        "{record:?}"
+    );
+    assert_eq!(
+        condition(&status.conditions, "RemediationFailed"),
+        Some("True")
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        executor::jobs(&client, &ns).await.len(),
+        2,
+        "no Job starts while paused"
+    );
+
+    let api: Api<PatchPolicy> = Api::namespaced(client.clone(), &ns);
+    api.patch(
+        "gold",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"patchloop.dev/resume": "2026-11-24T10:00:00Z"}}}),
+        ),
+    )
+    .await
+    .expect("resume");
+    support::eventually("the rollout to continue", WAIT, async || {
+        (executor::jobs(&client, &ns).await.len() > 2).then_some(())
+    })
+    .await;
+    let resumed = support::eventually("RolloutPaused=False", WAIT, async || {
+        policy_status(&client, &ns, "gold")
+            .await
+            .filter(|s| condition(&s.conditions, "RolloutPaused") == Some("False"))
+    })
+    .await;
+    assert_eq!(
+        resumed.rollout.and_then(|r| r.resume_seen).as_deref(),
+        Some("2026-11-24T10:00:00Z")
+    );
+}
+
+#[tokio::test]
+async fn only_an_inventory_written_after_the_job_started_verifies_it() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("verify").await;
+    let label_ = support::random_suffix();
+    fixture_feeds(&client, &label_).await;
+    apply(
+        &client,
+        &ns,
+        remediating_policy(
+            "gold",
+            "gold",
+            json!({"maxConcurrent": 2, "canary": 1, "maxFailures": 1, "verifyTimeout": "5s"}),
+        ),
+    )
+    .await;
+    fleet(&client, &ns, "app", "gold", 2).await;
+    let _pl = Patchloop::start(env, &ns, &label_, &[]).await;
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+
+    let canary = support::eventually("the canary Job", WAIT, async || {
+        executor::jobs(&client, &ns).await.into_iter().next()
+    })
+    .await;
+    let name = canary.metadata.name.clone().unwrap_or_default();
+    let w = label(&canary, WORKLOAD_LABEL).to_owned();
+    // The fixed inventory arrives before the Job (re)starts: it proves nothing.
+    apply(&client, &ns, inventory(&w, &w, FIXED_GLIBC)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let start = jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .expect("rounding")
+        .to_string();
+    executor::complete(&client, &ns, &name, Some(&start)).await;
+
+    let status = support::eventually("RemediationUnverified", WAIT, async || {
+        workload_status(&workloads, &w)
+            .await
+            .filter(|s| condition(&s.conditions, "RemediationUnverified") == Some("True"))
+    })
+    .await;
+    assert_eq!(phase(&status), Some(RemediationPhase::Unverified));
+    // The unverified canary counts toward maxFailures (1): the rest never starts.
+    let policy = support::eventually("RolloutPaused", WAIT, async || {
+        policy_status(&client, &ns, "gold")
+            .await
+            .filter(|s| condition(&s.conditions, "RolloutPaused") == Some("True"))
+    })
+    .await;
+    assert_eq!(
+        policy.rollout.map(|r| r.last_failures),
+        Some(vec![w.clone()])
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(executor::jobs(&client, &ns).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_crash_after_creating_a_job_or_while_jobs_run_never_duplicates_one() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("crash").await;
+    let label_ = support::random_suffix();
+    fixture_feeds(&client, &label_).await;
+    apply(
+        &client,
+        &ns,
+        remediating_policy(
+            "gold",
+            "gold",
+            json!({"maxConcurrent": 2, "attempts": 2, "backoff": "1s"}),
+        ),
+    )
+    .await;
+    let names = fleet(&client, &ns, "node", "gold", 4).await;
+    let watch = InFlightWatch::start(&client, &ns);
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+
+    // The process exits right after its first create, before anything
+    // records the Job.
+    let mut crashing = Patchloop::spawn(
+        env,
+        &ns,
+        &label_,
+        &[],
+        &[("PATCHLOOP_FAILPOINTS", "exit-after-job-create")],
+    );
+    let exit =
+        tokio::task::spawn_blocking(move || crashing.child.wait_timeout(Duration::from_secs(90)))
+            .await
+            .expect("join")
+            .expect("wait")
+            .expect("the failpoint to stop the controller");
+    assert_eq!(exit.code(), Some(86));
+    assert_eq!(executor::jobs(&client, &ns).await.len(), 1);
+
+    let first = executor::jobs(&client, &ns).await.remove(0);
+    let failing = first.metadata.name.clone().unwrap_or_default();
+    let failing_workload = label(&first, WORKLOAD_LABEL).to_owned();
+
+    // After the restart the Job is recorded, not created again.
+    let mut pl = Patchloop::start(env, &ns, &label_, &[]).await;
+    support::eventually("the Job recorded after the restart", WAIT, async || {
+        workload_status(&workloads, &failing_workload)
+            .await
+            .and_then(|s| s.remediation)
+            .filter(|r| r.job.as_deref() == Some(failing.as_str()))
+    })
+    .await;
+    let by = jobs_by_workload(&executor::jobs(&client, &ns).await);
+    assert!(by.values().all(|j| j.len() == 1), "{by:?}");
+
+    // It fails; the failure is recorded; SIGKILL while other Jobs run.
+    executor::fail(&client, &ns, &failing, None).await;
+    support::eventually("the failure recorded", WAIT, async || {
+        workload_status(&workloads, &failing_workload)
+            .await
+            .filter(|s| phase(s) == Some(RemediationPhase::BackingOff))
+    })
+    .await;
+    pl.child.kill().expect("SIGKILL");
+    let by = jobs_by_workload(&executor::jobs(&client, &ns).await);
+    assert!(by.values().all(|j| j.len() == 1), "{by:?}");
+
+    let _pl = Patchloop::start(env, &ns, &label_, &[]).await;
+    let ledger = support::eventually("the failure counted once", WAIT, async || {
+        policy_status(&client, &ns, "gold")
+            .await
+            .and_then(|s| s.rollout)
+            .filter(|l| l.failures == 1)
+    })
+    .await;
+    assert_eq!(ledger.last_failures, vec![failing_workload.clone()]);
+    support::eventually("every Workload verified", LONG_WAIT, async || {
+        succeed_all(&client, &ns).await;
+        all_verified(&workloads, &names).await.then_some(())
+    })
+    .await;
+    let by = jobs_by_workload(&executor::jobs(&client, &ns).await);
+    for w in &names {
+        let expected = if *w == failing_workload { 2 } else { 1 };
+        assert_eq!(by.get(w).map(Vec::len), Some(expected), "{w}: {by:?}");
+    }
+    assert_eq!(watch.created(), 5);
+    let status = workload_status(&workloads, &failing_workload)
+        .await
+        .expect("status");
+    assert_eq!(status.remediation.as_ref().map(|r| r.attempt), Some(2));
+    let counts = support::eventually("counts", WAIT, async || {
+        policy_status(&client, &ns, "gold")
+            .await
+            .and_then(|s| s.workloads)
+            .filter(|c| c.compliant == 4)
+    })
+    .await;
+    assert_eq!((counts.remediating, counts.failed), (0, 0));
+}
+
+#[tokio::test]
+async fn report_mode_never_creates_a_job_and_deleting_a_workload_deletes_its_jobs() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("report").await;
+    let label_ = support::random_suffix();
+    fixture_feeds(&client, &label_).await;
+    let mut report = remediating_policy("watch-only", "watched", json!({"maxConcurrent": 5}));
+    report["spec"]["remediation"]["mode"] = json!("Report");
+    apply(&client, &ns, report).await;
+    apply(&client, &ns, remediating_policy("gold", "gold", json!({}))).await;
+    fleet(&client, &ns, "watched", "watched", 2).await;
+    fleet(&client, &ns, "doomed", "gold", 1).await;
+    let _pl = Patchloop::start(env, &ns, &label_, &[]).await;
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+
+    let job = support::eventually("the Remediate policy's Job", WAIT, async || {
+        executor::jobs(&client, &ns)
+            .await
+            .into_iter()
+            .find(|j| label(j, WORKLOAD_LABEL) == "doomed-00")
+    })
+    .await;
+    let status = support::eventually("the Report policy's Workloads judged", WAIT, async || {
+        workload_status(&workloads, "watched-00").await.filter(|s| {
+            s.installable.is_some() && condition(&s.conditions, "Remediating").is_some()
+        })
+    })
+    .await;
+    let remediating = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Remediating")
+        .expect("condition");
+    assert_eq!(
+        (remediating.status.as_str(), remediating.reason.as_str()),
+        ("False", "ReportOnly")
+    );
+    assert!(
+        executor::jobs(&client, &ns)
+            .await
+            .iter()
+            .all(|j| label(j, WORKLOAD_LABEL) == "doomed-00"),
+        "mode Report created a Job"
+    );
+
+    workloads
+        .delete("doomed-00", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let job_name = job.metadata.name.clone().unwrap_or_default();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    support::eventually(
+        "the Job and its ConfigMap garbage-collected",
+        Duration::from_secs(120),
+        async || {
+            let job_gone = jobs.get_opt(&job_name).await.ok()?.is_none();
+            let cm_gone = config_maps.get_opt(&job_name).await.ok()?.is_none();
+            (job_gone && cm_gone).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        executor::jobs(&client, &ns).await.is_empty(),
+        "mode Report created a Job"
+    );
+}

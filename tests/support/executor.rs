@@ -1,0 +1,194 @@
+//! Plays the executors the test control plane lacks (no kubelet runs Pods):
+//! finishes Patchloop's Jobs by setting their status as the Job controller
+//! would, sets a failed Pod's termination message, and watches how many
+//! Jobs are in flight at once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use serde_json::json;
+
+/// The label selector of Patchloop's Jobs.
+pub const OURS: &str = "app.kubernetes.io/managed-by=patchloop";
+
+/// Patchloop's Jobs in a namespace, oldest first.
+pub async fn jobs(client: &kube::Client, ns: &str) -> Vec<Job> {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    let mut items = api
+        .list(&ListParams::default().labels(OURS))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    items.sort_by_key(|j| {
+        (
+            j.metadata.creation_timestamp.clone(),
+            j.metadata.name.clone(),
+        )
+    });
+    items
+}
+
+/// True when a Job has neither a `Complete` nor a `Failed` condition.
+pub fn unfinished(job: &Job) -> bool {
+    !job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
+}
+
+/// A Job's label.
+pub fn label<'a>(job: &'a Job, key: &str) -> &'a str {
+    job.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .map_or("", String::as_str)
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map_or_else(|_| String::new(), |t| t.to_string())
+}
+
+/// Marks a Job `Complete` (keeping the Job controller's `startTime`, or
+/// setting `start` when given).
+pub async fn complete(client: &kube::Client, ns: &str, job: &str, start: Option<&str>) {
+    let now = now();
+    let mut status = json!({
+        "completionTime": now, "succeeded": 1, "active": 0,
+        "conditions": [{"type": "Complete", "status": "True", "lastProbeTime": now, "lastTransitionTime": now}]
+    });
+    if let Some(start) = start {
+        status["startTime"] = json!(start);
+    }
+    set_status(client, ns, job, status).await;
+}
+
+/// Marks a Job `Failed`; with a message, first sets its Pod's container as
+/// terminated with that termination message.
+pub async fn fail(client: &kube::Client, ns: &str, job: &str, message: Option<&str>) {
+    if let Some(message) = message {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let pod = super::eventually("the Job's Pod to exist", super::objects::WAIT, async || {
+            pods.list(&ListParams::default().labels(&format!("job-name={job}")))
+                .await
+                .ok()
+                .and_then(|l| l.items.into_iter().next())
+        })
+        .await;
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let container = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let now = now();
+        let status = json!({"status": {
+            "phase": "Failed",
+            "containerStatuses": [{
+                "name": container, "ready": false, "restartCount": 0, "image": "busybox", "imageID": "",
+                "state": {"terminated": {"exitCode": 100, "reason": "Error", "message": message,
+                                         "startedAt": now, "finishedAt": now}}
+            }]
+        }});
+        pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap_or_else(|e| panic!("setting Pod {name}'s status: {e}"));
+    }
+    let now = now();
+    set_status(
+        client,
+        ns,
+        job,
+        json!({
+            "failed": 1, "active": 0,
+            "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                            "message": "Job has reached the specified backoff limit",
+                            "lastProbeTime": now, "lastTransitionTime": now}]
+        }),
+    )
+    .await;
+}
+
+async fn set_status(client: &kube::Client, ns: &str, job: &str, status: serde_json::Value) {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    api.patch_status(
+        job,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": status})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("setting Job {job}'s status: {e}"));
+}
+
+/// Watches Patchloop's Jobs in a namespace for the whole test and keeps the
+/// most ever in flight at once (created, neither Complete nor Failed).
+pub struct InFlightWatch {
+    most: Arc<AtomicUsize>,
+    created: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InFlightWatch {
+    /// Starts watching.
+    pub fn start(client: &kube::Client, ns: &str) -> InFlightWatch {
+        let api: Api<Job> = Api::namespaced(client.clone(), ns);
+        let most = Arc::new(AtomicUsize::new(0));
+        let created = Arc::new(AtomicUsize::new(0));
+        let (m, c) = (Arc::clone(&most), Arc::clone(&created));
+        let task = tokio::spawn(async move {
+            let mut state: BTreeMap<String, bool> = BTreeMap::new();
+            let mut stream = watcher::watcher(api, watcher::Config::default().labels(OURS)).boxed();
+            while let Some(ev) = stream.next().await {
+                let Ok(ev) = ev else { continue };
+                match ev {
+                    Event::Apply(j) | Event::InitApply(j) => {
+                        let name = j.metadata.name.clone().unwrap_or_default();
+                        if state.insert(name, unfinished(&j)).is_none() {
+                            c.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Event::Delete(j) => {
+                        state.insert(j.metadata.name.clone().unwrap_or_default(), false);
+                    }
+                    Event::Init | Event::InitDone => {}
+                }
+                let now = state.values().filter(|u| **u).count();
+                m.fetch_max(now, Ordering::SeqCst);
+            }
+        });
+        InFlightWatch {
+            most,
+            created,
+            task,
+        }
+    }
+
+    /// The most Jobs seen in flight at once.
+    pub fn most(&self) -> usize {
+        self.most.load(Ordering::SeqCst)
+    }
+
+    /// Distinct Jobs seen.
+    pub fn created(&self) -> usize {
+        self.created.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for InFlightWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
