@@ -812,6 +812,36 @@ async fn a_failed_test_leaves_the_published_image_and_fails_the_request() {
     // The same findings do not reopen a request by themselves.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(requests(&client, &ns, "base").await.len(), 1);
+
+    // A Template whose test template is unusable is not Ready and opens
+    // nothing; fixing its spec retries with a new request.
+    let mut broken = template("base", json!({}));
+    broken["spec"]["testJobTemplate"] = json!({"spec": {"template": {"spec": {"containers": []}}}});
+    apply(&client, &ns, broken).await;
+    let ts = support::eventually("the Template to be invalid", WAIT, async || {
+        let s = template_status(&client, &ns, "base").await;
+        (condition(&s.conditions, "Ready") == Some("False")).then_some(s)
+    })
+    .await;
+    let ready = ts
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert!(
+        ready.message.contains("spec.testJobTemplate"),
+        "{}",
+        ready.message
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(requests(&client, &ns, "base").await.len(), 1);
+    let mut fixed = template("base", json!({}));
+    fixed["spec"]["testJobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"] =
+        json!(["/bin/sh", "-c", "smoke-test --wait-for sshd"]);
+    apply(&client, &ns, fixed).await;
+    let retry = request_in(&client, &ns, "base", ChangeRequestPhase::Building).await;
+    assert_ne!(retry.metadata.name.as_deref(), Some(name.as_str()));
+    assert_eq!(requests(&client, &ns, "base").await.len(), 2);
 }
 
 #[tokio::test]

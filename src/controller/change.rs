@@ -611,6 +611,7 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
         status.policy = rule.as_ref().map(|(p, _)| p.clone());
         status.base_revision = Some(rev);
         status.base_image = Some(tpl::image(t));
+        status.template_generation = t.metadata.generation;
         status.target_revision = Some(rev + 1);
         status.approval = match (&approval, needed.as_ref()) {
             (Approval::Approved(by), Some(s)) => {

@@ -203,6 +203,46 @@ pub fn judge_current(scope: &Scope, t: &Template, ns: &str, now: Timestamp) -> C
     }
 }
 
+/// Problems with the build and test Job templates that would make every
+/// rebuild fail, each naming its field (the apiserver cannot check an
+/// embedded JobTemplateSpec on 1.20); pure.
+pub fn validate(t: &Template) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (field, template, purpose) in [
+        (
+            "spec.buildJobTemplate",
+            t.spec.build_job_template.as_ref(),
+            jobs::Purpose::Build,
+        ),
+        (
+            "spec.testJobTemplate",
+            t.spec.test_job_template.as_ref(),
+            jobs::Purpose::Test,
+        ),
+    ] {
+        let Some(template) = template else {
+            errors.push(format!("{field}: missing: a rebuild cannot run without it"));
+            continue;
+        };
+        let request = jobs::JobRequest {
+            template,
+            template_field: field,
+            name: "validation".into(),
+            namespace: "validation",
+            labels: BTreeMap::new(),
+            purpose,
+            owner: Default::default(),
+            deadline_seconds: 1,
+            env: Vec::new(),
+            files: BTreeMap::new(),
+        };
+        if let Err(e) = jobs::build(&request) {
+            errors.push(e.to_string());
+        }
+    }
+    errors
+}
+
 /// The ChangeRequests of a Template in the cache, oldest first.
 pub fn change_requests_of(scope: &Scope, ns: &str, template: &str) -> Vec<Arc<ChangeRequest>> {
     let label = jobs::label_value(template);
@@ -297,20 +337,33 @@ enum Requests {
     None,
 }
 
-fn requests(list: &[Arc<ChangeRequest>], needed: Option<&str>) -> Requests {
+fn requests(
+    list: &[Arc<ChangeRequest>],
+    needed: Option<&str>,
+    generation: Option<i64>,
+) -> Requests {
     if let Some(open) = list.iter().find(|c| !is_closed(phase(c))) {
         return Requests::Open(Arc::clone(open));
     }
-    // The newest closed request: a rejection (or a failure) stands for
-    // exactly the findings it was about.
+    // The newest closed request: a rejection stands for exactly the
+    // findings it was about; a failure too, until the Template's spec (its
+    // Job templates) changes.
     let last = list.iter().rev().find(|c| {
         matches!(
             phase(c),
             Some(ChangeRequestPhase::Rejected | ChangeRequestPhase::Failed)
         )
     });
+    let stands = |c: &ChangeRequest| match phase(c) {
+        Some(ChangeRequestPhase::Failed) => {
+            c.status.as_ref().and_then(|s| s.template_generation) == generation
+        }
+        _ => true,
+    };
     match (last, needed) {
-        (Some(c), Some(d)) if scope_digest(c) == Some(d) => Requests::Standing(Arc::clone(c)),
+        (Some(c), Some(d)) if scope_digest(c) == Some(d) && stands(c) => {
+            Requests::Standing(Arc::clone(c))
+        }
         _ => Requests::None,
     }
 }
@@ -336,12 +389,19 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
         .filter(|_| non_compliant && current.waiting.is_none())
         .and_then(|f| change::scope(evaluation, f))
         .map(|(s, _)| s);
+    // A rebuild with unusable Job templates would only fail: no request
+    // opens until the spec is fixed (Ready says what is wrong).
+    let invalid = validate(&t);
 
     // The request: open one when needed and none stands.
     let mut list = change_requests_of(scope, &ns, &name);
-    let mut state = requests(&list, needed.as_ref().map(|s| s.digest.as_str()));
+    let mut state = requests(
+        &list,
+        needed.as_ref().map(|s| s.digest.as_str()),
+        generation,
+    );
     let mut opened = None;
-    if matches!(state, Requests::None) && needed.is_some() {
+    if matches!(state, Requests::None) && needed.is_some() && invalid.is_empty() {
         // The cache may lag a create (ours, or before a restart): ask the
         // apiserver before creating.
         let api: Api<ChangeRequest> = Api::namespaced(shared.client.clone(), &ns);
@@ -363,7 +423,11 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
                 c.name_any(),
             )
         });
-        state = requests(&list, needed.as_ref().map(|s| s.digest.as_str()));
+        state = requests(
+            &list,
+            needed.as_ref().map(|s| s.digest.as_str()),
+            generation,
+        );
         if matches!(state, Requests::None) {
             let created = create_request(&api, &t, &name).await?;
             failpoint::exit_if(failpoint::EXIT_AFTER_CHANGE_REQUEST_CREATE);
@@ -379,6 +443,12 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
             ConditionStatus::False,
             "InvalidPlatform",
             evaluation.reason(),
+        ),
+        _ if !invalid.is_empty() => DesiredCondition::new(
+            types::READY,
+            ConditionStatus::False,
+            "InvalidSpec",
+            invalid.join("; "),
         ),
         _ => DesiredCondition::new(
             types::READY,
@@ -474,6 +544,12 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
                 phase(c).unwrap_or(ChangeRequestPhase::Rejected),
                 c.name_any()
             ),
+        ),
+        Requests::None if needed.is_some() && !invalid.is_empty() => DesiredCondition::new(
+            types::CHANGE_REQUEST_OPEN,
+            ConditionStatus::False,
+            "InvalidSpec",
+            "no ChangeRequest opens until the Job templates are fixed (see Ready)",
         ),
         Requests::None if non_compliant && keep => DesiredCondition::new(
             types::CHANGE_REQUEST_OPEN,
@@ -618,4 +694,48 @@ async fn create_request(
         status: None,
     };
     Ok(api.create(&PostParams::default(), &cr).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TemplateSpec;
+    use serde_json::json;
+
+    fn template(build: Option<serde_json::Value>, test: Option<serde_json::Value>) -> Template {
+        Template::new(
+            "base",
+            TemplateSpec {
+                platform: "Debian:12".into(),
+                image: "registry.example/base:1".into(),
+                build_job_template: build,
+                test_job_template: test,
+            },
+        )
+    }
+
+    #[test]
+    fn job_templates_are_validated_naming_the_field() {
+        let good =
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "x"}]}}}});
+        assert!(validate(&template(Some(good.clone()), Some(good.clone()))).is_empty());
+        let errors = validate(&template(
+            None,
+            Some(json!({"spec": {"template": {"spec": {"containers": []}}}})),
+        ));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("spec.buildJobTemplate: missing"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("spec.testJobTemplate.spec.template.spec.containers"),
+            "{errors:?}"
+        );
+        let errors = validate(&template(Some(json!({"spec": 3})), Some(good)));
+        assert!(
+            errors[0].contains("spec.buildJobTemplate: not a batch/v1 JobTemplateSpec"),
+            "{errors:?}"
+        );
+    }
 }
