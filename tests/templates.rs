@@ -689,6 +689,25 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         ),
         (1, 0, 0)
     );
+    // A steady state writes nothing: the Template and the closed request
+    // keep their resourceVersions while the controller keeps running.
+    let crs: Api<ChangeRequest> = Api::namespaced(client.clone(), &ns);
+    let versions = async || {
+        (
+            templates
+                .get("base")
+                .await
+                .ok()
+                .and_then(|t| t.metadata.resource_version),
+            crs.get(&name)
+                .await
+                .ok()
+                .and_then(|c| c.metadata.resource_version),
+        )
+    };
+    let before = versions().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(versions().await, before, "writes in a steady state");
     // kubectl wait works on the new kinds and on build results.
     for target in [
         "template/base".to_owned(),
