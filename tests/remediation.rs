@@ -246,7 +246,8 @@ async fn the_canary_runs_alone_then_at_most_max_concurrent_and_every_fix_is_veri
     assert_eq!(
         watch.most(),
         3,
-        "never more than maxConcurrent, and it was used"
+        "never more than maxConcurrent, and it was used:\n{}",
+        watch.history()
     );
     assert_eq!(watch.created(), 10, "one Job per Workload");
 
@@ -315,7 +316,12 @@ async fn max_concurrent_holds_while_the_job_cache_lags() {
         },
     )
     .await;
-    assert!(watch.most() <= 5, "{} Jobs in flight at once", watch.most());
+    assert!(
+        watch.most() <= 5,
+        "{} Jobs in flight at once:\n{}",
+        watch.most(),
+        watch.history()
+    );
     assert_eq!(watch.most(), 5);
     assert_eq!(watch.created(), 50);
 }

@@ -136,6 +136,7 @@ async fn set_status(client: &kube::Client, ns: &str, job: &str, status: serde_js
 /// Watches Patchloop's Jobs in a namespace for the whole test and keeps the
 /// most ever in flight at once (created, neither Complete nor Failed).
 pub struct InFlightWatch {
+    history: Arc<std::sync::Mutex<Vec<String>>>,
     most: Arc<AtomicUsize>,
     created: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
@@ -147,12 +148,30 @@ impl InFlightWatch {
         let api: Api<Job> = Api::namespaced(client.clone(), ns);
         let most = Arc::new(AtomicUsize::new(0));
         let created = Arc::new(AtomicUsize::new(0));
-        let (m, c) = (Arc::clone(&most), Arc::clone(&created));
+        let history = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (m, c, h) = (
+            Arc::clone(&most),
+            Arc::clone(&created),
+            Arc::clone(&history),
+        );
         let task = tokio::spawn(async move {
             let mut state: BTreeMap<String, bool> = BTreeMap::new();
             let mut stream = watcher::watcher(api, watcher::Config::default().labels(OURS)).boxed();
             while let Some(ev) = stream.next().await {
                 let Ok(ev) = ev else { continue };
+                let line = match &ev {
+                    Event::Apply(j) | Event::InitApply(j) => format!(
+                        "apply {} rv={} unfinished={}",
+                        j.metadata.name.as_deref().unwrap_or_default(),
+                        j.metadata.resource_version.as_deref().unwrap_or_default(),
+                        unfinished(j)
+                    ),
+                    Event::Delete(j) => {
+                        format!("delete {}", j.metadata.name.as_deref().unwrap_or_default())
+                    }
+                    Event::Init => "init".to_owned(),
+                    Event::InitDone => "init done".to_owned(),
+                };
                 match ev {
                     Event::Apply(j) | Event::InitApply(j) => {
                         let name = j.metadata.name.clone().unwrap_or_default();
@@ -163,13 +182,20 @@ impl InFlightWatch {
                     Event::Delete(j) => {
                         state.insert(j.metadata.name.clone().unwrap_or_default(), false);
                     }
-                    Event::Init | Event::InitDone => {}
+                    // A relist: Jobs deleted while the watch was down must
+                    // not linger as in flight.
+                    Event::Init => state.clear(),
+                    Event::InitDone => {}
                 }
                 let now = state.values().filter(|u| **u).count();
                 m.fetch_max(now, Ordering::SeqCst);
+                if let Ok(mut h) = h.lock() {
+                    h.push(format!("{line} -> {now} in flight"));
+                }
             }
         });
         InFlightWatch {
+            history,
             most,
             created,
             task,
@@ -179,6 +205,14 @@ impl InFlightWatch {
     /// The most Jobs seen in flight at once.
     pub fn most(&self) -> usize {
         self.most.load(Ordering::SeqCst)
+    }
+
+    /// What the watch saw, one line per event, to explain a failure.
+    pub fn history(&self) -> String {
+        self.history
+            .lock()
+            .map(|h| h.join("\n"))
+            .unwrap_or_default()
     }
 
     /// Distinct Jobs seen.
