@@ -670,6 +670,11 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
                 // The Job is built from the recorded scope and nonce: record
                 // them first, then create it on the next pass.
                 step.act = Act::Nothing;
+            } else if step.act == Act::Test && test_image.is_none() {
+                step.phase = Phase::Failed;
+                step.reason = "NoBuildResult";
+                step.message = "the build result disappeared before the test".into();
+                step.act = Act::Nothing;
             } else {
                 let mut for_job = status.clone();
                 if step.act == Act::Test {

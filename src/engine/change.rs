@@ -445,6 +445,12 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
                 Act::Nothing,
             ),
         }),
+        Phase::Testing if !o.result => Some(step(
+            Phase::Failed,
+            "NoBuildResult",
+            "the build result disappeared before publication",
+            Act::Nothing,
+        )),
         Phase::Testing => Some(match o.test {
             JobState::Failed(why) => step(
                 Phase::Failed,
@@ -700,6 +706,7 @@ mod tests {
         assert_eq!((st.phase, st.act), (Phase::Testing, Act::Test));
 
         let mut o = observed(Some(Phase::Testing), None, &waiting, &done, &done);
+        o.result = true;
         o.checks = Some(&[]);
         let st = next(&o).expect("step");
         assert_eq!((st.phase, st.act), (Phase::Published, Act::Publish));
@@ -740,15 +747,22 @@ mod tests {
         assert!(st.message.contains("apt-get failed"));
 
         let done = JobState::Succeeded(Some(Timestamp::UNIX_EPOCH));
-        let o = observed(Some(Phase::Testing), None, &waiting, &done, &failed);
+        let mut o = observed(Some(Phase::Testing), None, &waiting, &done, &failed);
+        o.result = true;
         let st = next(&o).expect("step");
         assert_eq!((st.phase, st.reason), (Phase::Failed, "TestFailed"));
 
         let problems = ["libc6 2.36-9+deb12u2 < 2.36-9+deb12u3".to_owned()];
         let mut o = observed(Some(Phase::Testing), None, &waiting, &done, &done);
+        o.result = true;
         o.checks = Some(&problems);
         let st = next(&o).expect("step");
         assert_eq!((st.phase, st.reason), (Phase::Failed, "NotPublishable"));
+
+        // The result Inventory deleted while testing: nothing to publish.
+        let running = JobState::Running;
+        let o = observed(Some(Phase::Testing), None, &waiting, &done, &running);
+        assert_eq!(next(&o).map(|s| s.reason), Some("NoBuildResult"));
     }
 
     #[test]
