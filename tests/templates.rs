@@ -454,6 +454,12 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
     assert_eq!(condition(&ts.conditions, "Compliant"), Some("False"));
     assert_eq!(condition(&ts.conditions, "ChangeRequestOpen"), Some("True"));
     assert_eq!(condition(&ts.conditions, "Ready"), Some("True"));
+    support::eventually("Events on the Template", WAIT, async || {
+        let out = env.kubectl(["get", "events", "-n", &ns, "-o", "json"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (text.contains("ChangeRequestOpened") && text.contains("NonCompliant")).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         jobs_of(&client, &ns, &name).await.is_empty(),

@@ -570,7 +570,8 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
             "the current revision needs no rebuild",
         ),
     });
-    let (conds, _) = conditions::merge(&previous.conditions, &desired, generation, &time(now));
+    let (conds, transitions) =
+        conditions::merge(&previous.conditions, &desired, generation, &time(now));
     let own = TemplateStatus {
         observed_generation: generation,
         conditions: conds,
@@ -625,6 +626,17 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
             .triggers
             .change_requests
             .unbounded_send(ObjectRef::from_obj(c.as_ref()));
+    }
+    // Events on transitions only.
+    if transitions.contains(&types::COMPLIANT)
+        && let Some(c) = conditions::find(&own.conditions, types::COMPLIANT)
+        && c.status != "Unknown"
+    {
+        let warning = c.status == "False";
+        let reason = if warning { "NonCompliant" } else { "Compliant" };
+        shared
+            .event(t.as_ref(), warning, reason, c.message.clone())
+            .await;
     }
     if let Some(cr) = &opened {
         shared
