@@ -348,17 +348,13 @@ fn requests(
     // The newest closed request: a rejection stands for exactly the
     // findings it was about; a failure too, until the Template's spec (its
     // Job templates) changes.
-    let last = list.iter().rev().find(|c| {
-        matches!(
-            phase(c),
-            Some(ChangeRequestPhase::Rejected | ChangeRequestPhase::Failed)
-        )
-    });
+    let last = list.iter().rev().find(|c| is_closed(phase(c)));
     let stands = |c: &ChangeRequest| match phase(c) {
+        Some(ChangeRequestPhase::Rejected) => true,
         Some(ChangeRequestPhase::Failed) => {
             c.status.as_ref().and_then(|s| s.template_generation) == generation
         }
-        _ => true,
+        _ => false,
     };
     match (last, needed) {
         (Some(c), Some(d)) if scope_digest(c) == Some(d) && stands(c) => {
@@ -724,6 +720,78 @@ mod tests {
                 test_job_template: test,
             },
         )
+    }
+
+    fn request(
+        name: &str,
+        phase: Option<ChangeRequestPhase>,
+        digest: &str,
+        generation: i64,
+    ) -> Arc<ChangeRequest> {
+        let mut c = ChangeRequest::new(
+            name,
+            ChangeRequestSpec {
+                template: "base".into(),
+                decision: None,
+            },
+        );
+        c.status = Some(crate::api::ChangeRequestStatus {
+            phase,
+            scope: Some(crate::api::change_request::Scope {
+                digest: digest.into(),
+                ..Default::default()
+            }),
+            template_generation: Some(generation),
+            ..Default::default()
+        });
+        Arc::new(c)
+    }
+
+    #[test]
+    fn closed_requests_stand_only_for_their_findings() {
+        use ChangeRequestPhase::*;
+        let name = |r: Requests| match r {
+            Requests::Open(c) => format!("open {}", c.name_any()),
+            Requests::Standing(c) => format!("standing {}", c.name_any()),
+            Requests::None => "none".into(),
+        };
+        let rejected = request("a", Some(Rejected), "d1", 1);
+        let open = request("b", Some(AwaitingApproval), "d2", 1);
+        let fresh = request("c", None, "", 1);
+        assert_eq!(
+            name(requests(&[rejected.clone(), open], Some("d2"), Some(1))),
+            "open b"
+        );
+        assert_eq!(name(requests(&[fresh], Some("d2"), Some(1))), "open c");
+        assert_eq!(
+            name(requests(
+                std::slice::from_ref(&rejected),
+                Some("d1"),
+                Some(1)
+            )),
+            "standing a"
+        );
+        assert_eq!(
+            name(requests(
+                std::slice::from_ref(&rejected),
+                Some("d2"),
+                Some(1)
+            )),
+            "none"
+        );
+        // A failure stands until the Template's spec changes.
+        let failed = request("f", Some(Failed), "d1", 1);
+        assert_eq!(
+            name(requests(std::slice::from_ref(&failed), Some("d1"), Some(1))),
+            "standing f"
+        );
+        assert_eq!(name(requests(&[failed], Some("d1"), Some(2))), "none");
+        // A later publication supersedes an old rejection.
+        let published = request("p", Some(Published), "d3", 1);
+        assert_eq!(
+            name(requests(&[rejected, published], Some("d1"), Some(1))),
+            "none"
+        );
     }
 
     #[test]
