@@ -1094,6 +1094,21 @@ async fn a_rejection_stands_until_the_findings_change_and_requests_outlive_their
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Before the controller ever saw it, a request has no scope to decide on.
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "patchloop.dev/v1alpha1", "kind": "ChangeRequest",
+               "metadata": {"name": "by-hand"}, "spec": {"template": "ghost"}}),
+    )
+    .await;
+    let out = decide(env, "approve", &ns, "by-hand", "x");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no scope yet"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _pl = Patchloop::start(env, &ns, &label, &[]).await;
     let cr = request_in(&client, &ns, "base", ChangeRequestPhase::AwaitingApproval).await;
     let name = cr.metadata.name.clone().expect("name");

@@ -738,7 +738,7 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
         ),
         if approved {
             DesiredCondition::new(
-                "Approved",
+                types::APPROVED,
                 ConditionStatus::True,
                 status.approval.as_ref().map_or("Approved", |a| {
                     if a.by == "Policy" {
@@ -757,7 +757,7 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
             )
         } else {
             DesiredCondition::new(
-                "Approved",
+                types::APPROVED,
                 ConditionStatus::False,
                 if step.phase == Phase::Rejected {
                     "Rejected"
