@@ -10,6 +10,7 @@
 
 pub mod advisories;
 pub mod change;
+pub mod crd_check;
 pub mod exception;
 pub mod failpoint;
 pub mod feed;
@@ -17,6 +18,7 @@ pub mod feed_source;
 pub mod http;
 pub mod inventory;
 pub mod jobs;
+pub mod leader;
 pub mod metrics;
 pub mod policy;
 pub mod remediation;
@@ -63,6 +65,8 @@ pub struct Settings {
     pub grace: jiff::SignedDuration,
     /// The longest a reconciler sleeps when nothing is scheduled.
     pub max_requeue: Duration,
+    /// Leader election; `None` runs as the only replica.
+    pub leader: Option<leader::LeaderSettings>,
 }
 
 /// What every reconciler shares.
@@ -77,6 +81,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Settings.
     pub settings: Settings,
+    /// Whether this process leads (only the leader reconciles and writes).
+    pub leadership: leader::Leadership,
 }
 
 impl Shared {

@@ -48,13 +48,7 @@ pub fn driven(
         .iter()
         .filter(|w| {
             let policies = scope.matching_policies(ns, w.labels());
-            let refs: Vec<PolicyRef<'_>> = policies
-                .iter()
-                .map(|p| PolicyRef {
-                    name: p.metadata.name.as_deref().unwrap_or_default(),
-                    spec: &p.spec,
-                })
-                .collect();
+            let refs: Vec<PolicyRef<'_>> = policies.iter().map(|p| PolicyRef::of(p)).collect();
             matches!(remediation_policy(&refs), RemediationChoice::Policy(p) if p == policy)
         })
         .cloned()
