@@ -334,9 +334,37 @@ async fn finish_job(client: &kube::Client, ns: &str, name: &str, failure: Option
             }})
         }
     };
-    jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap_or_else(|e| panic!("finishing Job {name}: {e}"));
+    // The 1.20 Job controller writes a whole status it computed (re-read,
+    // then overwritten) and can undo a patch racing with its own sync: set
+    // the outcome until it stays.
+    let finished = |job: &Job| {
+        job.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+            })
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap_or_else(|e| panic!("finishing Job {name}: {e}"));
+        let mut stayed = true;
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let job = jobs.get(name).await.expect("the Job");
+            stayed &= finished(&job);
+        }
+        if stayed {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Job {name} never stayed finished"
+        );
+    }
 }
 
 fn nonce_of(cr: &ChangeRequest) -> String {
