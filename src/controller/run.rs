@@ -632,11 +632,24 @@ where
 }
 
 /// Re-evaluates exactly the Workloads whose platform and packages a change
-/// of the advisory index touches.
+/// of the advisory index touches (and every Template: they are few).
 async fn advisory_changes(scope: Arc<Scope>) {
     let mut changes = scope.shared.advisories.subscribe();
     loop {
-        let diff = match changes.recv().await {
+        let received = changes.recv().await;
+        if !matches!(
+            received,
+            Err(tokio::sync::broadcast::error::RecvError::Closed)
+        ) {
+            // Templates are few: any change re-evaluates them.
+            for t in scope.templates.state() {
+                let _ = scope
+                    .triggers
+                    .templates
+                    .unbounded_send(ObjectRef::from_obj(t.as_ref()));
+            }
+        }
+        let diff = match received {
             Ok(d) => d,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 // Missed some: everything may be affected.
@@ -650,13 +663,6 @@ async fn advisory_changes(scope: Arc<Scope>) {
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
-        // Templates are few: any change re-evaluates them.
-        for t in scope.templates.state() {
-            let _ = scope
-                .triggers
-                .templates
-                .unbounded_send(ObjectRef::from_obj(t.as_ref()));
-        }
         for w in affected_workloads(&scope, &diff) {
             let _ = scope.triggers.workloads.unbounded_send(w);
         }
