@@ -129,6 +129,11 @@ pub struct ChangeRequestStatus {
     /// The image the rebuild starts from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_image: Option<String>,
+    /// The Template's `metadata.generation` the rebuild uses (its build and
+    /// test Job templates): a failed request stands for its findings only
+    /// until the Template's spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_generation: Option<i64>,
     /// The revision publication will create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_revision: Option<i64>,
@@ -191,8 +196,12 @@ pub struct ScopeAdvisory {
 pub struct ScopePackage {
     /// The package name (binary package).
     pub name: String,
-    /// The minimum version the new image must carry.
+    /// The minimum version the new image must carry (of the source package
+    /// when `source` is set: Debian and rpm advisories name sources).
     pub fixed: String,
+    /// The source package the advisories name, when it differs from `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// A decision as it took effect.

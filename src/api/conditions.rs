@@ -26,6 +26,8 @@ pub mod types {
     pub const ROLLOUT_PAUSED: &str = "RolloutPaused";
     /// A Template has an open ChangeRequest.
     pub const CHANGE_REQUEST_OPEN: &str = "ChangeRequestOpen";
+    /// A ChangeRequest's current scope is approved (by a person or the policy).
+    pub const APPROVED: &str = "Approved";
     /// A PatchException currently exempts findings.
     pub const ACTIVE: &str = "Active";
     /// An AdvisoryFeed's last refresh failed; the last good data is kept.

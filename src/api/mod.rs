@@ -35,8 +35,10 @@ pub const GROUP: &str = "patchloop.dev";
 /// with; the controller refuses to start against older CRDs.
 pub const SCHEMA_VERSION_ANNOTATION: &str = "patchloop.dev/schema-version";
 
-/// Bumped whenever a CRD's schema changes in a way the controller relies on.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Bumped whenever a CRD's schema changes in a way the controller relies on
+/// (3: ChangeRequest `status.templateGeneration` and scope package `source`,
+/// which older CRDs would prune).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Every CRD, annotated with [`SCHEMA_VERSION`], in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {

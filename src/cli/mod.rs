@@ -1,6 +1,7 @@
 //! The `patchloop` command line. Each subcommand lives in its own module; this
 //! one only parses arguments and dispatches.
 
+mod approve;
 mod crds;
 mod evaluate;
 mod run;
@@ -26,8 +27,14 @@ enum Command {
     /// when compliance is unknown, 2 on bad input.
     Evaluate(Box<evaluate::EvaluateArgs>),
     /// Run the controller: reconcile Workloads, PatchPolicies,
-    /// PatchExceptions, Inventories and AdvisoryFeeds until SIGTERM.
+    /// PatchExceptions, Inventories, Templates, ChangeRequests and
+    /// AdvisoryFeeds until SIGTERM.
     Run(Box<run::RunArgs>),
+    /// Approve a ChangeRequest's current scope (sets spec.decision with the
+    /// scope digest, as field manager patchloop-approve:<kubeconfig user>).
+    Approve(approve::DecideArgs),
+    /// Reject a ChangeRequest's current scope.
+    Reject(approve::DecideArgs),
 }
 
 /// Parses the command line and runs the chosen subcommand.
@@ -37,6 +44,12 @@ pub fn main() -> ExitCode {
         Command::Crds(args) => crds::run(&args),
         Command::Evaluate(args) => evaluate::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Approve(args) => {
+            approve::run(&args, patchloop::api::change_request::Verdict::Approved)
+        }
+        Command::Reject(args) => {
+            approve::run(&args, patchloop::api::change_request::Verdict::Rejected)
+        }
     };
     match result {
         Ok(code) => code,

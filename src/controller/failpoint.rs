@@ -16,6 +16,14 @@ pub const EXIT_CODE: i32 = 86;
 /// The process exits right after creating a remediation Job, before
 /// anything else records it.
 pub const EXIT_AFTER_JOB_CREATE: &str = "exit-after-job-create";
+/// The process exits right after the template reconciler creates a
+/// ChangeRequest, before the Template's status names it.
+pub const EXIT_AFTER_CHANGE_REQUEST_CREATE: &str = "exit-after-change-request-create";
+/// The process exits right after creating a build Job.
+pub const EXIT_AFTER_BUILD_JOB_CREATE: &str = "exit-after-build-job-create";
+/// The process exits right after writing a new revision to a Template,
+/// before the ChangeRequest records `Published`.
+pub const EXIT_AFTER_PUBLISH: &str = "exit-after-publish";
 /// Job watch events reach the cache this long late (e.g. `3s`).
 pub const JOB_WATCH_DELAY: &str = "job-watch-delay";
 

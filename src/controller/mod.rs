@@ -9,6 +9,7 @@
 //! next-change instant.
 
 pub mod advisories;
+pub mod change;
 pub mod crd_check;
 pub mod exception;
 pub mod failpoint;
@@ -23,6 +24,7 @@ pub mod policy;
 pub mod remediation;
 pub mod run;
 pub mod scope;
+pub mod template;
 pub mod workload;
 
 use std::sync::Arc;
@@ -167,7 +169,7 @@ where
 }
 
 /// The object-valued top-level fields of `previous` that `desired` lacks.
-fn dropped_objects(previous: &serde_json::Value, desired: &serde_json::Value) -> Vec<String> {
+pub fn dropped_objects(previous: &serde_json::Value, desired: &serde_json::Value) -> Vec<String> {
     let (Some(before), Some(after)) = (previous.as_object(), desired.as_object()) else {
         return Vec::new();
     };

@@ -338,16 +338,20 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
     let (conds, transitions) =
         conditions::merge(&previous.conditions, &desired, generation, &time(now));
 
+    let template_counts = super::template::counts_for_policy(scope, &ns, &policy.spec);
     let status = PatchPolicyStatus {
         observed_generation: generation,
         conditions: conds,
         workloads: Some(counts.clone()),
-        templates: previous.templates.clone(),
+        templates: Some(template_counts.clone()),
         rollout: Some(round.ledger.clone()).filter(|l| *l != RolloutLedger::default()),
         next_window: next_window.map(time),
         window_open_until: open_until.map(time),
     };
     shared.metrics.set_workload_counts(&ns, &name, &counts);
+    shared
+        .metrics
+        .set_template_counts(&ns, &name, &template_counts);
     if status != previous {
         let api: Api<PatchPolicy> = Api::namespaced(shared.client.clone(), &ns);
         write_status(shared, &api, &name, "policy", MANAGER, &status, &previous).await?;

@@ -20,11 +20,13 @@ use super::jobs::{MANAGED_BY, MANAGED_BY_LABEL};
 use super::metrics::Metrics;
 use super::scope::{self, Scope, SubjectIndex, TriggerStreams};
 use super::{
-    Settings, Shared, exception, failpoint, feed, feed_source, inventory, leader, policy, recorder,
-    retry_soon, workload,
+    Settings, Shared, change, exception, failpoint, feed, feed_source, inventory, leader, policy,
+    recorder, retry_soon, template, workload,
 };
 use crate::api::inventory::SubjectKind;
-use crate::api::{AdvisoryFeed, Inventory, PatchException, PatchPolicy, Template, Workload};
+use crate::api::{
+    AdvisoryFeed, ChangeRequest, Inventory, PatchException, PatchPolicy, Template, Workload,
+};
 use crate::engine::advisory::IndexDiff;
 use crate::engine::inventory::parse_compact_list;
 use crate::engine::version::parse_platform;
@@ -338,6 +340,8 @@ where
         policies: policy_refs,
         exceptions: exception_refs,
         inventories: inventory_refs,
+        templates: template_refs,
+        change_requests: change_refs,
     } = streams;
 
     let workload_controller = Controller::new(
@@ -345,6 +349,11 @@ where
         watcher::Config::default(),
     );
     let workloads = workload_controller.store();
+    let change_controller = Controller::new(
+        scope::api_in::<ChangeRequest>(&client, ns),
+        watcher::Config::default(),
+    );
+    let change_requests = change_controller.store();
     let subjects = Arc::new(RwLock::new(SubjectIndex::default()));
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
     let scope = Arc::new(Scope {
@@ -358,6 +367,7 @@ where
         subjects: Arc::clone(&subjects),
         workloads: workloads.clone(),
         jobs: jobs.clone(),
+        change_requests: change_requests.clone(),
         expected_jobs: Default::default(),
         triggers: triggers.clone(),
     });
@@ -379,6 +389,7 @@ where
                         scope.shared.metrics.forget_policy(&pns, &p.name_any());
                     }
                     scope.wake_workloads_in(&pns);
+                    scope.wake_templates_in(&pns);
                 }
             },
         )
@@ -395,6 +406,7 @@ where
                     && let Some(ens) = e.namespace()
                 {
                     scope.wake_workloads_in(&ens);
+                    scope.wake_templates_in(&ens);
                 }
             },
         )
@@ -408,6 +420,19 @@ where
             move |ev| {
                 if let Event::Apply(t) | Event::Delete(t) = ev {
                     let name = t.name_any();
+                    if let Some(tns) = t.namespace() {
+                        // Its ChangeRequests follow its findings and revision;
+                        // policies count it.
+                        scope.wake_change_requests_of(&tns, &name);
+                        if matches!(ev, Event::Delete(_)) {
+                            for p in scope.matching_policies(&tns, t.labels()) {
+                                let _ = scope
+                                    .triggers
+                                    .policies
+                                    .unbounded_send(ObjectRef::from_obj(p.as_ref()));
+                            }
+                        }
+                    }
                     for w in scope.workloads.state() {
                         if w.namespace() == t.namespace()
                             && w.spec.template_ref.as_ref().is_some_and(|r| r.name == name)
@@ -445,6 +470,10 @@ where
                         // A template revision's inventory judges new Workloads
                         // provisionally.
                         SubjectKind::Template => {
+                            let _ = scope
+                                .triggers
+                                .templates
+                                .unbounded_send(ObjectRef::new(&name).within(&sns));
                             for w in scope.workloads.state() {
                                 if w.namespace().as_deref() == Some(sns.as_str())
                                     && w.spec.template_ref.as_ref().is_some_and(|r| r.name == name)
@@ -456,7 +485,18 @@ where
                                 }
                             }
                         }
-                        SubjectKind::ChangeRequest => {}
+                        // A build result wakes its request (and the Template
+                        // whose history may name it).
+                        SubjectKind::ChangeRequest => {
+                            let cr = ObjectRef::<ChangeRequest>::new(&name).within(&sns);
+                            if let Some(c) = scope.change_requests.get(&cr) {
+                                let _ = scope
+                                    .triggers
+                                    .templates
+                                    .unbounded_send(ObjectRef::new(&c.spec.template).within(&sns));
+                            }
+                            let _ = scope.triggers.change_requests.unbounded_send(cr);
+                        }
                     }
                 }
             },
@@ -509,6 +549,23 @@ where
         exception::reconcile,
         Arc::clone(&scope),
     );
+    let template_run = drive(
+        Controller::new(
+            scope::api_in::<Template>(&client, ns),
+            watcher::Config::default(),
+        ),
+        template_refs,
+        stopped(),
+        template::reconcile,
+        Arc::clone(&scope),
+    );
+    let change_run = drive(
+        change_controller,
+        change_refs,
+        stopped(),
+        change::reconcile,
+        Arc::clone(&scope),
+    );
     let inventory_run = drive(
         Controller::new(
             scope::api_in::<Inventory>(&client, ns),
@@ -536,6 +593,7 @@ where
             let _ = i.wait_until_ready().await;
             let _ = w.wait_until_ready().await;
             let _ = j.wait_until_ready().await;
+            let _ = change_requests.wait_until_ready().await;
             let _ = synced_tx.send(true);
         }
         .boxed()
@@ -555,7 +613,14 @@ where
             );
         };
         let controllers = async {
-            tokio::join!(workload_run, policy_run, exception_run, inventory_run);
+            tokio::join!(
+                workload_run,
+                policy_run,
+                exception_run,
+                inventory_run,
+                template_run,
+                change_run
+            );
         };
         tokio::select! {
             () = aux => {},
@@ -567,11 +632,24 @@ where
 }
 
 /// Re-evaluates exactly the Workloads whose platform and packages a change
-/// of the advisory index touches.
+/// of the advisory index touches (and every Template: they are few).
 async fn advisory_changes(scope: Arc<Scope>) {
     let mut changes = scope.shared.advisories.subscribe();
     loop {
-        let diff = match changes.recv().await {
+        let received = changes.recv().await;
+        if !matches!(
+            received,
+            Err(tokio::sync::broadcast::error::RecvError::Closed)
+        ) {
+            // Templates are few: any change re-evaluates them.
+            for t in scope.templates.state() {
+                let _ = scope
+                    .triggers
+                    .templates
+                    .unbounded_send(ObjectRef::from_obj(t.as_ref()));
+            }
+        }
+        let diff = match received {
             Ok(d) => d,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 // Missed some: everything may be affected.

@@ -15,7 +15,7 @@ use kube::{Api, Client, ResourceExt};
 
 use super::Shared;
 use crate::api::inventory::SubjectKind;
-use crate::api::{Inventory, PatchException, PatchPolicy, Template, Workload};
+use crate::api::{ChangeRequest, Inventory, PatchException, PatchPolicy, Template, Workload};
 use crate::engine::selector;
 
 /// (namespace, subject kind, subject name).
@@ -161,6 +161,10 @@ pub struct Triggers {
     pub exceptions: mpsc::UnboundedSender<ObjectRef<PatchException>>,
     /// Wakes the inventory reconciler.
     pub inventories: mpsc::UnboundedSender<ObjectRef<Inventory>>,
+    /// Wakes the template reconciler.
+    pub templates: mpsc::UnboundedSender<ObjectRef<Template>>,
+    /// Wakes the change reconciler.
+    pub change_requests: mpsc::UnboundedSender<ObjectRef<ChangeRequest>>,
 }
 
 /// Receivers matching [`Triggers`], consumed by the controllers.
@@ -173,6 +177,10 @@ pub struct TriggerStreams {
     pub exceptions: mpsc::UnboundedReceiver<ObjectRef<PatchException>>,
     /// Inventory refs.
     pub inventories: mpsc::UnboundedReceiver<ObjectRef<Inventory>>,
+    /// Template refs.
+    pub templates: mpsc::UnboundedReceiver<ObjectRef<Template>>,
+    /// ChangeRequest refs.
+    pub change_requests: mpsc::UnboundedReceiver<ObjectRef<ChangeRequest>>,
 }
 
 /// Trigger senders and their streams.
@@ -181,18 +189,24 @@ pub fn triggers() -> (Triggers, TriggerStreams) {
     let (p, pr) = mpsc::unbounded();
     let (e, er) = mpsc::unbounded();
     let (i, ir) = mpsc::unbounded();
+    let (t, tr) = mpsc::unbounded();
+    let (c, cr) = mpsc::unbounded();
     (
         Triggers {
             workloads: w,
             policies: p,
             exceptions: e,
             inventories: i,
+            templates: t,
+            change_requests: c,
         },
         TriggerStreams {
             workloads: wr,
             policies: pr,
             exceptions: er,
             inventories: ir,
+            templates: tr,
+            change_requests: cr,
         },
     )
 }
@@ -217,6 +231,8 @@ pub struct Scope {
     pub workloads: Store<Workload>,
     /// Jobs Patchloop created (labelled managed-by patchloop).
     pub jobs: Store<Job>,
+    /// ChangeRequests (the change controller's own cache).
+    pub change_requests: Store<ChangeRequest>,
     /// Jobs created but perhaps not in `jobs` yet.
     pub expected_jobs: JobExpectations,
     /// Wakes reconcilers.
@@ -296,6 +312,13 @@ impl Scope {
                     .workloads
                     .unbounded_send(ObjectRef::new(&owner.name).within(ns));
             }
+            // Build and test Jobs.
+            if owner.kind == "ChangeRequest" {
+                let _ = self
+                    .triggers
+                    .change_requests
+                    .unbounded_send(ObjectRef::new(&owner.name).within(ns));
+            }
         }
         if let Some(policy) = job.labels().get(super::jobs::POLICY_LABEL) {
             let _ = self
@@ -305,12 +328,39 @@ impl Scope {
         }
     }
 
+    /// Wakes every Template of a namespace.
+    pub fn wake_templates_in(&self, namespace: &str) {
+        for t in self.templates.state() {
+            if t.namespace().as_deref() == Some(namespace) {
+                let _ = self
+                    .triggers
+                    .templates
+                    .unbounded_send(ObjectRef::from_obj(&*t));
+            }
+        }
+    }
+
+    /// Wakes the ChangeRequests of a Template (found by their label and
+    /// `spec.template`).
+    pub fn wake_change_requests_of(&self, namespace: &str, template: &str) {
+        for c in self.change_requests.state() {
+            if c.namespace().as_deref() == Some(namespace) && c.spec.template == template {
+                let _ = self
+                    .triggers
+                    .change_requests
+                    .unbounded_send(ObjectRef::from_obj(&*c));
+            }
+        }
+    }
+
     /// Wakes every object of every kind (a new leader's first look).
     pub fn wake_everything(&self) {
         wake_all(&self.workloads, &self.triggers.workloads);
         wake_all(&self.policies, &self.triggers.policies);
         wake_all(&self.exceptions, &self.triggers.exceptions);
         wake_all(&self.inventories, &self.triggers.inventories);
+        wake_all(&self.templates, &self.triggers.templates);
+        wake_all(&self.change_requests, &self.triggers.change_requests);
     }
 
     /// Wakes every Workload of a namespace.

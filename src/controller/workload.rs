@@ -690,6 +690,13 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
                 .exceptions
                 .unbounded_send(ObjectRef::from_obj(e.as_ref()));
         }
+        // Its Template counts the Workloads on older revisions.
+        if let Some(t) = &wl.spec.template_ref {
+            let _ = scope
+                .triggers
+                .templates
+                .unbounded_send(ObjectRef::new(&t.name).within(&ns));
+        }
     }
     // Inventories naming this Workload may have been waiting for it to exist.
     if wl.status.is_none() {

@@ -17,8 +17,11 @@
 //!   inventory × now → the next record (verified, failed, backing off).
 //! - [`rollout`]: policy × workload states × jobs in flight × ledger × now →
 //!   which remediation Jobs to start, and when to look again.
+//! - [`change`]: the ChangeRequest lifecycle: scope and digest, approval,
+//!   publication checks, the next phase.
 
 pub mod advisory;
+pub mod change;
 pub mod evaluate;
 pub mod fixes;
 pub mod inventory;

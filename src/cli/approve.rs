@@ -1,0 +1,164 @@
+//! `patchloop approve` / `patchloop reject`: set a ChangeRequest's
+//! `spec.decision` with the current scope digest, by server-side apply under
+//! a field manager named after the caller's kubeconfig user. The controller
+//! records that manager; it is what the client asserted, and the apiserver
+//! audit log is the authoritative record of who decided.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use kube::api::{Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Resource};
+use patchloop::api::ChangeRequest;
+use patchloop::api::change_request::{ChangeRequestPhase, Decision, Verdict};
+
+/// Arguments of `patchloop approve` and `patchloop reject`.
+#[derive(Debug, clap::Args)]
+pub struct DecideArgs {
+    /// The ChangeRequest's name.
+    change_request: String,
+    /// Why, for the audit trail.
+    #[arg(long)]
+    reason: String,
+    /// The namespace; by default the kubeconfig context's, else `default`.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// The kubeconfig to use; by default $KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+}
+
+/// The field manager prefix; the kubeconfig user follows it.
+pub const MANAGER_PREFIX: &str = "patchloop-approve";
+
+/// A field manager naming the user: `patchloop-approve:<user>`, with
+/// characters outside `[A-Za-z0-9@._:-]` replaced, at most 128 bytes.
+pub fn field_manager(user: &str) -> String {
+    let clean: String = user
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@._:-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mut m = format!("{MANAGER_PREFIX}:{clean}");
+    m.truncate(128);
+    m
+}
+
+/// Runs `approve` (`verdict` Approved) or `reject`.
+pub fn run(args: &DecideArgs, verdict: Verdict) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(decide(args, verdict))
+}
+
+async fn decide(args: &DecideArgs, verdict: Verdict) -> anyhow::Result<ExitCode> {
+    patchloop::controller::feed_source::install_crypto_provider();
+    let kubeconfig = match &args.kubeconfig {
+        Some(path) => Kubeconfig::read_from(path)
+            .with_context(|| format!("--kubeconfig {}", path.display()))?,
+        None => {
+            Kubeconfig::read().context("reading the kubeconfig ($KUBECONFIG or ~/.kube/config)")?
+        }
+    };
+    let context_name = kubeconfig.current_context.clone();
+    let context = kubeconfig
+        .contexts
+        .iter()
+        .find(|c| Some(&c.name) == context_name.as_ref())
+        .and_then(|c| c.context.clone());
+    let user = context
+        .as_ref()
+        .and_then(|c| c.user.clone())
+        .context("the kubeconfig's current context names no user")?;
+    let namespace = args
+        .namespace
+        .clone()
+        .or_else(|| context.as_ref().and_then(|c| c.namespace.clone()))
+        .unwrap_or_else(|| "default".to_owned());
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .context("loading the kubeconfig")?;
+    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+    let api: Api<ChangeRequest> = Api::namespaced(client, &namespace);
+    let name = &args.change_request;
+    let Some(cr) = api
+        .get_opt(name)
+        .await
+        .with_context(|| format!("reading ChangeRequest {name}"))?
+    else {
+        bail!("ChangeRequest {name} not found in namespace {namespace}");
+    };
+    let status = cr.status.clone().unwrap_or_default();
+    match status.phase {
+        Some(
+            p @ (ChangeRequestPhase::Published
+            | ChangeRequestPhase::Rejected
+            | ChangeRequestPhase::Failed
+            | ChangeRequestPhase::Obsolete),
+        ) => bail!("ChangeRequest {name} is already closed ({p:?}): nothing to decide"),
+        Some(p @ (ChangeRequestPhase::Building | ChangeRequestPhase::Testing)) => bail!(
+            "ChangeRequest {name} is already past approval ({p:?}): a decision no longer changes it"
+        ),
+        _ => {}
+    }
+    let Some(scope) = status.scope else {
+        bail!(
+            "ChangeRequest {name} has no scope yet: the controller has not processed it (is `patchloop run` running?)"
+        );
+    };
+    let decision = Decision {
+        verdict,
+        digest: scope.digest.clone(),
+        reason: Some(args.reason.clone()),
+    };
+    let manager = field_manager(&user);
+    let patch = serde_json::json!({
+        "apiVersion": ChangeRequest::api_version(&()),
+        "kind": ChangeRequest::kind(&()),
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"decision": decision},
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(&manager).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .with_context(|| format!("setting spec.decision of ChangeRequest {name}"))?;
+    let what = match verdict {
+        Verdict::Approved => "approved",
+        Verdict::Rejected => "rejected",
+    };
+    println!(
+        "changerequest/{name} {what} (scope {}, {} advisories, {} packages) as {manager}",
+        &scope.digest[..12.min(scope.digest.len())],
+        scope.advisories.len(),
+        scope.packages.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_managers_name_the_user_safely() {
+        assert_eq!(field_manager("alice"), "patchloop-approve:alice");
+        assert_eq!(
+            field_manager("system:admin@corp"),
+            "patchloop-approve:system:admin@corp"
+        );
+        assert_eq!(field_manager("a b/c"), "patchloop-approve:a-b-c");
+        assert_eq!(field_manager(&"x".repeat(300)).len(), 128);
+    }
+}

@@ -1,0 +1,821 @@
+//! The template reconciler: judges a Template's current revision by its
+//! inventory (images never age), writes its compliance, findings, the open
+//! ChangeRequest and the count of Workloads on older revisions, and opens a
+//! ChangeRequest when it is non-compliant.
+//!
+//! Who writes what: this reconciler writes every Template status field
+//! except `revision`, `image` and `history`, which the change reconciler
+//! writes at publication under its own field manager. It never sends those
+//! three, so server-side apply keeps both writers' fields.
+//!
+//! At most one open ChangeRequest per Template, found by the
+//! `patchloop.dev/template` label, never by a computed name: before creating
+//! one, a live list by label covers a cache that lags its own creates and a
+//! restart between the create and the next status write.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+
+use super::advisories::DataState;
+use super::scope::{Scope, written_at};
+use super::{Error, failpoint, jobs, now, observed, requeue_at, write_status};
+use crate::api::change_request::{ChangeRequestPhase, TEMPLATE_LABEL};
+use crate::api::common::{ComplianceState, InventoryReference, time};
+use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
+use crate::api::inventory::SubjectKind;
+use crate::api::policy::{PatchPolicySpec, TemplateApproval, TemplateCounts};
+use crate::api::{
+    ChangeRequest, ChangeRequestSpec, Inventory, PatchPolicy, Template, TemplateStatus,
+};
+use crate::engine::change::{self, is_closed};
+use crate::engine::evaluate::{
+    self, Detail, Evaluation, ExceptionRef, Input, InventoryInput, PolicyRef, RemediationChoice,
+    STATUS_FINDINGS_CAP, UnknownCause,
+};
+use crate::engine::inventory::{InstalledPackage, parse_compact_list};
+use crate::engine::selector;
+use crate::engine::version::parse_platform;
+
+/// The field manager of Template status (all but revision, image, history).
+pub const MANAGER: &str = "patchloop-template";
+
+/// The published revision of a Template (1 until a rebuild is published).
+pub fn revision(t: &Template) -> i64 {
+    t.status.as_ref().and_then(|s| s.revision).unwrap_or(1)
+}
+
+/// The image of the published revision.
+pub fn image(t: &Template) -> String {
+    t.status
+        .as_ref()
+        .and_then(|s| s.image.clone())
+        .unwrap_or_else(|| t.spec.image.clone())
+}
+
+/// The Inventory describing one revision of a Template: the build result
+/// `history` names for it, else (revision 1) the newest Inventory with
+/// subject Template and that revision.
+pub fn revision_inventory(
+    scope: &Scope,
+    t: &Template,
+    ns: &str,
+    revision: i64,
+) -> Option<Arc<Inventory>> {
+    let from_history = t
+        .status
+        .as_ref()
+        .and_then(|s| s.history.iter().find(|h| h.revision == revision))
+        .and_then(|h| h.inventory.as_ref());
+    if let Some(name) = from_history {
+        return scope.inventories.get(&ObjectRef::new(name).within(ns));
+    }
+    let names = scope.subjects.read().ok()?.inventories(&(
+        ns.to_owned(),
+        SubjectKind::Template,
+        t.name_any(),
+    ));
+    names
+        .iter()
+        .filter_map(|n| scope.inventories.get(&ObjectRef::new(n).within(ns)))
+        .filter(|i| i.spec.subject.revision.unwrap_or(1) == revision)
+        .max_by_key(|i| written_at(i.as_ref()))
+}
+
+/// A Template judged: its policies and the evaluation of some packages.
+pub struct Judged {
+    /// The evaluation.
+    pub evaluation: Evaluation,
+    /// The matching policies.
+    pub policies: Vec<Arc<PatchPolicy>>,
+}
+
+impl Judged {
+    /// The approval rule of the policy driving remediation (`None`: no
+    /// single policy drives it, a person must approve).
+    pub fn approval_rule(&self) -> Option<(String, TemplateApproval)> {
+        let RemediationChoice::Policy(name) = &self.evaluation.remediation else {
+            return None;
+        };
+        self.policies
+            .iter()
+            .find(|p| p.name_any() == *name)
+            .map(|p| (name.clone(), p.spec.templates.approval))
+    }
+}
+
+/// Evaluates `packages` (an image: never ages) against the policies and
+/// exceptions matching the Template. `None` packages: no inventory.
+pub fn judge(
+    scope: &Scope,
+    t: &Template,
+    ns: &str,
+    packages: Option<&[InstalledPackage]>,
+    now: Timestamp,
+) -> Judged {
+    let labels = t.labels().clone();
+    let policies = scope.matching_policies(ns, &labels);
+    let exceptions = scope.matching_exceptions(ns, &labels);
+    let policy_refs: Vec<PolicyRef<'_>> = policies
+        .iter()
+        .map(|p| PolicyRef {
+            name: p.metadata.name.as_deref().unwrap_or_default(),
+            spec: &p.spec,
+        })
+        .collect();
+    let exception_refs: Vec<ExceptionRef<'_>> = exceptions
+        .iter()
+        .map(|e| ExceptionRef {
+            name: e.metadata.name.as_deref().unwrap_or_default(),
+            spec: &e.spec,
+            created: e.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        })
+        .collect();
+    let db = scope.shared.advisories.db();
+    let evaluation = evaluate::evaluate(&Input {
+        detail: Detail::Actionable,
+        platform: &t.spec.platform,
+        policies: &policy_refs,
+        exceptions: &exception_refs,
+        inventory: packages.map(|packages| InventoryInput {
+            packages,
+            collected_at: now,
+            ages: false,
+            provisional: false,
+        }),
+        advisories: &db,
+        now,
+    });
+    Judged {
+        evaluation,
+        policies,
+    }
+}
+
+/// The current revision judged, with the Inventory it used.
+pub struct Current {
+    /// The judgement.
+    pub judged: Judged,
+    /// The Inventory of the current revision.
+    pub inventory: Option<Arc<Inventory>>,
+    /// Advisory data for the platform is still loading (start-up grace).
+    pub waiting: Option<Timestamp>,
+}
+
+/// Judges the Template's published revision.
+pub fn judge_current(scope: &Scope, t: &Template, ns: &str, now: Timestamp) -> Current {
+    let inventory = revision_inventory(scope, t, ns, revision(t));
+    let parsed = inventory
+        .as_ref()
+        .map(|i| parse_compact_list(&i.spec.packages));
+    let packages = match &parsed {
+        Some(Ok(p)) => Some(p.as_slice()),
+        _ => None,
+    };
+    let mut judged = judge(scope, t, ns, packages, now);
+    if let (Some(i), Some(Err(e))) = (&inventory, &parsed)
+        && !matches!(
+            judged.evaluation.unknown,
+            Some(UnknownCause::UnknownPlatform(_))
+        )
+    {
+        judged.evaluation.unknown = Some(UnknownCause::InvalidInventory(format!(
+            "Inventory {}: spec.{e}",
+            i.name_any()
+        )));
+        judged.evaluation.state = ComplianceState::Unknown;
+    }
+    let waiting = parse_platform(&t.spec.platform).ok().and_then(|p| {
+        match scope.shared.advisories.data_state(p.osv_ecosystem(), now) {
+            DataState::Waiting(until) => Some(until),
+            _ => None,
+        }
+    });
+    Current {
+        judged,
+        inventory,
+        waiting,
+    }
+}
+
+/// Problems with the build and test Job templates that would make every
+/// rebuild fail, each naming its field (the apiserver cannot check an
+/// embedded JobTemplateSpec on 1.20); pure.
+pub fn validate(t: &Template) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (field, template, purpose) in [
+        (
+            "spec.buildJobTemplate",
+            t.spec.build_job_template.as_ref(),
+            jobs::Purpose::Build,
+        ),
+        (
+            "spec.testJobTemplate",
+            t.spec.test_job_template.as_ref(),
+            jobs::Purpose::Test,
+        ),
+    ] {
+        let Some(template) = template else {
+            errors.push(format!("{field}: missing: a rebuild cannot run without it"));
+            continue;
+        };
+        let request = jobs::JobRequest {
+            template,
+            template_field: field,
+            name: "validation".into(),
+            namespace: "validation",
+            labels: BTreeMap::new(),
+            purpose,
+            owner: Default::default(),
+            deadline_seconds: 1,
+            env: Vec::new(),
+            files: BTreeMap::new(),
+        };
+        if let Err(e) = jobs::build(&request) {
+            errors.push(e.to_string());
+        }
+    }
+    errors
+}
+
+/// The ChangeRequests of a Template in the cache, oldest first.
+pub fn change_requests_of(scope: &Scope, ns: &str, template: &str) -> Vec<Arc<ChangeRequest>> {
+    let label = jobs::label_value(template);
+    let mut out: Vec<Arc<ChangeRequest>> = scope
+        .change_requests
+        .state()
+        .into_iter()
+        .filter(|c| c.namespace().as_deref() == Some(ns))
+        .filter(|c| c.spec.template == template)
+        .filter(|c| c.labels().get(TEMPLATE_LABEL) == Some(&label))
+        .collect();
+    out.sort_by_key(|c| {
+        (
+            c.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            c.name_any(),
+        )
+    });
+    out
+}
+
+fn phase(c: &ChangeRequest) -> Option<ChangeRequestPhase> {
+    c.status.as_ref().and_then(|s| s.phase)
+}
+
+fn scope_digest(c: &ChangeRequest) -> Option<&str> {
+    c.status
+        .as_ref()
+        .and_then(|s| s.scope.as_ref())
+        .map(|s| s.digest.as_str())
+}
+
+/// Workloads of the namespace provisioned from an older revision.
+pub fn stale_workloads(scope: &Scope, ns: &str, template: &str, revision: i64) -> i32 {
+    let n = scope
+        .workloads
+        .state()
+        .iter()
+        .filter(|w| w.namespace().as_deref() == Some(ns))
+        .filter_map(|w| w.spec.template_ref.as_ref())
+        .filter(|r| r.name == template && r.revision.is_some_and(|rev| rev < revision))
+        .count();
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// PatchPolicy `status.templates`: counts over the Templates the policy
+/// matches (from their statuses).
+pub fn counts_for_policy(scope: &Scope, ns: &str, spec: &PatchPolicySpec) -> TemplateCounts {
+    let mut c = TemplateCounts::default();
+    for t in scope.templates.state() {
+        if t.namespace().as_deref() != Some(ns)
+            || !selector::matches(&spec.selector, t.labels()).unwrap_or(false)
+        {
+            continue;
+        }
+        c.matched += 1;
+        let status = t.status.as_ref();
+        match status
+            .and_then(|s| s.compliance.as_ref())
+            .and_then(|c| c.state)
+        {
+            Some(ComplianceState::Compliant | ComplianceState::Exempt) => c.compliant += 1,
+            Some(ComplianceState::Pending | ComplianceState::Overdue) => c.non_compliant += 1,
+            _ => {}
+        }
+        if status.is_some_and(|s| s.change_request.is_some()) {
+            c.change_requests_open += 1;
+        }
+        if status.is_some_and(|s| s.stale_workloads > 0) {
+            c.stale += 1;
+        }
+    }
+    c
+}
+
+/// Reconciles one Template.
+pub async fn reconcile(t: Arc<Template>, scope: Arc<Scope>) -> Result<Action, Error> {
+    let shared = Arc::clone(&scope.shared);
+    observed(
+        &shared,
+        "template",
+        t.as_ref(),
+        reconcile_inner(Arc::clone(&t), &scope),
+    )
+    .await
+}
+
+/// What the Template's requests say: the open one, or the closed one whose
+/// scope equals what is needed now (a rejection that stands).
+enum Requests {
+    Open(Arc<ChangeRequest>),
+    Standing(Arc<ChangeRequest>),
+    None,
+}
+
+fn requests(
+    list: &[Arc<ChangeRequest>],
+    needed: Option<&str>,
+    generation: Option<i64>,
+) -> Requests {
+    if let Some(open) = list.iter().find(|c| !is_closed(phase(c))) {
+        return Requests::Open(Arc::clone(open));
+    }
+    // The newest closed request: a rejection stands for exactly the
+    // findings it was about; a failure too, until the Template's spec (its
+    // Job templates) changes.
+    let last = list.iter().rev().find(|c| is_closed(phase(c)));
+    let stands = |c: &ChangeRequest| match phase(c) {
+        Some(ChangeRequestPhase::Rejected) => true,
+        Some(ChangeRequestPhase::Failed) => {
+            c.status.as_ref().and_then(|s| s.template_generation) == generation
+        }
+        _ => false,
+    };
+    match (last, needed) {
+        (Some(c), Some(d)) if scope_digest(c) == Some(d) && stands(c) => {
+            Requests::Standing(Arc::clone(c))
+        }
+        _ => Requests::None,
+    }
+}
+
+async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action, Error> {
+    scope.caches_ready().await;
+    let shared = &scope.shared;
+    let ns = t.namespace().ok_or(Error::Missing("metadata.namespace"))?;
+    let name = t.name_any();
+    let now = now();
+    let previous = t.status.clone().unwrap_or_default();
+    let generation = t.metadata.generation;
+    let rev = revision(&t);
+
+    let current = judge_current(scope, &t, &ns, now);
+    let evaluation = &current.judged.evaluation;
+    let family = parse_platform(&t.spec.platform).ok().map(|p| p.family);
+    let non_compliant = matches!(
+        evaluation.state,
+        ComplianceState::Pending | ComplianceState::Overdue
+    );
+    let needed = family
+        .filter(|_| non_compliant && current.waiting.is_none())
+        .and_then(|f| change::scope(evaluation, f))
+        .map(|(s, _)| s);
+    // A rebuild with unusable Job templates would only fail: no request
+    // opens until the spec is fixed (Ready says what is wrong).
+    let invalid = validate(&t);
+
+    // The request: open one when needed and none stands.
+    let mut list = change_requests_of(scope, &ns, &name);
+    let mut state = requests(
+        &list,
+        needed.as_ref().map(|s| s.digest.as_str()),
+        generation,
+    );
+    let mut opened = None;
+    if matches!(state, Requests::None) && needed.is_some() && invalid.is_empty() {
+        // The cache may lag a create (ours, or before a restart): ask the
+        // apiserver before creating.
+        let api: Api<ChangeRequest> = Api::namespaced(shared.client.clone(), &ns);
+        let live = api
+            .list(
+                &ListParams::default()
+                    .labels(&format!("{TEMPLATE_LABEL}={}", jobs::label_value(&name))),
+            )
+            .await?;
+        list = live
+            .items
+            .into_iter()
+            .filter(|c| c.spec.template == name)
+            .map(Arc::new)
+            .collect();
+        list.sort_by_key(|c| {
+            (
+                c.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                c.name_any(),
+            )
+        });
+        state = requests(
+            &list,
+            needed.as_ref().map(|s| s.digest.as_str()),
+            generation,
+        );
+        if matches!(state, Requests::None) {
+            let created = create_request(&api, &t, &name).await?;
+            failpoint::exit_if(failpoint::EXIT_AFTER_CHANGE_REQUEST_CREATE);
+            opened = Some(created.name_any());
+            state = Requests::Open(Arc::new(created));
+        }
+    }
+
+    // Status.
+    let mut desired = vec![match &evaluation.unknown {
+        Some(UnknownCause::UnknownPlatform(_)) => DesiredCondition::new(
+            types::READY,
+            ConditionStatus::False,
+            "InvalidPlatform",
+            evaluation.reason(),
+        ),
+        _ if !invalid.is_empty() => DesiredCondition::new(
+            types::READY,
+            ConditionStatus::False,
+            "InvalidSpec",
+            invalid.join("; "),
+        ),
+        _ => DesiredCondition::new(
+            types::READY,
+            ConditionStatus::True,
+            "Evaluated",
+            format!("revision {rev} was judged; see Compliant for the verdict"),
+        ),
+    }];
+    let keep = current.waiting.is_some();
+    let (compliance, findings, truncated) = if keep {
+        (
+            previous.compliance.clone(),
+            previous.findings.clone(),
+            previous.findings_truncated,
+        )
+    } else {
+        let (f, n) = evaluation.status_findings(STATUS_FINDINGS_CAP);
+        (Some(evaluation.summary()), f, n)
+    };
+    let compliant = match (keep, evaluation.state) {
+        (true, _) => conditions::find(&previous.conditions, types::COMPLIANT)
+            .map(|c| {
+                DesiredCondition::new(
+                    types::COMPLIANT,
+                    match c.status.as_str() {
+                        "True" => ConditionStatus::True,
+                        "False" => ConditionStatus::False,
+                        _ => ConditionStatus::Unknown,
+                    },
+                    c.reason.clone(),
+                    c.message.clone(),
+                )
+            })
+            .unwrap_or_else(|| {
+                DesiredCondition::new(
+                    types::COMPLIANT,
+                    ConditionStatus::Unknown,
+                    "AwaitingAdvisoryData",
+                    "advisory data for this platform is still loading",
+                )
+            }),
+        (false, ComplianceState::Compliant | ComplianceState::Exempt) => DesiredCondition::new(
+            types::COMPLIANT,
+            ConditionStatus::True,
+            evaluation.state.to_string(),
+            format!("revision {rev}: {}", evaluation.reason()),
+        ),
+        (false, ComplianceState::Pending) => DesiredCondition::new(
+            types::COMPLIANT,
+            ConditionStatus::False,
+            "FixesPending",
+            format!("revision {rev}: {}", evaluation.reason()),
+        ),
+        (false, ComplianceState::Overdue) => DesiredCondition::new(
+            types::COMPLIANT,
+            ConditionStatus::False,
+            "FixesOverdue",
+            format!("revision {rev}: {}", evaluation.reason()),
+        ),
+        (false, ComplianceState::Unknown) => DesiredCondition::new(
+            types::COMPLIANT,
+            ConditionStatus::Unknown,
+            evaluation
+                .unknown
+                .as_ref()
+                .map_or("Unknown", UnknownCause::reason),
+            evaluation.reason(),
+        ),
+    };
+    desired.push(compliant);
+    let open_name = match &state {
+        Requests::Open(c) => Some(c.name_any()),
+        _ => None,
+    };
+    desired.push(match &state {
+        Requests::Open(c) => DesiredCondition::new(
+            types::CHANGE_REQUEST_OPEN,
+            ConditionStatus::True,
+            "Open",
+            format!(
+                "ChangeRequest {} is {}",
+                c.name_any(),
+                phase(c).map_or("opening".to_owned(), |p| format!("{p:?}"))
+            ),
+        ),
+        Requests::Standing(c) => DesiredCondition::new(
+            types::CHANGE_REQUEST_OPEN,
+            ConditionStatus::False,
+            format!("{:?}", phase(c).unwrap_or(ChangeRequestPhase::Rejected)),
+            format!(
+                "ChangeRequest {} was {:?} for these very findings: the Template stays non-compliant; a new request opens when the findings change (or delete {} to retry)",
+                c.name_any(),
+                phase(c).unwrap_or(ChangeRequestPhase::Rejected),
+                c.name_any()
+            ),
+        ),
+        Requests::None if needed.is_some() && !invalid.is_empty() => DesiredCondition::new(
+            types::CHANGE_REQUEST_OPEN,
+            ConditionStatus::False,
+            "InvalidSpec",
+            "no ChangeRequest opens until the Job templates are fixed (see Ready)",
+        ),
+        Requests::None if non_compliant && keep => DesiredCondition::new(
+            types::CHANGE_REQUEST_OPEN,
+            ConditionStatus::False,
+            "AwaitingAdvisoryData",
+            "advisory data for this platform is still loading",
+        ),
+        Requests::None if non_compliant => DesiredCondition::new(
+            types::CHANGE_REQUEST_OPEN,
+            ConditionStatus::False,
+            "NothingToInstall",
+            "no missing fix has a fixed version to build with",
+        ),
+        Requests::None => DesiredCondition::new(
+            types::CHANGE_REQUEST_OPEN,
+            ConditionStatus::False,
+            "NotNeeded",
+            "the current revision needs no rebuild",
+        ),
+    });
+    let (conds, transitions) =
+        conditions::merge(&previous.conditions, &desired, generation, &time(now));
+    let own = TemplateStatus {
+        observed_generation: generation,
+        conditions: conds,
+        // Written by the change reconciler at publication; never sent here.
+        revision: None,
+        image: None,
+        history: Vec::new(),
+        compliance,
+        findings,
+        findings_truncated: truncated,
+        inventory: current.inventory.as_ref().map(|i| InventoryReference {
+            name: Some(i.name_any()),
+            reported_at: Some(time(i.spec.reported_at.0)),
+            written_at: written_at(i.as_ref()).map(time),
+            packages: i32::try_from(i.spec.packages.len()).unwrap_or(i32::MAX),
+            provisional: false,
+        }),
+        change_request: open_name,
+        stale_workloads: stale_workloads(scope, &ns, &name, rev),
+    };
+    let compared = TemplateStatus {
+        revision: previous.revision,
+        image: previous.image.clone(),
+        history: previous.history.clone(),
+        ..own.clone()
+    };
+    if compared != previous {
+        let api: Api<Template> = Api::namespaced(shared.client.clone(), &ns);
+        // Only this writer's fields count as dropped (never revision, image,
+        // history: the change reconciler's).
+        let mine = TemplateStatus {
+            revision: None,
+            image: None,
+            history: Vec::new(),
+            ..previous.clone()
+        };
+        write_status(shared, &api, &name, "template", MANAGER, &own, &mine).await?;
+        for p in &current.judged.policies {
+            let _ = scope
+                .triggers
+                .policies
+                .unbounded_send(ObjectRef::from_obj(p.as_ref()));
+        }
+    }
+    // Inventories naming this Template may have been waiting for it to exist.
+    if t.status.is_none() {
+        wake_inventories_of(scope, &ns, SubjectKind::Template, &name);
+    }
+    // The open request follows the findings (its scope, until the build).
+    if let Requests::Open(c) = &state {
+        let _ = scope
+            .triggers
+            .change_requests
+            .unbounded_send(ObjectRef::from_obj(c.as_ref()));
+    }
+    // Events on transitions only.
+    if transitions.contains(&types::COMPLIANT)
+        && let Some(c) = conditions::find(&own.conditions, types::COMPLIANT)
+        && c.status != "Unknown"
+    {
+        let warning = c.status == "False";
+        let reason = if warning { "NonCompliant" } else { "Compliant" };
+        shared
+            .event(t.as_ref(), warning, reason, c.message.clone())
+            .await;
+    }
+    if let Some(cr) = &opened {
+        shared
+            .event(
+                t.as_ref(),
+                true,
+                "ChangeRequestOpened",
+                format!(
+                    "revision {rev} is {}: opened ChangeRequest {cr}",
+                    evaluation.state
+                ),
+            )
+            .await;
+    }
+    let mut next = evaluation.next_change;
+    if let Some(w) = current.waiting {
+        next = Some(next.map_or(w, |n| n.min(w)));
+    }
+    Ok(Action::requeue(requeue_at(
+        next,
+        now,
+        shared.settings.max_requeue,
+    )))
+}
+
+/// Wakes the inventory reconciler for the Inventories naming a subject
+/// (their `Ready` says whether the subject exists).
+pub fn wake_inventories_of(scope: &Scope, ns: &str, kind: SubjectKind, name: &str) {
+    let names = scope
+        .subjects
+        .read()
+        .map(|s| s.inventories(&(ns.to_owned(), kind, name.to_owned())))
+        .unwrap_or_default();
+    for n in names {
+        let _ = scope
+            .triggers
+            .inventories
+            .unbounded_send(ObjectRef::new(&n).within(ns));
+    }
+}
+
+/// Creates a ChangeRequest for the Template: a generated name, linked by the
+/// label, not owned by the Template (it is the audit trail).
+async fn create_request(
+    api: &Api<ChangeRequest>,
+    t: &Template,
+    name: &str,
+) -> Result<ChangeRequest, Error> {
+    let prefix: String = name.chars().take(57).collect();
+    let cr = ChangeRequest {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", prefix.trim_end_matches(['-', '.']))),
+            namespace: t.namespace(),
+            labels: Some(BTreeMap::from([
+                (TEMPLATE_LABEL.to_owned(), jobs::label_value(name)),
+                (
+                    jobs::MANAGED_BY_LABEL.to_owned(),
+                    jobs::MANAGED_BY.to_owned(),
+                ),
+            ])),
+            ..Default::default()
+        },
+        spec: ChangeRequestSpec {
+            template: name.to_owned(),
+            decision: None,
+        },
+        status: None,
+    };
+    Ok(api.create(&PostParams::default(), &cr).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TemplateSpec;
+    use serde_json::json;
+
+    fn template(build: Option<serde_json::Value>, test: Option<serde_json::Value>) -> Template {
+        Template::new(
+            "base",
+            TemplateSpec {
+                platform: "Debian:12".into(),
+                image: "registry.example/base:1".into(),
+                build_job_template: build,
+                test_job_template: test,
+            },
+        )
+    }
+
+    fn request(
+        name: &str,
+        phase: Option<ChangeRequestPhase>,
+        digest: &str,
+        generation: i64,
+    ) -> Arc<ChangeRequest> {
+        let mut c = ChangeRequest::new(
+            name,
+            ChangeRequestSpec {
+                template: "base".into(),
+                decision: None,
+            },
+        );
+        c.status = Some(crate::api::ChangeRequestStatus {
+            phase,
+            scope: Some(crate::api::change_request::Scope {
+                digest: digest.into(),
+                ..Default::default()
+            }),
+            template_generation: Some(generation),
+            ..Default::default()
+        });
+        Arc::new(c)
+    }
+
+    #[test]
+    fn closed_requests_stand_only_for_their_findings() {
+        use ChangeRequestPhase::*;
+        let name = |r: Requests| match r {
+            Requests::Open(c) => format!("open {}", c.name_any()),
+            Requests::Standing(c) => format!("standing {}", c.name_any()),
+            Requests::None => "none".into(),
+        };
+        let rejected = request("a", Some(Rejected), "d1", 1);
+        let open = request("b", Some(AwaitingApproval), "d2", 1);
+        let fresh = request("c", None, "", 1);
+        assert_eq!(
+            name(requests(&[rejected.clone(), open], Some("d2"), Some(1))),
+            "open b"
+        );
+        assert_eq!(name(requests(&[fresh], Some("d2"), Some(1))), "open c");
+        assert_eq!(
+            name(requests(
+                std::slice::from_ref(&rejected),
+                Some("d1"),
+                Some(1)
+            )),
+            "standing a"
+        );
+        assert_eq!(
+            name(requests(
+                std::slice::from_ref(&rejected),
+                Some("d2"),
+                Some(1)
+            )),
+            "none"
+        );
+        // A failure stands until the Template's spec changes.
+        let failed = request("f", Some(Failed), "d1", 1);
+        assert_eq!(
+            name(requests(std::slice::from_ref(&failed), Some("d1"), Some(1))),
+            "standing f"
+        );
+        assert_eq!(name(requests(&[failed], Some("d1"), Some(2))), "none");
+        // A later publication supersedes an old rejection.
+        let published = request("p", Some(Published), "d3", 1);
+        assert_eq!(
+            name(requests(&[rejected, published], Some("d1"), Some(1))),
+            "none"
+        );
+    }
+
+    #[test]
+    fn job_templates_are_validated_naming_the_field() {
+        let good =
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "x"}]}}}});
+        assert!(validate(&template(Some(good.clone()), Some(good.clone()))).is_empty());
+        let errors = validate(&template(
+            None,
+            Some(json!({"spec": {"template": {"spec": {"containers": []}}}})),
+        ));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("spec.buildJobTemplate: missing"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("spec.testJobTemplate.spec.template.spec.containers"),
+            "{errors:?}"
+        );
+        let errors = validate(&template(Some(json!({"spec": 3})), Some(good)));
+        assert!(
+            errors[0].contains("spec.buildJobTemplate: not a batch/v1 JobTemplateSpec"),
+            "{errors:?}"
+        );
+    }
+}

@@ -1,0 +1,1314 @@
+//! Upstream remediation against a real Kubernetes 1.20.2 control plane:
+//! Template compliance, the ChangeRequest lifecycle (approval bound to the
+//! scope digest, build and test Jobs, nonce-checked results, publication),
+//! the fleet view, `patchloop approve` / `reject`, and restarts at every
+//! phase. The tests play the build and test executors: they report build
+//! results as Inventories and finish Jobs through the status subresource
+//! (there is no kubelet).
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use patchloop::api::change_request::{ChangeRequestPhase, TEMPLATE_LABEL};
+use patchloop::api::{ChangeRequest, PatchPolicy, Template, Workload};
+use serde_json::{Value, json};
+use support::objects::*;
+use support::patchloop::Patchloop;
+
+const OPENSSH_OLD: &str = "openssh-client 1:9.2p1-2+deb12u1 openssh";
+const OPENSSH_FIXED: &str = "openssh-client 1:9.2p1-2+deb12u2 openssh";
+const RSYNC_OLD: &str = "rsync 3.2.7-1";
+const RSYNC_FIXED: &str = "rsync 3.2.7-1+deb12u2";
+const LIBWEBP_OLD: &str = "libwebp7 1.2.4-0.2 libwebp";
+const BASH: &str = "bash 5.2.15-2+b8 bash 5.2.15-2";
+
+// ---------------------------------------------------------------- objects
+
+fn template(name: &str, labels: Value) -> Value {
+    let job = |what: &str| {
+        json!({"spec": {"template": {"spec": {"containers": [
+            {"name": what, "image": "registry.example/tools/image-builder:1", "command": ["/bin/sh", "-c", what]}
+        ]}}}})
+    };
+    json!({
+        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Template",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "platform": "Debian:12",
+            "image": format!("registry.example/golden/{name}:1"),
+            "buildJobTemplate": job("build"),
+            "testJobTemplate": job("smoke-test"),
+        }
+    })
+}
+
+fn template_inventory(template: &str, packages: &[&str], reported_at: &str) -> Value {
+    json!({
+        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
+        "metadata": {"name": format!("{template}-r1")},
+        "spec": {
+            "subject": {"kind": "Template", "name": template, "revision": 1},
+            "reporter": "image-scan", "reportedAt": reported_at, "format": "dpkg",
+            "packages": packages,
+        }
+    })
+}
+
+fn build_result(name: &str, cr: &str, nonce: &str, image: &str, packages: &[&str]) -> Value {
+    json!({
+        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
+        "metadata": {"name": name},
+        "spec": {
+            "subject": {"kind": "ChangeRequest", "name": cr},
+            "reporter": "build-job", "reportedAt": "2026-11-24T08:00:00Z", "format": "dpkg",
+            "packages": packages, "image": image, "nonce": nonce,
+        }
+    })
+}
+
+fn template_policy(name: &str, selector: Value, approval: &str) -> Value {
+    let mut p = policy(name, selector, 10);
+    p["spec"]["templates"] = json!({"approval": approval});
+    p["spec"]["emergency"] = json!({"severities": ["critical"]});
+    p
+}
+
+fn provisioned(name: &str, labels: Value, template: &str, revision: i64) -> Value {
+    let mut w = workload(name, labels);
+    w["spec"]["templateRef"] = json!({"name": template, "revision": revision});
+    w
+}
+
+/// Feeds of single fixture records (so a test controls which advisories
+/// exist) plus the KEV catalog.
+async fn feeds_of(client: &kube::Client, label: &str, records: &[&str]) {
+    for r in records {
+        let name = format!("{}-{label}", r.to_lowercase());
+        apply(
+            client,
+            "",
+            feed(
+                &name,
+                label,
+                "OSV",
+                &format!("{FIXTURES}/osv/debian/{r}.json"),
+            ),
+        )
+        .await;
+    }
+    apply(
+        client,
+        "",
+        feed(
+            &format!("kev-{label}"),
+            label,
+            "KEV",
+            &format!("{FIXTURES}/kev/known_exploited_vulnerabilities.json"),
+        ),
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------- controller
+
+/// Starts the controller with failpoints: it exits by itself (code 86) at
+/// the failpoint, so readiness is not awaited.
+fn start_failing(env: &support::TestEnv, ns: &str, label: &str, failpoint: &str) -> Patchloop {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_patchloop"));
+    cmd.arg("run")
+        .arg("--kubeconfig")
+        .arg(env.kubeconfig())
+        .args(["--namespace", ns])
+        .args(["--feed-selector", &format!("patchloop-test={label}")])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--log-level", "info,patchloop=debug"])
+        .env_remove("KUBECONFIG")
+        .env("PATCHLOOP_FAILPOINTS", failpoint)
+        .stdin(Stdio::null());
+    Patchloop {
+        child: support::spawn_managed("patchloop", cmd),
+        port,
+    }
+}
+
+async fn exits_at_failpoint(pl: &mut Patchloop) {
+    let status = support::eventually(
+        "the controller to stop at its failpoint",
+        WAIT,
+        async || pl.child.try_wait().ok().flatten(),
+    )
+    .await;
+    assert_eq!(status.code(), Some(86), "{status:?}");
+}
+
+fn decide(env: &support::TestEnv, verb: &str, ns: &str, cr: &str, reason: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_patchloop"))
+        .args([
+            verb,
+            cr,
+            "--reason",
+            reason,
+            "--namespace",
+            ns,
+            "--kubeconfig",
+        ])
+        .arg(env.kubeconfig())
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("running patchloop")
+}
+
+fn decide_ok(env: &support::TestEnv, verb: &str, ns: &str, cr: &str, reason: &str) {
+    let out = decide(env, verb, ns, cr, reason);
+    assert!(
+        out.status.success(),
+        "patchloop {verb}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------- readers
+
+async fn requests(client: &kube::Client, ns: &str, template: &str) -> Vec<ChangeRequest> {
+    let api: Api<ChangeRequest> = Api::namespaced(client.clone(), ns);
+    let mut items = api
+        .list(&ListParams::default().labels(&format!("{TEMPLATE_LABEL}={template}")))
+        .await
+        .expect("listing ChangeRequests")
+        .items;
+    items.sort_by_key(|c| c.metadata.creation_timestamp.clone());
+    items
+}
+
+fn phase(cr: &ChangeRequest) -> Option<ChangeRequestPhase> {
+    cr.status.as_ref().and_then(|s| s.phase)
+}
+
+/// Waits until the Template has exactly one ChangeRequest in `phase` (and
+/// returns it).
+async fn request_in(
+    client: &kube::Client,
+    ns: &str,
+    template: &str,
+    want: ChangeRequestPhase,
+) -> ChangeRequest {
+    support::eventually(
+        &format!("a ChangeRequest of {template} in {want:?}"),
+        WAIT,
+        async || {
+            let all = requests(client, ns, template).await;
+            let matching: Vec<_> = all.into_iter().filter(|c| phase(c) == Some(want)).collect();
+            assert!(
+                matching.len() <= 1,
+                "several requests in {want:?}: {matching:?}"
+            );
+            matching.into_iter().next()
+        },
+    )
+    .await
+}
+
+async fn request_named(client: &kube::Client, ns: &str, name: &str) -> ChangeRequest {
+    let api: Api<ChangeRequest> = Api::namespaced(client.clone(), ns);
+    api.get(name).await.expect("ChangeRequest")
+}
+
+async fn wait_phase(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    want: ChangeRequestPhase,
+) -> ChangeRequest {
+    let api: Api<ChangeRequest> = Api::namespaced(client.clone(), ns);
+    support::eventually(&format!("{name} to be {want:?}"), WAIT, async || {
+        api.get(name).await.ok().filter(|c| phase(c) == Some(want))
+    })
+    .await
+}
+
+async fn template_status(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> patchloop::api::TemplateStatus {
+    let api: Api<Template> = Api::namespaced(client.clone(), ns);
+    api.get_status(name)
+        .await
+        .ok()
+        .and_then(|t| t.status)
+        .unwrap_or_default()
+}
+
+async fn jobs_of(client: &kube::Client, ns: &str, cr: &str) -> Vec<Job> {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().labels(&format!("patchloop.dev/change-request={cr}")))
+        .await
+        .expect("listing Jobs")
+        .items
+}
+
+fn job_env(job: &Job, name: &str) -> Option<String> {
+    job.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+async fn wait_job(client: &kube::Client, ns: &str, name: &str) -> Job {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    support::eventually(&format!("Job {name}"), WAIT, async || {
+        api.get_opt(name).await.ok().flatten()
+    })
+    .await
+}
+
+/// Plays the Job's executor: a `Complete` or `Failed` condition through the
+/// status subresource (and, for a failure, a terminated container with a
+/// termination message on the Job's Pod).
+async fn finish_job(client: &kube::Client, ns: &str, name: &str, failure: Option<&str>) {
+    let now = jiff::Timestamp::now();
+    let now = jiff::Timestamp::from_second(now.as_second())
+        .expect("time")
+        .to_string();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let status = match failure {
+        None => json!({"status": {
+            "startTime": now, "completionTime": now, "succeeded": 1,
+            "conditions": [{"type": "Complete", "status": "True",
+                            "lastProbeTime": now, "lastTransitionTime": now}]
+        }}),
+        Some(message) => {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            let pod = support::eventually(&format!("a Pod of Job {name}"), WAIT, async || {
+                pods.list(&ListParams::default().labels(&format!("job-name={name}")))
+                    .await
+                    .ok()
+                    .and_then(|l| l.items.into_iter().next())
+            })
+            .await;
+            let container = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+                .expect("a container");
+            let pod_status = json!({"status": {
+                "phase": "Failed",
+                "containerStatuses": [{
+                    "name": container.0, "image": container.1, "imageID": "",
+                    "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": message,
+                                             "startedAt": now, "finishedAt": now}}
+                }]
+            }});
+            pods.patch_status(
+                &pod.metadata.name.clone().unwrap_or_default(),
+                &PatchParams::default(),
+                &Patch::Merge(&pod_status),
+            )
+            .await
+            .expect("patching the Pod status");
+            json!({"status": {
+                "startTime": now, "failed": 1,
+                "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                "message": "Job has reached the specified backoff limit",
+                                "lastProbeTime": now, "lastTransitionTime": now}]
+            }})
+        }
+    };
+    // The 1.20 Job controller writes a whole status it computed (re-read,
+    // then overwritten) and can undo a patch racing with its own sync: set
+    // the outcome until it stays.
+    let finished = |job: &Job| {
+        job.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+            })
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap_or_else(|e| panic!("finishing Job {name}: {e}"));
+        let mut stayed = true;
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let job = jobs.get(name).await.expect("the Job");
+            stayed &= finished(&job);
+        }
+        if stayed {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Job {name} never stayed finished"
+        );
+    }
+}
+
+fn nonce_of(cr: &ChangeRequest) -> String {
+    cr.status
+        .as_ref()
+        .and_then(|s| s.nonce.clone())
+        .expect("a nonce")
+}
+
+fn scope_ids(cr: &ChangeRequest) -> Vec<String> {
+    cr.status
+        .as_ref()
+        .and_then(|s| s.scope.as_ref())
+        .map(|s| s.advisories.iter().map(|a| a.id.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn digest_of(cr: &ChangeRequest) -> String {
+    cr.status
+        .as_ref()
+        .and_then(|s| s.scope.as_ref())
+        .map(|s| s.digest.clone())
+        .expect("a scope")
+}
+
+/// The status fields a field manager owns on an object (from managedFields).
+fn owned_status_fields<K: kube::Resource>(obj: &K, manager: &str) -> Vec<String> {
+    obj.meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some(manager))
+        .filter_map(|m| m.fields_v1.as_ref())
+        .filter_map(|f| f.0.get("f:status").and_then(Value::as_object))
+        .flat_map(|o| o.keys().cloned())
+        .collect()
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("tpl-publish").await;
+    let label = support::random_suffix();
+    fixture_feeds(&client, &label).await;
+    apply(
+        &client,
+        &ns,
+        template_policy("gold", json!({"tier": "gold"}), "Required"),
+    )
+    .await;
+    apply(&client, &ns, template("base", json!({"tier": "gold"}))).await;
+    apply(
+        &client,
+        &ns,
+        template_inventory("base", &[OPENSSH_OLD, BASH], "2026-11-24T08:00:00Z"),
+    )
+    .await;
+    // A machine provisioned from revision 1, with its own fixed inventory.
+    apply(
+        &client,
+        &ns,
+        provisioned("web-01", json!({"tier": "gold"}), "base", 1),
+    )
+    .await;
+    apply(
+        &client,
+        &ns,
+        inventory("web-01", "web-01", &[OPENSSH_FIXED, BASH]),
+    )
+    .await;
+    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+
+    // One request, waiting for a person; no Job.
+    let cr = request_in(&client, &ns, "base", ChangeRequestPhase::AwaitingApproval).await;
+    let name = cr.metadata.name.clone().expect("name");
+    assert!(name.starts_with("base-"), "{name}");
+    assert!(
+        cr.metadata.owner_references.is_none(),
+        "the audit trail is not owned"
+    );
+    let status = cr.status.clone().expect("status");
+    let mut ids = scope_ids(&cr);
+    ids.sort();
+    assert_eq!(ids, ["CVE-2023-51385", "DSA-5586-1"]);
+    let scope = status.scope.clone().expect("scope");
+    assert_eq!(scope.packages.len(), 1);
+    assert_eq!(
+        (
+            scope.packages[0].name.as_str(),
+            scope.packages[0].fixed.as_str()
+        ),
+        ("openssh-client", "1:9.2p1-2+deb12u2")
+    );
+    assert!(scope.advisories.iter().all(|a| a.due.is_some()));
+    assert_eq!(status.policy.as_deref(), Some("gold"));
+    assert_eq!(
+        (status.base_revision, status.target_revision),
+        (Some(1), Some(2))
+    );
+    assert!(
+        status
+            .timestamps
+            .as_ref()
+            .and_then(|t| t.awaiting_approval.clone())
+            .is_some()
+    );
+    let ts = support::eventually("the Template to name its request", WAIT, async || {
+        let s = template_status(&client, &ns, "base").await;
+        (s.change_request.as_deref() == Some(name.as_str())).then_some(s)
+    })
+    .await;
+    assert_eq!(condition(&ts.conditions, "Compliant"), Some("False"));
+    assert_eq!(condition(&ts.conditions, "ChangeRequestOpen"), Some("True"));
+    assert_eq!(condition(&ts.conditions, "Ready"), Some("True"));
+    support::eventually("Events on the Template", WAIT, async || {
+        let out = env.kubectl(["get", "events", "-n", &ns, "-o", "json"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (text.contains("ChangeRequestOpened") && text.contains("NonCompliant")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        jobs_of(&client, &ns, &name).await.is_empty(),
+        "a Job before approval"
+    );
+    assert_eq!(requests(&client, &ns, "base").await.len(), 1);
+
+    // Approve from the command line: the build Job runs with the contract.
+    decide_ok(env, "approve", &ns, &name, "CHG-7: openssh fix");
+    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Building).await;
+    let approval = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.approval.clone())
+        .expect("approval");
+    assert_eq!(approval.by, "Person");
+    assert_eq!(
+        approval.field_manager.as_deref(),
+        Some(format!("patchloop-approve:{}", support::ADMIN_USER).as_str())
+    );
+    assert_eq!(approval.reason.as_deref(), Some("CHG-7: openssh fix"));
+    assert_eq!(approval.digest.as_deref(), Some(scope.digest.as_str()));
+    let build_name = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.build_job.clone())
+        .expect("build job");
+    let build = wait_job(&client, &ns, &build_name).await;
+    let nonce = nonce_of(&cr);
+    assert_eq!(
+        job_env(&build, "PATCHLOOP_NONCE").as_deref(),
+        Some(nonce.as_str())
+    );
+    assert_eq!(
+        job_env(&build, "PATCHLOOP_BASE_IMAGE").as_deref(),
+        Some("registry.example/golden/base:1")
+    );
+    assert_eq!(
+        job_env(&build, "PATCHLOOP_TEMPLATE").as_deref(),
+        Some("base")
+    );
+    assert_eq!(
+        job_env(&build, "PATCHLOOP_CHANGE_REQUEST").as_deref(),
+        Some(name.as_str())
+    );
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let files = config_maps
+        .get(&build_name)
+        .await
+        .expect("contract ConfigMap");
+    let data = files.data.unwrap_or_default();
+    assert_eq!(
+        data.get("packages").map(String::as_str),
+        Some("openssh-client 1:9.2p1-2+deb12u2 openssh\n")
+    );
+
+    // A result with the wrong nonce is ignored, even once the build ends.
+    apply(
+        &client,
+        &ns,
+        build_result(
+            "forged",
+            &name,
+            "not-the-nonce",
+            "registry.example/evil:1",
+            &[OPENSSH_FIXED, BASH],
+        ),
+    )
+    .await;
+    finish_job(&client, &ns, &build_name, None).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cr = request_named(&client, &ns, &name).await;
+    assert_eq!(phase(&cr), Some(ChangeRequestPhase::Building));
+    assert!(cr.status.as_ref().and_then(|s| s.result.clone()).is_none());
+    assert_eq!(
+        jobs_of(&client, &ns, &name).await.len(),
+        1,
+        "no test Job yet"
+    );
+
+    // The real result: the test Job runs against the new image.
+    let new_image = "registry.example/golden/base@sha256:2222";
+    apply(
+        &client,
+        &ns,
+        build_result("base-r2", &name, &nonce, new_image, &[OPENSSH_FIXED, BASH]),
+    )
+    .await;
+    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Testing).await;
+    let test_name = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.test_job.clone())
+        .expect("test job");
+    let test = wait_job(&client, &ns, &test_name).await;
+    assert_eq!(
+        job_env(&test, "PATCHLOOP_IMAGE").as_deref(),
+        Some(new_image)
+    );
+    assert_eq!(job_env(&test, "PATCHLOOP_NONCE"), None);
+    finish_job(&client, &ns, &test_name, None).await;
+
+    // Published: revision 2, its image and history, the request closed.
+    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Published).await;
+    let stamps = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.timestamps.clone())
+        .expect("stamps");
+    for (phase, at) in [
+        ("awaitingApproval", &stamps.awaiting_approval),
+        ("approved", &stamps.approved),
+        ("building", &stamps.building),
+        ("testing", &stamps.testing),
+        ("published", &stamps.published),
+    ] {
+        assert!(at.is_some(), "no {phase} timestamp: {stamps:?}");
+    }
+    let ts = support::eventually(
+        "the Template to be compliant on revision 2",
+        WAIT,
+        async || {
+            let s = template_status(&client, &ns, "base").await;
+            // (The request closes just after publication: the Template may
+            // name it for a moment.)
+            (s.revision == Some(2)
+                && condition(&s.conditions, "Compliant") == Some("True")
+                && s.change_request.is_none())
+            .then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(ts.image.as_deref(), Some(new_image));
+    let revisions: Vec<(i64, Option<&str>, Option<&str>)> = ts
+        .history
+        .iter()
+        .map(|h| {
+            (
+                h.revision,
+                h.inventory.as_deref(),
+                h.change_request.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        revisions,
+        [
+            (1, Some("base-r1"), None),
+            (2, Some("base-r2"), Some(name.as_str()))
+        ]
+    );
+    assert!(ts.change_request.is_none());
+    assert_eq!(
+        condition(&ts.conditions, "ChangeRequestOpen"),
+        Some("False")
+    );
+    // Two writers, two field managers, neither deleting the other's fields.
+    let templates: Api<Template> = Api::namespaced(client.clone(), &ns);
+    let t = templates.get("base").await.expect("template");
+    let change_fields = owned_status_fields(&t, "patchloop-change");
+    let template_fields = owned_status_fields(&t, "patchloop-template");
+    for f in ["f:revision", "f:image", "f:history"] {
+        assert!(
+            change_fields.iter().any(|x| x == f),
+            "{f}: {change_fields:?}"
+        );
+        assert!(
+            !template_fields.iter().any(|x| x == f),
+            "{f}: {template_fields:?}"
+        );
+    }
+    assert!(
+        template_fields.iter().any(|x| x == "f:conditions"),
+        "{template_fields:?}"
+    );
+
+    // The fleet view: web-01 runs revision 1 of 2.
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+    let web = support::eventually("web-01 to be on an old revision", WAIT, async || {
+        workload_status(&workloads, "web-01")
+            .await
+            .filter(|s| condition(&s.conditions, "TemplateCurrent") == Some("False"))
+    })
+    .await;
+    let tstat = web.template.expect("template status");
+    assert_eq!((tstat.revision, tstat.latest), (Some(1), Some(2)));
+    // New machines without inventory: judged by their revision's image.
+    apply(
+        &client,
+        &ns,
+        provisioned("web-02", json!({"tier": "gold"}), "base", 1),
+    )
+    .await;
+    apply(
+        &client,
+        &ns,
+        provisioned("web-03", json!({"tier": "gold"}), "base", 2),
+    )
+    .await;
+    let old = support::eventually("web-02 non-compliant from revision 1", WAIT, async || {
+        workload_status(&workloads, "web-02")
+            .await
+            .filter(|s| in_state(s, "Overdue"))
+    })
+    .await;
+    assert!(old.inventory.as_ref().is_some_and(|i| i.provisional));
+    assert_eq!(condition(&old.conditions, "InventoryFresh"), Some("False"));
+    let new = support::eventually("web-03 compliant from revision 2", WAIT, async || {
+        workload_status(&workloads, "web-03")
+            .await
+            .filter(|s| in_state(s, "Compliant"))
+    })
+    .await;
+    assert_eq!(
+        new.inventory.as_ref().and_then(|i| i.name.as_deref()),
+        Some("base-r2")
+    );
+    assert_eq!(condition(&new.conditions, "TemplateCurrent"), Some("True"));
+    let ts = support::eventually("two stale Workloads on the Template", WAIT, async || {
+        let s = template_status(&client, &ns, "base").await;
+        (s.stale_workloads == 2).then_some(s)
+    })
+    .await;
+    assert_eq!(ts.revision, Some(2));
+    let policies: Api<PatchPolicy> = Api::namespaced(client.clone(), &ns);
+    let counts = support::eventually("policy template counts", WAIT, async || {
+        let s = policies.get_status("gold").await.ok()?.status?;
+        let (t, w) = (s.templates?, s.workloads?);
+        (t.compliant == 1 && t.stale == 1 && w.stale_template == 2).then_some(t)
+    })
+    .await;
+    assert_eq!(
+        (
+            counts.matched,
+            counts.non_compliant,
+            counts.change_requests_open
+        ),
+        (1, 0, 0)
+    );
+    // A steady state writes nothing: the Template and the closed request
+    // keep their resourceVersions while the controller keeps running.
+    let crs: Api<ChangeRequest> = Api::namespaced(client.clone(), &ns);
+    let versions = async || {
+        (
+            templates
+                .get("base")
+                .await
+                .ok()
+                .and_then(|t| t.metadata.resource_version),
+            crs.get(&name)
+                .await
+                .ok()
+                .and_then(|c| c.metadata.resource_version),
+        )
+    };
+    let before = versions().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(versions().await, before, "writes in a steady state");
+    // kubectl wait works on the new kinds and on build results.
+    for target in [
+        "template/base".to_owned(),
+        format!("changerequest/{name}"),
+        "inventory/base-r1".to_owned(),
+        "inventory/base-r2".to_owned(),
+    ] {
+        let out = env.kubectl([
+            "wait",
+            "-n",
+            &ns,
+            "--for=condition=Ready",
+            "--timeout=60s",
+            &target,
+        ]);
+        assert!(
+            out.status.success(),
+            "{target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Closed requests take no more decisions.
+    let out = decide(env, "reject", &ns, &name, "too late");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already closed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = decide(env, "approve", &ns, "no-such-request", "x");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+}
+
+#[tokio::test]
+async fn a_failed_test_leaves_the_published_image_and_fails_the_request() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("tpl-fail").await;
+    let label = support::random_suffix();
+    fixture_feeds(&client, &label).await;
+    apply(
+        &client,
+        &ns,
+        template_policy("auto", json!({}), "Automatic"),
+    )
+    .await;
+    apply(&client, &ns, template("base", json!({}))).await;
+    apply(
+        &client,
+        &ns,
+        template_inventory("base", &[OPENSSH_OLD, BASH], "2026-11-24T08:00:00Z"),
+    )
+    .await;
+    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+
+    // Automatic: straight to the build.
+    let cr = request_in(&client, &ns, "base", ChangeRequestPhase::Building).await;
+    let name = cr.metadata.name.clone().expect("name");
+    assert_eq!(
+        cr.status
+            .as_ref()
+            .and_then(|s| s.approval.as_ref())
+            .map(|a| a.by.as_str()),
+        Some("Policy")
+    );
+    let build_name = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.build_job.clone())
+        .expect("build");
+    wait_job(&client, &ns, &build_name).await;
+    apply(
+        &client,
+        &ns,
+        build_result(
+            "base-r2",
+            &name,
+            &nonce_of(&cr),
+            "registry.example/golden/base@sha256:3333",
+            &[OPENSSH_FIXED, BASH],
+        ),
+    )
+    .await;
+    finish_job(&client, &ns, &build_name, None).await;
+    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Testing).await;
+    let test_name = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.test_job.clone())
+        .expect("test");
+    wait_job(&client, &ns, &test_name).await;
+    finish_job(
+        &client,
+        &ns,
+        &test_name,
+        Some("sshd did not start on the new image"),
+    )
+    .await;
+
+    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Failed).await;
+    let message = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("test failed"), "{message}");
+    assert!(
+        message.contains("sshd did not start on the new image"),
+        "{message}"
+    );
+    assert!(message.contains("BackoffLimitExceeded"), "{message}");
+    let ts = support::eventually("the Template to show the failure", WAIT, async || {
+        let s = template_status(&client, &ns, "base").await;
+        (condition(&s.conditions, "ChangeRequestOpen") == Some("False")).then_some(s)
+    })
+    .await;
+    assert_eq!(ts.revision, None, "revision 1 stays published");
+    assert_eq!(ts.image, None);
+    assert!(ts.history.is_empty());
+    assert_eq!(condition(&ts.conditions, "Compliant"), Some("False"));
+    // The same findings do not reopen a request by themselves.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(requests(&client, &ns, "base").await.len(), 1);
+
+    // A Template whose test template is unusable is not Ready and opens
+    // nothing; fixing its spec retries with a new request.
+    let mut broken = template("base", json!({}));
+    broken["spec"]["testJobTemplate"] = json!({"spec": {"template": {"spec": {"containers": []}}}});
+    apply(&client, &ns, broken).await;
+    let ts = support::eventually("the Template to be invalid", WAIT, async || {
+        let s = template_status(&client, &ns, "base").await;
+        (condition(&s.conditions, "Ready") == Some("False")).then_some(s)
+    })
+    .await;
+    let ready = ts
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert!(
+        ready.message.contains("spec.testJobTemplate"),
+        "{}",
+        ready.message
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(requests(&client, &ns, "base").await.len(), 1);
+    let mut fixed = template("base", json!({}));
+    fixed["spec"]["testJobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"] =
+        json!(["/bin/sh", "-c", "smoke-test --wait-for sshd"]);
+    apply(&client, &ns, fixed).await;
+    let retry = request_in(&client, &ns, "base", ChangeRequestPhase::Building).await;
+    assert_ne!(retry.metadata.name.as_deref(), Some(name.as_str()));
+    assert_eq!(requests(&client, &ns, "base").await.len(), 2);
+}
+
+#[tokio::test]
+async fn automatic_for_emergency_builds_critical_fixes_and_waits_for_medium_ones() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("tpl-emergency").await;
+    let label = support::random_suffix();
+    fixture_feeds(&client, &label).await;
+    apply(
+        &client,
+        &ns,
+        template_policy("gold", json!({}), "AutomaticForEmergency"),
+    )
+    .await;
+    apply(&client, &ns, template("medium", json!({}))).await;
+    apply(
+        &client,
+        &ns,
+        template_inventory("medium", &[OPENSSH_OLD, BASH], "2026-11-24T08:00:00Z"),
+    )
+    .await;
+    apply(&client, &ns, template("critical", json!({}))).await;
+    apply(
+        &client,
+        &ns,
+        template_inventory("critical", &[RSYNC_OLD, BASH], "2026-11-24T08:00:00Z"),
+    )
+    .await;
+    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+
+    let critical = request_in(&client, &ns, "critical", ChangeRequestPhase::Building).await;
+    let cname = critical.metadata.name.clone().expect("name");
+    assert!(
+        critical
+            .status
+            .as_ref()
+            .and_then(|s| s.scope.as_ref())
+            .is_some_and(|s| s
+                .advisories
+                .iter()
+                .any(|a| a.severity.to_string() == "critical"))
+    );
+    wait_job(&client, &ns, &format!("{cname}-build")).await;
+    let medium = request_in(&client, &ns, "medium", ChangeRequestPhase::AwaitingApproval).await;
+    let message = medium
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("emergency"), "{message}");
+    let mname = medium.metadata.name.clone().expect("name");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(jobs_of(&client, &ns, &mname).await.is_empty());
+    assert_eq!(
+        phase(&request_named(&client, &ns, &mname).await),
+        Some(ChangeRequestPhase::AwaitingApproval)
+    );
+}
+
+#[tokio::test]
+async fn a_scope_change_voids_the_approval_and_late_advisories_wait_for_the_next_request() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("tpl-scope").await;
+    let label = support::random_suffix();
+    // Only the openssh and rsync records at first; libwebp's arrives later.
+    feeds_of(
+        &client,
+        &label,
+        &[
+            "CVE-2023-51385",
+            "DSA-5586-1",
+            "DSA-5843-1",
+            "CVE-2024-12084",
+        ],
+    )
+    .await;
+    apply(&client, &ns, template_policy("gold", json!({}), "Required")).await;
+    apply(&client, &ns, template("base", json!({}))).await;
+    apply(
+        &client,
+        &ns,
+        template_inventory(
+            "base",
+            &[OPENSSH_OLD, LIBWEBP_OLD, BASH],
+            "2026-11-24T08:00:00Z",
+        ),
+    )
+    .await;
+    let mut pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let cr = request_in(&client, &ns, "base", ChangeRequestPhase::AwaitingApproval).await;
+    let name = cr.metadata.name.clone().expect("name");
+    let first = digest_of(&cr);
+
+    // Approved while the controller is down; then the scope changes (the
+    // image turns out to carry an old rsync too).
+    pl.child.kill().expect("SIGKILL");
+    decide_ok(env, "approve", &ns, &name, "openssh only");
+    apply(
+        &client,
+        &ns,
+        template_inventory(
+            "base",
+            &[OPENSSH_OLD, RSYNC_OLD, LIBWEBP_OLD, BASH],
+            "2026-11-24T08:00:00Z",
+        ),
+    )
+    .await;
+    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let cr = support::eventually("the scope to change", WAIT, async || {
+        let c = request_named(&client, &ns, &name).await;
+        (c.status.as_ref()?.scope.as_ref()?.digest != first).then_some(c)
+    })
+    .await;
+    assert_eq!(phase(&cr), Some(ChangeRequestPhase::AwaitingApproval));
+    let message = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("new approval"), "{message}");
+    assert!(
+        cr.status
+            .as_ref()
+            .and_then(|s| s.approval.clone())
+            .is_none()
+    );
+    // The person's spec is left alone.
+    assert_eq!(
+        cr.spec.decision.as_ref().map(|d| d.digest.as_str()),
+        Some(first.as_str())
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(jobs_of(&client, &ns, &name).await.is_empty());
+    let mut ids = scope_ids(&cr);
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "CVE-2023-51385",
+            "CVE-2024-12084",
+            "DSA-5586-1",
+            "DSA-5843-1"
+        ]
+    );
+
+    // Approving again proceeds.
+    decide_ok(env, "approve", &ns, &name, "openssh and rsync");
+    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Building).await;
+    let frozen = digest_of(&cr);
+    let build_name = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.build_job.clone())
+        .expect("build");
+    wait_job(&client, &ns, &build_name).await;
+
+    // An advisory arrives during the build: the scope stays frozen.
+    feeds_of(&client, &label, &["DSA-5497-1"]).await;
+    support::eventually("the Template to see the new advisory", WAIT, async || {
+        let s = template_status(&client, &ns, "base").await;
+        s.findings
+            .iter()
+            .any(|f| f.advisory == "DSA-5497-1")
+            .then_some(())
+    })
+    .await;
+    let cr = request_named(&client, &ns, &name).await;
+    assert_eq!(digest_of(&cr), frozen);
+    assert_eq!(phase(&cr), Some(ChangeRequestPhase::Building));
+
+    // The build fixes the scope, not the late advisory: still publishable.
+    apply(
+        &client,
+        &ns,
+        build_result(
+            "base-r2",
+            &name,
+            &nonce_of(&cr),
+            "registry.example/golden/base@sha256:4444",
+            &[OPENSSH_FIXED, RSYNC_FIXED, LIBWEBP_OLD, BASH],
+        ),
+    )
+    .await;
+    finish_job(&client, &ns, &build_name, None).await;
+    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Testing).await;
+    let test_name = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.test_job.clone())
+        .expect("test");
+    wait_job(&client, &ns, &test_name).await;
+    finish_job(&client, &ns, &test_name, None).await;
+    wait_phase(&client, &ns, &name, ChangeRequestPhase::Published).await;
+
+    // ... and goes to the next request.
+    let next = request_in(&client, &ns, "base", ChangeRequestPhase::AwaitingApproval).await;
+    assert_ne!(next.metadata.name.as_deref(), Some(name.as_str()));
+    assert_eq!(scope_ids(&next), ["DSA-5497-1"]);
+    assert_eq!(next.status.as_ref().and_then(|s| s.base_revision), Some(2));
+    assert_eq!(requests(&client, &ns, "base").await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_rejection_stands_until_the_findings_change_and_requests_outlive_their_template() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("tpl-reject").await;
+    let label = support::random_suffix();
+    fixture_feeds(&client, &label).await;
+    // An inventory far older than inventoryMaxAge: images do not age.
+    let mut gold = template_policy("gold", json!({}), "Required");
+    gold["spec"]["inventoryMaxAge"] = json!("1s");
+    apply(&client, &ns, gold).await;
+    apply(&client, &ns, template("base", json!({}))).await;
+    apply(
+        &client,
+        &ns,
+        template_inventory("base", &[OPENSSH_OLD, BASH], "2026-11-14T08:00:00Z"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Before the controller ever saw it, a request has no scope to decide on.
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "patchloop.dev/v1alpha1", "kind": "ChangeRequest",
+               "metadata": {"name": "by-hand"}, "spec": {"template": "ghost"}}),
+    )
+    .await;
+    let out = decide(env, "approve", &ns, "by-hand", "x");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no scope yet"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let cr = request_in(&client, &ns, "base", ChangeRequestPhase::AwaitingApproval).await;
+    let name = cr.metadata.name.clone().expect("name");
+    let ts = template_status(&client, &ns, "base").await;
+    assert_eq!(
+        ts.compliance
+            .as_ref()
+            .and_then(|c| c.state)
+            .map(|s| s.to_string())
+            .as_deref(),
+        Some("Overdue")
+    );
+
+    decide_ok(
+        env,
+        "reject",
+        &ns,
+        &name,
+        "openssh upgrade breaks the appliance",
+    );
+    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Rejected).await;
+    let record = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.approval.clone())
+        .expect("record");
+    assert_eq!(format!("{:?}", record.verdict), "Rejected");
+    let ts = support::eventually("the Template to show the rejection", WAIT, async || {
+        let s = template_status(&client, &ns, "base").await;
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "ChangeRequestOpen")?;
+        (c.reason == "Rejected").then_some(s)
+    })
+    .await;
+    assert_eq!(condition(&ts.conditions, "Compliant"), Some("False"));
+    assert!(ts.change_request.is_none());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        requests(&client, &ns, "base").await.len(),
+        1,
+        "the rejection stands"
+    );
+    let out = decide(env, "approve", &ns, &name, "changed my mind");
+    assert!(!out.status.success(), "a closed request takes no decision");
+
+    // New findings: a new request.
+    apply(
+        &client,
+        &ns,
+        template_inventory(
+            "base",
+            &[OPENSSH_OLD, RSYNC_OLD, BASH],
+            "2026-11-14T08:00:00Z",
+        ),
+    )
+    .await;
+    let next = request_in(&client, &ns, "base", ChangeRequestPhase::AwaitingApproval).await;
+    let next_name = next.metadata.name.clone().expect("name");
+    assert_ne!(next_name, name);
+    assert_eq!(requests(&client, &ns, "base").await.len(), 2);
+
+    // Deleting the Template leaves the audit trail; the open one fails.
+    let templates: Api<Template> = Api::namespaced(client.clone(), &ns);
+    templates
+        .delete("base", &DeleteParams::foreground())
+        .await
+        .expect("deleting the Template");
+    support::eventually("the Template to be gone", WAIT, async || {
+        templates.get_opt("base").await.ok().filter(Option::is_none)
+    })
+    .await;
+    let failed = wait_phase(&client, &ns, &next_name, ChangeRequestPhase::Failed).await;
+    assert!(
+        failed
+            .status
+            .as_ref()
+            .and_then(|s| s.message.clone())
+            .is_some_and(|m| m.contains("deleted"))
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(requests(&client, &ns, "base").await.len(), 2);
+}
+
+#[tokio::test]
+async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("tpl-restart").await;
+    let label = support::random_suffix();
+    fixture_feeds(&client, &label).await;
+    apply(&client, &ns, template_policy("gold", json!({}), "Required")).await;
+    apply(&client, &ns, template("base", json!({}))).await;
+    apply(
+        &client,
+        &ns,
+        template_inventory("base", &[OPENSSH_OLD, BASH], "2026-11-24T08:00:00Z"),
+    )
+    .await;
+
+    // Killed right after creating the request, before anything records it.
+    let mut pl = start_failing(env, &ns, &label, "exit-after-change-request-create");
+    exits_at_failpoint(&mut pl).await;
+    assert_eq!(requests(&client, &ns, "base").await.len(), 1);
+    let mut pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let cr = request_in(&client, &ns, "base", ChangeRequestPhase::AwaitingApproval).await;
+    let name = cr.metadata.name.clone().expect("name");
+    assert_eq!(requests(&client, &ns, "base").await.len(), 1);
+
+    // SIGKILL while awaiting approval; approve; killed right after the
+    // build Job is created.
+    pl.child.kill().expect("SIGKILL");
+    decide_ok(env, "approve", &ns, &name, "go");
+    let mut pl = start_failing(env, &ns, &label, "exit-after-build-job-create");
+    exits_at_failpoint(&mut pl).await;
+    let build_name = format!("{name}-build");
+    wait_job(&client, &ns, &build_name).await;
+    let mut pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Building).await;
+    let nonce = nonce_of(&cr);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(jobs_of(&client, &ns, &name).await.len(), 1);
+
+    // SIGKILL while building; the build ends while the controller is down.
+    pl.child.kill().expect("SIGKILL");
+    apply(
+        &client,
+        &ns,
+        build_result(
+            "base-r2",
+            &name,
+            &nonce,
+            "registry.example/golden/base@sha256:5555",
+            &[OPENSSH_FIXED, BASH],
+        ),
+    )
+    .await;
+    finish_job(&client, &ns, &build_name, None).await;
+    let mut pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Testing).await;
+    assert_eq!(nonce_of(&cr), nonce, "the nonce survives restarts");
+    let test_name = format!("{name}-test");
+    wait_job(&client, &ns, &test_name).await;
+
+    // SIGKILL while testing; killed again right after publication, before
+    // the request records it.
+    pl.child.kill().expect("SIGKILL");
+    finish_job(&client, &ns, &test_name, None).await;
+    let mut pl = start_failing(env, &ns, &label, "exit-after-publish");
+    exits_at_failpoint(&mut pl).await;
+    let ts = template_status(&client, &ns, "base").await;
+    assert_eq!(ts.revision, Some(2));
+    assert_eq!(
+        phase(&request_named(&client, &ns, &name).await),
+        Some(ChangeRequestPhase::Testing)
+    );
+    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+    wait_phase(&client, &ns, &name, ChangeRequestPhase::Published).await;
+    let ts = support::eventually("a compliant revision 2", WAIT, async || {
+        let s = template_status(&client, &ns, "base").await;
+        (condition(&s.conditions, "Compliant") == Some("True")).then_some(s)
+    })
+    .await;
+    assert_eq!(ts.revision, Some(2), "published once");
+    assert_eq!(ts.history.len(), 2, "{:?}", ts.history);
+    let jobs = jobs_of(&client, &ns, &name).await;
+    let mut names: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| j.metadata.name.clone())
+        .collect();
+    names.sort();
+    assert_eq!(names, [build_name, test_name]);
+    assert_eq!(requests(&client, &ns, "base").await.len(), 1);
+}
