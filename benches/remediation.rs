@@ -382,7 +382,7 @@ async fn finish(
     own: &OwnRequests,
 ) -> Instant {
     own.add("PATCH", "batch", "jobs", "status");
-    executor::complete(client, ns, job, Some(start)).await;
+    executor::patch_complete(client, ns, job, Some(start)).await;
     let mut doc = inventory(workload, workload, FIXED_GLIBC);
     doc["spec"]["reportedAt"] = json!(now_rfc3339());
     own.add("APPLY", "patchloop.dev", "inventories", "");
@@ -494,7 +494,7 @@ fn start_executor(
                             });
                         if !first {
                             own.add("PATCH", "batch", "jobs", "status");
-                            executor::complete(&client, &ns, &name, Some(&start)).await;
+                            executor::patch_complete(&client, &ns, &name, Some(&start)).await;
                             return;
                         }
                         let done = finish(&client, &ns, (&name, &start), &workload, &own).await;

@@ -61,9 +61,7 @@ fn now() -> String {
         .map_or_else(|_| String::new(), |t| t.to_string())
 }
 
-/// Marks a Job `Complete` (keeping the Job controller's `startTime`, or
-/// setting `start` when given).
-pub async fn complete(client: &kube::Client, ns: &str, job: &str, start: Option<&str>) {
+fn complete_status(start: Option<&str>) -> serde_json::Value {
     let now = now();
     let mut status = json!({
         "completionTime": now, "succeeded": 1, "active": 0,
@@ -72,7 +70,26 @@ pub async fn complete(client: &kube::Client, ns: &str, job: &str, start: Option<
     if let Some(start) = start {
         status["startTime"] = json!(start);
     }
-    set_status(client, ns, job, status).await;
+    status
+}
+
+/// Marks a Job `Complete` (keeping the Job controller's `startTime`, or
+/// setting `start` when given), and makes sure it stays so.
+pub async fn complete(client: &kube::Client, ns: &str, job: &str, start: Option<&str>) {
+    set_status(client, ns, job, complete_status(start)).await;
+}
+
+/// One status patch marking a Job `Complete`, unchecked: for a caller that
+/// watches for the Job controller undoing it (the remediation benchmark).
+pub async fn patch_complete(client: &kube::Client, ns: &str, job: &str, start: Option<&str>) {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    api.patch_status(
+        job,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": complete_status(start)})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("setting Job {job}'s status: {e}"));
 }
 
 /// Marks a Job `Failed`; with a message, first sets its Pod's container as
@@ -128,20 +145,26 @@ pub async fn fail(client: &kube::Client, ns: &str, job: &str, message: Option<&s
 /// that the outcome stayed.
 async fn set_status(client: &kube::Client, ns: &str, job: &str, status: serde_json::Value) {
     let api: Api<Job> = Api::namespaced(client.clone(), ns);
-    super::eventually(
-        "the Job controller's first sync",
-        super::objects::WAIT,
-        async || {
-            api.get_status(job)
-                .await
-                .ok()
-                .and_then(|j| j.status)
-                .filter(|s| {
-                    s.start_time.is_some() && s.active.unwrap_or(0) + s.failed.unwrap_or(0) > 0
-                })
-        },
-    )
-    .await;
+    // A plain loop, not `eventually`: benches call this from spawned tasks.
+    let deadline = std::time::Instant::now() + super::objects::WAIT;
+    loop {
+        let synced = api
+            .get_status(job)
+            .await
+            .ok()
+            .and_then(|j| j.status)
+            .is_some_and(|s| {
+                s.start_time.is_some() && s.active.unwrap_or(0) + s.failed.unwrap_or(0) > 0
+            });
+        if synced {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Job controller never synced Job {job}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     for _ in 0..5 {
         api.patch_status(
             job,
