@@ -271,6 +271,26 @@ async fn the_canary_runs_alone_then_at_most_max_concurrent_and_every_fix_is_veri
         (left == 0).then_some(())
     })
     .await;
+    // The fleet report says the same.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_patchloop"))
+        .args(["report", "-n", &ns, "-o", "csv", "--kubeconfig"])
+        .arg(env.kubeconfig())
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("patchloop report");
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 10, "{csv}");
+    assert!(
+        rows.iter()
+            .all(|r| r.contains(",Compliant,") && r.contains(",Verified,")),
+        "{csv}"
+    );
     let status = workload_status(&workloads, &canary_workload)
         .await
         .expect("status");

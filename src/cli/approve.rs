@@ -9,7 +9,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use kube::api::{Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Resource};
 use patchloop::api::ChangeRequest;
 use patchloop::api::change_request::{ChangeRequestPhase, Decision, Verdict};
@@ -61,33 +60,12 @@ pub fn run(args: &DecideArgs, verdict: Verdict) -> anyhow::Result<ExitCode> {
 }
 
 async fn decide(args: &DecideArgs, verdict: Verdict) -> anyhow::Result<ExitCode> {
-    patchloop::controller::feed_source::install_crypto_provider();
-    let kubeconfig = match &args.kubeconfig {
-        Some(path) => Kubeconfig::read_from(path)
-            .with_context(|| format!("--kubeconfig {}", path.display()))?,
-        None => {
-            Kubeconfig::read().context("reading the kubeconfig ($KUBECONFIG or ~/.kube/config)")?
-        }
-    };
-    let context_name = kubeconfig.current_context.clone();
-    let context = kubeconfig
-        .contexts
-        .iter()
-        .find(|c| Some(&c.name) == context_name.as_ref())
-        .and_then(|c| c.context.clone());
-    let user = context
-        .as_ref()
-        .and_then(|c| c.user.clone())
+    let conn = super::connect::connect(args.kubeconfig.as_deref()).await?;
+    let user = conn
+        .user
         .context("the kubeconfig's current context names no user")?;
-    let namespace = args
-        .namespace
-        .clone()
-        .or_else(|| context.as_ref().and_then(|c| c.namespace.clone()))
-        .unwrap_or_else(|| "default".to_owned());
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .context("loading the kubeconfig")?;
-    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+    let namespace = args.namespace.clone().unwrap_or(conn.namespace);
+    let client = conn.client;
     let api: Api<ChangeRequest> = Api::namespaced(client, &namespace);
     let name = &args.change_request;
     let Some(cr) = api

@@ -2,8 +2,10 @@
 //! one only parses arguments and dispatches.
 
 mod approve;
+mod connect;
 mod crds;
 mod evaluate;
+mod report;
 mod run;
 
 use std::process::ExitCode;
@@ -35,6 +37,9 @@ enum Command {
     Approve(approve::DecideArgs),
     /// Reject a ChangeRequest's current scope.
     Reject(approve::DecideArgs),
+    /// Print the fleet's compliance: Workloads worst first, Templates and
+    /// PatchPolicies, as a table, JSON, CSV or a self-contained HTML page.
+    Report(report::ReportArgs),
 }
 
 /// Parses the command line and runs the chosen subcommand.
@@ -50,6 +55,7 @@ pub fn main() -> ExitCode {
         Command::Reject(args) => {
             approve::run(&args, patchloop::api::change_request::Verdict::Rejected)
         }
+        Command::Report(args) => report::run(&args),
     };
     match result {
         Ok(code) => code,

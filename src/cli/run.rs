@@ -82,22 +82,6 @@ fn init_logging(args: &RunArgs) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("initialising logging: {e}"))
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("--kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .with_context(|| format!("--kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig and not in a cluster")?,
-    };
-    kube::Client::try_from(config).context("building the Kubernetes client")
-}
-
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -161,8 +145,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        patchloop::controller::feed_source::install_crypto_provider();
-        let client = client(args.kubeconfig.as_ref()).await?;
+        let client = super::connect::connect(args.kubeconfig.as_deref())
+            .await?
+            .client;
         crd_check::check(&client).await?;
         tracing::info!(namespaces = ?settings.namespaces, "patchloop controller starting");
         run::run(client, settings, args.listen, shutdown_signal()).await?;
