@@ -185,6 +185,25 @@ fn feed_controller(
         })
     };
     let controller = Controller::new(api, config);
+    // A standby loads feeds but writes no status: once it leads, every feed
+    // is looked at again so its status is its own.
+    let led = {
+        let store = controller.store();
+        let leadership = shared.leadership.clone();
+        let elected = shared.settings.leader.is_some();
+        futures::stream::once(async move {
+            if elected {
+                leadership.acquired().await;
+                let _ = store.wait_until_ready().await;
+                store.state()
+            } else {
+                Vec::new()
+            }
+        })
+        .flat_map(|feeds| {
+            futures::stream::iter(feeds.into_iter().map(|f| ObjectRef::from_obj(f.as_ref())))
+        })
+    };
     // The feeds present at start: verdicts wait until each was tried once.
     let startup = {
         let store = controller.store();
@@ -199,6 +218,7 @@ fn feed_controller(
     };
     let controller = controller
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
+        .reconcile_on(led)
         .graceful_shutdown_on(stopped)
         .run(feed::reconcile, retry_soon, ctx)
         .for_each(|r| {

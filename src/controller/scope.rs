@@ -150,6 +150,9 @@ impl JobExpectations {
     }
 }
 
+/// How long [`Scope::cached`] waits for the watch to echo a write.
+const CACHE_ECHO_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Senders that wake reconcilers.
 #[derive(Clone)]
 pub struct Triggers {
@@ -350,6 +353,18 @@ impl Scope {
                     .change_requests
                     .unbounded_send(ObjectRef::from_obj(&*c));
             }
+        }
+    }
+
+    /// Waits (at most a few seconds) until the Workload cache shows `key`
+    /// as `written` says: dependents woken before would read the old object.
+    pub async fn cached(&self, key: &ObjectRef<Workload>, written: impl Fn(&Workload) -> bool) {
+        let deadline = std::time::Instant::now() + CACHE_ECHO_WAIT;
+        while std::time::Instant::now() < deadline {
+            if self.workloads.get(key).is_some_and(|w| written(&w)) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 

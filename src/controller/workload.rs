@@ -676,27 +676,42 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
                 .event(wl.as_ref(), n.warning, n.reason, n.message)
                 .await;
         }
-        // Policies and exceptions count their Workloads: wake the ones this
-        // Workload matched before and matches now.
-        for p in previous.policies.iter().chain(&policy_names) {
-            let _ = scope
-                .triggers
-                .policies
-                .unbounded_send(ObjectRef::new(p).within(&ns));
-        }
-        for e in &judged.exceptions {
-            let _ = scope
-                .triggers
-                .exceptions
-                .unbounded_send(ObjectRef::from_obj(e.as_ref()));
-        }
-        // Its Template counts the Workloads on older revisions.
-        if let Some(t) = &wl.spec.template_ref {
-            let _ = scope
-                .triggers
-                .templates
-                .unbounded_send(ObjectRef::new(&t.name).within(&ns));
-        }
+        // Policies, exceptions and the Template count this Workload (and a
+        // policy plans from its record): wake the ones it matched before and
+        // matches now — once the cache they read shows this write, or they
+        // would judge the old status and not look again.
+        let policies: Vec<ObjectRef<PatchPolicy>> = previous
+            .policies
+            .iter()
+            .chain(&policy_names)
+            .map(|p| ObjectRef::new(p).within(&ns))
+            .collect();
+        let exceptions: Vec<ObjectRef<PatchException>> = judged
+            .exceptions
+            .iter()
+            .map(|e| ObjectRef::from_obj(e.as_ref()))
+            .collect();
+        let template = wl
+            .spec
+            .template_ref
+            .as_ref()
+            .map(|t| ObjectRef::<Template>::new(&t.name).within(&ns));
+        let scope = Arc::clone(scope);
+        let me = ObjectRef::<Workload>::new(&name).within(&ns);
+        tokio::spawn(async move {
+            scope
+                .cached(&me, |w| w.status.as_ref() == Some(&desired))
+                .await;
+            for p in policies {
+                let _ = scope.triggers.policies.unbounded_send(p);
+            }
+            for e in exceptions {
+                let _ = scope.triggers.exceptions.unbounded_send(e);
+            }
+            if let Some(t) = template {
+                let _ = scope.triggers.templates.unbounded_send(t);
+            }
+        });
     }
     // Inventories naming this Workload may have been waiting for it to exist.
     if wl.status.is_none() {
