@@ -42,4 +42,8 @@ if [ "${1:-}" = "--setup" ]; then
   echo "$VENV/bin/python"
   exit 0
 fi
+# Helm's own cache/config/data (repositories, registry logins): kept out of ~.
+export HELM_CACHE_HOME="${HELM_CACHE_HOME:-$CACHE/helm/cache}"
+export HELM_CONFIG_HOME="${HELM_CONFIG_HOME:-$CACHE/helm/config}"
+export HELM_DATA_HOME="${HELM_DATA_HOME:-$CACHE/helm/data}"
 exec "$VENV/bin/python" "$HERE/helm.py" "$@"
