@@ -647,6 +647,43 @@ fn start_as_pod(deployment: &Value, kubeconfig: &Path, feed_label: &str, log: &P
     }
 }
 
+/// The lines of the controller's log where the API server refused it.
+fn forbidden_lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("forbidden") || l.contains("Forbidden") || l.contains(" 403"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Polls `check` until it returns `Some`; on a timeout, fails with what the
+/// controller was refused (or the end of its log).
+async fn controller_achieves<T>(
+    what: &str,
+    timeout: Duration,
+    log: &Path,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if std::time::Instant::now() >= deadline {
+            let forbidden = forbidden_lines(log);
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; refused:\n{}\nlog tail:\n{}",
+                forbidden.join("\n"),
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The smoke scenario: with exactly the chart's RBAC the controller becomes
 /// ready, evaluates a Workload, creates a remediation Job and its ConfigMap,
 /// verifies the fix and cleans up — and is never forbidden anything.
@@ -658,6 +695,34 @@ async fn the_controller_does_its_job_with_the_charts_identity(
     let ns = env.namespace("smoke").await;
     let label = support::random_suffix();
     fixture_feeds(&client, &label).await;
+    // A feed from a ConfigMap: read with the controller's own identity.
+    let kev = std::fs::read_to_string(format!(
+        "{FIXTURES}/kev/known_exploited_vulnerabilities.json"
+    ))
+    .expect("KEV fixture");
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    config_maps
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "kev"}, "data": {"catalog.json": kev}
+            }))
+            .expect("ConfigMap"),
+        )
+        .await
+        .expect("create the feed's ConfigMap");
+    let cm_feed = format!("kev-cm-{label}");
+    apply(
+        &client,
+        "",
+        json!({
+            "apiVersion": "patchloop.dev/v1alpha1", "kind": "AdvisoryFeed",
+            "metadata": {"name": cm_feed, "labels": {"patchloop-test": label}},
+            "spec": {"source": {"configMap": {"namespace": ns, "name": "kev"}},
+                     "format": "KEV", "interval": "1h"}
+        }),
+    )
+    .await;
     apply(&client, &ns, remediating_policy("gold", "gold")).await;
     apply(&client, &ns, workload("web-00", json!({"tier": "gold"}))).await;
     apply(&client, &ns, inventory("web-00", "web-00", OLD_GLIBC)).await;
@@ -686,20 +751,24 @@ async fn the_controller_does_its_job_with_the_charts_identity(
     }
 
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
-    let job = support::eventually("a remediation Job", LONG_WAIT, async || {
+    let job = controller_achieves("a remediation Job", LONG_WAIT, &log, async || {
         executor::jobs(&client, &ns).await.into_iter().next()
     })
     .await;
     let job_name = job.metadata.name.clone().unwrap_or_default();
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let cm = support::eventually("the Job's ConfigMap with its owner", WAIT, async || {
-        config_maps
-            .get_opt(&job_name)
-            .await
-            .ok()
-            .flatten()
-            .filter(|c| c.metadata.owner_references.is_some())
-    })
+    let cm = controller_achieves(
+        "the Job's ConfigMap with its owner",
+        WAIT,
+        &log,
+        async || {
+            config_maps
+                .get_opt(&job_name)
+                .await
+                .ok()
+                .flatten()
+                .filter(|c| c.metadata.owner_references.is_some())
+        },
+    )
     .await;
     assert_eq!(
         cm.metadata.owner_references.expect("owner")[0].name,
@@ -710,9 +779,10 @@ async fn the_controller_does_its_job_with_the_charts_identity(
         .expect("a Workload status written by the controller");
     assert!(status.compliance.is_some(), "{status:?}");
     let policies: Api<PatchPolicy> = Api::namespaced(client.clone(), &ns);
-    support::eventually(
+    controller_achieves(
         "the policy Ready (its job template dry-run created)",
         WAIT,
+        &log,
         async || {
             let p = policies.get_status("gold").await.ok()?.status?;
             (condition(&p.conditions, "Ready") == Some("True")).then_some(())
@@ -722,7 +792,7 @@ async fn the_controller_does_its_job_with_the_charts_identity(
 
     executor::complete(&client, &ns, &job_name, None).await;
     apply(&client, &ns, inventory("web-00", "web-00", FIXED_GLIBC)).await;
-    support::eventually("the fix verified", LONG_WAIT, async || {
+    controller_achieves("the fix verified", LONG_WAIT, &log, async || {
         let s = workload_status(&workloads, "web-00").await?;
         (s.remediation.as_ref().and_then(|r| r.phase) == Some(RemediationPhase::Verified)
             && in_state(&s, "Compliant"))
@@ -730,9 +800,10 @@ async fn the_controller_does_its_job_with_the_charts_identity(
     })
     .await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    support::eventually(
+    controller_achieves(
         "the finished Job and its ConfigMap deleted",
         LONG_WAIT,
+        &log,
         async || {
             let job_gone = jobs.get_opt(&job_name).await.ok()?.is_none();
             let cm_gone = config_maps.get_opt(&job_name).await.ok()?.is_none();
@@ -740,6 +811,39 @@ async fn the_controller_does_its_job_with_the_charts_identity(
         },
     )
     .await;
+    // A failed Job: its Pod's termination message (a Pod list) explains it.
+    apply(&client, &ns, workload("web-01", json!({"tier": "gold"}))).await;
+    apply(&client, &ns, inventory("web-01", "web-01", OLD_GLIBC)).await;
+    let failing = controller_achieves("a Job for web-01", LONG_WAIT, &log, async || {
+        executor::jobs(&client, &ns)
+            .await
+            .into_iter()
+            .find(|j| executor::label(j, "patchloop.dev/workload") == "web-01")
+    })
+    .await;
+    let why = "E: Unable to locate package libc6";
+    let failing = failing.metadata.name.clone().unwrap_or_default();
+    executor::fail(&client, &ns, &failing, Some(why)).await;
+    controller_achieves(
+        "the termination message on web-01",
+        LONG_WAIT,
+        &log,
+        async || {
+            let s = workload_status(&workloads, "web-01").await?;
+            let message = s.remediation?.message?;
+            message.contains(why).then_some(())
+        },
+    )
+    .await;
+    controller_achieves("the ConfigMap feed loaded", WAIT, &log, async || {
+        let out = env.kubectl(["get", "advisoryfeed", &cm_feed, "-o", "json"]);
+        let feed: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let conds: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> =
+            serde_json::from_value(feed["status"]["conditions"].clone()).ok()?;
+        (condition(&conds, "Ready") == Some("True")).then_some(())
+    })
+    .await;
+
     let events = env.kubectl(["get", "events.events.k8s.io", "-n", &ns, "-o", "json"]);
     let events: Value = serde_json::from_slice(&events.stdout).expect("events");
     assert!(
@@ -753,11 +857,7 @@ async fn the_controller_does_its_job_with_the_charts_identity(
         let lease = env.kubectl(["get", "lease", "-n", RELEASE_NS, RELEASE]);
         assert!(lease.status.success(), "no Lease {RELEASE_NS}/{RELEASE}");
     }
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let forbidden: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("forbidden") || l.contains("Forbidden") || l.contains("403"))
-        .collect();
+    let forbidden = forbidden_lines(&log);
     assert!(
         forbidden.is_empty(),
         "the chart's RBAC refused the controller something:\n{}",
@@ -953,9 +1053,9 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
     // RBAC: sufficient (the real binary with exactly this identity) and minimal.
     let controller = sa(RELEASE_NS, RELEASE);
     let work_ns = env.namespace("rbac").await;
+    the_controller_does_its_job_with_the_charts_identity(env, &deployment).await;
     controller_rbac_is_sufficient_and_minimal(env, &controller, &work_ns);
     user_roles_grant_exactly_their_job(env, &work_ns).await;
-    the_controller_does_its_job_with_the_charts_identity(env, &deployment).await;
 
     // A second release watching one namespace (the CRDs belong to the first).
     let watched = env.namespace("watched").await;
