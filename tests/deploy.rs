@@ -1108,6 +1108,10 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
             ("patch", "workloads.patchloop.dev#status", w),
             ("list", "advisoryfeeds.patchloop.dev", None),
             ("get", "configmaps", Some(&scoped_ns)),
+            // Events about AdvisoryFeeds (cluster-scoped) go to `default`.
+            ("create", "events.events.k8s.io", Some("default")),
+            ("patch", "events.events.k8s.io", Some("default")),
+            ("create", "events.events.k8s.io", w),
         ],
     );
     assert_access(
@@ -1120,6 +1124,8 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
             ("create", "jobs.batch", o),
             ("get", "configmaps", o),
             ("create", "leases.coordination.k8s.io", Some(&scoped_ns)),
+            ("create", "events.events.k8s.io", o),
+            ("get", "configmaps", Some("default")),
         ],
     );
     helm(
