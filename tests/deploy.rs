@@ -636,7 +636,12 @@ fn start_as_pod(deployment: &Value, kubeconfig: &Path, feed_label: &str, log: &P
         .env_remove("PATCHLOOP_FAILPOINTS")
         .env_remove("RUST_LOG")
         .env("POD_NAME", "patchloop-7d9f8-smoke")
-        .env("POD_NAMESPACE", RELEASE_NS)
+        .env(
+            "POD_NAMESPACE",
+            deployment["metadata"]["namespace"]
+                .as_str()
+                .expect("namespace"),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
@@ -690,9 +695,12 @@ async fn controller_achieves<T>(
 async fn the_controller_does_its_job_with_the_charts_identity(
     env: &support::TestEnv,
     deployment: &Value,
+    ns: &str,
 ) {
     let client = env.client().await;
-    let ns = env.namespace("smoke").await;
+    let release_ns = deployment["metadata"]["namespace"]
+        .as_str()
+        .expect("namespace");
     let label = support::random_suffix();
     fixture_feeds(&client, &label).await;
     // A feed from a ConfigMap: read with the controller's own identity.
@@ -731,7 +739,7 @@ async fn the_controller_does_its_job_with_the_charts_identity(
         .as_str()
         .expect("serviceAccountName");
     let kubeconfig = env
-        .kubeconfig_for_service_account(RELEASE_NS, sa_name)
+        .kubeconfig_for_service_account(release_ns, sa_name)
         .await;
     let log = env.dir().join(format!("patchloop-smoke-{label}.log"));
     let pl = start_as_pod(deployment, &kubeconfig, &label, &log);
@@ -852,10 +860,19 @@ async fn the_controller_does_its_job_with_the_charts_identity(
             .is_some_and(|i| i.iter().any(|e| e["reportingController"] == "patchloop")),
         "no Event published by patchloop: {events}"
     );
-    if has_leader_election() {
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    let lease = args
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|a| a.strip_prefix("--lease-name="));
+    if let Some(lease) = lease
+        && has_leader_election()
+    {
         assert_eq!(pl.metric("patchloop_leader ").await, 1.0, "{}", tail());
-        let lease = env.kubectl(["get", "lease", "-n", RELEASE_NS, RELEASE]);
-        assert!(lease.status.success(), "no Lease {RELEASE_NS}/{RELEASE}");
+        let out = env.kubectl(["get", "lease", "-n", release_ns, lease]);
+        assert!(out.status.success(), "no Lease {release_ns}/{lease}");
     }
     let forbidden = forbidden_lines(&log);
     assert!(
@@ -1053,7 +1070,8 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
     // RBAC: sufficient (the real binary with exactly this identity) and minimal.
     let controller = sa(RELEASE_NS, RELEASE);
     let work_ns = env.namespace("rbac").await;
-    the_controller_does_its_job_with_the_charts_identity(env, &deployment).await;
+    let smoke_ns = env.namespace("smoke").await;
+    the_controller_does_its_job_with_the_charts_identity(env, &deployment, &smoke_ns).await;
     controller_rbac_is_sufficient_and_minimal(env, &controller, &work_ns);
     user_roles_grant_exactly_their_job(env, &work_ns).await;
 
@@ -1128,6 +1146,13 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
             ("get", "configmaps", Some("default")),
         ],
     );
+    // ... and that Role-only RBAC is enough for the controller, too.
+    let scoped_deployment = scoped_docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment")
+        .clone();
+    the_controller_does_its_job_with_the_charts_identity(env, &scoped_deployment, &watched).await;
     helm(
         &["uninstall", "scoped", "--namespace", &scoped_ns],
         Some(env.kubeconfig()),
