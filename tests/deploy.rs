@@ -708,7 +708,7 @@ async fn the_controller_does_its_job_with_the_charts_identity(
         "{FIXTURES}/kev/known_exploited_vulnerabilities.json"
     ))
     .expect("KEV fixture");
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     config_maps
         .create(
             &Default::default(),
@@ -731,9 +731,9 @@ async fn the_controller_does_its_job_with_the_charts_identity(
         }),
     )
     .await;
-    apply(&client, &ns, remediating_policy("gold", "gold")).await;
-    apply(&client, &ns, workload("web-00", json!({"tier": "gold"}))).await;
-    apply(&client, &ns, inventory("web-00", "web-00", OLD_GLIBC)).await;
+    apply(&client, ns, remediating_policy("gold", "gold")).await;
+    apply(&client, ns, workload("web-00", json!({"tier": "gold"}))).await;
+    apply(&client, ns, inventory("web-00", "web-00", OLD_GLIBC)).await;
 
     let sa_name = deployment["spec"]["template"]["spec"]["serviceAccountName"]
         .as_str()
@@ -758,9 +758,9 @@ async fn the_controller_does_its_job_with_the_charts_identity(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), ns);
     let job = controller_achieves("a remediation Job", LONG_WAIT, &log, async || {
-        executor::jobs(&client, &ns).await.into_iter().next()
+        executor::jobs(&client, ns).await.into_iter().next()
     })
     .await;
     let job_name = job.metadata.name.clone().unwrap_or_default();
@@ -786,7 +786,7 @@ async fn the_controller_does_its_job_with_the_charts_identity(
         .await
         .expect("a Workload status written by the controller");
     assert!(status.compliance.is_some(), "{status:?}");
-    let policies: Api<PatchPolicy> = Api::namespaced(client.clone(), &ns);
+    let policies: Api<PatchPolicy> = Api::namespaced(client.clone(), ns);
     controller_achieves(
         "the policy Ready (its job template dry-run created)",
         WAIT,
@@ -798,8 +798,8 @@ async fn the_controller_does_its_job_with_the_charts_identity(
     )
     .await;
 
-    executor::complete(&client, &ns, &job_name, None).await;
-    apply(&client, &ns, inventory("web-00", "web-00", FIXED_GLIBC)).await;
+    executor::complete(&client, ns, &job_name, None).await;
+    apply(&client, ns, inventory("web-00", "web-00", FIXED_GLIBC)).await;
     controller_achieves("the fix verified", LONG_WAIT, &log, async || {
         let s = workload_status(&workloads, "web-00").await?;
         (s.remediation.as_ref().and_then(|r| r.phase) == Some(RemediationPhase::Verified)
@@ -807,7 +807,7 @@ async fn the_controller_does_its_job_with_the_charts_identity(
         .then_some(())
     })
     .await;
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     controller_achieves(
         "the finished Job and its ConfigMap deleted",
         LONG_WAIT,
@@ -820,10 +820,10 @@ async fn the_controller_does_its_job_with_the_charts_identity(
     )
     .await;
     // A failed Job: its Pod's termination message (a Pod list) explains it.
-    apply(&client, &ns, workload("web-01", json!({"tier": "gold"}))).await;
-    apply(&client, &ns, inventory("web-01", "web-01", OLD_GLIBC)).await;
+    apply(&client, ns, workload("web-01", json!({"tier": "gold"}))).await;
+    apply(&client, ns, inventory("web-01", "web-01", OLD_GLIBC)).await;
     let failing = controller_achieves("a Job for web-01", LONG_WAIT, &log, async || {
-        executor::jobs(&client, &ns)
+        executor::jobs(&client, ns)
             .await
             .into_iter()
             .find(|j| executor::label(j, "patchloop.dev/workload") == "web-01")
@@ -831,7 +831,7 @@ async fn the_controller_does_its_job_with_the_charts_identity(
     .await;
     let why = "E: Unable to locate package libc6";
     let failing = failing.metadata.name.clone().unwrap_or_default();
-    executor::fail(&client, &ns, &failing, Some(why)).await;
+    executor::fail(&client, ns, &failing, Some(why)).await;
     controller_achieves(
         "the termination message on web-01",
         LONG_WAIT,
@@ -852,7 +852,7 @@ async fn the_controller_does_its_job_with_the_charts_identity(
     })
     .await;
 
-    let events = env.kubectl(["get", "events.events.k8s.io", "-n", &ns, "-o", "json"]);
+    let events = env.kubectl(["get", "events.events.k8s.io", "-n", ns, "-o", "json"]);
     let events: Value = serde_json::from_slice(&events.stdout).expect("events");
     assert!(
         events["items"]
