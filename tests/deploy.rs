@@ -807,6 +807,22 @@ async fn the_controller_does_its_job_with_the_charts_identity(
         .then_some(())
     })
     .await;
+    // Cleanup runs in the policy reconciler, which a Workload recording the
+    // outcome does not wake (it may have run just before): wake it.
+    let nudge = env.kubectl([
+        "annotate",
+        "patchpolicy",
+        "gold",
+        "-n",
+        ns,
+        "--overwrite",
+        "test.patchloop.dev/nudge=verified",
+    ]);
+    assert!(
+        nudge.status.success(),
+        "{}",
+        String::from_utf8_lossy(&nudge.stderr)
+    );
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     controller_achieves(
         "the finished Job and its ConfigMap deleted",
