@@ -1095,6 +1095,51 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
     let watched = env.namespace("watched").await;
     let other = env.namespace("unwatched").await;
     let scoped_ns = env.namespace("scoped-system").await;
+    // The optional ServiceMonitor needs the Prometheus Operator's CRD: a
+    // stand-in that accepts any spec.
+    let mut apply_crd = env.kubectl_command();
+    apply_crd
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = apply_crd.spawn().expect("kubectl");
+    {
+        use std::io::Write;
+        let crd = json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+            "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                     "names": {"kind": "ServiceMonitor", "plural": "servicemonitors",
+                               "singular": "servicemonitor", "listKind": "ServiceMonitorList"},
+                     "versions": [{"name": "v1", "served": true, "storage": true,
+                                   "schema": {"openAPIV3Schema": {"type": "object",
+                                       "x-kubernetes-preserve-unknown-fields": true}}}]}
+        });
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(crd.to_string().as_bytes())
+            .expect("write");
+    }
+    let out = child.wait_with_output().expect("kubectl apply");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.kubectl([
+        "wait",
+        "--for=condition=Established",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "--timeout=60s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let scoped = install(
         env,
         "scoped",
@@ -1102,6 +1147,11 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
         &scoped_ns,
         &json!({"crds": {"install": false}, "watchNamespaces": [watched], "replicaCount": 1,
                 "leaderElection": {"enabled": false}, "rbac": {"userRoles": false},
+                "log": {"format": "text", "level": "debug"},
+                "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
+                "networkPolicy": {"enabled": true,
+                                  "metricsFrom": [{"namespaceSelector": {"matchLabels": {"monitoring": "true"}}}],
+                                  "egress": [{"ports": [{"port": 443, "protocol": "TCP"}]}]},
                 "feeds": [{"name": "scoped-kev", "labels": {"patchloop-test": "scoped"},
                            "spec": {"format": "KEV", "source": {"path": "/nonexistent"}}}]}),
     )
@@ -1125,6 +1175,16 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
             .is_some_and(|a| a.contains(&json!(format!("--namespace={watched}")))),
         "{scoped_args}"
     );
+    for (kind, name) in [
+        ("servicemonitor", "scoped-patchloop"),
+        ("networkpolicy", "scoped-patchloop"),
+        ("service", "scoped-patchloop-metrics"),
+    ] {
+        let out = env.kubectl(["get", kind, name, "-n", &scoped_ns, "-o", "name"]);
+        assert!(out.status.success(), "no {kind} {name} from the values");
+    }
+    let policy = find(&scoped_docs, "NetworkPolicy", "scoped-patchloop");
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
     let feed = env.kubectl(["get", "advisoryfeed", "scoped-kev", "-o", "name"]);
     assert!(
         feed.status.success(),
