@@ -36,7 +36,7 @@ pub const GROUP: &str = "patchloop.dev";
 pub const SCHEMA_VERSION_ANNOTATION: &str = "patchloop.dev/schema-version";
 
 /// Bumped whenever a CRD's schema changes in a way the controller relies on.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Every CRD, annotated with [`SCHEMA_VERSION`], in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {

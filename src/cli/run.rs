@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use patchloop::api::common::Duration;
-use patchloop::controller::{Settings, run};
+use patchloop::controller::leader::LeaderSettings;
+use patchloop::controller::{Settings, crd_check, run};
 
 /// Log formats.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -46,6 +47,19 @@ pub struct RunArgs {
     /// nothing is scheduled for it.
     #[arg(long, env = "PATCHLOOP_MAX_REQUEUE", default_value = "1h")]
     max_requeue: String,
+    /// Elect a leader among replicas with a coordination.k8s.io Lease: only
+    /// the leader reconciles; standbys keep caches and feeds loaded.
+    #[arg(long, env = "PATCHLOOP_LEADER_ELECTION")]
+    leader_election: bool,
+    /// The Lease's name.
+    #[arg(long, env = "PATCHLOOP_LEASE_NAME", default_value = "patchloop")]
+    lease_name: String,
+    /// The Lease's namespace (in a Pod: its own namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (in a Pod: its name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
     /// Log format.
     #[arg(long, env = "PATCHLOOP_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -99,6 +113,26 @@ async fn shutdown_signal() {
     }
 }
 
+fn leader_settings(args: &RunArgs) -> anyhow::Result<Option<LeaderSettings>> {
+    if !args.leader_election {
+        return Ok(None);
+    }
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .context("--leader-election needs --lease-namespace (or POD_NAMESPACE)")?;
+    // Outside a Pod: the host name and the process id.
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    Ok(Some(LeaderSettings {
+        lease_name: args.lease_name.clone(),
+        lease_namespace,
+        identity,
+    }))
+}
+
 /// Runs the controller until SIGTERM or SIGINT.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     init_logging(args)?;
@@ -120,6 +154,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         feed_selector: args.feed_selector.clone(),
         grace,
         max_requeue,
+        leader: leader_settings(args)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -128,6 +163,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         patchloop::controller::feed_source::install_crypto_provider();
         let client = client(args.kubeconfig.as_ref()).await?;
+        crd_check::check(&client).await?;
         tracing::info!(namespaces = ?settings.namespaces, "patchloop controller starting");
         run::run(client, settings, args.listen, shutdown_signal()).await?;
         tracing::info!("stopped");

@@ -68,13 +68,7 @@ async fn reconcile_inner(ex: Arc<PatchException>, scope: &Arc<Scope>) -> Result<
                 .any(|w| selector::matches(&p.spec.selector, w.labels()).unwrap_or(false))
         })
         .collect();
-    let refs: Vec<PolicyRef<'_>> = policies
-        .iter()
-        .map(|p| PolicyRef {
-            name: p.metadata.name.as_deref().unwrap_or_default(),
-            spec: &p.spec,
-        })
-        .collect();
+    let refs: Vec<PolicyRef<'_>> = policies.iter().map(|p| PolicyRef::of(p)).collect();
     let exception = ExceptionRef {
         name: &name,
         spec: &ex.spec,

@@ -259,11 +259,14 @@ async fn reconcile_inner(feed: Arc<AdvisoryFeed>, ctx: &Arc<FeedContext>) -> Res
     status.conditions = conds;
     // A 304 or an unchanged download moves only lastSyncTime: write it at
     // most once per interval, so a steady feed causes no write storm.
-    if status != previous {
+    // Standbys load feeds too (a failover starts with data) but only the
+    // leader writes.
+    let leading = shared.leadership.is_leader();
+    if status != previous && leading {
         let api: Api<AdvisoryFeed> = Api::all(shared.client.clone());
         write_status(shared, &api, &name, "feed", MANAGER, &status, &previous).await?;
     }
-    if transitions.contains(&types::DEGRADED) {
+    if transitions.contains(&types::DEGRADED) && leading {
         match &error {
             Some((reason, message)) => {
                 shared

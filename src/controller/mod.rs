@@ -9,6 +9,7 @@
 //! next-change instant.
 
 pub mod advisories;
+pub mod crd_check;
 pub mod exception;
 pub mod failpoint;
 pub mod feed;
@@ -16,6 +17,7 @@ pub mod feed_source;
 pub mod http;
 pub mod inventory;
 pub mod jobs;
+pub mod leader;
 pub mod metrics;
 pub mod policy;
 pub mod remediation;
@@ -61,6 +63,8 @@ pub struct Settings {
     pub grace: jiff::SignedDuration,
     /// The longest a reconciler sleeps when nothing is scheduled.
     pub max_requeue: Duration,
+    /// Leader election; `None` runs as the only replica.
+    pub leader: Option<leader::LeaderSettings>,
 }
 
 /// What every reconciler shares.
@@ -75,6 +79,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Settings.
     pub settings: Settings,
+    /// Whether this process leads (only the leader reconciles and writes).
+    pub leadership: leader::Leadership,
 }
 
 impl Shared {

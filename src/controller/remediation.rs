@@ -48,13 +48,7 @@ pub fn driven(
         .iter()
         .filter(|w| {
             let policies = scope.matching_policies(ns, w.labels());
-            let refs: Vec<PolicyRef<'_>> = policies
-                .iter()
-                .map(|p| PolicyRef {
-                    name: p.metadata.name.as_deref().unwrap_or_default(),
-                    spec: &p.spec,
-                })
-                .collect();
+            let refs: Vec<PolicyRef<'_>> = policies.iter().map(|p| PolicyRef::of(p)).collect();
             matches!(remediation_policy(&refs), RemediationChoice::Policy(p) if p == policy)
         })
         .cloned()
@@ -120,14 +114,19 @@ pub async fn round(
     // In flight: a cached Job without Complete/Failed, or one created and
     // not cached yet.
     let pending_owners = scope.expected_jobs.pending_owners(&scope.jobs);
-    let owned: BTreeMap<String, Vec<Arc<Job>>> = driven
-        .iter()
-        .filter_map(|w| {
-            let uid = w.metadata.uid.clone()?;
-            let jobs = scope.jobs_owned_by(ns, &uid);
-            Some((uid, jobs))
-        })
-        .collect();
+    // One pass over the Job cache, not one per Workload.
+    let mut owned: BTreeMap<String, Vec<Arc<Job>>> = BTreeMap::new();
+    for job in scope.jobs.state() {
+        if job.metadata.namespace.as_deref() != Some(ns) {
+            continue;
+        }
+        for owner in job.owner_references() {
+            owned
+                .entry(owner.uid.clone())
+                .or_default()
+                .push(Arc::clone(&job));
+        }
+    }
     let in_flight = |w: &Workload| {
         w.metadata.uid.as_ref().is_some_and(|uid| {
             pending_owners.contains(uid)

@@ -20,7 +20,7 @@ use super::jobs::{MANAGED_BY, MANAGED_BY_LABEL};
 use super::metrics::Metrics;
 use super::scope::{self, Scope, SubjectIndex, TriggerStreams};
 use super::{
-    Settings, Shared, exception, failpoint, feed, feed_source, inventory, policy, recorder,
+    Settings, Shared, exception, failpoint, feed, feed_source, inventory, leader, policy, recorder,
     retry_soon, workload,
 };
 use crate::api::inventory::SubjectKind;
@@ -43,6 +43,9 @@ pub enum RunError {
     /// The feed HTTP client could not be built.
     #[error("{0}")]
     Http(#[from] feed_source::FetchError),
+    /// Leader election could not start.
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
 }
 
 /// Runs until `shutdown` resolves (SIGTERM/SIGINT in the binary).
@@ -55,13 +58,6 @@ pub async fn run(
     let metrics = Metrics::new();
     let health = Health::new();
     let started = super::now();
-    let shared = Arc::new(Shared {
-        recorder: recorder(client.clone()),
-        advisories: Arc::new(AdvisoryStore::new(started, settings.grace)),
-        metrics: metrics.clone(),
-        settings: settings.clone(),
-        client: client.clone(),
-    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = {
@@ -73,6 +69,23 @@ pub async fn run(
             }
         }
     };
+    let (leadership, campaign) = match &settings.leader {
+        Some(leader_settings) => {
+            let (leadership, campaign) =
+                leader::campaign(client.clone(), leader_settings.clone(), stopped()).await?;
+            (leadership, campaign.boxed())
+        }
+        None => (leader::Leadership::always(), future::ready(()).boxed()),
+    };
+    metrics.set_leader(leadership.is_leader());
+    let shared = Arc::new(Shared {
+        recorder: recorder(client.clone()),
+        advisories: Arc::new(AdvisoryStore::new(started, settings.grace)),
+        metrics: metrics.clone(),
+        settings: settings.clone(),
+        client: client.clone(),
+        leadership: leadership.clone(),
+    });
     let (bound, server) = http::bind(listen, metrics.clone(), health.clone(), stopped())
         .await
         .map_err(|source| RunError::Bind {
@@ -82,17 +95,40 @@ pub async fn run(
     tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
 
     let feeds = feed_controller(Arc::clone(&shared), stopped())?;
-    let mut tasks: Vec<future::BoxFuture<'static, ()>> = vec![feeds.boxed()];
+    let mut tasks: Vec<future::BoxFuture<'static, ()>> = vec![feeds.boxed(), campaign];
     let mut ready_checks = Vec::new();
+    let mut scopes_built = Vec::new();
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
     for namespace in scopes {
-        let (task, ready) = scope_controllers(Arc::clone(&shared), namespace, &stopped);
+        let (task, ready, scope) = scope_controllers(Arc::clone(&shared), namespace, &stopped);
         tasks.push(task);
         ready_checks.push(ready);
+        scopes_built.push(scope);
+    }
+    // A new leader looks at everything once: while it stood by, its
+    // reconcilers skipped every object.
+    if settings.leader.is_some() {
+        let metrics = metrics.clone();
+        let stop = stopped();
+        tasks.push(
+            async move {
+                tokio::select! {
+                    () = leadership.acquired() => {
+                        metrics.set_leader(true);
+                        for scope in &scopes_built {
+                            scope.caches_ready().await;
+                            scope.wake_everything();
+                        }
+                    }
+                    () = stop => {}
+                }
+            }
+            .boxed(),
+        );
     }
     let readiness = {
         let health = health.clone();
@@ -248,11 +284,23 @@ where
         + 'static,
     Fut: Future<Output = Result<kube::runtime::controller::Action, super::Error>> + Send + 'static,
 {
+    // Standbys keep their caches (the controllers' watches run) but skip
+    // every object; the new leader wakes them all.
+    let leading = move |obj: Arc<K>, scope: Arc<Scope>| {
+        let skip = !scope.shared.leadership.is_leader();
+        let work = (!skip).then(|| reconcile(obj, scope));
+        async move {
+            match work {
+                Some(work) => work.await,
+                None => Ok(kube::runtime::controller::Action::await_change()),
+            }
+        }
+    };
     controller
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .reconcile_on(triggers)
         .graceful_shutdown_on(stop)
-        .run(reconcile, retry_soon, scope)
+        .run(leading, retry_soon, scope)
         .for_each(|r| {
             log_result(r.map(|(o, _)| o));
             future::ready(())
@@ -272,7 +320,7 @@ fn scope_controllers<F, Fut>(
     shared: Arc<Shared>,
     namespace: Option<String>,
     stopped: &F,
-) -> (future::BoxFuture<'static, ()>, Ready)
+) -> (future::BoxFuture<'static, ()>, Ready, Arc<Scope>)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = ()> + Send + Sync + 'static,
@@ -515,7 +563,7 @@ where
         }
     }
     .boxed();
-    (task, ready)
+    (task, ready, scope)
 }
 
 /// Re-evaluates exactly the Workloads whose platform and packages a change

@@ -305,6 +305,14 @@ impl Scope {
         }
     }
 
+    /// Wakes every object of every kind (a new leader's first look).
+    pub fn wake_everything(&self) {
+        wake_all(&self.workloads, &self.triggers.workloads);
+        wake_all(&self.policies, &self.triggers.policies);
+        wake_all(&self.exceptions, &self.triggers.exceptions);
+        wake_all(&self.inventories, &self.triggers.inventories);
+    }
+
     /// Wakes every Workload of a namespace.
     pub fn wake_workloads_in(&self, namespace: &str) {
         for w in self.workloads.state() {
@@ -315,6 +323,16 @@ impl Scope {
                     .unbounded_send(ObjectRef::from_obj(&*w));
             }
         }
+    }
+}
+
+/// Sends every object of `store` to its reconciler.
+fn wake_all<K>(store: &Store<K>, trigger: &mpsc::UnboundedSender<ObjectRef<K>>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    for o in store.state() {
+        let _ = trigger.unbounded_send(ObjectRef::from_obj(o.as_ref()));
     }
 }
 

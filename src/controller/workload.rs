@@ -539,13 +539,7 @@ pub fn judge(scope: &Scope, wl: &Workload, ns: &str, now: Timestamp) -> Judged {
         .and_then(|t| scope.templates.get(&ObjectRef::new(&t.name).within(ns)));
     let chosen = choose_inventory(scope, wl, ns, template.as_deref());
 
-    let policy_refs: Vec<PolicyRef<'_>> = policies
-        .iter()
-        .map(|p| PolicyRef {
-            name: p.metadata.name.as_deref().unwrap_or_default(),
-            spec: &p.spec,
-        })
-        .collect();
+    let policy_refs: Vec<PolicyRef<'_>> = policies.iter().map(|p| PolicyRef::of(p)).collect();
     let exception_refs: Vec<ExceptionRef<'_>> = exceptions
         .iter()
         .map(|e| ExceptionRef {
@@ -883,5 +877,95 @@ async fn events(scope: &Scope, wl: &Workload, previous: &WorkloadStatus, desired
             shared.event(wl, true, "ComplianceUnknown", reason).await
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(conds: &[DesiredCondition], kind: &str) -> (String, String) {
+        let c = conds
+            .iter()
+            .find(|c| c.type_ == kind)
+            .unwrap_or_else(|| panic!("no {kind}"));
+        (format!("{:?}", c.status), c.reason.clone())
+    }
+
+    fn fixes() -> InstallableFixes {
+        InstallableFixes {
+            fix_set: "8e72485c01".into(),
+            packages: 2,
+            advisories: 2,
+            emergency: false,
+            due: None,
+        }
+    }
+
+    #[test]
+    fn nothing_ever_installable_has_no_remediation_conditions() {
+        assert!(remediation_conditions(None, None, &Standing::NoPolicy).is_empty());
+    }
+
+    #[test]
+    fn a_waiting_workload_says_why_it_is_not_remediated() {
+        let f = fixes();
+        let cases = [
+            (Standing::WorkloadPaused, "WorkloadPaused"),
+            (Standing::Conflict, "Conflict"),
+            (Standing::NoPolicy, "NoPolicy"),
+            (Standing::ReportOnly("gold".into()), "ReportOnly"),
+            (Standing::PolicyPaused("gold".into()), "PolicyPaused"),
+            (Standing::Queued("gold".into()), "Queued"),
+        ];
+        for (standing, expected) in cases {
+            let conds = remediation_conditions(None, Some(&f), &standing);
+            assert_eq!(
+                reason(&conds, types::REMEDIATING),
+                ("False".into(), expected.into())
+            );
+            assert_eq!(reason(&conds, types::REMEDIATION_FAILED).0, "False");
+            assert_eq!(reason(&conds, types::REMEDIATION_UNVERIFIED).0, "False");
+        }
+    }
+
+    #[test]
+    fn the_record_phase_drives_the_conditions() {
+        let record = |phase| RemediationRecord {
+            phase: Some(phase),
+            job: Some("web-01-8e72485c01-1".into()),
+            attempt: 1,
+            ..Default::default()
+        };
+        let f = fixes();
+        let q = Standing::Queued("gold".into());
+        let running =
+            remediation_conditions(Some(&record(RemediationPhase::Running)), Some(&f), &q);
+        assert_eq!(
+            reason(&running, types::REMEDIATING),
+            ("True".into(), "JobRunning".into())
+        );
+        let verifying =
+            remediation_conditions(Some(&record(RemediationPhase::Verifying)), None, &q);
+        assert_eq!(
+            reason(&verifying, types::REMEDIATING),
+            ("True".into(), "Verifying".into())
+        );
+        let failed = remediation_conditions(Some(&record(RemediationPhase::Failed)), Some(&f), &q);
+        assert_eq!(reason(&failed, types::REMEDIATING).1, "GaveUp");
+        assert_eq!(
+            reason(&failed, types::REMEDIATION_FAILED),
+            ("True".into(), "AttemptsExhausted".into())
+        );
+        let unverified =
+            remediation_conditions(Some(&record(RemediationPhase::Unverified)), None, &q);
+        assert_eq!(reason(&unverified, types::REMEDIATION_UNVERIFIED).0, "True");
+        assert_eq!(
+            reason(&unverified, types::REMEDIATING).1,
+            "NothingToInstall"
+        );
+        let backing_off =
+            remediation_conditions(Some(&record(RemediationPhase::BackingOff)), Some(&f), &q);
+        assert_eq!(reason(&backing_off, types::REMEDIATING).1, "BackingOff");
     }
 }

@@ -49,6 +49,16 @@ pub struct PolicyRef<'a> {
     pub spec: &'a PatchPolicySpec,
 }
 
+impl<'a> PolicyRef<'a> {
+    /// The reference to a PatchPolicy object.
+    pub fn of(policy: &'a crate::api::PatchPolicy) -> Self {
+        PolicyRef {
+            name: policy.metadata.name.as_deref().unwrap_or_default(),
+            spec: &policy.spec,
+        }
+    }
+}
+
 /// An exception whose selector matches the object.
 #[derive(Debug, Clone, Copy)]
 pub struct ExceptionRef<'a> {
