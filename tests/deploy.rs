@@ -696,13 +696,55 @@ async fn the_controller_does_its_job_with_the_charts_identity(
     env: &support::TestEnv,
     deployment: &Value,
     ns: &str,
-) {
+) -> Vec<String> {
     let client = env.client().await;
     let release_ns = deployment["metadata"]["namespace"]
         .as_str()
         .expect("namespace");
     let label = support::random_suffix();
     fixture_feeds(&client, &label).await;
+    apply(&client, ns, remediating_policy("gold", "gold")).await;
+    apply(&client, ns, workload("web-00", json!({"tier": "gold"}))).await;
+    apply(&client, ns, inventory("web-00", "web-00", OLD_GLIBC)).await;
+
+    let sa_name = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .expect("serviceAccountName");
+    let kubeconfig = env
+        .kubeconfig_for_service_account(release_ns, sa_name)
+        .await;
+    let log = env.dir().join(format!("patchloop-smoke-{label}.log"));
+    let pl = start_as_pod(deployment, &kubeconfig, &label, &log);
+    let tail = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while pl.get("/readyz").await.map(|(code, _)| code) != Some(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the controller is not ready with the chart's identity:\n{}",
+            tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    let lease = args
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|a| a.strip_prefix("--lease-name="))
+        .filter(|_| has_leader_election());
+    if let Some(lease) = lease {
+        controller_achieves("the lease", WAIT, &log, async || {
+            (pl.metric("patchloop_leader ").await == 1.0).then_some(())
+        })
+        .await;
+        let out = env.kubectl(["get", "lease", "-n", release_ns, lease]);
+        assert!(out.status.success(), "no Lease {release_ns}/{lease}");
+    }
     // A feed from a ConfigMap: read with the controller's own identity.
     let kev = std::fs::read_to_string(format!(
         "{FIXTURES}/kev/known_exploited_vulnerabilities.json"
@@ -731,32 +773,6 @@ async fn the_controller_does_its_job_with_the_charts_identity(
         }),
     )
     .await;
-    apply(&client, ns, remediating_policy("gold", "gold")).await;
-    apply(&client, ns, workload("web-00", json!({"tier": "gold"}))).await;
-    apply(&client, ns, inventory("web-00", "web-00", OLD_GLIBC)).await;
-
-    let sa_name = deployment["spec"]["template"]["spec"]["serviceAccountName"]
-        .as_str()
-        .expect("serviceAccountName");
-    let kubeconfig = env
-        .kubeconfig_for_service_account(release_ns, sa_name)
-        .await;
-    let log = env.dir().join(format!("patchloop-smoke-{label}.log"));
-    let pl = start_as_pod(deployment, &kubeconfig, &label, &log);
-    let tail = || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while pl.get("/readyz").await.map(|(code, _)| code) != Some(200) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the controller is not ready with the chart's identity:\n{}",
-            tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 
     let workloads: Api<Workload> = Api::namespaced(client.clone(), ns);
     let job = controller_achieves("a remediation Job", LONG_WAIT, &log, async || {
@@ -859,12 +875,8 @@ async fn the_controller_does_its_job_with_the_charts_identity(
         },
     )
     .await;
-    controller_achieves("the ConfigMap feed loaded", WAIT, &log, async || {
-        let out = env.kubectl(["get", "advisoryfeed", &cm_feed, "-o", "json"]);
-        let feed: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let conds: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> =
-            serde_json::from_value(feed["status"]["conditions"].clone()).ok()?;
-        (condition(&conds, "Ready") == Some("True")).then_some(())
+    controller_achieves("the ConfigMap feed Ready", WAIT, &log, async || {
+        feed_ready(env, &cm_feed).then_some(())
     })
     .await;
 
@@ -876,27 +888,43 @@ async fn the_controller_does_its_job_with_the_charts_identity(
             .is_some_and(|i| i.iter().any(|e| e["reportingController"] == "patchloop")),
         "no Event published by patchloop: {events}"
     );
-    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
-    let lease = args
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .find_map(|a| a.strip_prefix("--lease-name="));
-    if let Some(lease) = lease
-        && has_leader_election()
-    {
-        assert_eq!(pl.metric("patchloop_leader ").await, 1.0, "{}", tail());
-        let out = env.kubectl(["get", "lease", "-n", release_ns, lease]);
-        assert!(out.status.success(), "no Lease {release_ns}/{lease}");
-    }
     let forbidden = forbidden_lines(&log);
     assert!(
         forbidden.is_empty(),
         "the chart's RBAC refused the controller something:\n{}",
         forbidden.join("\n")
     );
+    // Not RBAC: the feeds that existed before the controller started must
+    // be Ready too (reported by the caller at the end of its test).
+    let mut problems = Vec::new();
+    for feed in [format!("osv-{label}"), format!("kev-{label}")] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !feed_ready(env, &feed) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !feed_ready(env, &feed) {
+            problems.push(format!(
+                "AdvisoryFeed {feed}, present when the controller started, loaded but got no \
+                 Ready status (leader election: {}); log: {}",
+                lease.is_some(),
+                log.display()
+            ));
+        }
+    }
     drop(pl);
+    problems
+}
+
+/// Whether an AdvisoryFeed's status says `Ready=True`.
+fn feed_ready(env: &support::TestEnv, name: &str) -> bool {
+    let out = env.kubectl(["get", "advisoryfeed", name, "-o", "json"]);
+    let Ok(feed) = serde_json::from_slice::<Value>(&out.stdout) else {
+        return false;
+    };
+    serde_json::from_value::<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>(
+        feed["status"]["conditions"].clone(),
+    )
+    .is_ok_and(|c| condition(&c, "Ready") == Some("True"))
 }
 
 // ---------------------------------------------------------------- tests
@@ -1087,7 +1115,8 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
     let controller = sa(RELEASE_NS, RELEASE);
     let work_ns = env.namespace("rbac").await;
     let smoke_ns = env.namespace("smoke").await;
-    the_controller_does_its_job_with_the_charts_identity(env, &deployment, &smoke_ns).await;
+    let mut problems =
+        the_controller_does_its_job_with_the_charts_identity(env, &deployment, &smoke_ns).await;
     controller_rbac_is_sufficient_and_minimal(env, &controller, &work_ns);
     user_roles_grant_exactly_their_job(env, &work_ns).await;
 
@@ -1228,7 +1257,10 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
         .find(|d| d["kind"] == "Deployment")
         .expect("a Deployment")
         .clone();
-    the_controller_does_its_job_with_the_charts_identity(env, &scoped_deployment, &watched).await;
+    problems.extend(
+        the_controller_does_its_job_with_the_charts_identity(env, &scoped_deployment, &watched)
+            .await,
+    );
     helm(
         &["uninstall", "scoped", "--namespace", &scoped_ns],
         Some(env.kubeconfig()),
@@ -1326,6 +1358,7 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
     }
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &kept);
     assert!(workloads.get_opt("survivor").await.expect("get").is_some());
+    assert!(problems.is_empty(), "{problems:#?}");
 }
 
 fn copy_dir(from: &Path, to: &Path) {
