@@ -5,15 +5,19 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test testenv crds crds-check fmt-check clippy lint ci
+.PHONY: test testenv helm crds crds-check chart-crds chart-crds-check deploy deploy-check fmt-check clippy lint ci
 
 ## Build (or reuse the cached) etcd + kube-apiserver + kube-controller-manager.
 testenv:
 	scripts/testenv.sh
 
-## The test command: control plane, then unit, integration and oracle tests
-## (benchmarks are run separately: `cargo bench`).
-test: testenv
+## Real Helm for the chart tests: a cached virtualenv with helm-sdkpy.
+helm:
+	scripts/helm.sh --setup >/dev/null
+
+## The test command: control plane and Helm, then unit, integration and
+## oracle tests (benchmarks are run separately: `cargo bench`).
+test: testenv helm
 	eval "$$(scripts/testenv.sh --print-env)" && $(CARGO) test --lib --bins --tests
 
 ## Regenerate crds/ from the Rust types (never edit crds/ by hand).
@@ -25,6 +29,26 @@ crds-check:
 	$(CARGO) run --quiet -- crds | diff -u crds/crds.yaml - \
 	  || { echo "crds/ is stale: run 'make crds'"; exit 1; }
 
+## Regenerate the chart's CRD templates from crds/ (after `make crds`).
+chart-crds:
+	scripts/chart-crds.sh > charts/patchloop/templates/crds.yaml
+
+## Fail when the chart's CRD templates differ from crds/.
+chart-crds-check:
+	scripts/chart-crds.sh | diff -u charts/patchloop/templates/crds.yaml - \
+	  || { echo "the chart's CRDs are stale: run 'make chart-crds'"; exit 1; }
+
+## Regenerate deploy/ from the chart's default render (real Helm, installed
+## into a throwaway test control plane).
+deploy: chart-crds testenv helm
+	eval "$$(scripts/testenv.sh --print-env)" && PATCHLOOP_UPDATE_DEPLOY=1 \
+	  $(CARGO) test --test deploy the_chart_installs
+
+## The chart lints, its CRDs equal crds/, deploy/ equals its default render,
+## and it installs, upgrades and uninstalls with sufficient, minimal RBAC.
+deploy-check: chart-crds-check testenv helm
+	eval "$$(scripts/testenv.sh --print-env)" && $(CARGO) test --test deploy
+
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
@@ -33,5 +57,6 @@ clippy:
 
 lint: fmt-check clippy
 
-## What CI runs.
-ci: lint crds-check test
+## What CI runs (`test` runs tests/deploy.rs too; deploy-check alone is the
+## quick way to check the chart and deploy/).
+ci: lint crds-check chart-crds-check test
