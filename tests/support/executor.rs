@@ -174,8 +174,11 @@ async fn set_status(client: &kube::Client, ns: &str, job: &str, status: serde_js
         .await
         .unwrap_or_else(|e| panic!("setting Job {job}'s status: {e}"));
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        if api.get_status(job).await.is_ok_and(|j| !unfinished(&j)) {
-            return;
+        match api.get_opt(job).await {
+            // Gone: cleaned up once its outcome was recorded.
+            Ok(None) => return,
+            Ok(Some(j)) if !unfinished(&j) => return,
+            _ => {}
         }
     }
     panic!("Job {job}'s outcome did not stay");
