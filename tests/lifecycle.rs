@@ -178,7 +178,7 @@ async fn one_replica_leads_and_a_standby_takes_over() {
     .await;
 
     // A SIGKILLed leader cannot release: a standby waits for the lease to expire.
-    let _third = start("replica-c").await;
+    let mut third = start("replica-c").await;
     let mut second = second;
     second.child.kill().expect("SIGKILL");
     support::eventually(
@@ -191,4 +191,31 @@ async fn one_replica_leads_and_a_standby_takes_over() {
         },
     )
     .await;
+
+    // A leader that finds the lease taken exits at once, to restart as a
+    // standby, rather than risk two writers.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let now = jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .expect("rounding");
+    leases
+        .patch(
+            &lease,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "holderIdentity": "intruder",
+                "leaseDurationSeconds": 3600,
+                "acquireTime": format!("{}", now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ")),
+                "renewTime": format!("{}", now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ")),
+            }})),
+        )
+        .await
+        .expect("taking the lease");
+    let status =
+        tokio::task::spawn_blocking(move || third.child.wait_timeout(Duration::from_secs(60)))
+            .await
+            .expect("join")
+            .expect("wait")
+            .expect("the leader to exit when it loses the lease");
+    assert_eq!(status.code(), Some(3));
 }
