@@ -18,7 +18,7 @@ helm:
 ## The test command: control plane and Helm, then unit, integration and
 ## oracle tests (benchmarks are run separately: `cargo bench`).
 test: testenv helm
-	eval "$$(scripts/testenv.sh --print-env)" && $(CARGO) test --lib --bins --tests
+	eval "$$(scripts/testenv.sh --print-env)" && $(CARGO) test --no-fail-fast --lib --bins --tests
 
 ## Regenerate crds/ from the Rust types (never edit crds/ by hand).
 crds:

@@ -223,14 +223,18 @@ async fn an_exception_stops_exempting_when_it_expires() {
             .all(|f| f.exempted_by.as_deref() == Some("erp-glibc"))
     );
     let exceptions: Api<PatchException> = Api::namespaced(client.clone(), &ns);
-    let ex = exceptions
-        .get_status("erp-glibc")
-        .await
-        .expect("exception")
-        .status
-        .expect("status");
+    // The exception counts the Workload once its cache shows the Workload's
+    // status: eventually, not at once.
+    let ex = support::eventually("erp-glibc to count erp-01", WAIT, async || {
+        exceptions
+            .get_status("erp-glibc")
+            .await
+            .ok()
+            .and_then(|e| e.status)
+            .filter(|s| s.matched_workloads == 1)
+    })
+    .await;
     assert_eq!(condition(&ex.conditions, "Active"), Some("True"));
-    assert_eq!(ex.matched_workloads, 1);
     let out = env.kubectl([
         "wait",
         "-n",
