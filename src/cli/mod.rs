@@ -5,6 +5,7 @@ mod approve;
 mod connect;
 mod crds;
 mod evaluate;
+mod inventory;
 mod report;
 mod run;
 
@@ -37,6 +38,9 @@ enum Command {
     Approve(approve::DecideArgs),
     /// Reject a ChangeRequest's current scope.
     Reject(approve::DecideArgs),
+    /// Collect this machine's package inventory (dpkg, rpm or apk) and write
+    /// it as the Inventory of a Workload or a Template revision.
+    Inventory(inventory::InventoryArgs),
     /// Print the fleet's compliance: Workloads worst first, Templates and
     /// PatchPolicies, as a table, JSON, CSV or a self-contained HTML page.
     Report(report::ReportArgs),
@@ -56,6 +60,7 @@ pub fn main() -> ExitCode {
             approve::run(&args, patchloop::api::change_request::Verdict::Rejected)
         }
         Command::Report(args) => report::run(&args),
+        Command::Inventory(args) => inventory::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,163 @@
+//! `patchloop inventory`: this machine's packages (dpkg, apk; rpm through
+//! `rpm --root`) collected under a root and written as an Inventory with the
+//! reporters' field manager, on the real control plane; bad input refused.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use kube::Api;
+use patchloop::api::Inventory;
+use patchloop::engine::inventory::{InputFormat, parse};
+use support::objects::FIXTURES;
+
+/// A root file system holding one fixture database at `path`.
+fn root_with(fixture: &str, path: &str) -> tempfile::TempDir {
+    let root = tempfile::tempdir().expect("temp dir");
+    let target = root.path().join(path);
+    std::fs::create_dir_all(target.parent().expect("parent")).expect("dirs");
+    std::fs::copy(Path::new(FIXTURES).join(fixture), &target).expect("copy");
+    root
+}
+
+fn patchloop(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_patchloop"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("patchloop")
+}
+
+fn yaml(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_saphyr::from_str(&String::from_utf8_lossy(&out.stdout)).expect("YAML")
+}
+
+#[test]
+fn a_dpkg_root_becomes_a_workload_inventory() {
+    let root = root_with("dpkg/status", "var/lib/dpkg/status");
+    let out = patchloop(&[
+        "inventory",
+        "--workload",
+        "web-01",
+        "-n",
+        "fleet",
+        "--dry-run",
+        "--root",
+        root.path().to_str().expect("utf-8"),
+    ]);
+    let inv = yaml(&out);
+    let text = std::fs::read_to_string(Path::new(FIXTURES).join("dpkg/status")).expect("fixture");
+    let expected = parse(InputFormat::DpkgStatus, &text).expect("fixture parses");
+    assert_eq!(inv["metadata"]["name"], "workload-web-01");
+    assert_eq!(inv["metadata"]["namespace"], "fleet");
+    assert_eq!(
+        inv["spec"]["subject"],
+        serde_json::json!({"kind": "Workload", "name": "web-01"})
+    );
+    assert_eq!(inv["spec"]["format"], "dpkg");
+    let packages = inv["spec"]["packages"].as_array().expect("packages");
+    assert_eq!(packages.len(), expected.len());
+    assert_eq!(packages[0], serde_json::json!(expected[0].to_compact()));
+}
+
+#[test]
+fn an_alpine_root_becomes_a_template_revision_inventory() {
+    let root = root_with("apk/installed", "lib/apk/db/installed");
+    let inv = yaml(&patchloop(&[
+        "inventory",
+        "--template",
+        "alpine-base",
+        "--revision",
+        "3",
+        "--dry-run",
+        "--root",
+        root.path().to_str().expect("utf-8"),
+    ]));
+    assert_eq!(inv["metadata"]["name"], "template-alpine-base-r3");
+    assert_eq!(inv["spec"]["subject"]["revision"], 3);
+    assert_eq!(inv["spec"]["format"], "apk");
+    assert!(
+        !inv["spec"]["packages"]
+            .as_array()
+            .expect("packages")
+            .is_empty()
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error() {
+    let empty = tempfile::tempdir().expect("temp dir");
+    let out = patchloop(&[
+        "inventory",
+        "--workload",
+        "web-01",
+        "--dry-run",
+        "--root",
+        empty.path().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no package database under"));
+    let out = patchloop(&["inventory", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--workload"));
+    let out = patchloop(&[
+        "inventory",
+        "--workload",
+        "a",
+        "--revision",
+        "2",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "--revision needs --template");
+}
+
+#[tokio::test]
+async fn the_inventory_is_written_with_the_reporters_field_manager() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("reporter").await;
+    let root = root_with("dpkg/status", "var/lib/dpkg/status");
+    let kubeconfig = env.kubeconfig().to_str().expect("utf-8").to_owned();
+    let out = patchloop(&[
+        "inventory",
+        "--template",
+        "debian-12-base",
+        "--revision",
+        "2",
+        "-n",
+        &ns,
+        "--kubeconfig",
+        &kubeconfig,
+        "--root",
+        root.path().to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let api: Api<Inventory> = Api::namespaced(client, &ns);
+    let inv = api
+        .get("template-debian-12-base-r2")
+        .await
+        .expect("the Inventory");
+    assert_eq!(inv.spec.subject.revision, Some(2));
+    assert!(!inv.spec.packages.is_empty());
+    let managers: Vec<String> = inv
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.iter().any(|m| m == "patchloop-inventory-reporter"),
+        "{managers:?}"
+    );
+}
