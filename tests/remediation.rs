@@ -606,7 +606,10 @@ async fn a_crash_after_creating_a_job_or_while_jobs_run_never_duplicates_one() {
             .expect("wait")
             .expect("the failpoint to stop the controller");
     assert_eq!(exit.code(), Some(86));
-    assert_eq!(executor::jobs(&client, &ns).await.len(), 1);
+    // The round creates its Jobs concurrently: the other create of the same
+    // round may have landed before the exit, never more than maxConcurrent.
+    let created = executor::jobs(&client, &ns).await.len();
+    assert!((1..=2).contains(&created), "{created} Jobs");
 
     let first = executor::jobs(&client, &ns).await.remove(0);
     let failing = first.metadata.name.clone().unwrap_or_default();

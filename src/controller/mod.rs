@@ -52,6 +52,9 @@ pub enum Error {
     /// An object lacks a field the apiserver always sets.
     #[error("object without {0}")]
     Missing(&'static str),
+    /// A reconcile took too long (a request never answered); it is retried.
+    #[error("reconcile timed out after {0:?}")]
+    Timeout(Duration),
 }
 
 /// Settings of `patchloop run` that reconcilers read.

@@ -288,6 +288,10 @@ impl GenerationFilter {
 /// thousands of status patches compete for the apiserver.
 const RECONCILE_CONCURRENCY: u16 = 16;
 
+/// The longest one reconcile of a namespaced object may take; it is
+/// retried after that.
+const RECONCILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Runs a namespaced controller, also woken by `triggers`, until `stop`.
 fn drive<K, Fut>(
     controller: Controller<K>,
@@ -313,7 +317,12 @@ where
         let work = (!skip).then(|| reconcile(obj, scope));
         async move {
             match work {
-                Some(work) => work.await,
+                // A request the apiserver never answers must not hold the
+                // object (kube-runtime reconciles it only once at a time)
+                // for the client's five-minute read timeout.
+                Some(work) => tokio::time::timeout(RECONCILE_TIMEOUT, work)
+                    .await
+                    .unwrap_or(Err(super::Error::Timeout(RECONCILE_TIMEOUT))),
                 None => Ok(kube::runtime::controller::Action::await_change()),
             }
         }
