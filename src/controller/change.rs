@@ -398,11 +398,6 @@ async fn publish(
 
 /// Applies ChangeRequest status with the read resourceVersion as a
 /// precondition: `false` when the object changed since (a stale cache).
-///
-/// An object field the previous status had and this one drops is first
-/// removed by a merge patch (with the same precondition): on 1.20 an apply
-/// that stops sending an object field leaves it as `null`, which the schema
-/// then refuses on every later write.
 async fn write(
     scope: &Scope,
     cr: &ChangeRequest,
@@ -411,55 +406,17 @@ async fn write(
 ) -> Result<bool, Error> {
     let ns = cr.namespace().ok_or(Error::Missing("metadata.namespace"))?;
     let api: Api<ChangeRequest> = Api::namespaced(scope.shared.client.clone(), &ns);
-    let desired = serde_json::to_value(status)?;
-    let dropped = super::dropped_objects(&serde_json::to_value(previous)?, &desired);
-    let mut version = cr.resource_version();
-    if !dropped.is_empty() {
-        let nulls: serde_json::Map<String, serde_json::Value> = dropped
-            .into_iter()
-            .map(|k| (k, serde_json::Value::Null))
-            .collect();
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": version},
-            "status": nulls,
-        });
-        match api
-            .patch_status(
-                &cr.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(updated) => {
-                scope.shared.metrics.status_write("change");
-                version = updated.resource_version();
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let patch = serde_json::json!({
-        "apiVersion": ChangeRequest::api_version(&()),
-        "kind": ChangeRequest::kind(&()),
-        "metadata": {"resourceVersion": version},
-        "status": desired,
-    });
-    match api
-        .patch_status(
-            &cr.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        Ok(_) => {
-            scope.shared.metrics.status_write("change");
-            Ok(true)
-        }
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    super::write_status_if_unchanged(
+        &scope.shared,
+        &api,
+        &cr.name_any(),
+        "change",
+        MANAGER,
+        status,
+        previous,
+        cr.resource_version(),
+    )
+    .await
 }
 
 fn set_stamp(ts: &mut PhaseTimestamps, phase: Phase, at: Time) {

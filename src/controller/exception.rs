@@ -69,11 +69,7 @@ async fn reconcile_inner(ex: Arc<PatchException>, scope: &Arc<Scope>) -> Result<
         })
         .collect();
     let refs: Vec<PolicyRef<'_>> = policies.iter().map(|p| PolicyRef::of(p)).collect();
-    let exception = ExceptionRef {
-        name: &name,
-        spec: &ex.spec,
-        created: ex.metadata.creation_timestamp.as_ref().map(|t| t.0),
-    };
+    let exception = ExceptionRef::of(&ex);
     let (expires, capped_by) = effective_expiry(&exception, &refs);
     let active = now < expires;
 

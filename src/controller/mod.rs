@@ -144,35 +144,87 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     S: serde::Serialize,
 {
+    write_status_if_unchanged(
+        shared, api, name, controller, manager, status, previous, None,
+    )
+    .await
+    .map(drop)
+}
+
+/// [`write_status`] with an optional precondition: with `resource_version`,
+/// both writes carry it and a conflict (the object changed since it was
+/// read: a stale cache) returns `false` instead of an error.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_status_if_unchanged<K, S>(
+    shared: &Shared,
+    api: &Api<K>,
+    name: &str,
+    controller: &'static str,
+    manager: &str,
+    status: &S,
+    previous: &S,
+    resource_version: Option<String>,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize,
+{
+    let conflict = |e: &kube::Error| {
+        resource_version.is_some() && matches!(e, kube::Error::Api(s) if s.code == 409)
+    };
     let desired = serde_json::to_value(status)?;
     let dropped = dropped_objects(&serde_json::to_value(previous)?, &desired);
+    let mut version = resource_version.clone();
     if !dropped.is_empty() {
         let nulls: serde_json::Map<String, serde_json::Value> = dropped
             .into_iter()
             .map(|k| (k, serde_json::Value::Null))
             .collect();
-        let patch = serde_json::json!({ "status": nulls });
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        shared.metrics.status_write(controller);
+        let mut patch = serde_json::json!({ "status": nulls });
+        if let Some(v) = &version {
+            patch["metadata"] = serde_json::json!({ "resourceVersion": v });
+        }
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(updated) => {
+                shared.metrics.status_write(controller);
+                if version.is_some() {
+                    version = updated.meta().resource_version.clone();
+                }
+            }
+            Err(e) if conflict(&e) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
     }
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": desired,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(manager).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    shared.metrics.status_write(controller);
-    Ok(())
+    if let Some(v) = &version {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": v });
+    }
+    match api
+        .patch_status(
+            name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            shared.metrics.status_write(controller);
+            Ok(true)
+        }
+        Err(e) if conflict(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The object-valued top-level fields of `previous` that `desired` lacks.
-pub fn dropped_objects(previous: &serde_json::Value, desired: &serde_json::Value) -> Vec<String> {
+fn dropped_objects(previous: &serde_json::Value, desired: &serde_json::Value) -> Vec<String> {
     let (Some(before), Some(after)) = (previous.as_object(), desired.as_object()) else {
         return Vec::new();
     };

@@ -121,21 +121,9 @@ pub fn judge(
     let labels = t.labels().clone();
     let policies = scope.matching_policies(ns, &labels);
     let exceptions = scope.matching_exceptions(ns, &labels);
-    let policy_refs: Vec<PolicyRef<'_>> = policies
-        .iter()
-        .map(|p| PolicyRef {
-            name: p.metadata.name.as_deref().unwrap_or_default(),
-            spec: &p.spec,
-        })
-        .collect();
-    let exception_refs: Vec<ExceptionRef<'_>> = exceptions
-        .iter()
-        .map(|e| ExceptionRef {
-            name: e.metadata.name.as_deref().unwrap_or_default(),
-            spec: &e.spec,
-            created: e.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        })
-        .collect();
+    let policy_refs: Vec<PolicyRef<'_>> = policies.iter().map(|p| PolicyRef::of(p)).collect();
+    let exception_refs: Vec<ExceptionRef<'_>> =
+        exceptions.iter().map(|e| ExceptionRef::of(e)).collect();
     let db = scope.shared.advisories.db();
     let evaluation = evaluate::evaluate(&Input {
         detail: Detail::Actionable,

@@ -540,14 +540,8 @@ pub fn judge(scope: &Scope, wl: &Workload, ns: &str, now: Timestamp) -> Judged {
     let chosen = choose_inventory(scope, wl, ns, template.as_deref());
 
     let policy_refs: Vec<PolicyRef<'_>> = policies.iter().map(|p| PolicyRef::of(p)).collect();
-    let exception_refs: Vec<ExceptionRef<'_>> = exceptions
-        .iter()
-        .map(|e| ExceptionRef {
-            name: e.metadata.name.as_deref().unwrap_or_default(),
-            spec: &e.spec,
-            created: e.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        })
-        .collect();
+    let exception_refs: Vec<ExceptionRef<'_>> =
+        exceptions.iter().map(|e| ExceptionRef::of(e)).collect();
     let db = scope.shared.advisories.db();
     let parsed = chosen
         .as_ref()

@@ -70,6 +70,17 @@ pub struct ExceptionRef<'a> {
     pub created: Option<Timestamp>,
 }
 
+impl<'a> ExceptionRef<'a> {
+    /// The reference to a PatchException object.
+    pub fn of(exception: &'a crate::api::PatchException) -> Self {
+        ExceptionRef {
+            name: exception.metadata.name.as_deref().unwrap_or_default(),
+            spec: &exception.spec,
+            created: exception.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        }
+    }
+}
+
 /// The inventory an evaluation judges.
 #[derive(Debug, Clone, Copy)]
 pub struct InventoryInput<'a> {
