@@ -425,9 +425,13 @@ async fn max_failures_pauses_the_rollout_until_the_resume_annotation_changes() {
     // One at a time: each Job fails; after the second the rollout pauses.
     let mut first = Vec::new();
     for n in 1..=2 {
+        // The unfinished one: creation timestamps have one-second
+        // resolution, so "the newest" is not well defined.
         let job = support::eventually("the next Job", WAIT, async || {
             let jobs = executor::jobs(&client, &ns).await;
-            (jobs.len() == n).then(|| jobs.into_iter().last()).flatten()
+            (jobs.len() == n)
+                .then(|| jobs.into_iter().find(executor::unfinished))
+                .flatten()
         })
         .await;
         let name = job.metadata.name.clone().unwrap_or_default();

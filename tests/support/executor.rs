@@ -140,13 +140,17 @@ pub async fn fail(client: &kube::Client, ns: &str, job: &str, message: Option<&s
 }
 
 /// Sets a Job's outcome as its executor would. The 1.20 Job controller
-/// writes a Job's status on its first sync (startTime, active) and may
-/// overwrite a patch racing with that write: wait for it first, then check
-/// that the outcome stayed.
+/// writes a Job's status on its first sync (startTime, active) and, when a
+/// sync races with a patch (a Pod update it is still processing), replaces
+/// the whole status with what it computed from its caches. So: wait for its
+/// first sync, patch, and re-patch until the outcome has stayed for a while
+/// (a finished Job is never synced again).
 async fn set_status(client: &kube::Client, ns: &str, job: &str, status: serde_json::Value) {
+    const STAYED: std::time::Duration = std::time::Duration::from_millis(1500);
     let api: Api<Job> = Api::namespaced(client.clone(), ns);
     // A plain loop, not `eventually`: benches call this from spawned tasks.
     let deadline = std::time::Instant::now() + super::objects::WAIT;
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(100));
     loop {
         let synced = api
             .get_status(job)
@@ -163,23 +167,31 @@ async fn set_status(client: &kube::Client, ns: &str, job: &str, status: serde_js
             std::time::Instant::now() < deadline,
             "the Job controller never synced Job {job}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        pause().await;
     }
-    for _ in 0..5 {
-        api.patch_status(
-            job,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": &status})),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("setting Job {job}'s status: {e}"));
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut finished_since: Option<std::time::Instant> = None;
+    while std::time::Instant::now() < deadline {
         match api.get_opt(job).await {
             // Gone: cleaned up once its outcome was recorded.
             Ok(None) => return,
-            Ok(Some(j)) if !unfinished(&j) => return,
-            _ => {}
+            Ok(Some(j)) if !unfinished(&j) => {
+                let since = *finished_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= STAYED {
+                    return;
+                }
+            }
+            _ => {
+                finished_since = None;
+                api.patch_status(
+                    job,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"status": &status})),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("setting Job {job}'s status: {e}"));
+            }
         }
+        pause().await;
     }
     panic!("Job {job}'s outcome did not stay");
 }
