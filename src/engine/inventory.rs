@@ -369,8 +369,8 @@ pub fn parse(format: InputFormat, text: &str) -> Result<Vec<InstalledPackage>, I
 
 /// Guesses the format of `text` from its first non-blank line: six
 /// tab-separated fields are `dpkg-query` output, four are `rpm -qa` output, a
-/// one-letter key (`P:musl`) is apk's database, a `Field: value` line is
-/// dpkg's status file. `None` for empty or unrecognised input.
+/// one-letter key (`P:musl`) is apk's database, a `Package:` line is dpkg's
+/// status file. `None` for empty or unrecognised input.
 pub fn detect(text: &str) -> Option<InputFormat> {
     let (_, first) = numbered_lines(text).find(|(_, l)| !l.trim().is_empty())?;
     if first.contains('\t') {
@@ -384,12 +384,12 @@ pub fn detect(text: &str) -> Option<InputFormat> {
     if bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':' {
         return Some(InputFormat::ApkInstalled);
     }
+    // Every dpkg status stanza starts with its Package field; anything else
+    // shaped `key: value` (a YAML manifest's `apiVersion:`) is not one.
     let (field, _) = first.split_once(':')?;
-    (field.len() > 1
-        && field
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-    .then_some(InputFormat::DpkgStatus)
+    field
+        .eq_ignore_ascii_case("Package")
+        .then_some(InputFormat::DpkgStatus)
 }
 
 /// Reads dpkg's status file (`/var/lib/dpkg/status`): RFC 822-style stanzas
