@@ -5,7 +5,17 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test testenv helm crds crds-check chart-crds chart-crds-check deploy deploy-check fmt-check clippy lint ci
+.PHONY: demo demo-down test testenv helm crds crds-check chart-crds chart-crds-check deploy deploy-check fmt-check clippy lint ci
+
+## The whole loop in one command: a local control plane (cached), the example
+## fleet, the controller and simulated Job executors. DEMO_FLAGS=--approve
+## approves the template rebuild without asking.
+demo:
+	scripts/demo.sh up $(DEMO_FLAGS)
+
+## Stop the demo's controller and control plane.
+demo-down:
+	scripts/demo.sh down
 
 ## Build (or reuse the cached) etcd + kube-apiserver + kube-controller-manager.
 testenv:

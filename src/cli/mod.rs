@@ -4,6 +4,7 @@
 mod approve;
 mod connect;
 mod crds;
+mod demo;
 mod evaluate;
 mod inventory;
 mod report;
@@ -44,6 +45,10 @@ enum Command {
     /// Print the fleet's compliance: Workloads worst first, Templates and
     /// PatchPolicies, as a table, JSON, CSV or a self-contained HTML page.
     Report(report::ReportArgs),
+    /// Run the whole loop on the cluster the kubeconfig names (`make demo`
+    /// brings up a local one): the example fleet, the controller, simulated
+    /// Job executors, a template rebuild to approve, and the fleet report.
+    Demo(Box<demo::DemoArgs>),
 }
 
 /// Parses the command line and runs the chosen subcommand.
@@ -61,6 +66,7 @@ pub fn main() -> ExitCode {
         }
         Command::Report(args) => report::run(&args),
         Command::Inventory(args) => inventory::run(&args),
+        Command::Demo(args) => demo::run(&args),
     };
     match result {
         Ok(code) => code,

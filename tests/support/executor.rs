@@ -62,11 +62,7 @@ fn now() -> String {
 }
 
 fn complete_status(start: Option<&str>) -> serde_json::Value {
-    let now = now();
-    let mut status = json!({
-        "completionTime": now, "succeeded": 1, "active": 0,
-        "conditions": [{"type": "Complete", "status": "True", "lastProbeTime": now, "lastTransitionTime": now}]
-    });
+    let mut status = patchloop::demo::executor::complete_status();
     if let Some(start) = start {
         status["startTime"] = json!(start);
     }
@@ -139,61 +135,13 @@ pub async fn fail(client: &kube::Client, ns: &str, job: &str, message: Option<&s
     .await;
 }
 
-/// Sets a Job's outcome as its executor would. The 1.20 Job controller
-/// writes a Job's status on its first sync (startTime, active) and, when a
-/// sync races with a patch (a Pod update it is still processing), replaces
-/// the whole status with what it computed from its caches. So: wait for its
-/// first sync, patch, and re-patch until the outcome has stayed for a while
-/// (a finished Job is never synced again).
+/// Sets a Job's outcome as its executor would (see
+/// `patchloop::demo::executor::set_job_status`, shared with the demo).
 async fn set_status(client: &kube::Client, ns: &str, job: &str, status: serde_json::Value) {
-    const STAYED: std::time::Duration = std::time::Duration::from_millis(1500);
     let api: Api<Job> = Api::namespaced(client.clone(), ns);
-    // A plain loop, not `eventually`: benches call this from spawned tasks.
-    let deadline = std::time::Instant::now() + super::objects::WAIT;
-    let pause = || tokio::time::sleep(std::time::Duration::from_millis(100));
-    loop {
-        let synced = api
-            .get_status(job)
-            .await
-            .ok()
-            .and_then(|j| j.status)
-            .is_some_and(|s| {
-                s.start_time.is_some() && s.active.unwrap_or(0) + s.failed.unwrap_or(0) > 0
-            });
-        if synced {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the Job controller never synced Job {job}"
-        );
-        pause().await;
-    }
-    let mut finished_since: Option<std::time::Instant> = None;
-    while std::time::Instant::now() < deadline {
-        match api.get_opt(job).await {
-            // Gone: cleaned up once its outcome was recorded.
-            Ok(None) => return,
-            Ok(Some(j)) if !unfinished(&j) => {
-                let since = *finished_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() >= STAYED {
-                    return;
-                }
-            }
-            _ => {
-                finished_since = None;
-                api.patch_status(
-                    job,
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"status": &status})),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("setting Job {job}'s status: {e}"));
-            }
-        }
-        pause().await;
-    }
-    panic!("Job {job}'s outcome did not stay");
+    patchloop::demo::executor::set_job_status(&api, job, status, super::objects::WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Watches Patchloop's Jobs in a namespace for the whole test and keeps the
