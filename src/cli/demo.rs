@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use patchloop::api::{ChangeRequest, PatchPolicy, Template, Workload};
 use patchloop::controller::jobs::{MANAGED_BY, MANAGED_BY_LABEL};
@@ -117,6 +118,26 @@ async fn install_crds(client: &kube::Client) -> anyhow::Result<usize> {
         }
     }
     Ok(crds.len())
+}
+
+/// Deletes the namespace a previous run left, and waits until it is gone
+/// (its Workloads' Jobs and ChangeRequests with it). True if there was one.
+async fn reset_namespace(client: &kube::Client, ns: &str) -> anyhow::Result<bool> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(ns).await?.is_none() {
+        return Ok(false);
+    }
+    api.delete(ns, &DeleteParams::default())
+        .await
+        .with_context(|| format!("deleting namespace {ns}"))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while api.get_opt(ns).await?.is_some() {
+        if Instant::now() > deadline {
+            bail!("namespace {ns} was not deleted within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(true)
 }
 
 /// Starts `patchloop run` for the demo namespace as a child process.
@@ -255,6 +276,9 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let n = install_crds(&client).await?;
     heading(&format!("Installed the {n} CustomResourceDefinitions"));
 
+    if reset_namespace(&client, ns).await? {
+        heading(&format!("Removed the previous run's namespace {ns}: the demo starts afresh"));
+    }
     let mut manifests = fleet::load_dir(&args.fleet)?;
     fleet::stamp(&mut manifests, jiff::Timestamp::now())?;
     let advisories = fleet::load_advisories(&args.advisories)?;
@@ -428,7 +452,19 @@ async fn watch(args: &DemoArgs, client: &kube::Client) -> anyhow::Result<()> {
             return Ok(());
         }
         if last_line.elapsed() >= Duration::from_secs(10) {
-            clock.say(&progress::summary(&now));
+            let waiting: Vec<&str> = progress::awaiting_approval(&now)
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            if waiting.is_empty() {
+                clock.say(&progress::summary(&now));
+            } else {
+                clock.say(&format!(
+                    "{} | waiting for the approval of changerequest {}",
+                    progress::summary(&now),
+                    waiting.join(", ")
+                ));
+            }
             last_line = Instant::now();
         }
         if Instant::now() >= deadline {
