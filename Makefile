@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test testenv helm crds crds-check chart-crds chart-crds-check deploy deploy-check fmt-check clippy lint ci
+.PHONY: test testenv helm browser crds crds-check chart-crds chart-crds-check deploy deploy-check fmt-check clippy lint ci
 
 ## Build (or reuse the cached) etcd + kube-apiserver + kube-controller-manager.
 testenv:
@@ -15,9 +15,14 @@ testenv:
 helm:
 	scripts/helm.sh --setup >/dev/null
 
-## The test command: control plane and Helm, then unit, integration and
-## oracle tests (benchmarks are run separately: `cargo bench`).
-test: testenv helm
+## Headless Chromium (Debian's `chromium`) for tests/report_html.rs, which
+## renders the HTML fleet report in it.
+browser:
+	scripts/browser.sh >/dev/null
+
+## The test command: control plane, Helm and Chromium, then unit, integration
+## and oracle tests (benchmarks are run separately: `cargo bench`).
+test: testenv helm browser
 	eval "$$(scripts/testenv.sh --print-env)" && $(CARGO) test --no-fail-fast --lib --bins --tests
 
 ## Regenerate crds/ from the Rust types (never edit crds/ by hand).
