@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo demo-down test testenv helm crds crds-check chart-crds chart-crds-check deploy deploy-check fmt-check clippy lint ci
+.PHONY: demo demo-down test testenv helm browser crds crds-check chart-crds chart-crds-check deploy deploy-check fmt-check clippy lint ci
 
 ## The whole loop in one command: a local control plane (cached), the example
 ## fleet, the controller and simulated Job executors. DEMO_FLAGS=--approve
@@ -25,9 +25,14 @@ testenv:
 helm:
 	scripts/helm.sh --setup >/dev/null
 
-## The test command: control plane and Helm, then unit, integration and
-## oracle tests (benchmarks are run separately: `cargo bench`).
-test: testenv helm
+## Headless Chromium (Debian's `chromium`) for tests/report_html.rs, which
+## renders the HTML fleet report in it.
+browser:
+	scripts/browser.sh >/dev/null
+
+## The test command: control plane, Helm and Chromium, then unit, integration
+## and oracle tests (benchmarks are run separately: `cargo bench`).
+test: testenv helm browser
 	eval "$$(scripts/testenv.sh --print-env)" && $(CARGO) test --no-fail-fast --lib --bins --tests
 
 ## Regenerate crds/ from the Rust types (never edit crds/ by hand).
