@@ -120,6 +120,25 @@ fn rank(state: &str) -> u8 {
     }
 }
 
+/// What the report says for scripts, as `patchloop evaluate` does for one
+/// inventory: 0 when every Workload is compliant or exempt, 1 when a fix is
+/// pending or overdue anywhere, 3 when nothing is but some compliance is
+/// unknown (no advisory data, stale inventory, not judged yet).
+pub fn exit_code(report: &FleetReport) -> u8 {
+    let has = |state: &str| report.totals.get(state).is_some_and(|n| *n > 0);
+    if has("Overdue") || has("Pending") {
+        1
+    } else if report
+        .totals
+        .keys()
+        .any(|s| s != "Compliant" && s != "Exempt")
+    {
+        3
+    } else {
+        0
+    }
+}
+
 /// Builds the report from the objects' statuses.
 pub fn build(
     workloads: &[Workload],
@@ -829,6 +848,20 @@ mod tests {
             &[],
             "2026-11-24T08:00:00Z".parse().expect("ts"),
         )
+    }
+
+    #[test]
+    fn the_exit_code_says_the_worst_for_scripts() {
+        let mut r = report();
+        let with = |r: &mut FleetReport, totals: &[(&str, usize)]| {
+            r.totals = totals.iter().map(|(s, n)| ((*s).to_owned(), *n)).collect();
+            exit_code(r)
+        };
+        assert_eq!(with(&mut r, &[("Compliant", 3), ("Exempt", 1)]), 0);
+        assert_eq!(with(&mut r, &[]), 0);
+        assert_eq!(with(&mut r, &[("Compliant", 3), ("Unknown", 1)]), 3);
+        assert_eq!(with(&mut r, &[("Unknown", 1), ("Pending", 1)]), 1);
+        assert_eq!(with(&mut r, &[("Overdue", 2)]), 1);
     }
 
     #[test]

@@ -277,7 +277,9 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     heading(&format!("Installed the {n} CustomResourceDefinitions"));
 
     if reset_namespace(&client, ns).await? {
-        heading(&format!("Removed the previous run's namespace {ns}: the demo starts afresh"));
+        heading(&format!(
+            "Removed the previous run's namespace {ns}: the demo starts afresh"
+        ));
     }
     let mut manifests = fleet::load_dir(&args.fleet)?;
     fleet::stamp(&mut manifests, jiff::Timestamp::now())?;

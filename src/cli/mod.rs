@@ -44,6 +44,8 @@ enum Command {
     Inventory(inventory::InventoryArgs),
     /// Print the fleet's compliance: Workloads worst first, Templates and
     /// PatchPolicies, as a table, JSON, CSV or a self-contained HTML page.
+    /// Exits 0 when every Workload is compliant or exempt, 1 when a fix is
+    /// pending or overdue, 3 when compliance is unknown, 2 on errors.
     Report(report::ReportArgs),
     /// Run the whole loop on the cluster the kubeconfig names (`make demo`
     /// brings up a local one): the example fleet, the controller, simulated

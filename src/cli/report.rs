@@ -87,5 +87,5 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         Output::Html => report::render_html(&fleet),
     };
     print!("{text}");
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(report::exit_code(&fleet)))
 }
