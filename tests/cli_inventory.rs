@@ -1,6 +1,9 @@
 //! `patchloop inventory`: this machine's packages (dpkg, apk; rpm through
 //! `rpm --root`) collected under a root and written as an Inventory with the
-//! reporters' field manager, on the real control plane; bad input refused.
+//! reporters' field manager, on the real control plane; the Workload
+//! `--create-workload` would create; the real package list of the machine
+//! the tests run on; bad input refused. (The node agent as a whole:
+//! tests/node_agent.rs.)
 
 mod support;
 
@@ -9,7 +12,7 @@ use std::process::{Command, Output};
 
 use kube::Api;
 use patchloop::api::Inventory;
-use patchloop::engine::inventory::{InputFormat, parse};
+use patchloop::engine::inventory::{InputFormat, parse, parse_compact};
 use support::objects::FIXTURES;
 
 /// A root file system holding one fixture database at `path`.
@@ -21,12 +24,29 @@ fn root_with(fixture: &str, path: &str) -> tempfile::TempDir {
     root
 }
 
+/// A root holding the dpkg database and os-release of one Debian 12 machine.
+fn debian_root() -> tempfile::TempDir {
+    let root = root_with("dpkg/status", "var/lib/dpkg/status");
+    std::fs::create_dir_all(root.path().join("etc")).expect("dirs");
+    std::fs::copy(
+        Path::new(FIXTURES).join("os-release/debian-12"),
+        root.path().join("etc/os-release"),
+    )
+    .expect("copy");
+    root
+}
+
 fn patchloop(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_patchloop"))
         .args(args)
         .env_remove("KUBECONFIG")
+        .env_remove("PATCHLOOP_INVENTORY_EVERY")
         .output()
         .expect("patchloop")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn yaml(out: &Output) -> serde_json::Value {
@@ -115,6 +135,181 @@ fn bad_input_is_refused_with_a_clear_error() {
         "--dry-run",
     ]);
     assert_eq!(out.status.code(), Some(2), "--revision needs --template");
+}
+
+#[test]
+fn create_workload_dry_run_prints_the_detected_workload_first() {
+    let root = debian_root();
+    let root_arg = root.path().to_str().expect("utf-8");
+    let out = patchloop(&[
+        "inventory",
+        "--workload",
+        "node-7",
+        "--create-workload",
+        "-n",
+        "nodes",
+        "--dry-run",
+        "--root",
+        root_arg,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).expect("YAML");
+    assert_eq!(docs.len(), 2);
+    assert_eq!(
+        docs[0],
+        serde_json::json!({
+            "apiVersion": "patchloop.dev/v1alpha1",
+            "kind": "Workload",
+            "metadata": {
+                "name": "node-7",
+                "namespace": "nodes",
+                "labels": {
+                    "app.kubernetes.io/managed-by": "patchloop-node-agent",
+                    "patchloop.dev/node": "node-7",
+                },
+            },
+            "spec": {"platform": "Debian:12", "target": {"node": "node-7"}, "paused": false},
+        })
+    );
+    assert_eq!(docs[1]["kind"], "Inventory");
+    assert_eq!(docs[1]["metadata"]["name"], "workload-node-7");
+    // --platform wins over os-release, normalised.
+    let out = patchloop(&[
+        "inventory",
+        "--workload",
+        "node-7",
+        "--create-workload",
+        "--platform",
+        "ubuntu:22.04",
+        "--dry-run",
+        "--root",
+        root_arg,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).expect("YAML");
+    assert_eq!(docs[0]["spec"]["platform"], "Ubuntu:22.04:LTS");
+}
+
+#[test]
+fn bad_node_agent_flags_are_refused_with_a_clear_error() {
+    let root = debian_root();
+    let root_arg = root.path().to_str().expect("utf-8");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["inventory", "--root", root_arg];
+        args.extend_from_slice(extra);
+        patchloop(&args)
+    };
+    let out = run(&["--workload", "n", "--platform", "Debian:12", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--create-workload"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["--template", "t", "--create-workload", "--dry-run"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--create-workload needs --workload"
+    );
+    let out = run(&[
+        "--workload",
+        "n",
+        "--create-workload",
+        "--platform",
+        "Debian:sid",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--platform"), "{}", stderr(&out));
+    let out = run(&["--workload", "n", "--every", "30s"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("at least 1m"), "{}", stderr(&out));
+    let out = run(&["--workload", "n", "--every", "six hours"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid duration"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["--workload", "n", "--every", "6h", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(2), "--every and --dry-run conflict");
+    // No os-release and no --platform: say what to do.
+    let bare = root_with("dpkg/status", "var/lib/dpkg/status");
+    let out = patchloop(&[
+        "inventory",
+        "--workload",
+        "n",
+        "--create-workload",
+        "--dry-run",
+        "--root",
+        bare.path().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("pass --platform") && err.contains("no os-release file"),
+        "{err}"
+    );
+}
+
+/// The check: on this machine (Debian, as CI), `--dry-run` with the
+/// default root `/` lists exactly the binary packages dpkg has installed,
+/// with their versions. Patchloop counts a package when its dpkg *state* is
+/// `installed` (the second letter of the status abbreviation: `ii`, and also
+/// `hi` for held packages); `install ok installed` packages are all of them
+/// unless something is on hold. Multi-arch duplicates carry `:ARCH` in
+/// Patchloop's name, so names are compared without it; the source
+/// name/version Patchloop may add are not compared (dpkg-query's `Package`
+/// and `Version` are the binary's).
+#[test]
+fn a_dry_run_on_this_machine_lists_its_installed_dpkg_packages() {
+    let query = Command::new("dpkg-query")
+        .args(["-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\n"])
+        .output()
+        .expect("dpkg-query (this test needs a dpkg-based machine)");
+    assert!(query.status.success(), "{}", stderr(&query));
+    let mut installed = Vec::new();
+    let mut install_ok_installed = 0;
+    for line in String::from_utf8_lossy(&query.stdout).lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [abbrev, name, version] = fields[..] else {
+            panic!("unexpected dpkg-query line {line:?}");
+        };
+        if abbrev.as_bytes().get(1) == Some(&b'i') {
+            installed.push((name.to_owned(), version.to_owned()));
+        }
+        if abbrev == "ii " {
+            install_ok_installed += 1;
+        }
+    }
+    installed.sort();
+    assert!(
+        install_ok_installed > 0,
+        "no installed package on this machine?"
+    );
+
+    let inv = yaml(&patchloop(&["inventory", "--dry-run", "--workload", "x"]));
+    assert_eq!(inv["spec"]["format"], "dpkg");
+    let mut reported: Vec<(String, String)> = inv["spec"]["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|line| {
+            let p = parse_compact(line.as_str().expect("a string")).expect("a compact line");
+            (p.base_name().to_owned(), p.version.clone())
+        })
+        .collect();
+    reported.sort();
+    assert_eq!(reported.len(), installed.len());
+    let only_dpkg: Vec<_> = installed.iter().filter(|p| !reported.contains(p)).collect();
+    let only_patchloop: Vec<_> = reported.iter().filter(|p| !installed.contains(p)).collect();
+    assert!(
+        only_dpkg.is_empty() && only_patchloop.is_empty(),
+        "dpkg-query only: {only_dpkg:?}\npatchloop only: {only_patchloop:?}"
+    );
 }
 
 #[tokio::test]

@@ -494,12 +494,14 @@ async fn user_roles_grant_exactly_their_job(env: &support::TestEnv, other_ns: &s
             ("delete", "inventories.patchloop.dev", n),
         ],
     );
-    // The node agent: inventories, and creating its node's Workload.
+    // The node agent: applying its Inventory, and creating its node's
+    // Workload (exactly deploy/node-agent/rbac.yaml's Role).
     assert_access(
         env,
         "dave",
         true,
         &[
+            ("get", "inventories.patchloop.dev", n),
             ("create", "inventories.patchloop.dev", n),
             ("patch", "inventories.patchloop.dev", n),
             ("create", "workloads.patchloop.dev", n),
@@ -511,6 +513,10 @@ async fn user_roles_grant_exactly_their_job(env: &support::TestEnv, other_ns: &s
         "dave",
         false,
         &[
+            ("list", "inventories.patchloop.dev", n),
+            ("update", "inventories.patchloop.dev", n),
+            ("delete", "inventories.patchloop.dev", n),
+            ("list", "workloads.patchloop.dev", n),
             ("update", "workloads.patchloop.dev", n),
             ("patch", "workloads.patchloop.dev", n),
             ("delete", "workloads.patchloop.dev", n),

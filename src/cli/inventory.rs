@@ -1,21 +1,45 @@
 //! `patchloop inventory`: collect this machine's package inventory (dpkg,
 //! rpm or apk, detected under `--root`) and write it as the Inventory of a
 //! Workload or a Template revision, under the reporters' own field manager.
+//!
+//! With `--create-workload` it also creates the Workload when it is missing
+//! (the node agent: one Workload per node, its platform read from
+//! `<root>/etc/os-release`), never changing an existing one; with `--every`
+//! it reports again and again until SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use patchloop::api::Inventory;
+use patchloop::api::common::Duration;
 use patchloop::api::inventory::PackageFormat;
+use patchloop::api::workload::{Workload, WorkloadSpec};
 use patchloop::engine::inventory::{
     self, APK_INSTALLED_PATH, DPKG_STATUS_PATH, InputFormat, InstalledPackage, RPM_QA_FORMAT,
 };
+use patchloop::engine::os_release::{self, OS_RELEASE_PATHS};
+use patchloop::engine::version::{Platform, parse_platform};
 
 /// The field manager reporters write Inventories with.
 pub const MANAGER: &str = "patchloop-inventory-reporter";
+
+/// The field manager (and `app.kubernetes.io/managed-by` label) of the
+/// Workloads `--create-workload` creates.
+pub const NODE_AGENT: &str = "patchloop-node-agent";
+
+/// The label naming the node a created Workload stands for.
+pub const NODE_LABEL: &str = "patchloop.dev/node";
+
+/// The shortest `--every`: a node's packages change when it is patched, not
+/// by the second, and each report rewrites a large object.
+const MIN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The first retry after a failed report under `--every`; doubled on each
+/// further failure, never beyond the interval itself.
+const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Arguments of `patchloop inventory`.
 #[derive(Debug, clap::Args)]
@@ -43,7 +67,30 @@ pub struct InventoryArgs {
     /// Who reports, recorded in `spec.reporter`.
     #[arg(long, default_value = "patchloop-inventory")]
     reporter: String,
-    /// Print the Inventory as YAML instead of writing it.
+    /// Also create the Workload named by `--workload` when it does not exist
+    /// (AlreadyExists is fine; an existing Workload is never changed), with
+    /// target `{"node": NAME}` and the labels `patchloop.dev/node: NAME` and
+    /// `app.kubernetes.io/managed-by: patchloop-node-agent`. For node agents,
+    /// where the Workload is named after the node.
+    #[arg(long, conflicts_with = "template")]
+    create_workload: bool,
+    /// The created Workload's platform in OSV ecosystem naming (`Debian:12`,
+    /// `Ubuntu:22.04:LTS`, `AlmaLinux:9`, `Alpine:v3.20`); by default read
+    /// from `<root>/etc/os-release` (else `<root>/usr/lib/os-release`).
+    #[arg(long, requires = "create_workload")]
+    platform: Option<String>,
+    /// Report again every DURATION (e.g. `6h`, `90m`; at least `1m`) until
+    /// SIGTERM instead of once. A failed first report exits (status 2); later
+    /// failures are logged and retried after 30 s, doubling up to DURATION.
+    #[arg(
+        long,
+        env = "PATCHLOOP_INVENTORY_EVERY",
+        value_name = "DURATION",
+        conflicts_with = "dry_run"
+    )]
+    every: Option<String>,
+    /// Print the Inventory as YAML instead of writing it (with
+    /// `--create-workload`, the Workload that would be created first).
     #[arg(long)]
     dry_run: bool,
     /// The kubeconfig to use; by default $KUBECONFIG, ~/.kube/config, or the
@@ -141,14 +188,219 @@ pub fn inventory_object(
     })
 }
 
-/// Collects and writes (or prints) the Inventory.
-pub fn run(args: &InventoryArgs) -> anyhow::Result<ExitCode> {
+/// Reads `<root>/etc/os-release` (else `<root>/usr/lib/os-release`): the
+/// path it read and the text. An absolute symbolic link is followed inside
+/// `root` (a mounted image's `/etc/os-release -> /usr/lib/os-release` must not
+/// reach this machine's own file).
+fn read_os_release(root: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let mut tried = Vec::new();
+    for candidate in OS_RELEASE_PATHS {
+        let mut path = under(root, candidate);
+        if let Ok(target) = std::fs::read_link(&path)
+            && target.is_absolute()
+        {
+            path = under(root, &target.to_string_lossy());
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(text) => return Ok((path, text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => tried.push(path),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+    bail!(
+        "no os-release file: looked for {}",
+        tried
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    )
+}
+
+/// The platform `root`'s os-release file describes.
+pub fn detect_platform(root: &Path) -> anyhow::Result<Platform> {
+    let (path, text) = read_os_release(root)?;
+    os_release::platform_from_os_release(&text)
+        .with_context(|| format!("detecting the platform from {}", path.display()))
+}
+
+/// The Workload `--create-workload` creates for `name`; pure.
+pub fn workload_object(name: &str, namespace: &str, platform: &Platform) -> Workload {
+    let labels = [
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            NODE_AGENT.to_owned(),
+        ),
+        (
+            NODE_LABEL.to_owned(),
+            patchloop::controller::jobs::label_value(name),
+        ),
+    ];
+    Workload {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(labels.into_iter().collect()),
+            ..ObjectMeta::default()
+        },
+        spec: WorkloadSpec {
+            platform: platform.ecosystem_name.clone(),
+            template_ref: None,
+            target: Some(serde_json::json!({ "node": name })),
+            paused: false,
+        },
+        status: None,
+    }
+}
+
+/// How long to wait before the next report under `--every`: the interval
+/// after a success; after `failures` failures in a row 30 s, 60 s, 120 s...
+/// never more than the interval.
+pub fn next_delay(every: std::time::Duration, failures: u32) -> std::time::Duration {
+    if failures == 0 {
+        return every;
+    }
+    FIRST_RETRY
+        .checked_mul(1_u32 << (failures - 1).min(20))
+        .map_or(every, |d| d.min(every))
+}
+
+/// The `--every` interval, validated.
+fn every(args: &InventoryArgs) -> anyhow::Result<Option<std::time::Duration>> {
+    let Some(text) = &args.every else {
+        return Ok(None);
+    };
+    let parsed = Duration(text.clone()).parse().context("--every")?;
+    let every = std::time::Duration::from_secs(u64::try_from(parsed.as_secs()).unwrap_or(0));
+    if every < MIN_EVERY {
+        bail!("--every {text}: must be at least 1m");
+    }
+    Ok(Some(every))
+}
+
+/// What happened to the Workload in one report.
+enum WorkloadOutcome {
+    Created(String),
+    Exists,
+}
+
+/// Creates the Workload unless it exists; never changes an existing one
+/// (only warns when its platform differs from what os-release says now).
+async fn ensure_workload(
+    client: &kube::Client,
+    args: &InventoryArgs,
+    namespace: &str,
+    name: &str,
+    platform: Option<&Platform>,
+) -> anyhow::Result<WorkloadOutcome> {
+    let api: Api<Workload> = Api::namespaced(client.clone(), namespace);
+    if let Some(existing) = api
+        .get_opt(name)
+        .await
+        .with_context(|| format!("reading Workload {namespace}/{name}"))?
+    {
+        if args.platform.is_none()
+            && let Ok(detected) = detect_platform(&args.root)
+            && parse_platform(&existing.spec.platform).ok().as_ref() != Some(&detected)
+        {
+            eprintln!(
+                "patchloop: warning: workload/{name} has platform {:?} but {} is {detected}; the Workload is left unchanged",
+                existing.spec.platform,
+                args.root.display()
+            );
+        }
+        return Ok(WorkloadOutcome::Exists);
+    }
+    let platform = match platform {
+        Some(p) => p.clone(),
+        None => detect_platform(&args.root)
+            .context("the Workload does not exist and its platform is unknown: pass --platform")?,
+    };
+    let object = workload_object(name, namespace, &platform);
+    let params = PostParams {
+        field_manager: Some(NODE_AGENT.to_owned()),
+        ..PostParams::default()
+    };
+    match api.create(&params, &object).await {
+        Ok(_) => Ok(WorkloadOutcome::Created(platform.ecosystem_name)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(WorkloadOutcome::Exists),
+        Err(e) => Err(e).with_context(|| format!("creating Workload {namespace}/{name}")),
+    }
+}
+
+/// One report: collect, create the Workload if asked and missing, write the
+/// Inventory.
+async fn report(
+    client: &kube::Client,
+    args: &InventoryArgs,
+    namespace: &str,
+    platform: Option<&Platform>,
+) -> anyhow::Result<()> {
     let (format, packages) = collect(&args.root)?;
     let now = jiff::Timestamp::now().round(jiff::Unit::Second)?;
+    if args.create_workload
+        && let Some(name) = &args.workload
+    {
+        match ensure_workload(client, args, namespace, name, platform).await? {
+            WorkloadOutcome::Created(platform) => {
+                println!("workload/{name} created: platform {platform} in namespace {namespace}");
+            }
+            WorkloadOutcome::Exists => {
+                println!("workload/{name} exists in namespace {namespace}: left unchanged");
+            }
+        }
+    }
+    let object = inventory_object(args, namespace, format, &packages, now);
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let api: Api<Inventory> = Api::namespaced(client.clone(), namespace);
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .with_context(|| format!("writing Inventory {namespace}/{name}"))?;
+    println!(
+        "inventory/{name} written: {} {format:?} packages in namespace {namespace}",
+        packages.len()
+    );
+    Ok(())
+}
+
+/// Prints what would be written.
+fn dry_run(args: &InventoryArgs, platform: Option<&Platform>) -> anyhow::Result<()> {
+    let (format, packages) = collect(&args.root)?;
+    let now = jiff::Timestamp::now().round(jiff::Unit::Second)?;
+    let namespace = args.namespace.clone().unwrap_or_else(|| "default".into());
+    if args.create_workload
+        && let Some(name) = &args.workload
+    {
+        let platform = match platform {
+            Some(p) => p.clone(),
+            None => detect_platform(&args.root).context("pass --platform")?,
+        };
+        let workload = workload_object(name, &namespace, &platform);
+        println!("{}---", serde_saphyr::to_string(&workload)?);
+    }
+    let object = inventory_object(args, &namespace, format, &packages, now);
+    print!("{}", serde_saphyr::to_string(&object)?);
+    Ok(())
+}
+
+/// Collects and writes (or prints) the Inventory, once or `--every` interval.
+pub fn run(args: &InventoryArgs) -> anyhow::Result<ExitCode> {
+    let platform = args
+        .platform
+        .as_deref()
+        .map(parse_platform)
+        .transpose()
+        .context("--platform")?;
+    let every = every(args)?;
     if args.dry_run {
-        let namespace = args.namespace.clone().unwrap_or_else(|| "default".into());
-        let object = inventory_object(args, &namespace, format, &packages, now);
-        print!("{}", serde_saphyr::to_string(&object)?);
+        dry_run(args, platform.as_ref())?;
         return Ok(ExitCode::SUCCESS);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -158,24 +410,129 @@ pub fn run(args: &InventoryArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let conn = super::connect::connect(args.kubeconfig.as_deref()).await?;
         let namespace = args.namespace.clone().unwrap_or(conn.namespace);
-        let object = inventory_object(args, &namespace, format, &packages, now);
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let api: Api<Inventory> = Api::namespaced(conn.client, &namespace);
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&object),
-        )
-        .await
-        .with_context(|| format!("writing Inventory {namespace}/{name}"))?;
-        println!(
-            "inventory/{name} written: {} {format:?} packages in namespace {namespace}",
-            packages.len()
-        );
-        Ok::<_, anyhow::Error>(())
+        let Some(every) = every else {
+            return report(&conn.client, args, &namespace, platform.as_ref()).await;
+        };
+        let shutdown = super::run::shutdown_signal();
+        tokio::pin!(shutdown);
+        let mut failures: u32 = 0;
+        let mut first = true;
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                result = report(&conn.client, args, &namespace, platform.as_ref()) => match result {
+                    Ok(()) => failures = 0,
+                    // A report that never worked is a configuration error:
+                    // exit, so the Pod shows it (CrashLoopBackOff).
+                    Err(e) if first => return Err(e),
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        eprintln!(
+                            "patchloop: {e:#} (failure {failures}; retrying in {}s)",
+                            next_delay(every, failures).as_secs()
+                        );
+                    }
+                },
+            }
+            first = false;
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                () = tokio::time::sleep(next_delay(every, failures)) => {}
+            }
+        }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn platform(s: &str) -> Platform {
+        parse_platform(s).expect("a valid platform")
+    }
+
+    #[test]
+    fn the_created_workload_names_its_node() {
+        let w = workload_object("node-a.example.com", "nodes", &platform("Ubuntu:22.04"));
+        let value = serde_json::to_value(&w).expect("serialises");
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "apiVersion": "patchloop.dev/v1alpha1",
+                "kind": "Workload",
+                "metadata": {
+                    "name": "node-a.example.com",
+                    "namespace": "nodes",
+                    "labels": {
+                        "app.kubernetes.io/managed-by": "patchloop-node-agent",
+                        "patchloop.dev/node": "node-a.example.com",
+                    },
+                },
+                "spec": {
+                    "platform": "Ubuntu:22.04:LTS",
+                    "target": {"node": "node-a.example.com"},
+                    "paused": false,
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn a_long_node_name_gets_a_valid_label_value() {
+        let name = format!("{}.compute.internal", "ip-10-0-0-1".repeat(6));
+        assert!(name.len() > 63);
+        let w = workload_object(&name, "nodes", &platform("Debian:12"));
+        let labels = w.metadata.labels.expect("labels");
+        let value = &labels[NODE_LABEL];
+        assert!(value.len() <= 63, "{value}");
+        assert!(value.starts_with("ip-10-0-0-1"));
+        assert_eq!(w.metadata.name.as_deref(), Some(name.as_str()));
+    }
+
+    #[test]
+    fn the_platform_is_read_under_the_root() {
+        let root = tempfile::tempdir().expect("temp dir");
+        assert!(
+            detect_platform(root.path())
+                .expect_err("no file")
+                .to_string()
+                .contains("no os-release file")
+        );
+        // /usr/lib/os-release alone, and an absolute link to it from /etc:
+        // both are read inside the root.
+        let usr_lib = root.path().join("usr/lib");
+        std::fs::create_dir_all(&usr_lib).expect("dirs");
+        std::fs::write(usr_lib.join("os-release"), "ID=alpine\nVERSION_ID=3.20.3\n")
+            .expect("write");
+        assert_eq!(
+            detect_platform(root.path()).map(|p| p.ecosystem_name).ok(),
+            Some("Alpine:v3.20".to_owned())
+        );
+        std::fs::create_dir_all(root.path().join("etc")).expect("dirs");
+        std::os::unix::fs::symlink("/usr/lib/os-release", root.path().join("etc/os-release"))
+            .expect("symlink");
+        assert_eq!(
+            detect_platform(root.path()).map(|p| p.ecosystem_name).ok(),
+            Some("Alpine:v3.20".to_owned())
+        );
+        std::fs::write(usr_lib.join("os-release"), "ID=gentoo\n").expect("write");
+        let err = format!("{:#}", detect_platform(root.path()).expect_err("unknown"));
+        assert!(err.contains("\"gentoo\""), "{err}");
+    }
+
+    #[test]
+    fn retries_back_off_up_to_the_interval() {
+        let hour = std::time::Duration::from_secs(3600);
+        let secs = |failures| next_delay(hour, failures).as_secs();
+        assert_eq!(secs(0), 3600);
+        assert_eq!(secs(1), 30);
+        assert_eq!(secs(2), 60);
+        assert_eq!(secs(3), 120);
+        assert_eq!(secs(7), 1920);
+        assert_eq!(secs(8), 3600);
+        assert_eq!(secs(u32::MAX), 3600);
+        let minute = std::time::Duration::from_secs(60);
+        assert_eq!(next_delay(minute, 5), minute);
+    }
 }

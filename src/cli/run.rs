@@ -82,7 +82,8 @@ fn init_logging(args: &RunArgs) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("initialising logging: {e}"))
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub(super) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

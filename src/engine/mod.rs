@@ -6,6 +6,8 @@
 //!   package), and the diff of two indexes.
 //! - [`inventory`]: dpkg / rpm / apk inventories → one package model and the
 //!   compact line format the API stores.
+//! - [`os_release`]: a machine's `os-release` file → its platform (OSV
+//!   ecosystem).
 //! - [`selector`]: label selectors without a cluster.
 //! - [`evaluate`]: policies × inventory × advisories × exceptions × now →
 //!   findings, verdict, next change.
@@ -25,6 +27,7 @@ pub mod change;
 pub mod evaluate;
 pub mod fixes;
 pub mod inventory;
+pub mod os_release;
 pub mod outcome;
 pub mod rollout;
 pub mod selector;
