@@ -39,7 +39,8 @@ enum Command {
     /// Reject a ChangeRequest's current scope.
     Reject(approve::DecideArgs),
     /// Collect this machine's package inventory (dpkg, rpm or apk) and write
-    /// it as the Inventory of a Workload or a Template revision.
+    /// it as the Inventory of a Workload, a Template revision or a
+    /// ChangeRequest's build result.
     Inventory(inventory::InventoryArgs),
     /// Print the fleet's compliance: Workloads worst first, Templates and
     /// PatchPolicies, as a table, JSON, CSV or a self-contained HTML page.
