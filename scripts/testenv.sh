@@ -88,6 +88,10 @@ build_kubernetes() {
 
 main() {
   apt_install etcd-server golang-go rsync make openssl golang-github-modern-go-reflect2-dev ca-certificates
+  # tests/job_scripts.rs runs the reference job scripts (examples/jobs/): they
+  # need jq and ssh-keygen; the fake machine uses dpkg's and rpm's own
+  # version comparison; the scripts are linted with shellcheck.
+  apt_install jq openssh-client dpkg rpm shellcheck
   if ! command -v kubectl >/dev/null 2>&1; then
     apt_install kubernetes-client
   fi

@@ -1,9 +1,10 @@
 //! `patchloop inventory`: this machine's packages (dpkg, apk; rpm through
-//! `rpm --root`) collected under a root and written as an Inventory with the
-//! reporters' field manager, on the real control plane; the Workload
-//! `--create-workload` would create; the real package list of the machine
-//! the tests run on; bad input refused. (The node agent as a whole:
-//! tests/node_agent.rs.)
+//! `rpm --root`) collected under a root, or a fetched package list read from
+//! a file (`--from-file`), written as an Inventory with the reporters' field
+//! manager, on the real control plane; build results carry image and nonce;
+//! the Workload `--create-workload` would create; the real package list of
+//! the machine the tests run on; bad input refused. (The node agent as a
+//! whole: tests/node_agent.rs.)
 
 mod support;
 
@@ -107,6 +108,112 @@ fn an_alpine_root_becomes_a_template_revision_inventory() {
             .as_array()
             .expect("packages")
             .is_empty()
+    );
+}
+
+#[test]
+fn a_fetched_package_list_becomes_a_build_result() {
+    // What a build Job does: the new image's `dpkg-query` output, reported
+    // as the ChangeRequest's result with the image and the nonce.
+    let file = Path::new(FIXTURES).join("dpkg/dpkg-query.txt");
+    let from = format!("dpkg-query:{}", file.to_str().expect("utf-8"));
+    let inv = yaml(&patchloop(&[
+        "inventory",
+        "--change-request",
+        "debian-12-base-x7k2p",
+        "--image",
+        "registry.example.com/golden/debian-12@sha256:0123",
+        "--nonce",
+        "5f2c",
+        "-n",
+        "fleet",
+        "--dry-run",
+        "--from-file",
+        &from,
+    ]));
+    let text = std::fs::read_to_string(&file).expect("fixture");
+    let expected = parse(InputFormat::DpkgQuery, &text).expect("fixture parses");
+    assert_eq!(inv["metadata"]["name"], "debian-12-base-x7k2p-result");
+    assert_eq!(
+        inv["spec"]["subject"],
+        serde_json::json!({"kind": "ChangeRequest", "name": "debian-12-base-x7k2p"})
+    );
+    assert_eq!(
+        inv["spec"]["image"],
+        "registry.example.com/golden/debian-12@sha256:0123"
+    );
+    assert_eq!(inv["spec"]["nonce"], "5f2c");
+    assert_eq!(inv["spec"]["format"], "dpkg");
+    let packages = inv["spec"]["packages"].as_array().expect("packages");
+    assert_eq!(packages.len(), expected.len());
+
+    // rpm -qa output (the query format of RPM_QA_FORMAT) for a Workload.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rpm = dir.path().join("rpm-qa.txt");
+    std::fs::write(
+        &rpm,
+        "openssl-libs\t1:3.0.7-27.el9\topenssl-3.0.7-27.el9.src.rpm\tx86_64\n\
+         gpg-pubkey\t0:fd431d51-4ae0493b\t(none)\t(none)\n",
+    )
+    .expect("write");
+    let inv = yaml(&patchloop(&[
+        "inventory",
+        "--workload",
+        "db-01",
+        "--dry-run",
+        "--from-file",
+        &format!("rpm-qa:{}", rpm.to_str().expect("utf-8")),
+    ]));
+    assert_eq!(inv["spec"]["format"], "rpm");
+    assert_eq!(
+        inv["spec"]["packages"],
+        serde_json::json!(["openssl-libs 1:3.0.7-27.el9 openssl"])
+    );
+    assert!(inv["spec"].get("nonce").is_none());
+}
+
+#[test]
+fn a_build_result_needs_its_image_and_nonce_and_a_known_file_format() {
+    let out = patchloop(&[
+        "inventory",
+        "--change-request",
+        "cr",
+        "--nonce",
+        "n",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--image"));
+    let out = patchloop(&["inventory", "--workload", "w", "--nonce", "n", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(2), "--nonce needs --change-request");
+    let out = patchloop(&[
+        "inventory",
+        "--workload",
+        "w",
+        "--dry-run",
+        "--from-file",
+        "rpm:/tmp/x",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown inventory input format"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = patchloop(&[
+        "inventory",
+        "--workload",
+        "w",
+        "--dry-run",
+        "--root",
+        "/",
+        "--from-file",
+        "rpm-qa:/tmp/x",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--root and --from-file conflict"
     );
 }
 

@@ -1,6 +1,8 @@
 //! `patchloop inventory`: collect this machine's package inventory (dpkg,
-//! rpm or apk, detected under `--root`) and write it as the Inventory of a
-//! Workload or a Template revision, under the reporters' own field manager.
+//! rpm or apk, detected under `--root`, or read from a file another machine's
+//! package manager wrote) and write it as the Inventory of a Workload, a
+//! Template revision or a ChangeRequest's build result, under the reporters'
+//! own field manager.
 //!
 //! With `--create-workload` it also creates the Workload when it is missing
 //! (the node agent: one Workload per node, its platform read from
@@ -43,7 +45,11 @@ const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Arguments of `patchloop inventory`.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("subject").required(true).args(["workload", "template"])))]
+#[command(group(
+    clap::ArgGroup::new("subject")
+        .required(true)
+        .args(["workload", "template", "change_request"])
+))]
 pub struct InventoryArgs {
     /// Report for this Workload.
     #[arg(long)]
@@ -52,10 +58,20 @@ pub struct InventoryArgs {
     #[arg(long)]
     template: Option<String>,
     /// The Template revision the image is (with `--template`; default 1).
-    #[arg(long, conflicts_with = "workload", value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, conflicts_with_all = ["workload", "change_request"], value_parser = clap::value_parser!(i64).range(1..))]
     revision: Option<i64>,
-    /// The Inventory's name; by default `workload-NAME` or
-    /// `template-NAME-rREVISION`.
+    /// Report this ChangeRequest's build result (with `--image` and
+    /// `--nonce`): what a build Job writes.
+    #[arg(long, requires_all = ["image", "nonce"])]
+    change_request: Option<String>,
+    /// The built image, preferably by digest (with `--change-request`).
+    #[arg(long, requires = "change_request")]
+    image: Option<String>,
+    /// The request's nonce, `$PATCHLOOP_NONCE` (with `--change-request`).
+    #[arg(long, requires = "change_request")]
+    nonce: Option<String>,
+    /// The Inventory's name; by default `workload-NAME`,
+    /// `template-NAME-rREVISION` or `NAME-result` (a ChangeRequest's).
     #[arg(long)]
     name: Option<String>,
     /// The namespace; by default the kubeconfig context's.
@@ -64,6 +80,11 @@ pub struct InventoryArgs {
     /// The file system to inspect (e.g. `/host` in a node agent).
     #[arg(long, default_value = "/")]
     root: PathBuf,
+    /// Read the packages from a file instead of a database under `--root`:
+    /// `FORMAT:PATH`, FORMAT one of dpkg-status, dpkg-query, rpm-qa,
+    /// apk-installed (e.g. what a remediation Job fetched from a machine).
+    #[arg(long, value_name = "FORMAT:PATH", conflicts_with = "root", value_parser = parse_from_file)]
+    from_file: Option<FromFile>,
     /// Who reports, recorded in `spec.reporter`.
     #[arg(long, default_value = "patchloop-inventory")]
     reporter: String,
@@ -97,6 +118,42 @@ pub struct InventoryArgs {
     /// in-cluster ServiceAccount.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+}
+
+/// A package list in a file, in one of the input formats.
+#[derive(Debug, Clone)]
+pub struct FromFile {
+    format: InputFormat,
+    path: PathBuf,
+}
+
+fn parse_from_file(s: &str) -> Result<FromFile, String> {
+    let (format, path) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected FORMAT:PATH, got {s:?}"))?;
+    let format = format.parse::<InputFormat>().map_err(|e| e.to_string())?;
+    if path.is_empty() {
+        return Err(format!("expected FORMAT:PATH, got {s:?} (no path)"));
+    }
+    Ok(FromFile {
+        format,
+        path: path.into(),
+    })
+}
+
+/// Reads a package list file in the given input format.
+pub fn read_file(from: &FromFile) -> anyhow::Result<(PackageFormat, Vec<InstalledPackage>)> {
+    let path = &from.path;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let packages = inventory::parse(from.format, &text)
+        .with_context(|| format!("parsing {} as {}", path.display(), from.format))?;
+    let format = match from.format {
+        InputFormat::DpkgStatus | InputFormat::DpkgQuery => PackageFormat::Dpkg,
+        InputFormat::RpmQa => PackageFormat::Rpm,
+        InputFormat::ApkInstalled => PackageFormat::Apk,
+    };
+    Ok((format, packages))
 }
 
 fn under(root: &Path, absolute: &str) -> PathBuf {
@@ -153,19 +210,23 @@ pub fn inventory_object(
     packages: &[InstalledPackage],
     now: jiff::Timestamp,
 ) -> serde_json::Value {
-    let (subject, default_name) = match (&args.workload, &args.template) {
-        (Some(w), _) => (
+    let (subject, default_name) = match (&args.workload, &args.template, &args.change_request) {
+        (Some(w), _, _) => (
             serde_json::json!({"kind": "Workload", "name": w}),
             format!("workload-{w}"),
         ),
-        (None, Some(t)) => {
+        (None, Some(t), _) => {
             let revision = args.revision.unwrap_or(1);
             (
                 serde_json::json!({"kind": "Template", "name": t, "revision": revision}),
                 format!("template-{t}-r{revision}"),
             )
         }
-        (None, None) => (serde_json::Value::Null, String::new()),
+        (None, None, Some(cr)) => (
+            serde_json::json!({"kind": "ChangeRequest", "name": cr}),
+            format!("{cr}-result"),
+        ),
+        (None, None, None) => (serde_json::Value::Null, String::new()),
     };
     let name: String = args
         .name
@@ -174,7 +235,7 @@ pub fn inventory_object(
         .chars()
         .take(253)
         .collect();
-    serde_json::json!({
+    let mut object = serde_json::json!({
         "apiVersion": "patchloop.dev/v1alpha1",
         "kind": "Inventory",
         "metadata": {"name": name, "namespace": namespace},
@@ -185,7 +246,22 @@ pub fn inventory_object(
             "format": format,
             "packages": inventory::to_compact_list(packages),
         }
-    })
+    });
+    // A build result: the controller takes it only with an image and the
+    // request's nonce.
+    if let (Some(image), Some(nonce)) = (&args.image, &args.nonce) {
+        object["spec"]["image"] = serde_json::json!(image);
+        object["spec"]["nonce"] = serde_json::json!(nonce);
+    }
+    object
+}
+
+/// The packages: read from `--from-file`, else collected under `--root`.
+fn gather(args: &InventoryArgs) -> anyhow::Result<(PackageFormat, Vec<InstalledPackage>)> {
+    match &args.from_file {
+        Some(from) => read_file(from),
+        None => collect(&args.root),
+    }
 }
 
 /// Reads `<root>/etc/os-release` (else `<root>/usr/lib/os-release`): the
@@ -336,7 +412,7 @@ async fn report(
     namespace: &str,
     platform: Option<&Platform>,
 ) -> anyhow::Result<()> {
-    let (format, packages) = collect(&args.root)?;
+    let (format, packages) = gather(args)?;
     let now = jiff::Timestamp::now().round(jiff::Unit::Second)?;
     if args.create_workload
         && let Some(name) = &args.workload
@@ -372,7 +448,7 @@ async fn report(
 
 /// Prints what would be written.
 fn dry_run(args: &InventoryArgs, platform: Option<&Platform>) -> anyhow::Result<()> {
-    let (format, packages) = collect(&args.root)?;
+    let (format, packages) = gather(args)?;
     let now = jiff::Timestamp::now().round(jiff::Unit::Second)?;
     let namespace = args.namespace.clone().unwrap_or_else(|| "default".into());
     if args.create_workload

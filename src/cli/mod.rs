@@ -40,8 +40,9 @@ enum Command {
     /// Reject a ChangeRequest's current scope.
     Reject(approve::DecideArgs),
     /// Collect this machine's package inventory (dpkg, rpm or apk) and write
-    /// it as the Inventory of a Workload or a Template revision.
-    Inventory(inventory::InventoryArgs),
+    /// it as the Inventory of a Workload, a Template revision or a
+    /// ChangeRequest's build result.
+    Inventory(Box<inventory::InventoryArgs>),
     /// Print the fleet's compliance: Workloads worst first, Templates and
     /// PatchPolicies, as a table, JSON, CSV or a self-contained HTML page.
     /// Exits 0 when every Workload is compliant or exempt, 1 when a fix is
