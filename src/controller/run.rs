@@ -401,8 +401,9 @@ where
         triggers: triggers.clone(),
     });
 
-    // Dependencies wake the reconcilers that read them.
-    let policy_loop = {
+    // Dependencies wake the reconcilers that read them; each stream also
+    // drives the kind's own reconciler (one watch and one cache per kind).
+    let policy_stream = {
         let scope = Arc::clone(&scope);
         let mut seen = GenerationFilter::default();
         scope::reflect(
@@ -422,9 +423,8 @@ where
                 }
             },
         )
-        .for_each(|()| future::ready(()))
     };
-    let exception_loop = {
+    let exception_stream = {
         let scope = Arc::clone(&scope);
         let mut seen = GenerationFilter::default();
         scope::reflect(
@@ -439,9 +439,8 @@ where
                 }
             },
         )
-        .for_each(|()| future::ready(()))
     };
-    let template_loop = {
+    let template_stream = {
         let scope = Arc::clone(&scope);
         scope::reflect(
             scope::api_in::<Template>(&client, ns),
@@ -475,9 +474,8 @@ where
                 }
             },
         )
-        .for_each(|()| future::ready(()))
     };
-    let inventory_loop = {
+    let inventory_stream = {
         let scope = Arc::clone(&scope);
         scope::reflect(
             scope::api_in::<Inventory>(&client, ns),
@@ -530,7 +528,6 @@ where
                 }
             },
         )
-        .for_each(|()| future::ready(()))
     };
     // Only Jobs Patchloop created; each change wakes the object that owns
     // the Job and the policy that created it.
@@ -547,7 +544,7 @@ where
                 }
             },
         )
-        .for_each(|()| future::ready(()))
+        .for_each(|_| future::ready(()))
     };
     let diff_loop = advisory_changes(Arc::clone(&scope));
 
@@ -559,30 +556,21 @@ where
         Arc::clone(&scope),
     );
     let policy_run = drive(
-        Controller::new(
-            scope::api_in::<PatchPolicy>(&client, ns),
-            watcher::Config::default(),
-        ),
+        Controller::for_stream(policy_stream, policies.clone()),
         policy_refs,
         stopped(),
         policy::reconcile,
         Arc::clone(&scope),
     );
     let exception_run = drive(
-        Controller::new(
-            scope::api_in::<PatchException>(&client, ns),
-            watcher::Config::default(),
-        ),
+        Controller::for_stream(exception_stream, exceptions.clone()),
         exception_refs,
         stopped(),
         exception::reconcile,
         Arc::clone(&scope),
     );
     let template_run = drive(
-        Controller::new(
-            scope::api_in::<Template>(&client, ns),
-            watcher::Config::default(),
-        ),
+        Controller::for_stream(template_stream, templates.clone()),
         template_refs,
         stopped(),
         template::reconcile,
@@ -596,10 +584,7 @@ where
         Arc::clone(&scope),
     );
     let inventory_run = drive(
-        Controller::new(
-            scope::api_in::<Inventory>(&client, ns),
-            watcher::Config::default(),
-        ),
+        Controller::for_stream(inventory_stream, inventories.clone()),
         inventory_refs,
         stopped(),
         inventory::reconcile,
@@ -632,14 +617,7 @@ where
     let stop = stopped();
     let task = async move {
         let aux = async {
-            tokio::join!(
-                policy_loop,
-                exception_loop,
-                template_loop,
-                inventory_loop,
-                job_loop,
-                diff_loop
-            );
+            tokio::join!(job_loop, diff_loop);
         };
         let controllers = async {
             tokio::join!(

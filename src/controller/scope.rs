@@ -453,14 +453,17 @@ where
     }
 }
 
-/// Runs a reflector for `K` feeding `writer`, calling `on_change` for every
-/// object changed or deleted after the initial list (the initial list needs
-/// no triggers: every reconciler runs once at start anyway).
+/// Runs a reflector for `K` feeding `writer`, calling `on_event` for every
+/// event after the cache saw it, and yields each object applied (listed,
+/// added or changed). One watch and one cache serve both the scope (which
+/// reads the store and wakes dependents in `on_event`) and the object's own
+/// reconciler (`Controller::for_stream` over this stream with the same
+/// store): a second watch would hold a second copy of every object.
 pub fn reflect<K>(
     api: Api<K>,
     writer: Writer<K>,
     on_event: impl FnMut(&Event<K>) + Send + 'static,
-) -> impl Stream<Item = ()> + Send
+) -> impl Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -481,7 +484,7 @@ pub fn reflect_lagging<K>(
     lag: Option<std::time::Duration>,
     writer: Writer<K>,
     mut on_event: impl FnMut(&Event<K>) + Send + 'static,
-) -> impl Stream<Item = ()> + Send
+) -> impl Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -502,11 +505,20 @@ where
         .buffered(1024)
         .reflect(writer)
         .filter_map(move |ev| {
-            match &ev {
-                Ok(e) => on_event(e),
-                Err(e) => tracing::warn!(error = %e, "watch error; retrying with backoff"),
-            }
-            futures::future::ready(Some(()))
+            let applied = match ev {
+                Ok(e) => {
+                    on_event(&e);
+                    match e {
+                        Event::Apply(o) | Event::InitApply(o) => Some(Ok(o)),
+                        _ => None,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch error; retrying with backoff");
+                    None
+                }
+            };
+            futures::future::ready(applied)
         })
 }
 
