@@ -373,11 +373,15 @@ where
         change_requests: change_refs,
     } = streams;
 
-    let workload_controller = Controller::new(
-        scope::api_in::<Workload>(&client, ns),
-        watcher::Config::default(),
+    let (workloads, workload_writer) = scope::store::<Workload>();
+    let workload_controller = Controller::for_stream(
+        scope::reflect(
+            scope::api_in::<Workload>(&client, ns),
+            workload_writer,
+            |_| {},
+        ),
+        workloads.clone(),
     );
-    let workloads = workload_controller.store();
     let change_controller = Controller::new(
         scope::api_in::<ChangeRequest>(&client, ns),
         watcher::Config::default(),

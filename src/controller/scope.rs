@@ -496,6 +496,7 @@ where
 {
     watcher(api, config)
         .default_backoff()
+        .modify(slim)
         .map(move |ev| async move {
             if let Some(lag) = lag {
                 tokio::time::sleep(lag).await;
@@ -520,6 +521,18 @@ where
             };
             futures::future::ready(applied)
         })
+}
+
+/// Drops the field sets of an object's managedFields before it is cached:
+/// they are most of the metadata of a status-heavy object (every condition
+/// and finding, per writer) and no reader of these caches needs them; the
+/// manager, operation, subresource and time stay for [`written_at`]. (The
+/// ChangeRequest cache, whose decision's writer is read from its field
+/// set, has its own watch and is not slimmed.)
+pub fn slim<K: kube::Resource>(obj: &mut K) {
+    for entry in obj.meta_mut().managed_fields.iter_mut().flatten() {
+        entry.fields_v1 = None;
+    }
 }
 
 /// A store and its writer.
