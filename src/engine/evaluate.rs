@@ -22,7 +22,7 @@
 //!   Pending, Exempt, Compliant. No-fix and blocked findings never make an
 //!   object non-compliant: there is nothing to install.
 
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
@@ -565,38 +565,66 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
         severity: Severity,
         packages: Vec<AffectedPackage>,
     }
+    // Grouping is keyed by name alone (one short string hashed per package);
+    // the rare name with several versions (multi-arch, a half-upgraded
+    // source) chains its keys through `same_name`.
     let mut probe_keys: Vec<(&str, &str)> = Vec::new();
-    let mut probe_index: HashMap<(&str, &str), usize> = HashMap::default();
+    let mut same_name: Vec<Option<usize>> = Vec::new();
+    let mut by_name: HashMap<&str, usize> = HashMap::default();
     let mut members: Vec<(usize, &InstalledPackage)> = Vec::with_capacity(inventory.packages.len());
     for pkg in inventory.packages {
-        let mut add = |key: (&'a str, &'a str)| {
-            let next = probe_keys.len();
-            let idx = *probe_index.entry(key).or_insert(next);
-            if idx == next {
-                probe_keys.push(key);
+        let mut add = |(name, version): (&'a str, &'a str)| {
+            let fresh = probe_keys.len();
+            let key = match by_name.entry(name) {
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(fresh);
+                    fresh
+                }
+                std::collections::hash_map::Entry::Occupied(slot) => {
+                    let mut key = *slot.get();
+                    loop {
+                        if probe_keys[key].1 == version {
+                            break key;
+                        }
+                        match same_name[key] {
+                            Some(next) => key = next,
+                            None => {
+                                same_name[key] = Some(fresh);
+                                break fresh;
+                            }
+                        }
+                    }
+                }
+            };
+            if key == fresh {
+                probe_keys.push((name, version));
+                same_name.push(None);
             }
-            members.push((idx, pkg));
+            members.push((key, pkg));
         };
         add((pkg.source_name(), pkg.source_version()));
         if platform.family != Ecosystem::Dpkg && pkg.base_name() != pkg.source_name() {
             add((pkg.base_name(), pkg.version.as_str()));
         }
     }
-    members.sort_unstable_by_key(|(idx, _)| *idx);
+    members.sort_unstable_by_key(|(key, _)| *key);
 
     let only_actionable = input.detail == Detail::Actionable;
-    let mut hit_index: HashMap<&str, usize> = HashMap::default();
+    // Advisories are told apart by their ordinal in the database: an integer
+    // key, read from the probe result without touching the advisory.
+    let mut hit_index: HashMap<u32, usize> = HashMap::default();
     let mut hits: Vec<Hit> = Vec::new();
-    let mut without_fix: HashSet<&str> = HashSet::default();
+    let mut without_fix: Vec<u32> = Vec::new();
     let mut invalid: Vec<String> = Vec::new();
     for group in members.chunk_by(|a, b| a.0 == b.0) {
         let (name, version) = probe_keys[group[0].0];
-        let Some(entries) = packages_index.get(name) else {
+        let Some(package) = packages_index.get(name) else {
             continue;
         };
+        let entries = package.entries();
         let matches = match input
             .advisories
-            .probe(ecosystem, platform.family, name, version)
+            .probe_entries(package, platform.family, version)
         {
             Ok(m) => m,
             Err(e) => {
@@ -604,27 +632,26 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
                 continue;
             }
         };
-        for (index, fixed) in matches.iter() {
-            let Some(entry) = entries.get(*index) else {
-                continue;
-            };
+        for m in matches.iter() {
             // Status needs no-fix findings as a count only.
-            if only_actionable && fixed.is_none() {
-                without_fix.insert(entry.advisory.id.as_str());
+            if only_actionable && m.fixed.is_none() {
+                without_fix.push(m.ordinal);
                 continue;
             }
-            let affected = entry.affected();
+            let Some(entry) = entries.get(m.entry) else {
+                continue;
+            };
             let next = hits.len();
-            let at = *hit_index.entry(entry.advisory.id.as_str()).or_insert(next);
+            let at = *hit_index.entry(m.ordinal).or_insert(next);
             if at == next {
                 hits.push(Hit {
                     advisory: Arc::clone(&entry.advisory),
-                    severity: affected.severity,
-                    packages: Vec::new(),
+                    severity: m.severity,
+                    packages: Vec::with_capacity(group.len()),
                 });
             }
             let hit = &mut hits[at];
-            hit.severity = hit.severity.max(affected.severity);
+            hit.severity = hit.severity.max(m.severity);
             for (_, pkg) in group {
                 if hit.packages.iter().any(|p| p.name == pkg.name) {
                     continue;
@@ -632,15 +659,17 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
                 hit.packages.push(AffectedPackage {
                     name: pkg.name.clone(),
                     installed: version.to_owned(),
-                    fixed: fixed.as_deref().map(str::to_owned),
+                    fixed: m.fixed.as_deref().map(str::to_owned),
                     source: (name != pkg.name).then(|| name.to_owned()),
                 });
             }
         }
     }
+    without_fix.sort_unstable();
+    without_fix.dedup();
     evaluation.counts.no_fix_yet += without_fix
         .iter()
-        .filter(|id| !hit_index.contains_key(*id))
+        .filter(|ordinal| !hit_index.contains_key(*ordinal))
         .count();
 
     let soak = |p: &PolicyRef<'_>| p.spec.approval.approve_after.as_ref().and_then(parse);
