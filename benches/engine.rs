@@ -2,7 +2,9 @@
 //! against 50,000 advisories on one core, and the advisory index's memory.
 //!
 //! Run: `cargo bench --bench engine` (release build). Prints a report; the
-//! figures recorded in BENCHMARKS.md come from it.
+//! figures recorded in BENCHMARKS.md come from it. `PATCHLOOP_BENCH_MACHINES`
+//! sets the fleet size (default 10,000) for a quicker run while iterating;
+//! the recorded figures use the default.
 //!
 //! The data is synthetic but shaped like Debian's OSV export: 10,000 source
 //! packages with 1-4 binary packages each, dpkg versions with epochs and
@@ -26,6 +28,15 @@ use patchloop::engine::inventory::InstalledPackage;
 const SOURCES: usize = 10_000;
 const ADVISORIES: usize = 50_000;
 const MACHINES: usize = 10_000;
+
+/// The fleet size: `PATCHLOOP_BENCH_MACHINES`, else [`MACHINES`].
+fn machines() -> usize {
+    std::env::var("PATCHLOOP_BENCH_MACHINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(MACHINES)
+}
 
 const PACKAGES_PER_MACHINE: usize = 500;
 const PROFILES: usize = 200;
@@ -215,10 +226,11 @@ fn main() {
     }
     let cold = start.elapsed();
 
+    let machines = machines();
     let start = Instant::now();
     let mut findings = 0usize;
     let mut non_compliant = 0usize;
-    for m in 0..MACHINES {
+    for m in 0..machines {
         let packages = &profiles[m % PROFILES];
         let e = evaluate::evaluate(&Input {
             detail: evaluate::Detail::Actionable,
@@ -247,12 +259,12 @@ fn main() {
         rss_index as f64 / 1024.0
     );
     println!(
-        "  fleet:                     {MACHINES} inventories x {PACKAGES_PER_MACHINE} packages"
+        "  fleet:                     {machines} inventories x {PACKAGES_PER_MACHINE} packages"
     );
     println!(
         "  fleet evaluation:          {:.2} s ({:.0} us per machine)",
         fleet.as_secs_f64(),
-        fleet.as_secs_f64() * 1e6 / MACHINES as f64
+        fleet.as_secs_f64() * 1e6 / machines as f64
     );
     println!(
         "  cold machine (empty memo): {:.0} us per machine",
@@ -261,7 +273,7 @@ fn main() {
     println!("  advisory entries tested:   {probes} per machine");
     println!(
         "  findings:                  {findings} ({:.1} per machine), {non_compliant} machines non-compliant",
-        findings as f64 / MACHINES as f64
+        findings as f64 / machines as f64
     );
     println!(
         "  process peak RSS:          {:.1} MiB",

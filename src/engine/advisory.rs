@@ -530,6 +530,9 @@ pub struct IndexEntry {
     pub advisory: Arc<Advisory>,
     /// Index into `advisory.affected`.
     pub affected: usize,
+    /// The advisory's number in this database (dense, from 0): evaluations
+    /// tell advisories apart by it without reaching into each one.
+    pub ordinal: u32,
 }
 
 impl IndexEntry {
@@ -543,10 +546,34 @@ impl IndexEntry {
 /// evaluation, and SipHash cost a fifth of it.
 type FastMap<K, V> = foldhash::HashMap<K, V>;
 
-type PackageIndex = FastMap<String, Vec<IndexEntry>>;
+/// Everything indexed under one (ecosystem, package): the advisory entries
+/// and the memo of versions already tested against them.
+///
+/// The memo is per package so that a hit costs one hash of the version
+/// (the package was found by the lookup that led here). Fleets repeat the
+/// same (package, version) pairs on thousands of machines (they come from a
+/// few images), and testing a version against every advisory of a package is
+/// the bulk of an evaluation. The memo lives and dies with its database, so
+/// swapping in new advisories never serves a stale answer.
+#[derive(Debug, Default)]
+pub struct PackageEntries {
+    entries: Vec<IndexEntry>,
+    memo: std::sync::Mutex<FastMap<Box<str>, Result<ProbeMatches, String>>>,
+}
+
+impl PackageEntries {
+    /// The advisory entries of this package.
+    pub fn entries(&self) -> &[IndexEntry] {
+        &self.entries
+    }
+}
+
+/// The package map of one ecosystem.
+pub type PackageIndex = FastMap<String, PackageEntries>;
 
 /// Every loaded advisory, indexed by ecosystem then package, with the KEV
-/// overlay. Immutable once built: the controller swaps whole databases.
+/// overlay. Immutable once built (but for the probe memos): the controller
+/// swaps whole databases.
 #[derive(Debug, Default)]
 pub struct AdvisoryDb {
     index: FastMap<String, PackageIndex>,
@@ -554,39 +581,29 @@ pub struct AdvisoryDb {
     fingerprints: HashMap<(String, String), u64>,
     ecosystems: BTreeMap<String, usize>,
     advisories: usize,
-    probes: ProbeCache,
+    /// Entries in all the probe memos together, to bound their memory.
+    memoized: std::sync::atomic::AtomicUsize,
 }
 
-/// What one installed (package, version) matches: the indexes of the
-/// affected entries under that package and their minimum fixed versions.
-pub type ProbeMatches = Arc<[(usize, Option<Arc<str>>)]>;
-
-/// A memo of [`AdvisoryDb::probe`]. Fleets repeat the same (package,
-/// version) pairs on thousands of machines (they come from a few images), and
-/// testing a version against every advisory of a package is the bulk of an
-/// evaluation. The memo lives and dies with its database, so swapping in new
-/// advisories never serves a stale answer.
-#[derive(Debug, Default)]
-struct ProbeCache {
-    /// By the hash of (ecosystem, package, version); the strings are kept to
-    /// tell collisions apart, so a hit allocates nothing.
-    entries: std::sync::Mutex<FastMap<u64, Vec<CachedProbe>>>,
-    len: std::sync::atomic::AtomicUsize,
+/// One advisory entry an installed version matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeMatch {
+    /// Index into the package's entries ([`AdvisoryDb::lookup`]).
+    pub entry: usize,
+    /// The entry's [`IndexEntry::ordinal`], copied so that counting
+    /// advisories needs no trip to the advisory itself.
+    pub ordinal: u32,
+    /// The entry's severity, copied for the same reason.
+    pub severity: Severity,
+    /// The minimum fixed version above the installed one, if published.
+    pub fixed: Option<Arc<str>>,
 }
 
-#[derive(Debug)]
-struct CachedProbe {
-    key: [Box<str>; 3],
-    result: Result<ProbeMatches, String>,
-}
+/// What one installed (package, version) matches, in entry order.
+pub type ProbeMatches = Arc<[ProbeMatch]>;
 
-fn probe_hash(parts: [&str; 3]) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(parts)
-}
-
-/// Beyond this many distinct (ecosystem, package, version) triples the memo
-/// stops growing, bounding its memory (about 150 bytes per entry).
+/// Beyond this many distinct (ecosystem, package, version) triples the memos
+/// stop growing, bounding their memory (about 100 bytes per entry).
 const PROBE_CACHE_LIMIT: usize = 1_000_000;
 
 /// The (ecosystem, package) keys whose advisories differ between two
@@ -871,6 +888,9 @@ impl AdvisoryDb {
                 affected,
                 cves,
             });
+            // Ordinals are dense and fit: no feed holds 4 billion advisories,
+            // and saturating keeps a wrong count from becoming a panic.
+            let ordinal = u32::try_from(report.advisories).unwrap_or(u32::MAX);
             report.advisories += 1;
             let mut counted = HashSet::new();
             for (i, a) in advisory.affected.iter().enumerate() {
@@ -882,9 +902,11 @@ impl AdvisoryDb {
                     .or_default()
                     .entry(a.package.clone())
                     .or_default()
+                    .entries
                     .push(IndexEntry {
                         advisory: Arc::clone(&advisory),
                         affected: i,
+                        ordinal,
                     });
             }
         }
@@ -895,7 +917,7 @@ impl AdvisoryDb {
             fingerprints: HashMap::new(),
             ecosystems: ecosystem_counts,
             advisories: report.advisories,
-            probes: ProbeCache::default(),
+            memoized: std::sync::atomic::AtomicUsize::new(0),
         };
         db.fingerprints = db.compute_fingerprints();
         (db, report)
@@ -907,6 +929,7 @@ impl AdvisoryDb {
             for (package, entries) in packages {
                 let mut hasher = DefaultHasher::new();
                 let mut items: Vec<_> = entries
+                    .entries
                     .iter()
                     .map(|e| {
                         let a = e.affected();
@@ -943,12 +966,12 @@ impl AdvisoryDb {
     pub fn lookup(&self, ecosystem: &str, package: &str) -> &[IndexEntry] {
         self.ecosystem(ecosystem)
             .and_then(|m| m.get(package))
-            .map(Vec::as_slice)
+            .map(PackageEntries::entries)
             .unwrap_or(&[])
     }
 
     /// Tests an installed version of `package` against every advisory entry
-    /// indexed under it: the matching entries' indexes (into
+    /// indexed under it: the matching entries (indexes into
     /// [`AdvisoryDb::lookup`]'s slice) with their minimum fixed versions, or
     /// the reason the version cannot be read. Memoized per database.
     pub fn probe(
@@ -958,48 +981,61 @@ impl AdvisoryDb {
         package: &str,
         version: &str,
     ) -> Result<ProbeMatches, String> {
-        let entries = self.lookup(ecosystem, package);
-        if entries.is_empty() {
+        match self.ecosystem(ecosystem).and_then(|m| m.get(package)) {
+            Some(entries) => self.probe_entries(entries, family, version),
+            None => Ok(Arc::from([])),
+        }
+    }
+
+    /// [`AdvisoryDb::probe`] for a package already looked up in
+    /// [`AdvisoryDb::ecosystem`]'s map (what evaluations do: one lookup per
+    /// package, one hash of the version per probe).
+    pub fn probe_entries(
+        &self,
+        package: &PackageEntries,
+        family: Ecosystem,
+        version: &str,
+    ) -> Result<ProbeMatches, String> {
+        if package.entries.is_empty() {
             return Ok(Arc::from([]));
         }
-        let parts = [ecosystem, package, version];
-        let hash = probe_hash(parts);
-        if let Ok(cache) = self.probes.entries.lock()
-            && let Some(hit) = cache
-                .get(&hash)
-                .and_then(|bucket| bucket.iter().find(|c| c.key.iter().map(|k| &**k).eq(parts)))
+        // A poisoned memo (a panic elsewhere while it was held) only loses
+        // the memo: the answer is computed again.
+        if let Ok(memo) = package.memo.lock()
+            && let Some(hit) = memo.get(version)
         {
-            return hit.result.clone();
+            return hit.clone();
         }
         let result = Version::parse(family, version)
             .map(|installed| {
-                entries
+                package
+                    .entries
                     .iter()
                     .enumerate()
                     .filter_map(|(i, e)| {
-                        e.affected()
-                            .check(&installed)
-                            .map(|m| (i, m.fixed.map(|f| Arc::from(f.as_str()))))
+                        e.affected().check(&installed).map(|m| ProbeMatch {
+                            entry: i,
+                            ordinal: e.ordinal,
+                            severity: e.affected().severity,
+                            fixed: m.fixed.map(|f| Arc::from(f.as_str())),
+                        })
                     })
                     .collect::<Vec<_>>()
                     .into()
             })
             .map_err(|e| e.to_string());
         use std::sync::atomic::Ordering::Relaxed;
-        if self.probes.len.load(Relaxed) < PROBE_CACHE_LIMIT
-            && let Ok(mut cache) = self.probes.entries.lock()
+        if self.memoized.load(Relaxed) < PROBE_CACHE_LIMIT
+            && let Ok(mut memo) = package.memo.lock()
+            && memo.insert(Box::from(version), result.clone()).is_none()
         {
-            self.probes.len.fetch_add(1, Relaxed);
-            cache.entry(hash).or_default().push(CachedProbe {
-                key: parts.map(Box::from),
-                result: result.clone(),
-            });
+            self.memoized.fetch_add(1, Relaxed);
         }
         result
     }
 
     /// The package map of one ecosystem, for repeated lookups.
-    pub fn ecosystem(&self, ecosystem: &str) -> Option<&FastMap<String, Vec<IndexEntry>>> {
+    pub fn ecosystem(&self, ecosystem: &str) -> Option<&PackageIndex> {
         self.index.get(ecosystem)
     }
 
