@@ -327,21 +327,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             let _ = controller.wait();
         }
     }
-    let policies = Api::<PatchPolicy>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await?;
-    let workloads = Api::<Workload>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await?;
-    let templates = Api::<Template>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await?;
-    let fleet_report = report::build(
-        &workloads.items,
-        &templates.items,
-        &policies.items,
-        jiff::Timestamp::now().round(jiff::Unit::Second)?,
-    );
+    let fleet_report = super::report::fleet_report(&client, Some(ns)).await?;
     heading("The fleet report (patchloop report):");
     print!("{}", report::render_table(&fleet_report));
     result?;

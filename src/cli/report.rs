@@ -59,6 +59,22 @@ where
         .items)
 }
 
+/// Reads the statuses in `namespace` (all when `None`) and builds the report.
+pub async fn fleet_report(
+    client: &kube::Client,
+    namespace: Option<&str>,
+) -> anyhow::Result<report::FleetReport> {
+    let workloads: Vec<Workload> = list(client, namespace).await?;
+    let templates: Vec<Template> = list(client, namespace).await?;
+    let policies: Vec<PatchPolicy> = list(client, namespace).await?;
+    Ok(report::build(
+        &workloads,
+        &templates,
+        &policies,
+        patchloop::controller::now(),
+    ))
+}
+
 /// Prints the report.
 pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -69,16 +85,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         let conn = super::connect::connect(args.kubeconfig.as_deref()).await?;
         let namespace = (!args.all_namespaces)
             .then(|| args.namespace.clone().unwrap_or(conn.namespace.clone()));
-        let ns = namespace.as_deref();
-        let workloads: Vec<Workload> = list(&conn.client, ns).await?;
-        let templates: Vec<Template> = list(&conn.client, ns).await?;
-        let policies: Vec<PatchPolicy> = list(&conn.client, ns).await?;
-        Ok::<_, anyhow::Error>(report::build(
-            &workloads,
-            &templates,
-            &policies,
-            jiff::Timestamp::now().round(jiff::Unit::Second)?,
-        ))
+        fleet_report(&conn.client, namespace.as_deref()).await
     })?;
     let text = match args.output {
         Output::Table => report::render_table(&fleet),

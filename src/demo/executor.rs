@@ -129,12 +129,6 @@ fn required<'a>(env: &'a BTreeMap<String, String>, name: &str) -> anyhow::Result
         .with_context(|| format!("the Job has no {name}: not a Patchloop contract Job"))
 }
 
-fn now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .map_or_else(|_| jiff::Timestamp::now().to_string(), |t| t.to_string())
-}
-
 impl Executor {
     /// An executor for `namespace`, running each Job for `duration`.
     pub fn new(client: kube::Client, namespace: &str, duration: Duration) -> Executor {
@@ -259,8 +253,8 @@ impl Executor {
     /// Writes an Inventory (server-side apply, the executor's own manager),
     /// stamped with the time it is reported.
     async fn report(&self, name: &str, mut inventory: Inventory) -> anyhow::Result<()> {
-        let reported: jiff::Timestamp = now().parse()?;
-        inventory.spec.reported_at = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(reported);
+        inventory.spec.reported_at =
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(crate::controller::now());
         let doc = json!({
             "apiVersion": Inventory::api_version(&()),
             "kind": Inventory::kind(&()),
@@ -281,16 +275,11 @@ impl Executor {
 
 /// A `Complete` Job status as the Job controller writes it.
 pub fn complete_status() -> serde_json::Value {
-    let now = now();
+    let now = crate::controller::now().to_string();
     json!({
         "completionTime": now, "succeeded": 1, "active": 0,
         "conditions": [{"type": "Complete", "status": "True", "lastProbeTime": now, "lastTransitionTime": now}]
     })
-}
-
-/// True when a Job has a `Complete` or `Failed` condition.
-fn finished(job: &Job) -> bool {
-    jobs::finished(job).is_some()
 }
 
 /// Waits until the Job controller has synced a Job once (`startTime` set):
@@ -341,7 +330,7 @@ pub async fn set_job_status(
     while Instant::now() < deadline {
         match api.get_opt(job).await {
             Ok(None) => return Ok(()),
-            Ok(Some(j)) if finished(&j) => {
+            Ok(Some(j)) if jobs::finished(&j).is_some() => {
                 let since = *finished_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= STAYED {
                     return Ok(());

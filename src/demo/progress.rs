@@ -8,14 +8,11 @@ use std::fmt::Write as _;
 use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
 
-use crate::api::change_request::ChangeRequestPhase;
+use crate::api::change_request::{ChangeRequestPhase, TEMPLATE_LABEL};
 use crate::api::common::ComplianceState;
 use crate::api::workload::RemediationPhase;
 use crate::api::{ChangeRequest, PatchPolicy, Template, Workload};
 use crate::controller::jobs;
-
-/// The label linking a ChangeRequest to its Template.
-const TEMPLATE_LABEL: &str = "patchloop.dev/template";
 
 /// Where one Workload stands, as the demo tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -55,12 +55,6 @@ pub fn label<'a>(job: &'a Job, key: &str) -> &'a str {
         .map_or("", String::as_str)
 }
 
-fn now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .map_or_else(|_| String::new(), |t| t.to_string())
-}
-
 fn complete_status(start: Option<&str>) -> serde_json::Value {
     let mut status = patchloop::demo::executor::complete_status();
     if let Some(start) = start {
@@ -107,7 +101,7 @@ pub async fn fail(client: &kube::Client, ns: &str, job: &str, message: Option<&s
             .and_then(|s| s.containers.first())
             .map(|c| c.name.clone())
             .unwrap_or_default();
-        let now = now();
+        let now = patchloop::controller::now().to_string();
         let status = json!({"status": {
             "phase": "Failed",
             "containerStatuses": [{
@@ -120,7 +114,7 @@ pub async fn fail(client: &kube::Client, ns: &str, job: &str, message: Option<&s
             .await
             .unwrap_or_else(|e| panic!("setting Pod {name}'s status: {e}"));
     }
-    let now = now();
+    let now = patchloop::controller::now().to_string();
     set_status(
         client,
         ns,
