@@ -15,8 +15,8 @@
 //!    5,000 OSV records) before the controller starts;
 //! 2. starts `patchloop run` (log level `info`, output to a file) and times
 //!    until every Workload has `status.observedGeneration ==
-//!    metadata.generation` and a compliance state other than Unknown (a list
-//!    every second);
+//!    metadata.generation` and a compliance state other than Unknown (a watch
+//!    of the Workloads, started before the controller);
 //! 3. waits 5 s, then watches a steady-state window: resourceVersion changes
 //!    of all Workloads and the reconcile counter;
 //! 4. reads the controller's peak RSS (`VmHWM`) and stops it;
@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, stream};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use patchloop::api::{AdvisoryFeed, Inventory, PatchPolicy, Workload, WorkloadStatus};
 use serde_json::{Value, json};
 use support::patchloop::Patchloop;
@@ -208,6 +209,61 @@ fn is_current(w: &Workload) -> bool {
         && state_of(w).is_some_and(|s| s != "Unknown")
 }
 
+/// What a watch of the Workloads saw from the controller's start: when the
+/// first, half and all of them were current, and their last state.
+#[derive(Default)]
+struct Convergence {
+    first: Option<f64>,
+    half: Option<f64>,
+    all: Option<f64>,
+    current: usize,
+    items: HashMap<String, Workload>,
+}
+
+/// Follows the Workloads with a watch (a list every second would load the
+/// apiserver the controller is measured against) until every one is current.
+async fn watch_until_current(api: Api<Workload>, start: Instant) -> Convergence {
+    let mut c = Convergence::default();
+    let mut current = std::collections::HashSet::new();
+    let mut events = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let deadline = tokio::time::Instant::from_std(start + CONVERGE_TIMEOUT);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.next()).await {
+        let Ok(ev) = ev else { continue };
+        match ev {
+            watcher::Event::Apply(w) | watcher::Event::InitApply(w) => {
+                let name = w.metadata.name.clone().unwrap_or_default();
+                if is_current(&w) {
+                    current.insert(name.clone());
+                } else {
+                    current.remove(&name);
+                }
+                c.items.insert(name, w);
+            }
+            watcher::Event::Delete(w) => {
+                let name = w.metadata.name.clone().unwrap_or_default();
+                current.remove(&name);
+                c.items.remove(&name);
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+        c.current = current.len();
+        let t = start.elapsed().as_secs_f64();
+        if c.current > 0 && c.first.is_none() {
+            c.first = Some(t);
+        }
+        if c.current >= WORKLOADS / 2 && c.half.is_none() {
+            c.half = Some(t);
+        }
+        if c.items.len() == WORKLOADS && c.current == WORKLOADS {
+            c.all = Some(t);
+            break;
+        }
+    }
+    c
+}
+
 async fn resource_versions(api: &Api<Workload>) -> HashMap<String, String> {
     api.list(&ListParams::default())
         .await
@@ -274,6 +330,8 @@ async fn start_controller(env: &support::TestEnv, ns: &str, label: &str, log: &P
 struct RunResult {
     setup: f64,
     ready: f64,
+    first: f64,
+    half: f64,
     converge: f64,
     reconciles_at_converge: f64,
     writes_at_converge: f64,
@@ -340,27 +398,27 @@ async fn one_run(
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
     let log = env.dir().join(format!("patchloop-bench-{run}.log"));
     let t = Instant::now();
+    let watch = tokio::spawn(watch_until_current(workloads.clone(), t));
     let pl = start_controller(env, &ns, &label, &log).await;
     r.ready = t.elapsed().as_secs_f64();
-    let items = loop {
-        let items = workloads
-            .list(&ListParams::default())
-            .await
-            .expect("list Workloads")
-            .items;
-        let current = items.iter().filter(|w| is_current(w)).count();
-        if items.len() == WORKLOADS && current == WORKLOADS {
-            break items;
-        }
-        if t.elapsed() > CONVERGE_TIMEOUT {
-            println!(
-                "bench: run {run}: NOT converged after {CONVERGE_TIMEOUT:?}: {current} of {WORKLOADS}"
-            );
-            break items;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
-    r.converge = t.elapsed().as_secs_f64();
+    let convergence = watch.await.expect("the Workload watch");
+    if convergence.all.is_none() {
+        println!(
+            "bench: run {run}: NOT converged after {CONVERGE_TIMEOUT:?}: {} of {WORKLOADS}",
+            convergence.current
+        );
+    }
+    println!(
+        "bench: run {run}: first status current after {:.1} s, half after {:.1} s",
+        convergence.first.unwrap_or(f64::NAN),
+        convergence.half.unwrap_or(f64::NAN)
+    );
+    (r.first, r.half) = (
+        convergence.first.unwrap_or(f64::NAN),
+        convergence.half.unwrap_or(f64::NAN),
+    );
+    let items: Vec<Workload> = convergence.items.into_values().collect();
+    r.converge = convergence.all.unwrap_or(t.elapsed().as_secs_f64());
     r.reconciles_at_converge = pl
         .metric("patchloop_reconciles_total{controller=\"workload\"}")
         .await;

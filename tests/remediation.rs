@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
 use patchloop::api::workload::RemediationPhase;
 use patchloop::api::{PatchPolicy, Workload, WorkloadStatus};
 use serde_json::{Value, json};
@@ -191,14 +191,24 @@ async fn the_canary_runs_alone_then_at_most_max_concurrent_and_every_fix_is_veri
         vars["PATCHLOOP_PACKAGES_FILE"],
         "/var/run/patchloop/packages"
     );
+    // The package list: on the Job (what verification reads) and in the
+    // contract ConfigMap created just after it.
+    let packages = "libc-bin 2.36-9+deb12u3 glibc\nlibc6 2.36-9+deb12u3 glibc\n";
+    assert_eq!(
+        canary
+            .annotations()
+            .get("patchloop.dev/packages")
+            .map(String::as_str),
+        Some(packages)
+    );
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let cm = config_maps
-        .get(&canary_name)
-        .await
-        .expect("the contract ConfigMap");
+    let cm = support::eventually("the contract ConfigMap", WAIT, async || {
+        config_maps.get_opt(&canary_name).await.ok().flatten()
+    })
+    .await;
     assert_eq!(
         cm.data.as_ref().map(|d| d["packages"].as_str()),
-        Some("libc-bin 2.36-9+deb12u3 glibc\nlibc6 2.36-9+deb12u3 glibc\n")
+        Some(packages)
     );
     let cm_owner = &cm.metadata.owner_references.as_ref().expect("owner")[0];
     assert_eq!(

@@ -534,10 +534,11 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         Some(name.as_str())
     );
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let files = config_maps
-        .get(&build_name)
-        .await
-        .expect("contract ConfigMap");
+    // Created just after its Job.
+    let files = support::eventually("the contract ConfigMap", WAIT, async || {
+        config_maps.get_opt(&build_name).await.ok().flatten()
+    })
+    .await;
     let data = files.data.unwrap_or_default();
     assert_eq!(
         data.get("packages").map(String::as_str),

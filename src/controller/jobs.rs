@@ -6,9 +6,12 @@
 //! environment variables naming the object, and a ConfigMap named like the
 //! Job is mounted read-only at [`CONTRACT_DIR`] with the package list
 //! (`packages`: one `name minimum-fixed-version [source]` line each) and
-//! whatever else the caller adds. The ConfigMap is created first (owned by
-//! the Job's owner), then the Job, then the ConfigMap is handed to the Job
-//! as its owner: deleting the Job, or its owner, removes both.
+//! whatever else the caller adds. The Job is created first, then its
+//! ConfigMap, owned by the Job: two requests, and deleting the Job, or its
+//! owner, removes both. (The Pod cannot start before the ConfigMap exists;
+//! the kubelet waits for the volume.) The Job also carries the package list
+//! in an annotation, so the controller can verify a fix from its Job cache
+//! without reading the ConfigMap back.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +21,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, EnvVar, Pod, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client, ResourceExt};
 use sha2::{Digest, Sha256};
 
@@ -47,6 +50,11 @@ pub const CONTRACT_DIR: &str = "/var/run/patchloop";
 pub const PACKAGES_FILE: &str = "packages";
 /// The volume that mounts it.
 const CONTRACT_VOLUME: &str = "patchloop-contract";
+/// The Job's copy of [`PACKAGES_FILE`], read back when verifying a fix.
+pub const PACKAGES_ANNOTATION: &str = "patchloop.dev/packages";
+/// A longer package list stays in the ConfigMap only (annotations share a
+/// 256 KiB budget per object).
+const MAX_PACKAGES_ANNOTATION: usize = 32 * 1024;
 /// The longest Job name: a Job's Pods carry it as a label value.
 pub const MAX_JOB_NAME: usize = 63;
 /// Termination messages longer than this are cut in status.
@@ -207,17 +215,24 @@ pub fn build(req: &JobRequest<'_>) -> Result<(Job, ConfigMap), TemplateError> {
         .get_or_insert_with(Default::default)
         .extend(labels.clone());
     meta.owner_references = Some(vec![req.owner.clone()]);
+    if let Some(lines) = req.files.get(PACKAGES_FILE)
+        && lines.len() <= MAX_PACKAGES_ANNOTATION
+    {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(PACKAGES_ANNOTATION.into(), lines.clone());
+    }
     let job = Job {
         metadata: meta,
         spec: Some(spec),
         status: None,
     };
+    // Owned by the Job once it exists (see [`create`]).
     let config_map = ConfigMap {
         metadata: ObjectMeta {
             name: Some(req.name.clone()),
             namespace: Some(req.namespace.to_owned()),
             labels: Some(labels),
-            owner_references: Some(vec![req.owner.clone()]),
             ..Default::default()
         },
         data: Some(req.files.clone()),
@@ -254,9 +269,9 @@ pub enum Created {
     Existed,
 }
 
-/// Creates the ConfigMap, the Job, then makes the Job the ConfigMap's
-/// owner; every step tolerates "already exists", so a repeat after a crash
-/// finishes the work instead of duplicating it.
+/// Creates the Job, then its ConfigMap owned by it; both steps tolerate
+/// "already exists", so a repeat after a crash finishes the work instead of
+/// duplicating it.
 pub async fn create(
     client: &Client,
     job: &Job,
@@ -266,60 +281,42 @@ pub async fn create(
     let name = job.name_any();
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    match config_maps.create(&PostParams::default(), config_map).await {
-        Ok(_) => {}
-        Err(e) if is_conflict(&e) => {}
-        Err(e) => return Err(e),
-    }
     let (created, uid) = match jobs.create(&PostParams::default(), job).await {
         Ok(j) => (Created::New, j.uid()),
         Err(e) if is_conflict(&e) => (Created::Existed, jobs.get(&name).await?.uid()),
         Err(e) => return Err(e),
     };
-    if let Some(uid) = uid {
-        let owner = OwnerReference {
-            api_version: "batch/v1".into(),
-            kind: "Job".into(),
-            name: name.clone(),
-            uid,
-            controller: Some(true),
-            block_owner_deletion: None,
-        };
-        let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
-        match config_maps
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {}
-            // The Job's owner went away meanwhile; garbage collection follows.
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e),
-        }
+    let Some(uid) = uid else {
+        return Ok(created);
+    };
+    let mut config_map = config_map.clone();
+    config_map.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "batch/v1".into(),
+        kind: "Job".into(),
+        name,
+        uid,
+        controller: Some(true),
+        block_owner_deletion: None,
+    }]);
+    match config_maps
+        .create(&PostParams::default(), &config_map)
+        .await
+    {
+        Ok(_) => Ok(created),
+        Err(e) if is_conflict(&e) => Ok(created),
+        Err(e) => Err(e),
     }
-    Ok(created)
 }
 
-/// Deletes a finished Job (its Pods in the background) and its ConfigMap;
-/// already gone is fine.
+/// Deletes a finished Job; garbage collection removes its Pods and its
+/// ConfigMap (both owned by it). Already gone is fine.
 pub async fn delete(client: &Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    for result in [
-        jobs.delete(name, &DeleteParams::background())
-            .await
-            .map(|_| ()),
-        config_maps
-            .delete(name, &DeleteParams::default())
-            .await
-            .map(|_| ()),
-    ] {
-        match result {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e),
-        }
+    match jobs.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 fn is_conflict(e: &kube::Error) -> bool {
@@ -549,7 +546,31 @@ mod tests {
             cm.data.as_ref().map(|d| d["packages"].as_str()),
             Some("libc6 2.36-9+deb12u3 glibc\n")
         );
-        assert_eq!(cm.metadata.owner_references, Some(vec![owner()]));
+        // The Job owns its ConfigMap once created (its uid is not known yet).
+        assert_eq!(cm.metadata.owner_references, None);
+        let annotations = job.metadata.annotations.as_ref().expect("annotations");
+        assert_eq!(annotations["a"], "b");
+        assert_eq!(
+            annotations[PACKAGES_ANNOTATION],
+            "libc6 2.36-9+deb12u3 glibc\n"
+        );
+    }
+
+    #[test]
+    fn a_long_package_list_stays_in_the_config_map_only() {
+        let template = json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "patch", "image": "debian:12"}]}}}});
+        let mut req = request(&template);
+        let long = "libfoo 1.0-1 foo\n".repeat(MAX_PACKAGES_ANNOTATION / 10);
+        req.files.insert(PACKAGES_FILE.into(), long.clone());
+        let (job, cm) = build(&req).expect("a job");
+        assert!(
+            job.metadata
+                .annotations
+                .as_ref()
+                .is_none_or(|a| !a.contains_key(PACKAGES_ANNOTATION))
+        );
+        assert_eq!(cm.data.as_ref().map(|d| &d[PACKAGES_FILE]), Some(&long));
     }
 
     #[test]

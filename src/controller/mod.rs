@@ -30,6 +30,7 @@ pub mod workload;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -39,6 +40,7 @@ use tracing::Instrument;
 
 use self::advisories::AdvisoryStore;
 use self::metrics::Metrics;
+use crate::engine::outcome::Notice;
 
 /// Errors of a reconcile; the error policy retries with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -95,20 +97,48 @@ impl Shared {
     where
         K: Resource<DynamicType = ()>,
     {
-        let ev = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "could not publish an Event");
+        publish(&self.recorder, &obj.object_ref(&()), warning, reason, note).await;
+    }
+
+    /// Publishes Events about `obj`, in order, in the background: a
+    /// reconcile does not wait on notifications, only on its status write.
+    pub fn events_later<K>(&self, obj: &K, notices: Vec<Notice>)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        if notices.is_empty() {
+            return;
         }
+        let recorder = self.recorder.clone();
+        let reference = obj.object_ref(&());
+        tokio::spawn(async move {
+            for n in notices {
+                publish(&recorder, &reference, n.warning, n.reason, n.message).await;
+            }
+        });
+    }
+}
+
+async fn publish(
+    recorder: &Recorder,
+    reference: &ObjectReference,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, reference).await {
+        tracing::warn!(error = %e, reason, "could not publish an Event");
     }
 }
 

@@ -664,12 +664,11 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
             shared, &api, &name, "workload", MANAGER, &desired, &previous,
         )
         .await?;
-        events(scope, &wl, &previous, &desired).await;
-        for n in notices {
-            shared
-                .event(wl.as_ref(), n.warning, n.reason, n.message)
-                .await;
-        }
+        let mut published = compliance_notice(&previous, &desired)
+            .into_iter()
+            .collect::<Vec<_>>();
+        published.extend(notices);
+        shared.events_later(wl.as_ref(), published);
         // Policies, exceptions and the Template count this Workload (and a
         // policy plans from its record): wake the ones it matched before and
         // matches now — once the cache they read shows this write, or they
@@ -839,8 +838,9 @@ async fn track_remediation(
 }
 
 /// Whether the Workload's inventory has every package of the Job's fix set
-/// (read from the Job's contract ConfigMap) at least at its fixed version.
-/// Without the ConfigMap, the evaluation must show no installable fix left.
+/// (the Job's package annotation, else its contract ConfigMap) at least at
+/// its fixed version. Without either, the evaluation must show no
+/// installable fix left.
 async fn covers(
     scope: &Scope,
     ns: &str,
@@ -848,52 +848,62 @@ async fn covers(
     judged: &Judged,
     platform: &str,
 ) -> Result<bool, Error> {
-    let api: Api<ConfigMap> = Api::namespaced(scope.shared.client.clone(), ns);
-    let Some(cm) = api.get_opt(job).await? else {
-        return Ok(judged.installable(platform).is_none());
+    let annotated = scope
+        .jobs
+        .get(&ObjectRef::<Job>::new(job).within(ns))
+        .and_then(|j| j.annotations().get(jobs::PACKAGES_ANNOTATION).cloned());
+    let lines = match annotated {
+        Some(lines) => lines,
+        None => {
+            let api: Api<ConfigMap> = Api::namespaced(scope.shared.client.clone(), ns);
+            let Some(cm) = api.get_opt(job).await? else {
+                return Ok(judged.installable(platform).is_none());
+            };
+            cm.data
+                .and_then(|mut d| d.remove(jobs::PACKAGES_FILE))
+                .unwrap_or_default()
+        }
     };
-    let wanted = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get(jobs::PACKAGES_FILE))
-        .map(|text| parse_package_lines(text))
-        .unwrap_or_default();
+    let wanted = parse_package_lines(&lines);
     let (Some(packages), Ok(p)) = (&judged.packages, parse_platform(platform)) else {
         return Ok(false);
     };
     Ok(gaps(&wanted, packages, p.family, false).is_empty())
 }
 
-async fn events(scope: &Scope, wl: &Workload, previous: &WorkloadStatus, desired: &WorkloadStatus) {
+/// The Event for a change of compliance state, if it deserves one.
+fn compliance_notice(previous: &WorkloadStatus, desired: &WorkloadStatus) -> Option<Notice> {
     let state = |s: &WorkloadStatus| s.compliance.as_ref().and_then(|c| c.state);
     let (before, after) = (state(previous), state(desired));
     if before == after {
-        return;
+        return None;
     }
-    let reason = desired
-        .compliance
-        .as_ref()
-        .and_then(|c| c.reason.clone())
-        .unwrap_or_default();
-    let shared = &scope.shared;
-    match after {
-        Some(ComplianceState::Overdue) => shared.event(wl, true, "Overdue", reason).await,
-        Some(ComplianceState::Pending) if before != Some(ComplianceState::Overdue) => {
-            shared.event(wl, true, "NonCompliant", reason).await
+    let (warning, reason) = match after? {
+        ComplianceState::Overdue => (true, "Overdue"),
+        ComplianceState::Pending if before != Some(ComplianceState::Overdue) => {
+            (true, "NonCompliant")
         }
-        Some(ComplianceState::Compliant | ComplianceState::Exempt)
+        ComplianceState::Compliant | ComplianceState::Exempt
             if matches!(
                 before,
                 Some(ComplianceState::Pending | ComplianceState::Overdue)
             ) =>
         {
-            shared.event(wl, false, "Compliant", reason).await
+            (false, "Compliant")
         }
-        Some(ComplianceState::Unknown) if before.is_some() => {
-            shared.event(wl, true, "ComplianceUnknown", reason).await
-        }
-        _ => {}
-    }
+        ComplianceState::Unknown if before.is_some() => (true, "ComplianceUnknown"),
+        _ => return None,
+    };
+    let message = desired
+        .compliance
+        .as_ref()
+        .and_then(|c| c.reason.clone())
+        .unwrap_or_default();
+    Some(Notice {
+        warning,
+        reason,
+        message,
+    })
 }
 
 #[cfg(test)]

@@ -175,8 +175,9 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
     let give_up = attempt >= input.settings.attempts.max(1);
     let backoff_from = |at: Timestamp| time(at + backoff_after(input.settings.backoff, attempt));
 
-    match r.phase {
-        Some(RemediationPhase::Running) => match current {
+    let mut just_succeeded = false;
+    if r.phase == Some(RemediationPhase::Running) {
+        match current {
             Some(job) => {
                 // startTime arrives after creation: verification counts
                 // from the real start.
@@ -186,14 +187,7 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
                     Some(end) if end.succeeded => {
                         r.phase = Some(RemediationPhase::Verifying);
                         r.finished_at = Some(time(end.at));
-                        notices.push(Notice {
-                            warning: false,
-                            reason: "RemediationSucceeded",
-                            message: format!(
-                                "Job {} completed; waiting for an Inventory written after it started that shows the fixed versions",
-                                job.name
-                            ),
-                        });
+                        just_succeeded = true;
                     }
                     Some(end) => {
                         let Some(pod_message) = &input.failure_message else {
@@ -231,55 +225,67 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
                     &mut notices,
                 );
             }
-        },
-        Some(RemediationPhase::Verifying) => {
-            let started = started_of(&r).unwrap_or(input.now);
-            let fresh = input.inventory_written.is_some_and(|w| w >= started);
-            let deadline =
-                r.finished_at.as_ref().map_or(input.now, |t| t.0) + input.settings.verify_timeout;
-            let verified = if fresh {
-                match input.covered {
-                    None => {
-                        let job = r.job.clone().unwrap_or_default();
-                        return Observation::Lookup(Lookup::Coverage(job));
-                    }
-                    Some(c) => c,
+        }
+    }
+    // A Job that just succeeded is verified at once when its Inventory is
+    // already there (a job reports it before it exits); otherwise its record
+    // waits in Verifying.
+    if r.phase == Some(RemediationPhase::Verifying) {
+        let started = started_of(&r).unwrap_or(input.now);
+        let fresh = input.inventory_written.is_some_and(|w| w >= started);
+        let deadline =
+            r.finished_at.as_ref().map_or(input.now, |t| t.0) + input.settings.verify_timeout;
+        let verified = if fresh {
+            match input.covered {
+                None => {
+                    let job = r.job.clone().unwrap_or_default();
+                    return Observation::Lookup(Lookup::Coverage(job));
                 }
-            } else {
-                false
-            };
-            if verified {
-                r.phase = Some(RemediationPhase::Verified);
-                r.outcome = Some(RemediationOutcome::Verified);
-                r.message = Some("a fresh Inventory shows the fixed versions".into());
+                Some(c) => c,
+            }
+        } else {
+            false
+        };
+        if verified {
+            r.phase = Some(RemediationPhase::Verified);
+            r.outcome = Some(RemediationOutcome::Verified);
+            r.message = Some("a fresh Inventory shows the fixed versions".into());
+            notices.push(Notice {
+                warning: false,
+                reason: "RemediationVerified",
+                message: format!(
+                    "Job {}: a fresh Inventory shows every fixed version",
+                    r.job.as_deref().unwrap_or_default()
+                ),
+            });
+        } else if input.now >= deadline {
+            r.phase = Some(RemediationPhase::Unverified);
+            r.outcome = Some(RemediationOutcome::Unverified);
+            if !give_up {
+                r.backoff_until = Some(backoff_from(input.now));
+            }
+            r.message = Some(format!(
+                "Job {} succeeded but no Inventory written since it started showed the fixed versions within verifyTimeout",
+                r.job.as_deref().unwrap_or_default()
+            ));
+            notices.push(Notice {
+                warning: true,
+                reason: "RemediationUnverified",
+                message: r.message.clone().unwrap_or_default(),
+            });
+        } else {
+            wake_at = Some(deadline);
+            if just_succeeded {
                 notices.push(Notice {
                     warning: false,
-                    reason: "RemediationVerified",
+                    reason: "RemediationSucceeded",
                     message: format!(
-                        "Job {}: a fresh Inventory shows every fixed version",
+                        "Job {} completed; waiting for an Inventory written after it started that shows the fixed versions",
                         r.job.as_deref().unwrap_or_default()
                     ),
                 });
-            } else if input.now >= deadline {
-                r.phase = Some(RemediationPhase::Unverified);
-                r.outcome = Some(RemediationOutcome::Unverified);
-                if !give_up {
-                    r.backoff_until = Some(backoff_from(input.now));
-                }
-                r.message = Some(format!(
-                    "Job {} succeeded but no Inventory written since it started showed the fixed versions within verifyTimeout",
-                    r.job.as_deref().unwrap_or_default()
-                ));
-                notices.push(Notice {
-                    warning: true,
-                    reason: "RemediationUnverified",
-                    message: r.message.clone().unwrap_or_default(),
-                });
-            } else {
-                wake_at = Some(deadline);
             }
         }
-        _ => {}
     }
     Observation::Decided {
         record: Some(r),
@@ -404,7 +410,7 @@ mod tests {
         let (r, n, wake) = decided(observe(&input(Some(&r), &done, "2026-11-24T08:05:01Z")));
         assert_eq!(r.phase, Some(RemediationPhase::Verifying));
         assert_eq!(n, ["RemediationSucceeded"]);
-        assert_eq!(wake, None);
+        assert_eq!(wake, Some(ts("2026-11-24T10:05:00Z")), "the verify timeout");
 
         // An inventory written before the Job started proves nothing.
         let mut i = input(Some(&r), &done, "2026-11-24T08:06:00Z");
@@ -430,6 +436,50 @@ mod tests {
         assert_eq!(r.phase, Some(RemediationPhase::Verified));
         assert_eq!(r.outcome, Some(RemediationOutcome::Verified));
         assert_eq!(n, ["RemediationVerified"]);
+    }
+
+    #[test]
+    fn a_job_that_reported_before_it_exited_is_verified_when_its_success_is_seen() {
+        let running = RemediationRecord {
+            job: Some("web-abc-1".into()),
+            attempt: 1,
+            fix_set: Some("abc".into()),
+            phase: Some(RemediationPhase::Running),
+            started_at: Some(time(ts("2026-11-24T08:00:00Z"))),
+            ..Default::default()
+        };
+        let done = [job(
+            "web-abc-1",
+            1,
+            "2026-11-24T08:00:00Z",
+            Some(JobEnd {
+                succeeded: true,
+                at: ts("2026-11-24T08:05:00Z"),
+                message: None,
+            }),
+        )];
+        let mut i = input(Some(&running), &done, "2026-11-24T08:05:01Z");
+        i.inventory_written = Some(ts("2026-11-24T08:04:30Z"));
+        assert_eq!(
+            observe(&i),
+            Observation::Lookup(Lookup::Coverage("web-abc-1".into()))
+        );
+        i.covered = Some(true);
+        let (r, n, wake) = decided(observe(&i));
+        assert_eq!(r.phase, Some(RemediationPhase::Verified));
+        assert_eq!(r.finished_at.map(|t| t.0), Some(ts("2026-11-24T08:05:00Z")));
+        assert_eq!(
+            n,
+            ["RemediationVerified"],
+            "one Event, not Succeeded then Verified"
+        );
+        assert_eq!(wake, None);
+
+        // Not covered: it waits in Verifying, and says the Job succeeded.
+        i.covered = Some(false);
+        let (r, n, _) = decided(observe(&i));
+        assert_eq!(r.phase, Some(RemediationPhase::Verifying));
+        assert_eq!(n, ["RemediationSucceeded"]);
     }
 
     #[test]
