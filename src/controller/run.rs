@@ -10,6 +10,7 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, predicates, utils::Predicate};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
@@ -286,7 +287,7 @@ impl GenerationFilter {
 /// unbounded: at start every object of a large fleet would be evaluated at
 /// once, each holding its parsed inventory and findings in memory while
 /// thousands of status patches compete for the apiserver.
-const RECONCILE_CONCURRENCY: u16 = 16;
+const RECONCILE_CONCURRENCY: u16 = 32;
 
 /// The longest one reconcile of a namespaced object may take; it is
 /// retried after that.
@@ -374,11 +375,18 @@ where
     } = streams;
 
     let (workloads, workload_writer) = scope::store::<Workload>();
+    // A Workload's own status write comes back through its watch; only a
+    // new generation or label set (or a first sighting) asks for a new
+    // verdict. Everything else it depends on wakes it through triggers.
     let workload_controller = Controller::for_stream(
         scope::reflect(
             scope::api_in::<Workload>(&client, ns),
             workload_writer,
             |_| {},
+        )
+        .predicate_filter(
+            predicates::generation.combine(predicates::labels),
+            Default::default(),
         ),
         workloads.clone(),
     );
