@@ -32,6 +32,9 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const RELEASE: &str = "patchloop";
 const RELEASE_NS: &str = "patchloop-system";
 const LONG_WAIT: Duration = Duration::from_secs(120);
+/// The image digest the watchNamespaces release pins.
+const SCOPED_DIGEST: &str =
+    "sha256:4f7d1c2a9b3e8f6d5c4b3a291817161514131211100f0e0d0c0b0a0908070605";
 
 fn chart() -> PathBuf {
     Path::new(REPO).join("charts/patchloop")
@@ -1103,6 +1106,19 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
         .collect();
     assert!(args.contains(&"--leader-election"), "{args:?}");
     assert!(args.contains(&"--lease-name=patchloop"), "{args:?}");
+    assert!(args.contains(&"--log-format=json"), "{args:?}");
+    assert!(args.contains(&"--log-level=info"), "{args:?}");
+    // The default image is the chart's appVersion.
+    let chart_meta = std::fs::read_to_string(chart().join("Chart.yaml")).expect("Chart.yaml");
+    let app_version = chart_meta
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:"))
+        .map(|v| v.trim().trim_matches('"'))
+        .expect("appVersion");
+    assert_eq!(
+        container["image"],
+        format!("ghcr.io/patchloop/patchloop:{app_version}")
+    );
     let env_names: Vec<&str> = container["env"]
         .as_array()
         .expect("env")
@@ -1183,6 +1199,7 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
         &json!({"crds": {"install": false}, "watchNamespaces": [watched], "replicaCount": 1,
                 "leaderElection": {"enabled": false}, "rbac": {"userRoles": false},
                 "log": {"format": "text", "level": "debug"},
+                "image": {"repository": "registry.example/mirror/patchloop", "digest": SCOPED_DIGEST},
                 "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
                 "networkPolicy": {"enabled": true,
                                   "metricsFrom": [{"namespaceSelector": {"matchLabels": {"monitoring": "true"}}}],
@@ -1199,16 +1216,28 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
             .any(|d| d["kind"] == "CustomResourceDefinition" || d["kind"] == "PodDisruptionBudget"),
         "crds.install=false renders no CRD, one replica no PDB"
     );
-    let scoped_args = scoped_docs
+    let scoped_container = scoped_docs
         .iter()
         .find(|d| d["kind"] == "Deployment")
-        .map(|d| d["spec"]["template"]["spec"]["containers"][0]["args"].clone())
+        .map(|d| d["spec"]["template"]["spec"]["containers"][0].clone())
         .expect("a Deployment");
-    assert!(
-        scoped_args
-            .as_array()
-            .is_some_and(|a| a.contains(&json!(format!("--namespace={watched}")))),
-        "{scoped_args}"
+    let scoped_args = &scoped_container["args"];
+    for arg in [
+        format!("--namespace={watched}"),
+        "--log-format=text".to_owned(),
+        "--log-level=debug".to_owned(),
+    ] {
+        assert!(
+            scoped_args
+                .as_array()
+                .is_some_and(|a| a.contains(&json!(arg))),
+            "{arg}: {scoped_args}"
+        );
+    }
+    // A digest wins over the tag.
+    assert_eq!(
+        scoped_container["image"],
+        format!("registry.example/mirror/patchloop@{SCOPED_DIGEST}")
     );
     for (kind, name) in [
         ("servicemonitor", "scoped-patchloop"),

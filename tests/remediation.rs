@@ -16,31 +16,13 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use patchloop::api::workload::RemediationPhase;
 use patchloop::api::{PatchPolicy, Workload, WorkloadStatus};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::executor::{self, InFlightWatch, label, unfinished};
 use support::objects::*;
 use support::patchloop::Patchloop;
 
 const LONG_WAIT: Duration = Duration::from_secs(240);
 const WORKLOAD_LABEL: &str = "patchloop.dev/workload";
-
-/// A PatchPolicy that remediates `tier`, always inside a window, with
-/// `remediation` fields merged over the defaults of these tests.
-fn remediating_policy(name: &str, tier: &str, remediation: Value) -> Value {
-    let mut p = policy(name, json!({"tier": tier}), 100);
-    p["spec"]["maintenanceWindows"] = json!([{"schedule": "* * * * *", "duration": "2h"}]);
-    let mut r = json!({
-        "mode": "Remediate", "maxConcurrent": 1, "canary": 0, "maxFailures": 2, "attempts": 1,
-        "jobTemplate": {"spec": {"template": {"spec": {
-            "containers": [{"name": "patch", "image": "debian:12", "command": ["/scripts/patch.sh"]}]
-        }}}}
-    });
-    if let (Some(r), Some(extra)) = (r.as_object_mut(), remediation.as_object()) {
-        r.extend(extra.clone());
-    }
-    p["spec"]["remediation"] = r;
-    p
-}
 
 /// Workloads `{prefix}-NN` of a tier, each with the vulnerable inventory.
 async fn fleet(client: &kube::Client, ns: &str, prefix: &str, tier: &str, n: usize) -> Vec<String> {

@@ -15,7 +15,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use patchloop::api::change_request::{ChangeRequestPhase, TEMPLATE_LABEL};
+use patchloop::api::change_request::ChangeRequestPhase;
 use patchloop::api::{ChangeRequest, PatchPolicy, Template, Workload};
 use serde_json::{Value, json};
 use support::objects::*;
@@ -30,36 +30,6 @@ const BASH: &str = "bash 5.2.15-2+b8 bash 5.2.15-2";
 
 // ---------------------------------------------------------------- objects
 
-fn template(name: &str, labels: Value) -> Value {
-    let job = |what: &str| {
-        json!({"spec": {"template": {"spec": {"containers": [
-            {"name": what, "image": "registry.example/tools/image-builder:1", "command": ["/bin/sh", "-c", what]}
-        ]}}}})
-    };
-    json!({
-        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Template",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "platform": "Debian:12",
-            "image": format!("registry.example/golden/{name}:1"),
-            "buildJobTemplate": job("build"),
-            "testJobTemplate": job("smoke-test"),
-        }
-    })
-}
-
-fn template_inventory(template: &str, packages: &[&str], reported_at: &str) -> Value {
-    json!({
-        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
-        "metadata": {"name": format!("{template}-r1")},
-        "spec": {
-            "subject": {"kind": "Template", "name": template, "revision": 1},
-            "reporter": "image-scan", "reportedAt": reported_at, "format": "dpkg",
-            "packages": packages,
-        }
-    })
-}
-
 fn build_result(name: &str, cr: &str, nonce: &str, image: &str, packages: &[&str]) -> Value {
     json!({
         "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
@@ -70,13 +40,6 @@ fn build_result(name: &str, cr: &str, nonce: &str, image: &str, packages: &[&str
             "packages": packages, "image": image, "nonce": nonce,
         }
     })
-}
-
-fn template_policy(name: &str, selector: Value, approval: &str) -> Value {
-    let mut p = policy(name, selector, 10);
-    p["spec"]["templates"] = json!({"approval": approval});
-    p["spec"]["emergency"] = json!({"severities": ["critical"]});
-    p
 }
 
 fn provisioned(name: &str, labels: Value, template: &str, revision: i64) -> Value {
@@ -178,17 +141,6 @@ fn decide_ok(env: &support::TestEnv, verb: &str, ns: &str, cr: &str, reason: &st
 }
 
 // ---------------------------------------------------------------- readers
-
-async fn requests(client: &kube::Client, ns: &str, template: &str) -> Vec<ChangeRequest> {
-    let api: Api<ChangeRequest> = Api::namespaced(client.clone(), ns);
-    let mut items = api
-        .list(&ListParams::default().labels(&format!("{TEMPLATE_LABEL}={template}")))
-        .await
-        .expect("listing ChangeRequests")
-        .items;
-    items.sort_by_key(|c| c.metadata.creation_timestamp.clone());
-    items
-}
 
 fn phase(cr: &ChangeRequest) -> Option<ChangeRequestPhase> {
     cr.status.as_ref().and_then(|s| s.phase)
@@ -696,6 +648,10 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
     .await;
     assert!(old.inventory.as_ref().is_some_and(|i| i.provisional));
     assert_eq!(condition(&old.conditions, "InventoryFresh"), Some("False"));
+    assert_eq!(
+        condition_reason(&old.conditions, "InventoryFresh"),
+        Some("Provisional")
+    );
     let new = support::eventually("web-03 compliant from revision 2", WAIT, async || {
         workload_status(&workloads, "web-03")
             .await
@@ -900,6 +856,135 @@ async fn a_failed_test_leaves_the_published_image_and_fails_the_request() {
     let retry = request_in(&client, &ns, "base", ChangeRequestPhase::Building).await;
     assert_ne!(retry.metadata.name.as_deref(), Some(name.as_str()));
     assert_eq!(requests(&client, &ns, "base").await.len(), 2);
+}
+
+/// How a build ends in [`failed_builds_and_unpublishable_images_leave_the_template_as_it_was`].
+enum BuildEnd {
+    /// The build succeeds and reports these packages; the test succeeds.
+    Reports(&'static [&'static str]),
+    /// The build Job fails with this termination message.
+    Fails(&'static str),
+}
+
+#[tokio::test]
+async fn failed_builds_and_unpublishable_images_leave_the_template_as_it_was() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("tpl-unpublishable").await;
+    let label = support::random_suffix();
+    fixture_feeds(&client, &label).await;
+    apply(
+        &client,
+        &ns,
+        template_policy("auto", json!({}), "Automatic"),
+    )
+    .await;
+    // Three templates needing the openssh fix, rebuilt at once; each build
+    // ends one way, and none may be published.
+    let cases = [
+        (
+            // openssh-client stays below its fixed version.
+            "uncovered",
+            BuildEnd::Reports(&[OPENSSH_OLD, BASH]),
+            "NotPublishable",
+            [
+                "does not cover the scope",
+                "openssh-client 1:9.2p1-2+deb12u1 < 1:9.2p1-2+deb12u2",
+            ],
+        ),
+        (
+            // openssh is fixed, but an old rsync the current image lacks
+            // comes along.
+            "worse",
+            BuildEnd::Reports(&[OPENSSH_FIXED, RSYNC_OLD, BASH]),
+            "NotPublishable",
+            ["findings the current revision lacks", "DSA-5843-1"],
+        ),
+        (
+            "broken",
+            BuildEnd::Fails("E: Unable to fetch openssh-client"),
+            "BuildFailed",
+            ["the build failed", "E: Unable to fetch openssh-client"],
+        ),
+    ];
+    for (name, ..) in &cases {
+        apply(&client, &ns, template(name, json!({}))).await;
+        apply(
+            &client,
+            &ns,
+            template_inventory(name, &[OPENSSH_OLD, BASH], "2026-11-24T08:00:00Z"),
+        )
+        .await;
+    }
+    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+
+    let mut open = Vec::new();
+    for (name, end, ..) in &cases {
+        let cr = request_in(&client, &ns, name, ChangeRequestPhase::Building).await;
+        let cr_name = cr.metadata.name.clone().expect("name");
+        let build = format!("{cr_name}-build");
+        wait_job(&client, &ns, &build).await;
+        let before = template_status(&client, &ns, name).await;
+        match end {
+            BuildEnd::Reports(packages) => {
+                apply(
+                    &client,
+                    &ns,
+                    build_result(
+                        &format!("{name}-r2"),
+                        &cr_name,
+                        &nonce_of(&cr),
+                        &format!("registry.example/golden/{name}@sha256:6666"),
+                        packages,
+                    ),
+                )
+                .await;
+                finish_job(&client, &ns, &build, None).await;
+                wait_phase(&client, &ns, &cr_name, ChangeRequestPhase::Testing).await;
+                let test = format!("{cr_name}-test");
+                wait_job(&client, &ns, &test).await;
+                finish_job(&client, &ns, &test, None).await;
+            }
+            BuildEnd::Fails(message) => finish_job(&client, &ns, &build, Some(message)).await,
+        }
+        open.push((cr_name, before));
+    }
+
+    for ((name, _, reason, says), (cr_name, before)) in cases.iter().zip(open) {
+        let cr = wait_phase(&client, &ns, &cr_name, ChangeRequestPhase::Failed).await;
+        let status = cr.status.clone().unwrap_or_default();
+        assert_eq!(
+            condition_reason(&status.conditions, "Ready"),
+            Some(*reason),
+            "{name}: {status:?}"
+        );
+        let message = status.message.clone().unwrap_or_default();
+        for part in says {
+            assert!(message.contains(part), "{name}: {message}");
+        }
+        assert!(
+            status
+                .timestamps
+                .as_ref()
+                .is_some_and(|t| t.failed.is_some()),
+            "{name}: {status:?}"
+        );
+        let after = support::eventually(
+            &format!("{name} to show the failed request"),
+            WAIT,
+            async || {
+                let s = template_status(&client, &ns, name).await;
+                (condition(&s.conditions, "ChangeRequestOpen") == Some("False")).then_some(s)
+            },
+        )
+        .await;
+        assert_eq!(
+            (&after.revision, &after.image, &after.history),
+            (&before.revision, &before.image, &before.history),
+            "{name}: the published revision changed"
+        );
+        assert_eq!(condition(&after.conditions, "Compliant"), Some("False"));
+    }
 }
 
 #[tokio::test]
@@ -1165,6 +1250,14 @@ async fn a_rejection_stands_until_the_findings_change_and_requests_outlive_their
         .and_then(|s| s.approval.clone())
         .expect("record");
     assert_eq!(format!("{:?}", record.verdict), "Rejected");
+    assert!(
+        cr.status
+            .as_ref()
+            .and_then(|s| s.timestamps.as_ref())
+            .is_some_and(|t| t.awaiting_approval.is_some() && t.rejected.is_some()),
+        "{:?}",
+        cr.status
+    );
     let ts = support::eventually("the Template to show the rejection", WAIT, async || {
         let s = template_status(&client, &ns, "base").await;
         let c = s

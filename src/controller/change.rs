@@ -450,6 +450,19 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
         tpl::wake_inventories_of(scope, &ns, SubjectKind::ChangeRequest, &name);
     }
     if is_closed(previous.phase) {
+        // A closed request takes no more changes, but kstatus (Argo CD,
+        // Flux) reads a spec edit as in progress until observedGeneration
+        // says the controller has seen it.
+        if previous.observed_generation != cr.metadata.generation {
+            let mut status = previous.clone();
+            status.observed_generation = cr.metadata.generation;
+            for c in &mut status.conditions {
+                c.observed_generation = cr.metadata.generation;
+            }
+            if !write(scope, &cr, &previous, &status).await? {
+                return Ok(Action::requeue(SOON));
+            }
+        }
         return Ok(idle);
     }
     let template = scope

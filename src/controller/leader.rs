@@ -3,11 +3,15 @@
 //! standbys keep their caches and advisory feeds loaded, report ready, and
 //! take over when the lease is free.
 //!
-//! Takeover bound: a standby acquires the lease at most `LEASE_DURATION`
-//! after the leader's last renewal (immediately when the leader released it
-//! on SIGTERM), then wakes every object; its caches are already synced. The
-//! leader renews `LEASE_GRACE` before expiry, which is also the clock-skew
-//! margin tolerated between nodes. A leader that loses the lease, or cannot
+//! Takeover bound: `LEASE_DURATION` + `RETRY_PERIOD` + cache sync. The
+//! crate does not watch the Lease: a standby reads it again when the lease it
+//! last read expires, so it finds the lease free (released on SIGTERM) or
+//! expired (after a crash) at most `LEASE_DURATION` after the leader's last
+//! renewal; taking an expired lease waits 0.1–1 s more (the crate's random
+//! back-off), an API error `RETRY_PERIOD`. Cache sync costs nothing then:
+//! a standby's caches are synced before it reports ready; the new leader
+//! wakes every object once. The leader renews `LEASE_GRACE` before expiry,
+//! which is also the clock-skew margin tolerated between nodes. A leader that loses the lease, or cannot
 //! renew it, exits at once (its Pod restarts as a standby) rather than risk
 //! two writers.
 
@@ -21,6 +25,9 @@ use tokio::sync::watch;
 pub const LEASE_DURATION: u64 = 15;
 /// Seconds before expiry the holder renews (and the clock-skew margin).
 pub const LEASE_GRACE: u64 = 5;
+/// Seconds a standby waits before campaigning again after an API error (it
+/// covers the crate's 0.1–1 s wait before taking an expired lease too).
+pub const RETRY_PERIOD: u64 = 2;
 /// The exit code of a process that lost the lease.
 pub const LOST_LEASE_EXIT_CODE: i32 = 3;
 /// The field manager of the Lease.
@@ -101,7 +108,7 @@ pub async fn campaign(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "lease campaign failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        tokio::time::sleep(Duration::from_secs(RETRY_PERIOD)).await;
                     }
                 },
             }

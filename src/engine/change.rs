@@ -649,6 +649,96 @@ mod tests {
         assert!(coverage_gaps(&s, &binnmu, Ecosystem::Dpkg).is_empty());
     }
 
+    /// Debian's real OSV records for openssh, rsync and tar (no fix), as
+    /// the feeds serve them.
+    fn fixture_db() -> crate::engine::advisory::AdvisoryDb {
+        use crate::engine::advisory::{AdvisoryDb, KevCatalog, OsvRecord};
+        let records: Vec<OsvRecord> = [
+            include_str!("../../tests/fixtures/osv/debian/DSA-5586-1.json"),
+            include_str!("../../tests/fixtures/osv/debian/CVE-2023-51385.json"),
+            include_str!("../../tests/fixtures/osv/debian/DSA-5843-1.json"),
+            include_str!("../../tests/fixtures/osv/debian/CVE-2024-12084.json"),
+            include_str!("../../tests/fixtures/osv/debian/CVE-2005-2541.json"),
+        ]
+        .iter()
+        .map(|r| serde_json::from_str(r).expect("an OSV record"))
+        .collect();
+        AdvisoryDb::build(records, KevCatalog::default(), &[]).0
+    }
+
+    /// An image's evaluation (inventories of images never age) under one
+    /// policy, from `dpkg` compact lines.
+    fn image(db: &crate::engine::advisory::AdvisoryDb, lines: &[&str]) -> Evaluation {
+        use crate::engine::evaluate::{Detail, Input, InventoryInput, PolicyRef, evaluate};
+        let spec: crate::api::policy::PatchPolicySpec = serde_json::from_value(serde_json::json!({
+            "selector": {},
+            "deadlines": {"critical": "3d", "high": "7d", "medium": "30d", "low": "90d", "unknown": "30d"},
+        }))
+        .expect("policy spec");
+        let packages: Vec<InstalledPackage> = lines
+            .iter()
+            .map(|l| crate::engine::inventory::parse_compact(l).expect("compact line"))
+            .collect();
+        let now: Timestamp = "2026-11-24T08:00:00Z".parse().expect("timestamp");
+        evaluate(&Input {
+            detail: Detail::All,
+            platform: "Debian:12",
+            policies: &[PolicyRef {
+                name: "gold",
+                spec: &spec,
+            }],
+            exceptions: &[],
+            inventory: Some(InventoryInput {
+                packages: &packages,
+                collected_at: now,
+                ages: false,
+                provisional: false,
+            }),
+            advisories: db,
+            now,
+        })
+    }
+
+    #[test]
+    fn regressions_are_actionable_findings_the_current_image_lacks() {
+        let db = fixture_db();
+        const OPENSSH_OLD: &str = "openssh-client 1:9.2p1-2+deb12u1 openssh";
+        const OPENSSH_FIXED: &str = "openssh-client 1:9.2p1-2+deb12u2 openssh";
+        const RSYNC_OLD: &str = "rsync 3.2.7-1";
+        const TAR: &str = "tar 1.34+dfsg-1.2+deb12u1";
+        let current = image(&db, &[OPENSSH_OLD, TAR]);
+        assert!(
+            current
+                .findings
+                .iter()
+                .any(|f| f.finding.advisory == "DSA-5586-1"),
+            "{:?}",
+            current.findings
+        );
+        // The same image, or one fixing what the current one has: no worse.
+        assert!(regressions(&current, &current).is_empty());
+        let fixed = image(&db, &[OPENSSH_FIXED, TAR]);
+        assert!(regressions(&current, &fixed).is_empty());
+        // A fix that brings an old rsync along: rsync's advisories are new.
+        let worse = image(&db, &[OPENSSH_FIXED, RSYNC_OLD, TAR]);
+        assert_eq!(
+            regressions(&current, &worse),
+            ["CVE-2024-12084", "DSA-5843-1"]
+        );
+        // A finding without a fix is no regression: nothing could install it.
+        let bare = image(&db, &[OPENSSH_OLD]);
+        assert!(
+            current
+                .findings
+                .iter()
+                .any(|f| f.finding.advisory == "CVE-2005-2541"
+                    && f.finding.state == FindingState::NoFixYet),
+            "{:?}",
+            current.findings
+        );
+        assert!(regressions(&bare, &current).is_empty());
+    }
+
     fn observed<'a>(
         phase: Option<Phase>,
         scope: Option<&'a Scope>,

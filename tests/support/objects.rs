@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use kube::Api;
+use kube::api::ListParams;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use patchloop::api::Workload;
+use patchloop::api::change_request::TEMPLATE_LABEL;
+use patchloop::api::{ChangeRequest, Workload};
 use serde_json::{Value, json};
 
 /// The repository's test fixtures.
@@ -14,24 +16,29 @@ pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"
 /// How long a test waits for the controller to converge.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// Applies a manifest (any Patchloop kind) with the test's field manager.
-pub async fn apply(client: &kube::Client, ns: &str, doc: Value) {
-    let kind = doc["kind"].as_str().expect("kind").to_owned();
-    let name = doc["metadata"]["name"].as_str().expect("name").to_owned();
-    let plural = match kind.as_str() {
+/// The API of a Patchloop kind, in `ns` (AdvisoryFeeds are cluster-scoped).
+pub fn api_of(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    let plural = match kind {
         "PatchPolicy" => "patchpolicies".to_owned(),
         "Inventory" => "inventories".to_owned(),
         k => format!("{}s", k.to_lowercase()),
     };
     let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("patchloop.dev", "v1alpha1", &kind),
+        &GroupVersionKind::gvk("patchloop.dev", "v1alpha1", kind),
         &plural,
     );
-    let api: Api<DynamicObject> = if kind == "AdvisoryFeed" {
+    if kind == "AdvisoryFeed" {
         Api::all_with(client.clone(), &resource)
     } else {
         Api::namespaced_with(client.clone(), ns, &resource)
-    };
+    }
+}
+
+/// Applies a manifest (any Patchloop kind) with the test's field manager.
+pub async fn apply(client: &kube::Client, ns: &str, doc: Value) {
+    let kind = doc["kind"].as_str().expect("kind").to_owned();
+    let name = doc["metadata"]["name"].as_str().expect("name").to_owned();
+    let api = api_of(client, ns, &kind);
     let obj: DynamicObject = serde_json::from_value(doc).expect("object");
     api.patch(
         &name,
@@ -141,4 +148,86 @@ pub fn condition<'a>(
         .iter()
         .find(|c| c.type_ == t)
         .map(|c| c.status.as_str())
+}
+
+/// A condition's reason.
+pub fn condition_reason<'a>(
+    conds: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    t: &str,
+) -> Option<&'a str> {
+    conds
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| c.reason.as_str())
+}
+
+/// A PatchPolicy that remediates `tier`, always inside a window, with
+/// `remediation` fields merged over the defaults of these tests.
+pub fn remediating_policy(name: &str, tier: &str, remediation: Value) -> Value {
+    let mut p = policy(name, json!({"tier": tier}), 100);
+    p["spec"]["maintenanceWindows"] = json!([{"schedule": "* * * * *", "duration": "2h"}]);
+    let mut r = json!({
+        "mode": "Remediate", "maxConcurrent": 1, "canary": 0, "maxFailures": 2, "attempts": 1,
+        "jobTemplate": {"spec": {"template": {"spec": {
+            "containers": [{"name": "patch", "image": "debian:12", "command": ["/scripts/patch.sh"]}]
+        }}}}
+    });
+    if let (Some(r), Some(extra)) = (r.as_object_mut(), remediation.as_object()) {
+        r.extend(extra.clone());
+    }
+    p["spec"]["remediation"] = r;
+    p
+}
+
+/// A Template (platform Debian:12) with build and test Job templates.
+pub fn template(name: &str, labels: Value) -> Value {
+    let job = |what: &str| {
+        json!({"spec": {"template": {"spec": {"containers": [
+            {"name": what, "image": "registry.example/tools/image-builder:1", "command": ["/bin/sh", "-c", what]}
+        ]}}}})
+    };
+    json!({
+        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Template",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "platform": "Debian:12",
+            "image": format!("registry.example/golden/{name}:1"),
+            "buildJobTemplate": job("build"),
+            "testJobTemplate": job("smoke-test"),
+        }
+    })
+}
+
+/// The reported inventory of a Template's first revision.
+pub fn template_inventory(template: &str, packages: &[&str], reported_at: &str) -> Value {
+    json!({
+        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
+        "metadata": {"name": format!("{template}-r1")},
+        "spec": {
+            "subject": {"kind": "Template", "name": template, "revision": 1},
+            "reporter": "image-scan", "reportedAt": reported_at, "format": "dpkg",
+            "packages": packages,
+        }
+    })
+}
+
+/// A PatchPolicy that also governs templates, with `approval` for their
+/// rebuilds and critical findings as its emergencies.
+pub fn template_policy(name: &str, selector: Value, approval: &str) -> Value {
+    let mut p = policy(name, selector, 10);
+    p["spec"]["templates"] = json!({"approval": approval});
+    p["spec"]["emergency"] = json!({"severities": ["critical"]});
+    p
+}
+
+/// The ChangeRequests of a Template (found by its label), oldest first.
+pub async fn requests(client: &kube::Client, ns: &str, template: &str) -> Vec<ChangeRequest> {
+    let api: Api<ChangeRequest> = Api::namespaced(client.clone(), ns);
+    let mut items = api
+        .list(&ListParams::default().labels(&format!("{TEMPLATE_LABEL}={template}")))
+        .await
+        .expect("listing ChangeRequests")
+        .items;
+    items.sort_by_key(|c| c.metadata.creation_timestamp.clone());
+    items
 }

@@ -109,4 +109,18 @@ impl Patchloop {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     }
+
+    /// The sum of every sample of a metric over all its label sets (e.g.
+    /// `patchloop_status_writes_total`, whatever the controller).
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await.unwrap_or_default();
+        body.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next())
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum()
+    }
 }
