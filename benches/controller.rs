@@ -217,6 +217,7 @@ struct Convergence {
     half: Option<f64>,
     all: Option<f64>,
     current: usize,
+    timeline: Vec<usize>,
     items: HashMap<String, Workload>,
 }
 
@@ -250,6 +251,10 @@ async fn watch_until_current(api: Api<Workload>, start: Instant) -> Convergence 
         }
         c.current = current.len();
         let t = start.elapsed().as_secs_f64();
+        // A coarse timeline: how many were current at each 2 s mark.
+        while t >= 2.0 * (c.timeline.len() + 1) as f64 {
+            c.timeline.push(c.current);
+        }
         if c.current > 0 && c.first.is_none() {
             c.first = Some(t);
         }
@@ -409,9 +414,10 @@ async fn one_run(
         );
     }
     println!(
-        "bench: run {run}: first status current after {:.1} s, half after {:.1} s",
+        "bench: run {run}: first status current after {:.1} s, half after {:.1} s; current every 2 s: {:?}",
         convergence.first.unwrap_or(f64::NAN),
-        convergence.half.unwrap_or(f64::NAN)
+        convergence.half.unwrap_or(f64::NAN),
+        convergence.timeline
     );
     (r.first, r.half) = (
         convergence.first.unwrap_or(f64::NAN),
@@ -425,6 +431,20 @@ async fn one_run(
     r.writes_at_converge = pl
         .metric("patchloop_status_writes_total{controller=\"workload\"}")
         .await;
+    let mut others = Vec::new();
+    for c in ["policy", "inventory", "feed"] {
+        let reconciles = pl
+            .metric(&format!("patchloop_reconciles_total{{controller=\"{c}\"}}"))
+            .await;
+        let writes = pl
+            .metric(&format!("patchloop_status_writes_total{{controller=\"{c}\"}}"))
+            .await;
+        others.push(format!("{c} {reconciles}/{writes}"));
+    }
+    println!(
+        "bench: run {run}: other reconciles/status writes until converged: {}",
+        others.join(", ")
+    );
     let mut states: HashMap<String, usize> = HashMap::new();
     for w in &items {
         *states.entry(state_of(w).unwrap_or("-".into())).or_default() += 1;

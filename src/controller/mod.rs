@@ -30,6 +30,8 @@ pub mod workload;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -80,6 +82,8 @@ pub struct Shared {
     pub client: Client,
     /// Publishes Events (on transitions only).
     pub recorder: Recorder,
+    /// Publishes Events in the background.
+    pub events: EventQueue,
     /// The advisory data of every feed.
     pub advisories: Arc<AdvisoryStore>,
     /// Prometheus metrics.
@@ -100,23 +104,41 @@ impl Shared {
         publish(&self.recorder, &obj.object_ref(&()), warning, reason, note).await;
     }
 
-    /// Publishes Events about `obj`, in order, in the background: a
-    /// reconcile does not wait on notifications, only on its status write.
+    /// Publishes Events about `obj`, in order, in the background (see
+    /// [`EventQueue`]).
     pub fn events_later<K>(&self, obj: &K, notices: Vec<Notice>)
     where
         K: Resource<DynamicType = ()>,
     {
-        if notices.is_empty() {
-            return;
+        if !notices.is_empty() {
+            // The queue outlives every reconcile; a send fails only at
+            // shutdown, when the Events are dropped with it.
+            let _ = self.events.0.unbounded_send((obj.object_ref(&()), notices));
         }
-        let recorder = self.recorder.clone();
-        let reference = obj.object_ref(&());
-        tokio::spawn(async move {
+    }
+}
+
+/// Events published in the background, a few at a time: a reconcile waits
+/// only on its status write (the record), and a burst of transitions — a
+/// fleet's first verdicts — cannot crowd out status writes at the apiserver.
+#[derive(Clone)]
+pub struct EventQueue(UnboundedSender<(ObjectReference, Vec<Notice>)>);
+
+/// Event publications in flight.
+const EVENTS_IN_FLIGHT: usize = 4;
+
+/// The queue and the worker that drains it (run until shutdown).
+pub fn event_queue(recorder: Recorder) -> (EventQueue, impl Future<Output = ()> + Send) {
+    let (tx, rx) = futures::channel::mpsc::unbounded::<(ObjectReference, Vec<Notice>)>();
+    let worker = rx.for_each_concurrent(EVENTS_IN_FLIGHT, move |(reference, notices)| {
+        let recorder = recorder.clone();
+        async move {
             for n in notices {
                 publish(&recorder, &reference, n.warning, n.reason, n.message).await;
             }
-        });
-    }
+        }
+    });
+    (EventQueue(tx), worker)
 }
 
 async fn publish(

@@ -22,7 +22,7 @@ use super::metrics::Metrics;
 use super::scope::{self, Scope, SubjectIndex, TriggerStreams};
 use super::{
     Settings, Shared, change, exception, failpoint, feed, feed_source, inventory, leader, policy,
-    recorder, retry_soon, template, workload,
+    event_queue, recorder, retry_soon, template, workload,
 };
 use crate::api::inventory::SubjectKind;
 use crate::api::{
@@ -81,8 +81,11 @@ pub async fn run(
         None => (leader::Leadership::always(), future::ready(()).boxed()),
     };
     metrics.set_leader(leadership.is_leader());
+    let recorder = recorder(client.clone());
+    let (events, event_worker) = event_queue(recorder.clone());
     let shared = Arc::new(Shared {
-        recorder: recorder(client.clone()),
+        recorder,
+        events,
         advisories: Arc::new(AdvisoryStore::new(started, settings.grace)),
         metrics: metrics.clone(),
         settings: settings.clone(),
@@ -98,7 +101,17 @@ pub async fn run(
     tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
 
     let feeds = feed_controller(Arc::clone(&shared), stopped())?;
-    let mut tasks: Vec<future::BoxFuture<'static, ()>> = vec![feeds.boxed(), campaign];
+    let event_worker = {
+        let stop = stopped();
+        async move {
+            tokio::select! {
+                () = event_worker => {}
+                () = stop => {}
+            }
+        }
+    };
+    let mut tasks: Vec<future::BoxFuture<'static, ()>> =
+        vec![feeds.boxed(), campaign, event_worker.boxed()];
     let mut ready_checks = Vec::new();
     let mut scopes_built = Vec::new();
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
