@@ -20,6 +20,7 @@
 use std::time::Instant;
 
 use jiff::Timestamp;
+use sha2::{Digest, Sha256};
 use patchloop::api::policy::PatchPolicySpec;
 use patchloop::engine::advisory::{AdvisoryDb, KevCatalog, KevEntry, OsvRecord};
 use patchloop::engine::evaluate::{self, Input, InventoryInput, PolicyRef};
@@ -251,6 +252,38 @@ fn main() {
     }
     let fleet = start.elapsed();
 
+    // A digest of what every profile evaluates to (statuses as serialized,
+    // counts, verdict, next change, emergency and installable flags), outside
+    // the timed loop: machines of one profile evaluate alike, so equal
+    // digests and finding counts mean a change left the results untouched.
+    let mut digest = Sha256::new();
+    for packages in &profiles {
+        let e = evaluate::evaluate(&Input {
+            detail: evaluate::Detail::Actionable,
+            platform: "Debian:12",
+            policies: &policies,
+            exceptions: &[],
+            inventory: Some(InventoryInput {
+                packages,
+                collected_at: now,
+                ages: true,
+                provisional: false,
+            }),
+            advisories: &db,
+            now,
+        });
+        for f in &e.findings {
+            digest.update(serde_json::to_vec(&f.finding).expect("a finding serializes"));
+            digest.update([u8::from(f.emergency), u8::from(f.installable)]);
+        }
+        digest.update(serde_json::to_vec(&e.summary()).expect("a summary serializes"));
+        digest.update(format!("{:?} {:?}", e.counts, e.next_change));
+    }
+    let digest: String = digest.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+
     println!("engine benchmark (one thread)");
     println!("  advisories indexed:        {}", db.len());
     println!("  index build:               {:.2} s", build.as_secs_f64());
@@ -275,6 +308,7 @@ fn main() {
         "  findings:                  {findings} ({:.1} per machine), {non_compliant} machines non-compliant",
         findings as f64 / machines as f64
     );
+    println!("  findings digest:           {digest} (the {PROFILES} profiles)");
     println!(
         "  process peak RSS:          {:.1} MiB",
         peak_kib() as f64 / 1024.0

@@ -485,13 +485,13 @@ impl Affected {
 /// An advisory after normalisation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Advisory {
-    /// The record id.
-    pub id: String,
+    /// The record id (shared with the findings that name it).
+    pub id: Arc<str>,
     /// One-line summary.
     pub summary: Option<String>,
     /// The CVEs this advisory covers: itself, aliases, upstream and related
-    /// ids that are CVEs (sorted, unique).
-    pub cves: Vec<String>,
+    /// ids that are CVEs (sorted, unique; shared with the findings).
+    pub cves: Arc<[Arc<str>]>,
     /// Publication (else modification) time; deadlines run from here.
     pub published: Option<Timestamp>,
     /// Last modification.
@@ -876,7 +876,7 @@ impl AdvisoryDb {
                     .map(|a| a.severity)
                     .max()
                     .unwrap_or(Severity::Unknown),
-                id: record.id,
+                id: record.id.into(),
                 summary: record.summary,
                 published: record.published.or(record.modified),
                 modified: record.modified,
@@ -886,7 +886,7 @@ impl AdvisoryDb {
                     .min_by_key(|e| e.date_added)
                     .cloned(),
                 affected,
-                cves,
+                cves: cves.into_iter().map(Arc::from).collect(),
             });
             // Ordinals are dense and fit: no feed holds 4 billion advisories,
             // and saturating keeps a wrong count from becoming a panic.
@@ -937,7 +937,7 @@ impl AdvisoryDb {
                             .advisory
                             .cves
                             .iter()
-                            .filter_map(|c| self.kev.entries.get(c))
+                            .filter_map(|c| self.kev.entries.get(&**c))
                             .collect();
                         let mut h = DefaultHasher::new();
                         e.advisory.id.hash(&mut h);
