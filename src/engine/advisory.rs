@@ -652,8 +652,9 @@ pub struct AdvisoryDb {
 /// One advisory entry an installed version matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeMatch {
-    /// Index into the package's entries ([`AdvisoryDb::lookup`]).
-    pub entry: usize,
+    /// The entry's advisory, so that a finding is built without a trip
+    /// through the package's entries.
+    pub advisory: Arc<Advisory>,
     /// The entry's [`IndexEntry::ordinal`], copied so that counting
     /// advisories needs no trip to the advisory itself.
     pub ordinal: u32,
@@ -1038,8 +1039,8 @@ impl AdvisoryDb {
     }
 
     /// Tests an installed version of `package` against every advisory entry
-    /// indexed under it: the matching entries (indexes into
-    /// [`AdvisoryDb::lookup`]'s slice) with their minimum fixed versions, or
+    /// indexed under it: the matching entries (in [`AdvisoryDb::lookup`]'s
+    /// order) with their minimum fixed versions, or
     /// the reason the version cannot be read. Memoized per database.
     pub fn probe(
         &self,
@@ -1078,10 +1079,9 @@ impl AdvisoryDb {
                 package
                     .entries
                     .iter()
-                    .enumerate()
-                    .filter_map(|(i, e)| {
+                    .filter_map(|e| {
                         e.affected().check(&installed).map(|m| ProbeMatch {
-                            entry: i,
+                            advisory: Arc::clone(&e.advisory),
                             ordinal: e.ordinal,
                             severity: e.affected().severity,
                             fixed: m.fixed.map(|f| Arc::from(f.as_str())),

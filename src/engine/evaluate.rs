@@ -606,12 +606,14 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
     type ProbeKey<'p> = (&'p str, &'p Arc<str>);
     let mut keyed: Vec<(u64, ProbeKey<'_>, &InstalledPackage)> =
         Vec::with_capacity(inventory.packages.len());
+    // Hashed as text (hashing the `Arc` was an extra call per key).
+    let hash = |(name, version): ProbeKey<'_>| key_hasher.hash_one((name, &**version));
     for pkg in inventory.packages {
         let source = (pkg.source_name(), pkg.shared_source_version());
-        keyed.push((key_hasher.hash_one(source), source, pkg));
+        keyed.push((hash(source), source, pkg));
         if platform.family != Ecosystem::Dpkg && pkg.base_name() != pkg.source_name() {
             let base = (pkg.base_name(), &pkg.version);
-            keyed.push((key_hasher.hash_one(base), base, pkg));
+            keyed.push((hash(base), base, pkg));
         }
     }
     // Then packages are grouped by that hash; keys that hash alike are
@@ -664,7 +666,6 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
         let Some(package) = packages_index.get(name) else {
             continue;
         };
-        let entries = package.entries();
         let matches = match input
             .advisories
             .probe_entries(package, platform.family, version)
@@ -681,14 +682,11 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
                 without_fix.push(m.ordinal);
                 continue;
             }
-            let Some(entry) = entries.get(m.entry) else {
-                continue;
-            };
             let next = hits.len();
             let at = *hit_index.entry(m.ordinal).or_insert(next);
             if at == next {
                 hits.push(Hit {
-                    advisory: Arc::clone(&entry.advisory),
+                    advisory: Arc::clone(&m.advisory),
                     severity: m.severity,
                     packages: Vec::with_capacity(group.len()),
                 });
