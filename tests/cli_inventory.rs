@@ -406,7 +406,7 @@ fn a_dry_run_on_this_machine_lists_its_installed_dpkg_packages() {
         .iter()
         .map(|line| {
             let p = parse_compact(line.as_str().expect("a string")).expect("a compact line");
-            (p.base_name().to_owned(), p.version.clone())
+            (p.base_name().to_owned(), p.version.to_string())
         })
         .collect();
     reported.sort();

@@ -31,11 +31,7 @@ async fn a_real_advisory_yields_exact_findings_and_a_fixed_inventory_clears_them
             .filter(|s| in_state(s, "Overdue"))
     })
     .await;
-    let ids: Vec<&str> = status
-        .findings
-        .iter()
-        .map(|f| f.advisory.as_str())
-        .collect();
+    let ids: Vec<&str> = status.findings.iter().map(|f| &*f.advisory).collect();
     // Both the DSA and the Debian CVE record, earliest due first (the DSA
     // was published hours before the CVE record).
     assert_eq!(ids, ["DSA-5514-1", "CVE-2023-4911"]);
@@ -45,7 +41,7 @@ async fn a_real_advisory_yields_exact_findings_and_a_fixed_inventory_clears_them
     let packages: Vec<(&str, Option<&str>)> = dsa
         .packages
         .iter()
-        .map(|p| (p.name.as_str(), p.fixed.as_deref()))
+        .map(|p| (&*p.name, p.fixed.as_deref()))
         .collect();
     assert_eq!(
         packages,

@@ -2,6 +2,7 @@
 //! and a real dpkg status file (tests/fixtures, see SOURCES.md there).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use patchloop::api::common::{ComplianceState, FindingState, Severity};
@@ -78,7 +79,7 @@ fn severities_come_from_cvss_distribution_fields_or_related_cves() {
     let sev = |eco: &str, pkg: &str, id: &str| {
         db.lookup(eco, pkg)
             .iter()
-            .find(|e| e.advisory.id == id)
+            .find(|e| &*e.advisory.id == id)
             .map(|e| (e.affected().severity, e.affected().severity_source))
             .unwrap_or_else(|| panic!("{id} indexed under {eco}/{pkg}"))
     };
@@ -118,12 +119,12 @@ fn kev_matches_through_related_and_upstream_cves() {
         let entry = db
             .lookup(eco, pkg)
             .iter()
-            .find(|e| e.advisory.id == id)
+            .find(|e| &*e.advisory.id == id)
             .expect("indexed");
         let kev = db
             .known_exploited(&entry.advisory)
             .unwrap_or_else(|| panic!("{id} known exploited"));
-        assert!(entry.advisory.cves.contains(&kev.cve));
+        assert!(entry.advisory.cves.iter().any(|c| **c == kev.cve));
     }
     let tar = db.lookup("Debian:12", "tar");
     assert!(
@@ -142,9 +143,13 @@ fn the_machines_own_dpkg_status_yields_exactly_the_unfixed_cves() {
         .iter()
         .map(|f| {
             (
-                f.finding.advisory.clone(),
+                f.finding.advisory.to_string(),
                 f.finding.state,
-                f.finding.packages.iter().map(|p| p.name.clone()).collect(),
+                f.finding
+                    .packages
+                    .iter()
+                    .map(|p| p.name.to_string())
+                    .collect(),
             )
         })
         .collect();
@@ -222,7 +227,7 @@ fn an_older_glibc_is_overdue_with_the_kev_deadline_and_binary_packages() {
     let glibc_binaries: Vec<String> = packages
         .iter()
         .filter(|p| p.source_name() == "glibc")
-        .map(|p| p.name.clone())
+        .map(|p| p.name.to_string())
         .collect();
     assert!(glibc_binaries.len() >= 5);
     let e = eval(&db, "Debian:12", &packages);
@@ -230,23 +235,23 @@ fn an_older_glibc_is_overdue_with_the_kev_deadline_and_binary_packages() {
     let dsa = e
         .findings
         .iter()
-        .find(|f| f.finding.advisory == "DSA-5514-1")
+        .find(|f| &*f.finding.advisory == "DSA-5514-1")
         .expect("DSA-5514-1 finding")
         .finding
         .clone();
     assert_eq!(dsa.state, FindingState::Overdue);
     assert_eq!(dsa.severity, Severity::High);
     assert!(dsa.known_exploited);
-    assert_eq!(dsa.cves, vec!["CVE-2023-4911".to_string()]);
-    let mut names: Vec<String> = dsa.packages.iter().map(|p| p.name.clone()).collect();
+    assert_eq!(*dsa.cves, [Arc::from("CVE-2023-4911")]);
+    let mut names: Vec<String> = dsa.packages.iter().map(|p| p.name.to_string()).collect();
     names.sort();
     let mut expected = glibc_binaries.clone();
     expected.sort();
     assert_eq!(names, expected, "every installed binary of source glibc");
     for p in &dsa.packages {
         assert_eq!(p.fixed.as_deref(), Some("2.36-9+deb12u3"));
-        assert_eq!(p.installed, "2.36-9+deb12u2");
-        if p.name != "glibc" {
+        assert_eq!(&*p.installed, "2.36-9+deb12u2");
+        if &*p.name != "glibc" {
             assert_eq!(p.source.as_deref(), Some("glibc"));
         }
     }
@@ -257,12 +262,9 @@ fn an_older_glibc_is_overdue_with_the_kev_deadline_and_binary_packages() {
     );
     assert_eq!(dsa.due_by.as_deref(), Some("gold"));
     // The Debian CVE record for the same vulnerability is a second finding.
-    assert!(
-        e.findings
-            .iter()
-            .any(|f| f.finding.advisory == "CVE-2023-4911"
-                && f.finding.state == FindingState::Overdue)
-    );
+    assert!(e.findings.iter().any(
+        |f| &*f.finding.advisory == "CVE-2023-4911" && f.finding.state == FindingState::Overdue
+    ));
 }
 
 #[test]
@@ -281,7 +283,7 @@ fn ubuntu_usn_records_match_source_packages_with_kev_through_upstream() {
     let usn = e
         .findings
         .iter()
-        .find(|f| f.finding.advisory == "USN-6409-1")
+        .find(|f| &*f.finding.advisory == "USN-6409-1")
         .expect("USN-6409-1")
         .finding
         .clone();

@@ -162,7 +162,7 @@ fn dpkg_fixtures() {
     let compact = |name: &str| {
         packages
             .iter()
-            .find(|p| p.name == name)
+            .find(|p| &*p.name == name)
             .unwrap_or_else(|| panic!("{name} missing from the fixture"))
             .to_compact()
     };
@@ -249,9 +249,9 @@ gpg-pubkey\t0:fd431d51-4ae0493b\t(none)\t(none)
     );
     let openssl_libs = packages
         .iter()
-        .find(|p| p.name == "openssl-libs")
+        .find(|p| &*p.name == "openssl-libs")
         .expect("openssl-libs");
-    assert_eq!(openssl_libs.version, "1:3.0.7-27.el9");
+    assert_eq!(&*openssl_libs.version, "1:3.0.7-27.el9");
     assert_eq!(openssl_libs.source_name(), "openssl");
     assert_eq!(openssl_libs.source_version(), "1:3.0.7-27.el9");
     assert!(packages.iter().all(|p| p.base_name() != "gpg-pubkey"));
@@ -460,7 +460,7 @@ Z:Q1Vq3fH8r0YpX4kq2Ejx1ZcT9b0jA=
     );
     let libcrypto = packages
         .iter()
-        .find(|p| p.name == "libcrypto3")
+        .find(|p| &*p.name == "libcrypto3")
         .expect("libcrypto3");
     assert_eq!(
         (libcrypto.source_name(), libcrypto.source_version()),

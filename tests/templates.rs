@@ -1149,7 +1149,7 @@ async fn a_scope_change_voids_the_approval_and_late_advisories_wait_for_the_next
         let s = template_status(&client, &ns, "base").await;
         s.findings
             .iter()
-            .any(|f| f.advisory == "DSA-5497-1")
+            .any(|f| &*f.advisory == "DSA-5497-1")
             .then_some(())
     })
     .await;

@@ -2,7 +2,7 @@
 //! summaries and findings, schema helpers for the generated CRDs.
 
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use schemars::JsonSchema;
@@ -202,28 +202,35 @@ pub struct ComplianceSummary {
 /// One installed package an advisory affects, with the minimum fixed version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// The strings are shared (`Arc<str>`) with the inventory and the advisory
+// index they come from: an evaluation builds dozens of findings per object,
+// and copying each name and version was most of its allocations. They
+// serialize as plain strings (a plain comment: doc comments would reach the
+// CRD schema).
 pub struct AffectedPackage {
     /// The installed (binary) package name.
-    pub name: String,
+    pub name: Arc<str>,
     /// The installed version (of the source package when the advisory names a source).
-    pub installed: String,
+    pub installed: Arc<str>,
     /// The minimum version that fixes the advisory; absent when no fix exists yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fixed: Option<String>,
+    pub fixed: Option<Arc<str>>,
     /// The source package the advisory names, when it differs from `name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    pub source: Option<Arc<str>>,
 }
 
 /// One advisory that affects an object, with its deadline and state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// As in `AffectedPackage`, the strings are shared with the advisory and the
+// policy they come from.
 pub struct Finding {
     /// The advisory id (e.g. DSA-5532-1, USN-6000-1, CVE-2024-0001).
-    pub advisory: String,
+    pub advisory: Arc<str>,
     /// CVE ids the advisory covers (aliases, upstream and related).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cves: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub cves: Arc<[Arc<str>]>,
     /// Normalised severity.
     pub severity: Severity,
     /// Listed in the CISA Known Exploited Vulnerabilities catalog.
@@ -240,7 +247,7 @@ pub struct Finding {
     pub due: Option<Time>,
     /// The PatchPolicy whose deadline set `due`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub due_by: Option<String>,
+    pub due_by: Option<Arc<str>>,
     /// Before this instant the fix is still in the policy's soak time
     /// (`approval.approveAfter`) and is not installed unless it is an emergency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -250,6 +257,11 @@ pub struct Finding {
     pub exempted_by: Option<String>,
     /// The finding's state.
     pub state: FindingState,
+}
+
+/// `skip_serializing_if` for shared slices (`Vec::is_empty` takes a `Vec`).
+fn is_empty<T>(list: &Arc<[T]>) -> bool {
+    list.is_empty()
 }
 
 /// A reference to the Inventory an evaluation used.

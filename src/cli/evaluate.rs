@@ -254,7 +254,13 @@ fn table(e: &evaluate::Evaluation, packages: usize, advisories: usize) -> String
             } else {
                 f.severity.to_string()
             };
-            [f.advisory.clone(), severity, state.to_owned(), due, pkgs]
+            [
+                f.advisory.to_string(),
+                severity,
+                state.to_owned(),
+                due,
+                pkgs,
+            ]
         })
         .collect();
     let header = ["ADVISORY", "SEVERITY", "STATE", "DUE", "PACKAGES"];

@@ -45,14 +45,14 @@ pub fn install(
     installed
         .iter()
         .map(|p| {
-            let Some(fix) = by_name.get(p.name.as_str()) else {
+            let Some(fix) = by_name.get(&*p.name) else {
                 return Ok(p.clone());
             };
             // Fixed versions are the source's when the advisory names one.
             let current = p.source_version.as_deref().unwrap_or(&p.version);
             if version::compare(family, current, &fix.fixed)?.is_lt() {
                 Ok(InstalledPackage {
-                    version: fix.fixed.clone(),
+                    version: fix.fixed.as_str().into(),
                     source_version: None,
                     ..p.clone()
                 })
@@ -388,7 +388,7 @@ mod tests {
             ]
         );
         // A fixed package the machine lacks is not installed.
-        assert!(!after.iter().any(|p| p.name == "openssl"));
+        assert!(!after.iter().any(|p| &*p.name == "openssl"));
     }
 
     #[test]

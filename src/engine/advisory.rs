@@ -485,13 +485,13 @@ impl Affected {
 /// An advisory after normalisation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Advisory {
-    /// The record id.
-    pub id: String,
+    /// The record id (shared with the findings that name it).
+    pub id: Arc<str>,
     /// One-line summary.
     pub summary: Option<String>,
     /// The CVEs this advisory covers: itself, aliases, upstream and related
-    /// ids that are CVEs (sorted, unique).
-    pub cves: Vec<String>,
+    /// ids that are CVEs (sorted, unique; shared with the findings).
+    pub cves: Arc<[Arc<str>]>,
     /// Publication (else modification) time; deadlines run from here.
     pub published: Option<Timestamp>,
     /// Last modification.
@@ -546,6 +546,70 @@ impl IndexEntry {
 /// evaluation, and SipHash cost a fifth of it.
 type FastMap<K, V> = foldhash::HashMap<K, V>;
 
+/// Longest text a [`Key`] keeps in place.
+const KEY_INLINE: usize = 30;
+
+/// The key of the package index and of the probe memos: a package name or a
+/// version, kept in the map's own slot when short (nearly all are), so that a
+/// lookup compares it without a trip to the heap. Each evaluation does one
+/// package lookup and one memo lookup per distinct source, and with the keys
+/// on the heap each cost a cache miss more (the largest remaining cost).
+#[derive(Debug, Clone)]
+pub struct Key(KeyText);
+
+#[derive(Debug, Clone)]
+enum KeyText {
+    Inline { len: u8, bytes: [u8; KEY_INLINE] },
+    Heap(Box<str>),
+}
+
+impl Key {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Always whole UTF-8 (copied from a `str`); never the default.
+            KeyText::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            KeyText::Heap(text) => text,
+        }
+    }
+}
+
+impl From<&str> for Key {
+    fn from(text: &str) -> Self {
+        match u8::try_from(text.len()) {
+            Ok(len) if text.len() <= KEY_INLINE => {
+                let mut bytes = [0; KEY_INLINE];
+                bytes[..text.len()].copy_from_slice(text.as_bytes());
+                Key(KeyText::Inline { len, bytes })
+            }
+            _ => Key(KeyText::Heap(text.into())),
+        }
+    }
+}
+
+impl std::borrow::Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    // As `str` hashes: maps keyed by `Key` are looked up by `&str`.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
 /// Everything indexed under one (ecosystem, package): the advisory entries
 /// and the memo of versions already tested against them.
 ///
@@ -558,7 +622,7 @@ type FastMap<K, V> = foldhash::HashMap<K, V>;
 #[derive(Debug, Default)]
 pub struct PackageEntries {
     entries: Vec<IndexEntry>,
-    memo: std::sync::Mutex<FastMap<Box<str>, Result<ProbeMatches, String>>>,
+    memo: std::sync::Mutex<FastMap<Key, Result<ProbeMatches, String>>>,
 }
 
 impl PackageEntries {
@@ -569,7 +633,7 @@ impl PackageEntries {
 }
 
 /// The package map of one ecosystem.
-pub type PackageIndex = FastMap<String, PackageEntries>;
+pub type PackageIndex = FastMap<Key, PackageEntries>;
 
 /// Every loaded advisory, indexed by ecosystem then package, with the KEV
 /// overlay. Immutable once built (but for the probe memos): the controller
@@ -588,8 +652,9 @@ pub struct AdvisoryDb {
 /// One advisory entry an installed version matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeMatch {
-    /// Index into the package's entries ([`AdvisoryDb::lookup`]).
-    pub entry: usize,
+    /// The entry's advisory, so that a finding is built without a trip
+    /// through the package's entries.
+    pub advisory: Arc<Advisory>,
     /// The entry's [`IndexEntry::ordinal`], copied so that counting
     /// advisories needs no trip to the advisory itself.
     pub ordinal: u32,
@@ -876,7 +941,7 @@ impl AdvisoryDb {
                     .map(|a| a.severity)
                     .max()
                     .unwrap_or(Severity::Unknown),
-                id: record.id,
+                id: record.id.into(),
                 summary: record.summary,
                 published: record.published.or(record.modified),
                 modified: record.modified,
@@ -886,7 +951,7 @@ impl AdvisoryDb {
                     .min_by_key(|e| e.date_added)
                     .cloned(),
                 affected,
-                cves,
+                cves: cves.into_iter().map(Arc::from).collect(),
             });
             // Ordinals are dense and fit: no feed holds 4 billion advisories,
             // and saturating keeps a wrong count from becoming a panic.
@@ -900,7 +965,7 @@ impl AdvisoryDb {
                 index
                     .entry(a.ecosystem.clone())
                     .or_default()
-                    .entry(a.package.clone())
+                    .entry(Key::from(a.package.as_str()))
                     .or_default()
                     .entries
                     .push(IndexEntry {
@@ -937,7 +1002,7 @@ impl AdvisoryDb {
                             .advisory
                             .cves
                             .iter()
-                            .filter_map(|c| self.kev.entries.get(c))
+                            .filter_map(|c| self.kev.entries.get(&**c))
                             .collect();
                         let mut h = DefaultHasher::new();
                         e.advisory.id.hash(&mut h);
@@ -955,7 +1020,10 @@ impl AdvisoryDb {
                     .collect();
                 items.sort_unstable();
                 items.hash(&mut hasher);
-                out.insert((ecosystem.clone(), package.clone()), hasher.finish());
+                out.insert(
+                    (ecosystem.clone(), package.as_str().to_owned()),
+                    hasher.finish(),
+                );
             }
         }
         out
@@ -971,8 +1039,8 @@ impl AdvisoryDb {
     }
 
     /// Tests an installed version of `package` against every advisory entry
-    /// indexed under it: the matching entries (indexes into
-    /// [`AdvisoryDb::lookup`]'s slice) with their minimum fixed versions, or
+    /// indexed under it: the matching entries (in [`AdvisoryDb::lookup`]'s
+    /// order) with their minimum fixed versions, or
     /// the reason the version cannot be read. Memoized per database.
     pub fn probe(
         &self,
@@ -1011,10 +1079,9 @@ impl AdvisoryDb {
                 package
                     .entries
                     .iter()
-                    .enumerate()
-                    .filter_map(|(i, e)| {
+                    .filter_map(|e| {
                         e.affected().check(&installed).map(|m| ProbeMatch {
-                            entry: i,
+                            advisory: Arc::clone(&e.advisory),
                             ordinal: e.ordinal,
                             severity: e.affected().severity,
                             fixed: m.fixed.map(|f| Arc::from(f.as_str())),
@@ -1027,7 +1094,7 @@ impl AdvisoryDb {
         use std::sync::atomic::Ordering::Relaxed;
         if self.memoized.load(Relaxed) < PROBE_CACHE_LIMIT
             && let Ok(mut memo) = package.memo.lock()
-            && memo.insert(Box::from(version), result.clone()).is_none()
+            && memo.insert(Key::from(version), result.clone()).is_none()
         {
             self.memoized.fetch_add(1, Relaxed);
         }

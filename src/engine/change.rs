@@ -58,12 +58,16 @@ pub fn scope(evaluation: &Evaluation, family: Ecosystem) -> Option<(Scope, bool)
     let mut advisories: Vec<ScopeAdvisory> = evaluation
         .findings
         .iter()
-        .filter(|f| set.advisories.binary_search(&f.finding.advisory).is_ok())
+        .filter(|f| {
+            set.advisories
+                .binary_search_by(|a| (**a).cmp(&f.finding.advisory))
+                .is_ok()
+        })
         .map(|f| ScopeAdvisory {
-            id: f.finding.advisory.clone(),
+            id: f.finding.advisory.to_string(),
             severity: f.finding.severity,
             known_exploited: f.finding.known_exploited,
-            cves: f.finding.cves.clone(),
+            cves: f.finding.cves.iter().map(|c| c.to_string()).collect(),
             due: f.finding.due.clone(),
         })
         .collect();
@@ -203,7 +207,7 @@ pub fn coverage_gaps(
     for s in &scope.packages {
         for p in packages
             .iter()
-            .filter(|p| p.name == s.name || p.base_name() == s.name)
+            .filter(|p| *p.name == *s.name || p.base_name() == s.name)
         {
             let v = installed_version(p, s);
             if !compare(family, v, &s.fixed).is_ok_and(|o| o != Ordering::Less) {
@@ -228,7 +232,7 @@ pub fn regressions(current: &Evaluation, candidate: &Evaluation) -> Vec<String> 
                     FindingState::Pending | FindingState::Overdue | FindingState::Exempt
                 )
             })
-            .map(|f| f.finding.advisory.clone())
+            .map(|f| f.finding.advisory.to_string())
             .collect()
     };
     let before = actionable(current);

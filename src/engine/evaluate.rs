@@ -357,9 +357,10 @@ fn kev_start(date: jiff::civil::Date) -> Option<Timestamp> {
 
 /// One policy's deadlines, parsed once per evaluation rather than once per
 /// finding.
-struct Terms<'a> {
+struct Terms {
     /// The policy; `None` for the built-in defaults (no policy matches).
-    policy: Option<&'a str>,
+    /// Shared: every finding whose due date it sets names it.
+    policy: Option<Arc<str>>,
     /// Deadline per severity, indexed by [`severity_index`].
     deadlines: [Option<SignedDuration>; 5],
     /// `knownExploited`.
@@ -376,11 +377,11 @@ fn severity_index(s: Severity) -> usize {
     }
 }
 
-impl<'a> Terms<'a> {
-    fn of(policy: Option<&'a str>, deadlines: &Deadlines, kev: Option<&Duration>) -> Self {
+impl Terms {
+    fn of(policy: Option<&str>, deadlines: &Deadlines, kev: Option<&Duration>) -> Self {
         let d = |s| parse(deadlines.for_severity(s));
         Terms {
-            policy,
+            policy: policy.map(Arc::from),
             deadlines: [
                 d(Severity::Unknown),
                 d(Severity::Low),
@@ -392,7 +393,7 @@ impl<'a> Terms<'a> {
         }
     }
 
-    fn all(policies: &[PolicyRef<'a>]) -> Vec<Terms<'a>> {
+    fn all(policies: &[PolicyRef<'_>]) -> Vec<Terms> {
         if policies.is_empty() {
             return vec![Terms::of(None, &Deadlines::default(), None)];
         }
@@ -410,15 +411,15 @@ impl<'a> Terms<'a> {
 }
 
 /// The strictest due date over the policies: `(due, policy)`.
-fn due_date<'a>(
-    terms: &[Terms<'a>],
+fn due_date<'t>(
+    terms: &'t [Terms],
     published: Option<Timestamp>,
     severity: Severity,
     kev_added: Option<Timestamp>,
-) -> Option<(Timestamp, Option<&'a str>)> {
+) -> Option<(Timestamp, Option<&'t Arc<str>>)> {
     let published = published?;
-    let mut best: Option<(Timestamp, Option<&'a str>)> = None;
-    let mut consider = |due: Option<Timestamp>, by: Option<&'a str>| {
+    let mut best: Option<(Timestamp, Option<&'t Arc<str>>)> = None;
+    let mut consider = |due: Option<Timestamp>, by: Option<&'t Arc<str>>| {
         if let Some(due) = due
             && best.as_ref().is_none_or(|(b, _)| due < *b)
         {
@@ -428,10 +429,10 @@ fn due_date<'a>(
     for t in terms {
         consider(
             t.deadlines[severity_index(severity)].and_then(|d| published.checked_add(d).ok()),
-            t.policy,
+            t.policy.as_ref(),
         );
         if let (Some(added), Some(kev)) = (kev_added, t.known_exploited) {
-            consider(added.checked_add(kev).ok(), t.policy);
+            consider(added.checked_add(kev).ok(), t.policy.as_ref());
         }
     }
     best
@@ -601,19 +602,23 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
     // them at once, where hashing inside the grouping loop waited for each
     // miss in turn (it was the largest cost of an evaluation).
     let key_hasher = foldhash::fast::FixedState::with_seed(0x9e37_79b9);
-    let mut keyed: Vec<(u64, (&str, &str), &InstalledPackage)> =
+    // A key's version is the inventory's own string, shared by the findings.
+    type ProbeKey<'p> = (&'p str, &'p Arc<str>);
+    let mut keyed: Vec<(u64, ProbeKey<'_>, &InstalledPackage)> =
         Vec::with_capacity(inventory.packages.len());
+    // Hashed as text (hashing the `Arc` was an extra call per key).
+    let hash = |(name, version): ProbeKey<'_>| key_hasher.hash_one((name, &**version));
     for pkg in inventory.packages {
-        let source = (pkg.source_name(), pkg.source_version());
-        keyed.push((key_hasher.hash_one(source), source, pkg));
+        let source = (pkg.source_name(), pkg.shared_source_version());
+        keyed.push((hash(source), source, pkg));
         if platform.family != Ecosystem::Dpkg && pkg.base_name() != pkg.source_name() {
-            let base = (pkg.base_name(), pkg.version.as_str());
-            keyed.push((key_hasher.hash_one(base), base, pkg));
+            let base = (pkg.base_name(), &pkg.version);
+            keyed.push((hash(base), base, pkg));
         }
     }
     // Then packages are grouped by that hash; keys that hash alike are
     // told apart by their strings (in cache by now) through `same_hash`.
-    let mut probe_keys: Vec<(&str, &str)> = Vec::new();
+    let mut probe_keys: Vec<ProbeKey<'_>> = Vec::new();
     let mut same_hash: Vec<Option<usize>> = Vec::new();
     let mut by_hash: std::collections::HashMap<u64, usize, PassThrough> =
         std::collections::HashMap::with_capacity_and_hasher(keyed.len(), PassThrough);
@@ -661,7 +666,6 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
         let Some(package) = packages_index.get(name) else {
             continue;
         };
-        let entries = package.entries();
         let matches = match input
             .advisories
             .probe_entries(package, platform.family, version)
@@ -678,14 +682,11 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
                 without_fix.push(m.ordinal);
                 continue;
             }
-            let Some(entry) = entries.get(m.entry) else {
-                continue;
-            };
             let next = hits.len();
             let at = *hit_index.entry(m.ordinal).or_insert(next);
             if at == next {
                 hits.push(Hit {
-                    advisory: Arc::clone(&entry.advisory),
+                    advisory: Arc::clone(&m.advisory),
                     severity: m.severity,
                     packages: Vec::with_capacity(group.len()),
                 });
@@ -697,10 +698,15 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
                     continue;
                 }
                 hit.packages.push(AffectedPackage {
-                    name: pkg.name.clone(),
-                    installed: version.to_owned(),
-                    fixed: m.fixed.as_deref().map(str::to_owned),
-                    source: (name != pkg.name).then(|| name.to_owned()),
+                    name: Arc::clone(&pkg.name),
+                    installed: Arc::clone(version),
+                    fixed: m.fixed.clone(),
+                    // The probed name is the package's source but for the
+                    // `:ARCH`-less base name of an rpm or apk package.
+                    source: (name != &*pkg.name).then(|| match &pkg.source {
+                        Some(source) if **source == *name => Arc::clone(source),
+                        _ => Arc::from(name),
+                    }),
                 });
             }
         }
@@ -788,7 +794,7 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
                 packages,
                 published: advisory.published.map(time),
                 due: due.as_ref().map(|(d, _)| time(*d)),
-                due_by: due.and_then(|(_, by)| by.map(str::to_owned)),
+                due_by: due.and_then(|(_, by)| by.cloned()),
                 installable_after: installable_after.filter(|a| *a > now).map(time),
                 exempted_by,
                 state,
@@ -1035,7 +1041,7 @@ mod tests {
         let ids: Vec<_> = e
             .findings
             .iter()
-            .map(|f| (f.finding.advisory.as_str(), f.finding.state))
+            .map(|f| (&*f.finding.advisory, f.finding.state))
             .collect();
         assert_eq!(
             ids,
@@ -1051,7 +1057,7 @@ mod tests {
             Severity::High,
             "derived from CVE-2026-1000's CVSS"
         );
-        let names: Vec<_> = openssl.packages.iter().map(|p| p.name.as_str()).collect();
+        let names: Vec<_> = openssl.packages.iter().map(|p| &*p.name).collect();
         assert_eq!(names, ["libssl3", "openssl"]);
         assert_eq!(openssl.packages[0].source.as_deref(), Some("openssl"));
         assert_eq!(
@@ -1127,7 +1133,7 @@ mod tests {
         let f = &e
             .findings
             .iter()
-            .find(|f| f.finding.advisory == "DSA-9001-1")
+            .find(|f| &*f.finding.advisory == "DSA-9001-1")
             .expect("finding")
             .finding;
         assert_eq!(f.due_by.as_deref(), Some("strict"));
@@ -1157,7 +1163,7 @@ mod tests {
         let f = &e
             .findings
             .iter()
-            .find(|f| f.finding.advisory == "DSA-9002-1")
+            .find(|f| &*f.finding.advisory == "DSA-9002-1")
             .expect("finding")
             .finding;
         assert!(
@@ -1418,7 +1424,7 @@ mod tests {
         let zlib = e
             .findings
             .iter()
-            .find(|f| f.finding.advisory == "DSA-9002-1")
+            .find(|f| &*f.finding.advisory == "DSA-9002-1")
             .expect("zlib");
         assert!(
             zlib.emergency && zlib.installable,
@@ -1438,7 +1444,7 @@ mod tests {
         let openssl = e
             .findings
             .iter()
-            .find(|f| f.finding.advisory == "DSA-9001-1")
+            .find(|f| &*f.finding.advisory == "DSA-9001-1")
             .expect("openssl");
         assert!(!openssl.installable);
         assert_eq!(
@@ -1522,13 +1528,13 @@ mod tests {
         let dsa = e
             .findings
             .iter()
-            .find(|f| f.finding.advisory == "DSA-9001-1")
+            .find(|f| &*f.finding.advisory == "DSA-9001-1")
             .expect("the unfixed binaries are affected");
         let names: Vec<(&str, &str)> = dsa
             .finding
             .packages
             .iter()
-            .map(|p| (p.name.as_str(), p.installed.as_str()))
+            .map(|p| (&*p.name, &*p.installed))
             .collect();
         assert_eq!(
             names,

@@ -110,27 +110,27 @@ pub fn fix_set(evaluation: &Evaluation, family: Ecosystem, take: Take) -> Option
             let Some(fixed) = &p.fixed else { continue };
             addressed = true;
             let entry = packages
-                .entry(p.name.clone())
+                .entry(p.name.to_string())
                 .or_insert_with(|| FixPackage {
-                    name: p.name.clone(),
-                    fixed: fixed.clone(),
-                    source: p.source.clone(),
+                    name: p.name.to_string(),
+                    fixed: fixed.to_string(),
+                    source: p.source.as_deref().map(str::to_owned),
                     advisories: Vec::new(),
                 });
             // An unparsable version never reaches a finding; if it did,
             // keeping the first is the safe choice (verification compares
             // again).
             if compare(family, fixed, &entry.fixed).is_ok_and(|o| o == Ordering::Greater) {
-                entry.fixed = fixed.clone();
+                entry.fixed = fixed.to_string();
             }
-            if !entry.advisories.contains(&f.finding.advisory) {
-                entry.advisories.push(f.finding.advisory.clone());
+            if !entry.advisories.iter().any(|a| **a == *f.finding.advisory) {
+                entry.advisories.push(f.finding.advisory.to_string());
             }
         }
         if !addressed {
             continue;
         }
-        advisories.push(f.finding.advisory.clone());
+        advisories.push(f.finding.advisory.to_string());
         emergency |= f.emergency;
         if let Some(d) = f.finding.due.as_ref().map(|t| t.0) {
             due = Some(due.map_or(d, |x| x.min(d)));
@@ -179,7 +179,7 @@ pub fn gaps<'a>(
 ) -> Vec<&'a FixPackage> {
     let by_name: BTreeMap<&str, &InstalledPackage> = installed
         .iter()
-        .flat_map(|p| [(p.name.as_str(), p), (p.base_name(), p)])
+        .flat_map(|p| [(&*p.name, p), (p.base_name(), p)])
         .collect();
     set.iter()
         .filter(|want| match by_name.get(want.name.as_str()) {
@@ -188,7 +188,7 @@ pub fn gaps<'a>(
                 let version = if want.source.is_some() {
                     have.source_version()
                 } else {
-                    have.version.as_str()
+                    &have.version
                 };
                 !compare(family, version, &want.fixed).is_ok_and(|o| o != Ordering::Less)
             }
@@ -233,7 +233,7 @@ mod tests {
         EvaluatedFinding {
             finding: Finding {
                 advisory: id.into(),
-                cves: vec![],
+                cves: Arc::from([]),
                 severity: Severity::High,
                 known_exploited: false,
                 packages: packages
@@ -241,7 +241,7 @@ mod tests {
                     .map(|(n, f)| AffectedPackage {
                         name: (*n).into(),
                         installed: "1.0-1".into(),
-                        fixed: f.map(str::to_owned),
+                        fixed: f.map(Arc::from),
                         source: Some("src".into()),
                     })
                     .collect(),
@@ -255,7 +255,7 @@ mod tests {
             advisory: Arc::new(Advisory {
                 id: id.into(),
                 summary: None,
-                cves: vec![],
+                cves: Arc::from([]),
                 published: None,
                 modified: None,
                 severity: Severity::High,

@@ -70,6 +70,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The compact line's syntax, as error messages show it.
 pub const COMPACT_SYNTAX: &str = "name version [source [source-version]]";
@@ -215,30 +216,34 @@ pub enum InventoryError {
 /// Parsers return it *normalized*: `source` is `None` when it would equal
 /// `name`, `source_version` is `None` when it would equal `version`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// The strings are shared (`Arc<str>`): findings name the packages and
+/// versions they affect, and sharing the inventory's strings spares an
+/// evaluation a copy of each.
 pub struct InstalledPackage {
     /// Binary package name, `:ARCH`-qualified only for multi-arch duplicates.
-    pub name: String,
+    pub name: Arc<str>,
     /// Installed version, in the package manager's own syntax.
-    pub version: String,
+    pub version: Arc<str>,
     /// Source package, when it differs from `name`.
-    pub source: Option<String>,
+    pub source: Option<Arc<str>>,
     /// Source version, when it differs from `version`.
-    pub source_version: Option<String>,
+    pub source_version: Option<Arc<str>>,
 }
 
 impl InstalledPackage {
     /// A package, normalized (see [`InstalledPackage::normalized`]).
     pub fn new(
-        name: impl Into<String>,
-        version: impl Into<String>,
+        name: impl Into<Arc<str>>,
+        version: impl Into<Arc<str>>,
         source: Option<String>,
         source_version: Option<String>,
     ) -> Self {
         InstalledPackage {
             name: name.into(),
             version: version.into(),
-            source,
-            source_version,
+            source: source.map(Arc::from),
+            source_version: source_version.map(Arc::from),
         }
         .normalized()
     }
@@ -246,10 +251,10 @@ impl InstalledPackage {
     /// The same package with redundant fields dropped: a source equal to the
     /// name, a source version equal to the version.
     pub fn normalized(mut self) -> Self {
-        if self.source.as_deref() == Some(self.name.as_str()) {
+        if self.source.as_deref() == Some(&*self.name) {
             self.source = None;
         }
-        if self.source_version.as_deref() == Some(self.version.as_str()) {
+        if self.source_version.as_deref() == Some(&*self.version) {
             self.source_version = None;
         }
         self
@@ -262,24 +267,30 @@ impl InstalledPackage {
 
     /// The source version: `source_version`, else `version`.
     pub fn source_version(&self) -> &str {
-        self.source_version.as_deref().unwrap_or(&self.version)
+        self.shared_source_version()
+    }
+
+    /// [`InstalledPackage::source_version`] as the shared string itself, for
+    /// findings that name it without a copy.
+    pub fn shared_source_version(&self) -> &Arc<str> {
+        self.source_version.as_ref().unwrap_or(&self.version)
     }
 
     /// The name without a multi-arch `:ARCH` qualifier.
     pub fn base_name(&self) -> &str {
         self.name
             .split_once(':')
-            .map_or(self.name.as_str(), |(base, _)| base)
+            .map_or(&*self.name, |(base, _)| base)
     }
 
     /// The compact line, `name version [source [source-version]]`, without
     /// redundant fields.
     pub fn to_compact(&self) -> String {
-        let source = self.source.as_deref().filter(|s| *s != self.name);
+        let source = self.source.as_deref().filter(|s| *s != &*self.name);
         let source_version = self
             .source_version
             .as_deref()
-            .filter(|v| *v != self.version);
+            .filter(|v| *v != &*self.version);
         let mut line = String::with_capacity(
             self.name.len()
                 + self.version.len()
@@ -765,7 +776,7 @@ fn finish(raws: Vec<Raw>) -> Vec<InstalledPackage> {
     for raw in &raws {
         if !raw.arch.is_empty() {
             arches
-                .entry(raw.package.name.as_str())
+                .entry(&*raw.package.name)
                 .or_default()
                 .insert(raw.arch.as_str());
         }
@@ -778,9 +789,9 @@ fn finish(raws: Vec<Raw>) -> Vec<InstalledPackage> {
     let mut out: Vec<InstalledPackage> = raws
         .into_iter()
         .map(|Raw { mut package, arch }| {
-            if !arch.is_empty() && multi.contains(&package.name) {
-                package.source = Some(package.source_name().to_owned());
-                package.name = format!("{}:{arch}", package.name);
+            if !arch.is_empty() && multi.contains(&*package.name) {
+                package.source = Some(package.source_name().into());
+                package.name = format!("{}:{arch}", package.name).into();
             }
             package.normalized()
         })
@@ -1503,7 +1514,9 @@ R:libcrypto.so.3
             s in proptest::option::of(token_strategy()),
             sv in proptest::option::of(token_strategy()),
         ) {
-            let raw = InstalledPackage { name: n, version: v, source: s, source_version: sv };
+            let raw = InstalledPackage {
+                name: n.into(), version: v.into(), source: s.map(Into::into), source_version: sv.map(Into::into),
+            };
             let back = parse_compact(&raw.to_compact()).expect("valid line");
             prop_assert_eq!(back.source_name(), raw.source_name());
             prop_assert_eq!(back.source_version(), raw.source_version());
