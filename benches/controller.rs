@@ -437,7 +437,9 @@ async fn one_run(
             .metric(&format!("patchloop_reconciles_total{{controller=\"{c}\"}}"))
             .await;
         let writes = pl
-            .metric(&format!("patchloop_status_writes_total{{controller=\"{c}\"}}"))
+            .metric(&format!(
+                "patchloop_status_writes_total{{controller=\"{c}\"}}"
+            ))
             .await;
         others.push(format!("{c} {reconciles}/{writes}"));
     }

@@ -21,8 +21,8 @@ use super::jobs::{MANAGED_BY, MANAGED_BY_LABEL};
 use super::metrics::Metrics;
 use super::scope::{self, Scope, SubjectIndex, TriggerStreams};
 use super::{
-    Settings, Shared, change, exception, failpoint, feed, feed_source, inventory, leader, policy,
-    event_queue, recorder, retry_soon, template, workload,
+    Settings, Shared, change, event_queue, exception, failpoint, feed, feed_source, inventory,
+    leader, policy, recorder, retry_soon, template, workload,
 };
 use crate::api::inventory::SubjectKind;
 use crate::api::{

@@ -715,7 +715,7 @@ mod tests {
             current
                 .findings
                 .iter()
-                .any(|f| f.finding.advisory == "DSA-5586-1"),
+                .any(|f| &*f.finding.advisory == "DSA-5586-1"),
             "{:?}",
             current.findings
         );
@@ -735,7 +735,7 @@ mod tests {
             current
                 .findings
                 .iter()
-                .any(|f| f.finding.advisory == "CVE-2005-2541"
+                .any(|f| &*f.finding.advisory == "CVE-2005-2541"
                     && f.finding.state == FindingState::NoFixYet),
             "{:?}",
             current.findings
