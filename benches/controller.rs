@@ -209,22 +209,36 @@ fn is_current(w: &Workload) -> bool {
         && state_of(w).is_some_and(|s| s != "Unknown")
 }
 
-/// What a watch of the Workloads saw from the controller's start: when the
-/// first, half and all of them were current, and their last state.
-#[derive(Default)]
-struct Convergence {
+/// What a watch of one kind saw from the controller's start: when the
+/// first, half and all of the objects were current, and their last state.
+struct Convergence<K> {
     first: Option<f64>,
     half: Option<f64>,
     all: Option<f64>,
     current: usize,
     timeline: Vec<usize>,
-    items: HashMap<String, Workload>,
+    items: HashMap<String, K>,
 }
 
-/// Follows the Workloads with a watch (a list every second would load the
-/// apiserver the controller is measured against) until every one is current.
-async fn watch_until_current(api: Api<Workload>, start: Instant) -> Convergence {
-    let mut c = Convergence::default();
+/// Follows `WORKLOADS` objects of a kind with a watch (a list every second
+/// would load the apiserver the controller is measured against) until every
+/// one is current.
+async fn watch_until_current<K>(
+    api: Api<K>,
+    start: Instant,
+    is_current: fn(&K) -> bool,
+) -> Convergence<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut c = Convergence {
+        first: None,
+        half: None,
+        all: None,
+        current: 0,
+        timeline: Vec::new(),
+        items: HashMap::new(),
+    };
     let mut current = std::collections::HashSet::new();
     let mut events = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
@@ -233,17 +247,17 @@ async fn watch_until_current(api: Api<Workload>, start: Instant) -> Convergence 
     while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.next()).await {
         let Ok(ev) = ev else { continue };
         match ev {
-            watcher::Event::Apply(w) | watcher::Event::InitApply(w) => {
-                let name = w.metadata.name.clone().unwrap_or_default();
-                if is_current(&w) {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                let name = o.meta().name.clone().unwrap_or_default();
+                if is_current(&o) {
                     current.insert(name.clone());
                 } else {
                     current.remove(&name);
                 }
-                c.items.insert(name, w);
+                c.items.insert(name, o);
             }
-            watcher::Event::Delete(w) => {
-                let name = w.metadata.name.clone().unwrap_or_default();
+            watcher::Event::Delete(o) => {
+                let name = o.meta().name.clone().unwrap_or_default();
                 current.remove(&name);
                 c.items.remove(&name);
             }
@@ -267,6 +281,15 @@ async fn watch_until_current(api: Api<Workload>, start: Instant) -> Convergence 
         }
     }
     c
+}
+
+/// An Inventory's status is current: its generation observed, `Ready` set.
+fn inventory_current(i: &Inventory) -> bool {
+    i.status.as_ref().is_some_and(|s| {
+        s.observed_generation.is_some()
+            && s.observed_generation == i.metadata.generation
+            && s.conditions.iter().any(|c| c.type_ == "Ready")
+    })
 }
 
 async fn resource_versions(api: &Api<Workload>) -> HashMap<String, String> {
@@ -346,6 +369,8 @@ struct RunResult {
     reconciles_steady: f64,
     writes_steady: f64,
     floor: f64,
+    inventories_current: f64,
+    floor_all: f64,
     status_bytes: usize,
 }
 
@@ -403,10 +428,27 @@ async fn one_run(
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
     let log = env.dir().join(format!("patchloop-bench-{run}.log"));
     let t = Instant::now();
-    let watch = tokio::spawn(watch_until_current(workloads.clone(), t));
+    let watch = tokio::spawn(watch_until_current(workloads.clone(), t, is_current));
+    let inventories: Api<Inventory> = Api::namespaced(client.clone(), &ns);
+    let inventory_watch = tokio::spawn(watch_until_current(
+        inventories.clone(),
+        t,
+        inventory_current,
+    ));
     let pl = start_controller(env, &ns, &label, &log).await;
     r.ready = t.elapsed().as_secs_f64();
     let convergence = watch.await.expect("the Workload watch");
+    let inventory_convergence = inventory_watch.await.expect("the Inventory watch");
+    r.inventories_current = inventory_convergence.all.unwrap_or(f64::NAN);
+    println!(
+        "bench: run {run}: every Inventory status current after {:.1} s; current every 2 s: {:?}",
+        r.inventories_current, inventory_convergence.timeline
+    );
+    let inventory_statuses: Vec<(String, Value)> = inventory_convergence
+        .items
+        .into_iter()
+        .map(|(n, i)| (n, serde_json::to_value(i.status).expect("json")))
+        .collect();
     if convergence.all.is_none() {
         println!(
             "bench: run {run}: NOT converged after {CONVERGE_TIMEOUT:?}: {} of {WORKLOADS}",
@@ -515,31 +557,80 @@ async fn one_run(
     // The floor: the same statuses, applied by a minimal client.
     let floor_ns = env.namespace("floor").await;
     create_workloads(client, &floor_ns).await;
-    let api: Api<Workload> = Api::namespaced(client.clone(), &floor_ns);
+    let workload_patches: Vec<StatusPatch> = statuses
+        .iter()
+        .map(|(n, status)| StatusPatch {
+            kind: "Workload",
+            name: n.clone(),
+            status: serde_json::to_value(status).expect("json"),
+        })
+        .collect();
+    r.floor = apply_statuses(client, &floor_ns, &workload_patches).await;
+    println!(
+        "bench: run {run}: floor (2,000 Workload status applies, {IN_FLIGHT} in flight) {:.2} s",
+        r.floor
+    );
+    // And the controller's whole write load: the Workload and the Inventory
+    // statuses, interleaved, on fresh objects.
+    let all_ns = env.namespace("floor-all").await;
+    create_workloads(client, &all_ns).await;
+    create_inventories(client, &all_ns).await;
+    let mut all = Vec::with_capacity(2 * WORKLOADS);
+    for (w, (n, status)) in workload_patches.into_iter().zip(inventory_statuses) {
+        all.push(w);
+        all.push(StatusPatch {
+            kind: "Inventory",
+            name: n,
+            status,
+        });
+    }
+    r.floor_all = apply_statuses(client, &all_ns, &all).await;
+    println!(
+        "bench: run {run}: floor (2,000 Workload + 2,000 Inventory status applies, {IN_FLIGHT} in flight) {:.2} s",
+        r.floor_all
+    );
+    r
+}
+
+/// One status a minimal client applies.
+struct StatusPatch {
+    kind: &'static str,
+    name: String,
+    status: Value,
+}
+
+/// Server-side-applies `patches` to the status subresource, `IN_FLIGHT` at
+/// once, and returns the seconds it took.
+async fn apply_statuses(client: &kube::Client, ns: &str, patches: &[StatusPatch]) -> f64 {
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), ns);
+    let inventories: Api<Inventory> = Api::namespaced(client.clone(), ns);
     let pp = PatchParams::apply("bench-floor").force();
     let t = Instant::now();
-    stream::iter(&statuses)
-        .map(|(n, status)| {
-            let (api, pp) = (&api, &pp);
+    stream::iter(patches)
+        .map(|p| {
+            let (workloads, inventories, pp) = (&workloads, &inventories, &pp);
             async move {
                 let patch = json!({
-                    "apiVersion": "patchloop.dev/v1alpha1", "kind": "Workload",
-                    "status": status,
+                    "apiVersion": "patchloop.dev/v1alpha1", "kind": p.kind,
+                    "status": p.status,
                 });
-                api.patch_status(n, pp, &Patch::Apply(&patch))
-                    .await
-                    .unwrap_or_else(|e| panic!("status of {n}: {e}"));
+                let result = match p.kind {
+                    "Workload" => workloads
+                        .patch_status(&p.name, pp, &Patch::Apply(&patch))
+                        .await
+                        .map(drop),
+                    _ => inventories
+                        .patch_status(&p.name, pp, &Patch::Apply(&patch))
+                        .await
+                        .map(drop),
+                };
+                result.unwrap_or_else(|e| panic!("status of {} {}: {e}", p.kind, p.name));
             }
         })
         .buffer_unordered(IN_FLIGHT)
         .collect::<Vec<()>>()
         .await;
-    r.floor = t.elapsed().as_secs_f64();
-    println!(
-        "bench: run {run}: floor (2,000 status applies, {IN_FLIGHT} in flight) {:.2} s",
-        r.floor
-    );
-    r
+    t.elapsed().as_secs_f64()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -601,7 +692,13 @@ fn main() {
     );
     println!("bench: controller start to every status current: {converge:.1} s");
     println!("bench: floor (minimal client, 2,000 status applies): {floor:.2} s");
-    println!("bench: ratio controller / floor: {:.1}x", converge / floor);
+    println!("bench: ratio controller / floor: {:.2}x", converge / floor);
+    let all = col(|r| r.converge.max(r.inventories_current));
+    let floor_all = col(|r| r.floor_all);
+    println!(
+        "bench: controller start to every Workload and Inventory status current: {all:.1} s; floor for both (4,000 applies): {floor_all:.2} s; ratio {:.2}x",
+        all / floor_all
+    );
     println!(
         "bench: ratio per run: {}",
         results

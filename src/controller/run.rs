@@ -296,11 +296,20 @@ impl GenerationFilter {
     }
 }
 
+/// What of an object asks for a new reconcile when its watch shows a
+/// change: its generation (spec) or its labels — not a status write, which
+/// for these kinds is the reconciler's own.
+fn spec_or_labels<K: kube::Resource>(obj: &K) -> Option<u64> {
+    predicates::generation
+        .combine(predicates::labels)
+        .hash_property(obj)
+}
+
 /// Reconciles in flight per controller. kube-runtime's default is
 /// unbounded: at start every object of a large fleet would be evaluated at
 /// once, each holding its parsed inventory and findings in memory while
 /// thousands of status patches compete for the apiserver.
-const RECONCILE_CONCURRENCY: u16 = 32;
+const RECONCILE_CONCURRENCY: u16 = 16;
 
 /// The longest one reconcile of a namespaced object may take; it is
 /// retried after that.
@@ -397,10 +406,7 @@ where
             workload_writer,
             |_| {},
         )
-        .predicate_filter(
-            predicates::generation.combine(predicates::labels),
-            Default::default(),
-        ),
+        .predicate_filter(spec_or_labels, Default::default()),
         workloads.clone(),
     );
     let change_controller = Controller::new(
@@ -609,7 +615,12 @@ where
         Arc::clone(&scope),
     );
     let inventory_run = drive(
-        Controller::for_stream(inventory_stream, inventories.clone()),
+        // Likewise its own status write does not wake an Inventory; its
+        // subject appearing or going does, through triggers.
+        Controller::for_stream(
+            inventory_stream.predicate_filter(spec_or_labels, Default::default()),
+            inventories.clone(),
+        ),
         inventory_refs,
         stopped(),
         inventory::reconcile,
