@@ -1389,6 +1389,18 @@ mod tests {
     }
 
     #[test]
+    fn memo_entries_tell_where_the_name_ends() {
+        let entry = MemoEntry {
+            pair: Key::from("a b c"),
+            name_len: 3,
+            result: Ok(Arc::from([])),
+        };
+        assert!(entry.is("a b", " c"));
+        assert!(!entry.is("a", " b c"));
+        assert!(!entry.is("a b", " c2"));
+    }
+
+    #[test]
     fn diff_names_exactly_the_changed_keys() {
         let base = |fixed: &str| {
             vec![
