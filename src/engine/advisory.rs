@@ -6,7 +6,7 @@
 //! read; nothing fetches from the network.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher};
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -549,11 +549,11 @@ type FastMap<K, V> = foldhash::HashMap<K, V>;
 /// Longest text a [`Key`] keeps in place.
 const KEY_INLINE: usize = 30;
 
-/// The key of the package index and of the probe memos: a package name or a
-/// version, kept in the map's own slot when short (nearly all are), so that a
-/// lookup compares it without a trip to the heap. Each evaluation does one
-/// package lookup and one memo lookup per distinct source, and with the keys
-/// on the heap each cost a cache miss more (the largest remaining cost).
+/// The key of the package index and the text of a probe memo entry: a
+/// package name, or a package name and version, kept in the map's own slot
+/// when short (nearly all are), so that a lookup compares it without a trip
+/// to the heap. Each evaluation does one memo lookup per distinct source,
+/// and with the keys on the heap each cost a cache miss more.
 #[derive(Debug, Clone)]
 pub struct Key(KeyText);
 
@@ -610,37 +610,111 @@ impl Hash for Key {
     }
 }
 
-/// Everything indexed under one (ecosystem, package): the advisory entries
-/// and the memo of versions already tested against them.
+/// The advisory entries indexed under each package of one ecosystem.
+pub type PackageIndex = FastMap<Key, Vec<IndexEntry>>;
+
+/// How many locks the probe memo of an ecosystem is split over, so that
+/// concurrent evaluations rarely wait for one another.
+const MEMO_SHARDS: usize = 16;
+
+/// One ecosystem's advisories by package, and the memo of installed
+/// (package, version) pairs already tested against them.
 ///
-/// The memo is per package so that a hit costs one hash of the version
-/// (the package was found by the lookup that led here). Fleets repeat the
-/// same (package, version) pairs on thousands of machines (they come from a
-/// few images), and testing a version against every advisory of a package is
-/// the bulk of an evaluation. The memo lives and dies with its database, so
-/// swapping in new advisories never serves a stale answer.
-#[derive(Debug, Default)]
-pub struct PackageEntries {
-    entries: Vec<IndexEntry>,
-    memo: std::sync::Mutex<FastMap<Key, Result<ProbeMatches, String>>>,
+/// The memo is keyed by the pair, so a repeated pair is found with one
+/// lookup: it used to take two (the package in the index, then the version
+/// in that package's own memo), each a cache miss or two, together the
+/// largest cost of an evaluation. Fleets repeat the same pairs on thousands
+/// of machines (they come from a few images), and testing a version against
+/// every advisory of a package is the bulk of an evaluation otherwise. The
+/// memo lives and dies with its database, so swapping in new advisories never
+/// serves a stale answer.
+#[derive(Debug)]
+pub struct EcosystemIndex {
+    packages: PackageIndex,
+    /// By [`probe_hash`], split over [`MEMO_SHARDS`] locks.
+    memo: Box<[std::sync::Mutex<MemoShard>]>,
+    /// The answer for a package without advisories, shared by every such
+    /// memo entry.
+    no_matches: ProbeMatches,
 }
 
-impl PackageEntries {
-    /// The advisory entries of this package.
-    pub fn entries(&self) -> &[IndexEntry] {
-        &self.entries
+impl Default for EcosystemIndex {
+    fn default() -> Self {
+        EcosystemIndex {
+            packages: PackageIndex::default(),
+            memo: (0..MEMO_SHARDS).map(|_| Default::default()).collect(),
+            no_matches: Arc::from([]),
+        }
     }
 }
 
-/// The package map of one ecosystem.
-pub type PackageIndex = FastMap<Key, PackageEntries>;
+/// Memo entries by the pair's [`probe_hash`]. One entry per hash: a pair
+/// whose hash another pair took first is not memoized (tested each time),
+/// which keeps the entry small and lookups to one probe.
+type MemoShard = HashMap<u64, MemoEntry, PassThrough>;
+
+/// A memoized probe.
+#[derive(Debug)]
+struct MemoEntry {
+    /// The package name followed by the version, split at `name_len`.
+    pair: Key,
+    name_len: usize,
+    result: Result<ProbeMatches, String>,
+}
+
+impl MemoEntry {
+    fn is(&self, package: &str, version: &str) -> bool {
+        let pair = self.pair.as_str();
+        self.name_len == package.len()
+            && pair.len() == package.len() + version.len()
+            && pair.starts_with(package)
+            && pair.ends_with(version)
+    }
+}
+
+/// The hash of an installed (package, version) pair, under which the probe
+/// memo keeps it. Evaluations group an inventory's packages by this very
+/// hash, so one hash of each pair serves both.
+pub fn probe_hash(package: &str, version: &str) -> u64 {
+    const HASHER: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x9e37_79b9);
+    HASHER.hash_one((package, version))
+}
+
+/// A hasher for keys that are hashes already.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PassThrough;
+
+impl std::hash::BuildHasher for PassThrough {
+    type Hasher = PassThroughHasher;
+    fn build_hasher(&self) -> PassThroughHasher {
+        PassThroughHasher(0)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; bytes are folded in for completeness.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// Every loaded advisory, indexed by ecosystem then package, with the KEV
 /// overlay. Immutable once built (but for the probe memos): the controller
 /// swaps whole databases.
 #[derive(Debug, Default)]
 pub struct AdvisoryDb {
-    index: FastMap<String, PackageIndex>,
+    index: FastMap<String, EcosystemIndex>,
     kev: KevCatalog,
     fingerprints: HashMap<(String, String), u64>,
     ecosystems: BTreeMap<String, usize>,
@@ -857,7 +931,7 @@ impl AdvisoryDb {
             }
         }
 
-        let mut index: FastMap<String, PackageIndex> = FastMap::default();
+        let mut index: FastMap<String, EcosystemIndex> = FastMap::default();
         let mut ecosystem_counts: BTreeMap<String, usize> = BTreeMap::new();
         let mut platforms: HashMap<String, Option<Ecosystem>> = HashMap::new();
         for record in records {
@@ -965,9 +1039,9 @@ impl AdvisoryDb {
                 index
                     .entry(a.ecosystem.clone())
                     .or_default()
+                    .packages
                     .entry(Key::from(a.package.as_str()))
                     .or_default()
-                    .entries
                     .push(IndexEntry {
                         advisory: Arc::clone(&advisory),
                         affected: i,
@@ -990,11 +1064,10 @@ impl AdvisoryDb {
 
     fn compute_fingerprints(&self) -> HashMap<(String, String), u64> {
         let mut out = HashMap::new();
-        for (ecosystem, packages) in &self.index {
-            for (package, entries) in packages {
+        for (ecosystem, index) in &self.index {
+            for (package, entries) in &index.packages {
                 let mut hasher = DefaultHasher::new();
                 let mut items: Vec<_> = entries
-                    .entries
                     .iter()
                     .map(|e| {
                         let a = e.affected();
@@ -1029,13 +1102,11 @@ impl AdvisoryDb {
         out
     }
 
-    /// The entries for one package of one ecosystem (one hash probe once the
-    /// ecosystem's map is in hand, see [`AdvisoryDb::ecosystem`]).
+    /// The entries for one package of one ecosystem.
     pub fn lookup(&self, ecosystem: &str, package: &str) -> &[IndexEntry] {
         self.ecosystem(ecosystem)
-            .and_then(|m| m.get(package))
-            .map(PackageEntries::entries)
-            .unwrap_or(&[])
+            .and_then(|m| m.packages.get(package))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// Tests an installed version of `package` against every advisory entry
@@ -1049,60 +1120,74 @@ impl AdvisoryDb {
         package: &str,
         version: &str,
     ) -> Result<ProbeMatches, String> {
-        match self.ecosystem(ecosystem).and_then(|m| m.get(package)) {
-            Some(entries) => self.probe_entries(entries, family, version),
+        match self.ecosystem(ecosystem) {
+            Some(index) => self.probe_hashed(
+                index,
+                family,
+                probe_hash(package, version),
+                package,
+                version,
+            ),
             None => Ok(Arc::from([])),
         }
     }
 
-    /// [`AdvisoryDb::probe`] for a package already looked up in
-    /// [`AdvisoryDb::ecosystem`]'s map (what evaluations do: one lookup per
-    /// package, one hash of the version per probe).
-    pub fn probe_entries(
+    /// [`AdvisoryDb::probe`] in an ecosystem already looked up with
+    /// [`AdvisoryDb::ecosystem`], for a pair whose [`probe_hash`] is `hash`
+    /// (what evaluations do: they hashed the pair to group their packages).
+    pub fn probe_hashed(
         &self,
-        package: &PackageEntries,
+        index: &EcosystemIndex,
         family: Ecosystem,
+        hash: u64,
+        package: &str,
         version: &str,
     ) -> Result<ProbeMatches, String> {
-        if package.entries.is_empty() {
-            return Ok(Arc::from([]));
-        }
+        // Bits the shard's own table does not use for buckets or tags.
+        let shard = &index.memo[(hash >> 32) as usize % MEMO_SHARDS];
         // A poisoned memo (a panic elsewhere while it was held) only loses
         // the memo: the answer is computed again.
-        if let Ok(memo) = package.memo.lock()
-            && let Some(hit) = memo.get(version)
+        if let Ok(memo) = shard.lock()
+            && let Some(hit) = memo.get(&hash).filter(|e| e.is(package, version))
         {
-            return hit.clone();
+            return hit.result.clone();
         }
-        let result = Version::parse(family, version)
-            .map(|installed| {
-                package
-                    .entries
-                    .iter()
-                    .filter_map(|e| {
-                        e.affected().check(&installed).map(|m| ProbeMatch {
-                            advisory: Arc::clone(&e.advisory),
-                            ordinal: e.ordinal,
-                            severity: e.affected().severity,
-                            fixed: m.fixed.map(|f| Arc::from(f.as_str())),
+        let result = match index.packages.get(package) {
+            None => Ok(Arc::clone(&index.no_matches)),
+            Some(entries) => Version::parse(family, version)
+                .map(|installed| {
+                    entries
+                        .iter()
+                        .filter_map(|e| {
+                            e.affected().check(&installed).map(|m| ProbeMatch {
+                                advisory: Arc::clone(&e.advisory),
+                                ordinal: e.ordinal,
+                                severity: e.affected().severity,
+                                fixed: m.fixed.map(|f| Arc::from(f.as_str())),
+                            })
                         })
-                    })
-                    .collect::<Vec<_>>()
-                    .into()
-            })
-            .map_err(|e| e.to_string());
+                        .collect::<Vec<_>>()
+                        .into()
+                })
+                .map_err(|e| e.to_string()),
+        };
         use std::sync::atomic::Ordering::Relaxed;
         if self.memoized.load(Relaxed) < PROBE_CACHE_LIMIT
-            && let Ok(mut memo) = package.memo.lock()
-            && memo.insert(Key::from(version), result.clone()).is_none()
+            && let Ok(mut memo) = shard.lock()
+            && let std::collections::hash_map::Entry::Vacant(slot) = memo.entry(hash)
         {
+            slot.insert(MemoEntry {
+                pair: Key::from([package, version].concat().as_str()),
+                name_len: package.len(),
+                result: result.clone(),
+            });
             self.memoized.fetch_add(1, Relaxed);
         }
         result
     }
 
-    /// The package map of one ecosystem, for repeated lookups.
-    pub fn ecosystem(&self, ecosystem: &str) -> Option<&PackageIndex> {
+    /// The index of one ecosystem, for repeated probes.
+    pub fn ecosystem(&self, ecosystem: &str) -> Option<&EcosystemIndex> {
         self.index.get(ecosystem)
     }
 
@@ -1301,6 +1386,18 @@ mod tests {
         assert_eq!(distribution_severity("unimportant"), Some(Severity::Low));
         assert_eq!(distribution_severity("not yet assigned"), None);
         assert_eq!(distribution_severity("negligible"), Some(Severity::Low));
+    }
+
+    #[test]
+    fn memo_entries_tell_where_the_name_ends() {
+        let entry = MemoEntry {
+            pair: Key::from("a b c"),
+            name_len: 3,
+            result: Ok(Arc::from([])),
+        };
+        assert!(entry.is("a b", " c"));
+        assert!(!entry.is("a", " b c"));
+        assert!(!entry.is("a b", " c2"));
     }
 
     #[test]

@@ -23,13 +23,12 @@
 //!   object non-compliant: there is nothing to install.
 
 use foldhash::HashMap;
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::advisory::{Advisory, AdvisoryDb};
+use super::advisory::{Advisory, AdvisoryDb, PassThrough, probe_hash};
 use super::inventory::InstalledPackage;
 use super::version::{Ecosystem, parse_platform};
 use crate::api::common::{
@@ -464,35 +463,6 @@ fn state_rank(s: FindingState) -> u8 {
     }
 }
 
-/// A hasher for keys that are hashes already.
-#[derive(Debug, Default, Clone, Copy)]
-struct PassThrough;
-
-impl std::hash::BuildHasher for PassThrough {
-    type Hasher = PassThroughHasher;
-    fn build_hasher(&self) -> PassThroughHasher {
-        PassThroughHasher(0)
-    }
-}
-
-#[derive(Debug)]
-struct PassThroughHasher(u64);
-
-impl std::hash::Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are hashed here; bytes are folded in for completeness.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 /// Evaluates one object.
 pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
     let now = input.now;
@@ -576,7 +546,7 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
     }
 
     let ecosystem = platform.osv_ecosystem();
-    let Some(packages_index) = input
+    let Some(ecosystem_index) = input
         .advisories
         .ecosystem(ecosystem)
         .filter(|_| input.advisories.has_data_for(ecosystem))
@@ -601,13 +571,12 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
     // and a short loop of independent iterations lets the CPU fetch many of
     // them at once, where hashing inside the grouping loop waited for each
     // miss in turn (it was the largest cost of an evaluation).
-    let key_hasher = foldhash::fast::FixedState::with_seed(0x9e37_79b9);
     // A key's version is the inventory's own string, shared by the findings.
     type ProbeKey<'p> = (&'p str, &'p Arc<str>);
     let mut keyed: Vec<(u64, ProbeKey<'_>, &InstalledPackage)> =
         Vec::with_capacity(inventory.packages.len());
-    // Hashed as text (hashing the `Arc` was an extra call per key).
-    let hash = |(name, version): ProbeKey<'_>| key_hasher.hash_one((name, &**version));
+    // The memo's hash, so that each probe below hashes nothing again.
+    let hash = |(name, version): ProbeKey<'_>| probe_hash(name, version);
     for pkg in inventory.packages {
         let source = (pkg.source_name(), pkg.shared_source_version());
         keyed.push((hash(source), source, pkg));
@@ -618,7 +587,7 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
     }
     // Then packages are grouped by that hash; keys that hash alike are
     // told apart by their strings (in cache by now) through `same_hash`.
-    let mut probe_keys: Vec<ProbeKey<'_>> = Vec::new();
+    let mut probe_keys: Vec<(u64, ProbeKey<'_>)> = Vec::new();
     let mut same_hash: Vec<Option<usize>> = Vec::new();
     let mut by_hash: std::collections::HashMap<u64, usize, PassThrough> =
         std::collections::HashMap::with_capacity_and_hasher(keyed.len(), PassThrough);
@@ -633,7 +602,7 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
             std::collections::hash_map::Entry::Occupied(slot) => {
                 let mut key = *slot.get();
                 loop {
-                    if probe_keys[key] == probe {
+                    if probe_keys[key].1 == probe {
                         break key;
                     }
                     match same_hash[key] {
@@ -647,7 +616,7 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
             }
         };
         if key == fresh {
-            probe_keys.push(probe);
+            probe_keys.push((hash, probe));
             same_hash.push(None);
         }
         members.push((key, pkg));
@@ -662,14 +631,14 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
     let mut without_fix: Vec<u32> = Vec::new();
     let mut invalid: Vec<String> = Vec::new();
     for group in members.chunk_by(|a, b| a.0 == b.0) {
-        let (name, version) = probe_keys[group[0].0];
-        let Some(package) = packages_index.get(name) else {
-            continue;
-        };
-        let matches = match input
-            .advisories
-            .probe_entries(package, platform.family, version)
-        {
+        let (hash, (name, version)) = probe_keys[group[0].0];
+        let matches = match input.advisories.probe_hashed(
+            ecosystem_index,
+            platform.family,
+            hash,
+            name,
+            version,
+        ) {
             Ok(m) => m,
             Err(e) => {
                 invalid.extend(group.iter().map(|(_, pkg)| format!("{}: {e}", pkg.name)));
