@@ -7,13 +7,13 @@
 #   docker build -t ghcr.io/patchloop/patchloop:0.1.0 .
 #   docker buildx build --platform linux/amd64,linux/arm64 -t ... --push .
 #
-# The build stage needs only a C compiler for `ring` (TLS); everything else
-# is Rust. Dependencies are cached in their own layer.
+# The build stage needs only a C compiler for `ring` (TLS) and make for
+# jemalloc (the binary's allocator); everything else is Rust. Dependencies are cached in their own layer.
 
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-alpine AS build
-RUN apk add --no-cache musl-dev
+RUN apk add --no-cache musl-dev make
 WORKDIR /src
 # Dependencies first: this layer is rebuilt only when the manifests change.
 # Cargo reads every target Cargo.toml declares before building anything, so

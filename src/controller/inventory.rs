@@ -32,6 +32,8 @@ pub async fn reconcile(inv: Arc<Inventory>, scope: Arc<Scope>) -> Result<Action,
 
 async fn reconcile_inner(inv: Arc<Inventory>, scope: &Arc<Scope>) -> Result<Action, Error> {
     scope.caches_ready().await;
+    // Workload verdicts go first; this status is bookkeeping.
+    let _slot = scope.shared.verdicts_first.bookkeeping().await;
     let shared = &scope.shared;
     let ns = inv
         .namespace()

@@ -21,6 +21,7 @@ pub mod jobs;
 pub mod leader;
 pub mod metrics;
 pub mod policy;
+pub mod priority;
 pub mod remediation;
 pub mod run;
 pub mod scope;
@@ -42,6 +43,7 @@ use tracing::Instrument;
 
 use self::advisories::AdvisoryStore;
 use self::metrics::Metrics;
+use self::priority::VerdictsFirst;
 use crate::engine::outcome::Notice;
 
 /// Errors of a reconcile; the error policy retries with backoff.
@@ -84,6 +86,8 @@ pub struct Shared {
     pub recorder: Recorder,
     /// Publishes Events in the background.
     pub events: EventQueue,
+    /// Lets Workload verdicts go before bookkeeping writes and Events.
+    pub verdicts_first: Arc<VerdictsFirst>,
     /// The advisory data of every feed.
     pub advisories: Arc<AdvisoryStore>,
     /// Prometheus metrics.
@@ -128,11 +132,18 @@ pub struct EventQueue(UnboundedSender<(ObjectReference, Vec<Notice>)>);
 const EVENTS_IN_FLIGHT: usize = 4;
 
 /// The queue and the worker that drains it (run until shutdown).
-pub fn event_queue(recorder: Recorder) -> (EventQueue, impl Future<Output = ()> + Send) {
+pub fn event_queue(
+    recorder: Recorder,
+    verdicts_first: Arc<VerdictsFirst>,
+) -> (EventQueue, impl Future<Output = ()> + Send) {
     let (tx, rx) = futures::channel::mpsc::unbounded::<(ObjectReference, Vec<Notice>)>();
     let worker = rx.for_each_concurrent(EVENTS_IN_FLIGHT, move |(reference, notices)| {
         let recorder = recorder.clone();
+        let verdicts_first = Arc::clone(&verdicts_first);
         async move {
+            // While a fleet is being judged, its Events wait their turn
+            // behind the verdicts (they are published a little later).
+            let _slot = verdicts_first.bookkeeping().await;
             for n in notices {
                 publish(&recorder, &reference, n.warning, n.reason, n.message).await;
             }

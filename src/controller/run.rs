@@ -19,7 +19,8 @@ use super::feed::FeedContext;
 use super::http::{self, Health};
 use super::jobs::{MANAGED_BY, MANAGED_BY_LABEL};
 use super::metrics::Metrics;
-use super::scope::{self, Scope, SubjectIndex, TriggerStreams};
+use super::priority::VerdictsFirst;
+use super::scope::{self, Scope, SubjectIndex, TriggerStreams, written_at};
 use super::{
     Settings, Shared, change, event_queue, exception, failpoint, feed, feed_source, inventory,
     leader, policy, recorder, retry_soon, template, workload,
@@ -82,10 +83,12 @@ pub async fn run(
     };
     metrics.set_leader(leadership.is_leader());
     let recorder = recorder(client.clone());
-    let (events, event_worker) = event_queue(recorder.clone());
+    let verdicts_first = Arc::new(VerdictsFirst::default());
+    let (events, event_worker) = event_queue(recorder.clone(), Arc::clone(&verdicts_first));
     let shared = Arc::new(Shared {
         recorder,
         events,
+        verdicts_first,
         advisories: Arc::new(AdvisoryStore::new(started, settings.grace)),
         metrics: metrics.clone(),
         settings: settings.clone(),
@@ -248,29 +251,38 @@ fn feed_controller(
     })
 }
 
-/// Passes on watch events that change an object's spec or labels (a new
-/// generation or label set) or delete it, and drops status-only updates: a
-/// policy's count changing must not wake every Workload it counts.
-/// An object's identity, and what of it matters to the objects it judges.
-type ObjectKey = (Option<String>, String);
-type SpecVersion = (Option<i64>, std::collections::BTreeMap<String, String>);
-
-#[derive(Default)]
-struct GenerationFilter {
-    seen: std::collections::HashMap<ObjectKey, SpecVersion>,
+/// Passes on watch events that change what dependents read of an object
+/// (its `version`: e.g. generation and labels) or delete it, and drops the
+/// rest: a policy's count changing must not wake every Workload it counts,
+/// nor an Inventory's `Ready` the Workload it describes.
+struct ChangeFilter<K, V> {
+    version: fn(&K) -> V,
+    seen: std::collections::HashMap<ObjectKey, V>,
 }
 
-impl GenerationFilter {
-    fn changed<'a, K: kube::Resource>(&mut self, ev: &'a Event<K>) -> Option<&'a K> {
+/// An object's identity within the filter.
+type ObjectKey = (Option<String>, String);
+
+impl<K: kube::Resource, V: PartialEq> ChangeFilter<K, V> {
+    fn new(version: fn(&K) -> V) -> Self {
+        ChangeFilter {
+            version,
+            seen: Default::default(),
+        }
+    }
+
+    fn changed<'a>(&mut self, ev: &'a Event<K>) -> Option<&'a K> {
         match ev {
             Event::Init | Event::InitDone => None,
             Event::InitApply(o) => {
-                self.seen.insert(Self::key(o), Self::version(o));
+                self.seen.insert(Self::key(o), (self.version)(o));
                 None
             }
             Event::Apply(o) => {
-                let version = Self::version(o);
-                (self.seen.insert(Self::key(o), version.clone()) != Some(version)).then_some(o)
+                let (key, version) = (Self::key(o), (self.version)(o));
+                let changed = self.seen.get(&key) != Some(&version);
+                self.seen.insert(key, version);
+                changed.then_some(o)
             }
             Event::Delete(o) => {
                 self.seen.remove(&Self::key(o));
@@ -279,21 +291,29 @@ impl GenerationFilter {
         }
     }
 
-    fn key<K: kube::Resource>(o: &K) -> ObjectKey {
+    fn key(o: &K) -> ObjectKey {
         (
             o.meta().namespace.clone(),
             o.meta().name.clone().unwrap_or_default(),
         )
     }
+}
 
-    fn version<K: kube::Resource>(
-        o: &K,
-    ) -> (Option<i64>, std::collections::BTreeMap<String, String>) {
-        (
-            o.meta().generation,
-            o.meta().labels.clone().unwrap_or_default(),
-        )
-    }
+/// What Workloads and Templates read of a policy or exception: its spec
+/// (generation) and labels.
+fn generation_and_labels<K: kube::Resource>(
+    o: &K,
+) -> (Option<i64>, std::collections::BTreeMap<String, String>) {
+    (
+        o.meta().generation,
+        o.meta().labels.clone().unwrap_or_default(),
+    )
+}
+
+/// What a subject reads of its Inventory: the packages (generation) and
+/// when they were written; the Inventory's own status is not read.
+fn generation_and_write_time(inv: &Inventory) -> (Option<i64>, Option<jiff::Timestamp>) {
+    (inv.metadata.generation, written_at(inv))
 }
 
 /// What of an object asks for a new reconcile when its watch shows a
@@ -436,7 +456,7 @@ where
     // drives the kind's own reconciler (one watch and one cache per kind).
     let policy_stream = {
         let scope = Arc::clone(&scope);
-        let mut seen = GenerationFilter::default();
+        let mut seen = ChangeFilter::new(generation_and_labels::<PatchPolicy>);
         scope::reflect(
             scope::api_in::<PatchPolicy>(&client, ns),
             policy_writer,
@@ -457,7 +477,7 @@ where
     };
     let exception_stream = {
         let scope = Arc::clone(&scope);
-        let mut seen = GenerationFilter::default();
+        let mut seen = ChangeFilter::new(generation_and_labels::<PatchException>);
         scope::reflect(
             scope::api_in::<PatchException>(&client, ns),
             exception_writer,
@@ -508,15 +528,21 @@ where
     };
     let inventory_stream = {
         let scope = Arc::clone(&scope);
+        let mut seen = ChangeFilter::new(generation_and_write_time);
         scope::reflect(
             scope::api_in::<Inventory>(&client, ns),
             inventory_writer,
             move |ev| {
-                let changed = scope
+                let mut changed = scope
                     .subjects
                     .write()
                     .map(|mut i| i.apply(ev))
                     .unwrap_or_default();
+                // The Inventory reconciler's own status write changes
+                // nothing its subject reads.
+                if seen.changed(ev).is_none() {
+                    changed.clear();
+                }
                 for (sns, kind, name) in changed {
                     match kind {
                         SubjectKind::Workload => {
@@ -748,4 +774,94 @@ pub fn affected_workloads(scope: &Scope, diff: &IndexDiff) -> Vec<ObjectRef<Work
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Inventory as a watch shows it: generation, the reporter's write
+    /// (time in managedFields) and the controller's status write.
+    fn inventory(generation: i64, reported: &str, status_written: Option<&str>) -> Inventory {
+        let mut managed = vec![serde_json::json!({
+            "manager": "node-agent", "operation": "Apply", "time": reported,
+        })];
+        if let Some(t) = status_written {
+            managed.push(serde_json::json!({
+                "manager": super::super::inventory::MANAGER, "operation": "Apply",
+                "subresource": "status", "time": t,
+            }));
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "patchloop.dev/v1alpha1",
+            "kind": "Inventory",
+            "metadata": {
+                "name": "web-1", "namespace": "prod", "generation": generation,
+                "managedFields": managed,
+            },
+            "spec": {
+                "subject": {"kind": "Workload", "name": "web-1"},
+                "reportedAt": "2026-11-24T10:00:00Z",
+                "format": "dpkg",
+                "packages": ["libc6 2.36-9+deb12u7 glibc"],
+            },
+        }))
+        .expect("a valid Inventory")
+    }
+
+    #[test]
+    fn an_inventorys_own_status_write_does_not_pass_the_filter() {
+        let mut filter = ChangeFilter::new(generation_and_write_time);
+        let listed = inventory(1, "2026-11-24T10:00:00Z", None);
+        assert!(filter.changed(&Event::InitApply(listed)).is_none());
+        // The controller writes its status: same generation, same report.
+        let ready = inventory(1, "2026-11-24T10:00:00Z", Some("2026-11-24T10:00:05Z"));
+        assert!(filter.changed(&Event::Apply(ready)).is_none());
+    }
+
+    #[test]
+    fn a_new_report_or_new_packages_pass_the_filter() {
+        let mut filter = ChangeFilter::new(generation_and_write_time);
+        let first = inventory(1, "2026-11-24T10:00:00Z", None);
+        // A first sighting outside the initial list passes.
+        assert!(filter.changed(&Event::Apply(first.clone())).is_some());
+        assert!(filter.changed(&Event::Apply(first)).is_none());
+        // The same packages written again later: a fresh report (it can
+        // verify a remediation), though the generation did not move.
+        let rewritten = inventory(1, "2026-11-24T11:00:00Z", None);
+        assert!(filter.changed(&Event::Apply(rewritten)).is_some());
+        let new_packages = inventory(2, "2026-11-24T11:00:00Z", None);
+        assert!(
+            filter
+                .changed(&Event::Apply(new_packages.clone()))
+                .is_some()
+        );
+        assert!(filter.changed(&Event::Delete(new_packages)).is_some());
+    }
+
+    #[test]
+    fn policies_pass_the_filter_on_spec_or_label_changes_only() {
+        let policy = |generation: i64, tier: &str, counted: i64| -> PatchPolicy {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "patchloop.dev/v1alpha1",
+                "kind": "PatchPolicy",
+                "metadata": {
+                    "name": "baseline", "namespace": "prod", "generation": generation,
+                    "labels": {"tier": tier},
+                },
+                "spec": {"selector": {}},
+                "status": {"observedGeneration": generation, "counts": {"matched": counted}},
+            }))
+            .expect("a valid PatchPolicy")
+        };
+        let mut filter = ChangeFilter::new(generation_and_labels::<PatchPolicy>);
+        assert!(
+            filter
+                .changed(&Event::InitApply(policy(1, "a", 0)))
+                .is_none()
+        );
+        assert!(filter.changed(&Event::Apply(policy(1, "a", 5))).is_none());
+        assert!(filter.changed(&Event::Apply(policy(1, "b", 5))).is_some());
+        assert!(filter.changed(&Event::Apply(policy(2, "b", 5))).is_some());
+    }
 }

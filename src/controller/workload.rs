@@ -597,6 +597,7 @@ pub async fn reconcile(wl: Arc<Workload>, scope: Arc<Scope>) -> Result<Action, E
 }
 
 async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action, Error> {
+    let _judging = scope.shared.verdicts_first.judging();
     scope.caches_ready().await;
     let shared = &scope.shared;
     let ns = wl.namespace().ok_or(Error::Missing("metadata.namespace"))?;
