@@ -329,11 +329,16 @@ fn spec_or_labels<K: kube::Resource>(obj: &K) -> Option<u64> {
 /// unbounded: at start every object of a large fleet would be evaluated at
 /// once, each holding its parsed inventory and findings in memory while
 /// thousands of status patches compete for the apiserver.
-const RECONCILE_CONCURRENCY: u16 = 16;
+const RECONCILE_CONCURRENCY: u16 = 32;
 
 /// The longest one reconcile of a namespaced object may take; it is
 /// retried after that.
 const RECONCILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+// An Inventory reconcile may wait this long for Workload verdicts before its
+// own request: it must not use up the reconcile's time limit doing so.
+const _: () =
+    assert!(super::priority::BOOKKEEPING_PATIENCE.as_secs() * 2 <= RECONCILE_TIMEOUT.as_secs());
 
 /// Runs a namespaced controller, also woken by `triggers`, until `stop`.
 fn drive<K, Fut>(
