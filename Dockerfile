@@ -8,7 +8,8 @@
 #   docker buildx build --platform linux/amd64,linux/arm64 -t ... --push .
 #
 # The build stage needs only a C compiler for `ring` (TLS) and make for
-# jemalloc (the binary's allocator); everything else is Rust. Dependencies are cached in their own layer.
+# jemalloc (the binary's allocator); everything else is Rust. Dependencies
+# are cached in their own layer.
 
 ARG RUST_VERSION=1.95
 
