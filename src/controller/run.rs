@@ -299,26 +299,15 @@ impl<K: kube::Resource, V: PartialEq> ChangeFilter<K, V> {
     }
 }
 
-/// What Workloads and Templates read of a policy or exception: its spec
-/// (generation) and labels.
-fn generation_and_labels<K: kube::Resource>(
-    o: &K,
-) -> (Option<i64>, std::collections::BTreeMap<String, String>) {
-    (
-        o.meta().generation,
-        o.meta().labels.clone().unwrap_or_default(),
-    )
-}
-
 /// What a subject reads of its Inventory: the packages (generation) and
 /// when they were written; the Inventory's own status is not read.
 fn generation_and_write_time(inv: &Inventory) -> (Option<i64>, Option<jiff::Timestamp>) {
     (inv.metadata.generation, written_at(inv))
 }
 
-/// What of an object asks for a new reconcile when its watch shows a
-/// change: its generation (spec) or its labels — not a status write, which
-/// for these kinds is the reconciler's own.
+/// What of an object asks for a new reconcile of it, or of the objects it
+/// judges, when its watch shows a change: its generation (spec) or its
+/// labels — not a status write, which is its own reconciler's.
 fn spec_or_labels<K: kube::Resource>(obj: &K) -> Option<u64> {
     predicates::generation
         .combine(predicates::labels)
@@ -461,7 +450,7 @@ where
     // drives the kind's own reconciler (one watch and one cache per kind).
     let policy_stream = {
         let scope = Arc::clone(&scope);
-        let mut seen = ChangeFilter::new(generation_and_labels::<PatchPolicy>);
+        let mut seen = ChangeFilter::new(spec_or_labels::<PatchPolicy>);
         scope::reflect(
             scope::api_in::<PatchPolicy>(&client, ns),
             policy_writer,
@@ -482,7 +471,7 @@ where
     };
     let exception_stream = {
         let scope = Arc::clone(&scope);
-        let mut seen = ChangeFilter::new(generation_and_labels::<PatchException>);
+        let mut seen = ChangeFilter::new(spec_or_labels::<PatchException>);
         scope::reflect(
             scope::api_in::<PatchException>(&client, ns),
             exception_writer,
@@ -859,7 +848,7 @@ mod tests {
             }))
             .expect("a valid PatchPolicy")
         };
-        let mut filter = ChangeFilter::new(generation_and_labels::<PatchPolicy>);
+        let mut filter = ChangeFilter::new(spec_or_labels::<PatchPolicy>);
         assert!(
             filter
                 .changed(&Event::InitApply(policy(1, "a", 0)))
