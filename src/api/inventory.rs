@@ -85,6 +85,40 @@ pub struct InventorySubject {
     pub revision: Option<i64>,
 }
 
+/// The longest object name Kubernetes accepts (a DNS subdomain).
+const MAX_NAME: usize = 253;
+
+impl InventorySubject {
+    /// The one Inventory name that may speak for this subject:
+    /// `workload-<name>`, `template-<name>-r<revision>` (revision 1 when
+    /// absent) or `changerequest-<name>` (a build result). Being a name, the
+    /// binding is checkable by RBAC (`resourceNames`); Inventories under any
+    /// other name are ignored for the subject. A name that would exceed 253
+    /// characters is cut and ends in a hash of the whole, so two long
+    /// subjects never share an Inventory.
+    pub fn canonical_inventory_name(&self) -> String {
+        let full = match self.kind {
+            SubjectKind::Workload => format!("workload-{}", self.name),
+            SubjectKind::Template => {
+                format!("template-{}-r{}", self.name, self.revision.unwrap_or(1))
+            }
+            SubjectKind::ChangeRequest => format!("changerequest-{}", self.name),
+        };
+        if full.len() <= MAX_NAME {
+            return full;
+        }
+        use sha2::Digest;
+        let hash: String = sha2::Sha256::digest(full.as_bytes())
+            .iter()
+            .take(5)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        // Names are ASCII (DNS subdomains), so byte cuts are char cuts.
+        let cut = full[..MAX_NAME - hash.len() - 1].trim_end_matches(['-', '.']);
+        format!("{cut}-{hash}")
+    }
+}
+
 /// Kinds an Inventory can describe.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum SubjectKind {
@@ -122,4 +156,49 @@ pub struct InventoryStatus {
     /// Number of packages listed.
     #[serde(default)]
     pub package_count: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(kind: SubjectKind, name: &str, revision: Option<i64>) -> InventorySubject {
+        InventorySubject {
+            kind,
+            name: name.into(),
+            revision,
+        }
+    }
+
+    #[test]
+    fn each_kind_has_its_own_prefix() {
+        let w = subject(SubjectKind::Workload, "web-01", None);
+        let t = subject(SubjectKind::Template, "web-01", Some(3));
+        let c = subject(SubjectKind::ChangeRequest, "web-01", None);
+        assert_eq!(w.canonical_inventory_name(), "workload-web-01");
+        assert_eq!(t.canonical_inventory_name(), "template-web-01-r3");
+        assert_eq!(c.canonical_inventory_name(), "changerequest-web-01");
+        let t1 = subject(SubjectKind::Template, "base", None);
+        assert_eq!(t1.canonical_inventory_name(), "template-base-r1");
+    }
+
+    #[test]
+    fn long_names_stay_valid_and_distinct() {
+        let a = "a".repeat(253);
+        let b = format!("{}b", "a".repeat(252));
+        let na = subject(SubjectKind::Workload, &a, None).canonical_inventory_name();
+        let nb = subject(SubjectKind::Workload, &b, None).canonical_inventory_name();
+        assert!(na.len() <= MAX_NAME && nb.len() <= MAX_NAME);
+        assert_ne!(na, nb);
+        assert!(na.starts_with("workload-aaa"));
+        // The cut lands on the dot: it is trimmed so the name stays a
+        // valid DNS subdomain (no `.-`).
+        let dotted = format!("{}.-{}", "a".repeat(232), "x".repeat(10));
+        let nd = subject(SubjectKind::Template, &dotted, Some(12)).canonical_inventory_name();
+        assert!(nd.len() <= MAX_NAME, "{nd}");
+        assert!(
+            nd.starts_with(&format!("template-{}-", "a".repeat(232))),
+            "{nd}"
+        );
+    }
 }

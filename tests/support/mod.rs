@@ -249,6 +249,15 @@ impl TestEnv {
         path
     }
 
+    /// A client authenticating as ServiceAccount `namespace/name` with its own token: exactly
+    /// the identity and RBAC of that ServiceAccount (no impersonation), for attack tests.
+    pub async fn client_for_service_account(&self, namespace: &str, name: &str) -> kube::Client {
+        let path = self.kubeconfig_for_service_account(namespace, name).await;
+        kubeconfig::client(&path, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Creates namespace `<prefix>-<random>` and waits until its `default` ServiceAccount has its
     /// token (1.20's ServiceAccount admission refuses Pods before that). Returns the name.
     pub async fn namespace(&self, prefix: &str) -> String {
