@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo demo-down test testenv helm browser crds crds-check chart-crds chart-crds-check deploy deploy-check fmt-check clippy lint ci
+.PHONY: demo demo-down test testenv helm browser crds crds-check chart-crds chart-crds-check deploy deploy-check fmt-check clippy lint fuzz fuzz-smoke ci
 
 ## The whole loop in one command: a local control plane (cached), the example
 ## fleet, the controller and simulated Job executors. DEMO_FLAGS=--approve
@@ -72,6 +72,17 @@ clippy:
 
 lint: fmt-check clippy
 
+## Coverage-guided fuzzing of every parser of user and feed data (cargo
+## fuzz, libFuzzer): FUZZ_SECONDS per target (default 600), corpora in
+## fuzz/corpus/. Installs cargo-fuzz on first use.
+FUZZ_SECONDS ?= 600
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## The short fuzz pass CI runs: 20 seconds per target over the kept corpora.
+fuzz-smoke:
+	scripts/fuzz.sh 20
+
 ## What CI runs (`test` runs tests/deploy.rs too; deploy-check alone is the
 ## quick way to check the chart and deploy/).
-ci: lint crds-check chart-crds-check test
+ci: lint crds-check chart-crds-check test fuzz-smoke
