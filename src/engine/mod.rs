@@ -21,8 +21,11 @@
 //!   which remediation Jobs to start, and when to look again.
 //! - [`change`]: the ChangeRequest lifecycle: scope and digest, approval,
 //!   publication checks, the next phase.
+//! - [`backoff`]: per-object retry delays of failing reconciles (5 s doubling
+//!   to 5 min, reset by a success).
 
 pub mod advisory;
+pub mod backoff;
 pub mod change;
 pub mod evaluate;
 pub mod fixes;
