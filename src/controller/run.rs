@@ -75,8 +75,13 @@ pub async fn run(
     };
     let (leadership, campaign) = match &settings.leader {
         Some(leader_settings) => {
-            let (leadership, campaign) =
-                leader::campaign(client.clone(), leader_settings.clone(), stopped()).await?;
+            let (leadership, campaign) = leader::campaign(
+                client.clone(),
+                leader_settings.clone(),
+                metrics.clone(),
+                stopped(),
+            )
+            .await?;
             (leadership, campaign.boxed())
         }
         None => (leader::Leadership::always(), future::ready(()).boxed()),
