@@ -533,6 +533,38 @@ async fn a_policy_with_a_100_character_name_is_woken_by_its_jobs() {
         executor::label(&second, "patchloop.dev/policy"),
         policy_label
     );
+
+    // The wake itself, alone: a change of the Job that changes nothing of
+    // its Workload's status (so the Workload wakes no policy) must still
+    // wake the policy that created it, found from the cut label.
+    let reconciles = async || {
+        pl.metric("patchloop_reconciles_total{controller=\"policy\"}")
+            .await
+    };
+    // Settled: two reads 2 s apart agree (its rollout's own wakes are over).
+    let mut last = reconciles().await;
+    support::eventually("the policy to settle", WAIT, async || {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = reconciles().await;
+        let settled = now == last;
+        last = now;
+        settled.then_some(())
+    })
+    .await;
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), &ns);
+    jobs.patch(
+        &second.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"example.com/touched": "1"}}})),
+    )
+    .await
+    .expect("touching the Job");
+    support::eventually(
+        "the policy woken by its Job",
+        Duration::from_secs(20),
+        async || (reconciles().await > last).then_some(()),
+    )
+    .await;
     assert_eq!(
         pl.metric("patchloop_reconcile_errors_total{controller=\"policy\"}")
             .await,
