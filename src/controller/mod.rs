@@ -119,12 +119,14 @@ impl Error {
     /// step, the call and the apiserver's code and reason, but not its
     /// message, which can quote the object's own fields back.
     pub fn summary(&self) -> String {
-        let answer = |e: &kube::Error| match e {
-            kube::Error::Api(s) => format!("the apiserver answered {} {}", s.code, s.reason),
-            _ => "the apiserver could not be reached".to_owned(),
-        };
         match self {
-            Error::Kube(e) => format!("an API call failed: {}", answer(e)),
+            Error::Kube(e) => match e {
+                kube::Error::Api(s) => match s.details.as_ref().filter(|d| !d.kind.is_empty()) {
+                    Some(d) => format!("an API call on {} failed: {}", d.kind, answer(e)),
+                    None => format!("an API call failed: {}", answer(e)),
+                },
+                _ => format!("an API call failed: {}", answer(e)),
+            },
             Error::Call { step, call, source } => {
                 format!("step {step}: {call} failed: {}", answer(source))
             }
@@ -132,6 +134,14 @@ impl Error {
             Error::Missing(field) => format!("step dereference: the object has no {field}"),
             Error::Timeout(after) => format!("the reconcile timed out after {after:?}"),
         }
+    }
+}
+
+/// The apiserver's answer, without its message.
+fn answer(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("the apiserver answered {} {}", s.code, s.reason),
+        _ => "the apiserver could not be reached".to_owned(),
     }
 }
 
@@ -477,8 +487,37 @@ pub fn now() -> jiff::Timestamp {
 
 #[cfg(test)]
 mod tests {
-    use super::dropped_objects;
+    use super::{Error, Step, dropped_objects};
     use serde_json::json;
+
+    fn refused(message: &str) -> kube::Error {
+        kube::Error::Api(
+            serde_json::from_value(json!({
+                "status": "Failure", "code": 422, "reason": "Invalid", "message": message,
+                "details": {"name": "web-01", "kind": "jobs"},
+            }))
+            .expect("a Status"),
+        )
+    }
+
+    #[test]
+    fn errors_name_their_step_and_call_but_events_do_not_quote_the_apiserver() {
+        let secret = "Invalid value: \"$(SSH_PASSPHRASE)\"";
+        let e = Error::call(Step::Apply, "create", "Job")(refused(secret));
+        assert_eq!(e.step(), "apply");
+        assert!(e.to_string().starts_with("apply: create Job failed: "));
+        assert_eq!(
+            e.summary(),
+            "step apply: create Job failed: the apiserver answered 422 Invalid"
+        );
+        let unlabelled = Error::Kube(refused(secret));
+        assert_eq!(unlabelled.step(), "api");
+        assert_eq!(
+            unlabelled.summary(),
+            "an API call on jobs failed: the apiserver answered 422 Invalid"
+        );
+        assert_eq!(Error::Missing("metadata.uid").step(), "dereference");
+    }
 
     #[test]
     fn only_dropped_object_fields_need_removing() {
