@@ -1281,6 +1281,16 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_cluster_without_crds() 
             ("list", "workloads.patchloop.dev", None),
             ("create", "jobs.batch", o),
             ("get", "configmaps", o),
+            // Blast radius: nothing namespaced outside the watched
+            // namespaces, kube-system above all.
+            ("create", "jobs.batch", Some("kube-system")),
+            ("create", "jobs.batch", None),
+            ("list", "pods", Some("kube-system")),
+            ("list", "pods", o),
+            ("list", "pods", None),
+            ("create", "configmaps", Some("kube-system")),
+            ("create", "configmaps", o),
+            ("get", "configmaps", Some("kube-system")),
             ("create", "leases.coordination.k8s.io", Some(&scoped_ns)),
             ("create", "events.events.k8s.io", o),
             ("get", "configmaps", Some("default")),

@@ -10,24 +10,45 @@
 //! renewal; taking an expired lease waits 0.1–1 s more (the crate's random
 //! back-off), an API error `RETRY_PERIOD`. Cache sync costs nothing then:
 //! a standby's caches are synced before it reports ready; the new leader
-//! wakes every object once. The leader renews `LEASE_GRACE` before expiry,
-//! which is also the clock-skew margin tolerated between nodes. A leader that loses the lease, or cannot
-//! renew it, exits at once (its Pod restarts as a standby) rather than risk
-//! two writers.
+//! wakes every object once.
+//!
+//! Renewals, as client-go: the leader renews `LEASE_DURATION - LEASE_GRACE`
+//! (5 s) after each renewal; a failed renewal is retried every
+//! `RETRY_PERIOD` until `RENEW_DEADLINE` (10 s) after the last success, and
+//! only then does the leader exit (its Pod restarts as a standby) — 5 s
+//! before the lease expires, which is also the clock-skew margin tolerated
+//! between nodes, so a standby never takes over while it still writes. A
+//! leader that finds the lease held by another exits at once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use kube::Client;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 
+use super::metrics::Metrics;
+use crate::engine::lease::LeaseTiming;
+
 /// Seconds a lease stays valid after its last renewal.
 pub const LEASE_DURATION: u64 = 15;
-/// Seconds before expiry the holder renews (and the clock-skew margin).
-pub const LEASE_GRACE: u64 = 5;
-/// Seconds a standby waits before campaigning again after an API error (it
-/// covers the crate's 0.1–1 s wait before taking an expired lease too).
+/// Seconds before expiry the holder renews: 10 s, so it renews 5 s after
+/// each renewal and has time to retry a failed one before `RENEW_DEADLINE`.
+pub const LEASE_GRACE: u64 = 10;
+/// Seconds after its last successful renewal a leader stops leading.
+pub const RENEW_DEADLINE: u64 = 10;
+/// Seconds between two attempts to renew, and a standby's wait before
+/// campaigning again after an API error (it covers the crate's 0.1–1 s wait
+/// before taking an expired lease too).
 pub const RETRY_PERIOD: u64 = 2;
+/// The lease's timings together.
+pub const TIMING: LeaseTiming = LeaseTiming {
+    duration: Duration::from_secs(LEASE_DURATION),
+    renew_after: Duration::from_secs(LEASE_DURATION - LEASE_GRACE),
+    renew_deadline: Duration::from_secs(RENEW_DEADLINE),
+    retry_period: Duration::from_secs(RETRY_PERIOD),
+};
+const _: () = assert!(TIMING.is_consistent());
 /// The exit code of a process that lost the lease.
 pub const LOST_LEASE_EXIT_CODE: i32 = 3;
 /// The field manager of the Lease.
@@ -76,9 +97,10 @@ impl Leadership {
 pub async fn campaign(
     client: Client,
     settings: LeaderSettings,
+    metrics: Metrics,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(Leadership, impl Future<Output = ()> + Send), kube_lease_manager::LeaseManagerError> {
-    let manager: LeaseManager = LeaseManagerBuilder::new(client, &settings.lease_name)
+    let manager: LeaseManager = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
         .with_namespace(&settings.lease_namespace)
         .with_identity(&settings.identity)
         .with_duration(LEASE_DURATION)
@@ -86,25 +108,42 @@ pub async fn campaign(
         .with_field_manager(MANAGER)
         .build()
         .await?;
+    let leases: Api<Lease> = Api::namespaced(client, &settings.lease_namespace);
     let (tx, rx) = watch::channel(false);
-    let identity = settings.identity;
     let run = async move {
+        let identity = settings.identity.as_str();
         tokio::pin!(stopped);
         loop {
             tokio::select! {
                 () = &mut stopped => break,
                 changed = manager.changed() => match changed {
                     Ok(true) => {
-                        tracing::info!(identity = %identity, "acquired the lease: leading");
+                        tracing::info!(identity, "acquired the lease: leading");
                         let _ = tx.send(true);
                     }
-                    Ok(false) => {
-                        tracing::error!(identity = %identity, "lost the lease: exiting to restart as a standby");
-                        std::process::exit(LOST_LEASE_EXIT_CODE);
-                    }
+                    Ok(false) => lost(identity),
                     Err(e) if *tx.borrow() => {
-                        tracing::error!(error = %e, "could not renew the lease: exiting so a standby takes over safely");
-                        std::process::exit(LOST_LEASE_EXIT_CODE);
+                        metrics.lease_renewal_failed();
+                        tracing::warn!(error = %e, "could not renew the lease; retrying until the renew deadline");
+                        let retrying = Renewing {
+                            manager: &manager,
+                            leases: &leases,
+                            settings: &settings,
+                            metrics: &metrics,
+                            failed_at: jiff::Timestamp::now(),
+                            step_down_at: TIMING.step_down_at(Instant::now()),
+                        };
+                        tokio::select! {
+                            () = &mut stopped => break,
+                            renewal = retrying.retry() => match renewal {
+                                Renewal::Renewed => tracing::info!(identity, "renewed the lease after failures: still leading"),
+                                Renewal::Lost => lost(identity),
+                                Renewal::DeadlinePassed => {
+                                    tracing::error!(identity, "could not renew the lease within {RENEW_DEADLINE}s: exiting so a standby takes over safely");
+                                    std::process::exit(LOST_LEASE_EXIT_CODE);
+                                }
+                            },
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "lease campaign failed; retrying");
@@ -121,6 +160,78 @@ pub async fn campaign(
         }
     };
     Ok((Leadership { state: rx }, run))
+}
+
+fn lost(identity: &str) -> ! {
+    tracing::error!(identity, "lost the lease: exiting to restart as a standby");
+    std::process::exit(LOST_LEASE_EXIT_CODE);
+}
+
+/// How retrying a failed renewal ended.
+enum Renewal {
+    Renewed,
+    Lost,
+    DeadlinePassed,
+}
+
+/// A leader retrying a failed renewal.
+struct Renewing<'a> {
+    manager: &'a LeaseManager,
+    leases: &'a Api<Lease>,
+    settings: &'a LeaderSettings,
+    metrics: &'a Metrics,
+    /// When the first renewal of this run of failures failed.
+    failed_at: jiff::Timestamp,
+    step_down_at: Instant,
+}
+
+impl Renewing<'_> {
+    /// Retries every `RETRY_PERIOD` until a renewal succeeds, the lease
+    /// turns out held by another, or the renew deadline passes.
+    async fn retry(&self) -> Renewal {
+        let mut now = Instant::now();
+        while let Some(next) = TIMING.next_retry(now, self.step_down_at) {
+            tokio::time::sleep_until(next.into()).await;
+            if Instant::now() >= self.step_down_at {
+                break;
+            }
+            // The crate renews at once (the renewal is overdue), then waits
+            // quietly for the next one: it returns only on an error or a
+            // change of holder.
+            match tokio::time::timeout_at(self.step_down_at.into(), self.manager.changed()).await {
+                Ok(Ok(true)) => return Renewal::Renewed,
+                Ok(Ok(false)) => return Renewal::Lost,
+                Ok(Err(e)) => {
+                    self.metrics.lease_renewal_failed();
+                    tracing::warn!(error = %e, "could not renew the lease; retrying");
+                }
+                // Quiet until the deadline: a retry renewed the lease, or a
+                // request hangs. The Lease itself says which.
+                Err(_) => {
+                    return if self.renewed_since_the_failure().await {
+                        Renewal::Renewed
+                    } else {
+                        Renewal::DeadlinePassed
+                    };
+                }
+            }
+            now = Instant::now();
+        }
+        Renewal::DeadlinePassed
+    }
+
+    async fn renewed_since_the_failure(&self) -> bool {
+        let read = tokio::time::timeout(
+            Duration::from_secs(RETRY_PERIOD),
+            self.leases.get(&self.settings.lease_name),
+        )
+        .await;
+        let Ok(Ok(lease)) = read else { return false };
+        lease.spec.is_some_and(|s| {
+            s.holder_identity.as_deref() == Some(self.settings.identity.as_str())
+                && s.renew_time.is_some_and(|t| t.0 >= self.failed_at)
+        })
+    }
 }
 
 #[cfg(test)]

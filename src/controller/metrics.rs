@@ -25,6 +25,7 @@
 //! | `patchloop_jobs_created_total` | counter | `kind` |
 //! | `patchloop_exceptions_expired_total` | counter | — |
 //! | `patchloop_leader` | gauge | — |
+//! | `patchloop_lease_renewal_failures_total` | counter | — |
 
 use std::collections::HashMap;
 use std::fmt;
@@ -138,6 +139,7 @@ struct Inner {
     jobs_created: Family<JobLabels, Counter>,
     exceptions_expired: Counter,
     leader: Gauge,
+    lease_renewal_failures: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -236,6 +238,12 @@ impl Metrics {
             "1 while this replica holds the leader lease and reconciles, else 0",
             leader.clone(),
         );
+        let lease_renewal_failures = Counter::default();
+        registry.register(
+            "patchloop_lease_renewal_failures",
+            "Failed attempts of the leader to renew its lease (retried until the renew deadline)",
+            lease_renewal_failures.clone(),
+        );
 
         // The guards are dropped at once: only the series' existence matters.
         for controller in CONTROLLERS {
@@ -267,6 +275,7 @@ impl Metrics {
                 jobs_created,
                 exceptions_expired,
                 leader,
+                lease_renewal_failures,
             }),
         }
     }
@@ -435,6 +444,11 @@ impl Metrics {
     /// Sets whether this replica leads (and so reconciles).
     pub fn set_leader(&self, leader: bool) {
         self.inner.leader.set(i64::from(leader));
+    }
+
+    /// Counts one failed attempt of the leader to renew its lease.
+    pub fn lease_renewal_failed(&self) {
+        self.inner.lease_renewal_failures.inc();
     }
 
     /// Reconciles run by `controller` so far; for tests and logs.

@@ -44,14 +44,26 @@ use tracing::Instrument;
 use self::advisories::AdvisoryStore;
 use self::metrics::Metrics;
 use self::priority::VerdictsFirst;
+use crate::engine::backoff::{self, Backoff};
 use crate::engine::outcome::Notice;
 
-/// Errors of a reconcile; the error policy retries with backoff.
+/// Errors of a reconcile; the error policy ([`retry_with_backoff`])
+/// retries the object with per-object exponential backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The apiserver refused or failed a request.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// An API call of a known step failed (see [`Error::call`]).
+    #[error("{step}: {call} failed: {source}")]
+    Call {
+        /// The step of the reconcile.
+        step: Step,
+        /// The call: a verb and a kind, e.g. `patch Workload/status`.
+        call: String,
+        /// The apiserver's answer.
+        source: kube::Error,
+    },
     /// A status could not be serialized.
     #[error("serializing status: {0}")]
     Serialize(#[from] serde_json::Error),
@@ -61,6 +73,76 @@ pub enum Error {
     /// A reconcile took too long (a request never answered); it is retried.
     #[error("reconcile timed out after {0:?}")]
     Timeout(Duration),
+}
+
+/// The steps of a reconcile, named in its errors, logs and Events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reading what the object refers to.
+    Dereference,
+    /// Creating or changing the objects it drives (Jobs, ChangeRequests).
+    Apply,
+    /// Writing its status.
+    Status,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Dereference => "dereference",
+            Step::Apply => "apply",
+            Step::Status => "status",
+        })
+    }
+}
+
+impl Error {
+    /// Wraps the apiserver's error of `verb kind` at `step`, e.g.
+    /// `.map_err(Error::call(Step::Status, "patch", "Workload/status"))`.
+    pub fn call(step: Step, verb: &str, kind: &str) -> impl FnOnce(kube::Error) -> Error {
+        let call = format!("{verb} {kind}");
+        move |source| Error::Call { step, call, source }
+    }
+
+    /// The step that failed, for logs (`api` when the call was not labelled).
+    pub fn step(&self) -> String {
+        match self {
+            Error::Kube(_) => "api".into(),
+            Error::Call { step, .. } => step.to_string(),
+            Error::Serialize(_) => Step::Status.to_string(),
+            Error::Missing(_) => Step::Dereference.to_string(),
+            Error::Timeout(_) => "timeout".into(),
+        }
+    }
+
+    /// The error for an Event that the object's author and others read: the
+    /// step, the call and the apiserver's code and reason, but not its
+    /// message, which can quote the object's own fields back.
+    pub fn summary(&self) -> String {
+        match self {
+            Error::Kube(e) => match e {
+                kube::Error::Api(s) => match s.details.as_ref().filter(|d| !d.kind.is_empty()) {
+                    Some(d) => format!("an API call on {} failed: {}", d.kind, answer(e)),
+                    None => format!("an API call failed: {}", answer(e)),
+                },
+                _ => format!("an API call failed: {}", answer(e)),
+            },
+            Error::Call { step, call, source } => {
+                format!("step {step}: {call} failed: {}", answer(source))
+            }
+            Error::Serialize(_) => "step status: the status could not be serialized".into(),
+            Error::Missing(field) => format!("step dereference: the object has no {field}"),
+            Error::Timeout(after) => format!("the reconcile timed out after {after:?}"),
+        }
+    }
+}
+
+/// The apiserver's answer, without its message.
+fn answer(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("the apiserver answered {} {}", s.code, s.reason),
+        _ => "the apiserver could not be reached".to_owned(),
+    }
 }
 
 /// Settings of `patchloop run` that reconcilers read.
@@ -96,6 +178,9 @@ pub struct Shared {
     pub settings: Settings,
     /// Whether this process leads (only the leader reconciles and writes).
     pub leadership: leader::Leadership,
+    /// Consecutive reconcile failures per object (`ObjectRef` as text:
+    /// kind, name and namespace), for [`retry_with_backoff`].
+    pub backoff: std::sync::Mutex<Backoff<String>>,
 }
 
 impl Shared {
@@ -235,6 +320,7 @@ where
     let conflict = |e: &kube::Error| {
         resource_version.is_some() && matches!(e, kube::Error::Api(s) if s.code == 409)
     };
+    let failed = |e| Error::call(Step::Status, "patch", &format!("{}/status", K::kind(&())))(e);
     let desired = serde_json::to_value(status)?;
     let dropped = dropped_objects(&serde_json::to_value(previous)?, &desired);
     let mut version = resource_version.clone();
@@ -258,7 +344,7 @@ where
                 }
             }
             Err(e) if conflict(&e) => return Ok(false),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(failed(e)),
         }
     }
     let mut patch = serde_json::json!({
@@ -282,7 +368,7 @@ where
             Ok(true)
         }
         Err(e) if conflict(&e) => Ok(false),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(failed(e)),
     }
 }
 
@@ -314,14 +400,77 @@ where
     timer.observe(reconcile.instrument(span).await)
 }
 
-/// The error policy of every reconciler: log, retry soon (kube-runtime
-/// backs off on repeated failures of the same object).
-pub fn retry_soon<K, C>(obj: Arc<K>, err: &Error, _ctx: Arc<C>) -> Action
+/// A reconciler's context: what it shares with the others.
+pub trait Reconciles {
+    /// The shared parts.
+    fn shared(&self) -> &Shared;
+}
+
+impl Reconciles for scope::Scope {
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl Reconciles for feed::FeedContext {
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+fn backoff_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    ObjectRef::from_obj(obj).to_string()
+}
+
+/// The error policy of every reconciler: log which step failed, and retry
+/// the object after its own exponential backoff (5 s doubling to 5 min;
+/// kube-runtime 5 keeps no memory of earlier failures). Its first failure
+/// (a transition) is also a Warning Event naming the step.
+pub fn retry_with_backoff<K, C>(obj: Arc<K>, err: &Error, ctx: Arc<C>) -> Action
 where
     K: Resource<DynamicType = ()>,
+    C: Reconciles,
 {
-    tracing::warn!(error = %err, object = %ObjectRef::from_obj(obj.as_ref()), "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    let shared = ctx.shared();
+    let key = backoff_key(obj.as_ref());
+    let (failures, delay) = shared
+        .backoff
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .failed(&key);
+    tracing::warn!(
+        error = %err, step = %err.step(), failures, retry_in = ?delay, object = %key,
+        "reconcile failed; retrying with backoff"
+    );
+    if failures == 1 {
+        shared.events_later(
+            obj.as_ref(),
+            vec![Notice {
+                warning: true,
+                reason: "ReconcileFailed",
+                message: format!(
+                    "{}; retrying after {}s, then less and less often (at most every {}s) until it succeeds",
+                    err.summary(),
+                    delay.as_secs(),
+                    backoff::CAP.as_secs()
+                ),
+            }],
+        );
+    }
+    Action::requeue(delay)
+}
+
+/// Records a successful reconcile of `obj`: its next failure is retried
+/// after the first delay again.
+pub fn reconciled<K: Resource<DynamicType = ()>>(shared: &Shared, obj: &K) {
+    let recovered = shared
+        .backoff
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .succeeded(&backoff_key(obj));
+    if recovered {
+        tracing::info!(object = %backoff_key(obj), "reconcile succeeded after failures");
+    }
 }
 
 /// The requeue delay for an instant in the future, capped.
@@ -338,8 +487,37 @@ pub fn now() -> jiff::Timestamp {
 
 #[cfg(test)]
 mod tests {
-    use super::dropped_objects;
+    use super::{Error, Step, dropped_objects};
     use serde_json::json;
+
+    fn refused(message: &str) -> kube::Error {
+        kube::Error::Api(
+            serde_json::from_value(json!({
+                "status": "Failure", "code": 422, "reason": "Invalid", "message": message,
+                "details": {"name": "web-01", "kind": "jobs"},
+            }))
+            .expect("a Status"),
+        )
+    }
+
+    #[test]
+    fn errors_name_their_step_and_call_but_events_do_not_quote_the_apiserver() {
+        let secret = "Invalid value: \"$(SSH_PASSPHRASE)\"";
+        let e = Error::call(Step::Apply, "create", "Job")(refused(secret));
+        assert_eq!(e.step(), "apply");
+        assert!(e.to_string().starts_with("apply: create Job failed: "));
+        assert_eq!(
+            e.summary(),
+            "step apply: create Job failed: the apiserver answered 422 Invalid"
+        );
+        let unlabelled = Error::Kube(refused(secret));
+        assert_eq!(unlabelled.step(), "api");
+        assert_eq!(
+            unlabelled.summary(),
+            "an API call on jobs failed: the apiserver answered 422 Invalid"
+        );
+        assert_eq!(Error::Missing("metadata.uid").step(), "dereference");
+    }
 
     #[test]
     fn only_dropped_object_fields_need_removing() {

@@ -23,7 +23,7 @@ use super::priority::VerdictsFirst;
 use super::scope::{self, Scope, SubjectIndex, TriggerStreams, written_at};
 use super::{
     Settings, Shared, change, event_queue, exception, failpoint, feed, feed_source, inventory,
-    leader, policy, recorder, retry_soon, template, workload,
+    leader, policy, reconciled, recorder, retry_with_backoff, template, workload,
 };
 use crate::api::inventory::SubjectKind;
 use crate::api::{
@@ -75,8 +75,13 @@ pub async fn run(
     };
     let (leadership, campaign) = match &settings.leader {
         Some(leader_settings) => {
-            let (leadership, campaign) =
-                leader::campaign(client.clone(), leader_settings.clone(), stopped()).await?;
+            let (leadership, campaign) = leader::campaign(
+                client.clone(),
+                leader_settings.clone(),
+                metrics.clone(),
+                stopped(),
+            )
+            .await?;
             (leadership, campaign.boxed())
         }
         None => (leader::Leadership::always(), future::ready(()).boxed()),
@@ -94,6 +99,7 @@ pub async fn run(
         settings: settings.clone(),
         client: client.clone(),
         leadership: leadership.clone(),
+        backoff: Default::default(),
     });
     let (bound, server) = http::bind(listen, metrics.clone(), health.clone(), stopped())
         .await
@@ -237,7 +243,17 @@ fn feed_controller(
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .reconcile_on(led)
         .graceful_shutdown_on(stopped)
-        .run(feed::reconcile, retry_soon, ctx)
+        .run(
+            |f, ctx: Arc<FeedContext>| async move {
+                let result = feed::reconcile(Arc::clone(&f), Arc::clone(&ctx)).await;
+                if result.is_ok() {
+                    reconciled(&ctx.shared, f.as_ref());
+                }
+                result
+            },
+            retry_with_backoff,
+            ctx,
+        )
         .for_each(|r| {
             log_result(r.map(|(o, _)| o));
             future::ready(())
@@ -351,15 +367,21 @@ where
     // every object; the new leader wakes them all.
     let leading = move |obj: Arc<K>, scope: Arc<Scope>| {
         let skip = !scope.shared.leadership.is_leader();
-        let work = (!skip).then(|| reconcile(obj, scope));
+        let work = (!skip).then(|| (reconcile(Arc::clone(&obj), Arc::clone(&scope)), obj, scope));
         async move {
             match work {
                 // A request the apiserver never answers must not hold the
                 // object (kube-runtime reconciles it only once at a time)
                 // for the client's five-minute read timeout.
-                Some(work) => tokio::time::timeout(RECONCILE_TIMEOUT, work)
-                    .await
-                    .unwrap_or(Err(super::Error::Timeout(RECONCILE_TIMEOUT))),
+                Some((work, obj, scope)) => {
+                    let result = tokio::time::timeout(RECONCILE_TIMEOUT, work)
+                        .await
+                        .unwrap_or(Err(super::Error::Timeout(RECONCILE_TIMEOUT)));
+                    if result.is_ok() {
+                        reconciled(&scope.shared, obj.as_ref());
+                    }
+                    result
+                }
                 None => Ok(kube::runtime::controller::Action::await_change()),
             }
         }
@@ -368,7 +390,7 @@ where
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .reconcile_on(triggers)
         .graceful_shutdown_on(stop)
-        .run(leading, retry_soon, scope)
+        .run(leading, retry_with_backoff, scope)
         .for_each(|r| {
             log_result(r.map(|(o, _)| o));
             future::ready(())

@@ -323,12 +323,24 @@ impl Scope {
                     .unbounded_send(ObjectRef::new(&owner.name).within(ns));
             }
         }
-        if let Some(policy) = job.labels().get(super::jobs::POLICY_LABEL) {
-            let _ = self
-                .triggers
-                .policies
-                .unbounded_send(ObjectRef::new(policy).within(ns));
+        if let Some(label) = job.labels().get(super::jobs::POLICY_LABEL) {
+            for policy in self.policies_labelled(ns, label) {
+                let _ = self.triggers.policies.unbounded_send(policy);
+            }
         }
+    }
+
+    /// The policies of `namespace` whose label value is `label`: a name
+    /// longer than 63 characters is cut and hashed in labels, so the label
+    /// is mapped back through the cache rather than read as a name.
+    fn policies_labelled(&self, namespace: &str, label: &str) -> Vec<ObjectRef<PatchPolicy>> {
+        self.policies
+            .state()
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+            .filter(|p| super::jobs::label_value(&p.name_any()) == label)
+            .map(|p| ObjectRef::from_obj(p.as_ref()))
+            .collect()
     }
 
     /// Wakes every Template of a namespace.

@@ -21,12 +21,17 @@
 //!   which remediation Jobs to start, and when to look again.
 //! - [`change`]: the ChangeRequest lifecycle: scope and digest, approval,
 //!   publication checks, the next phase.
+//! - [`lease`]: when a leader whose lease renewals fail stops leading.
+//! - [`backoff`]: per-object retry delays of failing reconciles (5 s doubling
+//!   to 5 min, reset by a success).
 
 pub mod advisory;
+pub mod backoff;
 pub mod change;
 pub mod evaluate;
 pub mod fixes;
 pub mod inventory;
+pub mod lease;
 pub mod os_release;
 pub mod outcome;
 pub mod rollout;

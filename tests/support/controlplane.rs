@@ -492,10 +492,12 @@ fn try_start(
             .map_err(Failure::Fatal)?;
         phase(&mut phases, "CRDs", &mut clock);
 
-        // kube-controller-manager
+        // kube-controller-manager (resourcequota: the README's object-count quotas on
+        // Patchloop's kinds are tested, and admission enforces a quota only once this
+        // controller has computed its usage)
         let mut kcm = Command::new(&bins.kube_controller_manager);
         kcm.arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg("--controllers=garbagecollector,job,namespace,serviceaccount,serviceaccount-token")
+            .arg("--controllers=garbagecollector,job,namespace,resourcequota,serviceaccount,serviceaccount-token")
             .arg(format!(
                 "--service-account-private-key-file={}",
                 dir.join("sa.key").display()

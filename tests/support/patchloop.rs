@@ -46,11 +46,23 @@ impl Patchloop {
         extra: &[&str],
         vars: &[(&str, &str)],
     ) -> Patchloop {
+        Self::spawn_as(env.kubeconfig(), namespace, feed_label, extra, vars)
+    }
+
+    /// [`Patchloop::spawn`] with the identity of `kubeconfig` (e.g. a
+    /// ServiceAccount holding only the chart's RBAC) instead of the admin's.
+    pub fn spawn_as(
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        feed_label: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Patchloop {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_patchloop"));
         cmd.arg("run")
             .arg("--kubeconfig")
-            .arg(env.kubeconfig())
+            .arg(kubeconfig)
             .args(["--namespace", namespace])
             .args(["--feed-selector", &format!("patchloop-test={feed_label}")])
             .args(["--listen", &format!("127.0.0.1:{port}")])
