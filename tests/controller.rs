@@ -898,7 +898,7 @@ async fn every_kind_observes_each_edit_of_its_spec() {
         ),
         (
             "Inventory",
-            "web-01".to_owned(),
+            "workload-web-01".to_owned(),
             json!({"reporter": "test-2"}),
         ),
         (
