@@ -69,7 +69,11 @@ async fn a_real_advisory_yields_exact_findings_and_a_fixed_inventory_clears_them
     assert!(status.findings.is_empty());
 
     // kubectl wait works on every kind this controller reconciles.
-    for target in ["workload/web-01", "patchpolicy/gold", "inventory/web-01"] {
+    for target in [
+        "workload/web-01",
+        "patchpolicy/gold",
+        "inventory/workload-web-01",
+    ] {
         let out = env.kubectl([
             "wait",
             "-n",

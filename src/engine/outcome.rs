@@ -300,7 +300,7 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
                 r.backoff_until = Some(backoff_from(input.now));
             }
             r.message = Some(format!(
-                "Job {} succeeded but no change of the Workload's Inventory since the Job was created showed the fixed versions within verifyTimeout",
+                "Job {} succeeded but no change of the Workload's Inventory seen since the Job started showed the fixed versions within verifyTimeout",
                 r.job.as_deref().unwrap_or_default()
             ));
             notices.push(Notice {
@@ -315,7 +315,7 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
                     warning: false,
                     reason: "RemediationSucceeded",
                     message: format!(
-                        "Job {} completed; waiting for a change of the Workload's Inventory since the Job was created that shows the fixed versions",
+                        "Job {} completed; waiting for a change of the Workload's Inventory, seen after the Job started, that shows the fixed versions",
                         r.job.as_deref().unwrap_or_default()
                     ),
                 });
