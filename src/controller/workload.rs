@@ -920,7 +920,7 @@ async fn track_remediation(
                 record,
                 notices,
                 wake_at,
-            } => return Ok((record, notices, wake_at)),
+            } => return Ok((record.map(|r| *r), notices, wake_at)),
             Observation::Lookup(Lookup::FailureMessage(job)) => {
                 let message = jobs::termination_message(&scope.shared.client, ns, &job)
                     .await?

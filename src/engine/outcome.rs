@@ -126,8 +126,9 @@ pub enum Observation {
     Lookup(Lookup),
     /// The decision.
     Decided {
-        /// The record to write (`None`: the Workload never had a Job).
-        record: Option<RemediationRecord>,
+        /// The record to write (`None`: the Workload never had a Job);
+        /// boxed, as it is far larger than a lookup.
+        record: Option<Box<RemediationRecord>>,
         /// Events for the transitions.
         notices: Vec<Notice>,
         /// When the record can change by itself (the verify timeout).
@@ -323,7 +324,7 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
         }
     }
     Observation::Decided {
-        record: Some(r),
+        record: Some(Box::new(r)),
         notices,
         wake_at,
     }
@@ -434,7 +435,7 @@ mod tests {
                 notices,
                 wake_at,
             } => (
-                record.expect("a record"),
+                *record.expect("a record"),
                 notices.iter().map(|n| n.reason).collect(),
                 wake_at,
             ),
