@@ -1091,4 +1091,28 @@ mod tests {
             remediation_conditions(Some(&record(RemediationPhase::BackingOff)), Some(&f), &q);
         assert_eq!(reason(&backing_off, types::REMEDIATING).1, "BackingOff");
     }
+
+    #[test]
+    fn ignored_inventories_are_listed_with_the_name_that_would_count() {
+        assert_eq!(ignored_condition("workload-web-01", &[]), None);
+        let names: Vec<String> = (1..=7).map(|i| format!("cmdb-{i}")).collect();
+        let c = ignored_condition("workload-web-01", &names).expect("a condition");
+        assert_eq!(
+            (c.type_, c.status),
+            (types::INVENTORY_IGNORED, ConditionStatus::True)
+        );
+        assert_eq!(c.reason, "NotCanonical");
+        assert!(
+            c.message
+                .contains("cmdb-1, cmdb-2, cmdb-3, cmdb-4, cmdb-5 and 2 more"),
+            "{}",
+            c.message
+        );
+        assert!(
+            c.message
+                .contains("only the Inventory named workload-web-01"),
+            "{}",
+            c.message
+        );
+    }
 }
