@@ -6,7 +6,7 @@
 //! server-side change (generation/uid) first seen after the Job started.
 //! The attackers are a ServiceAccount with the shipped node-agent Role, one
 //! with the shipped reporter Role, and one with the node-agent rules the
-//! chart renders for `rbac.nodeAgentNodes: [node-a]`.
+//! chart renders (real Helm) for `rbac.nodeAgentNodes: [node-a]`.
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Event};
@@ -281,22 +281,46 @@ async fn forged_reporters_under_other_names_change_no_verdict() {
     assert_nothing_forged_leaked(&admin, &ns).await;
 }
 
-/// The rules the chart renders for the node agent with
-/// `rbac.nodeAgentNodes: [node-a]` (charts/patchloop/templates/user-roles.yaml).
-fn node_agent_rules_for(node: &str) -> Vec<PolicyRule> {
-    let named = |resources: &[&str], verbs: &[&str], name: String| PolicyRule {
-        resource_names: Some(vec![name]),
-        ..identity::rule("patchloop.dev", resources, verbs)
-    };
-    vec![
-        identity::rule("patchloop.dev", &["inventories", "workloads"], &["create"]),
-        named(
-            &["inventories"],
-            &["get", "patch"],
-            format!("workload-{node}"),
-        ),
-        named(&["workloads"], &["get"], node.to_owned()),
-    ]
+/// The rules of the node-agent ClusterRole the chart renders with
+/// `rbac.nodeAgentNodes: [node]`: the chart installed by real Helm
+/// (`scripts/helm.sh`, CRDs left to the harness) into `ns` under a release of
+/// its own, its rendered manifest read back.
+async fn chart_node_agent_rules(env: &support::TestEnv, ns: &str, node: &str) -> Vec<PolicyRule> {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let release = format!("patchloop-{}", support::random_suffix());
+    let values = json!({"crds": {"install": false}, "rbac": {"nodeAgentNodes": [node]}});
+    let out = tokio::process::Command::new(format!("{repo}/scripts/helm.sh"))
+        .args(["install", &release, &format!("{repo}/charts/patchloop")])
+        .args([
+            "--namespace",
+            ns,
+            "--values",
+            &values.to_string(),
+            "--kubeconfig",
+        ])
+        .arg(env.kubeconfig())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run scripts/helm.sh: {e}"));
+    assert!(
+        out.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).expect("helm.py prints JSON");
+    let manifest = result["manifest"].as_str().expect("a rendered manifest");
+    let docs: Vec<Value> = serde_saphyr::from_multiple(manifest).expect("the manifest parses");
+    let role = docs
+        .into_iter()
+        .find(|d| {
+            d["kind"] == "ClusterRole" && d["metadata"]["name"] == format!("{release}-node-agent")
+        })
+        .expect("the node-agent ClusterRole");
+    let role: k8s_openapi::api::rbac::v1::ClusterRole =
+        serde_json::from_value(role).expect("a ClusterRole");
+    role.rules.unwrap_or_default()
 }
 
 #[tokio::test]
@@ -318,7 +342,21 @@ async fn a_node_agent_limited_to_its_node_cannot_touch_another_nodes_inventory()
     })
     .await;
 
-    let agent = identity::with_rules(&ns, "agent-a", node_agent_rules_for("node-a")).await;
+    let rules = chart_node_agent_rules(env, &ns, "node-a").await;
+    // What the chart renders: create namespace-wide, the rest by name.
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.verbs == ["create"] && r.resource_names.is_none())
+    );
+    assert!(
+        rules
+            .iter()
+            .filter(|r| r.verbs != ["create"])
+            .all(|r| r.resource_names.as_ref().is_some_and(|n| !n.is_empty())),
+        "{rules:?}"
+    );
+    let agent = identity::with_rules(&ns, "agent-a", rules).await;
     identity::assert_cannot_read_secrets(&agent, &ns).await;
     // Its own node's Inventory: allowed (created, then patched).
     let own = inventory("node-a", "node-a", FIXED_GLIBC);
