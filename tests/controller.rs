@@ -69,7 +69,11 @@ async fn a_real_advisory_yields_exact_findings_and_a_fixed_inventory_clears_them
     assert!(status.findings.is_empty());
 
     // kubectl wait works on every kind this controller reconciles.
-    for target in ["workload/web-01", "patchpolicy/gold", "inventory/web-01"] {
+    for target in [
+        "workload/web-01",
+        "patchpolicy/gold",
+        "inventory/workload-web-01",
+    ] {
         let out = env.kubectl([
             "wait",
             "-n",
@@ -898,7 +902,7 @@ async fn every_kind_observes_each_edit_of_its_spec() {
         ),
         (
             "Inventory",
-            "web-01".to_owned(),
+            "workload-web-01".to_owned(),
             json!({"reporter": "test-2"}),
         ),
         (

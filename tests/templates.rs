@@ -30,10 +30,13 @@ const BASH: &str = "bash 5.2.15-2+b8 bash 5.2.15-2";
 
 // ---------------------------------------------------------------- objects
 
-fn build_result(name: &str, cr: &str, nonce: &str, image: &str, packages: &[&str]) -> Value {
+/// A build result, under the request's canonical Inventory name
+/// (`changerequest-<cr>`, the only one the controller reads for it); the
+/// first argument is kept for existing callers and not used.
+fn build_result(_name: &str, cr: &str, nonce: &str, image: &str, packages: &[&str]) -> Value {
     json!({
         "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
-        "metadata": {"name": name},
+        "metadata": {"name": format!("changerequest-{cr}")},
         "spec": {
             "subject": {"kind": "ChangeRequest", "name": cr},
             "reporter": "build-job", "reportedAt": "2026-11-24T08:00:00Z", "format": "dpkg",
@@ -585,11 +588,12 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
             )
         })
         .collect();
+    let result = format!("changerequest-{name}");
     assert_eq!(
         revisions,
         [
-            (1, Some("base-r1"), None),
-            (2, Some("base-r2"), Some(name.as_str()))
+            (1, Some("template-base-r1"), None),
+            (2, Some(result.as_str()), Some(name.as_str()))
         ]
     );
     assert!(ts.change_request.is_none());
@@ -660,7 +664,7 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
     .await;
     assert_eq!(
         new.inventory.as_ref().and_then(|i| i.name.as_deref()),
-        Some("base-r2")
+        Some(result.as_str())
     );
     assert_eq!(condition(&new.conditions, "TemplateCurrent"), Some("True"));
     let ts = support::eventually("two stale Workloads on the Template", WAIT, async || {
@@ -707,8 +711,8 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
     for target in [
         "template/base".to_owned(),
         format!("changerequest/{name}"),
-        "inventory/base-r1".to_owned(),
-        "inventory/base-r2".to_owned(),
+        "inventory/template-base-r1".to_owned(),
+        format!("inventory/{result}"),
     ] {
         let out = env.kubectl([
             "wait",

@@ -274,11 +274,11 @@ pub struct InventoryReference {
     /// When the reporter says it collected the inventory (`spec.reportedAt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_at: Option<Time>,
-    /// When the apiserver recorded the inventory's last write (server time,
-    /// from managedFields); remediation is verified against this, never against
-    /// the reporter's own clock.
+    /// The Inventory's `metadata.generation` (the apiserver bumps it on every
+    /// spec change): remediation is verified by a change of it after the Job
+    /// was created, never by a time a client sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub written_at: Option<Time>,
+    pub generation: Option<i64>,
     /// Number of packages in the inventory.
     #[serde(default)]
     pub packages: i32,

@@ -12,6 +12,9 @@ pub mod types {
     pub const COMPLIANT: &str = "Compliant";
     /// The inventory is younger than the policy's `inventoryMaxAge`.
     pub const INVENTORY_FRESH: &str = "InventoryFresh";
+    /// Inventories under other names than the subject's canonical one name
+    /// it, and are ignored.
+    pub const INVENTORY_IGNORED: &str = "InventoryIgnored";
     /// Several remediation policies tie on priority.
     pub const CONFLICT: &str = "Conflict";
     /// A remediation Job is running or being verified.

@@ -254,4 +254,30 @@ pub struct RemediationRecord {
     /// What happened, e.g. the failed pod's termination message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The Workload's canonical Inventory as Patchloop saw it when it
+    /// created the Job: only a later spec change of it (a higher generation,
+    /// or a recreated object) can verify the Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory_baseline: Option<InventoryVersion>,
+}
+
+/// One version of an Inventory, in the apiserver's own terms (no client
+/// can set either).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryVersion {
+    /// The object's uid; absent when there was no Inventory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Its `metadata.generation` (0 when there was no Inventory).
+    #[serde(default)]
+    pub generation: i64,
+}
+
+impl InventoryVersion {
+    /// Whether `self` (the Inventory now) was written after `baseline`: a
+    /// recreated object, or a higher generation of the same one.
+    pub fn is_newer_than(&self, baseline: &InventoryVersion) -> bool {
+        self.uid.is_some() && (self.uid != baseline.uid || self.generation > baseline.generation)
+    }
 }

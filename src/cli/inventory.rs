@@ -17,7 +17,7 @@ use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use patchloop::api::Inventory;
 use patchloop::api::common::Duration;
-use patchloop::api::inventory::PackageFormat;
+use patchloop::api::inventory::{InventorySubject, PackageFormat, SubjectKind};
 use patchloop::api::workload::{Workload, WorkloadSpec};
 use patchloop::engine::inventory::{
     self, APK_INSTALLED_PATH, DPKG_STATUS_PATH, InputFormat, InstalledPackage, RPM_QA_FORMAT,
@@ -70,10 +70,6 @@ pub struct InventoryArgs {
     /// The request's nonce, `$PATCHLOOP_NONCE` (with `--change-request`).
     #[arg(long, requires = "change_request")]
     nonce: Option<String>,
-    /// The Inventory's name; by default `workload-NAME`,
-    /// `template-NAME-rREVISION` or `NAME-result` (a ChangeRequest's).
-    #[arg(long)]
-    name: Option<String>,
     /// The namespace; by default the kubeconfig context's.
     #[arg(long, short = 'n')]
     namespace: Option<String>,
@@ -210,31 +206,30 @@ pub fn inventory_object(
     packages: &[InstalledPackage],
     now: jiff::Timestamp,
 ) -> serde_json::Value {
-    let (subject, default_name) = match (&args.workload, &args.template, &args.change_request) {
-        (Some(w), _, _) => (
-            serde_json::json!({"kind": "Workload", "name": w}),
-            format!("workload-{w}"),
-        ),
-        (None, Some(t), _) => {
-            let revision = args.revision.unwrap_or(1);
-            (
-                serde_json::json!({"kind": "Template", "name": t, "revision": revision}),
-                format!("template-{t}-r{revision}"),
-            )
-        }
-        (None, None, Some(cr)) => (
-            serde_json::json!({"kind": "ChangeRequest", "name": cr}),
-            format!("{cr}-result"),
-        ),
-        (None, None, None) => (serde_json::Value::Null, String::new()),
+    // The subject's canonical name, always: an Inventory under any other
+    // name is ignored by the controller.
+    let subject = match (&args.workload, &args.template, &args.change_request) {
+        (Some(w), _, _) => Some(InventorySubject {
+            kind: SubjectKind::Workload,
+            name: w.clone(),
+            revision: None,
+        }),
+        (None, Some(t), _) => Some(InventorySubject {
+            kind: SubjectKind::Template,
+            name: t.clone(),
+            revision: Some(args.revision.unwrap_or(1)),
+        }),
+        (None, None, Some(cr)) => Some(InventorySubject {
+            kind: SubjectKind::ChangeRequest,
+            name: cr.clone(),
+            revision: None,
+        }),
+        (None, None, None) => None,
     };
-    let name: String = args
-        .name
-        .clone()
-        .unwrap_or(default_name)
-        .chars()
-        .take(253)
-        .collect();
+    let name = subject
+        .as_ref()
+        .map(InventorySubject::canonical_inventory_name)
+        .unwrap_or_default();
     let mut object = serde_json::json!({
         "apiVersion": "patchloop.dev/v1alpha1",
         "kind": "Inventory",

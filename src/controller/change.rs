@@ -23,7 +23,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use super::advisories::DataState;
-use super::scope::{Scope, written_at};
+use super::scope::Scope;
 use super::template::{self as tpl, Current};
 use super::{Error, failpoint, jobs, now, observed, requeue_at};
 use crate::api::change_request::{
@@ -32,7 +32,7 @@ use crate::api::change_request::{
 };
 use crate::api::common::{ComplianceState, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
-use crate::api::inventory::SubjectKind;
+use crate::api::inventory::{InventorySubject, SubjectKind};
 use crate::api::template::TemplateRevision;
 use crate::api::{ChangeRequest, Inventory, Template};
 use crate::engine::change::{
@@ -123,8 +123,9 @@ async fn job_state(scope: &Scope, ns: &str, name: &str) -> Result<JobState, Erro
     })
 }
 
-/// The build result: the newest Inventory naming this request with the
-/// right nonce and an image. Others are ignored.
+/// The build result: the request's canonical Inventory
+/// (`changerequest-<name>`), when it carries the right nonce and an image.
+/// Others are ignored.
 fn build_result(
     scope: &Scope,
     ns: &str,
@@ -132,17 +133,15 @@ fn build_result(
     nonce: Option<&str>,
 ) -> Option<Arc<Inventory>> {
     let nonce = nonce?;
-    let names = scope.subjects.read().ok()?.inventories(&(
-        ns.to_owned(),
-        SubjectKind::ChangeRequest,
-        name.to_owned(),
-    ));
-    names
-        .iter()
-        .filter_map(|n| scope.inventories.get(&ObjectRef::new(n).within(ns)))
+    let subject = InventorySubject {
+        kind: SubjectKind::ChangeRequest,
+        name: name.to_owned(),
+        revision: None,
+    };
+    scope
+        .inventory_for(ns, &subject)
         .filter(|i| i.spec.nonce.as_deref() == Some(nonce))
         .filter(|i| i.spec.image.as_deref().is_some_and(|s| !s.is_empty()))
-        .max_by_key(|i| written_at(i.as_ref()))
 }
 
 /// Publication checks on a build result: coverage of the frozen scope, and

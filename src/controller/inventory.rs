@@ -1,5 +1,6 @@
-//! The inventory reconciler: an Inventory is Ready when its packages are in
-//! the compact format and its subject exists.
+//! The inventory reconciler: an Inventory is Ready when it is under its
+//! subject's canonical name, its packages are in the compact format and its
+//! subject exists.
 
 use std::sync::Arc;
 
@@ -7,11 +8,11 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use super::scope::Scope;
+use super::scope::{Scope, speaks_for_subject};
 use super::{Error, now, observed, write_status};
 use crate::api::common::time;
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
-use crate::api::inventory::{InventoryStatus, SubjectKind};
+use crate::api::inventory::{InventoryStatus, InventorySubject, SubjectKind};
 use crate::api::{ChangeRequest, Inventory};
 use crate::engine::inventory::parse_compact_list;
 
@@ -57,7 +58,7 @@ async fn reconcile_inner(inv: Arc<Inventory>, scope: &Arc<Scope>) -> Result<Acti
         }
     };
     let parsed = parse_compact_list(&inv.spec.packages);
-    let ready = match (&parsed, exists) {
+    let ready = not_canonical(&inv).unwrap_or_else(|| match (&parsed, exists) {
         (Err(e), _) => DesiredCondition::new(
             types::READY,
             ConditionStatus::False,
@@ -84,7 +85,7 @@ async fn reconcile_inner(inv: Arc<Inventory>, scope: &Arc<Scope>) -> Result<Acti
                 subject.name
             ),
         ),
-    };
+    });
     let (conds, _) = conditions::merge(
         &previous.conditions,
         &[ready],
@@ -110,4 +111,119 @@ async fn reconcile_inner(inv: Arc<Inventory>, scope: &Arc<Scope>) -> Result<Acti
         .await?;
     }
     Ok(Action::requeue(shared.settings.max_requeue))
+}
+
+/// `Ready=False` (`NotCanonical`) for an Inventory that names a subject under
+/// another name than the subject's canonical one: it is ignored for that
+/// subject, and the message names the Inventory that would count. A subject
+/// name that is no valid object name is not echoed.
+fn not_canonical(inv: &Inventory) -> Option<DesiredCondition> {
+    if speaks_for_subject(inv) {
+        return None;
+    }
+    let subject = &inv.spec.subject;
+    let message = if is_object_name(&subject.name) {
+        format!(
+            "ignored: only the Inventory named {} speaks for {:?} {}{}; rename this one (write it under that name and delete this one)",
+            subject.canonical_inventory_name(),
+            subject.kind,
+            subject.name,
+            revision_suffix(subject),
+        )
+    } else {
+        "ignored: spec.subject.name is not a valid object name (lowercase letters, digits, '-' and '.', at most 253 characters)".to_owned()
+    };
+    Some(DesiredCondition::new(
+        types::READY,
+        ConditionStatus::False,
+        "NotCanonical",
+        message,
+    ))
+}
+
+/// ` revision N` for a Template subject.
+fn revision_suffix(subject: &InventorySubject) -> String {
+    match subject.kind {
+        SubjectKind::Template => format!(" revision {}", subject.revision.unwrap_or(1)),
+        _ => String::new(),
+    }
+}
+
+/// A DNS subdomain (RFC 1123), the grammar of Kubernetes object names.
+fn is_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inventory(name: &str, subject: serde_json::Value) -> Inventory {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
+            "metadata": {"name": name, "namespace": "prod"},
+            "spec": {"subject": subject, "reportedAt": "2026-11-24T08:00:00Z",
+                     "format": "dpkg", "packages": []},
+        }))
+        .expect("a valid Inventory")
+    }
+
+    #[test]
+    fn only_the_canonical_name_is_ready_and_others_name_it() {
+        let w = serde_json::json!({"kind": "Workload", "name": "web-01"});
+        assert_eq!(
+            not_canonical(&inventory("workload-web-01", w.clone())),
+            None
+        );
+        let ignored = not_canonical(&inventory("web-01", w)).expect("ignored");
+        assert_eq!(
+            (ignored.reason.as_str(), ignored.status),
+            ("NotCanonical", ConditionStatus::False)
+        );
+        assert!(
+            ignored.message.contains("workload-web-01"),
+            "{}",
+            ignored.message
+        );
+
+        let t = serde_json::json!({"kind": "Template", "name": "base", "revision": 2});
+        assert_eq!(
+            not_canonical(&inventory("template-base-r2", t.clone())),
+            None
+        );
+        let wrong_revision = not_canonical(&inventory("template-base-r1", t)).expect("ignored");
+        assert!(
+            wrong_revision.message.contains("template-base-r2")
+                && wrong_revision.message.contains("revision 2"),
+            "{}",
+            wrong_revision.message
+        );
+
+        let c = serde_json::json!({"kind": "ChangeRequest", "name": "base-x7k2p"});
+        assert_eq!(
+            not_canonical(&inventory("changerequest-base-x7k2p", c.clone())),
+            None
+        );
+        assert!(not_canonical(&inventory("base-x7k2p-result", c)).is_some());
+    }
+
+    #[test]
+    fn a_subject_name_that_is_no_object_name_is_not_echoed() {
+        for name in ["$(SSH_PASSPHRASE)", "Web 01", "web_01", "-web", "a..b"] {
+            let inv = inventory("web", serde_json::json!({"kind": "Workload", "name": name}));
+            let c = not_canonical(&inv).expect("ignored");
+            assert!(!c.message.contains(name), "{}", c.message);
+            assert!(c.message.contains("spec.subject.name"), "{}", c.message);
+        }
+    }
 }

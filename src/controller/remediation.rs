@@ -15,7 +15,7 @@ use kube::ResourceExt;
 
 use super::jobs::{self, Created, JobRequest, Purpose};
 use super::scope::Scope;
-use super::workload::judge;
+use super::workload::{inventory_baseline_labels, judge};
 use super::{Error, failpoint};
 use crate::api::policy::{PatchPolicy, RESUME_ANNOTATION, RolloutLedger};
 use crate::api::workload::Workload;
@@ -318,7 +318,7 @@ async fn start_job(
         .job_deadline
         .parse()
         .map_or(3600, |d| d.as_secs().max(1));
-    let labels = BTreeMap::from([
+    let mut labels = BTreeMap::from([
         (
             jobs::POLICY_LABEL.to_owned(),
             jobs::label_value(&policy_name),
@@ -327,6 +327,7 @@ async fn start_job(
         (jobs::ATTEMPT_LABEL.to_owned(), attempt.to_string()),
         (jobs::FIX_SET_LABEL.to_owned(), fixes.short().to_owned()),
     ]);
+    labels.extend(inventory_baseline_labels(&judged));
     let env = vec![
         (
             "PATCHLOOP_PURPOSE".to_owned(),

@@ -20,7 +20,7 @@ use super::http::{self, Health};
 use super::jobs::{MANAGED_BY, MANAGED_BY_LABEL};
 use super::metrics::Metrics;
 use super::priority::VerdictsFirst;
-use super::scope::{self, Scope, SubjectIndex, TriggerStreams, written_at};
+use super::scope::{self, Scope, SubjectIndex, TriggerStreams};
 use super::{
     Settings, Shared, change, event_queue, exception, failpoint, feed, feed_source, inventory,
     leader, policy, reconciled, recorder, retry_with_backoff, template, workload,
@@ -315,10 +315,12 @@ impl<K: kube::Resource, V: PartialEq> ChangeFilter<K, V> {
     }
 }
 
-/// What a subject reads of its Inventory: the packages (generation) and
-/// when they were written; the Inventory's own status is not read.
-fn generation_and_write_time(inv: &Inventory) -> (Option<i64>, Option<jiff::Timestamp>) {
-    (inv.metadata.generation, written_at(inv))
+/// What a subject reads of its Inventory: its spec (generation) of this
+/// object (uid: a recreated one starts again at 1); the Inventory's own
+/// status is not read, and a new report always changes the spec
+/// (`reportedAt`).
+fn generation_and_uid(inv: &Inventory) -> (Option<i64>, Option<String>) {
+    (inv.metadata.generation, inv.metadata.uid.clone())
 }
 
 /// What of an object asks for a new reconcile of it, or of the objects it
@@ -544,7 +546,7 @@ where
     };
     let inventory_stream = {
         let scope = Arc::clone(&scope);
-        let mut seen = ChangeFilter::new(generation_and_write_time);
+        let mut seen = ChangeFilter::new(generation_and_uid);
         scope::reflect(
             scope::api_in::<Inventory>(&client, ns),
             inventory_writer,
@@ -765,7 +767,14 @@ pub fn affected_workloads(scope: &Scope, diff: &IndexDiff) -> Vec<ObjectRef<Work
         let eco = platform.osv_ecosystem();
         let Some(ns) = w.namespace() else { continue };
         let hit = diff.ecosystems.contains(eco) || {
-            let inventory = scope.inventory_for(&(ns.clone(), SubjectKind::Workload, w.name_any()));
+            let inventory = scope.inventory_for(
+                &ns,
+                &crate::api::inventory::InventorySubject {
+                    kind: SubjectKind::Workload,
+                    name: w.name_any(),
+                    revision: None,
+                },
+            );
             inventory.is_some_and(|inv| {
                 parse_compact_list(&inv.spec.packages).is_ok_and(|pkgs| {
                     pkgs.iter().any(|p| {
@@ -796,11 +805,12 @@ pub fn affected_workloads(scope: &Scope, diff: &IndexDiff) -> Vec<ObjectRef<Work
 mod tests {
     use super::*;
 
-    /// An Inventory as a watch shows it: generation, the reporter's write
-    /// (time in managedFields) and the controller's status write.
-    fn inventory(generation: i64, reported: &str, status_written: Option<&str>) -> Inventory {
+    /// An Inventory as a watch shows it: object uid, generation, the
+    /// reporter's write and perhaps the controller's status write (times in
+    /// managedFields, which clients can set and the filter ignores).
+    fn inventory(uid: &str, generation: i64, status_written: Option<&str>) -> Inventory {
         let mut managed = vec![serde_json::json!({
-            "manager": "node-agent", "operation": "Apply", "time": reported,
+            "manager": "node-agent", "operation": "Apply", "time": "2026-11-24T10:00:00Z",
         })];
         if let Some(t) = status_written {
             managed.push(serde_json::json!({
@@ -812,8 +822,8 @@ mod tests {
             "apiVersion": "patchloop.dev/v1alpha1",
             "kind": "Inventory",
             "metadata": {
-                "name": "web-1", "namespace": "prod", "generation": generation,
-                "managedFields": managed,
+                "name": "workload-web-1", "namespace": "prod", "uid": uid,
+                "generation": generation, "managedFields": managed,
             },
             "spec": {
                 "subject": {"kind": "Workload", "name": "web-1"},
@@ -827,32 +837,28 @@ mod tests {
 
     #[test]
     fn an_inventorys_own_status_write_does_not_pass_the_filter() {
-        let mut filter = ChangeFilter::new(generation_and_write_time);
-        let listed = inventory(1, "2026-11-24T10:00:00Z", None);
+        let mut filter = ChangeFilter::new(generation_and_uid);
+        let listed = inventory("a", 1, None);
         assert!(filter.changed(&Event::InitApply(listed)).is_none());
-        // The controller writes its status: same generation, same report.
-        let ready = inventory(1, "2026-11-24T10:00:00Z", Some("2026-11-24T10:00:05Z"));
+        // The controller writes its status: same object, same generation.
+        let ready = inventory("a", 1, Some("2026-11-24T10:00:05Z"));
         assert!(filter.changed(&Event::Apply(ready)).is_none());
     }
 
     #[test]
-    fn a_new_report_or_new_packages_pass_the_filter() {
-        let mut filter = ChangeFilter::new(generation_and_write_time);
-        let first = inventory(1, "2026-11-24T10:00:00Z", None);
+    fn a_new_report_or_a_recreated_inventory_passes_the_filter() {
+        let mut filter = ChangeFilter::new(generation_and_uid);
+        let first = inventory("a", 1, None);
         // A first sighting outside the initial list passes.
         assert!(filter.changed(&Event::Apply(first.clone())).is_some());
         assert!(filter.changed(&Event::Apply(first)).is_none());
-        // The same packages written again later: a fresh report (it can
-        // verify a remediation), though the generation did not move.
-        let rewritten = inventory(1, "2026-11-24T11:00:00Z", None);
-        assert!(filter.changed(&Event::Apply(rewritten)).is_some());
-        let new_packages = inventory(2, "2026-11-24T11:00:00Z", None);
-        assert!(
-            filter
-                .changed(&Event::Apply(new_packages.clone()))
-                .is_some()
-        );
-        assert!(filter.changed(&Event::Delete(new_packages)).is_some());
+        // A new report changes the spec (at least `reportedAt`).
+        let reported = inventory("a", 2, None);
+        assert!(filter.changed(&Event::Apply(reported)).is_some());
+        // Deleted and created again: generation 1 again, but a new object.
+        let recreated = inventory("b", 1, None);
+        assert!(filter.changed(&Event::Apply(recreated.clone())).is_some());
+        assert!(filter.changed(&Event::Delete(recreated)).is_some());
     }
 
     #[test]

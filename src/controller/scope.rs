@@ -2,11 +2,12 @@
 //! reconciler reads, the Inventory subject index, and the trigger channels
 //! that wake reconcilers when something they depend on changes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
+use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{Config as WatcherConfig, Event, watcher};
@@ -14,23 +15,57 @@ use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use kube::{Api, Client, ResourceExt};
 
 use super::Shared;
-use crate::api::inventory::SubjectKind;
+use crate::api::inventory::{InventorySubject, SubjectKind};
+use crate::api::workload::InventoryVersion;
 use crate::api::{ChangeRequest, Inventory, PatchException, PatchPolicy, Template, Workload};
 use crate::engine::selector;
 
 /// (namespace, subject kind, subject name).
 pub type SubjectKey = (String, SubjectKind, String);
 
-type BySubject = HashMap<SubjectKey, BTreeSet<String>>;
+/// The Inventory names naming a subject, each with whether it is the
+/// subject's canonical one.
+type BySubject = HashMap<SubjectKey, BTreeMap<String, bool>>;
 type ByInventory = HashMap<(String, String), SubjectKey>;
+/// Each Inventory's current version, and when this process first saw it.
+type Seen = HashMap<(String, String), (InventoryVersion, Timestamp)>;
 
-/// Inventories by the object they describe, rebuilt on every relist so
-/// objects deleted during a disconnect do not linger.
+/// Whether an Inventory may speak for the subject it names: only under the
+/// subject's canonical name ([`InventorySubject::canonical_inventory_name`]),
+/// so who may write a subject's inventory is decided by RBAC on that one
+/// name, not by whoever names the subject last.
+pub fn speaks_for_subject(inv: &Inventory) -> bool {
+    inv.metadata.name.as_deref() == Some(inv.spec.subject.canonical_inventory_name().as_str())
+}
+
+/// An Inventory's version in the apiserver's own terms: its uid and its
+/// `metadata.generation` (bumped on every spec change, never on a status
+/// write; no client can set either).
+pub fn version_of(inv: &Inventory) -> InventoryVersion {
+    InventoryVersion {
+        uid: inv.metadata.uid.clone(),
+        generation: inv.metadata.generation.unwrap_or(0),
+    }
+}
+
 #[derive(Debug, Default)]
-pub struct SubjectIndex {
+struct Maps {
     by_subject: BySubject,
     by_inventory: ByInventory,
-    building: Option<(BySubject, ByInventory)>,
+    seen: Seen,
+}
+
+/// Inventories by the object they describe, rebuilt on every relist so
+/// objects deleted during a disconnect do not linger. Every Inventory naming
+/// a subject is indexed (its subject is woken when it changes, and its status
+/// lists the ignored ones); only canonical ones are ever read as the
+/// subject's inventory. It also records when this process first saw each
+/// version of an Inventory (its own clock, never a time a client sent): a
+/// remediation is verified only by a version seen after its Job started.
+#[derive(Debug, Default)]
+pub struct SubjectIndex {
+    maps: Maps,
+    building: Option<Maps>,
 }
 
 impl SubjectIndex {
@@ -43,45 +78,69 @@ impl SubjectIndex {
         ))
     }
 
-    fn insert(
-        by_subject: &mut BySubject,
-        by_inventory: &mut ByInventory,
-        inv: &Inventory,
-    ) -> Option<SubjectKey> {
-        let (id, subject) = Self::key_of(inv)?;
-        let old = by_inventory.insert(id.clone(), subject.clone());
-        if let Some(old) = &old
-            && let Some(set) = by_subject.get_mut(old)
-        {
-            set.remove(&id.1);
+    fn remove(by_subject: &mut BySubject, subject: &SubjectKey, name: &str) {
+        if let Some(names) = by_subject.get_mut(subject) {
+            names.remove(name);
+            if names.is_empty() {
+                by_subject.remove(subject);
+            }
         }
-        by_subject.entry(subject).or_default().insert(id.1);
+    }
+
+    /// When `seen` first saw `inv` at its current version.
+    fn first_seen_in(seen: &Seen, inv: &Inventory) -> Option<Timestamp> {
+        let (id, _) = Self::key_of(inv)?;
+        let version = version_of(inv);
+        seen.get(&id)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, at)| *at)
+    }
+
+    /// Indexes `inv` into `maps`, first seen at `first_seen`; returns the
+    /// subject it was indexed under before.
+    fn insert(maps: &mut Maps, inv: &Inventory, first_seen: Timestamp) -> Option<SubjectKey> {
+        let (id, subject) = Self::key_of(inv)?;
+        maps.seen.insert(id.clone(), (version_of(inv), first_seen));
+        let old = maps.by_inventory.insert(id.clone(), subject.clone());
+        if let Some(old) = &old {
+            Self::remove(&mut maps.by_subject, old, &id.1);
+        }
+        maps.by_subject
+            .entry(subject)
+            .or_default()
+            .insert(id.1, speaks_for_subject(inv));
         old
     }
 
     /// Applies one watch event; returns the subjects whose inventory changed
     /// (old and new, when an Inventory moved to another subject).
     pub fn apply(&mut self, event: &Event<Inventory>) -> Vec<SubjectKey> {
+        self.apply_at(event, Timestamp::now())
+    }
+
+    fn apply_at(&mut self, event: &Event<Inventory>, now: Timestamp) -> Vec<SubjectKey> {
         match event {
             Event::Init => {
-                self.building = Some(Default::default());
+                self.building = Some(Maps::default());
                 Vec::new()
             }
             Event::InitApply(inv) => {
-                if let Some((s, i)) = self.building.as_mut() {
-                    Self::insert(s, i, inv);
+                // A relist keeps what was seen before of the same version.
+                let first_seen = Self::first_seen_in(&self.maps.seen, inv).unwrap_or(now);
+                if let Some(building) = self.building.as_mut() {
+                    Self::insert(building, inv, first_seen);
                 }
                 Vec::new()
             }
             Event::InitDone => {
-                if let Some((s, i)) = self.building.take() {
-                    self.by_subject = s;
-                    self.by_inventory = i;
+                if let Some(built) = self.building.take() {
+                    self.maps = built;
                 }
                 Vec::new()
             }
             Event::Apply(inv) => {
-                let old = Self::insert(&mut self.by_subject, &mut self.by_inventory, inv);
+                let first_seen = Self::first_seen_in(&self.maps.seen, inv).unwrap_or(now);
+                let old = Self::insert(&mut self.maps, inv, first_seen);
                 Self::key_of(inv)
                     .map(|(_, s)| s)
                     .into_iter()
@@ -92,21 +151,45 @@ impl SubjectIndex {
                 let Some((id, subject)) = Self::key_of(inv) else {
                     return Vec::new();
                 };
-                self.by_inventory.remove(&id);
-                if let Some(set) = self.by_subject.get_mut(&subject) {
-                    set.remove(&id.1);
-                }
-                vec![subject]
+                self.maps.seen.remove(&id);
+                // The subject it was indexed under (it may have moved).
+                let indexed = self.maps.by_inventory.remove(&id).unwrap_or(subject);
+                Self::remove(&mut self.maps.by_subject, &indexed, &id.1);
+                vec![indexed]
             }
         }
     }
 
-    /// The Inventories naming a subject.
+    /// The canonical Inventories naming a subject (one, or for a Template
+    /// one per revision).
     pub fn inventories(&self, key: &SubjectKey) -> Vec<String> {
-        self.by_subject
+        self.names(key, true)
+    }
+
+    /// The Inventories naming a subject under another name than its
+    /// canonical one: never read for it, listed so its status can say so.
+    pub fn ignored(&self, key: &SubjectKey) -> Vec<String> {
+        self.names(key, false)
+    }
+
+    fn names(&self, key: &SubjectKey, canonical: bool) -> Vec<String> {
+        self.maps
+            .by_subject
             .get(key)
-            .map(|s| s.iter().cloned().collect())
+            .map(|s| {
+                s.iter()
+                    .filter(|(_, c)| **c == canonical)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// When this process first saw `inv` at its current version (`None`:
+    /// the index has not caught up with the cache yet; the subject is woken
+    /// when it does).
+    pub fn first_seen(&self, inv: &Inventory) -> Option<Timestamp> {
+        Self::first_seen_in(&self.maps.seen, inv)
     }
 }
 
@@ -271,14 +354,24 @@ impl Scope {
         selecting(&self.exceptions, namespace, labels, |e| &e.spec.selector)
     }
 
-    /// The Inventory describing a subject: the most recently written one
-    /// when several do.
-    pub fn inventory_for(&self, key: &SubjectKey) -> Option<Arc<Inventory>> {
-        let names = self.subjects.read().ok()?.inventories(key);
-        names
-            .iter()
-            .filter_map(|n| self.inventories.get(&ObjectRef::new(n).within(&key.0)))
-            .max_by_key(|inv| written_at(inv.as_ref()))
+    /// The Inventory that speaks for `subject` in `namespace`: the one under
+    /// its canonical name, if that one names it (a Template's revision
+    /// included). Inventories under other names are never read for it.
+    pub fn inventory_for(
+        &self,
+        namespace: &str,
+        subject: &InventorySubject,
+    ) -> Option<Arc<Inventory>> {
+        let name = subject.canonical_inventory_name();
+        self.inventories
+            .get(&ObjectRef::new(&name).within(namespace))
+            .filter(|inv| {
+                let named = &inv.spec.subject;
+                named.kind == subject.kind
+                    && named.name == subject.name
+                    && (subject.kind != SubjectKind::Template
+                        || named.revision.unwrap_or(1) == subject.revision.unwrap_or(1))
+            })
     }
 
     /// Waits until every cache of the scope has listed once: deciding on a
@@ -434,26 +527,6 @@ where
     out
 }
 
-/// When the apiserver last recorded a write of the object's content: the
-/// newest managedFields time (server time) of a writer other than
-/// Patchloop's own status writers, else its creation. Remediation is
-/// verified against this, never against a reporter's own clock — and never
-/// against the controller's own status write, which would make an old
-/// inventory look fresh.
-pub fn written_at<K: kube::Resource>(obj: &K) -> Option<jiff::Timestamp> {
-    let meta = obj.meta();
-    meta.managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| {
-            m.subresource.as_deref() != Some("status")
-                && m.manager.as_deref() != Some(super::inventory::MANAGER)
-        })
-        .filter_map(|m| m.time.as_ref().map(|t| t.0))
-        .max()
-        .or_else(|| meta.creation_timestamp.as_ref().map(|t| t.0))
-}
-
 /// An `Api` in one namespace, or across all.
 pub fn api_in<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -537,8 +610,7 @@ where
 
 /// Drops the field sets of an object's managedFields before it is cached:
 /// they are most of the metadata of a status-heavy object (every condition
-/// and finding, per writer) and no reader of these caches needs them; the
-/// manager, operation, subresource and time stay for [`written_at`]. (The
+/// and finding, per writer) and no reader of these caches needs them. (The
 /// ChangeRequest cache, whose decision's writer is read from its field
 /// set, has its own watch and is not slimmed.)
 pub fn slim<K: kube::Resource>(obj: &mut K) {
@@ -553,4 +625,162 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
 {
     reflector::store()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().expect("timestamp literal")
+    }
+
+    fn inventory(name: &str, uid: &str, generation: i64, subject: serde_json::Value) -> Inventory {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
+            "metadata": {"name": name, "namespace": "prod", "uid": uid, "generation": generation},
+            "spec": {"subject": subject, "reportedAt": "2026-11-24T08:00:00Z",
+                     "format": "dpkg", "packages": []},
+        }))
+        .expect("a valid Inventory")
+    }
+
+    fn workload(name: &str) -> serde_json::Value {
+        serde_json::json!({"kind": "Workload", "name": name})
+    }
+
+    fn key(kind: SubjectKind, name: &str) -> SubjectKey {
+        ("prod".into(), kind, name.into())
+    }
+
+    #[test]
+    fn only_the_canonical_name_speaks_for_a_subject_and_others_are_listed_as_ignored() {
+        let mut index = SubjectIndex::default();
+        let now = ts("2026-11-24T08:00:00Z");
+        let own = inventory("workload-web-01", "a", 1, workload("web-01"));
+        let forged = inventory("cmdb-web-01", "b", 1, workload("web-01"));
+        // Speaking for another Workload from one's own canonical name does
+        // not work either: the name is web-02's, the subject web-01.
+        let borrowed = inventory("workload-web-02", "c", 1, workload("web-01"));
+        for inv in [&own, &forged, &borrowed] {
+            let woken = index.apply_at(&Event::Apply(inv.clone()), now);
+            assert_eq!(woken, [key(SubjectKind::Workload, "web-01")]);
+        }
+        assert_eq!(
+            index.inventories(&key(SubjectKind::Workload, "web-01")),
+            ["workload-web-01"]
+        );
+        assert_eq!(
+            index.ignored(&key(SubjectKind::Workload, "web-01")),
+            ["cmdb-web-01", "workload-web-02"]
+        );
+        assert!(
+            index
+                .inventories(&key(SubjectKind::Workload, "web-02"))
+                .is_empty()
+        );
+
+        // Template revisions: one canonical Inventory each.
+        let t = |name: &str, revision: i64| {
+            inventory(
+                name,
+                name,
+                1,
+                serde_json::json!({"kind": "Template", "name": "base", "revision": revision}),
+            )
+        };
+        for inv in [
+            t("template-base-r1", 1),
+            t("template-base-r2", 2),
+            t("base-r2", 2),
+        ] {
+            index.apply_at(&Event::Apply(inv), now);
+        }
+        assert_eq!(
+            index.inventories(&key(SubjectKind::Template, "base")),
+            ["template-base-r1", "template-base-r2"]
+        );
+        assert_eq!(
+            index.ignored(&key(SubjectKind::Template, "base")),
+            ["base-r2"]
+        );
+    }
+
+    #[test]
+    fn a_moved_or_deleted_inventory_leaves_its_old_subject() {
+        let mut index = SubjectIndex::default();
+        let now = ts("2026-11-24T08:00:00Z");
+        index.apply_at(
+            &Event::Apply(inventory("workload-web-01", "a", 1, workload("web-01"))),
+            now,
+        );
+        // The same object now names web-02: both subjects are woken, and it
+        // speaks for neither (its name is web-01's).
+        let moved = inventory("workload-web-01", "a", 2, workload("web-02"));
+        let woken = index.apply_at(&Event::Apply(moved.clone()), now);
+        assert_eq!(
+            woken,
+            [
+                key(SubjectKind::Workload, "web-02"),
+                key(SubjectKind::Workload, "web-01")
+            ]
+        );
+        assert!(
+            index
+                .inventories(&key(SubjectKind::Workload, "web-01"))
+                .is_empty()
+        );
+        assert!(
+            index
+                .ignored(&key(SubjectKind::Workload, "web-01"))
+                .is_empty()
+        );
+        assert_eq!(
+            index.ignored(&key(SubjectKind::Workload, "web-02")),
+            ["workload-web-01"]
+        );
+        let woken = index.apply_at(&Event::Delete(moved.clone()), now);
+        assert_eq!(woken, [key(SubjectKind::Workload, "web-02")]);
+        assert!(
+            index
+                .ignored(&key(SubjectKind::Workload, "web-02"))
+                .is_empty()
+        );
+        assert_eq!(index.first_seen(&moved), None);
+    }
+
+    #[test]
+    fn a_version_is_first_seen_once_and_a_relist_keeps_it() {
+        let mut index = SubjectIndex::default();
+        let v1 = inventory("workload-web-01", "a", 1, workload("web-01"));
+        index.apply_at(&Event::Apply(v1.clone()), ts("2026-11-24T08:00:00Z"));
+        // The same version again (a status write, a resync): still first
+        // seen when it was.
+        index.apply_at(&Event::Apply(v1.clone()), ts("2026-11-24T09:00:00Z"));
+        assert_eq!(index.first_seen(&v1), Some(ts("2026-11-24T08:00:00Z")));
+        // A relist of an unchanged version keeps its time; a new generation
+        // found by the relist is seen now.
+        let v2 = inventory("workload-web-02", "b", 2, workload("web-02"));
+        index.apply_at(
+            &Event::Apply(inventory("workload-web-02", "b", 1, workload("web-02"))),
+            ts("2026-11-24T08:00:00Z"),
+        );
+        let relist = ts("2026-11-24T10:00:00Z");
+        for e in [
+            Event::Init,
+            Event::InitApply(v1.clone()),
+            Event::InitApply(v2.clone()),
+            Event::InitDone,
+        ] {
+            index.apply_at(&e, relist);
+        }
+        assert_eq!(index.first_seen(&v1), Some(ts("2026-11-24T08:00:00Z")));
+        assert_eq!(index.first_seen(&v2), Some(relist));
+        // A version the index has not seen yet (the cache is ahead).
+        let v3 = inventory("workload-web-01", "a", 3, workload("web-01"));
+        assert_eq!(index.first_seen(&v3), None);
+        // Recreated under the same name: a new object, seen anew.
+        let recreated = inventory("workload-web-01", "z", 1, workload("web-01"));
+        assert_eq!(index.first_seen(&recreated), None);
+    }
 }

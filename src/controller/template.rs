@@ -23,12 +23,12 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::advisories::DataState;
-use super::scope::{Scope, written_at};
+use super::scope::Scope;
 use super::{Error, failpoint, jobs, now, observed, requeue_at, write_status};
 use crate::api::change_request::{ChangeRequestPhase, TEMPLATE_LABEL};
 use crate::api::common::{ComplianceState, InventoryReference, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
-use crate::api::inventory::SubjectKind;
+use crate::api::inventory::{InventorySubject, SubjectKind};
 use crate::api::policy::{PatchPolicySpec, TemplateApproval, TemplateCounts};
 use crate::api::{
     ChangeRequest, ChangeRequestSpec, Inventory, PatchPolicy, Template, TemplateStatus,
@@ -75,16 +75,14 @@ pub fn revision_inventory(
     if let Some(name) = from_history {
         return scope.inventories.get(&ObjectRef::new(name).within(ns));
     }
-    let names = scope.subjects.read().ok()?.inventories(&(
-        ns.to_owned(),
-        SubjectKind::Template,
-        t.name_any(),
-    ));
-    names
-        .iter()
-        .filter_map(|n| scope.inventories.get(&ObjectRef::new(n).within(ns)))
-        .filter(|i| i.spec.subject.revision.unwrap_or(1) == revision)
-        .max_by_key(|i| written_at(i.as_ref()))
+    scope.inventory_for(
+        ns,
+        &InventorySubject {
+            kind: SubjectKind::Template,
+            name: t.name_any(),
+            revision: Some(revision),
+        },
+    )
 }
 
 /// A Template judged: its policies and the evaluation of some packages.
@@ -569,7 +567,7 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
         inventory: current.inventory.as_ref().map(|i| InventoryReference {
             name: Some(i.name_any()),
             reported_at: Some(time(i.spec.reported_at.0)),
-            written_at: written_at(i.as_ref()).map(time),
+            generation: i.metadata.generation,
             packages: i32::try_from(i.spec.packages.len()).unwrap_or(i32::MAX),
             provisional: false,
         }),

@@ -16,13 +16,15 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use super::advisories::DataState;
 use super::jobs::{self, Purpose};
 use super::policy::outcome_settings;
-use super::scope::{Scope, written_at};
+use super::scope::{Scope, version_of};
 use super::{Error, now, observed, requeue_at, write_status};
 use crate::api::common::{ComplianceState, InventoryReference, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
-use crate::api::inventory::SubjectKind;
+use crate::api::inventory::{InventorySubject, SubjectKind};
 use crate::api::policy::RemediationMode;
-use crate::api::workload::{InstallableFixes, RemediationPhase, RemediationRecord, TemplateStatus};
+use crate::api::workload::{
+    InstallableFixes, InventoryVersion, RemediationPhase, RemediationRecord, TemplateStatus,
+};
 use crate::api::{Inventory, PatchException, PatchPolicy, Template, Workload, WorkloadStatus};
 use crate::engine::evaluate::{
     self, Detail, Evaluation, ExceptionRef, Input, InventoryInput, PolicyRef, RemediationChoice,
@@ -30,11 +32,56 @@ use crate::engine::evaluate::{
 };
 use crate::engine::fixes::{FixSet, Take, fix_set, gaps, parse_package_lines};
 use crate::engine::inventory::{InstalledPackage, parse_compact_list};
-use crate::engine::outcome::{self, JobEnd, JobView, Lookup, Notice, Observation, ObserveInput};
+use crate::engine::outcome::{
+    self, JobEnd, JobView, Lookup, Notice, Observation, ObserveInput, SeenInventory,
+};
 use crate::engine::version::parse_platform;
 
 /// The field manager of Workload status.
 pub const MANAGER: &str = "patchloop-workload";
+
+/// Job labels recording the Workload's canonical Inventory when the Job
+/// was created (its uid, and its generation: `0` when there was none), the
+/// baseline a verifying change must pass.
+pub const INVENTORY_UID_LABEL: &str = "patchloop.dev/inventory-uid";
+/// See [`INVENTORY_UID_LABEL`].
+pub const INVENTORY_GENERATION_LABEL: &str = "patchloop.dev/inventory-generation";
+
+/// The Workload's own (canonical) Inventory subject.
+fn own_subject(wl: &Workload) -> InventorySubject {
+    InventorySubject {
+        kind: SubjectKind::Workload,
+        name: wl.name_any(),
+        revision: None,
+    }
+}
+
+/// The labels a remediation Job carries so its verification counts only
+/// changes of the Workload's own Inventory made after it was created (see
+/// [`INVENTORY_UID_LABEL`]).
+pub fn inventory_baseline_labels(judged: &Judged) -> Vec<(String, String)> {
+    let own = judged
+        .chosen
+        .as_ref()
+        .filter(|c| !c.provisional)
+        .map(|c| version_of(&c.object))
+        .unwrap_or_default();
+    let mut labels = vec![(
+        INVENTORY_GENERATION_LABEL.to_owned(),
+        own.generation.to_string(),
+    )];
+    labels.extend(own.uid.map(|uid| (INVENTORY_UID_LABEL.to_owned(), uid)));
+    labels
+}
+
+/// The baseline a Job's labels record, if it carries one.
+fn baseline_of(labels: &std::collections::BTreeMap<String, String>) -> Option<InventoryVersion> {
+    let generation = labels.get(INVENTORY_GENERATION_LABEL)?.parse().ok()?;
+    Some(InventoryVersion {
+        uid: labels.get(INVENTORY_UID_LABEL).cloned(),
+        generation,
+    })
+}
 
 /// The inventory an evaluation used, read from the cluster.
 pub struct ChosenInventory {
@@ -266,6 +313,7 @@ pub fn desired_status(
     wl: &Workload,
     evaluation: &Evaluation,
     inventory: Option<&ChosenInventory>,
+    ignored_inventories: &[String],
     template: Option<(TemplateStatus, DesiredCondition)>,
     policies: Vec<String>,
     keep_compliance: bool,
@@ -360,12 +408,13 @@ pub fn desired_status(
     };
     desired.push(compliant_condition);
 
+    let canonical = own_subject(wl).canonical_inventory_name();
     desired.push(match (inventory, evaluation.inventory_fresh) {
         (None, _) => DesiredCondition::new(
             types::INVENTORY_FRESH,
             ConditionStatus::Unknown,
             "NoInventory",
-            "no Inventory reports this Workload yet",
+            format!("no Inventory named {canonical} reports this Workload yet"),
         ),
         (Some(i), _) if i.provisional => DesiredCondition::new(
             types::INVENTORY_FRESH,
@@ -419,6 +468,7 @@ pub fn desired_status(
         status
     });
     desired.extend(remediation.conditions);
+    desired.extend(ignored_condition(&canonical, ignored_inventories));
 
     let (conditions, _) = conditions::merge(&previous.conditions, &desired, generation, &time(now));
     WorkloadStatus {
@@ -433,7 +483,7 @@ pub fn desired_status(
         inventory: inventory.map(|i| InventoryReference {
             name: Some(i.object.name_any()),
             reported_at: Some(time(i.object.spec.reported_at.0)),
-            written_at: written_at(i.object.as_ref()).map(time),
+            generation: i.object.metadata.generation,
             packages: i32::try_from(i.object.spec.packages.len()).unwrap_or(i32::MAX),
             provisional: i.provisional,
         }),
@@ -441,14 +491,44 @@ pub fn desired_status(
     }
 }
 
-/// The Workload's own Inventory, else its template revision's (provisional).
+/// How many ignored Inventory names a status lists.
+const IGNORED_LISTED: usize = 5;
+
+/// `InventoryIgnored=True` while Inventories under other names than the
+/// Workload's canonical one name it (absent otherwise): whoever named one
+/// wrong learns that it does not count and what name would.
+fn ignored_condition(canonical: &str, ignored: &[String]) -> Option<DesiredCondition> {
+    if ignored.is_empty() {
+        return None;
+    }
+    let mut listed = ignored
+        .iter()
+        .take(IGNORED_LISTED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ignored.len() > IGNORED_LISTED {
+        listed.push_str(&format!(" and {} more", ignored.len() - IGNORED_LISTED));
+    }
+    Some(DesiredCondition::new(
+        types::INVENTORY_IGNORED,
+        ConditionStatus::True,
+        "NotCanonical",
+        format!(
+            "ignored Inventories naming this Workload: {listed}; only the Inventory named {canonical} speaks for it"
+        ),
+    ))
+}
+
+/// The Workload's own (canonical) Inventory, else its template revision's
+/// (provisional).
 fn choose_inventory(
     scope: &Scope,
     wl: &Workload,
     ns: &str,
     template: Option<&Template>,
 ) -> Option<ChosenInventory> {
-    let own = scope.inventory_for(&(ns.to_owned(), SubjectKind::Workload, wl.name_any()));
+    let own = scope.inventory_for(ns, &own_subject(wl));
     if let Some(object) = own {
         return Some(ChosenInventory {
             object,
@@ -473,16 +553,14 @@ fn choose_inventory(
         .and_then(|h| h.inventory.as_ref())
         .and_then(|name| scope.inventories.get(&ObjectRef::new(name).within(ns)));
     let object = from_history.or_else(|| {
-        let names = scope.subjects.read().ok()?.inventories(&(
-            ns.to_owned(),
-            SubjectKind::Template,
-            tref.name.clone(),
-        ));
-        names
-            .iter()
-            .filter_map(|n| scope.inventories.get(&ObjectRef::new(n).within(ns)))
-            .filter(|i| i.spec.subject.revision.unwrap_or(1) == revision)
-            .max_by_key(|i| written_at(i.as_ref()))
+        scope.inventory_for(
+            ns,
+            &InventorySubject {
+                kind: SubjectKind::Template,
+                name: tref.name.clone(),
+                revision: Some(revision),
+            },
+        )
     })?;
     Some(ChosenInventory {
         object,
@@ -496,6 +574,8 @@ pub struct Judged {
     pub evaluation: Evaluation,
     /// The inventory it used.
     pub chosen: Option<ChosenInventory>,
+    /// Inventories naming the Workload under other names (never used).
+    pub ignored_inventories: Vec<String>,
     /// The parsed packages of that inventory, when readable.
     pub packages: Option<Vec<InstalledPackage>>,
     /// The Template its `templateRef` names, if it exists.
@@ -538,6 +618,11 @@ pub fn judge(scope: &Scope, wl: &Workload, ns: &str, now: Timestamp) -> Judged {
         .as_ref()
         .and_then(|t| scope.templates.get(&ObjectRef::new(&t.name).within(ns)));
     let chosen = choose_inventory(scope, wl, ns, template.as_deref());
+    let ignored_inventories = scope
+        .subjects
+        .read()
+        .map(|s| s.ignored(&(ns.to_owned(), SubjectKind::Workload, wl.name_any())))
+        .unwrap_or_default();
 
     let policy_refs: Vec<PolicyRef<'_>> = policies.iter().map(|p| PolicyRef::of(p)).collect();
     let exception_refs: Vec<ExceptionRef<'_>> =
@@ -551,7 +636,9 @@ pub fn judge(scope: &Scope, wl: &Workload, ns: &str, now: Timestamp) -> Judged {
     let inventory = match (&chosen, &parsed) {
         (Some(c), Some(Ok(packages))) => Some(InventoryInput {
             packages,
-            collected_at: written_at(c.object.as_ref()).unwrap_or(c.object.spec.reported_at.0),
+            // The reporter's claim: it only ages the verdict (staleness);
+            // verification never relies on it.
+            collected_at: c.object.spec.reported_at.0,
             ages: !c.provisional,
             provisional: c.provisional,
         }),
@@ -577,6 +664,7 @@ pub fn judge(scope: &Scope, wl: &Workload, ns: &str, now: Timestamp) -> Judged {
     Judged {
         evaluation,
         chosen,
+        ignored_inventories,
         packages: parsed.and_then(Result::ok),
         template,
         policies,
@@ -652,6 +740,7 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
         &wl,
         evaluation,
         judged.chosen.as_ref(),
+        &judged.ignored_inventories,
         template_info,
         policy_names.clone(),
         keep,
@@ -771,6 +860,7 @@ pub fn job_views(jobs: &[Arc<Job>]) -> Vec<JobView> {
                     at: f.at.unwrap_or(created),
                     message: f.message,
                 }),
+                baseline: baseline_of(labels),
             })
         })
         .collect()
@@ -812,7 +902,13 @@ async fn track_remediation(
     let mut input = ObserveInput {
         record: previous,
         jobs: &views,
-        inventory_written: own.and_then(|c| written_at(c.object.as_ref())),
+        inventory: own.and_then(|c| {
+            let first_seen = scope.subjects.read().ok()?.first_seen(&c.object)?;
+            Some(SeenInventory {
+                version: version_of(&c.object),
+                first_seen,
+            })
+        }),
         covered: None,
         failure_message: None,
         settings: outcome_settings(&remediation),
@@ -824,7 +920,7 @@ async fn track_remediation(
                 record,
                 notices,
                 wake_at,
-            } => return Ok((record, notices, wake_at)),
+            } => return Ok((record.map(|r| *r), notices, wake_at)),
             Observation::Lookup(Lookup::FailureMessage(job)) => {
                 let message = jobs::termination_message(&scope.shared.client, ns, &job)
                     .await?
@@ -994,5 +1090,29 @@ mod tests {
         let backing_off =
             remediation_conditions(Some(&record(RemediationPhase::BackingOff)), Some(&f), &q);
         assert_eq!(reason(&backing_off, types::REMEDIATING).1, "BackingOff");
+    }
+
+    #[test]
+    fn ignored_inventories_are_listed_with_the_name_that_would_count() {
+        assert_eq!(ignored_condition("workload-web-01", &[]), None);
+        let names: Vec<String> = (1..=7).map(|i| format!("cmdb-{i}")).collect();
+        let c = ignored_condition("workload-web-01", &names).expect("a condition");
+        assert_eq!(
+            (c.type_, c.status),
+            (types::INVENTORY_IGNORED, ConditionStatus::True)
+        );
+        assert_eq!(c.reason, "NotCanonical");
+        assert!(
+            c.message
+                .contains("cmdb-1, cmdb-2, cmdb-3, cmdb-4, cmdb-5 and 2 more"),
+            "{}",
+            c.message
+        );
+        assert!(
+            c.message
+                .contains("only the Inventory named workload-web-01"),
+            "{}",
+            c.message
+        );
     }
 }

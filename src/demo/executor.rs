@@ -19,6 +19,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::api::inventory::{InventorySubject, SubjectKind};
 use crate::api::{Inventory, Template, Workload};
 use crate::controller::jobs::{self, PACKAGES_FILE, PURPOSE_LABEL, Purpose};
 use crate::engine::fixes::{FixPackage, parse_package_lines};
@@ -198,7 +199,15 @@ impl Executor {
         let upgraded = before.iter().zip(&after).filter(|(b, a)| b != a).count();
         inventory.spec.packages = to_compact_list(&after);
         inventory.spec.reporter = Some(REPORTER.to_owned());
-        self.report(&current, inventory).await?;
+        // The machine's own Inventory, under its canonical name (the one read
+        // may be its template revision's, when it had none yet).
+        inventory.spec.subject = InventorySubject {
+            kind: SubjectKind::Workload,
+            name: workload.to_owned(),
+            revision: None,
+        };
+        let name = inventory.spec.subject.canonical_inventory_name();
+        self.report(&name, inventory).await?;
         Ok(Played::Remediated {
             workload: workload.to_owned(),
             upgraded,
@@ -228,14 +237,16 @@ impl Executor {
             platform.family,
         )?);
         let image = built_image(template, revision, &packages);
+        let subject = InventorySubject {
+            kind: SubjectKind::ChangeRequest,
+            name: request.to_owned(),
+            revision: None,
+        };
+        let name = subject.canonical_inventory_name();
         let result = Inventory::new(
-            &format!("{request}-result"),
+            &name,
             crate::api::InventorySpec {
-                subject: crate::api::inventory::InventorySubject {
-                    kind: crate::api::inventory::SubjectKind::ChangeRequest,
-                    name: request.to_owned(),
-                    revision: None,
-                },
+                subject,
                 reporter: Some(REPORTER.to_owned()),
                 image: Some(image.clone()),
                 nonce: Some(nonce.trim().to_owned()),
@@ -243,7 +254,7 @@ impl Executor {
                 ..base.spec
             },
         );
-        self.report(&format!("{request}-result"), result).await?;
+        self.report(&name, result).await?;
         Ok(Played::Built {
             template: template.to_owned(),
             image,

@@ -6,9 +6,14 @@
 //! Rules (also in the README):
 //! - The newest Job of the Workload is the current attempt; the record
 //!   follows it (`Running`).
-//! - `Complete` → `Verifying` until an Inventory written (server time) at or
-//!   after the Job started shows every package of the Job's fix set at least
-//!   at its fixed version → `Verified`; past `verifyTimeout` → `Unverified`.
+//! - `Complete` → `Verifying` until the Workload's canonical Inventory
+//!   shows every package of the Job's fix set at least at its fixed version
+//!   in a version that is both newer than the one recorded when the Job was
+//!   created (a higher `metadata.generation`, or a recreated object: both
+//!   set by the apiserver) and first seen by Patchloop's watch at or after
+//!   the Job's `startTime` → `Verified`; past `verifyTimeout` →
+//!   `Unverified`. No time a client sends (`reportedAt`, managedFields)
+//!   takes part.
 //! - `Failed` (or the Job deleted while running) → `BackingOff` until
 //!   `finished + backoff × 2^(attempt-1)`, or `Failed` once `attempts` are
 //!   used up. An unverified attempt also backs off before the next try.
@@ -17,7 +22,18 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::rollout::backoff_after;
 use crate::api::common::time;
-use crate::api::workload::{RemediationOutcome, RemediationPhase, RemediationRecord};
+use crate::api::workload::{
+    InventoryVersion, RemediationOutcome, RemediationPhase, RemediationRecord,
+};
+
+/// The Workload's canonical Inventory as the controller holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenInventory {
+    /// Its uid and generation.
+    pub version: InventoryVersion,
+    /// When Patchloop's watch first showed this version (its own clock).
+    pub first_seen: Timestamp,
+}
 
 /// A Job as the outcome tracker sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +52,9 @@ pub struct JobView {
     pub started: Timestamp,
     /// How it ended, if it did.
     pub end: Option<JobEnd>,
+    /// The Workload's canonical Inventory when the Job was created (from
+    /// the Job's labels; `None` for a Job that carries none).
+    pub baseline: Option<InventoryVersion>,
 }
 
 /// How a Job ended.
@@ -77,8 +96,8 @@ pub struct ObserveInput<'a> {
     pub record: Option<&'a RemediationRecord>,
     /// The Workload's remediation Jobs in the cache.
     pub jobs: &'a [JobView],
-    /// When the Workload's own Inventory was last written (server time).
-    pub inventory_written: Option<Timestamp>,
+    /// The Workload's canonical Inventory now, if it has one.
+    pub inventory: Option<SeenInventory>,
     /// The answer to [`Lookup::Coverage`], once looked up.
     pub covered: Option<bool>,
     /// The answer to [`Lookup::FailureMessage`], once looked up.
@@ -107,8 +126,9 @@ pub enum Observation {
     Lookup(Lookup),
     /// The decision.
     Decided {
-        /// The record to write (`None`: the Workload never had a Job).
-        record: Option<RemediationRecord>,
+        /// The record to write (`None`: the Workload never had a Job);
+        /// boxed, as it is far larger than a lookup.
+        record: Option<Box<RemediationRecord>>,
         /// Events for the transitions.
         notices: Vec<Notice>,
         /// When the record can change by itself (the verify timeout).
@@ -149,6 +169,7 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
                 outcome: None,
                 backoff_until: None,
                 message: None,
+                inventory_baseline: job.baseline.clone(),
             });
             notices.push(Notice {
                 warning: false,
@@ -231,8 +252,23 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
     // already there (a job reports it before it exits); otherwise its record
     // waits in Verifying.
     if r.phase == Some(RemediationPhase::Verifying) {
+        // A record without a baseline (its Job carried none): the Inventory
+        // as seen now is the baseline, so only a later change verifies.
+        let baseline = r
+            .inventory_baseline
+            .get_or_insert_with(|| {
+                input
+                    .inventory
+                    .as_ref()
+                    .map(|i| i.version.clone())
+                    .unwrap_or_default()
+            })
+            .clone();
         let started = started_of(&r).unwrap_or(input.now);
-        let fresh = input.inventory_written.is_some_and(|w| w >= started);
+        let fresh = input
+            .inventory
+            .as_ref()
+            .is_some_and(|i| i.version.is_newer_than(&baseline) && i.first_seen >= started);
         let deadline =
             r.finished_at.as_ref().map_or(input.now, |t| t.0) + input.settings.verify_timeout;
         let verified = if fresh {
@@ -265,7 +301,7 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
                 r.backoff_until = Some(backoff_from(input.now));
             }
             r.message = Some(format!(
-                "Job {} succeeded but no Inventory written since it started showed the fixed versions within verifyTimeout",
+                "Job {} succeeded but no change of the Workload's Inventory seen since the Job started showed the fixed versions within verifyTimeout",
                 r.job.as_deref().unwrap_or_default()
             ));
             notices.push(Notice {
@@ -280,7 +316,7 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
                     warning: false,
                     reason: "RemediationSucceeded",
                     message: format!(
-                        "Job {} completed; waiting for an Inventory written after it started that shows the fixed versions",
+                        "Job {} completed; waiting for a change of the Workload's Inventory, seen after the Job started, that shows the fixed versions",
                         r.job.as_deref().unwrap_or_default()
                     ),
                 });
@@ -288,7 +324,7 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
         }
     }
     Observation::Decided {
-        record: Some(r),
+        record: Some(Box::new(r)),
         notices,
         wake_at,
     }
@@ -346,6 +382,23 @@ mod tests {
         verify_timeout: SignedDuration::from_hours(2),
     };
 
+    /// An Inventory version: `uid` at `generation`.
+    fn version(uid: &str, generation: i64) -> InventoryVersion {
+        InventoryVersion {
+            uid: Some(uid.into()),
+            generation,
+        }
+    }
+
+    /// `uid` at `generation`, first seen at `at`.
+    fn seen(uid: &str, generation: i64, at: &str) -> Option<SeenInventory> {
+        Some(SeenInventory {
+            version: version(uid, generation),
+            first_seen: ts(at),
+        })
+    }
+
+    /// A Job created while the Workload's Inventory was `inv-1` at generation 3.
     fn job(name: &str, attempt: u32, created: &str, end: Option<JobEnd>) -> JobView {
         JobView {
             name: name.into(),
@@ -355,6 +408,7 @@ mod tests {
             created: ts(created),
             started: ts(created),
             end,
+            baseline: Some(version("inv-1", 3)),
         }
     }
 
@@ -366,7 +420,7 @@ mod tests {
         ObserveInput {
             record,
             jobs,
-            inventory_written: None,
+            inventory: None,
             covered: None,
             failure_message: None,
             settings: SETTINGS,
@@ -381,7 +435,7 @@ mod tests {
                 notices,
                 wake_at,
             } => (
-                record.expect("a record"),
+                *record.expect("a record"),
                 notices.iter().map(|n| n.reason).collect(),
                 wake_at,
             ),
@@ -412,16 +466,26 @@ mod tests {
         assert_eq!(n, ["RemediationSucceeded"]);
         assert_eq!(wake, Some(ts("2026-11-24T10:05:00Z")), "the verify timeout");
 
-        // An inventory written before the Job started proves nothing.
+        assert_eq!(r.inventory_baseline, Some(version("inv-1", 3)));
+
+        // The Inventory as it was when the Job was created proves nothing,
+        // whatever times its writers claim.
         let mut i = input(Some(&r), &done, "2026-11-24T08:06:00Z");
-        i.inventory_written = Some(ts("2026-11-24T07:59:59Z"));
+        i.inventory = seen("inv-1", 3, "2026-11-24T08:04:00Z");
         let (still, n, wake) = decided(observe(&i));
         assert_eq!(still.phase, Some(RemediationPhase::Verifying));
         assert!(n.is_empty());
         assert_eq!(wake, Some(ts("2026-11-24T10:05:00Z")));
 
-        // A fresh one must be checked, then covers the fix set.
-        i.inventory_written = Some(ts("2026-11-24T08:04:00Z"));
+        // A spec change since, seen before the Job started, proves nothing
+        // either.
+        i.inventory = seen("inv-1", 4, "2026-11-24T07:59:59Z");
+        assert_eq!(
+            decided(observe(&i)).0.phase,
+            Some(RemediationPhase::Verifying)
+        );
+        // Seen after it started: it must be checked, then covers the fix set.
+        i.inventory = seen("inv-1", 4, "2026-11-24T08:04:00Z");
         assert_eq!(
             observe(&i),
             Observation::Lookup(Lookup::Coverage("web-abc-1".into()))
@@ -446,6 +510,7 @@ mod tests {
             fix_set: Some("abc".into()),
             phase: Some(RemediationPhase::Running),
             started_at: Some(time(ts("2026-11-24T08:00:00Z"))),
+            inventory_baseline: Some(version("inv-1", 3)),
             ..Default::default()
         };
         let done = [job(
@@ -459,7 +524,7 @@ mod tests {
             }),
         )];
         let mut i = input(Some(&running), &done, "2026-11-24T08:05:01Z");
-        i.inventory_written = Some(ts("2026-11-24T08:04:30Z"));
+        i.inventory = seen("inv-1", 4, "2026-11-24T08:04:30Z");
         assert_eq!(
             observe(&i),
             Observation::Lookup(Lookup::Coverage("web-abc-1".into()))
@@ -651,5 +716,56 @@ mod tests {
             Some(ts("2026-11-24T08:00:30Z"))
         );
         assert!(n.is_empty());
+    }
+
+    fn verifying(baseline: Option<InventoryVersion>) -> RemediationRecord {
+        RemediationRecord {
+            job: Some("web-abc-1".into()),
+            attempt: 1,
+            fix_set: Some("abc".into()),
+            phase: Some(RemediationPhase::Verifying),
+            started_at: Some(time(ts("2026-11-24T08:00:00Z"))),
+            finished_at: Some(time(ts("2026-11-24T08:05:00Z"))),
+            inventory_baseline: baseline,
+            ..Default::default()
+        }
+    }
+
+    /// Whether `now` (seen after the Job started) counts as fresh.
+    fn is_fresh(record: &RemediationRecord, now: Option<InventoryVersion>) -> bool {
+        let mut i = input(Some(record), &[], "2026-11-24T08:06:00Z");
+        i.inventory = now.map(|version| SeenInventory {
+            version,
+            first_seen: ts("2026-11-24T08:04:00Z"),
+        });
+        matches!(observe(&i), Observation::Lookup(Lookup::Coverage(_)))
+    }
+
+    #[test]
+    fn only_a_server_side_change_since_the_job_was_created_is_fresh() {
+        let r = verifying(Some(version("inv-1", 3)));
+        assert!(!is_fresh(&r, None), "no Inventory");
+        assert!(!is_fresh(&r, Some(version("inv-1", 3))), "unchanged");
+        assert!(is_fresh(&r, Some(version("inv-1", 4))), "a spec change");
+        assert!(
+            is_fresh(&r, Some(version("inv-2", 1))),
+            "deleted and recreated: a new object"
+        );
+        // No Inventory when the Job was created: any Inventory since is new.
+        let none_before = verifying(Some(InventoryVersion::default()));
+        assert!(!is_fresh(&none_before, None));
+        assert!(is_fresh(&none_before, Some(version("inv-1", 1))));
+    }
+
+    #[test]
+    fn a_record_without_a_baseline_takes_the_inventory_seen_now_and_waits_for_a_change() {
+        let legacy = verifying(None);
+        let mut i = input(Some(&legacy), &[], "2026-11-24T08:06:00Z");
+        i.inventory = seen("inv-1", 7, "2026-11-24T08:04:00Z");
+        let (r, n, _) = decided(observe(&i));
+        assert_eq!(r.phase, Some(RemediationPhase::Verifying));
+        assert_eq!(r.inventory_baseline, Some(version("inv-1", 7)));
+        assert!(n.is_empty());
+        assert!(is_fresh(&r, Some(version("inv-1", 8))));
     }
 }

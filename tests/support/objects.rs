@@ -8,6 +8,7 @@ use kube::api::ListParams;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use patchloop::api::change_request::TEMPLATE_LABEL;
+use patchloop::api::inventory::{InventorySubject, SubjectKind};
 use patchloop::api::{ChangeRequest, Workload};
 use serde_json::{Value, json};
 
@@ -57,10 +58,13 @@ pub fn feed(name: &str, label: &str, format: &str, path: &str) -> Value {
     })
 }
 
-pub fn inventory(name: &str, workload: &str, packages: &[&str]) -> Value {
+/// The Inventory of Workload `workload`, under its canonical name
+/// (`workload-<workload>`: the only one the controller reads for it). The
+/// first argument is kept for existing callers and not used.
+pub fn inventory(_name: &str, workload: &str, packages: &[&str]) -> Value {
     json!({
         "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
-        "metadata": {"name": name},
+        "metadata": {"name": inventory_name(SubjectKind::Workload, workload, None)},
         "spec": {
             "subject": {"kind": "Workload", "name": workload},
             "reporter": "test", "reportedAt": "2026-11-24T08:00:00Z", "format": "dpkg",
@@ -198,11 +202,22 @@ pub fn template(name: &str, labels: Value) -> Value {
     })
 }
 
-/// The reported inventory of a Template's first revision.
+/// The canonical Inventory name of a subject (what every reporter writes).
+pub fn inventory_name(kind: SubjectKind, name: &str, revision: Option<i64>) -> String {
+    InventorySubject {
+        kind,
+        name: name.to_owned(),
+        revision,
+    }
+    .canonical_inventory_name()
+}
+
+/// The reported inventory of a Template's first revision (its canonical
+/// name, `template-<template>-r1`).
 pub fn template_inventory(template: &str, packages: &[&str], reported_at: &str) -> Value {
     json!({
         "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
-        "metadata": {"name": format!("{template}-r1")},
+        "metadata": {"name": inventory_name(SubjectKind::Template, template, Some(1))},
         "spec": {
             "subject": {"kind": "Template", "name": template, "revision": 1},
             "reporter": "image-scan", "reportedAt": reported_at, "format": "dpkg",
