@@ -56,12 +56,12 @@ async fn reconcile_inner(inv: Arc<Inventory>, scope: &Arc<Scope>) -> Result<Acti
             api.get_opt(&subject.name).await?.is_some()
         }
     };
-    let parsed = parse_compact_list(&inv.spec.packages);
+    let parsed = parse_compact_list(inv.spec.format.into(), &inv.spec.packages);
     let ready = match (&parsed, exists) {
         (Err(e), _) => DesiredCondition::new(
             types::READY,
             ConditionStatus::False,
-            "InvalidPackages",
+            "InvalidPackage",
             format!("spec.{e}"),
         ),
         (Ok(_), false) => DesiredCondition::new(

@@ -745,7 +745,7 @@ pub fn affected_workloads(scope: &Scope, diff: &IndexDiff) -> Vec<ObjectRef<Work
         let hit = diff.ecosystems.contains(eco) || {
             let inventory = scope.inventory_for(&(ns.clone(), SubjectKind::Workload, w.name_any()));
             inventory.is_some_and(|inv| {
-                parse_compact_list(&inv.spec.packages).is_ok_and(|pkgs| {
+                parse_compact_list(inv.spec.format.into(), &inv.spec.packages).is_ok_and(|pkgs| {
                     pkgs.iter().any(|p| {
                         diff.changed
                             .contains(&(eco.to_owned(), p.source_name().to_owned()))
