@@ -173,6 +173,23 @@ async fn action_words_in_an_inventory_never_reach_a_job() {
         );
     }
 
+    // A subject that is no object name is refused without repeating it.
+    let mut stray = reported("x", "dpkg", OLD_GLIBC);
+    stray["metadata"]["name"] = json!("stray");
+    stray["spec"]["subject"]["name"] = json!("web-01;apt-get remove openssh-server");
+    apply(&agent, &ns, stray).await;
+    let message = support::eventually("the stray Inventory refused", WAIT, async || {
+        let status = inventories.get_status("stray").await.ok()?.status?;
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False" && ready.reason == "SubjectNotFound")
+            .then(|| ready.message.clone())
+    })
+    .await;
+    assert_eq!(
+        message,
+        "spec.subject.name is not a Kubernetes object name (lowercase letters, digits, '-' and '.', at most 253 characters)"
+    );
+
     // The policy is live: a Workload with an honest inventory of the same
     // packages gets its Job (so the attacked ones were not spared by a
     // closed window or a limit).
@@ -248,7 +265,11 @@ async fn action_words_in_an_inventory_never_reach_a_job() {
             .any(|c| serde_json::to_string(&c.data).is_ok_and(|d| d.contains("libc6"))),
         "the honest Job's package list is there to scan: {configmaps:?}"
     );
-    for (_, _, word) in ATTACKS {
+    for word in ATTACKS
+        .iter()
+        .map(|(_, _, word)| *word)
+        .chain(["apt-get remove"])
+    {
         for (what, text) in [
             "Jobs",
             "ConfigMaps",
