@@ -939,6 +939,18 @@ fn the_real_ssh_client_reads_the_workload_alias() {
     assert!(!found("fleet/web-02"));
     assert!(!found("other/web-01"));
     assert!(!found("fleet/web-0?"));
+    // Unhashed, the '/' is an ordinary character of the host pattern too.
+    let hashed = std::fs::read_to_string(&known_hosts).expect("known_hosts");
+    let key: String = hashed
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(' '))
+        .map(|(_, key)| key.to_owned())
+        .expect("a key");
+    std::fs::write(&known_hosts, format!("fleet/web-01 {key}\n")).expect("write");
+    assert!(found("fleet/web-01"));
+    assert!(!found("fleet/web-011"));
+    assert!(!found("fleet"));
 }
 
 #[test]
