@@ -15,8 +15,14 @@
 //! `version` (dpkg's `Source: name (version)`), and then `source` is written
 //! even when it equals `name`. Names and versions never contain whitespace.
 //! [`InstalledPackage::to_compact`] writes the canonical line (redundant fields
-//! left out) and [`parse_compact`] reads it back; reading splits on any run of
-//! ASCII whitespace, so it is lenient about spacing while writing is canonical.
+//! left out) and [`parse_compact_list`] reads an Inventory's lines back; reading
+//! splits on runs of spaces and tabs, so it is lenient about spacing while
+//! writing is canonical. Every other control character, more than four
+//! fields and overlong lines are refused, and every name, `:arch` qualifier
+//! and version is held to the grammar of the Inventory's family
+//! ([`crate::engine::package_grammar`]); the format readers below apply the
+//! same grammar. Errors name the entry, the field and the rule, never the
+//! text, which may be an action word for apt or dnf.
 //!
 //! # Inputs
 //!
@@ -363,7 +369,7 @@ pub const MAX_COMPACT_LINE_LEN: usize = 2 * MAX_NAME_LEN + 2 * MAX_VERSION_LEN +
 /// Reads one compact line's shape: 2 to 4 fields separated by spaces or
 /// tabs, no other control character, at most [`MAX_COMPACT_LINE_LEN`]
 /// bytes. The names and versions are not held to a family's grammar: use
-/// [`parse_compact_as`] for anything a reporter wrote.
+/// [`parse_compact_list`] for anything a reporter wrote.
 pub fn parse_compact(line: &str) -> Result<InstalledPackage, InventoryError> {
     compact_fields(line)
         .map(|(name, version, source, source_version)| {
@@ -377,13 +383,9 @@ pub fn parse_compact(line: &str) -> Result<InstalledPackage, InventoryError> {
         .map_err(|problem| InventoryError::Compact { problem })
 }
 
-/// Reads one compact line of `family`: its shape as [`parse_compact`], then
-/// the name (optionally `name:arch`), source name and both versions against
-/// the family's grammar ([`crate::engine::package_grammar`]).
-pub fn parse_compact_as(family: Ecosystem, line: &str) -> Result<InstalledPackage, InventoryError> {
-    checked_compact(family, line).map_err(|problem| InventoryError::Compact { problem })
-}
-
+/// One compact line of `family`: its shape as [`parse_compact`], then the
+/// name (optionally `name:arch`), source name and both versions against the
+/// family's grammar ([`crate::engine::package_grammar`]).
 fn checked_compact(family: Ecosystem, line: &str) -> Result<InstalledPackage, String> {
     let (name, version, source, source_version) = compact_fields(line)?;
     let field = |n: usize, what: &str, result: Result<(), Rejection>| {
@@ -443,7 +445,7 @@ fn compact_fields(line: &str) -> Result<CompactFields<'_>, String> {
 type CompactFields<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>);
 
 /// Reads a compact list (an `Inventory`'s `spec.packages`) of `family`,
-/// every line as [`parse_compact_as`]; an error names the entry as
+/// every line held to the family's grammar; an error names the entry as
 /// `packages[i]` and the field and rule it breaks, never the entry's text.
 pub fn parse_compact_list<S: AsRef<str>>(
     family: Ecosystem,
