@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use patchloop::engine::inventory::*;
+use patchloop::engine::version::Ecosystem;
 
 /// Runs a command and returns its stdout; fails the test when it cannot run.
 fn run(argv: &[&str]) -> String {
@@ -116,7 +117,10 @@ fn this_machines_dpkg_database() {
     for (p, line) in packages.iter().zip(&lines) {
         assert_eq!(&parse_compact(line).expect(line), p, "{line}");
     }
-    assert_eq!(parse_compact_list(&lines).expect("compact list"), packages);
+    assert_eq!(
+        parse_compact_list(Ecosystem::Dpkg, &lines).expect("compact list"),
+        packages
+    );
     let bytes: usize = lines.iter().map(String::len).sum();
     let status_bytes = std::fs::metadata(DPKG_STATUS_PATH).map_or(0, |m| m.len());
     println!(
@@ -184,7 +188,10 @@ fn dpkg_fixtures() {
     assert_eq!(compact("openssl"), "openssl 3.0.19-1~deb12u2");
 
     let lines = to_compact_list(&packages);
-    assert_eq!(parse_compact_list(&lines).expect("compact"), packages);
+    assert_eq!(
+        parse_compact_list(Ecosystem::Dpkg, &lines).expect("compact"),
+        packages
+    );
     let bytes: usize = lines.iter().map(String::len).sum();
     println!(
         "fixture: {} packages, compact {} bytes ({} with newlines)",
@@ -255,7 +262,8 @@ gpg-pubkey\t0:fd431d51-4ae0493b\t(none)\t(none)
     assert_eq!(openssl_libs.source_name(), "openssl");
     assert_eq!(openssl_libs.source_version(), "1:3.0.7-27.el9");
     assert!(packages.iter().all(|p| p.base_name() != "gpg-pubkey"));
-    let round_trip = parse_compact_list(&to_compact_list(&packages)).expect("compact");
+    let round_trip =
+        parse_compact_list(Ecosystem::Rpm, &to_compact_list(&packages)).expect("compact");
     assert_eq!(round_trip, packages);
 }
 
@@ -467,7 +475,7 @@ Z:Q1Vq3fH8r0YpX4kq2Ejx1ZcT9b0jA=
         ("openssl", "3.3.1-r3")
     );
     assert_eq!(
-        parse_compact_list(&to_compact_list(&packages)).expect("compact"),
+        parse_compact_list(Ecosystem::Apk, &to_compact_list(&packages)).expect("compact"),
         packages
     );
 }
@@ -479,9 +487,70 @@ fn compact_list_errors_name_the_entry() {
         "libssl3 3.0.15-1~deb12u1 openssl".to_string(),
         "libssl3".to_string(),
     ];
-    let err = parse_compact_list(&lines).expect_err("entry 2 is malformed");
+    let err = parse_compact_list(Ecosystem::Dpkg, &lines).expect_err("entry 2 is malformed");
     assert_eq!(
         err.to_string(),
-        r#"packages[2]: expected "name version [source [source-version]]", got "libssl3""#
+        r#"packages[2]: expected "name version [source [source-version]]" (2 to 4 fields separated by spaces), got 1 fields"#
+    );
+}
+
+/// Every name and version apt, dnf or apk would read as more than a package
+/// is refused where an Inventory is read, naming the entry, the field and
+/// the rule, and never the text itself.
+#[test]
+fn action_words_are_refused_by_every_family() {
+    let cases: &[(Ecosystem, &str, &str)] = &[
+        (Ecosystem::Dpkg, "openssh-server-", "ends in '-'"),
+        (Ecosystem::Dpkg, "pkg=1.0", "('=')"),
+        (Ecosystem::Dpkg, "pkg/bookworm", "('/')"),
+        (Ecosystem::Dpkg, "-pkg", "starts with '-'"),
+        (Ecosystem::Dpkg, "--purge", "starts with '-'"),
+        (Ecosystem::Dpkg, "pkg*", "('*')"),
+        (Ecosystem::Dpkg, "?garbage", "('?')"),
+        (Ecosystem::Dpkg, "~nfoo", "('~')"),
+        (
+            Ecosystem::Dpkg,
+            "pkg:amd64-",
+            "architecture starts or ends with '-'",
+        ),
+        (Ecosystem::Dpkg, "$(reboot)", "('$')"),
+        (Ecosystem::Dpkg, "`reboot`", "('`')"),
+        (Ecosystem::Dpkg, "pkg\"x", "('\"')"),
+        (Ecosystem::Rpm, "@core", "('@')"),
+        (Ecosystem::Rpm, "pkg@repo", "('@')"),
+        (Ecosystem::Rpm, "glibc*", "('*')"),
+        (Ecosystem::Rpm, "/usr/sbin/sshd", "('/')"),
+        (Ecosystem::Rpm, "openssh-server-", "ends in '-'"),
+        (Ecosystem::Rpm, "-y", "starts with '-'"),
+        (
+            Ecosystem::Rpm,
+            "glibc:x86-64",
+            "architecture character 4 ('-')",
+        ),
+        (Ecosystem::Apk, "musl-", "ends in '-'"),
+        (
+            Ecosystem::Apk,
+            "so:libc.musl-x86_64.so.1=1",
+            "architecture character",
+        ),
+        (Ecosystem::Apk, "!musl", "('!')"),
+    ];
+    for (family, name, want) in cases {
+        let lines = [format!("{name} 1.0-1")];
+        let err = parse_compact_list(*family, &lines).expect_err(name);
+        let text = err.to_string();
+        assert!(
+            text.starts_with("packages[0]: field 1 (name) ") && text.contains(want),
+            "{family} {name:?}: {text}"
+        );
+        assert!(!text.contains(name), "{name:?} is echoed: {text}");
+    }
+    let long = format!("{} 1.0", "a".repeat(201));
+    let text = parse_compact_list(Ecosystem::Dpkg, &[long])
+        .expect_err("long")
+        .to_string();
+    assert!(
+        text.contains("201 bytes, longer than the 200-byte limit"),
+        "{text}"
     );
 }

@@ -26,9 +26,14 @@ const SCRIPTS: [&str; 4] = [
 ];
 const DIGEST: &str = "sha256:5d41402abc4b2a76b9719d911017c592d41d8cd98f00b204e9800998ecf8427e";
 
-/// The apt install line the packages file of [`Sandbox::apt`] renders.
+/// The apt install line of the remediation script (the installed packages
+/// among the listed ones follow it, as NAME:ARCH).
 const APT_INSTALL: &str = "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install --only-upgrade -y \
-     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold libc-bin libc6 </dev/null";
+     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold $args </dev/null";
+
+/// What the fake apt-get records for an install of libc-bin and libc6.
+const APT_INSTALLED_ARGS: &str = "apt-get install --only-upgrade -y \
+     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold libc-bin:amd64 libc6:amd64";
 
 /// An rpm database as a table: name, epoch, version, release, source rpm,
 /// arch (tab-separated), read by the fake `rpm`. Two glibc architectures
@@ -111,7 +116,8 @@ impl Sandbox {
         sandbox.write("termination-log", "");
 
         // Real keys: the Job's client key, and the pinned host keys of two
-        // known machines (one on port 2222), hashed as ssh-keygen -H does.
+        // known Workloads (fleet/web-01, fleet/db-01), hashed as ssh-keygen
+        // -H does, plus an address-keyed line that must vouch for nothing.
         let ssh = sandbox.path("ssh");
         let ssh = ssh.to_str().expect("utf-8");
         keygen(&[
@@ -141,7 +147,7 @@ impl Sandbox {
         let host_key = host_key.join(" ");
         sandbox.write(
             "ssh/known_hosts",
-            &format!("10.0.3.17 {host_key}\n[10.0.3.18]:2222 {host_key}\n"),
+            &format!("fleet/web-01 {host_key}\nfleet/db-01 {host_key}\n10.0.3.17 {host_key}\n"),
         );
         keygen(&["-H", "-f", &format!("{ssh}/known_hosts")]);
         for f in ["ssh/known_hosts.old", "tmp/host", "tmp/host.pub"] {
@@ -149,7 +155,7 @@ impl Sandbox {
         }
         let hashed = std::fs::read_to_string(sandbox.path("ssh/known_hosts")).expect("hosts");
         assert!(
-            !hashed.contains("10.0.3.17"),
+            !hashed.contains("web-01") && !hashed.contains("10.0.3.17"),
             "known_hosts is hashed: {hashed}"
         );
 
@@ -216,8 +222,9 @@ exec "$@"
         stub(
             "remote/bin/apt-get",
             r#"#!/bin/sh
-# Fake apt-get: records its arguments; install moves each named package to
-# its candidate (remote/candidates: name version) in the dpkg database.
+# Fake apt-get: records its arguments; install moves each named package
+# (NAME:ARCH, the only form the scripts may pass) to its candidate
+# (remote/candidates: name version) in the dpkg database.
 echo "apt-get $*" >>"$REMOTE/apt-get.log"
 [ "${DEBIAN_FRONTEND:-}" = noninteractive ] || { echo "E: not noninteractive" >&2; exit 100; }
 if [ -e "$REMOTE/apt-fails" ]; then echo "E: Unable to locate package libc6" >&2; exit 100; fi
@@ -226,6 +233,7 @@ skip=0
 for a; do
   if [ "$skip" = 1 ]; then skip=0; continue; fi
   case $a in -o) skip=1; continue ;; -* | install) continue ;; esac
+  case $a in *:*) a=${a%%:*} ;; *) echo "E: $a is not NAME:ARCH" >&2; exit 100 ;; esac
   v=$(awk -v p="$a" '$1 == p { print $2 }' "$REMOTE/candidates")
   [ -n "$v" ] || continue
   awk -v p="$a" -v v="$v" '
@@ -336,7 +344,7 @@ cat "$REMOTE/rpm.out"
             (
                 "PATCHLOOP_BUILD_COMMAND",
                 format!(
-                    r#"cp "$DOCKERFILE" {log}/Dockerfile && echo "$IMAGE" >{log}/build && echo {DIGEST} >"$DIGEST_FILE""#,
+                    r#"cp "$DOCKERFILE" {log}/Dockerfile && cp "$CONTEXT/patchloop-upgrade.sh" {log}/upgrade.sh && echo "$IMAGE" >{log}/build && echo {DIGEST} >"$DIGEST_FILE""#,
                     log = self.s("log")
                 ),
             ),
@@ -501,6 +509,13 @@ fn apt_renders_the_upgrade_of_the_listed_packages() {
         "{text}"
     );
     assert!(lines.contains(&"check libc6 2.36-9+deb12u3 source:Version"));
+    // Only installed packages reach apt, as NAME:ARCH (checked on the
+    // machine against dpkg's full listing).
+    assert!(lines.contains(&"for p in libc-bin libc6; do"), "{text}");
+    assert!(
+        text.contains(r#"{ print $2 ":" $3 }"#),
+        "names become NAME:ARCH: {text}"
+    );
     let ssh = lines
         .iter()
         .find(|l| l.starts_with("ssh "))
@@ -510,6 +525,10 @@ fn apt_renders_the_upgrade_of_the_listed_packages() {
         "-o BatchMode=yes",
         "-o StrictHostKeyChecking=yes",
         &format!("-o UserKnownHostsFile={}", sandbox.s("ssh/known_hosts")),
+        "-o GlobalKnownHostsFile=/dev/null",
+        "-o UpdateHostKeys=no",
+        "-o HostKeyAlias=fleet/web-01",
+        "-o CheckHostIP=no",
         "-p 22 -l patch",
         "-- 10.0.3.17 sh -s",
     ] {
@@ -532,7 +551,7 @@ fn apt_renders_the_upgrade_of_the_listed_packages() {
     let out = sandbox.run("apt-remediate.sh", &["--dry-run"], &env, &[]);
     assert_exit(&out, 0);
     assert!(stdout(&out).contains(
-        "\nenv DEBIAN_FRONTEND=noninteractive apt-get install --only-upgrade -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold libc-bin libc6 </dev/null\n"
+        "\nenv DEBIAN_FRONTEND=noninteractive apt-get install --only-upgrade -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold $args </dev/null\n"
     ));
     assert!(stdout(&out).contains("-l root"));
 }
@@ -556,11 +575,14 @@ fn dnf_renders_the_upgrade_of_the_listed_packages() {
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert!(
-        lines.contains(
-            &"sudo -n dnf upgrade -y --refresh glibc.i686 openssl-libs tzdata </dev/null"
-        ),
+        lines.contains(&"sudo -n dnf upgrade -y --refresh $args </dev/null"),
         "{text}"
     );
+    assert!(
+        lines.contains(&"for p in glibc.i686 openssl-libs tzdata; do"),
+        "{text}"
+    );
+    assert!(text.contains("-o HostKeyAlias=fleet/web-01"), "{text}");
     assert!(lines.contains(&"check glibc.i686 2.34-100.el9_4.3 source"));
     assert!(lines.contains(&"check tzdata 2024a-1.el9 version"));
     assert!(text.contains("-p 2222 -l patch"), "{text}");
@@ -589,12 +611,7 @@ fn apt_remediation_upgrades_verifies_and_reports_the_machine() {
     assert_exit(&out, 0);
     assert_eq!(
         sandbox.read("remote/apt-get.log"),
-        format!(
-            "apt-get update -q\napt-get {}\n",
-            APT_INSTALL
-                .trim_start_matches("sudo -n env DEBIAN_FRONTEND=noninteractive apt-get ")
-                .trim_end_matches(" </dev/null")
-        )
+        format!("apt-get update -q\n{APT_INSTALLED_ARGS}\n")
     );
     assert!(sandbox.read("remote/sudo.log").starts_with("sudo -n env "));
 
@@ -605,6 +622,7 @@ fn apt_remediation_upgrades_verifies_and_reports_the_machine() {
     for (n, argv) in calls.iter().enumerate() {
         let joined = argv.join(" ");
         assert!(joined.contains("-o StrictHostKeyChecking=yes"), "{joined}");
+        assert!(joined.contains("-o HostKeyAlias=fleet/web-01"), "{joined}");
         assert!(joined.ends_with("-- 10.0.3.17 sh -s"), "{joined}");
         let key = &argv[argv.iter().position(|a| a == "-i").expect("-i") + 1];
         assert_ne!(key, &sandbox.s("ssh/id_ed25519"), "a private copy");
@@ -725,7 +743,8 @@ fn dnf_remediation_upgrades_verifies_and_reports_the_machine() {
     assert_exit(&out, 0);
     assert_eq!(
         sandbox.read("remote/dnf.log"),
-        "dnf upgrade -y --refresh glibc openssl-libs perl-Errno kernel-core tzdata\n"
+        "dnf upgrade -y --refresh glibc.i686 glibc.x86_64 openssl-libs.x86_64 perl-Errno.x86_64 \
+         kernel-core.x86_64 tzdata.noarch\n"
     );
     let verdicts = stdout(&out);
     for line in [
@@ -772,37 +791,41 @@ fn dnf_remediation_upgrades_verifies_and_reports_the_machine() {
 }
 
 #[test]
-fn an_unknown_target_is_refused_before_ssh_runs() {
-    let cases: [(&str, &str); 4] = [
-        (
-            r#"{"address":"10.0.3.99","user":"patch"}"#,
-            "unknown target 10.0.3.99: its host key is not pinned in ",
-        ),
-        // The key pinned for port 22 does not vouch for port 2222.
-        (
-            r#"{"address":"10.0.3.17","port":2222}"#,
-            "unknown target [10.0.3.17]:2222: its host key is not pinned",
-        ),
-        (
-            r#"{"address":"10.0.3.18"}"#,
-            "unknown target 10.0.3.18: its host key is not pinned",
-        ),
-        (
-            r#"{"address":"web-01.example.com"}"#,
-            "unknown target web-01.example.com: its host key",
-        ),
+fn a_workload_without_its_own_pinned_key_is_refused_before_ssh_runs() {
+    // (workload, target): known_hosts pins fleet/web-01 and fleet/db-01 by
+    // name, and has one legacy line for the address 10.0.3.17.
+    let cases: [(&str, &str); 5] = [
+        // A decoy Workload pointing at web-01's address.
+        ("decoy", r#"{"address":"10.0.3.17","user":"patch"}"#),
+        // ... or at its port, or by another spelling of the machine.
+        ("decoy", r#"{"address":"10.0.3.17","port":2222}"#),
+        ("web-02", r#"{"address":"web-01.example.com"}"#),
+        // A pinned name in another namespace is another Workload.
+        ("web-01", r#"{"address":"10.0.3.17"}"#),
+        ("db-02", r#"{"address":"10.0.3.18"}"#),
     ];
     for script in ["apt-remediate.sh", "dnf-remediate.sh"] {
-        for (target, expected) in cases {
+        for (n, (workload, target)) in cases.into_iter().enumerate() {
             let sandbox = Sandbox::new();
             sandbox.write("packages", "tzdata 2024a-0+deb12u1\n");
-            let env = with(&sandbox.remediation_env(), &[("PATCHLOOP_TARGET", target)]);
+            let namespace = if n == 3 { "other" } else { "fleet" };
+            let env = with(
+                &sandbox.remediation_env(),
+                &[
+                    ("PATCHLOOP_TARGET", target),
+                    ("PATCHLOOP_WORKLOAD", workload),
+                    ("PATCHLOOP_NAMESPACE", namespace),
+                ],
+            );
             // Without --dry-run: the refusal is not a dry-run courtesy.
             let out = sandbox.run(script, &[], &env, &[]);
             assert_exit(&out, 2);
+            let expected = format!(
+                "Workload {namespace}/{workload} has no pinned host key: add a \"{namespace}/{workload} <key-type> <key>\" line to "
+            );
             assert!(
-                sandbox.read("termination-log").starts_with(expected),
-                "{script} {target}: {}",
+                sandbox.read("termination-log").starts_with(&expected),
+                "{script} {workload} {target}: {}",
                 sandbox.read("termination-log")
             );
             assert!(sandbox.ssh_calls().is_empty(), "{script} {target}: ssh ran");
@@ -823,18 +846,111 @@ fn an_unknown_target_is_refused_before_ssh_runs() {
         );
         assert!(sandbox.ssh_calls().is_empty());
     }
-    // The pinned machines themselves pass, hashed entries and [host]:port
-    // included.
+    // The pinned Workloads pass whatever their address and port (hashed
+    // entries included), and ssh is told to look the key up by their name.
     let sandbox = Sandbox::new();
     sandbox.write("packages", "tzdata 2024a-1.el9\n");
-    for target in [
-        r#"{"address":"10.0.3.17"}"#,
-        r#"{"address":"10.0.3.18","port":2222}"#,
+    for (workload, target) in [
+        ("web-01", r#"{"address":"10.0.3.17"}"#),
+        ("db-01", r#"{"address":"10.0.3.18","port":2222}"#),
+        ("db-01", r#"{"address":"db-01.example.com"}"#),
     ] {
-        let env = with(&sandbox.remediation_env(), &[("PATCHLOOP_TARGET", target)]);
+        let env = with(
+            &sandbox.remediation_env(),
+            &[
+                ("PATCHLOOP_TARGET", target),
+                ("PATCHLOOP_WORKLOAD", workload),
+            ],
+        );
         let out = sandbox.run("dnf-remediate.sh", &["--dry-run"], &env, &[]);
         assert_exit(&out, 0);
+        let text = stdout(&out);
+        assert!(
+            text.contains(&format!(
+                "-o HostKeyAlias=fleet/{workload} -o CheckHostIP=no"
+            )),
+            "{text}"
+        );
     }
+    // Names that are not Kubernetes names never become a lookup key.
+    for (var, value) in [
+        ("PATCHLOOP_WORKLOAD", "web-01,*"),
+        ("PATCHLOOP_WORKLOAD", "!web-01"),
+        ("PATCHLOOP_NAMESPACE", "fleet/web-01 x"),
+        ("PATCHLOOP_NAMESPACE", "*"),
+    ] {
+        let env = with(&sandbox.remediation_env(), &[(var, value)]);
+        let out = sandbox.run("apt-remediate.sh", &["--dry-run"], &env, &[]);
+        assert_exit(&out, 2);
+        let message = sandbox.read("termination-log");
+        assert!(
+            message.contains(&format!("{var} is not a Kubernetes")),
+            "{message}"
+        );
+        assert!(!message.contains(value), "{value} echoed: {message}");
+    }
+    assert!(sandbox.ssh_calls().is_empty());
+}
+
+/// The real OpenSSH client accepts the Workload alias as ssh reads it, and
+/// ssh-keygen (the same known_hosts matching ssh uses) finds a hashed
+/// NAMESPACE/WORKLOAD entry by that name only.
+#[test]
+fn the_real_ssh_client_reads_the_workload_alias() {
+    let out = Command::new(which("ssh"))
+        .args([
+            "-G",
+            "-F",
+            "/dev/null",
+            "-o",
+            "HostKeyAlias=fleet/web-01",
+            "-o",
+            "CheckHostIP=no",
+            "-o",
+            "UpdateHostKeys=no",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "10.0.3.17",
+        ])
+        .output()
+        .expect("ssh -G");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = stdout(&out);
+    for line in [
+        "hostkeyalias fleet/web-01",
+        "checkhostip no",
+        "updatehostkeys false",
+        "stricthostkeychecking true",
+    ] {
+        assert!(config.lines().any(|l| l == line), "{line} in:\n{config}");
+    }
+    let sandbox = Sandbox::new();
+    let known_hosts = sandbox.s("ssh/known_hosts");
+    let found = |name: &str| {
+        Command::new(which("ssh-keygen"))
+            .args(["-F", name, "-f", &known_hosts])
+            .output()
+            .expect("ssh-keygen -F")
+            .status
+            .success()
+    };
+    assert!(found("fleet/web-01"));
+    assert!(found("fleet/db-01"));
+    assert!(!found("fleet/web-02"));
+    assert!(!found("other/web-01"));
+    assert!(!found("fleet/web-0?"));
+    // Unhashed, the '/' is an ordinary character of the host pattern too.
+    let hashed = std::fs::read_to_string(&known_hosts).expect("known_hosts");
+    let key: String = hashed
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(' '))
+        .map(|(_, key)| key.to_owned())
+        .expect("a key");
+    std::fs::write(&known_hosts, format!("fleet/web-01 {key}\n")).expect("write");
+    assert!(found("fleet/web-01"));
+    assert!(!found("fleet/web-011"));
+    assert!(!found("fleet"));
 }
 
 #[test]
@@ -848,6 +964,8 @@ fn bad_input_is_refused_before_ssh_runs() {
         changes: Vec<(&'static str, &'static str)>,
         unset: Vec<&'static str>,
         expected: &'static str,
+        /// Rejected text the message must not repeat.
+        hidden: Option<&'static str>,
     }
     let case = |script, packages: Option<&str>, expected| Case {
         script,
@@ -855,6 +973,7 @@ fn bad_input_is_refused_before_ssh_runs() {
         changes: vec![],
         unset: vec![],
         expected,
+        hidden: None,
     };
     let mut cases: Vec<Case> = Vec::new();
     for script in ["apt-remediate.sh", "dnf-remediate.sh"] {
@@ -870,23 +989,33 @@ fn bad_input_is_refused_before_ssh_runs() {
             "lib\\c6",
             "libc6*",
         ] {
-            cases.push(case(
-                script,
-                Some(&format!("{bad_name} 1.0-1\n")),
-                "package name",
-            ));
+            cases.push(Case {
+                hidden: Some(bad_name),
+                ..case(
+                    script,
+                    Some(&format!("{bad_name} 1.0-1\n")),
+                    "line 1: field 1 is not a valid",
+                )
+            });
         }
         for bad_version in [
             "1.0;id", "$(id)", "1.0'", "1.0\"", "1.0`id`", "1.0&", "1.0|x", "1.0^1", "1.0\\",
         ] {
-            cases.push(case(
-                script,
-                Some(&format!("libc6 {bad_version}\n")),
-                "version",
-            ));
+            cases.push(Case {
+                hidden: Some(bad_version),
+                ..case(
+                    script,
+                    Some(&format!("libc6 {bad_version}\n")),
+                    "line 1: field 2 is not a valid",
+                )
+            });
         }
         cases.extend([
-            case(script, Some("libc6 1.0 glibc;id\n"), "source package name"),
+            case(
+                script,
+                Some("libc6 1.0 glibc;id\n"),
+                "line 1: field 3 is not a valid",
+            ),
             case(
                 script,
                 Some("libc6 1.0 glibc extra\n"),
@@ -965,6 +1094,7 @@ fn bad_input_is_refused_before_ssh_runs() {
         ] {
             cases.push(Case {
                 changes: vec![("PATCHLOOP_TARGET", target)],
+                hidden: Some(target),
                 ..case(script, Some(good), expected)
             });
         }
@@ -975,6 +1105,7 @@ fn bad_input_is_refused_before_ssh_runs() {
         changes,
         unset,
         expected,
+        hidden,
     } in cases
     {
         let sandbox_packages = sandbox.path("packages");
@@ -995,6 +1126,12 @@ fn bad_input_is_refused_before_ssh_runs() {
                 "{script} {packages:?} {changes:?} {unset:?}: {message:?} lacks {expected:?}"
             );
             assert!(stderr(&out).contains(message.trim_end()));
+            if let Some(hidden) = hidden {
+                assert!(
+                    !message.contains(hidden) && !stderr(&out).contains(hidden),
+                    "{hidden:?} echoed: {message}"
+                );
+            }
         }
     }
     assert!(sandbox.ssh_calls().is_empty(), "ssh never ran");
@@ -1015,10 +1152,31 @@ fn the_build_job_reports_the_image_it_built_with_the_nonce() {
          FROM registry.example.com/golden/debian-12:2026.11.1\n\
          LABEL dev.patchloop.template=\"debian-12-base\" dev.patchloop.revision=\"2\" \
          dev.patchloop.change-request=\"debian-12-base-x7k2p\"\n\
-         RUN apt-get update \\\n \
-         && DEBIAN_FRONTEND=noninteractive apt-get install --only-upgrade -y \
-         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold libc-bin libc6 \\\n \
-         && rm -rf /var/lib/apt/lists/*\n"
+         COPY patchloop-upgrade.sh /tmp/patchloop-upgrade.sh\n\
+         RUN sh /tmp/patchloop-upgrade.sh && rm -f /tmp/patchloop-upgrade.sh && rm -rf /var/lib/apt/lists/*\n"
+    );
+    // The upgrade script, run where the base image's packages are, names
+    // only installed packages, as NAME:ARCH.
+    let upgrade = Command::new("sh")
+        .arg(sandbox.path("log/upgrade.sh"))
+        .current_dir(sandbox.path("remote"))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                sandbox.s("remote/bin"),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("REMOTE", sandbox.path("remote"))
+        .env_remove("DEBIAN_FRONTEND")
+        .output()
+        .expect("sh");
+    assert_exit(&upgrade, 0);
+    assert_eq!(
+        sandbox.read("remote/apt-get.log"),
+        "apt-get update\napt-get install --only-upgrade -y -o Dpkg::Options::=--force-confdef \
+         -o Dpkg::Options::=--force-confold libc-bin:amd64 libc6:amd64\n"
     );
     assert_eq!(
         sandbox.read("log/build"),
@@ -1054,7 +1212,7 @@ fn the_build_job_reports_the_image_it_built_with_the_nonce() {
         ("true", "the build wrote no image digest"),
         (
             r#"echo latest >"$DIGEST_FILE""#,
-            "the build wrote no image digest to DIGEST_FILE (got latest)",
+            "the build wrote no image digest to DIGEST_FILE (expected sha256: and 64 hex digits)",
         ),
     ] {
         let _ = std::fs::remove_file(sandbox.path("log/patchloop.argv"));
@@ -1091,7 +1249,14 @@ fn the_build_job_dry_run_prints_the_dockerfile_and_builds_nothing() {
     assert_exit(&out, 0);
     let text = stdout(&out);
     assert!(
-        text.contains("RUN dnf upgrade -y --refresh glibc openssl-libs \\\n && dnf clean all\n"),
+        text.contains(
+            "RUN sh /tmp/patchloop-upgrade.sh && rm -f /tmp/patchloop-upgrade.sh && dnf clean all\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("for p in glibc openssl-libs; do"), "{text}");
+    assert!(
+        text.contains("dnf upgrade -y --refresh $args </dev/null"),
         "{text}"
     );
     assert!(text.contains("IMAGE=registry.example.com/golden/debian-12:2026.12.1 "));
@@ -1134,7 +1299,7 @@ fn the_build_job_refuses_bad_input() {
         (
             "PATCHLOOP_PLATFORM",
             "Alpine:v3.20",
-            "has neither apt nor dnf",
+            "with neither apt nor dnf",
         ),
         ("PATCHLOOP_PACKAGE_MANAGER", "zypper", "must be apt or dnf"),
         ("PATCHLOOP_PURPOSE", "test", "this script is for build Jobs"),
@@ -1207,7 +1372,7 @@ fn the_test_job_checks_the_versions_in_the_image_then_runs_the_smoke_test() {
         (
             vec![("PATCHLOOP_IMAGE", "img;id")],
             vec![],
-            "PATCHLOOP_IMAGE img\\;id is not valid",
+            "PATCHLOOP_IMAGE is not valid; refused (configuration error)",
         ),
         (
             vec![("PATCHLOOP_PURPOSE", "build")],
@@ -1337,4 +1502,199 @@ fn the_scripts_are_shellcheck_clean() {
     }
     let out = cmd.output().expect("shellcheck");
     assert_exit(&out, 0);
+}
+
+/// Every name apt or dnf would read as more than one package name: an
+/// action suffix, an option, a version or release selector, a pattern, a
+/// group, a path, shell syntax, control characters, overlong text.
+const ACTION_NAMES: [&str; 27] = [
+    "openssh-server-",
+    "pkg=1.0",
+    "pkg/bookworm",
+    "-pkg",
+    "--purge",
+    "pkg*",
+    "?garbage",
+    "~nfoo",
+    "pkg:amd64-",
+    "pkg:amd64+",
+    "pkg@repo",
+    "@core",
+    "/usr/sbin/sshd",
+    "pkg.*",
+    "pkg[0]",
+    "pkg|id",
+    "$(reboot)",
+    "`reboot`",
+    "pkg'x",
+    "pkg\"x",
+    "pkg;reboot",
+    "pkg\u{1b}[2J",
+    "pkg\rreboot",
+    "pkg\\x",
+    "pkg-:amd64",
+    "openssh-server-:amd64",
+    "pkg>=1",
+];
+
+#[test]
+fn names_apt_or_dnf_would_read_as_actions_are_refused_without_echo() {
+    let overlong = "a".repeat(201);
+    let overlong_line = format!("libc6 1.0 {}", "b".repeat(1100));
+    let mut lists: Vec<(String, String)> = ACTION_NAMES
+        .iter()
+        .map(|name| (format!("{name} 1.0-1\n"), (*name).to_owned()))
+        .collect();
+    // Spaces and newlines split the name into other fields and lines.
+    lists.push(("pkg name x 1.0-1\n".into(), "pkg name x".into()));
+    lists.push(("openssh\nserver- 1.0-1\n".into(), "server-".into()));
+    lists.push((format!("{overlong} 1.0-1\n"), overlong.clone()));
+    lists.push((format!("{overlong_line}\n"), "b".repeat(100)));
+    // One bad line refuses the whole list: nothing runs.
+    lists.push((
+        "libc6 2.36-9+deb12u15 glibc\nopenssh-server- 1.0-1\n".into(),
+        "openssh-server-".into(),
+    ));
+    for script in ["apt-remediate.sh", "dnf-remediate.sh"] {
+        for (packages, hidden) in &lists {
+            for args in [&["--dry-run"][..], &[]] {
+                let sandbox = Sandbox::new();
+                sandbox.write("packages", packages);
+                let out = sandbox.run(script, args, &sandbox.remediation_env(), &[]);
+                assert_exit(&out, 2);
+                let message = sandbox.read("termination-log");
+                assert!(
+                    message.contains("refused (configuration error)") && message.contains(" line "),
+                    "{script} {packages:?}: {message}"
+                );
+                for text in [&message, &stdout(&out), &stderr(&out)] {
+                    assert!(
+                        !text.contains(hidden.as_str()),
+                        "{script} {packages:?}: {hidden:?} echoed in {text}"
+                    );
+                }
+                assert!(sandbox.ssh_calls().is_empty(), "{script} {packages:?}");
+                assert_eq!(sandbox.read("remote/apt-get.log"), "");
+                assert_eq!(sandbox.read("remote/dnf.log"), "");
+            }
+        }
+    }
+}
+
+#[test]
+fn only_installed_packages_reach_apt_and_dnf_as_name_and_arch() {
+    // g++ (a valid name ending in '+') is installed; libc6+ (apt would read
+    // it as "install libc6") and not-installed-here are not: both are
+    // skipped and reported, never installed.
+    let sandbox = Sandbox::new();
+    sandbox.write(
+        "packages",
+        "libc6 2.36-9+deb12u15 glibc\nnot-installed-here 1.0-1\ng++ 1.203 gcc-defaults\nlibc6+ 1.0\n",
+    );
+    sandbox.write("remote/candidates", "libc6 2.36-9+deb12u15\n");
+    let out = sandbox.run("apt-remediate.sh", &[], &sandbox.remediation_env(), &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        sandbox.read("remote/apt-get.log"),
+        "apt-get update -q\napt-get install --only-upgrade -y -o Dpkg::Options::=--force-confdef \
+         -o Dpkg::Options::=--force-confold libc6:amd64 g++:amd64\n"
+    );
+    let text = stdout(&out);
+    for line in [
+        "skipped not-installed-here: not installed on this machine",
+        "skipped libc6+: not installed on this machine",
+        "absent libc6+ - 1.0",
+        "ok g++ 1.203 1.203",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+
+    // Nothing installed: apt does not run at all.
+    let sandbox = Sandbox::new();
+    sandbox.write("packages", "libc6+ 1.0\nopenssh-server 1:9.2p1-2+deb12u9\n");
+    let out = sandbox.run("apt-remediate.sh", &[], &sandbox.remediation_env(), &[]);
+    assert_exit(&out, 0);
+    assert_eq!(sandbox.read("remote/apt-get.log"), "");
+    assert!(
+        stdout(&out).contains("nothing to upgrade: no listed package is installed"),
+        "{}",
+        stdout(&out)
+    );
+
+    // dnf: NAME.ARCH of each installed instance; the rest skipped.
+    let sandbox = Sandbox::new();
+    sandbox.write(
+        "packages",
+        "glibc 2.34-100.el9_4.3 glibc\nopenssh-server 8.7p1-38.el9\nlibstdc++ 11.4.1-3.el9\n",
+    );
+    let out = sandbox.run("dnf-remediate.sh", &[], &sandbox.remediation_env(), &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        sandbox.read("remote/dnf.log"),
+        "dnf upgrade -y --refresh glibc.i686 glibc.x86_64\n"
+    );
+    for line in [
+        "skipped openssh-server: not installed on this machine",
+        "skipped libstdc++: not installed on this machine",
+    ] {
+        assert!(stdout(&out).lines().any(|l| l == line), "{line}");
+    }
+}
+
+/// The real apt on this machine (simulating, `-s`) reads the NAME:ARCH form
+/// the scripts pass as exactly that package, for installed packages whose
+/// names end in or contain '+', while the same name with a trailing '-' is
+/// read as a removal.
+#[test]
+fn the_real_apt_reads_name_and_arch_as_one_package() {
+    let listing = Command::new(which("dpkg-query"))
+        .args(["-W", "-f=${db:Status-Abbrev}|${Package}|${Architecture}\n"])
+        .output()
+        .expect("dpkg-query");
+    let listing = stdout(&listing);
+    let plus: Vec<(&str, &str)> = listing
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('|');
+            let (state, name, arch) = (f.next()?, f.next()?, f.next()?);
+            (state.as_bytes().get(1) == Some(&b'i') && name.contains('+')).then_some((name, arch))
+        })
+        .collect();
+    assert!(
+        plus.iter().any(|(name, _)| name.ends_with('+')),
+        "an installed package whose name ends in '+' (g++): {plus:?}"
+    );
+    let apt = |arg: &str| {
+        let out = Command::new(which("apt-get"))
+            .args([
+                "-s",
+                "-o",
+                "Debug::NoLocking=1",
+                "install",
+                "--only-upgrade",
+                arg,
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .expect("apt-get -s");
+        format!("{}{}", stdout(&out), stderr(&out))
+    };
+    for (name, arch) in &plus {
+        let said = apt(&format!("{name}:{arch}"));
+        assert!(!said.contains("Remv "), "{name}:{arch}: {said}");
+        assert!(
+            said.contains(&format!("{name} is already the newest version"))
+                || said.contains(&format!("Inst {name} ")),
+            "{name}:{arch} is read as the package {name}: {said}"
+        );
+    }
+    let (name, _) = plus
+        .iter()
+        .find(|(name, _)| name.ends_with('+'))
+        .expect("checked above");
+    let said = apt(&format!("{name}-"));
+    assert!(
+        said.contains(&format!("Remv {name} ")) || said.contains("E: "),
+        "{name}- is a removal to apt: {said}"
+    );
 }

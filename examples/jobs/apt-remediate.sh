@@ -13,8 +13,9 @@ usage() {
 Usage: apt-remediate.sh [--dry-run] [--help]
 
 Runs in a Patchloop remediation Job. Installs the current candidate of every
-package in $PATCHLOOP_PACKAGES_FILE on the machine in $PATCHLOOP_TARGET over
-SSH (apt-get install --only-upgrade), checks each is at least its minimum
+package in $PATCHLOOP_PACKAGES_FILE that is installed on the machine in
+$PATCHLOOP_TARGET over SSH (apt-get install --only-upgrade NAME:ARCH; a
+package that is not installed is skipped), checks each is at least its minimum
 fixed version (dpkg --compare-versions, on the machine), and reports the
 machine's inventory with `patchloop inventory`.
 
@@ -42,12 +43,12 @@ pl_workdir
 pl_ssh_setup
 
 # Versions are minimums: Debian keeps only the latest security update, so
-# the current candidate is installed and then checked. --force-confold keeps
-# locally changed configuration files instead of prompting; stdin is
-# /dev/null because the script itself arrives on sh's stdin.
+# the current candidate is installed and then checked. Only packages that
+# are installed on the machine are named, as NAME:ARCH (pl_install_script).
+# --force-confold keeps locally changed configuration files instead of
+# prompting; stdin is /dev/null because the script itself arrives on sh's
+# stdin.
 apt="${PL_SUDO}env DEBIAN_FRONTEND=noninteractive apt-get"
-install="set -eu
-$apt update -q </dev/null
-$apt install --only-upgrade -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold $(pl_names dpkg) </dev/null
-"
+install=$(pl_install_script dpkg "$apt update -q </dev/null
+$apt install --only-upgrade -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")
 pl_remediate dpkg "$install" apt-remediate

@@ -14,8 +14,9 @@ usage() {
 Usage: dnf-remediate.sh [--dry-run] [--help]
 
 Runs in a Patchloop remediation Job. Upgrades every package in
-$PATCHLOOP_PACKAGES_FILE on the machine in $PATCHLOOP_TARGET over SSH
-(dnf upgrade), checks each is at least its minimum fixed version (rpm's own
+$PATCHLOOP_PACKAGES_FILE that is installed on the machine in $PATCHLOOP_TARGET
+over SSH (dnf upgrade NAME.ARCH; a package that is not installed is
+skipped), checks each is at least its minimum fixed version (rpm's own
 version comparison, on the machine), and reports the machine's inventory
 (rpm -qa, read by `patchloop inventory --from-file rpm-qa:...`).
 
@@ -43,9 +44,9 @@ pl_workdir
 pl_ssh_setup
 
 # Versions are minimums: dnf upgrade installs the newest available, then the
-# result is checked. --refresh because a cached repository index may predate
-# the fix; stdin is /dev/null because the script arrives on sh's stdin.
-install="set -eu
-${PL_SUDO}dnf upgrade -y --refresh $(pl_names rpm) </dev/null
-"
+# result is checked. Only packages that are installed on the machine are
+# named, as NAME.ARCH (pl_install_script). --refresh because a cached
+# repository index may predate the fix; stdin is /dev/null because the
+# script arrives on sh's stdin.
+install=$(pl_install_script rpm "${PL_SUDO}dnf upgrade -y --refresh")
 pl_remediate rpm "$install" dnf-remediate

@@ -82,10 +82,10 @@ pl_family() {
       case ${PATCHLOOP_PLATFORM%%:*} in
         Debian | Ubuntu) PL_FAMILY=dpkg ;;
         AlmaLinux | 'Rocky Linux' | 'Red Hat' | Fedora | CentOS | 'Oracle Linux') PL_FAMILY=rpm ;;
-        *) refuse "platform $(printf '%q' "$PATCHLOOP_PLATFORM") has neither apt nor dnf; set PATCHLOOP_PACKAGE_MANAGER to apt or dnf if it does" ;;
+        *) refuse "PATCHLOOP_PLATFORM names a distribution with neither apt nor dnf; set PATCHLOOP_PACKAGE_MANAGER to apt or dnf if it has one" ;;
       esac
       ;;
-    *) refuse "PATCHLOOP_PACKAGE_MANAGER must be apt or dnf, not $(printf '%q' "$PATCHLOOP_PACKAGE_MANAGER")" ;;
+    *) refuse "PATCHLOOP_PACKAGE_MANAGER must be apt or dnf" ;;
   esac
 }
 
@@ -93,14 +93,22 @@ pl_family() {
 # controller adds when one name is installed for several architectures);
 # rpm's names and [epoch:]version[-release] with the characters rpm-based
 # distributions use (rpm's caret is left out: it is a shell metacharacter in
-# some shells and no advisory uses it).
-PL_DPKG_NAME='^[a-z0-9][a-z0-9+.-]+(:[a-z0-9][a-z0-9-]*)?$'
+# some shells and no advisory uses it). The same grammar as the controller's
+# (src/engine/package_grammar.rs), plus: a name never ends in '-' (apt reads
+# that as "remove") and never starts with '-' (an option). A trailing '+'
+# (g++) stays valid: names reach apt only as NAME:ARCH of an installed
+# package (pl_install_script), which apt cannot read as an action.
+PL_DPKG_NAME='^[a-z0-9][a-z0-9+.-]*[a-z0-9+.](:[a-z0-9]([a-z0-9-]*[a-z0-9])?)?$'
 PL_DPKG_VERSION='^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*$'
-PL_RPM_NAME='^[A-Za-z0-9_][A-Za-z0-9._+-]*(:[A-Za-z0-9_]+)?$'
+PL_RPM_NAME='^[A-Za-z0-9_]([A-Za-z0-9._+-]*[A-Za-z0-9_+])?(:[A-Za-z0-9_]+)?$'
 PL_RPM_VERSION='^([0-9]+:)?[A-Za-z0-9._+~]+(-[A-Za-z0-9._+~]+)?$'
+PL_MAX_FIELD=200
+PL_MAX_LINE=1024
 
 # pl_read_packages FILE FAMILY: fills PL_NAMES, PL_MINS and PL_SOURCES from
-# the contract's `name minimum-fixed-version [source]` lines.
+# the contract's `name minimum-fixed-version [source]` lines. A bad line is
+# refused naming its number and field, never echoing it: it may be an
+# action word, a control sequence or a megabyte.
 pl_read_packages() {
   local file=$1 family=$2 name_re version_re line name min source extra n=0
   case $family in
@@ -111,18 +119,22 @@ pl_read_packages() {
   PL_NAMES=() PL_MINS=() PL_SOURCES=()
   while IFS= read -r line || [[ -n $line ]]; do
     n=$((n + 1))
+    ((${#line} <= PL_MAX_LINE)) ||
+      refuse "$file line $n: longer than $PL_MAX_LINE characters; refused (configuration error)"
+    [[ $line != *[[:cntrl:]]* ]] ||
+      refuse "$file line $n: contains a control character; refused (configuration error)"
     [[ $line =~ ^[[:space:]]*$ ]] && continue
     read -r name min source extra <<<"$line"
     if [[ -z $min || -n $extra ]]; then
-      refuse "$file line $n: expected \"name minimum-fixed-version [source]\", got $(printf '%q' "$line")"
+      refuse "$file line $n: expected \"name minimum-fixed-version [source]\"; refused (configuration error)"
     fi
-    [[ $name =~ $name_re && ${#name} -le 200 ]] ||
-      refuse "$file line $n: $(printf '%q' "$name") is not a valid $family package name"
-    [[ $min =~ $version_re && ${#min} -le 200 ]] ||
-      refuse "$file line $n: $(printf '%q' "$min") is not a valid $family version"
+    [[ ${#name} -le $PL_MAX_FIELD && $name =~ $name_re ]] ||
+      refuse "$file line $n: field 1 is not a valid $family package name (a name the package manager could read as an action, option or pattern is refused); refused (configuration error)"
+    [[ ${#min} -le $PL_MAX_FIELD && $min =~ $version_re ]] ||
+      refuse "$file line $n: field 2 is not a valid $family version; refused (configuration error)"
     if [[ -n $source ]]; then
-      [[ $source =~ $name_re && $source != *:* ]] ||
-        refuse "$file line $n: $(printf '%q' "$source") is not a valid $family source package name"
+      [[ ${#source} -le $PL_MAX_FIELD && $source =~ $name_re && $source != *:* ]] ||
+        refuse "$file line $n: field 3 is not a valid $family source package name; refused (configuration error)"
     fi
     PL_NAMES+=("$name")
     PL_MINS+=("$min")
@@ -131,19 +143,48 @@ pl_read_packages() {
   ((${#PL_NAMES[@]} > 0)) || refuse "the package list $file is empty: nothing to install"
 }
 
+# pl_install_script FAMILY COMMAND: a POSIX sh script that runs COMMAND
+# (apt-get install ..., dnf upgrade ...) followed by the installed packages
+# among PL_NAMES, each in a form the package manager reads as exactly one
+# installed package and never as an action or a pattern: dpkg's NAME:ARCH
+# (apt-get(8): a trailing '-' removes, '+' installs, '=' and '/' select
+# versions and releases, and a name that is no package is tried as a pattern;
+# an architecture never ends in those), rpm's NAME.ARCH. "Installed" is an
+# exact match in the package database's full listing (never a pattern
+# lookup). A package that is not installed is skipped and reported, never
+# installed; when none is installed COMMAND does not run.
+pl_install_script() {
+  local family=$1 command=$2 name
+  # -f: $args is split on purpose, and must never glob.
+  printf 'set -euf\n'
+  if [[ $family == dpkg ]]; then
+    # shellcheck disable=SC2016 # expanded by dpkg-query on the machine
+    printf '%s\n' 'installed=$(dpkg-query -W -f='\''${db:Status-Abbrev}|${Package}|${Architecture}\n'\'' </dev/null)' \
+      'pick() { printf '\''%s\n'\'' "$installed" | awk -F'\''|'\'' -v want="$1" '\''substr($1, 2, 1) == "i" && ($2 == want || $2 ":" $3 == want) { print $2 ":" $3 }'\''; }'
+  else
+    # shellcheck disable=SC2016 # expanded by rpm on the machine
+    printf '%s\n' 'installed=$(rpm -qa --queryformat '\''%{NAME}|%{ARCH}\n'\'' </dev/null)' \
+      'pick() { printf '\''%s\n'\'' "$installed" | awk -F'\''|'\'' -v want="$1" '\''$2 != "(none)" && ($1 == want || $1 "." $2 == want) { print $1 "." $2 }'\'' | sort -u; }'
+  fi
+  printf 'args=\n'
+  printf 'for p in'
+  for name in "${PL_NAMES[@]}"; do
+    if [[ $family == rpm ]]; then printf ' %s' "$(pl_rpm_name "$name")"; else printf ' %s' "$name"; fi
+  done
+  printf '; do\n'
+  # shellcheck disable=SC2016 # expanded on the machine
+  printf '%s\n' '  q=$(pick "$p")' \
+    '  if [ -z "$q" ]; then echo "skipped $p: not installed on this machine"; continue; fi' \
+    '  args="$args $q"' \
+    'done' \
+    'if [ -z "$args" ]; then echo "nothing to upgrade: no listed package is installed"; exit 0; fi'
+  # shellcheck disable=SC2016 # $args is expanded on the machine
+  printf '%s $args </dev/null\n' "$command"
+}
+
 # pl_rpm_name NAME: dnf and rpm spell the controller's `glibc:x86_64` as
 # `glibc.x86_64`.
 pl_rpm_name() { printf '%s' "${1/:/.}"; }
-
-# pl_names FAMILY: the package names, space-separated, as the package
-# manager spells them.
-pl_names() {
-  local out=() name
-  for name in "${PL_NAMES[@]}"; do
-    if [[ $1 == rpm ]]; then out+=("$(pl_rpm_name "$name")"); else out+=("$name"); fi
-  done
-  printf '%s' "${out[*]}"
-}
 
 # pl_verify_script FAMILY: a POSIX sh script that prints one verdict line per
 # package, `ok|low|absent NAME INSTALLED MINIMUM`, comparing with the
@@ -291,9 +332,9 @@ pl_target() {
       if type == "object" and (.address | type) == "string" then
         .address, (.user // "" | tostring), (.port // 22 | tostring)
       else error("not an object with an address") end' <<<"$PATCHLOOP_TARGET" 2>/dev/null) ||
-    refuse "PATCHLOOP_TARGET is not a JSON object with a string \"address\": $(printf '%q' "$PATCHLOOP_TARGET")"
+    refuse "PATCHLOOP_TARGET (the Workload's spec.target) is not a JSON object with a string \"address\"; refused (configuration error)"
   mapfile -t fields <<<"$parsed"
-  ((${#fields[@]} == 3)) || refuse "PATCHLOOP_TARGET must be one JSON object: $(printf '%q' "$PATCHLOOP_TARGET")"
+  ((${#fields[@]} == 3)) || refuse "PATCHLOOP_TARGET (the Workload's spec.target) must be one JSON object; refused (configuration error)"
   PL_ADDRESS=${fields[0]}
   PL_USER=${fields[1]:-${PATCHLOOP_SSH_USER:-root}}
   PL_PORT=${fields[2]}
@@ -301,34 +342,43 @@ pl_target() {
   # could read as an option.
   if ! [[ $PL_ADDRESS =~ ^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$ ||
     ($PL_ADDRESS == *:* && $PL_ADDRESS =~ ^[0-9A-Fa-f:.]{2,45}$) ]]; then
-    refuse "target address $(printf '%q' "$PL_ADDRESS") is not a host name or IP address"
+    refuse "spec.target.address is not a host name or IP address; refused (configuration error)"
   fi
   [[ $PL_USER =~ ^[a-z_][a-z0-9_.-]{0,31}$ ]] ||
-    refuse "target user $(printf '%q' "$PL_USER") is not a valid user name"
+    refuse "spec.target.user is not a valid user name; refused (configuration error)"
   if ! [[ $PL_PORT =~ ^[0-9]{1,5}$ ]] || ((10#$PL_PORT < 1 || 10#$PL_PORT > 65535)); then
-    refuse "target port $(printf '%q' "$PL_PORT") is not a port number"
+    refuse "spec.target.port is not a port number; refused (configuration error)"
   fi
   PL_PORT=$((10#$PL_PORT))
 }
 
-# pl_ssh_setup: refuses a target whose host key is not pinned in the
+# pl_ssh_setup: refuses a Workload whose host key is not pinned in the
 # policy's known_hosts *before* the private key is touched, then prepares
-# ssh's arguments. ssh itself enforces the pin (StrictHostKeyChecking=yes
-# against that file only), so a target that presents another key fails too.
+# ssh's arguments. Keys are pinned per Workload, not per address: the
+# known_hosts entry is named NAMESPACE/WORKLOAD and ssh looks it up by that
+# name (HostKeyAlias), so a Workload that points its address at another
+# machine cannot borrow that machine's pin. ssh itself enforces the pin
+# (StrictHostKeyChecking=yes against that file only, never learning or
+# rewriting keys), so a target that presents another key fails too.
 pl_ssh_setup() {
   local dir=${PATCHLOOP_SSH_DIR:-/etc/patchloop/ssh}
   local known_hosts=${PATCHLOOP_SSH_KNOWN_HOSTS:-$dir/known_hosts}
   local key=${PATCHLOOP_SSH_KEY:-$dir/id_ed25519}
-  local lookup=$PL_ADDRESS
-  # ssh writes non-default ports as [host]:port in known_hosts.
-  ((PL_PORT == 22)) || lookup="[$PL_ADDRESS]:$PL_PORT"
+  # Kubernetes names (a namespace is a DNS label, a Workload a DNS
+  # subdomain): no ',', '*', '?', '!' or whitespace, which known_hosts
+  # patterns and ssh -o would read.
+  [[ $PATCHLOOP_NAMESPACE =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]] ||
+    refuse "PATCHLOOP_NAMESPACE is not a Kubernetes namespace name; refused (configuration error)"
+  [[ $PATCHLOOP_WORKLOAD =~ $PL_K8S_NAME ]] ||
+    refuse "PATCHLOOP_WORKLOAD is not a Kubernetes object name; refused (configuration error)"
+  PL_HOST_KEY_ALIAS=$PATCHLOOP_NAMESPACE/$PATCHLOOP_WORKLOAD
   # ssh -o splits its value on whitespace.
   [[ $known_hosts != *[[:space:]]* && $key != *[[:space:]]* ]] ||
     refuse "SSH file paths must not contain whitespace"
   [[ -f $known_hosts && -r $known_hosts ]] ||
     refuse "no pinned host keys: $known_hosts is missing (mount the policy's SSH Secret)"
-  if ! ssh-keygen -F "$lookup" -f "$known_hosts" >/dev/null 2>&1; then
-    refuse "unknown target $lookup: its host key is not pinned in $known_hosts; not connecting"
+  if ! ssh-keygen -F "$PL_HOST_KEY_ALIAS" -f "$known_hosts" >/dev/null 2>&1; then
+    refuse "Workload $PL_HOST_KEY_ALIAS has no pinned host key: add a \"$PL_HOST_KEY_ALIAS <key-type> <key>\" line to $known_hosts (keys are pinned per Workload, not per address); not connecting"
   fi
   PL_SSH_KEY=$key
   if ((!PL_DRY_RUN)); then
@@ -342,6 +392,7 @@ pl_ssh_setup() {
     -o IdentitiesOnly=yes -o BatchMode=yes
     -o StrictHostKeyChecking=yes -o "UserKnownHostsFile=$known_hosts"
     -o GlobalKnownHostsFile=/dev/null -o UpdateHostKeys=no
+    -o "HostKeyAlias=$PL_HOST_KEY_ALIAS" -o CheckHostIP=no
     -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no
     -o ConnectTimeout=30 -o ServerAliveInterval=30
     -- "$PL_ADDRESS" sh -s)
@@ -408,7 +459,7 @@ PL_K8S_NAME='^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$'
 
 # pl_check VALUE REGEX WHAT: refuses VALUE unless it matches.
 pl_check() {
-  [[ $1 =~ $2 ]] || refuse "$3 $(printf '%q' "$1") is not valid"
+  [[ $1 =~ $2 ]] || refuse "$3 is not valid; refused (configuration error)"
 }
 
 # How a command runs inside an image: a shell snippet that runs its

@@ -68,20 +68,24 @@ IMAGE=$PATCHLOOP_IMAGE_REPOSITORY:$tag
 mkdir -p "$CONTEXT"
 
 # Versions are minimums: the current candidate is installed, the controller
-# checks the result (and the test Job checks it in the image).
+# checks the result (and the test Job checks it in the image). The upgrade
+# runs as a script copied into the build context: it names only packages
+# installed in the base image, in a form apt or dnf cannot read as an action
+# (pl_install_script).
 if [[ $PL_FAMILY == dpkg ]]; then
-  upgrade="apt-get update \\
- && DEBIAN_FRONTEND=noninteractive apt-get install --only-upgrade -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold $(pl_names dpkg) \\
- && rm -rf /var/lib/apt/lists/*"
+  pl_install_script dpkg "DEBIAN_FRONTEND=noninteractive apt-get update </dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install --only-upgrade -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold" >"$CONTEXT/patchloop-upgrade.sh"
+  cleanup='rm -rf /var/lib/apt/lists/*'
 else
-  upgrade="dnf upgrade -y --refresh $(pl_names rpm) \\
- && dnf clean all"
+  pl_install_script rpm "dnf upgrade -y --refresh" >"$CONTEXT/patchloop-upgrade.sh"
+  cleanup='dnf clean all'
 fi
 cat >"$DOCKERFILE" <<DOCKERFILE
 # Rendered by template-build.sh for ChangeRequest $PATCHLOOP_CHANGE_REQUEST.
 FROM $PATCHLOOP_BASE_IMAGE
 LABEL dev.patchloop.template="$PATCHLOOP_TEMPLATE" dev.patchloop.revision="$PATCHLOOP_REVISION" dev.patchloop.change-request="$PATCHLOOP_CHANGE_REQUEST"
-RUN $upgrade
+COPY patchloop-upgrade.sh /tmp/patchloop-upgrade.sh
+RUN sh /tmp/patchloop-upgrade.sh && rm -f /tmp/patchloop-upgrade.sh && $cleanup
 DOCKERFILE
 
 # shellcheck disable=SC2016 # expanded by bash -c below, with these variables set
@@ -99,6 +103,8 @@ if ((PL_DRY_RUN)); then
   IMAGE_REF="$PATCHLOOP_IMAGE_REPOSITORY@<digest>"
   echo "# $DOCKERFILE"
   cat "$DOCKERFILE"
+  echo "# $CONTEXT/patchloop-upgrade.sh"
+  cat "$CONTEXT/patchloop-upgrade.sh"
   echo "# build, with IMAGE=$IMAGE CONTEXT=$CONTEXT DOCKERFILE=$DOCKERFILE DIGEST_FILE=$DIGEST_FILE"
   printf '%s\n' "$build"
   pl_show_in_image "the new image's packages" "$query"
@@ -113,7 +119,7 @@ CONTEXT=$CONTEXT DOCKERFILE=$DOCKERFILE DIGEST_FILE=$DIGEST_FILE IMAGE=$IMAGE ba
 ((rc == 0)) || fail "the image build failed (exit $rc)"
 digest=$(tr -d '[:space:]' <"$DIGEST_FILE" 2>/dev/null) || digest=
 [[ $digest =~ ^sha256:[0-9a-f]{64}$ ]] ||
-  fail "the build wrote no image digest to DIGEST_FILE (got $(printf '%q' "$digest"))"
+  fail "the build wrote no image digest to DIGEST_FILE (expected sha256: and 64 hex digits)"
 # The result names the image by digest: a tag can move, the digest is what
 # was built and what the test Job and publication will use.
 IMAGE_REF=$PATCHLOOP_IMAGE_REPOSITORY@$digest

@@ -103,11 +103,15 @@ fn load_inventory(args: &EvaluateArgs) -> anyhow::Result<Vec<InstalledPackage>> 
             .with_context(|| format!("--inventory {origin}: no Inventory document"))?;
         let inv: Inventory = serde_json::from_value(doc)
             .with_context(|| format!("--inventory {origin}: not a valid Inventory"))?;
-        return inventory::parse_compact_list(&inv.spec.packages)
+        return inventory::parse_compact_list(inv.spec.format.into(), &inv.spec.packages)
             .with_context(|| format!("--inventory {origin}: spec.packages"));
     }
+    // Bare compact lines follow the family of the platform they run on.
+    let family = patchloop::engine::version::parse_platform(&args.platform)
+        .with_context(|| format!("--platform {:?}", args.platform))?
+        .family;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    inventory::parse_compact_list(&lines).with_context(|| format!("--inventory {origin}"))
+    inventory::parse_compact_list(family, &lines).with_context(|| format!("--inventory {origin}"))
 }
 
 fn load_documents<T: serde::de::DeserializeOwned>(

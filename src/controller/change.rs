@@ -154,7 +154,7 @@ fn checks(
     result: &Inventory,
     now: Timestamp,
 ) -> Vec<String> {
-    let packages = match parse_compact_list(&result.spec.packages) {
+    let packages = match parse_compact_list(result.spec.format.into(), &result.spec.packages) {
         Ok(p) => p,
         Err(e) => return vec![format!("Inventory {}: spec.{e}", result.name_any())],
     };

@@ -19,6 +19,31 @@ use crate::engine::inventory::parse_compact_list;
 /// The field manager of Inventory status.
 pub const MANAGER: &str = "patchloop-inventory";
 
+/// Why the subject was not found. The name is shown only when it is a
+/// Kubernetes object name: anything else is the reporter's free text, which a
+/// status must not repeat.
+fn subject_not_found(subject: &InventorySubject) -> String {
+    let is_object_name = subject.name.len() <= 253
+        && subject
+            .name
+            .starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && subject
+            .name
+            .ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && subject
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if is_object_name {
+        format!(
+            "spec.subject: {:?} {:?} does not exist in this namespace",
+            subject.kind, subject.name
+        )
+    } else {
+        "spec.subject.name is not a Kubernetes object name (lowercase letters, digits, '-' and '.', at most 253 characters)".into()
+    }
+}
+
 /// Reconciles one Inventory's status.
 pub async fn reconcile(inv: Arc<Inventory>, scope: Arc<Scope>) -> Result<Action, Error> {
     let shared = Arc::clone(&scope.shared);
@@ -57,22 +82,19 @@ async fn reconcile_inner(inv: Arc<Inventory>, scope: &Arc<Scope>) -> Result<Acti
             api.get_opt(&subject.name).await?.is_some()
         }
     };
-    let parsed = parse_compact_list(&inv.spec.packages);
+    let parsed = parse_compact_list(inv.spec.format.into(), &inv.spec.packages);
     let ready = not_canonical(&inv).unwrap_or_else(|| match (&parsed, exists) {
         (Err(e), _) => DesiredCondition::new(
             types::READY,
             ConditionStatus::False,
-            "InvalidPackages",
+            "InvalidPackage",
             format!("spec.{e}"),
         ),
         (Ok(_), false) => DesiredCondition::new(
             types::READY,
             ConditionStatus::False,
             "SubjectNotFound",
-            format!(
-                "spec.subject: {:?} {:?} does not exist in this namespace",
-                subject.kind, subject.name
-            ),
+            subject_not_found(subject),
         ),
         (Ok(p), true) => DesiredCondition::new(
             types::READY,

@@ -776,7 +776,7 @@ pub fn affected_workloads(scope: &Scope, diff: &IndexDiff) -> Vec<ObjectRef<Work
                 },
             );
             inventory.is_some_and(|inv| {
-                parse_compact_list(&inv.spec.packages).is_ok_and(|pkgs| {
+                parse_compact_list(inv.spec.format.into(), &inv.spec.packages).is_ok_and(|pkgs| {
                     pkgs.iter().any(|p| {
                         diff.changed
                             .contains(&(eco.to_owned(), p.source_name().to_owned()))

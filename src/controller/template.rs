@@ -158,7 +158,7 @@ pub fn judge_current(scope: &Scope, t: &Template, ns: &str, now: Timestamp) -> C
     let inventory = revision_inventory(scope, t, ns, revision(t));
     let parsed = inventory
         .as_ref()
-        .map(|i| parse_compact_list(&i.spec.packages));
+        .map(|i| parse_compact_list(i.spec.format.into(), &i.spec.packages));
     let packages = match &parsed {
         Some(Ok(p)) => Some(p.as_slice()),
         _ => None,

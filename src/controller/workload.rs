@@ -630,7 +630,7 @@ pub fn judge(scope: &Scope, wl: &Workload, ns: &str, now: Timestamp) -> Judged {
     let db = scope.shared.advisories.db();
     let parsed = chosen
         .as_ref()
-        .map(|c| parse_compact_list(&c.object.spec.packages));
+        .map(|c| parse_compact_list(c.object.spec.format.into(), &c.object.spec.packages));
     // An unreadable Inventory is judged as no inventory, with its error as
     // the reason (unless the platform itself is the problem).
     let inventory = match (&chosen, &parsed) {

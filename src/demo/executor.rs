@@ -194,7 +194,7 @@ impl Executor {
             .and_then(|i| i.name)
             .with_context(|| format!("Workload {workload} has no Inventory in its status"))?;
         let mut inventory = self.inventory(&current).await?;
-        let before = parse_compact_list(&inventory.spec.packages)?;
+        let before = parse_compact_list(inventory.spec.format.into(), &inventory.spec.packages)?;
         let after = install(&before, &fixes, platform.family)?;
         let upgraded = before.iter().zip(&after).filter(|(b, a)| b != a).count();
         inventory.spec.packages = to_compact_list(&after);
@@ -232,7 +232,7 @@ impl Executor {
             .with_context(|| format!("Template {template} has no Inventory in its status"))?;
         let base = self.inventory(&current).await?;
         let packages = to_compact_list(&install(
-            &parse_compact_list(&base.spec.packages)?,
+            &parse_compact_list(base.spec.format.into(), &base.spec.packages)?,
             &fixes,
             platform.family,
         )?);

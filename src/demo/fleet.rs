@@ -264,8 +264,11 @@ mod tests {
         }
         for m in fleet.iter().filter(|m| m.kind == "Inventory") {
             let inv: Inventory = serde_json::from_value(m.doc.clone()).expect("a valid Inventory");
-            crate::engine::inventory::parse_compact_list(&inv.spec.packages)
-                .expect("compact package lines");
+            crate::engine::inventory::parse_compact_list(
+                inv.spec.format.into(),
+                &inv.spec.packages,
+            )
+            .expect("compact package lines");
         }
     }
 

@@ -457,8 +457,11 @@ mod tests {
                 .collect::<Vec<_>>()
         );
         let inv = |lines: &[&str]| {
-            parse_compact_list(&lines.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>())
-                .expect("inventory")
+            parse_compact_list(
+                crate::engine::version::Ecosystem::Dpkg,
+                &lines.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>(),
+            )
+            .expect("inventory")
         };
         // Binary versions with a binNMU suffix: the source version decides.
         let newer = inv(&[

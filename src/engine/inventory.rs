@@ -15,8 +15,14 @@
 //! `version` (dpkg's `Source: name (version)`), and then `source` is written
 //! even when it equals `name`. Names and versions never contain whitespace.
 //! [`InstalledPackage::to_compact`] writes the canonical line (redundant fields
-//! left out) and [`parse_compact`] reads it back; reading splits on any run of
-//! ASCII whitespace, so it is lenient about spacing while writing is canonical.
+//! left out) and [`parse_compact_list`] reads an Inventory's lines back; reading
+//! splits on runs of spaces and tabs, so it is lenient about spacing while
+//! writing is canonical. Every other control character, more than four
+//! fields and overlong lines are refused, and every name, `:arch` qualifier
+//! and version is held to the grammar of the Inventory's family
+//! ([`crate::engine::package_grammar`]); the format readers below apply the
+//! same grammar. Errors name the entry, the field and the rule, never the
+//! text, which may be an action word for apt or dnf.
 //!
 //! # Inputs
 //!
@@ -71,6 +77,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+
+use crate::api::inventory::PackageFormat;
+use crate::engine::package_grammar::{
+    MAX_NAME_LEN, MAX_VERSION_LEN, Rejection, check_arch, check_name, check_qualified_name,
+    check_version, describe_char,
+};
+use crate::engine::version::Ecosystem;
 
 /// The compact line's syntax, as error messages show it.
 pub const COMPACT_SYNTAX: &str = "name version [source [source-version]]";
@@ -135,6 +148,15 @@ impl InputFormat {
         }
     }
 
+    /// The package family whose grammar and version ordering apply.
+    pub fn family(self) -> Ecosystem {
+        match self {
+            InputFormat::DpkgStatus | InputFormat::DpkgQuery => Ecosystem::Dpkg,
+            InputFormat::RpmQa => Ecosystem::Rpm,
+            InputFormat::ApkInstalled => Ecosystem::Apk,
+        }
+    }
+
     /// The package manager: `dpkg`, `rpm` or `apk` (the names the
     /// `Inventory` resource's `spec.format` uses).
     pub fn package_manager(self) -> &'static str {
@@ -142,6 +164,17 @@ impl InputFormat {
             InputFormat::DpkgStatus | InputFormat::DpkgQuery => "dpkg",
             InputFormat::RpmQa => "rpm",
             InputFormat::ApkInstalled => "apk",
+        }
+    }
+}
+
+/// An Inventory's `spec.format` names the family its lines follow.
+impl From<PackageFormat> for Ecosystem {
+    fn from(format: PackageFormat) -> Self {
+        match format {
+            PackageFormat::Dpkg => Ecosystem::Dpkg,
+            PackageFormat::Rpm => Ecosystem::Rpm,
+            PackageFormat::Apk => Ecosystem::Apk,
         }
     }
 }
@@ -167,19 +200,22 @@ impl FromStr for InputFormat {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InventoryError {
-    /// A compact line without 2 to 4 fields.
-    #[error("expected \"{}\", got {:?}", COMPACT_SYNTAX, .line)]
+    /// A compact line that is malformed or names a package or version
+    /// outside its family's grammar. The message names the field and the
+    /// rule, never the line itself.
+    #[error("{problem}")]
     Compact {
-        /// The offending line.
-        line: String,
+        /// What is wrong, without the offending text.
+        problem: String,
     },
-    /// Entry `index` of a compact list is malformed.
-    #[error("packages[{}]: expected \"{}\", got {:?}", .index, COMPACT_SYNTAX, .line)]
-    CompactEntry {
+    /// Entry `index` of a compact list (an Inventory's `spec.packages`) is
+    /// malformed or invalid.
+    #[error("packages[{index}]: {problem}")]
+    InvalidPackage {
         /// Index into the list.
         index: usize,
-        /// The offending line.
-        line: String,
+        /// What is wrong, without the offending text.
+        problem: String,
     },
     /// A line-oriented input (dpkg-query, rpm -qa) has a bad line.
     #[error("{format}: line {line}: {message}")]
@@ -327,16 +363,41 @@ impl FromStr for InstalledPackage {
     }
 }
 
-/// Reads one compact line: 2 to 4 fields separated by whitespace.
+/// The longest compact line accepted: four fields at their limits.
+pub const MAX_COMPACT_LINE_LEN: usize = 2 * MAX_NAME_LEN + 2 * MAX_VERSION_LEN + 3;
+
+/// Reads one compact line's shape: 2 to 4 fields separated by spaces or
+/// tabs, no other control character, at most [`MAX_COMPACT_LINE_LEN`]
+/// bytes. The names and versions are not held to a family's grammar: use
+/// [`parse_compact_list`] for anything a reporter wrote.
 pub fn parse_compact(line: &str) -> Result<InstalledPackage, InventoryError> {
-    let mut fields = line.split_ascii_whitespace();
-    let (Some(name), Some(version)) = (fields.next(), fields.next()) else {
-        return Err(InventoryError::Compact { line: line.into() });
+    compact_fields(line)
+        .map(|(name, version, source, source_version)| {
+            InstalledPackage::new(
+                name,
+                version,
+                source.map(str::to_owned),
+                source_version.map(str::to_owned),
+            )
+        })
+        .map_err(|problem| InventoryError::Compact { problem })
+}
+
+/// One compact line of `family`: its shape as [`parse_compact`], then the
+/// name (optionally `name:arch`), source name and both versions against the
+/// family's grammar ([`crate::engine::package_grammar`]).
+fn checked_compact(family: Ecosystem, line: &str) -> Result<InstalledPackage, String> {
+    let (name, version, source, source_version) = compact_fields(line)?;
+    let field = |n: usize, what: &str, result: Result<(), Rejection>| {
+        result.map_err(|r| format!("field {n} ({what}) {r}"))
     };
-    let source = fields.next();
-    let source_version = fields.next();
-    if fields.next().is_some() {
-        return Err(InventoryError::Compact { line: line.into() });
+    field(1, "name", check_qualified_name(family, name))?;
+    field(2, "version", check_version(family, version))?;
+    if let Some(source) = source {
+        field(3, "source name", check_name(family, source))?;
+    }
+    if let Some(source_version) = source_version {
+        field(4, "source version", check_version(family, source_version))?;
     }
     Ok(InstalledPackage::new(
         name,
@@ -346,19 +407,56 @@ pub fn parse_compact(line: &str) -> Result<InstalledPackage, InventoryError> {
     ))
 }
 
-/// Reads a compact list (an `Inventory`'s `spec.packages`); an error names
-/// the entry as `packages[i]`.
+/// Splits a compact line into its fields, checking its shape; the error
+/// names the problem without quoting the line.
+fn compact_fields(line: &str) -> Result<CompactFields<'_>, String> {
+    if line.len() > MAX_COMPACT_LINE_LEN {
+        return Err(format!(
+            "is {} bytes, longer than the {MAX_COMPACT_LINE_LEN}-byte limit of \"{COMPACT_SYNTAX}\"",
+            line.len()
+        ));
+    }
+    if let Some((i, c)) = line
+        .chars()
+        .enumerate()
+        .find(|&(_, c)| c.is_control() && c != '\t')
+    {
+        return Err(format!(
+            "character {} is a control character ({}); expected \"{COMPACT_SYNTAX}\" on one line",
+            i + 1,
+            describe_char(c)
+        ));
+    }
+    let fields: Vec<&str> = line.split([' ', '\t']).filter(|f| !f.is_empty()).collect();
+    match fields[..] {
+        [name, version] => Ok((name, version, None, None)),
+        [name, version, source] => Ok((name, version, Some(source), None)),
+        [name, version, source, source_version] => {
+            Ok((name, version, Some(source), Some(source_version)))
+        }
+        _ => Err(format!(
+            "expected \"{COMPACT_SYNTAX}\" (2 to 4 fields separated by spaces), got {} fields",
+            fields.len()
+        )),
+    }
+}
+
+/// A compact line's name, version, source and source version.
+type CompactFields<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>);
+
+/// Reads a compact list (an `Inventory`'s `spec.packages`) of `family`,
+/// every line held to the family's grammar; an error names the entry as
+/// `packages[i]` and the field and rule it breaks, never the entry's text.
 pub fn parse_compact_list<S: AsRef<str>>(
+    family: Ecosystem,
     lines: &[S],
 ) -> Result<Vec<InstalledPackage>, InventoryError> {
     lines
         .iter()
         .enumerate()
         .map(|(index, line)| {
-            parse_compact(line.as_ref()).map_err(|_| InventoryError::CompactEntry {
-                index,
-                line: line.as_ref().to_owned(),
-            })
+            checked_compact(family, line.as_ref())
+                .map_err(|problem| InventoryError::InvalidPackage { index, problem })
         })
         .collect()
 }
@@ -507,9 +605,16 @@ pub fn parse_dpkg_status(text: &str) -> Result<Vec<InstalledPackage>, InventoryE
             Some((arch_line, value)) => token(value)
                 .ok_or_else(|| err(arch_line, in_package(format!("bad Architecture {value:?}"))))?,
         };
-        raws.push(Raw::new(package, version, source, source_version, arch));
+        raws.push(Raw::new(
+            package_line,
+            package,
+            version,
+            source,
+            source_version,
+            arch,
+        ));
     }
-    Ok(finish(raws))
+    finish(FORMAT, raws)
 }
 
 /// `name` or `name (version)`.
@@ -572,6 +677,7 @@ pub fn parse_dpkg_query(text: &str) -> Result<Vec<InstalledPackage>, InventoryEr
         let arch =
             optional_token(arch).ok_or_else(|| in_package(format!("bad architecture {arch:?}")))?;
         raws.push(Raw::new(
+            line_no,
             package,
             version,
             source,
@@ -579,7 +685,7 @@ pub fn parse_dpkg_query(text: &str) -> Result<Vec<InstalledPackage>, InventoryEr
             arch.unwrap_or(""),
         ));
     }
-    Ok(finish(raws))
+    finish(FORMAT, raws)
 }
 
 /// Reads the output of [`RPM_QA_COMMAND`]: `NAME`, `EPOCHNUM:VERSION-RELEASE`,
@@ -663,9 +769,10 @@ pub fn parse_rpm_qa(text: &str) -> Result<Vec<InstalledPackage>, InventoryError>
                 source_version,
             ),
             arch: arch.to_owned(),
+            line: line_no,
         });
     }
-    Ok(finish(raws))
+    finish(FORMAT, raws)
 }
 
 /// `openssl-3.0.7-27.el9.src.rpm` → (`openssl`, `3.0.7-27.el9`).
@@ -738,19 +845,29 @@ pub fn parse_apk_installed(text: &str) -> Result<Vec<InstalledPackage>, Inventor
             Some((line, value)) => optional_token(value)
                 .ok_or_else(|| err(line, in_package(format!("bad A: {value:?}"))))?,
         };
-        raws.push(Raw::new(name, version, origin, None, arch.unwrap_or("")));
+        raws.push(Raw::new(
+            name_line,
+            name,
+            version,
+            origin,
+            None,
+            arch.unwrap_or(""),
+        ));
     }
-    Ok(finish(raws))
+    finish(FORMAT, raws)
 }
 
-/// A parsed package and its architecture, before multi-arch qualification.
+/// A parsed package and its architecture, before multi-arch qualification,
+/// with the line it was read from.
 struct Raw {
     package: InstalledPackage,
     arch: String,
+    line: usize,
 }
 
 impl Raw {
     fn new(
+        line: usize,
         name: &str,
         version: &str,
         source: Option<&str>,
@@ -765,13 +882,44 @@ impl Raw {
                 source_version.map(str::to_owned),
             ),
             arch: arch.to_owned(),
+            line,
         }
+    }
+
+    /// Holds the name, architecture, source and versions to the family's
+    /// grammar; the error names the line and the field, not the value.
+    fn check(&self, format: InputFormat) -> Result<(), InventoryError> {
+        let family = format.family();
+        let p = &self.package;
+        let field = |what: &str, result: Result<(), Rejection>| {
+            result.map_err(|r| InventoryError::Line {
+                format,
+                line: self.line,
+                message: format!("{what} {r}"),
+            })
+        };
+        field("package name", check_name(family, &p.name))?;
+        field("version", check_version(family, &p.version))?;
+        if let Some(source) = &p.source {
+            field("source package name", check_name(family, source))?;
+        }
+        if let Some(source_version) = &p.source_version {
+            field("source version", check_version(family, source_version))?;
+        }
+        if !self.arch.is_empty() {
+            field("package", check_arch(family, &self.arch))?;
+        }
+        Ok(())
     }
 }
 
-/// Qualifies names installed for more than one architecture with `:ARCH`,
-/// merges equal entries and sorts.
-fn finish(raws: Vec<Raw>) -> Vec<InstalledPackage> {
+/// Checks every package against the format's grammar, qualifies names
+/// installed for more than one architecture with `:ARCH`, merges equal
+/// entries and sorts.
+fn finish(format: InputFormat, raws: Vec<Raw>) -> Result<Vec<InstalledPackage>, InventoryError> {
+    for raw in &raws {
+        raw.check(format)?;
+    }
     let mut arches: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for raw in &raws {
         if !raw.arch.is_empty() {
@@ -788,17 +936,21 @@ fn finish(raws: Vec<Raw>) -> Vec<InstalledPackage> {
         .collect();
     let mut out: Vec<InstalledPackage> = raws
         .into_iter()
-        .map(|Raw { mut package, arch }| {
-            if !arch.is_empty() && multi.contains(&*package.name) {
-                package.source = Some(package.source_name().into());
-                package.name = format!("{}:{arch}", package.name).into();
-            }
-            package.normalized()
-        })
+        .map(
+            |Raw {
+                 mut package, arch, ..
+             }| {
+                if !arch.is_empty() && multi.contains(&*package.name) {
+                    package.source = Some(package.source_name().into());
+                    package.name = format!("{}:{arch}", package.name).into();
+                }
+                package.normalized()
+            },
+        )
         .collect();
     out.sort();
     out.dedup();
-    out
+    Ok(out)
 }
 
 /// A value that is one non-empty token without whitespace or control
@@ -917,7 +1069,7 @@ mod tests {
             ),
             // Lenient spacing when reading.
             (
-                "  libc6\t2.36   glibc \r",
+                "  libc6\t2.36   glibc \t",
                 pkg("libc6", "2.36", Some("glibc"), None),
                 "libc6 2.36 glibc",
             ),
@@ -944,22 +1096,133 @@ mod tests {
 
     #[test]
     fn compact_errors() {
-        for line in ["", "   ", "libssl3", "a b c d e"] {
+        for (line, want) in [
+            ("", "got 0 fields"),
+            ("   ", "got 0 fields"),
+            ("libssl3", "got 1 fields"),
+            ("a b c d e", "got 5 fields"),
+            (
+                "libc6 1.0\nreboot 1",
+                "character 10 is a control character (U+000A)",
+            ),
+            (
+                "libc6 1.0\r",
+                "character 10 is a control character (U+000D)",
+            ),
+            (
+                "libc6 1.0 \u{1b}[2J",
+                "character 11 is a control character (U+001B)",
+            ),
+        ] {
             let err = parse_compact(line).expect_err(line);
-            assert_eq!(
-                err.to_string(),
-                format!("expected \"name version [source [source-version]]\", got {line:?}")
-            );
+            assert!(err.to_string().contains(want), "{line:?}: {err}");
         }
-        let list = ["libc6 2.36".to_string(), "x 1".into(), "libssl3".into()];
-        let err = parse_compact_list(&list).expect_err("bad entry");
+        let huge = format!("libc6 {}", "1".repeat(MAX_COMPACT_LINE_LEN));
+        let err = parse_compact(&huge).expect_err("huge");
+        assert!(err.to_string().starts_with(&format!(
+            "is {} bytes, longer than the {MAX_COMPACT_LINE_LEN}-byte limit",
+            huge.len()
+        )));
+        let list = ["libc6 2.36".to_string(), "xz 1".into(), "libssl3".into()];
+        let err = parse_compact_list(Ecosystem::Dpkg, &list).expect_err("bad entry");
         assert_eq!(
             err.to_string(),
-            "packages[2]: expected \"name version [source [source-version]]\", got \"libssl3\""
+            "packages[2]: expected \"name version [source [source-version]]\" (2 to 4 fields separated by spaces), got 1 fields"
         );
-        assert_eq!(parse_compact_list::<&str>(&[]), Ok(vec![]));
-        let ok = parse_compact_list(&["b 1", "a 2 src"]).expect("valid");
-        assert_eq!(to_compact_list(&ok), ["b 1", "a 2 src"]);
+        assert_eq!(parse_compact_list::<&str>(Ecosystem::Dpkg, &[]), Ok(vec![]));
+        let ok = parse_compact_list(Ecosystem::Dpkg, &["bc 1", "ab 2 src"]).expect("valid");
+        assert_eq!(to_compact_list(&ok), ["bc 1", "ab 2 src"]);
+    }
+
+    #[test]
+    fn compact_lists_hold_each_field_to_the_family_grammar() {
+        let cases: &[(Ecosystem, &str, &str)] = &[
+            (
+                Ecosystem::Dpkg,
+                "openssh-server- 1:9.2p1-2",
+                "field 1 (name) ends in '-' (apt reads a trailing '-' as \"remove this package\")",
+            ),
+            (Ecosystem::Dpkg, "openssh-server+ 1:9.2p1-2+x", "ok"),
+            (Ecosystem::Dpkg, "g++ 4:12.2.0-3 gcc-defaults 1.203", "ok"),
+            (
+                Ecosystem::Dpkg,
+                "pkg=1.0 1.0",
+                "field 1 (name) character 4 ('=')",
+            ),
+            (
+                Ecosystem::Dpkg,
+                "pkg/bookworm 1.0",
+                "field 1 (name) character 4 ('/')",
+            ),
+            (
+                Ecosystem::Dpkg,
+                "-pkg 1.0",
+                "field 1 (name) starts with '-'",
+            ),
+            (
+                Ecosystem::Dpkg,
+                "pkg:amd64- 1.0",
+                "field 1 (name) architecture starts or ends with '-'",
+            ),
+            (Ecosystem::Dpkg, "libc6:amd64 2.36-9 glibc", "ok"),
+            (
+                Ecosystem::Dpkg,
+                "libc6 2.36-9 glibc:amd64",
+                "field 3 (source name) character 6 (':')",
+            ),
+            (
+                Ecosystem::Dpkg,
+                "libc6 2.36;reboot",
+                "field 2 (version) character 5 (';')",
+            ),
+            (
+                Ecosystem::Dpkg,
+                "libc6 2.36 glibc 2.36-",
+                "field 4 (source version) does not parse",
+            ),
+            (Ecosystem::Rpm, "glibc:x86_64 2.34-100.el9 glibc", "ok"),
+            (
+                Ecosystem::Rpm,
+                "@core 1.0-1",
+                "field 1 (name) character 1 ('@')",
+            ),
+            (
+                Ecosystem::Rpm,
+                "glibc* 1.0-1",
+                "field 1 (name) character 6 ('*')",
+            ),
+            (
+                Ecosystem::Rpm,
+                "pkg@repo 1.0-1",
+                "field 1 (name) character 4 ('@')",
+            ),
+            (Ecosystem::Apk, "musl 1.2.4-r2", "ok"),
+            (
+                Ecosystem::Apk,
+                "musl 1.2.4-r2-",
+                "field 2 (version) does not parse",
+            ),
+            (
+                Ecosystem::Apk,
+                "musl- 1.2.4-r2",
+                "field 1 (name) ends in '-'",
+            ),
+        ];
+        for (family, line, want) in cases {
+            let got = parse_compact_list(*family, &[*line]);
+            match (*want, got) {
+                ("ok", Ok(p)) => assert_eq!(p.len(), 1),
+                ("ok", Err(e)) => panic!("{line:?}: {e}"),
+                (want, Ok(_)) => panic!("{line:?} accepted, wanted {want:?}"),
+                (want, Err(e)) => {
+                    let text = e.to_string();
+                    assert!(text.starts_with("packages[0]: "), "{text}");
+                    assert!(text.contains(want), "{line:?}: {text} lacks {want:?}");
+                    let name = line.split(' ').next().unwrap_or_default();
+                    assert!(!text.contains(name), "{line:?}: {text} echoes {name:?}");
+                }
+            }
+        }
     }
 
     const STATUS: &str = "\
@@ -1040,17 +1303,53 @@ Version: 0.5
 
     #[test]
     fn dpkg_status_source_forms_and_case() {
-        let text = "package: a\nstatus: install ok installed\nversion: 1.0-1+b1\nsource: a (1.0-1)\n\n\
-                    Package: b\nStatus: install ok installed\nVersion: 2\nSource: b\n\n\
-                    Package: c\nStatus: install ok installed\nVersion: 3\nSource:   csrc   (3)  \n";
+        let text = "package: aa\nstatus: install ok installed\nversion: 1.0-1+b1\nsource: aa (1.0-1)\n\n\
+                    Package: bb\nStatus: install ok installed\nVersion: 2\nSource: bb\n\n\
+                    Package: cc\nStatus: install ok installed\nVersion: 3\nSource:   csrc   (3)  \n";
         assert_eq!(
             parse_dpkg_status(text).expect("valid"),
             [
-                pkg("a", "1.0-1+b1", None, Some("1.0-1")),
-                pkg("b", "2", None, None),
-                pkg("c", "3", Some("csrc"), None),
+                pkg("aa", "1.0-1+b1", None, Some("1.0-1")),
+                pkg("bb", "2", None, None),
+                pkg("cc", "3", Some("csrc"), None),
             ]
         );
+    }
+
+    #[test]
+    fn format_readers_hold_names_and_versions_to_the_grammar() {
+        let cases: &[(InputFormat, &str, &str)] = &[
+            (
+                InputFormat::DpkgStatus,
+                "Package: ok\nStatus: install ok installed\nVersion: 1\n\n\
+                 Package: openssh-server-\nStatus: install ok installed\nVersion: 1:9.2p1-2\n",
+                "dpkg-status: line 5: package name ends in '-'",
+            ),
+            (
+                InputFormat::DpkgQuery,
+                "ii \tpkg=1.0\t1.0\tpkg\t1.0\tamd64\n",
+                "dpkg-query: line 1: package name character 4 ('=')",
+            ),
+            (
+                InputFormat::DpkgQuery,
+                "ii \tlibc6\t2.36\tglibc\t2.36\tamd64-\n",
+                "dpkg-query: line 1: package architecture starts or ends with '-'",
+            ),
+            (
+                InputFormat::RpmQa,
+                "glibc*\t0:2.34-1\tglibc-2.34-1.src.rpm\tx86_64\n",
+                "rpm-qa: line 1: package name character 6 ('*')",
+            ),
+            (
+                InputFormat::ApkInstalled,
+                "P:musl\nV:1.2.4-r2;id\n",
+                "apk-installed: line 1: version character 9 (';')",
+            ),
+        ];
+        for (format, text, want) in cases {
+            let err = parse(*format, text).expect_err(text);
+            assert!(err.to_string().starts_with(want), "{text:?}: {err}");
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!   package), and the diff of two indexes.
 //! - [`inventory`]: dpkg / rpm / apk inventories → one package model and the
 //!   compact line format the API stores.
+//! - [`package_grammar`]: package names, architectures and versions held
+//!   to each family's grammar before they can reach a Job.
 //! - [`os_release`]: a machine's `os-release` file → its platform (OSV
 //!   ecosystem).
 //! - [`selector`]: label selectors without a cluster.
@@ -34,6 +36,7 @@ pub mod inventory;
 pub mod lease;
 pub mod os_release;
 pub mod outcome;
+pub mod package_grammar;
 pub mod rollout;
 pub mod selector;
 pub mod version;

@@ -49,3 +49,4 @@ async fn attackers_hold_only_what_their_role_grants() {
 }
 mod blast_radius;
 mod reporters;
+mod packages;
