@@ -314,7 +314,7 @@ fn controller_rbac_is_sufficient_and_minimal(env: &support::TestEnv, user: &str,
         ("create", "jobs.batch", ns),
         ("delete", "jobs.batch", ns),
         ("get", "jobs.batch", ns),
-        ("create", "configmaps", ns),
+        // Feed ConfigMap sources.
         ("get", "configmaps", ns),
         ("list", "pods", ns),
         ("create", "events.events.k8s.io", ns),
@@ -406,9 +406,11 @@ fn controller_rbac_is_sufficient_and_minimal(env: &support::TestEnv, user: &str,
             ("create", "advisoryfeeds.patchloop.dev", None),
             ("patch", "advisoryfeeds.patchloop.dev", None),
             ("delete", "advisoryfeeds.patchloop.dev", None),
-            // Only what the Job contract needs.
+            // Only what the Job contract needs: its files are in the Job's
+            // own Pod template, so no ConfigMap is ever written.
             ("update", "jobs.batch", ns),
             ("patch", "jobs.batch", ns),
+            ("create", "configmaps", ns),
             ("list", "configmaps", ns),
             ("update", "configmaps", ns),
             ("patch", "configmaps", ns),
