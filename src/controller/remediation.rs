@@ -225,7 +225,7 @@ pub async fn round(
 
     if may_start {
         // The planner fixed the set; creating it concurrently keeps a large
-        // rollout's slots full (each create is three requests and a fresh
+        // rollout's slots full (each create is a request and a fresh
         // evaluation), and expectations count every create until cached.
         let by_name: BTreeMap<String, &Arc<Workload>> =
             driven.iter().map(|w| (w.name_any(), w)).collect();
