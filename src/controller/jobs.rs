@@ -671,6 +671,23 @@ mod tests {
         assert!(job.metadata.annotations.is_none());
     }
 
+    #[test]
+    fn a_job_of_an_earlier_version_has_no_contract_files() {
+        // Its list was in a ConfigMap (and a copy in a Job annotation),
+        // neither of which is read back: anyone who may write ConfigMaps
+        // could have replaced the one.
+        let legacy: Job = serde_json::from_value(json!({
+            "metadata": {"name": "web-01-abc-1",
+                         "annotations": {"patchloop.dev/packages": "libc6 2.36-9+deb12u3 glibc\n"}},
+            "spec": {"template": {"spec": {
+                "volumes": [{"name": CONTRACT_VOLUME, "configMap": {"name": "web-01-abc-1"}}],
+                "containers": [{"name": "patch", "image": "debian:12"}]}}}
+        }))
+        .expect("a Job");
+        assert_eq!(contract_file(&legacy, PACKAGES_FILE), None);
+        assert_eq!(contract_file(&Job::default(), PACKAGES_FILE), None);
+    }
+
     /// The kubelet's expansion of an env `value` (third_party/forked/golang/
     /// expansion in Kubernetes): `$$` is a literal `$`, `$(NAME)` a defined
     /// variable's value, anything else is kept as written.
