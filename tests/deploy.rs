@@ -314,7 +314,7 @@ fn controller_rbac_is_sufficient_and_minimal(env: &support::TestEnv, user: &str,
         ("create", "jobs.batch", ns),
         ("delete", "jobs.batch", ns),
         ("get", "jobs.batch", ns),
-        ("create", "configmaps", ns),
+        // Feed ConfigMap sources.
         ("get", "configmaps", ns),
         ("list", "pods", ns),
         ("create", "events.events.k8s.io", ns),
@@ -406,9 +406,11 @@ fn controller_rbac_is_sufficient_and_minimal(env: &support::TestEnv, user: &str,
             ("create", "advisoryfeeds.patchloop.dev", None),
             ("patch", "advisoryfeeds.patchloop.dev", None),
             ("delete", "advisoryfeeds.patchloop.dev", None),
-            // Only what the Job contract needs.
+            // Only what the Job contract needs: its files are in the Job's
+            // own Pod template, so no ConfigMap is ever written.
             ("update", "jobs.batch", ns),
             ("patch", "jobs.batch", ns),
+            ("create", "configmaps", ns),
             ("list", "configmaps", ns),
             ("update", "configmaps", ns),
             ("patch", "configmaps", ns),
@@ -699,8 +701,8 @@ async fn controller_achieves<T>(
 }
 
 /// The smoke scenario: with exactly the chart's RBAC the controller becomes
-/// ready, evaluates a Workload, creates a remediation Job and its ConfigMap,
-/// verifies the fix and cleans up — and is never forbidden anything.
+/// ready, evaluates a Workload, creates a remediation Job (its contract in
+/// its own Pod template), verifies the fix and cleans up — and is never forbidden anything.
 async fn the_controller_does_its_job_with_the_charts_identity(
     env: &support::TestEnv,
     deployment: &Value,
@@ -789,23 +791,20 @@ async fn the_controller_does_its_job_with_the_charts_identity(
     })
     .await;
     let job_name = job.metadata.name.clone().unwrap_or_default();
-    let cm = controller_achieves(
-        "the Job's ConfigMap with its owner",
-        WAIT,
-        &log,
-        async || {
-            config_maps
-                .get_opt(&job_name)
-                .await
-                .ok()
-                .flatten()
-                .filter(|c| c.metadata.owner_references.is_some())
-        },
-    )
-    .await;
-    assert_eq!(
-        cm.metadata.owner_references.expect("owner")[0].name,
-        job_name
+    // One write made the whole Job: its contract is in its Pod template,
+    // and no ConfigMap is created for it.
+    assert!(
+        patchloop::controller::jobs::contract_file(&job, "packages")
+            .is_some_and(|p| p.contains("libc6")),
+        "{job:?}"
+    );
+    assert!(
+        config_maps
+            .get_opt(&job_name)
+            .await
+            .expect("read ConfigMaps")
+            .is_none(),
+        "a ConfigMap named like the Job"
     );
     let status = workload_status(&workloads, "web-00")
         .await

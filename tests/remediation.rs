@@ -11,11 +11,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use patchloop::api::workload::RemediationPhase;
 use patchloop::api::{PatchPolicy, Workload, WorkloadStatus};
+use patchloop::controller::jobs::{
+    self, BuildError, CONTRACT_ANNOTATION_PREFIX, Created, JobRequest, MAX_ANNOTATION_BYTES,
+    Purpose, contract_file,
+};
 use serde_json::json;
 use support::executor::{self, InFlightWatch, label, unfinished};
 use support::objects::*;
@@ -173,29 +178,68 @@ async fn the_canary_runs_alone_then_at_most_max_concurrent_and_every_fix_is_veri
         vars["PATCHLOOP_PACKAGES_FILE"],
         "/var/run/patchloop/packages"
     );
-    // The package list: on the Job (what verification reads) and in the
-    // contract ConfigMap created just after it.
+    // The package list and the other contract files: annotations of the
+    // Job's own Pod template (what verification reads back), mounted
+    // through a downward-API volume; no ConfigMap is written.
     let packages = "libc-bin 2.36-9+deb12u3 glibc\nlibc6 2.36-9+deb12u3 glibc\n";
+    assert_eq!(contract_file(&canary, "packages"), Some(packages));
     assert_eq!(
-        canary
-            .annotations()
-            .get("patchloop.dev/packages")
-            .map(String::as_str),
-        Some(packages)
+        contract_file(&canary, "target.json"),
+        Some(r#"{"address":"10.0.0.1"}"#)
     );
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let cm = support::eventually("the contract ConfigMap", WAIT, async || {
-        config_maps.get_opt(&canary_name).await.ok().flatten()
+    assert_eq!(
+        contract_file(&canary, "advisories"),
+        Some("CVE-2023-4911\nDSA-5514-1\n")
+    );
+    assert!(contract_file(&canary, "packages.json").is_some_and(|j| j.contains("libc6")));
+    assert!(!canary.annotations().contains_key("patchloop.dev/packages"));
+    // The 1.20.2 apiserver and Job controller take it as built: the Job's
+    // Pod carries the annotations and mounts them at the contract path.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = support::eventually("the canary's Pod", WAIT, async || {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("job-name={canary_name}")))
+            .await
+            .ok()?;
+        list.items.into_iter().next()
     })
     .await;
     assert_eq!(
-        cm.data.as_ref().map(|d| d["packages"].as_str()),
+        pod.annotations()
+            .get("patchloop.dev/contract-packages")
+            .map(String::as_str),
         Some(packages)
     );
-    let cm_owner = &cm.metadata.owner_references.as_ref().expect("owner")[0];
+    let volume = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .and_then(|v| v.iter().find(|v| v.name == "patchloop-contract"))
+        .and_then(|v| v.downward_api.as_ref())
+        .expect("the contract's downward-API volume");
+    let paths: Vec<&str> = volume
+        .items
+        .iter()
+        .flatten()
+        .map(|i| i.path.as_str())
+        .collect();
     assert_eq!(
-        (cm_owner.kind.as_str(), cm_owner.name.as_str()),
-        ("Job", canary_name.as_str())
+        paths,
+        ["advisories", "packages", "packages.json", "target.json"]
+    );
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    assert_eq!(
+        config_maps
+            .list(&ListParams::default())
+            .await
+            .expect("list ConfigMaps")
+            .items
+            .iter()
+            .filter(|c| c.name_any() != "kube-root-ca.crt")
+            .map(|c| c.name_any())
+            .collect::<Vec<_>>(),
+        Vec::<String>::new(),
+        "the controller writes no ConfigMap"
     );
 
     // The canary runs alone; complete but unverified, it still holds the
@@ -251,16 +295,10 @@ async fn the_canary_runs_alone_then_at_most_max_concurrent_and_every_fix_is_veri
     })
     .await;
     assert_eq!((counts.remediating, counts.failed), (0, 0));
-    // keepFinishedJobs 0: recorded Jobs and their ConfigMaps are cleaned up;
-    // the records stay on the Workloads.
+    // keepFinishedJobs 0: recorded Jobs are cleaned up; the records stay
+    // on the Workloads.
     support::eventually("finished Jobs cleaned up", WAIT, async || {
-        let left = executor::jobs(&client, &ns).await.len()
-            + config_maps
-                .list(&ListParams::default().labels(executor::OURS))
-                .await
-                .map(|l| l.items.len())
-                .unwrap_or(1);
-        (left == 0).then_some(())
+        executor::jobs(&client, &ns).await.is_empty().then_some(())
     })
     .await;
     // The fleet report says the same.
@@ -721,19 +759,98 @@ async fn report_mode_never_creates_a_job_and_deleting_a_workload_deletes_its_job
         .expect("delete");
     let job_name = job.metadata.name.clone().unwrap_or_default();
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     support::eventually(
-        "the Job and its ConfigMap garbage-collected",
+        "the Job garbage-collected",
         Duration::from_secs(120),
-        async || {
-            let job_gone = jobs.get_opt(&job_name).await.ok()?.is_none();
-            let cm_gone = config_maps.get_opt(&job_name).await.ok()?.is_none();
-            (job_gone && cm_gone).then_some(())
-        },
+        async || jobs.get_opt(&job_name).await.ok()?.is_none().then_some(()),
     )
     .await;
     assert!(
         executor::jobs(&client, &ns).await.is_empty(),
         "mode Report created a Job"
     );
+}
+
+/// The contract's size budget is the apiserver's own: a Job whose Pod
+/// template annotations hold exactly 256 KiB of contract is created (and
+/// its Pod with it), one byte more is what the builder refuses and what the
+/// apiserver would refuse too.
+#[tokio::test]
+async fn the_contract_budget_is_the_apiservers_annotation_limit() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("contract-size").await;
+    apply(&client, &ns, workload("owner", json!({}))).await;
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+    let owner = workloads.get("owner").await.expect("the owner Workload");
+    let template = json!({"spec": {"template": {"spec": {
+        "containers": [{"name": "patch", "image": "debian:12"}]}}}});
+    let key = format!("{CONTRACT_ANNOTATION_PREFIX}{}", "packages").len();
+    let request = |name: &str, bytes: usize| JobRequest {
+        template: &template,
+        template_field: "spec.remediation.jobTemplate",
+        name: name.to_owned(),
+        namespace: &ns,
+        labels: BTreeMap::new(),
+        purpose: Purpose::Remediation,
+        owner: OwnerReference {
+            api_version: "patchloop.dev/v1alpha1".into(),
+            kind: "Workload".into(),
+            name: "owner".into(),
+            uid: owner.uid().expect("uid"),
+            controller: Some(true),
+            block_owner_deletion: None,
+        },
+        deadline_seconds: 60,
+        env: Vec::new(),
+        files: BTreeMap::from([("packages".to_owned(), "p".repeat(bytes))]),
+    };
+
+    let at_limit = jobs::build(&request("at-limit", MAX_ANNOTATION_BYTES - key))
+        .expect("a contract of exactly the limit");
+    assert_eq!(
+        jobs::create(&client, &at_limit).await.expect("created"),
+        Created::New
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = support::eventually("the Pod of the largest Job", WAIT, async || {
+        let list = pods
+            .list(&ListParams::default().labels("job-name=at-limit"))
+            .await
+            .ok()?;
+        list.items.into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        pod.annotations()
+            .get("patchloop.dev/contract-packages")
+            .map(String::len),
+        Some(MAX_ANNOTATION_BYTES - key),
+        "the Pod carries the whole list, uncut"
+    );
+
+    match jobs::build(&request("over", MAX_ANNOTATION_BYTES - key + 1)) {
+        Err(BuildError::ContractTooLarge { bytes, limit, .. }) => {
+            assert_eq!((bytes, limit), (MAX_ANNOTATION_BYTES + 1, 262_144));
+        }
+        other => panic!("a contract over the limit must build no Job: {other:?}"),
+    }
+    // The apiserver agrees: the same Job with one byte more is refused.
+    let mut over = at_limit.clone();
+    over.metadata.name = Some("over".into());
+    if let Some(a) = over
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.metadata.as_mut())
+        .and_then(|m| m.annotations.as_mut())
+        .and_then(|a| a.get_mut("patchloop.dev/contract-packages"))
+    {
+        a.push('p');
+    }
+    match jobs::create(&client, &over).await {
+        Err(kube::Error::Api(s)) if s.code == 422 => {
+            assert!(s.message.contains("262144"), "{}", s.message);
+        }
+        other => panic!("the apiserver took annotations over its limit: {other:?}"),
+    }
 }

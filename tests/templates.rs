@@ -12,11 +12,12 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use patchloop::api::change_request::ChangeRequestPhase;
 use patchloop::api::{ChangeRequest, PatchPolicy, Template, Workload};
+use patchloop::controller::jobs::contract_file;
 use serde_json::{Value, json};
 use support::objects::*;
 use support::patchloop::Patchloop;
@@ -488,15 +489,9 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         job_env(&build, "PATCHLOOP_CHANGE_REQUEST").as_deref(),
         Some(name.as_str())
     );
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    // Created just after its Job.
-    let files = support::eventually("the contract ConfigMap", WAIT, async || {
-        config_maps.get_opt(&build_name).await.ok().flatten()
-    })
-    .await;
-    let data = files.data.unwrap_or_default();
+    // The contract files are in the Job's own Pod template.
     assert_eq!(
-        data.get("packages").map(String::as_str),
+        contract_file(&build, "packages"),
         Some("openssh-client 1:9.2p1-2+deb12u2 openssh\n")
     );
 

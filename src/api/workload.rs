@@ -67,9 +67,11 @@ pub struct WorkloadSpec {
     /// The Template (and revision) this machine was provisioned from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_ref: Option<TemplateRef>,
-    /// How remediation Jobs reach the machine. Opaque to the controller and
-    /// handed to Jobs as JSON (`PATCHLOOP_TARGET`); scripts must authenticate
-    /// the address against host keys pinned in the policy's Secret.
+    /// How remediation Jobs reach the machine: `address` (a DNS name or an
+    /// IP address), `user` (a POSIX user name), `port` (1-65535), `node` (a
+    /// Kubernetes node name). Handed to Jobs as JSON (`PATCHLOOP_TARGET`)
+    /// once every field is checked; scripts must authenticate the address
+    /// against host keys pinned in the policy's Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "target_schema")]
     pub target: Option<serde_json::Value>,
@@ -78,18 +80,161 @@ pub struct WorkloadSpec {
     pub paused: bool,
 }
 
+/// The schema's share of the target's grammar (the apiserver checks it on
+/// write); [`check_target`] is the whole of it, for objects stored before.
+/// Unknown fields are kept, not pruned, so the controller can name them.
 fn target_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
-        "description": "How remediation Jobs reach the machine; opaque to the controller, handed to Jobs as JSON.",
+        "description": "How remediation Jobs reach the machine, handed to Jobs as JSON once every field is checked.",
         "properties": {
             "address": {
                 "type": "string",
-                "description": "Host name or IP address of the machine."
+                "maxLength": 253,
+                "pattern": ADDRESS_PATTERN,
+                "description": "Host name (RFC 1123 DNS name) or IPv4/IPv6 address of the machine."
+            },
+            "user": {
+                "type": "string",
+                "pattern": USER_PATTERN,
+                "description": "The user to connect as (POSIX portable user name: a lower-case letter or _, then up to 31 of a-z 0-9 _ . -)."
+            },
+            "port": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 65535,
+                "description": "The SSH port."
+            },
+            "node": {
+                "type": "string",
+                "maxLength": 253,
+                "pattern": NODE_PATTERN,
+                "description": "The Kubernetes node the machine is (set by the node agent)."
             }
         },
         "x-kubernetes-preserve-unknown-fields": true
     })
+}
+
+/// Letters, digits and hyphens in dot-separated labels, or the characters of
+/// an IPv6 literal; the exact rules are in [`check_target`].
+const ADDRESS_PATTERN: &str = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|[0-9A-Fa-f:.]+)$";
+/// A POSIX portable user name as the reference scripts accept it.
+const USER_PATTERN: &str = r"^[a-z_][a-z0-9_.-]{0,31}$";
+/// A Kubernetes node name: a lower-case RFC 1123 DNS subdomain.
+const NODE_PATTERN: &str =
+    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$";
+/// The fields a target may have.
+const TARGET_FIELDS: [&str; 4] = ["address", "user", "port", "node"];
+
+/// A `spec.target` field outside its grammar. The message says what the
+/// field must be and never repeats the rejected value (it is the author's
+/// data, and it may be built to read as something else in a status).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct TargetError {
+    /// The field, e.g. `spec.target.address`.
+    pub field: &'static str,
+    /// What it must be.
+    pub rule: &'static str,
+}
+
+impl WorkloadSpec {
+    /// `spec.target` as the JSON handed to Jobs (`{}` without one), once
+    /// [`check_target`] accepts it.
+    pub fn contract_target(&self) -> Result<String, TargetError> {
+        match &self.target {
+            None => Ok("{}".to_owned()),
+            Some(t) => check_target(t).map(|()| t.to_string()),
+        }
+    }
+}
+
+/// Checks a `spec.target` against the grammar of each field.
+pub fn check_target(target: &serde_json::Value) -> Result<(), TargetError> {
+    let fail = |field, rule| Err(TargetError { field, rule });
+    let Some(fields) = target.as_object() else {
+        return fail("spec.target", "must be an object");
+    };
+    if fields.keys().any(|k| !TARGET_FIELDS.contains(&k.as_str())) {
+        return fail(
+            "spec.target",
+            "has a field other than address, user, port and node; remove it",
+        );
+    }
+    if let Some(address) = fields.get("address")
+        && !address.as_str().is_some_and(is_host)
+    {
+        return fail(
+            "spec.target.address",
+            "must be a DNS name (RFC 1123: dot-separated labels of 1-63 letters, digits or \
+             hyphens, not starting or ending with a hyphen, at most 253 characters, no trailing \
+             dot, the last label not all digits) or an IPv4 or IPv6 address",
+        );
+    }
+    if let Some(user) = fields.get("user")
+        && !user.as_str().is_some_and(is_user)
+    {
+        return fail(
+            "spec.target.user",
+            "must be a POSIX user name: a lower-case letter or _, then up to 31 lower-case \
+             letters, digits, _, . or -",
+        );
+    }
+    if let Some(port) = fields.get("port")
+        && !port.as_u64().is_some_and(|p| (1..=65535).contains(&p))
+    {
+        return fail("spec.target.port", "must be a whole number from 1 to 65535");
+    }
+    if let Some(node) = fields.get("node")
+        && !node
+            .as_str()
+            .is_some_and(|n| dns_labels(n) && !n.bytes().any(|b| b.is_ascii_uppercase()))
+    {
+        return fail(
+            "spec.target.node",
+            "must be a Kubernetes node name (a lower-case RFC 1123 DNS subdomain)",
+        );
+    }
+    Ok(())
+}
+
+/// An IPv4 or IPv6 address (as `std::net` reads them: no zone, no
+/// brackets, no shorthand like `10.1`), or a DNS name.
+fn is_host(s: &str) -> bool {
+    s.parse::<std::net::IpAddr>().is_ok() || is_dns_name(s)
+}
+
+/// An RFC 1123 DNS name in ASCII (IDNs in their `xn--` form), without a
+/// trailing dot, whose last label is not all digits (RFC 3696: so that no
+/// resolver reads it as an address, `10.1.1.300` or `0x0a.1`'s cousins).
+fn is_dns_name(s: &str) -> bool {
+    dns_labels(s)
+        && s.rsplit('.')
+            .next()
+            .is_some_and(|last| !last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Dot-separated RFC 1123 labels, 253 characters at most.
+fn dns_labels(s: &str) -> bool {
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    s.len() <= 253 && s.split('.').all(label_ok)
+}
+
+fn is_user(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    s.len() <= 32
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && bytes.all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
 }
 
 /// A reference to a Template revision in the same namespace.
@@ -279,5 +424,156 @@ impl InventoryVersion {
     /// recreated object, or a higher generation of the same one.
     pub fn is_newer_than(&self, baseline: &InventoryVersion) -> bool {
         self.uid.is_some() && (self.uid != baseline.uid || self.generation > baseline.generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn field_of(target: serde_json::Value) -> Option<&'static str> {
+        check_target(&target).err().map(|e| e.field)
+    }
+
+    #[test]
+    fn addresses_are_dns_names_or_ip_addresses() {
+        let long_label = "a".repeat(63);
+        let name_253 = [long_label.as_str(); 4].join(".")[..253]
+            .trim_end_matches('.')
+            .to_owned();
+        for ok in [
+            "10.0.3.17",
+            "::1",
+            "2001:db8::17",
+            "::ffff:192.0.2.1",
+            "web-01",
+            "web-01.fleet.example.com",
+            "WEB.Example.COM",
+            "xn--bcher-kva.example",
+            "3com.example",
+            long_label.as_str(),
+            name_253.as_str(),
+        ] {
+            assert_eq!(field_of(json!({"address": ok})), None, "{ok}");
+        }
+        let too_long_label = "a".repeat(64);
+        let name_254 = format!("{}.{}", "a".repeat(63), [long_label.as_str(); 3].join("."));
+        assert_eq!(name_254.len(), 255);
+        for bad in [
+            "$(SSH_PASSPHRASE)",
+            "$$(X)",
+            "$(X",
+            "$(A$(B))",
+            "",
+            "web_01.example",
+            "bücher.example",
+            "example.com.",
+            ".example.com",
+            "a..b",
+            "-web.example",
+            "web-.example",
+            too_long_label.as_str(),
+            name_254.as_str(),
+            "10.0.0.256",
+            "10.1",
+            "1.2.3.4.5",
+            "[::1]",
+            "fe80::1%eth0",
+            "2001:db8::17::1",
+            "-oProxyCommand=sh",
+            "host name",
+            "host\nname",
+        ] {
+            assert_eq!(
+                field_of(json!({"address": bad})),
+                Some("spec.target.address"),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            field_of(json!({"address": 17})),
+            Some("spec.target.address")
+        );
+    }
+
+    #[test]
+    fn users_ports_and_nodes_follow_their_grammar() {
+        assert_eq!(
+            field_of(json!({"address": "h", "user": "patch", "port": 2222, "node": "10.0.0.5"})),
+            None
+        );
+        assert_eq!(field_of(json!({"user": "_svc.patch-1"})), None);
+        for bad in ["Root", "-root", "9patch", "pa$(X)", "", &"a".repeat(33)] {
+            assert_eq!(
+                field_of(json!({"user": bad})),
+                Some("spec.target.user"),
+                "{bad}"
+            );
+        }
+        for bad in [json!(0), json!(65536), json!(-22), json!("22"), json!(22.5)] {
+            assert_eq!(
+                field_of(json!({"port": bad})),
+                Some("spec.target.port"),
+                "{bad}"
+            );
+        }
+        for bad in ["Node-1", "node_1", "node.", "$(X)"] {
+            assert_eq!(
+                field_of(json!({"node": bad})),
+                Some("spec.target.node"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_target_is_an_object_of_known_fields_and_errors_never_echo_it() {
+        assert_eq!(field_of(json!("10.0.0.1")), Some("spec.target"));
+        let e = check_target(&json!({"address": "h", "$(SSH_PASSPHRASE)": "x"}))
+            .expect_err("unknown field");
+        assert_eq!(e.field, "spec.target");
+        assert!(!e.to_string().contains("SSH_PASSPHRASE"), "{e}");
+        let e = check_target(&json!({"address": "$(SSH_PASSPHRASE)"})).expect_err("bad address");
+        assert!(!e.to_string().contains('$'), "{e}");
+        let spec = |target| WorkloadSpec {
+            platform: "Debian:12".into(),
+            template_ref: None,
+            target,
+            paused: false,
+        };
+        assert_eq!(spec(None).contract_target().as_deref(), Ok("{}"));
+        assert_eq!(
+            spec(Some(json!({"address": "10.0.3.17"})))
+                .contract_target()
+                .as_deref(),
+            Ok(r#"{"address":"10.0.3.17"}"#)
+        );
+        assert!(
+            spec(Some(json!({"address": "a b"})))
+                .contract_target()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_schema_patterns_accept_what_the_checks_accept() {
+        let address = regex::Regex::new(ADDRESS_PATTERN).expect("address pattern");
+        for ok in ["10.0.3.17", "2001:db8::17", "web-01.example.com"] {
+            assert!(address.is_match(ok), "{ok}");
+        }
+        for bad in ["$(X)", "a b", "web_01", "-o", "example.com."] {
+            assert!(!address.is_match(bad), "{bad}");
+        }
+        assert!(
+            regex::Regex::new(USER_PATTERN)
+                .expect("user")
+                .is_match("patch")
+        );
+        assert!(
+            regex::Regex::new(NODE_PATTERN)
+                .expect("node")
+                .is_match("node-a.example.com")
+        );
     }
 }

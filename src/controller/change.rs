@@ -312,11 +312,11 @@ async fn create_job(
         env: c.env,
         files: c.files,
     };
-    let (job, config_map) = match jobs::build(&request) {
-        Ok(built) => built,
+    let job = match jobs::build(&request) {
+        Ok(job) => job,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    match jobs::create(&scope.shared.client, &job, &config_map).await {
+    match jobs::create(&scope.shared.client, &job).await {
         Ok(jobs::Created::New) => {
             scope.shared.metrics.job_created(purpose);
             tracing::info!(change_request = %name, job = %job.metadata.name.clone().unwrap_or_default(), "{} Job created", purpose.as_str());

@@ -2,26 +2,28 @@
 //! under deterministic names, read back (finished? why did it fail?) and
 //! cleaned up.
 //!
-//! The contract (README, "Job contract"): every container gets `PATCHLOOP_*`
-//! environment variables naming the object, and a ConfigMap named like the
-//! Job is mounted read-only at [`CONTRACT_DIR`] with the package list
-//! (`packages`: one `name minimum-fixed-version [source]` line each) and
-//! whatever else the caller adds. The Job is created first, then its
-//! ConfigMap, owned by the Job: two requests, and deleting the Job, or its
-//! owner, removes both. (The Pod cannot start before the ConfigMap exists;
-//! the kubelet waits for the volume.) The Job also carries the package list
-//! in an annotation, so the controller can verify a fix from its Job cache
-//! without reading the ConfigMap back.
+//! The contract (README, "The job contract"): every container gets
+//! `PATCHLOOP_*` environment variables naming the object, and the contract
+//! files (`packages`: one `name minimum-fixed-version [source]` line each,
+//! and whatever else the caller adds) are mounted read-only at
+//! [`CONTRACT_DIR`] through a downward-API volume reading the Pod template's
+//! `patchloop.dev/contract-<file>` annotations. The files live in the Job's
+//! own Pod template, which is immutable once the Job exists: creating a Job
+//! is one write (no window in which a Job waits for a second object), and no
+//! one who may only write ConfigMaps (or Workloads) in the namespace can
+//! change what a Job reads. The controller verifies a fix from the same
+//! annotation in its Job cache.
 
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::{Job, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, EnvVar, Pod, Volume, VolumeMount,
+    Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar, ObjectFieldSelector, Pod,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use sha2::{Digest, Sha256};
 
@@ -43,18 +45,20 @@ pub const FIX_SET_LABEL: &str = "patchloop.dev/fix-set";
 /// The label the 1.20 Job controller puts on a Job's Pods.
 pub const POD_JOB_NAME_LABEL: &str = "job-name";
 
-/// Where the contract ConfigMap is mounted in every container.
+/// Where the contract files are mounted in every container.
 pub const CONTRACT_DIR: &str = "/var/run/patchloop";
-/// The package list in the contract ConfigMap: one `name
+/// The package list among the contract files: one `name
 /// minimum-fixed-version [source]` line per package.
 pub const PACKAGES_FILE: &str = "packages";
-/// The volume that mounts it.
+/// The Pod template annotation holding contract file `<file>` is this
+/// prefix followed by the file's name.
+pub const CONTRACT_ANNOTATION_PREFIX: &str = "patchloop.dev/contract-";
+/// The volume that mounts the contract files.
 const CONTRACT_VOLUME: &str = "patchloop-contract";
-/// The Job's copy of [`PACKAGES_FILE`], read back when verifying a fix.
-pub const PACKAGES_ANNOTATION: &str = "patchloop.dev/packages";
-/// A longer package list stays in the ConfigMap only (annotations share a
-/// 256 KiB budget per object).
-const MAX_PACKAGES_ANNOTATION: usize = 32 * 1024;
+/// The apiserver's limit on one object's annotations, keys and values
+/// together (`TotalAnnotationSizeLimitB`), which the Pod template's
+/// annotations, contract files included, must fit.
+pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
 /// The longest Job name: a Job's Pods carry it as a label value.
 pub const MAX_JOB_NAME: usize = 63;
 /// Termination messages longer than this are cut in status.
@@ -95,6 +99,30 @@ pub struct TemplateError {
     pub message: String,
 }
 
+/// Why no Job could be built from a request.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The user's template is unusable.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// The contract files (with the template's own Pod annotations) exceed
+    /// what one object's annotations may hold; a cut package list would
+    /// install less than planned, so no Job is built.
+    #[error(
+        "the Job contract does not fit: the Pod template's annotations would hold {bytes} bytes \
+         (contract files {files} bytes), over the apiserver's limit of {limit} bytes; split the \
+         fix set (fewer advisories per policy) or shorten the template's own Pod annotations"
+    )]
+    ContractTooLarge {
+        /// All Pod template annotations, keys and values.
+        bytes: usize,
+        /// The contract files' share.
+        files: usize,
+        /// [`MAX_ANNOTATION_BYTES`].
+        limit: usize,
+    },
+}
+
 /// Everything a contract Job is built from.
 #[derive(Debug, Clone)]
 pub struct JobRequest<'a> {
@@ -102,12 +130,12 @@ pub struct JobRequest<'a> {
     pub template: &'a serde_json::Value,
     /// The field the template came from, for errors.
     pub template_field: &'a str,
-    /// The Job's (and its ConfigMap's) name, from [`job_name`].
+    /// The Job's name, from [`job_name`].
     pub name: String,
     /// The namespace.
     pub namespace: &'a str,
-    /// Labels for the Job, its Pods and its ConfigMap (the managed-by label
-    /// and the purpose are added).
+    /// Labels for the Job and its Pods (the managed-by label and the
+    /// purpose are added).
     pub labels: BTreeMap<String, String>,
     /// What the Job is for.
     pub purpose: Purpose,
@@ -116,9 +144,9 @@ pub struct JobRequest<'a> {
     /// `activeDeadlineSeconds`.
     pub deadline_seconds: i64,
     /// Contract environment variables (they replace same-named ones of the
-    /// template).
+    /// template); `$` is escaped, so the kubelet expands none of them.
     pub env: Vec<(String, String)>,
-    /// Files of the contract ConfigMap.
+    /// Contract files, by name (mounted under [`CONTRACT_DIR`]).
     pub files: BTreeMap<String, String>,
 }
 
@@ -156,8 +184,36 @@ fn short_hash(s: &str, len: usize) -> String {
         .to_owned()
 }
 
-/// The Job and its contract ConfigMap; pure.
-pub fn build(req: &JobRequest<'_>) -> Result<(Job, ConfigMap), TemplateError> {
+/// The Pod template annotation that carries contract file `file`.
+fn contract_annotation(file: &str) -> String {
+    format!("{CONTRACT_ANNOTATION_PREFIX}{file}")
+}
+
+/// Contract file `file` of a Job as its Pods read it (from the Job's Pod
+/// template, which nobody can change once the Job exists). `None` for a
+/// Job of an earlier Patchloop, whose files were in a ConfigMap.
+pub fn contract_file<'a>(job: &'a Job, file: &str) -> Option<&'a str> {
+    job.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(&contract_annotation(file))
+        .map(String::as_str)
+}
+
+/// A value the kubelet passes through unexpanded: it replaces `$(NAME)` in
+/// an env `value` with earlier variables (the template's own, Secret-backed
+/// ones included) and turns `$$` into `$`, so doubling every `$` makes any
+/// value, `$(SSH_PASSPHRASE)` or `$$(X)` alike, arrive literally.
+pub fn unexpandable(value: &str) -> String {
+    value.replace('$', "$$")
+}
+
+/// The Job, contract included; pure.
+pub fn build(req: &JobRequest<'_>) -> Result<Job, BuildError> {
     let err = |field: &str, message: String| TemplateError {
         field: format!("{}{field}", req.template_field),
         message,
@@ -180,21 +236,54 @@ pub fn build(req: &JobRequest<'_>) -> Result<(Job, ConfigMap), TemplateError> {
         .labels
         .get_or_insert_with(Default::default)
         .extend(labels.clone());
+    let annotations = pod_meta.annotations.get_or_insert_with(Default::default);
+    // Only the controller writes contract files, even when the template
+    // names one itself.
+    annotations.retain(|k, _| !k.starts_with(CONTRACT_ANNOTATION_PREFIX));
+    let mut files_bytes = 0;
+    for (file, text) in &req.files {
+        let key = contract_annotation(file);
+        files_bytes += key.len() + text.len();
+        annotations.insert(key, text.clone());
+    }
+    let bytes: usize = annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_ANNOTATION_BYTES {
+        return Err(BuildError::ContractTooLarge {
+            bytes,
+            files: files_bytes,
+            limit: MAX_ANNOTATION_BYTES,
+        });
+    }
     let pod = spec
         .template
         .spec
         .as_mut()
         .ok_or_else(|| err(".spec.template.spec", "missing".into()))?;
     if pod.containers.is_empty() {
-        return Err(err(".spec.template.spec.containers", "empty".into()));
+        return Err(err(".spec.template.spec.containers", "empty".into()).into());
     }
     pod.restart_policy = Some("Never".into());
     let volumes = pod.volumes.get_or_insert_with(Vec::new);
     volumes.retain(|v| v.name != CONTRACT_VOLUME);
     volumes.push(Volume {
         name: CONTRACT_VOLUME.into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: req.name.clone(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(
+                req.files
+                    .keys()
+                    .map(|file| DownwardAPIVolumeFile {
+                        path: file.clone(),
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: format!(
+                                "metadata.annotations['{}']",
+                                contract_annotation(file)
+                            ),
+                            api_version: None,
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
             ..Default::default()
         }),
         ..Default::default()
@@ -213,32 +302,13 @@ pub fn build(req: &JobRequest<'_>) -> Result<(Job, ConfigMap), TemplateError> {
     meta.namespace = Some(req.namespace.to_owned());
     meta.labels
         .get_or_insert_with(Default::default)
-        .extend(labels.clone());
+        .extend(labels);
     meta.owner_references = Some(vec![req.owner.clone()]);
-    if let Some(lines) = req.files.get(PACKAGES_FILE)
-        && lines.len() <= MAX_PACKAGES_ANNOTATION
-    {
-        meta.annotations
-            .get_or_insert_with(Default::default)
-            .insert(PACKAGES_ANNOTATION.into(), lines.clone());
-    }
-    let job = Job {
+    Ok(Job {
         metadata: meta,
         spec: Some(spec),
         status: None,
-    };
-    // Owned by the Job once it exists (see [`create`]).
-    let config_map = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(req.name.clone()),
-            namespace: Some(req.namespace.to_owned()),
-            labels: Some(labels),
-            ..Default::default()
-        },
-        data: Some(req.files.clone()),
-        ..Default::default()
-    };
-    Ok((job, config_map))
+    })
 }
 
 fn add_contract(c: &mut Container, env: &[(String, String)]) {
@@ -246,7 +316,7 @@ fn add_contract(c: &mut Container, env: &[(String, String)]) {
     vars.retain(|v| !env.iter().any(|(n, _)| *n == v.name));
     vars.extend(env.iter().map(|(name, value)| EnvVar {
         name: name.clone(),
-        value: Some(value.clone()),
+        value: Some(unexpandable(value)),
         value_from: None,
     }));
     let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
@@ -269,47 +339,19 @@ pub enum Created {
     Existed,
 }
 
-/// Creates the Job, then its ConfigMap owned by it; both steps tolerate
-/// "already exists", so a repeat after a crash finishes the work instead of
-/// duplicating it.
-pub async fn create(
-    client: &Client,
-    job: &Job,
-    config_map: &ConfigMap,
-) -> Result<Created, kube::Error> {
-    let ns = job.namespace().unwrap_or_default();
-    let name = job.name_any();
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    let (created, uid) = match jobs.create(&PostParams::default(), job).await {
-        Ok(j) => (Created::New, j.uid()),
-        Err(e) if is_conflict(&e) => (Created::Existed, jobs.get(&name).await?.uid()),
-        Err(e) => return Err(e),
-    };
-    let Some(uid) = uid else {
-        return Ok(created);
-    };
-    let mut config_map = config_map.clone();
-    config_map.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: "batch/v1".into(),
-        kind: "Job".into(),
-        name,
-        uid,
-        controller: Some(true),
-        block_owner_deletion: None,
-    }]);
-    match config_maps
-        .create(&PostParams::default(), &config_map)
-        .await
-    {
-        Ok(_) => Ok(created),
-        Err(e) if is_conflict(&e) => Ok(created),
+/// Creates the Job, contract and all, in one request; "already exists" is
+/// a repeat (after a restart) of a create that succeeded.
+pub async fn create(client: &Client, job: &Job) -> Result<Created, kube::Error> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
+    match jobs.create(&PostParams::default(), job).await {
+        Ok(_) => Ok(Created::New),
+        Err(e) if is_conflict(&e) => Ok(Created::Existed),
         Err(e) => Err(e),
     }
 }
 
-/// Deletes a finished Job; garbage collection removes its Pods and its
-/// ConfigMap (both owned by it). Already gone is fine.
+/// Deletes a finished Job; garbage collection removes its Pods (owned by
+/// it). Already gone is fine.
 pub async fn delete(client: &Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
     match jobs.delete(name, &DeleteParams::background()).await {
@@ -396,6 +438,9 @@ pub async fn termination_message(
 }
 
 /// The first terminated container's message (else reason and exit code).
+/// The message is the Job's own text, which may quote its input: it is
+/// reported as one line without control or bidirectional-formatting
+/// characters, cut at [`MAX_MESSAGE`] bytes.
 pub fn pod_termination_message(pod: &Pod) -> Option<String> {
     let status = pod.status.as_ref()?;
     let statuses = status
@@ -412,8 +457,8 @@ pub fn pod_termination_message(pod: &Pod) -> Option<String> {
         if t.exit_code == 0 {
             return None;
         }
-        let text = match (&t.message, &t.reason) {
-            (Some(m), _) if !m.trim().is_empty() => m.trim().to_owned(),
+        let text = match (t.message.as_deref().map(one_line), &t.reason) {
+            (Some(m), _) if !m.is_empty() => m,
             (_, Some(r)) => format!("{r} (exit code {})", t.exit_code),
             _ => format!("exit code {}", t.exit_code),
         };
@@ -423,6 +468,21 @@ pub fn pod_termination_message(pod: &Pod) -> Option<String> {
             cut(&text, MAX_MESSAGE)
         ))
     })
+}
+
+/// `text` as one line of printable characters: control characters
+/// (newlines, escapes) and invisible bidirectional overrides, which could
+/// make a status line read differently from what it holds, become spaces,
+/// and runs of spaces one.
+fn one_line(text: &str) -> String {
+    let printable: String = text
+        .chars()
+        .map(|c| {
+            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || bidi { ' ' } else { c }
+        })
+        .collect();
+    printable.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn cut(s: &str, max: usize) -> String {
@@ -489,7 +549,7 @@ mod tests {
                 }}
             }
         });
-        let (job, cm) = build(&request(&template)).expect("a job");
+        let job = build(&request(&template)).expect("a job");
         assert_eq!(job.metadata.name.as_deref(), Some("web-01-abc-1"));
         let labels = job.metadata.labels.as_ref().expect("labels");
         assert_eq!(labels["team"], "ops");
@@ -497,6 +557,10 @@ mod tests {
         assert_eq!(labels[PURPOSE_LABEL], "remediation");
         assert_eq!(labels[WORKLOAD_LABEL], "web-01");
         assert_eq!(job.metadata.owner_references, Some(vec![owner()]));
+        assert_eq!(
+            job.metadata.annotations,
+            Some(BTreeMap::from([("a".into(), "b".into())]))
+        );
         let spec = job.spec.as_ref().expect("spec");
         assert_eq!(spec.backoff_limit, Some(0));
         assert_eq!(spec.active_deadline_seconds, Some(600));
@@ -509,11 +573,6 @@ mod tests {
                 .and_then(|m| m.labels.as_ref())
                 .map(|l| l[WORKLOAD_LABEL].as_str()),
             Some("web-01")
-        );
-        let volume = &pod.volumes.as_ref().expect("volumes")[0];
-        assert_eq!(
-            volume.config_map.as_ref().map(|c| c.name.as_str()),
-            Some("web-01-abc-1")
         );
         for c in pod
             .containers
@@ -530,8 +589,12 @@ mod tests {
             assert!(!env.contains(&("PATCHLOOP_WORKLOAD", "forged")));
             let mount = &c.volume_mounts.as_ref().expect("mounts")[0];
             assert_eq!(
-                (mount.mount_path.as_str(), mount.read_only),
-                (CONTRACT_DIR, Some(true))
+                (
+                    mount.name.as_str(),
+                    mount.mount_path.as_str(),
+                    mount.read_only
+                ),
+                (CONTRACT_VOLUME, CONTRACT_DIR, Some(true))
             );
         }
         assert!(
@@ -541,51 +604,223 @@ mod tests {
                 .flatten()
                 .any(|e| e.name == "KEEP")
         );
-        assert_eq!(cm.metadata.name.as_deref(), Some("web-01-abc-1"));
-        assert_eq!(
-            cm.data.as_ref().map(|d| d["packages"].as_str()),
-            Some("libc6 2.36-9+deb12u3 glibc\n")
-        );
-        // The Job owns its ConfigMap once created (its uid is not known yet).
-        assert_eq!(cm.metadata.owner_references, None);
-        let annotations = job.metadata.annotations.as_ref().expect("annotations");
-        assert_eq!(annotations["a"], "b");
-        assert_eq!(
-            annotations[PACKAGES_ANNOTATION],
-            "libc6 2.36-9+deb12u3 glibc\n"
-        );
     }
 
     #[test]
-    fn a_long_package_list_stays_in_the_config_map_only() {
+    fn the_contract_files_are_pod_template_annotations_mounted_through_the_downward_api() {
+        let template = json!({"spec": {"template": {
+            "metadata": {"annotations": {"patchloop.dev/contract-packages": "forged 1", "keep": "1"}},
+            "spec": {
+                "volumes": [{"name": CONTRACT_VOLUME, "configMap": {"name": "forged"}}],
+                "containers": [{"name": "patch", "image": "debian:12",
+                                "volumeMounts": [{"name": "other", "mountPath": CONTRACT_DIR}]}]}}}});
+        let mut req = request(&template);
+        req.files.insert("nonce".into(), "n-1".into());
+        let job = build(&req).expect("a job");
+        assert_eq!(
+            contract_file(&job, PACKAGES_FILE),
+            Some("libc6 2.36-9+deb12u3 glibc\n")
+        );
+        assert_eq!(contract_file(&job, "nonce"), Some("n-1"));
+        assert_eq!(contract_file(&job, "absent"), None);
+        let spec = job.spec.as_ref().expect("spec");
+        let annotations = spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .expect("pod annotations");
+        assert_eq!(annotations["keep"], "1");
+        let pod = spec.template.spec.as_ref().expect("pod");
+        let volumes = pod.volumes.as_ref().expect("volumes");
+        assert_eq!(volumes.len(), 1, "{volumes:?}");
+        assert!(volumes[0].config_map.is_none());
+        let items: Vec<(&str, &str)> = volumes[0]
+            .downward_api
+            .as_ref()
+            .and_then(|d| d.items.as_ref())
+            .expect("downward API items")
+            .iter()
+            .map(|i| {
+                (
+                    i.path.as_str(),
+                    i.field_ref.as_ref().map_or("", |f| f.field_path.as_str()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            items,
+            vec![
+                (
+                    "nonce",
+                    "metadata.annotations['patchloop.dev/contract-nonce']"
+                ),
+                (
+                    "packages",
+                    "metadata.annotations['patchloop.dev/contract-packages']"
+                ),
+            ]
+        );
+        let mounts = pod.containers[0].volume_mounts.as_ref().expect("mounts");
+        assert_eq!(
+            mounts.len(),
+            1,
+            "the template's own mount there is replaced"
+        );
+        // The Job itself carries no copy: verification reads the Pod template.
+        assert!(job.metadata.annotations.is_none());
+    }
+
+    #[test]
+    fn a_job_of_an_earlier_version_has_no_contract_files() {
+        // Its list was in a ConfigMap (and a copy in a Job annotation),
+        // neither of which is read back: anyone who may write ConfigMaps
+        // could have replaced the one.
+        let legacy: Job = serde_json::from_value(json!({
+            "metadata": {"name": "web-01-abc-1",
+                         "annotations": {"patchloop.dev/packages": "libc6 2.36-9+deb12u3 glibc\n"}},
+            "spec": {"template": {"spec": {
+                "volumes": [{"name": CONTRACT_VOLUME, "configMap": {"name": "web-01-abc-1"}}],
+                "containers": [{"name": "patch", "image": "debian:12"}]}}}
+        }))
+        .expect("a Job");
+        assert_eq!(contract_file(&legacy, PACKAGES_FILE), None);
+        assert_eq!(contract_file(&Job::default(), PACKAGES_FILE), None);
+    }
+
+    /// The kubelet's expansion of an env `value` (third_party/forked/golang/
+    /// expansion in Kubernetes): `$$` is a literal `$`, `$(NAME)` a defined
+    /// variable's value, anything else is kept as written.
+    fn kubelet_expand(value: &str, defined: &BTreeMap<&str, &str>) -> String {
+        let mut out = String::new();
+        let mut rest = value;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + 1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                out.push('$');
+                rest = tail;
+            } else if let Some(close) = after.strip_prefix('(').and_then(|a| a.find(')')) {
+                let name = &after[1..=close];
+                match defined.get(name) {
+                    Some(v) => out.push_str(v),
+                    None => out.push_str(&format!("$({name})")),
+                }
+                rest = &after[close + 2..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    #[test]
+    fn no_contract_value_is_expanded_by_the_kubelet() {
+        let defined = BTreeMap::from([
+            ("SSH_PASSPHRASE", "sentinel-passphrase"),
+            ("PATCHLOOP_NAMESPACE", "fleet"),
+            ("X", "sentinel-x"),
+        ]);
+        // The model expands what the kubelet expands.
+        assert_eq!(kubelet_expand("$(X)", &defined), "sentinel-x");
+        assert_eq!(kubelet_expand("$$(X)", &defined), "$(X)");
+        let values = [
+            "$(SSH_PASSPHRASE)",
+            "$(PATCHLOOP_NAMESPACE)",
+            "$$(X)",
+            "$$$(X)",
+            "$(X",
+            "$($(X))",
+            "a$(X)b$",
+            "$",
+            r#"{"address":"$(SSH_PASSPHRASE)"}"#,
+            "no dollar",
+        ];
+        for v in values {
+            assert_eq!(kubelet_expand(&unexpandable(v), &defined), v, "{v}");
+        }
+        let template = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "patch", "image": "debian:12",
+             "env": [{"name": "SSH_PASSPHRASE", "value": "sentinel-passphrase"}]}]}}}});
+        let mut req = request(&template);
+        req.env = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("PATCHLOOP_V{i}"), (*v).to_owned()))
+            .collect();
+        let job = build(&req).expect("a job");
+        let pod = job.spec.and_then(|s| s.template.spec).expect("pod");
+        let env = pod.containers[0].env.as_ref().expect("env");
+        for (i, v) in values.iter().enumerate() {
+            let var = env
+                .iter()
+                .find(|e| e.name == format!("PATCHLOOP_V{i}"))
+                .expect("contract var");
+            let value = var.value.as_deref().unwrap_or_default();
+            assert_eq!(kubelet_expand(value, &defined), *v);
+        }
+    }
+
+    #[test]
+    fn a_contract_over_the_annotation_limit_builds_no_job() {
         let template = json!({"spec": {"template": {"spec": {
             "containers": [{"name": "patch", "image": "debian:12"}]}}}});
         let mut req = request(&template);
-        let long = "libfoo 1.0-1 foo\n".repeat(MAX_PACKAGES_ANNOTATION / 10);
-        req.files.insert(PACKAGES_FILE.into(), long.clone());
-        let (job, cm) = build(&req).expect("a job");
-        assert!(
-            job.metadata
-                .annotations
-                .as_ref()
-                .is_none_or(|a| !a.contains_key(PACKAGES_ANNOTATION))
+        let key = contract_annotation(PACKAGES_FILE).len();
+        let fits = "p".repeat(MAX_ANNOTATION_BYTES - key);
+        req.files = BTreeMap::from([(PACKAGES_FILE.into(), fits.clone())]);
+        let job = build(&req).expect("exactly at the limit");
+        assert_eq!(contract_file(&job, PACKAGES_FILE), Some(fits.as_str()));
+        req.files.insert(
+            PACKAGES_FILE.into(),
+            "p".repeat(MAX_ANNOTATION_BYTES - key + 1),
         );
-        assert_eq!(cm.data.as_ref().map(|d| &d[PACKAGES_FILE]), Some(&long));
+        match build(&req) {
+            Err(BuildError::ContractTooLarge {
+                bytes,
+                files,
+                limit,
+            }) => assert_eq!((bytes, files, limit), (262_145, 262_145, 262_144)),
+            other => panic!("expected ContractTooLarge, got {other:?}"),
+        }
+        // The template's own Pod annotations count against the same budget.
+        let annotated = json!({"spec": {"template": {
+            "metadata": {"annotations": {"big": "x".repeat(1000)}},
+            "spec": {"containers": [{"name": "patch", "image": "debian:12"}]}}}});
+        let mut req = request(&annotated);
+        req.files = BTreeMap::from([(PACKAGES_FILE.into(), fits)]);
+        let e = build(&req).expect_err("over with the template's annotations");
+        assert!(e.to_string().contains("262144"), "{e}");
+    }
+
+    #[test]
+    fn a_termination_message_is_one_line_of_printable_text() {
+        assert_eq!(
+            one_line("refused:\n\x1b[31mbad\x1b[0m\ttarget\u{202e}gnp.exe\r\n"),
+            "refused: [31mbad [0m target gnp.exe"
+        );
+        assert_eq!(one_line(" \n\t "), "");
     }
 
     #[test]
     fn a_broken_template_names_the_field() {
         let no_spec = json!({"metadata": {}});
-        let e = build(&request(&no_spec)).expect_err("no spec");
+        let template_error = |template: &serde_json::Value| match build(&request(template)) {
+            Err(BuildError::Template(e)) => e,
+            other => panic!("expected a template error, got {other:?}"),
+        };
+        let e = template_error(&no_spec);
         assert_eq!(e.field, "spec.remediation.jobTemplate.spec");
         let no_containers = json!({"spec": {"template": {"spec": {"containers": []}}}});
-        let e = build(&request(&no_containers)).expect_err("no containers");
+        let e = template_error(&no_containers);
         assert_eq!(
             e.field,
             "spec.remediation.jobTemplate.spec.template.spec.containers"
         );
         let wrong_type = json!({"spec": {"backoffLimit": "many"}});
-        let e = build(&request(&wrong_type)).expect_err("wrong type");
+        let e = template_error(&wrong_type);
         assert_eq!(e.field, "spec.remediation.jobTemplate");
         assert!(e.message.contains("JobTemplateSpec"), "{e}");
     }

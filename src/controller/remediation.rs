@@ -18,7 +18,7 @@ use super::scope::Scope;
 use super::workload::{inventory_baseline_labels, judge};
 use super::{Error, failpoint};
 use crate::api::policy::{PatchPolicy, RESUME_ANNOTATION, RolloutLedger};
-use crate::api::workload::Workload;
+use crate::api::workload::{Workload, check_target};
 use crate::engine::evaluate::{PolicyRef, RemediationChoice, remediation_policy};
 use crate::engine::rollout::{
     self, Hold, Need, Plan, PlanInput, Record, RolloutSettings, Start, WindowState, WorkloadState,
@@ -67,11 +67,21 @@ fn state(w: &Workload, in_flight: bool) -> WorkloadState {
         name: w.name_any(),
         paused: w.spec.paused,
         conflict: false,
-        need: status.and_then(|s| s.installable.as_ref()).map(|i| Need {
-            fix_set: i.fix_set.clone(),
-            emergency: i.emergency,
-            due: i.due.as_ref().map(|t| t.0),
-        }),
+        // No Job can run for a target outside its grammar: nothing to plan
+        // (its Ready condition says what to fix), no slot or canary taken.
+        need: status
+            .and_then(|s| s.installable.as_ref())
+            .filter(|_| {
+                w.spec
+                    .target
+                    .as_ref()
+                    .is_none_or(|t| check_target(t).is_ok())
+            })
+            .map(|i| Need {
+                fix_set: i.fix_set.clone(),
+                emergency: i.emergency,
+                due: i.due.as_ref().map(|t| t.0),
+            }),
         record: record.map_or_else(Record::default, |r| Record {
             fix_set: r.fix_set.clone(),
             attempt: u32::try_from(r.attempt).unwrap_or(0),
@@ -215,7 +225,7 @@ pub async fn round(
 
     if may_start {
         // The planner fixed the set; creating it concurrently keeps a large
-        // rollout's slots full (each create is three requests and a fresh
+        // rollout's slots full (each create is a request and a fresh
         // evaluation), and expectations count every create until cached.
         let by_name: BTreeMap<String, &Arc<Workload>> =
             driven.iter().map(|w| (w.name_any(), w)).collect();
@@ -256,7 +266,9 @@ pub async fn round(
 #[derive(Debug, thiserror::Error)]
 enum StartError {
     #[error("{0}")]
-    Template(#[from] jobs::TemplateError),
+    Build(#[from] jobs::BuildError),
+    #[error("{0}")]
+    Target(#[from] crate::api::workload::TargetError),
     #[error("{0}")]
     Kube(#[from] kube::Error),
     #[error("spec.remediation.jobTemplate is not set")]
@@ -307,11 +319,9 @@ async fn start_job(
     };
     let policy_name = policy.name_any();
     let job_name = jobs::job_name(&wname, &format!("{}-{attempt}", fixes.short()));
-    let target = w
-        .spec
-        .target
-        .as_ref()
-        .map_or_else(|| "{}".to_owned(), serde_json::Value::to_string);
+    // Never a Job for a target outside its grammar (the Workload's Ready
+    // condition says which field).
+    let target = w.spec.contract_target()?;
     let deadline = policy
         .spec
         .remediation
@@ -378,8 +388,8 @@ async fn start_job(
         env,
         files,
     };
-    let (job, config_map) = jobs::build(&request)?;
-    let created = jobs::create(&scope.shared.client, &job, &config_map).await?;
+    let job = jobs::build(&request)?;
+    let created = jobs::create(&scope.shared.client, &job).await?;
     scope.expected_jobs.created(ns, &job_name, &uid);
     if created == Created::New {
         failpoint::exit_if(failpoint::EXIT_AFTER_JOB_CREATE);

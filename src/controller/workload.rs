@@ -11,7 +11,6 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::advisories::DataState;
 use super::jobs::{self, Purpose};
@@ -24,6 +23,7 @@ use crate::api::inventory::{InventorySubject, SubjectKind};
 use crate::api::policy::RemediationMode;
 use crate::api::workload::{
     InstallableFixes, InventoryVersion, RemediationPhase, RemediationRecord, TemplateStatus,
+    check_target,
 };
 use crate::api::{Inventory, PatchException, PatchPolicy, Template, Workload, WorkloadStatus};
 use crate::engine::evaluate::{
@@ -325,12 +325,20 @@ pub fn desired_status(
     let mut desired: Vec<DesiredCondition> = Vec::new();
 
     let invalid_platform = matches!(evaluation.unknown, Some(UnknownCause::UnknownPlatform(_)));
+    let invalid_target = wl.spec.target.as_ref().and_then(|t| check_target(t).err());
     desired.push(if invalid_platform {
         DesiredCondition::new(
             types::READY,
             ConditionStatus::False,
             "InvalidPlatform",
             evaluation.reason(),
+        )
+    } else if let Some(e) = invalid_target {
+        DesiredCondition::new(
+            types::READY,
+            ConditionStatus::False,
+            "InvalidTarget",
+            format!("{e}; no remediation Job runs for this Workload until it is fixed"),
         )
     } else {
         DesiredCondition::new(
@@ -928,44 +936,30 @@ async fn track_remediation(
                 input.failure_message = Some(message);
             }
             Observation::Lookup(Lookup::Coverage(job)) => {
-                input.covered = Some(covers(scope, ns, &job, judged, &wl.spec.platform).await?);
+                input.covered = Some(covers(scope, ns, &job, judged, &wl.spec.platform));
             }
         }
     }
 }
 
 /// Whether the Workload's inventory has every package of the Job's fix set
-/// (the Job's package annotation, else its contract ConfigMap) at least at
-/// its fixed version. Without either, the evaluation must show no
-/// installable fix left.
-async fn covers(
-    scope: &Scope,
-    ns: &str,
-    job: &str,
-    judged: &Judged,
-    platform: &str,
-) -> Result<bool, Error> {
-    let annotated = scope
-        .jobs
-        .get(&ObjectRef::<Job>::new(job).within(ns))
-        .and_then(|j| j.annotations().get(jobs::PACKAGES_ANNOTATION).cloned());
-    let lines = match annotated {
-        Some(lines) => lines,
-        None => {
-            let api: Api<ConfigMap> = Api::namespaced(scope.shared.client.clone(), ns);
-            let Some(cm) = api.get_opt(job).await? else {
-                return Ok(judged.installable(platform).is_none());
-            };
-            cm.data
-                .and_then(|mut d| d.remove(jobs::PACKAGES_FILE))
-                .unwrap_or_default()
-        }
+/// (its `packages` contract file, from the Job cache) at least at its fixed
+/// version. A Job without one (made by a Patchloop that kept the list in a
+/// ConfigMap, which anyone who may write ConfigMaps could have replaced)
+/// counts as covered only when the evaluation shows no installable fix left.
+fn covers(scope: &Scope, ns: &str, job: &str, judged: &Judged, platform: &str) -> bool {
+    let job = scope.jobs.get(&ObjectRef::<Job>::new(job).within(ns));
+    let Some(lines) = job
+        .as_deref()
+        .and_then(|j| jobs::contract_file(j, jobs::PACKAGES_FILE))
+    else {
+        return judged.installable(platform).is_none();
     };
-    let wanted = parse_package_lines(&lines);
+    let wanted = parse_package_lines(lines);
     let (Some(packages), Ok(p)) = (&judged.packages, parse_platform(platform)) else {
-        return Ok(false);
+        return false;
     };
-    Ok(gaps(&wanted, packages, p.family, false).is_empty())
+    gaps(&wanted, packages, p.family, false).is_empty()
 }
 
 /// The Event for a change of compliance state, if it deserves one.

@@ -1,7 +1,7 @@
 //! The demo's simulated executor. The local control plane has no kubelet,
 //! so no container of a Patchloop Job ever runs; this plays them as their
 //! containers would, through the job contract only (the Job's environment
-//! and its package-list ConfigMap): a remediation Job "installs" at least the
+//! and its contract files in the Pod template): a remediation Job "installs" at least the
 //! minimum fixed versions and reports the Workload's new Inventory, a build
 //! Job reports the rebuilt image's Inventory with the request's nonce, a test
 //! Job passes. Then it marks the Job `Complete` as the Job controller would.
@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -30,7 +29,7 @@ use crate::engine::version::{self, Ecosystem, VersionError};
 pub const MANAGER: &str = "patchloop-demo-executor";
 /// `spec.reporter` of those Inventories: nobody mistakes them for real ones.
 pub const REPORTER: &str = "demo-executor (simulated)";
-/// The nonce file of a build Job's contract ConfigMap.
+/// The nonce file among a build Job's contract files.
 const NONCE_FILE: &str = "nonce";
 
 /// Installs fixes as `apt-get install --only-upgrade` would with a
@@ -164,13 +163,19 @@ impl Executor {
     }
 
     async fn contract_file(&self, job: &str, file: &str) -> anyhow::Result<String> {
-        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
-        maps.get(job)
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), &self.namespace);
+        let job = jobs
+            .get(job)
             .await
-            .with_context(|| format!("reading Job {job}'s contract ConfigMap"))?
-            .data
-            .and_then(|mut d| d.remove(file))
-            .with_context(|| format!("Job {job}'s contract ConfigMap has no {file}"))
+            .with_context(|| format!("reading Job {job}"))?;
+        jobs::contract_file(&job, file)
+            .map(str::to_owned)
+            .with_context(|| {
+                format!(
+                    "Job {}'s Pod template has no contract file {file}",
+                    job.name_any()
+                )
+            })
     }
 
     async fn inventory(&self, name: &str) -> anyhow::Result<Inventory> {

@@ -50,3 +50,4 @@ async fn attackers_hold_only_what_their_role_grants() {
 mod blast_radius;
 mod reporters;
 mod packages;
+mod job_contract;
