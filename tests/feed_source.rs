@@ -19,9 +19,9 @@ use patchloop::api::common::Duration as SpecDuration;
 use patchloop::api::feed::{ConfigMapSource, FeedFormat, FeedSource, UrlSource};
 use patchloop::controller::feed_source::{
     self, Blob, FeedContent, FetchError, Fetched, Validators, content_digest, fetch,
-    is_suspect_drop, parse,
+    is_suspect_drop,
 };
-use patchloop::engine::advisory::{AdvisoryDb, KevCatalog, load_osv_path};
+use patchloop::engine::advisory::{AdvisoryDb, KevCatalog, ZipLimits, load_osv_path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -29,6 +29,17 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(FIXTURES).join(rel)
+}
+
+/// Parses with the zip limits of a source at the default `maxBytes`.
+fn parse(
+    format: FeedFormat,
+    ecosystems: &[String],
+    blobs: &[Blob],
+    origin: &str,
+) -> Result<FeedContent, FetchError> {
+    let limits = ZipLimits::for_archive_limit(patchloop::api::feed::DEFAULT_MAX_BYTES);
+    feed_source::parse(format, ecosystems, blobs, origin, limits)
 }
 
 fn kev_bytes() -> Vec<u8> {
