@@ -248,11 +248,7 @@ async fn reconcile_inner(feed: Arc<AdvisoryFeed>, ctx: &Arc<FeedContext>) -> Res
                     status.etag = validators.etag.clone();
                     status.last_modified = validators.last_modified.clone();
                     status.last_sync_time = Some(time(now));
-                    tracing::info!(
-                        advisories,
-                        changed_keys = diff.changed.len(),
-                        "feed loaded"
-                    );
+                    tracing::info!(advisories, changed_keys = diff.changed.len(), "feed loaded");
                     if let Ok(mut h) = ctx.held.lock() {
                         h.insert(
                             name.clone(),

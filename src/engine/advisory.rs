@@ -188,8 +188,12 @@ pub fn parse_osv(bytes: &[u8], origin: &str) -> Result<OsvRecord, AdvisoryError>
 /// decompressed (the sizes a member's headers declare are not trusted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ZipLimits {
-    /// The most bytes decompressed from all members together.
+    /// The most bytes decompressed from all members together (bounds the
+    /// work: members are read one at a time).
     pub total_bytes: u64,
+    /// The most bytes of the members kept as records (bounds the memory
+    /// the records take: several times their JSON size).
+    pub kept_bytes: u64,
     /// The most members (files and directories) an archive may list.
     pub entries: usize,
     /// The most bytes decompressed from one member (OSV records are a few
@@ -201,12 +205,15 @@ impl ZipLimits {
     /// The limits of a feed whose downloads may hold `max_bytes` bytes.
     ///
     /// OSV's zip archives compress JSON about ten to one, so a real archive
-    /// within `max_bytes` decompresses to less than 16 times that; a member
-    /// count of one per 64 bytes of archive is above any real archive (a zip
-    /// central-directory entry alone takes 46 bytes plus the name).
+    /// within `max_bytes` decompresses to less than 16 times that; the
+    /// records kept may take as much JSON as an uncompressed download could
+    /// (`max_bytes`); a member count of one per 64 bytes of archive is above
+    /// any real archive (a zip central-directory entry alone takes 46 bytes
+    /// plus the name).
     pub fn for_archive_limit(max_bytes: u64) -> ZipLimits {
         ZipLimits {
             total_bytes: max_bytes.saturating_mul(16),
+            kept_bytes: max_bytes,
             entries: usize::try_from(max_bytes / 64).unwrap_or(usize::MAX),
             member_bytes: 16 * 1024 * 1024,
         }
@@ -343,6 +350,7 @@ pub fn parse_osv_zip(
     let mut records = Vec::new();
     let mut buf = Vec::new();
     let mut total: u64 = 0;
+    let mut kept: u64 = 0;
     for i in 0..archive.len() {
         let mut member = archive.by_index(i).map_err(zip_err)?;
         let member_name = member.name().map_err(zip_err)?.into_owned();
@@ -388,6 +396,16 @@ pub fn parse_osv_zip(
             if !filter.keeps(&head) {
                 continue;
             }
+        }
+        kept += buf.len() as u64;
+        if kept > limits.kept_bytes {
+            return Err(over(
+                origin.to_owned(),
+                format!(
+                    "the records kept take more than the limit of {} bytes (set ecosystems to keep fewer)",
+                    limits.kept_bytes
+                ),
+            ));
         }
         records.push(parse_osv(&buf, &name)?);
     }
