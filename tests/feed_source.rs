@@ -1537,3 +1537,194 @@ async fn redirects_are_followed_at_most_five_times() {
     // Each refused chain stopped after 6 requests (the first and 5 redirects).
     assert_eq!(server.heads().len() - before, 3 * 6);
 }
+
+// ---------------------------------------------------------------------------
+// The feed reconciler (`patchloop run`) against a loopback server.
+
+use patchloop::api::AdvisoryFeed;
+use support::objects::{WAIT, apply};
+use support::patchloop::Patchloop;
+
+fn url_feed(
+    name: &str,
+    label: &str,
+    url: &str,
+    interval: &str,
+    ecosystems: &[&str],
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "patchloop.dev/v1alpha1", "kind": "AdvisoryFeed",
+        "metadata": {"name": name, "labels": {"patchloop-test": label}},
+        "spec": {"source": {"url": {"url": url, "timeout": "10s"}}, "format": "OSV",
+                 "interval": interval, "ecosystems": ecosystems},
+    })
+}
+
+/// Waits until the feed's status describes generation `generation` with
+/// `Ready=True`, and returns it.
+async fn loaded(
+    feeds: &Api<AdvisoryFeed>,
+    name: &str,
+    generation: i64,
+) -> patchloop::api::feed::AdvisoryFeedStatus {
+    support::eventually(
+        &format!("{name} loaded at generation {generation}"),
+        WAIT,
+        async || {
+            let status = feeds.get_status(name).await.ok()?.status?;
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            (ready && status.observed_generation == Some(generation)).then_some(status)
+        },
+    )
+    .await
+}
+
+fn ecosystem_count(status: &patchloop::api::feed::AdvisoryFeedStatus, ecosystem: &str) -> i32 {
+    status
+        .ecosystems
+        .iter()
+        .find(|e| e.name == ecosystem)
+        .map_or(0, |e| e.advisories)
+}
+
+#[tokio::test]
+async fn status_writes_do_not_refetch_a_feed_only_spec_changes_and_the_interval_do() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("feed-loop").await;
+    let label = format!("loop-{}", support::random_suffix());
+    // Every answer is new content (the record plus n spaces, a new ETag): a
+    // reconcile woken by the feed's own status write would load it and
+    // write again, forever.
+    let record = std::fs::read(fixture("osv/debian/DSA-5497-1.json")).expect("fixture");
+    let server = Server::start(move |n, _, stream| {
+        let mut body = record.clone();
+        body.extend(std::iter::repeat_n(b' ', n));
+        async move {
+            let etag = format!("\"v{n}\"");
+            respond(stream, "200 OK", &[("ETag", etag.as_str())], &body).await
+        }
+    })
+    .await;
+    let _controller = Patchloop::start(env, &ns, &label, &[]).await;
+    let name = format!("loop-{label}");
+    let feeds: Api<AdvisoryFeed> = Api::all(client.clone());
+    let url = server.url("/osv.json");
+    apply(&client, "", url_feed(&name, &label, &url, "1h", &[])).await;
+    loaded(&feeds, &name, 1).await;
+
+    // Several status writes by another writer, and metadata changes that
+    // do not touch the spec or labels.
+    for i in 0..4 {
+        let patch = serde_json::json!({"status": {"etag": format!("\"other-{i}\"")}});
+        feeds
+            .patch_status(&name, &Default::default(), &kube::api::Patch::Merge(&patch))
+            .await
+            .expect("status write");
+        let patch = serde_json::json!({"metadata": {"annotations": {"note": format!("n{i}")}}});
+        feeds
+            .patch(&name, &Default::default(), &kube::api::Patch::Merge(&patch))
+            .await
+            .expect("annotation");
+    }
+    // Two spec changes, each a barrier: the controller sees the writes above
+    // before each, in watch order, and each asks for exactly one refresh.
+    apply(&client, "", url_feed(&name, &label, &url, "2h", &[])).await;
+    loaded(&feeds, &name, 2).await;
+    apply(&client, "", url_feed(&name, &label, &url, "3h", &[])).await;
+    loaded(&feeds, &name, 3).await;
+    let status = loaded(&feeds, &name, 3).await;
+    assert_eq!(status.advisories, 1);
+    // The first load and one per spec change; nothing for the status
+    // writes (the interval, 1h and up, has not come).
+    assert_eq!(server.heads().len(), 3, "fetches: {:#?}", server.heads());
+}
+
+#[tokio::test]
+async fn a_new_url_or_new_ecosystems_are_loaded_even_when_the_server_says_not_modified() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("feed-key").await;
+    let label = format!("key-{}", support::random_suffix());
+    let array = |files: &[&str]| {
+        let records: Vec<serde_json::Value> = files
+            .iter()
+            .map(|f| {
+                serde_json::from_slice(&std::fs::read(fixture(f)).expect("fixture")).expect("JSON")
+            })
+            .collect();
+        serde_json::to_vec(&records).expect("JSON")
+    };
+    let a = array(&["osv/debian/DSA-5497-1.json"]);
+    let b = array(&[
+        "osv/debian/DSA-5843-1.json",
+        "osv/debian/DSA-5843-2.json",
+        "osv/ubuntu/USN-6409-1.json",
+    ]);
+    // One ETag for everything: a conditional request is always answered 304.
+    let server = Server::start(move |_, head, stream| {
+        let body = if head.starts_with("GET /b ") {
+            b.clone()
+        } else {
+            a.clone()
+        };
+        async move {
+            if header(&head, "if-none-match").as_deref() == Some("\"same\"") {
+                respond(stream, "304 Not Modified", &[("ETag", "\"same\"")], b"").await
+            } else {
+                respond(stream, "200 OK", &[("ETag", "\"same\"")], &body).await
+            }
+        }
+    })
+    .await;
+    let _controller = Patchloop::start(env, &ns, &label, &[]).await;
+    let name = format!("key-{label}");
+    let feeds: Api<AdvisoryFeed> = Api::all(client.clone());
+    apply(
+        &client,
+        "",
+        url_feed(&name, &label, &server.url("/a"), "1h", &["Debian:12"]),
+    )
+    .await;
+    let status = loaded(&feeds, &name, 1).await;
+    assert_eq!(ecosystem_count(&status, "Debian:12"), 1);
+
+    // A new URL: downloaded unconditionally, its data replaces the old.
+    apply(
+        &client,
+        "",
+        url_feed(&name, &label, &server.url("/b"), "1h", &["Debian:12"]),
+    )
+    .await;
+    let status = loaded(&feeds, &name, 2).await;
+    assert_eq!(ecosystem_count(&status, "Debian:12"), 2, "{status:?}");
+    assert_eq!(ecosystem_count(&status, "Ubuntu:22.04:LTS"), 0);
+    let heads = server.heads();
+    let last = heads.last().expect("a request");
+    assert!(last.starts_with("GET /b "), "{last}");
+    assert_eq!(header(last, "if-none-match"), None, "{last}");
+
+    // A newly listed ecosystem: the same bytes, parsed again.
+    apply(
+        &client,
+        "",
+        url_feed(
+            &name,
+            &label,
+            &server.url("/b"),
+            "1h",
+            &["Debian:12", "Ubuntu:22.04:LTS"],
+        ),
+    )
+    .await;
+    let status = loaded(&feeds, &name, 3).await;
+    assert_eq!(
+        ecosystem_count(&status, "Ubuntu:22.04:LTS"),
+        1,
+        "{status:?}"
+    );
+    assert_eq!(ecosystem_count(&status, "Debian:12"), 2);
+}
