@@ -357,7 +357,7 @@ pub fn parse_osv_zip(
         if !member.is_file() || !member_name.ends_with(".json") {
             continue;
         }
-        let name = format!("{origin}!{member_name}");
+        let name = member_label(origin, i, &member_name);
         buf.clear();
         // Count what the decompressor yields, whatever the headers declare.
         (&mut member)
@@ -410,6 +410,22 @@ pub fn parse_osv_zip(
         records.push(parse_osv(&buf, &name)?);
     }
     Ok(records)
+}
+
+/// How messages name an archive member: `ORIGIN!NAME` when the name is a
+/// plain path (OSV's are `ID.json`), else `ORIGIN!member #N`. Names come from
+/// whoever built the archive and reach statuses and Events: never verbatim
+/// when they could carry markup, control characters or misleading text.
+fn member_label(origin: &str, index: usize, name: &str) -> String {
+    let plain = name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':'));
+    if plain {
+        format!("{origin}!{name}")
+    } else {
+        format!("{origin}!member #{}", index + 1)
+    }
 }
 
 /// Reads OSV records from bytes that are either a zip archive, one JSON
