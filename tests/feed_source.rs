@@ -1289,7 +1289,7 @@ fn zip_bombs_are_refused_by_the_bytes_actually_decompressed() {
     let kept: Vec<(&str, Vec<u8>)> = kept.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
     let too_much_kept = zip_of(&kept, zip::CompressionMethod::Deflated);
 
-    let debian = vec!["Debian:12".to_owned()];
+    let debian = ["Debian:12".to_owned()];
     for (case, archive, ecosystems, words) in [
         (
             "one member",

@@ -302,6 +302,10 @@ fn condition<'a>(
     status.conditions.iter().find(|c| c.type_ == kind)
 }
 
+/// One attack: the URL, `maxBytes`, `ecosystems`, the reason expected and
+/// words the message must hold.
+type Attack<'a> = (String, Option<i64>, &'a [&'a str], &'a str, Vec<String>);
+
 /// Words that must never reach a feed's status or Events from what the
 /// attacker served: the bomb's member name, the redirect target.
 const FORBIDDEN: &[&str] = &["apt-get", "install -y", "$(id)", "evil"];
@@ -408,9 +412,8 @@ async fn a_feed_operator_cannot_exhaust_the_controller_or_downgrade_a_feed() {
     assert_eq!(status.advisories, 2);
     let good_digest = status.content_digest.clone();
 
-    // (URL, maxBytes, ecosystems, reason, words the message must hold)
     let debian: &[&str] = &["Debian:12"];
-    let cases: Vec<(String, Option<i64>, &[&str], &str, Vec<String>)> = vec![
+    let cases: Vec<Attack> = vec![
         (
             format!("{http_base}/bomb.zip"),
             None,
