@@ -1777,4 +1777,73 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn archive_member_names_reach_messages_only_when_plain() {
+        assert_eq!(
+            member_label("all.zip", 0, "DSA-5514-1.json"),
+            "all.zip!DSA-5514-1.json"
+        );
+        assert_eq!(
+            member_label("all.zip", 0, "osv/Debian:12/X.json"),
+            "all.zip!osv/Debian:12/X.json"
+        );
+        for hostile in [
+            "apt-get install -y evil.json",
+            "$(id).json",
+            "a\nb.json",
+            "<script>.json",
+            &"x".repeat(200),
+        ] {
+            assert_eq!(
+                member_label("all.zip", 6, hostile),
+                "all.zip!member #7",
+                "{hostile:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_record_head_keeps_exactly_what_the_full_record_would() {
+        let record = |v: serde_json::Value| -> (RecordHead, OsvRecord) {
+            let bytes = serde_json::to_vec(&v).expect("JSON");
+            (
+                serde_json::from_slice(&bytes).expect("head"),
+                serde_json::from_slice(&bytes).expect("record"),
+            )
+        };
+        let wanted = ["Debian:12".to_owned()];
+        let filter = OsvFilter {
+            ecosystems: &wanted,
+        };
+        for (v, keep) in [
+            (
+                serde_json::json!({"id": "A", "affected": [{"package": {"ecosystem": "Debian:12", "name": "x"}}]}),
+                true,
+            ),
+            (
+                serde_json::json!({"id": "B", "affected": [{"package": {"ecosystem": "PyPI", "name": "x"}}]}),
+                false,
+            ),
+            // Lends its severity to the Debian records of the same CVE.
+            (
+                serde_json::json!({"id": "CVE-2024-1001", "severity": [{"type": "CVSS_V3", "score": "x"}]}),
+                true,
+            ),
+            (
+                serde_json::json!({"id": "C", "aliases": ["CVE-2024-1002"], "affected": [{"ecosystem_specific": {"urgency": "low"}}]}),
+                true,
+            ),
+            (
+                serde_json::json!({"id": "CVE-2024-1003", "affected": [{"ecosystem_specific": null}]}),
+                false,
+            ),
+            (serde_json::json!({"id": "CVE-2024-1004"}), false),
+        ] {
+            let (head, full) = record(v);
+            assert_eq!(filter.keeps(&head), keep, "{}", full.id);
+            assert_eq!(filter.keeps_record(&full), keep, "{}", full.id);
+            assert!(OsvFilter::ALL.keeps(&head));
+        }
+    }
 }
