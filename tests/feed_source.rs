@@ -19,9 +19,9 @@ use patchloop::api::common::Duration as SpecDuration;
 use patchloop::api::feed::{ConfigMapSource, FeedFormat, FeedSource, UrlSource};
 use patchloop::controller::feed_source::{
     self, Blob, FeedContent, FetchError, Fetched, Validators, content_digest, fetch,
-    is_suspect_drop, parse,
+    is_suspect_drop,
 };
-use patchloop::engine::advisory::{AdvisoryDb, KevCatalog, load_osv_path};
+use patchloop::engine::advisory::{AdvisoryDb, KevCatalog, ZipLimits, load_osv_path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -29,6 +29,17 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(FIXTURES).join(rel)
+}
+
+/// Parses with the zip limits of a source at the default `maxBytes`.
+fn parse(
+    format: FeedFormat,
+    ecosystems: &[String],
+    blobs: &[Blob],
+    origin: &str,
+) -> Result<FeedContent, FetchError> {
+    let limits = ZipLimits::for_archive_limit(patchloop::api::feed::DEFAULT_MAX_BYTES);
+    feed_source::parse(format, ecosystems, blobs, origin, limits)
 }
 
 fn kev_bytes() -> Vec<u8> {
@@ -1041,4 +1052,679 @@ async fn missing_or_forbidden_config_maps_are_clear_errors() {
         "Forbidden",
     );
     assert!(!err.is_transient(), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// Memory: a counting allocator, per thread (tests run on parallel threads;
+// each measurement runs on its own test's thread).
+
+struct Counting;
+
+thread_local! {
+    static LIVE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    static PEAK: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+fn track(delta: isize) {
+    let _ = LIVE.try_with(|live| {
+        let now = live.get() + delta;
+        live.set(now);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+    });
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the
+// wrapper only counts sizes in thread-local cells that never allocate.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is passed on.
+        let ptr = unsafe { std::alloc::System.alloc(layout) };
+        if !ptr.is_null() {
+            track(layout.size() as isize);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller's contract for `dealloc` is passed on.
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        track(-(layout.size() as isize));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc` is passed on.
+        let out = unsafe { std::alloc::System.realloc(ptr, layout, new_size) };
+        if !out.is_null() {
+            track(new_size as isize - layout.size() as isize);
+        }
+        out
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Runs `f` and returns its result with the most bytes this thread had
+/// allocated at once during it, above what it held before.
+fn peak_allocated<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let start = LIVE.with(std::cell::Cell::get);
+    PEAK.with(|p| p.set(start));
+    let out = f();
+    let peak = PEAK.with(std::cell::Cell::get);
+    (out, usize::try_from(peak - start).unwrap_or(0))
+}
+
+/// Every OSV fixture record, and their JSON size in all.
+fn fixture_osv_blobs() -> (Vec<Blob>, usize) {
+    let mut blobs = Vec::new();
+    for dir in ["osv/debian", "osv/ubuntu"] {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(fixture(dir))
+            .expect("fixture dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        paths.sort();
+        for path in paths {
+            // Compact, as OSV distributes records: pretty-printing would
+            // make the JSON larger and the measured multiple smaller.
+            let value: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).expect("fixture")).expect("JSON");
+            blobs.push(blob(
+                &path.display().to_string(),
+                serde_json::to_vec(&value).expect("JSON"),
+            ));
+        }
+    }
+    let size = blobs.iter().map(|b| b.bytes.len()).sum();
+    (blobs, size)
+}
+
+/// The memory a loaded feed takes while the index is rebuilt (its records,
+/// the copy the build consumes, and the index), per byte of compact JSON.
+fn measured_memory_multiple() -> f64 {
+    let (blobs, json) = fixture_osv_blobs();
+    let (records, peak) = peak_allocated(|| {
+        let FeedContent::Osv(records) =
+            parse(FeedFormat::Osv, &[], &blobs, "fixtures").expect("fixtures parse")
+        else {
+            panic!("OSV content")
+        };
+        let (db, _) = AdvisoryDb::build(records.clone(), KevCatalog::default(), &[]);
+        let n = db.len();
+        drop((records, db));
+        n
+    });
+    assert!(records > 0);
+    peak as f64 / json as f64
+}
+
+/// The chart's memory limit, in bytes (`resources.limits.memory`, `NNNMi`).
+fn chart_memory_limit() -> u64 {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/patchloop/values.yaml");
+    let text = std::fs::read_to_string(path).expect("chart values");
+    let values: serde_json::Value = serde_saphyr::from_str(&text).expect("values parse");
+    let limit = values["resources"]["limits"]["memory"]
+        .as_str()
+        .expect("a memory limit");
+    let mib: u64 = limit
+        .strip_suffix("Mi")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("memory limit {limit:?} in Mi"));
+    mib * 1024 * 1024
+}
+
+/// The controller's resident memory with a large fleet before any refresh
+/// (BENCHMARKS.md: peak RSS 124–127 MiB), rounded up.
+const STEADY_RSS: u64 = 130 * 1024 * 1024;
+
+#[test]
+fn the_default_max_bytes_leaves_a_refresh_within_the_memory_limit() {
+    let multiple = measured_memory_multiple();
+    // Records of 1-2 KiB of JSON each take several times that parsed.
+    assert!((2.0..20.0).contains(&multiple), "measured {multiple}");
+    let default = patchloop::api::feed::DEFAULT_MAX_BYTES;
+    // What a refresh holds at most: the download and the records kept,
+    // each within maxBytes of JSON, the records `multiple` times over.
+    let refresh = default as f64 * (1.0 + multiple);
+    let limit = chart_memory_limit();
+    assert!(
+        STEADY_RSS as f64 + refresh <= limit as f64,
+        "maxBytes {default} × (1 + {multiple:.1}) + {STEADY_RSS} exceeds the chart's memory limit {limit}"
+    );
+    // The API default is this constant.
+    let source: UrlSource =
+        serde_json::from_value(serde_json::json!({"url": "https://example.org/all.zip"}))
+            .expect("a URL source");
+    assert_eq!(source.max_bytes as u64, default);
+}
+
+// ---------------------------------------------------------------------------
+// Zip archives: bombs and limits.
+
+fn zip_of(members: &[(&str, Vec<u8>)], method: zip::CompressionMethod) -> Vec<u8> {
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(method)
+        .large_file(false);
+    for (name, bytes) in members {
+        writer.start_file(*name, options).expect("zip member");
+        writer.write_all(bytes).expect("zip write");
+    }
+    writer.finish().expect("zip").into_inner()
+}
+
+/// An OSV record of `ecosystem` padded with a summary of `pad` bytes.
+fn synthetic_record(id: &str, ecosystem: &str, pad: usize) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": id,
+        "summary": "x".repeat(pad),
+        "affected": [{
+            "package": {"ecosystem": ecosystem, "name": format!("pkg-{id}")},
+            "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "1.2-3"}]}],
+            "versions": (0..50).map(|i| format!("1.{i}")).collect::<Vec<_>>(),
+        }],
+    }))
+    .expect("JSON")
+}
+
+fn small_limits() -> ZipLimits {
+    ZipLimits {
+        total_bytes: 4 << 20,
+        kept_bytes: 2 << 20,
+        entries: 1000,
+        member_bytes: 1 << 20,
+    }
+}
+
+fn parse_zip(
+    archive: Vec<u8>,
+    ecosystems: &[String],
+    limits: ZipLimits,
+) -> Result<FeedContent, FetchError> {
+    feed_source::parse(
+        FeedFormat::Osv,
+        ecosystems,
+        &[blob("all.zip", archive)],
+        "AdvisoryFeed bomb",
+        limits,
+    )
+}
+
+#[test]
+fn zip_bombs_are_refused_by_the_bytes_actually_decompressed() {
+    // One member of 64 MiB of spaces (a valid JSON prefix) compresses to
+    // about 64 KiB: over the member limit.
+    let mut huge = vec![b' '; 64 << 20];
+    huge.extend_from_slice(b"{}");
+    let one_member = zip_of(&[("a.json", huge)], zip::CompressionMethod::Deflated);
+    assert!(one_member.len() < 1 << 20, "a bomb: {}", one_member.len());
+    // Many members each under the member limit, over the total in all
+    // (read with a filter that keeps none of them: what is decompressed
+    // counts, kept or not).
+    let many: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| {
+            (
+                format!("m{i}.json"),
+                synthetic_record(&format!("M-{i}"), "PyPI", 900 << 10),
+            )
+        })
+        .collect();
+    let many: Vec<(&str, Vec<u8>)> = many.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let many_members = zip_of(&many, zip::CompressionMethod::Deflated);
+    // More members than allowed, each tiny.
+    let names: Vec<String> = (0..1001).map(|i| format!("r{i}.json")).collect();
+    let tiny: Vec<(&str, Vec<u8>)> = names
+        .iter()
+        .map(|n| (n.as_str(), synthetic_record(n, "PyPI", 0)))
+        .collect();
+    let too_many = zip_of(&tiny, zip::CompressionMethod::Deflated);
+    // Kept records over the kept limit (every member wanted).
+    let kept: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| {
+            (
+                format!("k{i}.json"),
+                synthetic_record(&format!("K-{i}"), "Debian:12", 100 << 10),
+            )
+        })
+        .collect();
+    let kept: Vec<(&str, Vec<u8>)> = kept.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let too_much_kept = zip_of(&kept, zip::CompressionMethod::Deflated);
+
+    let debian = ["Debian:12".to_owned()];
+    for (case, archive, ecosystems, words) in [
+        (
+            "one member",
+            one_member,
+            &[][..],
+            "archive member larger than the limit of 1048576 bytes",
+        ),
+        (
+            "many members",
+            many_members,
+            &debian[..],
+            "decompresses to more than the limit of 4194304 bytes",
+        ),
+        (
+            "too many members",
+            too_many,
+            &[][..],
+            "1001 archive members, more than the limit of 1000",
+        ),
+        (
+            "too much kept",
+            too_much_kept,
+            &debian[..],
+            "more than the limit of 2097152 bytes",
+        ),
+    ] {
+        let (result, peak) = peak_allocated(|| parse_zip(archive, ecosystems, small_limits()));
+        let err = result.expect_err(case);
+        assert_eq!(err.reason(), "TooLarge", "{case}: {err}");
+        let text = err.to_string();
+        assert!(text.contains(words), "{case}: {text}");
+        assert!(
+            text.contains("AdvisoryFeed bomb: all.zip"),
+            "{case}: {text}"
+        );
+        // Never more than about one member over the limit held at once.
+        assert!(peak < 8 << 20, "{case}: {peak} bytes allocated at once");
+    }
+}
+
+/// Sets the uncompressed size a zip archive declares for each of its
+/// members (in the local headers and the central directory) to `size`.
+fn declare_uncompressed_size(archive: &mut [u8], size: u32) {
+    let mut i = 0;
+    while i + 30 <= archive.len() {
+        match &archive[i..i + 4] {
+            [0x50, 0x4b, 0x03, 0x04] => {
+                archive[i + 22..i + 26].copy_from_slice(&size.to_le_bytes())
+            }
+            [0x50, 0x4b, 0x01, 0x02] => {
+                archive[i + 24..i + 28].copy_from_slice(&size.to_le_bytes())
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+}
+
+#[test]
+fn declared_member_sizes_are_not_trusted() {
+    // A member declaring 100 bytes that inflates to 8 MiB.
+    let mut body = vec![b' '; 8 << 20];
+    body.extend_from_slice(&synthetic_record("LIE-1", "Debian:12", 0));
+    let mut archive = zip_of(&[("lie.json", body)], zip::CompressionMethod::Deflated);
+    declare_uncompressed_size(&mut archive, 100);
+    let (result, peak) = peak_allocated(|| parse_zip(archive, &[], small_limits()));
+    // Either the reader stops at what was declared (the JSON is cut short)
+    // or the actual bytes are counted (over the member limit): never 8 MiB
+    // read and kept.
+    let err = result.expect_err("a lying archive");
+    assert!(matches!(err.reason(), "TooLarge" | "Malformed"), "{err}");
+    assert!(peak < 4 << 20, "{peak} bytes allocated at once");
+}
+
+#[test]
+fn the_ecosystem_filter_runs_per_member_before_records_are_built() {
+    // 2000 records of another ecosystem (with bulky fields) and 20 wanted.
+    let mut members: Vec<(String, Vec<u8>)> = (0..2000)
+        .map(|i| {
+            (
+                format!("PYSEC-{i}.json"),
+                synthetic_record(&format!("PYSEC-{i}"), "PyPI", 2048),
+            )
+        })
+        .collect();
+    members.extend((0..20).map(|i| {
+        (
+            format!("DSA-{i}.json"),
+            synthetic_record(&format!("DSA-{i}"), "Debian:12", 2048),
+        )
+    }));
+    let members: Vec<(&str, Vec<u8>)> = members
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.clone()))
+        .collect();
+    let archive = zip_of(&members, zip::CompressionMethod::Deflated);
+    let limits = ZipLimits::for_archive_limit(patchloop::api::feed::DEFAULT_MAX_BYTES);
+    let wanted = vec!["Debian:12".to_owned()];
+
+    let (all, peak_all) = peak_allocated(|| parse_zip(archive.clone(), &[], limits).expect("all"));
+    assert_eq!(all.len(), 2020);
+    drop(all);
+    let (some, peak_filtered) =
+        peak_allocated(|| parse_zip(archive.clone(), &wanted, limits).expect("filtered"));
+    assert_eq!(osv(some).len(), 20);
+    // Holding every record costs 2000 records' worth; filtering while
+    // reading holds the archive's directory, the 20 wanted and one member
+    // at a time.
+    eprintln!("peak allocated: all {peak_all} bytes, filtered {peak_filtered} bytes");
+    assert!(
+        peak_filtered * 5 < peak_all,
+        "filtered {peak_filtered} bytes at once vs {peak_all} unfiltered"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Redirects.
+
+/// A loopback HTTPS server (self-signed for 127.0.0.1) answering every
+/// request with `status` and `headers` and an empty body; returns its
+/// address and a client trusting its certificate.
+async fn tls_server(
+    status: &'static str,
+    headers: Vec<(String, String)>,
+) -> (String, reqwest::Client) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("self-signed certificate");
+    let cert_der = certified.cert.der().clone();
+    let key_der =
+        rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der.clone()], key_der)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let headers = Arc::new(headers);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let headers = Arc::clone(&headers);
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let mut out =
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n");
+                for (k, v) in headers.iter() {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                let _ = tls.write_all(out.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    let client = feed_source::http_client_builder()
+        .tls_certs_only([reqwest::Certificate::from_der(&cert_der).expect("certificate")])
+        .build()
+        .expect("client trusting the test CA");
+    (format!("https://{addr}"), client)
+}
+
+#[tokio::test]
+async fn redirects_from_https_to_http_are_refused() {
+    let plain =
+        Server::start(
+            |_, _, stream| async move { respond(stream, "200 OK", &[], &kev_bytes()).await },
+        )
+        .await;
+    for status in [
+        "301 Moved Permanently",
+        "302 Found",
+        "303 See Other",
+        "307 Temporary Redirect",
+        "308 Permanent Redirect",
+    ] {
+        let (base, client) =
+            tls_server(status, vec![("Location".into(), plain.url("/kev.json"))]).await;
+        let source = url_source(&format!("{base}/kev.json"), "10s", 1 << 20);
+        let err = assert_reason(
+            fetch(&offline_kube(), &client, &source, &Validators::default()).await,
+            "Redirect",
+        );
+        let text = err.to_string();
+        assert!(text.contains("from https to http"), "{status}: {text}");
+        assert!(
+            text.starts_with(&source.url.as_ref().expect("url").url),
+            "{status}: {text}"
+        );
+        // The refusal does not repeat where the server pointed.
+        assert!(!text.contains(&plain.base), "{status}: {text}");
+    }
+    assert!(
+        plain.heads().is_empty(),
+        "the http server was reached: {:?}",
+        plain.heads()
+    );
+}
+
+#[tokio::test]
+async fn redirects_are_followed_at_most_five_times() {
+    // /hop/N redirects to /hop/N-1; /hop/0 serves the catalog.
+    let server = Server::start(|_, head, stream| async move {
+        let path = head
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        let hops: u32 = path.trim_start_matches("/hop/").parse().unwrap_or(0);
+        if hops == 0 {
+            respond(stream, "200 OK", &[], &kev_bytes()).await
+        } else {
+            let next = format!("/hop/{}", hops - 1);
+            respond(stream, "302 Found", &[("Location", next.as_str())], b"").await
+        }
+    })
+    .await;
+    let five = url_source(&server.url("/hop/5"), "10s", 1 << 20);
+    let (blobs, _) = content(
+        fetch_url(&five, &Validators::default())
+            .await
+            .expect("5 redirects"),
+    );
+    assert_eq!(blobs[0].bytes, kev_bytes());
+    let before = server.heads().len();
+    for hops in [6, 7, 50] {
+        let source = url_source(&server.url(&format!("/hop/{hops}")), "10s", 1 << 20);
+        let err = assert_reason(fetch_url(&source, &Validators::default()).await, "Redirect");
+        assert!(err.to_string().contains("more than 5 redirects"), "{err}");
+    }
+    // Each refused chain stopped after 6 requests (the first and 5 redirects).
+    assert_eq!(server.heads().len() - before, 3 * 6);
+}
+
+// ---------------------------------------------------------------------------
+// The feed reconciler (`patchloop run`) against a loopback server.
+
+use patchloop::api::AdvisoryFeed;
+use support::objects::{WAIT, apply};
+use support::patchloop::Patchloop;
+
+fn url_feed(
+    name: &str,
+    label: &str,
+    url: &str,
+    interval: &str,
+    ecosystems: &[&str],
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "patchloop.dev/v1alpha1", "kind": "AdvisoryFeed",
+        "metadata": {"name": name, "labels": {"patchloop-test": label}},
+        "spec": {"source": {"url": {"url": url, "timeout": "10s"}}, "format": "OSV",
+                 "interval": interval, "ecosystems": ecosystems},
+    })
+}
+
+/// Waits until the feed's status describes generation `generation` with
+/// `Ready=True`, and returns it.
+async fn loaded(
+    feeds: &Api<AdvisoryFeed>,
+    name: &str,
+    generation: i64,
+) -> patchloop::api::feed::AdvisoryFeedStatus {
+    support::eventually(
+        &format!("{name} loaded at generation {generation}"),
+        WAIT,
+        async || {
+            let status = feeds.get_status(name).await.ok()?.status?;
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            (ready && status.observed_generation == Some(generation)).then_some(status)
+        },
+    )
+    .await
+}
+
+fn ecosystem_count(status: &patchloop::api::feed::AdvisoryFeedStatus, ecosystem: &str) -> i32 {
+    status
+        .ecosystems
+        .iter()
+        .find(|e| e.name == ecosystem)
+        .map_or(0, |e| e.advisories)
+}
+
+#[tokio::test]
+async fn status_writes_do_not_refetch_a_feed_only_spec_changes_and_the_interval_do() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("feed-loop").await;
+    let label = format!("loop-{}", support::random_suffix());
+    // Every answer is new content (the record plus n spaces, a new ETag): a
+    // reconcile woken by the feed's own status write would load it and
+    // write again, forever.
+    let record = std::fs::read(fixture("osv/debian/DSA-5497-1.json")).expect("fixture");
+    let server = Server::start(move |n, _, stream| {
+        let mut body = record.clone();
+        body.extend(std::iter::repeat_n(b' ', n));
+        async move {
+            let etag = format!("\"v{n}\"");
+            respond(stream, "200 OK", &[("ETag", etag.as_str())], &body).await
+        }
+    })
+    .await;
+    let _controller = Patchloop::start(env, &ns, &label, &[]).await;
+    let name = format!("loop-{label}");
+    let feeds: Api<AdvisoryFeed> = Api::all(client.clone());
+    let url = server.url("/osv.json");
+    apply(&client, "", url_feed(&name, &label, &url, "1h", &[])).await;
+    loaded(&feeds, &name, 1).await;
+
+    // Several status writes by another writer, and metadata changes that
+    // do not touch the spec or labels.
+    for i in 0..4 {
+        let patch = serde_json::json!({"status": {"etag": format!("\"other-{i}\"")}});
+        feeds
+            .patch_status(&name, &Default::default(), &kube::api::Patch::Merge(&patch))
+            .await
+            .expect("status write");
+        let patch = serde_json::json!({"metadata": {"annotations": {"note": format!("n{i}")}}});
+        feeds
+            .patch(&name, &Default::default(), &kube::api::Patch::Merge(&patch))
+            .await
+            .expect("annotation");
+    }
+    // Two spec changes, each a barrier: the controller sees the writes above
+    // before each, in watch order, and each asks for exactly one refresh.
+    apply(&client, "", url_feed(&name, &label, &url, "2h", &[])).await;
+    loaded(&feeds, &name, 2).await;
+    apply(&client, "", url_feed(&name, &label, &url, "3h", &[])).await;
+    loaded(&feeds, &name, 3).await;
+    let status = loaded(&feeds, &name, 3).await;
+    assert_eq!(status.advisories, 1);
+    // The first load and one per spec change; nothing for the status
+    // writes (the interval, 1h and up, has not come).
+    assert_eq!(server.heads().len(), 3, "fetches: {:#?}", server.heads());
+}
+
+#[tokio::test]
+async fn a_new_url_or_new_ecosystems_are_loaded_even_when_the_server_says_not_modified() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("feed-key").await;
+    let label = format!("key-{}", support::random_suffix());
+    let array = |files: &[&str]| {
+        let records: Vec<serde_json::Value> = files
+            .iter()
+            .map(|f| {
+                serde_json::from_slice(&std::fs::read(fixture(f)).expect("fixture")).expect("JSON")
+            })
+            .collect();
+        serde_json::to_vec(&records).expect("JSON")
+    };
+    let a = array(&["osv/debian/DSA-5497-1.json"]);
+    let b = array(&[
+        "osv/debian/DSA-5843-1.json",
+        "osv/debian/DSA-5843-2.json",
+        "osv/ubuntu/USN-6409-1.json",
+    ]);
+    // One ETag for everything: a conditional request is always answered 304.
+    let server = Server::start(move |_, head, stream| {
+        let body = if head.starts_with("GET /b ") {
+            b.clone()
+        } else {
+            a.clone()
+        };
+        async move {
+            if header(&head, "if-none-match").as_deref() == Some("\"same\"") {
+                respond(stream, "304 Not Modified", &[("ETag", "\"same\"")], b"").await
+            } else {
+                respond(stream, "200 OK", &[("ETag", "\"same\"")], &body).await
+            }
+        }
+    })
+    .await;
+    let _controller = Patchloop::start(env, &ns, &label, &[]).await;
+    let name = format!("key-{label}");
+    let feeds: Api<AdvisoryFeed> = Api::all(client.clone());
+    apply(
+        &client,
+        "",
+        url_feed(&name, &label, &server.url("/a"), "1h", &["Debian:12"]),
+    )
+    .await;
+    let status = loaded(&feeds, &name, 1).await;
+    assert_eq!(ecosystem_count(&status, "Debian:12"), 1);
+
+    // A new URL: downloaded unconditionally, its data replaces the old.
+    apply(
+        &client,
+        "",
+        url_feed(&name, &label, &server.url("/b"), "1h", &["Debian:12"]),
+    )
+    .await;
+    let status = loaded(&feeds, &name, 2).await;
+    assert_eq!(ecosystem_count(&status, "Debian:12"), 2, "{status:?}");
+    assert_eq!(ecosystem_count(&status, "Ubuntu:22.04:LTS"), 0);
+    let heads = server.heads();
+    let last = heads.last().expect("a request");
+    assert!(last.starts_with("GET /b "), "{last}");
+    assert_eq!(header(last, "if-none-match"), None, "{last}");
+
+    // A newly listed ecosystem: the same bytes, parsed again.
+    apply(
+        &client,
+        "",
+        url_feed(
+            &name,
+            &label,
+            &server.url("/b"),
+            "1h",
+            &["Debian:12", "Ubuntu:22.04:LTS"],
+        ),
+    )
+    .await;
+    let status = loaded(&feeds, &name, 3).await;
+    assert_eq!(
+        ecosystem_count(&status, "Ubuntu:22.04:LTS"),
+        1,
+        "{status:?}"
+    );
+    assert_eq!(ecosystem_count(&status, "Debian:12"), 2);
 }

@@ -1,9 +1,12 @@
 //! The shared advisory store: the content of every loaded AdvisoryFeed,
 //! merged into one immutable [`AdvisoryDb`] that is swapped whole when a feed
 //! changes. Subscribers learn exactly which (ecosystem, package) keys changed.
+//!
+//! Readers never wait for a rebuild: the new database is built outside the
+//! lock readers take, which is held only to copy or swap a pointer.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::broadcast;
@@ -14,7 +17,12 @@ use crate::engine::advisory::{AdvisoryDb, IndexDiff, KevCatalog};
 /// The advisory data of every feed and the merged database.
 #[derive(Debug)]
 pub struct AdvisoryStore {
-    inner: RwLock<Inner>,
+    /// What readers see; held only to clone or replace the `Arc`s.
+    current: RwLock<Current>,
+    /// Every feed's content. Held while a new database is built from it
+    /// (on a blocking thread, never the async runtime), so two refreshes
+    /// build one after the other and neither's swap loses the other's feed.
+    feeds: Mutex<BTreeMap<String, FeedContent>>,
     changes: broadcast::Sender<Arc<IndexDiff>>,
     started: Timestamp,
     grace: SignedDuration,
@@ -33,9 +41,10 @@ struct Startup {
 }
 
 #[derive(Debug, Default)]
-struct Inner {
-    feeds: BTreeMap<String, FeedContent>,
+struct Current {
     db: Arc<AdvisoryDb>,
+    /// Records (OSV) or entries (KEV) per loaded feed.
+    sizes: Arc<BTreeMap<String, usize>>,
 }
 
 /// Whether an ecosystem can be judged now.
@@ -56,7 +65,8 @@ impl AdvisoryStore {
     pub fn new(started: Timestamp, grace: SignedDuration) -> Self {
         let (changes, _) = broadcast::channel(64);
         AdvisoryStore {
-            inner: RwLock::new(Inner::default()),
+            current: RwLock::new(Current::default()),
+            feeds: Mutex::new(BTreeMap::new()),
             changes,
             started,
             grace,
@@ -66,9 +76,9 @@ impl AdvisoryStore {
 
     /// The current database.
     pub fn db(&self) -> Arc<AdvisoryDb> {
-        self.inner
+        self.current
             .read()
-            .map(|i| Arc::clone(&i.db))
+            .map(|c| Arc::clone(&c.db))
             .unwrap_or_default()
     }
 
@@ -139,35 +149,39 @@ impl AdvisoryStore {
     /// The number of advisories `feed` contributed last time (for the
     /// suspect-drop check).
     pub fn feed_size(&self, feed: &str) -> Option<usize> {
-        let inner = self.inner.read().ok()?;
-        inner.feeds.get(feed).map(|c| match c {
-            FeedContent::Osv(records) => records.len(),
-            FeedContent::Kev(kev) => kev.entries.len(),
-        })
+        let sizes = self.current.read().map(|c| Arc::clone(&c.sizes)).ok()?;
+        sizes.get(feed).copied()
     }
 
     /// Replaces one feed's content (or removes it with `None`), rebuilds the
-    /// database and announces what changed. `ecosystems` filters OSV data.
+    /// database and announces what changed.
+    ///
+    /// Blocking (the rebuild takes seconds on a large feed): call it on a
+    /// blocking thread (`tokio::task::spawn_blocking`).
     pub fn set_feed(&self, feed: &str, content: Option<FeedContent>) -> Arc<IndexDiff> {
-        let Ok(mut inner) = self.inner.write() else {
+        let Ok(mut feeds) = self.feeds.lock() else {
             return Arc::new(IndexDiff::default());
         };
         match content {
             Some(c) => {
-                inner.feeds.insert(feed.to_owned(), c);
+                feeds.insert(feed.to_owned(), c);
             }
             None => {
-                inner.feeds.remove(feed);
+                feeds.remove(feed);
             }
         }
         let mut records = Vec::new();
         let mut kev = KevCatalog::default();
-        for content in inner.feeds.values() {
+        for content in feeds.values() {
             match content {
                 FeedContent::Osv(r) => records.extend(r.iter().cloned()),
                 FeedContent::Kev(k) => kev.merge(k.clone()),
             }
         }
+        let sizes: BTreeMap<String, usize> = feeds
+            .iter()
+            .map(|(name, content)| (name.clone(), content.len()))
+            .collect();
         let (db, report) = AdvisoryDb::build(records, kev, &[]);
         if !report.errors.is_empty() {
             tracing::warn!(
@@ -176,9 +190,16 @@ impl AdvisoryStore {
                 "advisory entries with unreadable versions were left out"
             );
         }
-        let diff = Arc::new(db.diff(&inner.db));
-        inner.db = Arc::new(db);
-        drop(inner);
+        // Only this thread replaces `current` (it holds `feeds`), so the
+        // database diffed against is the one the swap replaces.
+        let diff = Arc::new(db.diff(&self.db()));
+        if let Ok(mut current) = self.current.write() {
+            *current = Current {
+                db: Arc::new(db),
+                sizes: Arc::new(sizes),
+            };
+        }
+        drop(feeds);
         if !diff.is_empty() {
             // Nobody listening is fine (e.g. during start-up).
             let _ = self.changes.send(Arc::clone(&diff));

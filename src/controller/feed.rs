@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
+use sha2::{Digest, Sha256};
 
 use super::feed_source::{self, FeedContent, Fetched, Validators};
 use super::{Error, Shared, now, observed, write_status};
@@ -21,8 +22,30 @@ pub const MANAGER: &str = "patchloop-feed";
 /// What the feed reconciler remembers between refreshes of one feed.
 #[derive(Debug, Default, Clone)]
 struct Held {
+    /// [`settings_key`] of the spec the data was loaded with: the
+    /// validators and digest below describe the result of those settings
+    /// only.
+    settings: String,
     validators: Validators,
     digest: String,
+}
+
+/// A digest of everything in a feed's spec that decides what its data is:
+/// the source (URL, ConfigMap, path and their settings), the format and the
+/// ecosystems kept. When it changes, the held validators and digest no
+/// longer describe what the spec asks for: the next refresh downloads
+/// unconditionally and parses even content whose bytes are unchanged.
+fn settings_key(feed: &AdvisoryFeed) -> String {
+    let mut ecosystems = feed.spec.ecosystems.clone();
+    ecosystems.sort_unstable();
+    ecosystems.dedup();
+    let settings = serde_json::json!({
+        "source": feed.spec.source,
+        "format": feed.spec.format,
+        "ecosystems": ecosystems,
+    });
+    let digest = Sha256::digest(settings.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The feed reconciler's context.
@@ -44,12 +67,19 @@ impl FeedContext {
         }
     }
 
-    /// Forgets a deleted feed and removes its data.
-    pub fn forget(&self, feed: &str) {
+    /// Forgets a deleted feed and removes its data (the rebuild runs on a
+    /// blocking thread).
+    pub async fn forget(&self, feed: &str) {
         if let Ok(mut held) = self.held.lock() {
             held.remove(feed);
         }
-        self.shared.advisories.set_feed(feed, None);
+        let shared = Arc::clone(&self.shared);
+        let name = feed.to_owned();
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || shared.advisories.set_feed(&name, None)).await
+        {
+            tracing::error!(feed, error = %e, "removing a deleted feed's data failed");
+        }
         self.shared.metrics.forget_feed(feed);
     }
 }
@@ -95,17 +125,27 @@ pub async fn reconcile(feed: Arc<AdvisoryFeed>, ctx: Arc<FeedContext>) -> Result
 }
 
 enum Outcome {
-    /// New data loaded.
-    Loaded(FeedContent, Validators, String),
+    /// New data parsed, with its per-ecosystem counts, the validators and
+    /// the content digest.
+    Loaded(FeedContent, Vec<EcosystemCount>, Validators, String),
     /// The data held is current.
     Unchanged,
     /// The refresh failed or was refused; the last good data stays.
     Failed(&'static str, String),
 }
 
-async fn refresh(ctx: &FeedContext, feed: &AdvisoryFeed, name: &str, held: &Held) -> Outcome {
-    let have_data = ctx.shared.advisories.feed_size(name).is_some();
-    let validators = if have_data {
+async fn refresh(
+    ctx: &FeedContext,
+    feed: &AdvisoryFeed,
+    name: &str,
+    held: &Held,
+    settings: &str,
+) -> Outcome {
+    // Validators and the digest count only for data loaded with the same
+    // settings: after a change of URL or ecosystems a 304 or identical bytes
+    // must not keep data the new spec did not ask for.
+    let current = ctx.shared.advisories.feed_size(name).is_some() && held.settings == settings;
+    let validators = if current {
         held.validators.clone()
     } else {
         Validators::default()
@@ -125,13 +165,30 @@ async fn refresh(ctx: &FeedContext, feed: &AdvisoryFeed, name: &str, held: &Held
         Fetched::NotModified => return Outcome::Unchanged,
         Fetched::Content { blobs, validators } => (blobs, validators),
     };
-    let digest = feed_source::content_digest(&blobs);
-    if have_data && digest == held.digest {
-        return Outcome::Unchanged;
-    }
-    let content = match feed_source::parse(feed.spec.format, &feed.spec.ecosystems, &blobs, "") {
-        Ok(c) => c,
-        Err(e) => return Outcome::Failed(e.reason(), e.to_string()),
+    // Hashing and parsing take seconds on a large feed: off the runtime's
+    // worker threads.
+    let spec = feed.spec.clone();
+    let held_digest = current.then(|| held.digest.clone());
+    let parsed = tokio::task::spawn_blocking(move || {
+        let digest = feed_source::content_digest(&blobs);
+        if held_digest.as_ref() == Some(&digest) {
+            return Ok(None);
+        }
+        let limits = feed_source::zip_limits(&spec.source);
+        let content = feed_source::parse(spec.format, &spec.ecosystems, &blobs, "", limits)?;
+        drop(blobs);
+        let counts = ecosystem_counts(&content, &spec.ecosystems);
+        Ok(Some((content, counts, digest)))
+    })
+    .await;
+    let (content, counts, digest) = match parsed {
+        Ok(Ok(Some(loaded))) => loaded,
+        Ok(Ok(None)) => return Outcome::Unchanged,
+        Ok(Err(e)) => {
+            let e: feed_source::FetchError = e;
+            return Outcome::Failed(e.reason(), e.to_string());
+        }
+        Err(e) => return Outcome::Failed("ParseFailed", format!("the parser task failed: {e}")),
     };
     let previous = ctx.shared.advisories.feed_size(name).unwrap_or(0);
     if feed_source::is_suspect_drop(previous, content.len(), feed.spec.max_drop_percent) {
@@ -144,7 +201,7 @@ async fn refresh(ctx: &FeedContext, feed: &AdvisoryFeed, name: &str, held: &Held
             ),
         );
     }
-    Outcome::Loaded(content, validators, digest)
+    Outcome::Loaded(content, counts, validators, digest)
 }
 
 async fn reconcile_inner(feed: Arc<AdvisoryFeed>, ctx: &Arc<FeedContext>) -> Result<Action, Error> {
@@ -167,32 +224,56 @@ async fn reconcile_inner(feed: Arc<AdvisoryFeed>, ctx: &Arc<FeedContext>) -> Res
         observed_generation: feed.metadata.generation,
         ..previous.clone()
     };
-    let outcome = refresh(ctx, &feed, &name, &held).await;
+    let settings = settings_key(&feed);
+    let outcome = refresh(ctx, &feed, &name, &held, &settings).await;
     // A load is recorded as attempted once its data is in the store (below).
     if !matches!(outcome, Outcome::Loaded(..)) {
         shared.advisories.attempted(&name);
     }
     let (degraded, error) = match outcome {
-        Outcome::Loaded(content, validators, digest) => {
-            let counts = ecosystem_counts(&content, &feed.spec.ecosystems);
-            status.advisories = i32::try_from(content.len()).unwrap_or(i32::MAX);
-            status.ecosystems = counts.clone();
-            status.content_digest = Some(digest.clone());
-            status.etag = validators.etag.clone();
-            status.last_modified = validators.last_modified.clone();
-            status.last_sync_time = Some(time(now));
-            let diff = shared.advisories.set_feed(&name, Some(content));
+        Outcome::Loaded(content, counts, validators, digest) => {
+            let advisories = i32::try_from(content.len()).unwrap_or(i32::MAX);
+            let store = Arc::clone(shared);
+            let feed_name = name.clone();
+            let swapped = tokio::task::spawn_blocking(move || {
+                store.advisories.set_feed(&feed_name, Some(content))
+            })
+            .await;
             shared.advisories.attempted(&name);
-            tracing::info!(
-                advisories = status.advisories,
-                changed_keys = diff.changed.len(),
-                "feed loaded"
-            );
-            if let Ok(mut h) = ctx.held.lock() {
-                h.insert(name.clone(), Held { validators, digest });
+            match swapped {
+                Ok(diff) => {
+                    status.advisories = advisories;
+                    status.ecosystems = counts.clone();
+                    status.content_digest = Some(digest.clone());
+                    status.etag = validators.etag.clone();
+                    status.last_modified = validators.last_modified.clone();
+                    status.last_sync_time = Some(time(now));
+                    tracing::info!(advisories, changed_keys = diff.changed.len(), "feed loaded");
+                    if let Ok(mut h) = ctx.held.lock() {
+                        h.insert(
+                            name.clone(),
+                            Held {
+                                settings,
+                                validators,
+                                digest,
+                            },
+                        );
+                    }
+                    shared.metrics.feed_refreshed(&name, now, &counts);
+                    (false, None)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "rebuilding the advisory index failed");
+                    shared.metrics.feed_error(&name);
+                    (
+                        true,
+                        Some((
+                            "IndexFailed",
+                            "rebuilding the advisory index with this data failed".to_owned(),
+                        )),
+                    )
+                }
             }
-            shared.metrics.feed_refreshed(&name, now, &counts);
-            (false, None)
         }
         Outcome::Unchanged => {
             status.last_sync_time = Some(time(now));

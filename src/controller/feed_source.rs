@@ -29,9 +29,9 @@ use reqwest::StatusCode;
 use reqwest::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 use sha2::{Digest, Sha256};
 
-use crate::api::feed::{ConfigMapSource, FeedFormat, FeedSource, UrlSource};
+use crate::api::feed::{ConfigMapSource, DEFAULT_MAX_BYTES, FeedFormat, FeedSource, UrlSource};
 use crate::engine::advisory::{
-    AdvisoryError, KevCatalog, OsvRecord, cve_of, parse_kev, parse_osv_bytes,
+    AdvisoryError, KevCatalog, OsvFilter, OsvRecord, ZipLimits, parse_kev, parse_osv_filtered,
 };
 
 /// The most a ConfigMap source may hold, all keys together, after gzip
@@ -41,7 +41,10 @@ pub const CONFIG_MAP_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The most a path source may hold, all files together (after gzip files are
 /// decompressed): the default of `url.maxBytes`.
-pub const PATH_MAX_BYTES: u64 = 512 * 1024 * 1024;
+pub const PATH_MAX_BYTES: u64 = DEFAULT_MAX_BYTES;
+
+/// Redirects followed per download before giving up.
+pub const MAX_REDIRECTS: usize = 5;
 
 /// Directory levels followed below a path source before giving up (a guard
 /// against symlink loops).
@@ -165,6 +168,18 @@ pub enum FetchError {
         /// The limit.
         limit: u64,
     },
+    /// An archive holds more than its limits allow (a zip bomb guard).
+    #[error("{0}")]
+    ArchiveTooLarge(String),
+    /// The server redirected somewhere Patchloop does not follow: from
+    /// https to http (a downgrade), or too many times.
+    #[error("{url}: {message}")]
+    Redirect {
+        /// The URL asked for.
+        url: String,
+        /// Why the redirect was refused.
+        message: String,
+    },
     /// The body ended before its announced end (connection closed early).
     #[error("{url}: truncated response: {message}")]
     Truncated {
@@ -213,7 +228,8 @@ impl FetchError {
             FetchError::Unreachable { .. } => "Unreachable",
             FetchError::Timeout { .. } => "Timeout",
             FetchError::HttpStatus { .. } => "HttpStatus",
-            FetchError::TooLarge { .. } => "TooLarge",
+            FetchError::TooLarge { .. } | FetchError::ArchiveTooLarge(_) => "TooLarge",
+            FetchError::Redirect { .. } => "Redirect",
             FetchError::Truncated { .. } => "Truncated",
             FetchError::Malformed(_) => "Malformed",
             FetchError::NotFound(_) => "NotFound",
@@ -252,12 +268,41 @@ pub fn install_crypto_provider() {
 }
 
 /// A `reqwest` builder set up for feed downloads (crypto provider installed,
-/// a `patchloop/VERSION` user agent, gzip accepted). Timeouts are per request
-/// (`url.timeout`), so none is set here.
+/// a `patchloop/VERSION` user agent, gzip accepted, redirects limited by
+/// [`redirect_policy`]). Timeouts are per request (`url.timeout`), so none
+/// is set here.
 pub fn http_client_builder() -> reqwest::ClientBuilder {
     install_crypto_provider();
-    reqwest::Client::builder().user_agent(concat!("patchloop/", env!("CARGO_PKG_VERSION")))
+    reqwest::Client::builder()
+        .user_agent(concat!("patchloop/", env!("CARGO_PKG_VERSION")))
+        .redirect(redirect_policy())
 }
+
+/// Follows at most [`MAX_REDIRECTS`] redirects and never one from https to
+/// http: a feed the operator asked to fetch over TLS is never read in the
+/// clear, where anyone on the path could rewrite the advisories.
+pub fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() != "https"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
+        if downgrade {
+            attempt.error(RedirectRefused(
+                "redirected from https to http; a downgrade to plain http is refused".into(),
+            ))
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(RedirectRefused(format!(
+                "more than {MAX_REDIRECTS} redirects; refused"
+            )))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// Why a redirect was not followed (the cause inside reqwest's error).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RedirectRefused(String);
 
 /// The HTTP client for feed downloads; build one and share it.
 pub fn http_client() -> Result<reqwest::Client, FetchError> {
@@ -339,6 +384,17 @@ pub async fn fetch_url(
     let mut response = request.send().await.map_err(|e| {
         if e.is_timeout() {
             timed_out()
+        } else if e.is_redirect() {
+            // The refusal's own words; reqwest's wrapper and the redirect
+            // target (chosen by the server) are left out.
+            let refused = std::iter::successors(std::error::Error::source(&e), |s| s.source())
+                .find_map(|s| s.downcast_ref::<RedirectRefused>())
+                .map(|r| r.0.clone());
+            let message = refused.unwrap_or_else(|| chain(&e.without_url()));
+            FetchError::Redirect {
+                url: name.clone(),
+                message,
+            }
         } else if e.is_builder() {
             FetchError::InvalidSource(format!("url {:?}: {}", source.url, chain(&e.without_url())))
         } else {
@@ -411,10 +467,9 @@ pub async fn fetch_url(
             message: format!("got {} of {expected} bytes", body.len()),
         });
     }
-    let mut budget = limit;
-    let bytes = gunzip_if_gzip(body, &name, &mut budget)?;
+    let blobs = gunzip_blobs(vec![(name, body)], limit).await?;
     Ok(Fetched::Content {
-        blobs: vec![Blob { name, bytes }],
+        blobs,
         validators: next,
     })
 }
@@ -470,13 +525,11 @@ pub async fn fetch_config_map(
         return Err(FetchError::NotFound(format!("data in {origin}")));
     }
 
-    let mut budget = CONFIG_MAP_MAX_BYTES;
-    let mut blobs = Vec::with_capacity(selected.len());
-    for (key, value) in selected {
-        let name = format!("{origin} key {key}");
-        let bytes = gunzip_if_gzip(value, &name, &mut budget)?;
-        blobs.push(Blob { name, bytes });
-    }
+    let named = selected
+        .into_iter()
+        .map(|(key, value)| (format!("{origin} key {key}"), value))
+        .collect();
+    let blobs = gunzip_blobs(named, CONFIG_MAP_MAX_BYTES).await?;
     Ok(Fetched::Content {
         blobs,
         validators: Validators::default(),
@@ -632,6 +685,24 @@ fn io_error(path: &Path, e: std::io::Error) -> FetchError {
 // ---------------------------------------------------------------------------
 // Shared helpers.
 
+/// Makes blobs of (name, bytes) pairs, decompressing the gzip ones within
+/// `limit` bytes in all, on a blocking thread (decompression is CPU work
+/// that must not hold up the async runtime).
+async fn gunzip_blobs(named: Vec<(String, Vec<u8>)>, limit: u64) -> Result<Vec<Blob>, FetchError> {
+    tokio::task::spawn_blocking(move || {
+        let mut budget = limit;
+        named
+            .into_iter()
+            .map(|(name, bytes)| {
+                let bytes = gunzip_if_gzip(bytes, &name, &mut budget)?;
+                Ok(Blob { name, bytes })
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| FetchError::Malformed(format!("the decompression task failed: {e}")))?
+}
+
 /// Decompresses `bytes` when they start with the gzip magic (concatenated
 /// members included), refusing output beyond `budget`, which is reduced by
 /// the size of what is returned (compressed or not).
@@ -682,8 +753,9 @@ fn one_line(text: &str) -> String {
 /// messages (e.g. `AdvisoryFeed debian-12`).
 ///
 /// OSV: each blob is one JSON record, a JSON array of records or a zip
-/// archive of records. With `ecosystems` set, records that cannot matter are
-/// dropped: those none of whose `affected` entries names one of the
+/// archive of records (read within `zip_limits`, see [`zip_limits`]). With
+/// `ecosystems` set, records that cannot matter are dropped as they are read
+/// ([`OsvFilter`]): those none of whose `affected` entries names one of the
 /// ecosystems and that cannot lend a severity to another record (they name
 /// no CVE as id or alias, or carry no severity of their own). The engine
 /// applies the exact ecosystem filter again.
@@ -695,8 +767,12 @@ pub fn parse(
     ecosystems: &[String],
     blobs: &[Blob],
     origin: &str,
+    zip_limits: ZipLimits,
 ) -> Result<FeedContent, FetchError> {
-    let malformed = |e: AdvisoryError| FetchError::Malformed(one_line(&e.to_string()));
+    let malformed = |e: AdvisoryError| match e {
+        AdvisoryError::TooLarge { .. } => FetchError::ArchiveTooLarge(one_line(&e.to_string())),
+        e => FetchError::Malformed(one_line(&e.to_string())),
+    };
     let blob_origin = |blob: &Blob| {
         if origin.is_empty() {
             blob.name.clone()
@@ -706,10 +782,13 @@ pub fn parse(
     };
     match format {
         FeedFormat::Osv => {
+            let filter = OsvFilter { ecosystems };
             let mut records = Vec::new();
             for blob in blobs {
-                let parsed = parse_osv_bytes(&blob.bytes, &blob_origin(blob)).map_err(malformed)?;
-                records.extend(parsed.into_iter().filter(|r| keep_record(r, ecosystems)));
+                records.extend(
+                    parse_osv_filtered(&blob.bytes, &blob_origin(blob), filter, zip_limits)
+                        .map_err(malformed)?,
+                );
             }
             Ok(FeedContent::Osv(records))
         }
@@ -723,30 +802,16 @@ pub fn parse(
     }
 }
 
-/// Whether a record can matter to a database restricted to `ecosystems`.
-fn keep_record(record: &OsvRecord, ecosystems: &[String]) -> bool {
-    if ecosystems.is_empty() {
-        return true;
-    }
-    let affects_wanted = record.affected.iter().any(|a| {
-        a.package
-            .as_ref()
-            .is_some_and(|p| ecosystems.contains(&p.ecosystem))
-    });
-    if affects_wanted {
-        return true;
-    }
-    // AdvisoryDb::build derives the severity of records that carry none from
-    // every record naming the same CVE, whatever its ecosystem.
-    let names_cve = std::iter::once(&record.id)
-        .chain(&record.aliases)
-        .any(|id| cve_of(id).is_some());
-    let has_severity = !record.severity.is_empty()
-        || record
-            .affected
-            .iter()
-            .any(|a| a.ecosystem_specific.is_some() || !a.severity.is_empty());
-    names_cve && has_severity
+/// The zip limits of a source's archives: derived from the most bytes the
+/// source may fetch (`url.maxBytes`, [`CONFIG_MAP_MAX_BYTES`],
+/// [`PATH_MAX_BYTES`]).
+pub fn zip_limits(source: &FeedSource) -> ZipLimits {
+    let fetch_limit = match (&source.url, &source.config_map) {
+        (Some(url), _) => u64::try_from(url.max_bytes).unwrap_or(DEFAULT_MAX_BYTES),
+        (None, Some(_)) => CONFIG_MAP_MAX_BYTES,
+        (None, None) => PATH_MAX_BYTES,
+    };
+    ZipLimits::for_archive_limit(fetch_limit)
 }
 
 /// The SHA-256 (lowercase hex) of the fetched content: of the bytes alone for

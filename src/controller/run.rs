@@ -197,17 +197,29 @@ fn feed_controller(
         config = config.labels(sel);
     }
     let api: Api<AdvisoryFeed> = Api::all(shared.client.clone());
-    // Deleted feeds take their data with them.
+    // Deleted feeds take their data with them (removed in order, off the
+    // watch: the index rebuild is slow).
+    let (deleted_tx, mut deleted_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let deletions = {
         let ctx = Arc::clone(&ctx);
-        watcher::watcher(api.clone(), config.clone()).for_each(move |ev| {
-            if let Ok(Event::Delete(f)) = ev {
-                ctx.forget(&f.name_any());
+        async move {
+            while let Some(name) = deleted_rx.recv().await {
+                ctx.forget(&name).await;
             }
-            future::ready(())
-        })
+        }
     };
-    let controller = Controller::new(api, config);
+    let (feeds, feed_writer) = scope::store::<AdvisoryFeed>();
+    // A feed's own status write (and every other write that leaves its
+    // spec and labels alone) comes back through this watch: only a new
+    // generation or label set, or a first sighting, asks for a refresh;
+    // refreshes are otherwise scheduled by the interval alone.
+    let changed_feeds = scope::reflect_lagging(api, config, None, feed_writer, move |ev| {
+        if let Event::Delete(f) = ev {
+            let _ = deleted_tx.send(f.name_any());
+        }
+    })
+    .predicate_filter(spec_or_labels, Default::default());
+    let controller = Controller::for_stream(changed_feeds, feeds);
     // A standby loads feeds but writes no status: once it leads, every feed
     // is looked at again so its status is its own.
     let led = {

@@ -51,3 +51,4 @@ mod blast_radius;
 mod reporters;
 mod packages;
 mod job_contract;
+mod feeds;
