@@ -48,7 +48,7 @@ async fn attackers_hold_only_what_their_role_grants() {
     }
 }
 mod blast_radius;
-mod reporters;
-mod packages;
-mod job_contract;
 mod feeds;
+mod job_contract;
+mod packages;
+mod reporters;
