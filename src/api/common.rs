@@ -308,6 +308,24 @@ pub fn int_or_percent(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// Dot-separated RFC 1123 labels (letters, digits and inner `-`, 1 to 63
+/// each), 253 characters at most: the shape of DNS names and of
+/// Kubernetes object names.
+pub fn rfc1123_labels(s: &str) -> bool {
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    s.len() <= 253 && s.split('.').all(label_ok)
+}
+
+/// A Kubernetes object (or node) name: a lower-case RFC 1123 DNS subdomain.
+pub fn is_object_name(s: &str) -> bool {
+    rfc1123_labels(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
+}
+
 /// A status timestamp: whole seconds, as `metav1.Time` serialises them, so a
 /// status built in memory equals the one read back and unchanged state never
 /// causes a write.

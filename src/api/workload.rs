@@ -6,7 +6,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{ComplianceSummary, Finding, InventoryReference};
+use super::common::{
+    ComplianceSummary, Finding, InventoryReference, is_object_name, rfc1123_labels,
+};
 
 /// The OSV ecosystem pattern a platform must follow: a distribution, a colon
 /// and a release (`Debian:12`, `Ubuntu:22.04:LTS`, `AlmaLinux:9`, `Alpine:v3.20`).
@@ -187,9 +189,7 @@ pub fn check_target(target: &serde_json::Value) -> Result<(), TargetError> {
         return fail("spec.target.port", "must be a whole number from 1 to 65535");
     }
     if let Some(node) = fields.get("node")
-        && !node
-            .as_str()
-            .is_some_and(|n| dns_labels(n) && !n.bytes().any(|b| b.is_ascii_uppercase()))
+        && !node.as_str().is_some_and(is_object_name)
     {
         return fail(
             "spec.target.node",
@@ -209,21 +209,10 @@ fn is_host(s: &str) -> bool {
 /// trailing dot, whose last label is not all digits (RFC 3696: so that no
 /// resolver reads it as an address, `10.1.1.300` or `0x0a.1`'s cousins).
 fn is_dns_name(s: &str) -> bool {
-    dns_labels(s)
+    rfc1123_labels(s)
         && s.rsplit('.')
             .next()
             .is_some_and(|last| !last.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// Dot-separated RFC 1123 labels, 253 characters at most.
-fn dns_labels(s: &str) -> bool {
-    let label_ok = |l: &str| {
-        (1..=63).contains(&l.len())
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    s.len() <= 253 && s.split('.').all(label_ok)
 }
 
 fn is_user(s: &str) -> bool {

@@ -10,7 +10,7 @@ use kube::{Api, ResourceExt};
 
 use super::scope::{Scope, speaks_for_subject};
 use super::{Error, now, observed, write_status};
-use crate::api::common::time;
+use crate::api::common::{is_object_name, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::inventory::{InventoryStatus, InventorySubject, SubjectKind};
 use crate::api::{ChangeRequest, Inventory};
@@ -23,26 +23,18 @@ pub const MANAGER: &str = "patchloop-inventory";
 /// Kubernetes object name: anything else is the reporter's free text, which a
 /// status must not repeat.
 fn subject_not_found(subject: &InventorySubject) -> String {
-    let is_object_name = subject.name.len() <= 253
-        && subject
-            .name
-            .starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && subject
-            .name
-            .ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && subject
-            .name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
-    if is_object_name {
+    if is_object_name(&subject.name) {
         format!(
             "spec.subject: {:?} {:?} does not exist in this namespace",
             subject.kind, subject.name
         )
     } else {
-        "spec.subject.name is not a Kubernetes object name (lowercase letters, digits, '-' and '.', at most 253 characters)".into()
+        NOT_AN_OBJECT_NAME.to_owned()
     }
 }
+
+/// Said instead of repeating a subject name that is no object name.
+const NOT_AN_OBJECT_NAME: &str = "spec.subject.name is not a Kubernetes object name (lowercase letters, digits, '-' and '.', at most 253 characters)";
 
 /// Reconciles one Inventory's status.
 pub async fn reconcile(inv: Arc<Inventory>, scope: Arc<Scope>) -> Result<Action, Error> {
@@ -153,7 +145,7 @@ fn not_canonical(inv: &Inventory) -> Option<DesiredCondition> {
             revision_suffix(subject),
         )
     } else {
-        "ignored: spec.subject.name is not a valid object name (lowercase letters, digits, '-' and '.', at most 253 characters)".to_owned()
+        format!("ignored: {NOT_AN_OBJECT_NAME}")
     };
     Some(DesiredCondition::new(
         types::READY,
@@ -169,21 +161,6 @@ fn revision_suffix(subject: &InventorySubject) -> String {
         SubjectKind::Template => format!(" revision {}", subject.revision.unwrap_or(1)),
         _ => String::new(),
     }
-}
-
-/// A DNS subdomain (RFC 1123), the grammar of Kubernetes object names.
-fn is_object_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 #[cfg(test)]
