@@ -231,7 +231,14 @@ async fn action_words_in_an_inventory_never_reach_a_job() {
                     .map(|p| &p.containers),
             );
             let annotations = serde_json::to_string(&j.metadata.annotations);
-            format!("{env:?} {annotations:?}")
+            // The contract files travel as the Pod template's annotations.
+            let contract = serde_json::to_string(
+                &j.spec
+                    .as_ref()
+                    .and_then(|s| s.template.metadata.as_ref())
+                    .map(|m| &m.annotations),
+            );
+            format!("{env:?} {annotations:?} {contract:?}")
         })
         .collect();
     let seen = [
@@ -259,10 +266,8 @@ async fn action_words_in_an_inventory_never_reach_a_job() {
         ),
     ];
     assert!(
-        configmaps
-            .iter()
-            .any(|c| serde_json::to_string(&c.data).is_ok_and(|d| d.contains("libc6"))),
-        "the honest Job's package list is there to scan: {configmaps:?}"
+        jobs_text.iter().any(|t| t.contains("libc6")),
+        "the honest Job's package list is there to scan: {jobs_text:?}"
     );
     for word in ATTACKS
         .iter()
