@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use super::advisories::DataState;
 use super::jobs::{self, Purpose};
 use super::policy::outcome_settings;
+use super::remediation;
 use super::scope::{Scope, written_at};
 use super::{Error, now, observed, requeue_at, write_status};
 use crate::api::common::{ComplianceState, InventoryReference, time};
@@ -134,6 +135,9 @@ pub enum Standing {
     ReportOnly(String),
     /// The driving policy's `remediation.paused`.
     PolicyPaused(String),
+    /// Judged from its template revision's Inventory: the driving policy
+    /// waits for the machine's own.
+    ProvisionalInventory(String),
     /// Scheduled by the driving policy's rollout.
     Queued(String),
 }
@@ -191,6 +195,14 @@ pub fn remediation_conditions(
             "GaveUp",
             "every attempt for this fix set failed: see RemediationFailed",
         ),
+        (Some(RemediationPhase::Refused), Some(_)) => DesiredCondition::new(
+            types::REMEDIATING,
+            ConditionStatus::False,
+            "Refused",
+            format!(
+                "Job {job} refused to act (a configuration error on this Workload): see RemediationRefused; a new attempt starts when the Workload's spec changes"
+            ),
+        ),
         (_, Some(_)) => {
             let (reason, message) = match standing {
                 Standing::WorkloadPaused => {
@@ -208,6 +220,12 @@ pub fn remediation_conditions(
                 Standing::PolicyPaused(p) => (
                     "PolicyPaused",
                     format!("PatchPolicy {p} has spec.remediation.paused: true"),
+                ),
+                Standing::ProvisionalInventory(p) => (
+                    "ProvisionalInventory",
+                    format!(
+                        "PatchPolicy {p} does not remediate from a provisional inventory (its template revision's): a Job starts once the machine reports its own Inventory"
+                    ),
                 ),
                 Standing::Queued(p) => (
                     "Queued",
@@ -245,7 +263,7 @@ pub fn remediation_conditions(
             types::REMEDIATION_UNVERIFIED,
             ConditionStatus::True,
             "NoFreshInventory",
-            message,
+            message.clone(),
         )
     } else {
         DesiredCondition::new(
@@ -255,7 +273,24 @@ pub fn remediation_conditions(
             "no remediation is waiting past its verifyTimeout",
         )
     };
-    vec![remediating, failed, unverified]
+    let refused = if phase == Some(RemediationPhase::Refused) {
+        DesiredCondition::new(
+            types::REMEDIATION_REFUSED,
+            ConditionStatus::True,
+            "ConfigurationError",
+            format!(
+                "{message}; fix the Workload's spec (e.g. spec.target, or pin the machine's host key for this Workload): a new attempt starts when it changes"
+            ),
+        )
+    } else {
+        DesiredCondition::new(
+            types::REMEDIATION_REFUSED,
+            ConditionStatus::False,
+            "NotRefused",
+            "the last remediation Job did not refuse to act",
+        )
+    };
+    vec![remediating, failed, unverified, refused]
 }
 
 /// The Workload status the controller wants, from the evaluation; pure.
@@ -741,6 +776,9 @@ fn standing(wl: &Workload, judged: &Judged) -> Standing {
                 Standing::ReportOnly(name.clone())
             }
             Some(p) if p.spec.remediation.paused => Standing::PolicyPaused(name.clone()),
+            _ if judged.chosen.as_ref().is_some_and(|c| c.provisional) => {
+                Standing::ProvisionalInventory(name.clone())
+            }
             _ => Standing::Queued(name.clone()),
         },
     }
@@ -766,6 +804,9 @@ pub fn job_views(jobs: &[Arc<Job>]) -> Vec<JobView> {
                     .unwrap_or(1),
                 created,
                 started: jobs::started_at(j).unwrap_or(created),
+                generation: labels
+                    .get(remediation::WORKLOAD_GENERATION_LABEL)
+                    .and_then(|g| g.parse().ok()),
                 end: jobs::finished(j).map(|f| JobEnd {
                     succeeded: f.succeeded,
                     at: f.at.unwrap_or(created),
@@ -814,7 +855,7 @@ async fn track_remediation(
         jobs: &views,
         inventory_written: own.and_then(|c| written_at(c.object.as_ref())),
         covered: None,
-        failure_message: None,
+        failure: None,
         settings: outcome_settings(&remediation),
         now,
     };
@@ -826,10 +867,8 @@ async fn track_remediation(
                 wake_at,
             } => return Ok((record, notices, wake_at)),
             Observation::Lookup(Lookup::FailureMessage(job)) => {
-                let message = jobs::termination_message(&scope.shared.client, ns, &job)
-                    .await?
-                    .unwrap_or_default();
-                input.failure_message = Some(message);
+                input.failure =
+                    Some(remediation::pod_failure(&scope.shared.client, ns, &job).await?);
             }
             Observation::Lookup(Lookup::Coverage(job)) => {
                 input.covered = Some(covers(scope, ns, &job, judged, &wl.spec.platform).await?);
