@@ -51,6 +51,8 @@ pub struct Round {
     pub wake_at: Option<Timestamp>,
     /// Jobs this round could not create, by Workload (the reason).
     pub errors: Vec<String>,
+    /// Jobs this round created (or found already created).
+    pub started: usize,
 }
 
 /// The Workloads among `matched` whose remediation this policy drives (the
@@ -227,6 +229,7 @@ pub async fn round(
         wake_at: plan.wake_at,
         ledger: plan.ledger.clone(),
         errors: Vec::new(),
+        started: 0,
     };
     tracing::debug!(
         policy = %name,
@@ -257,6 +260,7 @@ pub async fn round(
             .filter_map(future::ready)
             .collect()
             .await;
+        round.started = plan.start.len() - not_started.len();
         for (workload, result) in not_started {
             if let Err(e) = result {
                 round.errors.push(format!("Workload {workload}: {e}"));

@@ -18,7 +18,7 @@ use super::jobs::{self, Purpose};
 use super::policy::outcome_settings;
 use super::remediation;
 use super::scope::{Scope, written_at};
-use super::{Error, now, observed, requeue_at, write_status};
+use super::{Error, failpoint, now, observed, requeue_at, write_status};
 use crate::api::common::{ComplianceState, InventoryReference, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::inventory::SubjectKind;
@@ -700,6 +700,10 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
             shared, &api, &name, "workload", MANAGER, &desired, &previous,
         )
         .await?;
+        let job_of = |s: &WorkloadStatus| s.remediation.as_ref().and_then(|r| r.job.clone());
+        if job_of(&desired).is_some() && job_of(&desired) != job_of(&previous) {
+            failpoint::exit_if(failpoint::EXIT_AFTER_REMEDIATION_RECORD);
+        }
         let mut published = compliance_notice(&previous, &desired)
             .into_iter()
             .collect::<Vec<_>>();
