@@ -578,7 +578,8 @@ async fn a_crash_after_creating_a_job_or_while_jobs_run_never_duplicates_one() {
         remediating_policy(
             "gold",
             "gold",
-            json!({"maxConcurrent": 2, "attempts": 2, "backoff": "1s"}),
+            // Long enough that the retry never races the SIGKILL below.
+            json!({"maxConcurrent": 2, "attempts": 2, "backoff": "15s"}),
         ),
     )
     .await;
