@@ -838,7 +838,12 @@ async fn track_remediation(
         .as_deref()
         .map(|uid| scope.jobs_owned_by(ns, uid))
         .unwrap_or_default();
-    let views = job_views(&owned);
+    let mut views = job_views(&owned);
+    // A Job created before Jobs carried their Workload generation stands
+    // for the current one (a refusal then waits for the next spec change).
+    for v in &mut views {
+        v.generation = v.generation.or(wl.metadata.generation);
+    }
     if previous.is_none() && views.is_empty() {
         return Ok((None, Vec::new(), None));
     }
