@@ -35,7 +35,7 @@ async fn fleet(client: &kube::Client, ns: &str, prefix: &str, tier: &str, n: usi
     for i in 0..n {
         let name = format!("{prefix}-{i:02}");
         apply(client, ns, workload(&name, json!({"tier": tier}))).await;
-        apply(client, ns, inventory(&name, &name, OLD_GLIBC)).await;
+        apply(client, ns, workload_inventory(&name, OLD_GLIBC)).await;
         names.push(name);
     }
     names
@@ -66,7 +66,7 @@ async fn succeed_older_than(client: &kube::Client, ns: &str, seconds: i64) -> us
             let name = job.metadata.name.clone().unwrap_or_default();
             executor::complete(client, ns, &name, None).await;
             let w = label(&job, WORKLOAD_LABEL);
-            apply(client, ns, inventory(w, w, FIXED_GLIBC)).await;
+            apply(client, ns, workload_inventory(w, FIXED_GLIBC)).await;
             n += 1;
         }
     }
@@ -266,7 +266,7 @@ async fn the_canary_runs_alone_then_at_most_max_concurrent_and_every_fix_is_veri
     apply(
         &client,
         &ns,
-        inventory(&canary_workload, &canary_workload, FIXED_GLIBC),
+        workload_inventory(&canary_workload, FIXED_GLIBC),
     )
     .await;
 
@@ -573,7 +573,7 @@ async fn only_an_inventory_written_after_the_job_started_verifies_it() {
     let name = canary.metadata.name.clone().unwrap_or_default();
     let w = label(&canary, WORKLOAD_LABEL).to_owned();
     // The fixed inventory arrives before the Job (re)starts: it proves nothing.
-    apply(&client, &ns, inventory(&w, &w, FIXED_GLIBC)).await;
+    apply(&client, &ns, workload_inventory(&w, FIXED_GLIBC)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let start = jiff::Timestamp::now()
         .round(jiff::Unit::Second)
@@ -616,7 +616,8 @@ async fn a_crash_after_creating_a_job_or_while_jobs_run_never_duplicates_one() {
         remediating_policy(
             "gold",
             "gold",
-            json!({"maxConcurrent": 2, "attempts": 2, "backoff": "1s"}),
+            // Long enough that the retry never races the SIGKILL below.
+            json!({"maxConcurrent": 2, "attempts": 2, "backoff": "15s"}),
         ),
     )
     .await;
@@ -853,4 +854,265 @@ async fn the_contract_budget_is_the_apiservers_annotation_limit() {
         }
         other => panic!("the apiserver took annotations over its limit: {other:?}"),
     }
+}
+
+/// What etcd wrote, in its order (resourceVersion): each remediation Job's
+/// creation and each Workload's first `Verified` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Write {
+    JobCreated(String),
+    Verified(String),
+}
+
+/// Watches Jobs and Workloads of `ns` and logs [`Write`]s with their
+/// resourceVersions (one etcd revision sequence orders both kinds).
+struct WriteOrder {
+    log: std::sync::Arc<std::sync::Mutex<Vec<(u64, Write)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WriteOrder {
+    fn start(client: &kube::Client, ns: &str) -> WriteOrder {
+        use futures::StreamExt;
+        use kube::runtime::watcher::{self, Event};
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let push = |log: &std::sync::Arc<std::sync::Mutex<Vec<(u64, Write)>>>,
+                    rv: Option<&String>,
+                    write: Write| {
+            let rv = rv.and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+            if let Ok(mut l) = log.lock()
+                && !l.iter().any(|(_, w)| *w == write)
+            {
+                l.push((rv, write));
+            }
+        };
+        let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+        let job_log = std::sync::Arc::clone(&log);
+        let job_task = tokio::spawn(async move {
+            let config = watcher::Config::default().labels(executor::OURS);
+            let mut stream = watcher::watcher(jobs, config).boxed();
+            while let Some(ev) = stream.next().await {
+                if let Ok(Event::Apply(j) | Event::InitApply(j)) = ev {
+                    let w = label(&j, WORKLOAD_LABEL).to_owned();
+                    push(
+                        &job_log,
+                        j.metadata.resource_version.as_ref(),
+                        Write::JobCreated(w),
+                    );
+                }
+            }
+        });
+        let workloads: Api<Workload> = Api::namespaced(client.clone(), ns);
+        let wl_log = std::sync::Arc::clone(&log);
+        let wl_task = tokio::spawn(async move {
+            let mut stream = watcher::watcher(workloads, watcher::Config::default()).boxed();
+            while let Some(ev) = stream.next().await {
+                if let Ok(Event::Apply(w) | Event::InitApply(w)) = ev
+                    && w.status.as_ref().and_then(phase) == Some(RemediationPhase::Verified)
+                {
+                    push(
+                        &wl_log,
+                        w.metadata.resource_version.as_ref(),
+                        Write::Verified(w.name_any()),
+                    );
+                }
+            }
+        });
+        WriteOrder {
+            log,
+            tasks: vec![job_task, wl_task],
+        }
+    }
+
+    /// The writes so far, in etcd's order.
+    fn ordered(&self) -> Vec<(u64, Write)> {
+        let mut l = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        l.sort_by_key(|(rv, _)| *rv);
+        l
+    }
+}
+
+impl Drop for WriteOrder {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// One run of issue 22's canary scenario: a Remediate policy in an open
+/// window, canary 1, maxConcurrent 2, six non-compliant Workloads, Jobs
+/// completed (and the fix reported) by the executor as soon as they
+/// appear. Fails when a second Job was created before the canary's
+/// Verified record, or more than 2 Jobs ran at once.
+async fn canary_scenario(run: usize, failpoints: &str) {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace(&format!("canary{run}")).await;
+    let label_ = support::random_suffix();
+    fixture_feeds(&client, &label_).await;
+    apply(
+        &client,
+        &ns,
+        remediating_policy(
+            "gold",
+            "gold",
+            json!({"maxConcurrent": 2, "canary": 1, "maxFailures": 6}),
+        ),
+    )
+    .await;
+    let names = fleet(&client, &ns, "vm", "gold", 6).await;
+    let order = WriteOrder::start(&client, &ns);
+    let watch = InFlightWatch::start(&client, &ns);
+    let mut pl = Patchloop::spawn(
+        env,
+        &ns,
+        &label_,
+        &[],
+        &[("PATCHLOOP_FAILPOINTS", failpoints)],
+    );
+    if failpoints.starts_with("exit-") {
+        // The controller dies the moment its first Job exists, before its
+        // ledger names the canary; the next one starts from the caches.
+        let exit =
+            tokio::task::spawn_blocking(move || pl.child.wait_timeout(Duration::from_secs(90)))
+                .await
+                .expect("join")
+                .expect("wait")
+                .unwrap_or_else(|| panic!("run {run}: {failpoints} to stop the controller"));
+        assert_eq!(exit.code(), Some(86), "run {run}");
+        pl = Patchloop::spawn(env, &ns, &label_, &[], &[]);
+    }
+    pl.ready().await;
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+    support::eventually("all six remediated and verified", LONG_WAIT, async || {
+        succeed_all(&client, &ns).await;
+        all_verified(&workloads, &names).await.then_some(())
+    })
+    .await;
+    // The watches deliver the last writes a little after the reads above.
+    let writes = support::eventually("every write seen", WAIT, async || {
+        let w = order.ordered();
+        let verified = w
+            .iter()
+            .filter(|(_, w)| matches!(w, Write::Verified(_)))
+            .count();
+        (verified == 6).then_some(w)
+    })
+    .await;
+    let Some((_, Write::JobCreated(canary))) = writes.first() else {
+        panic!("run {run}: the first write is not a Job: {writes:?}");
+    };
+    let before_outcome: Vec<&Write> = writes
+        .iter()
+        .map(|(_, w)| w)
+        .take_while(|w| **w != Write::Verified(canary.clone()))
+        .collect();
+    assert_eq!(
+        before_outcome,
+        [&Write::JobCreated(canary.clone())],
+        "run {run} ({failpoints}): a second Job before the canary's outcome: {writes:?}"
+    );
+    assert!(
+        watch.most() <= 2,
+        "run {run}: {} in flight:\n{}",
+        watch.most(),
+        watch.history()
+    );
+    assert_eq!(watch.created(), 6, "run {run}: one Job per Workload");
+}
+
+/// Issue 22, point 1: twenty-one runs of the canary scenario, a third of
+/// them with the Job watch 1 s behind and a third with the controller killed
+/// the moment the canary's Job exists (its ledger never written); the
+/// canary runs alone in every one.
+#[tokio::test]
+async fn the_canary_runs_alone_in_twenty_one_runs_with_cache_lag_and_crashes() {
+    for run in 0..21 {
+        let failpoints = ["", "job-watch-delay=1s", "exit-after-job-create"][run % 3];
+        canary_scenario(run, failpoints).await;
+    }
+}
+
+/// Kills the controller at `failpoint` (a point between two writes of a
+/// remediation start), restarts it, and checks the rollout finishes: every
+/// Workload Verified, one Job per Workload, nothing left in flight.
+async fn crash_between_writes(failpoint: &str) {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("between").await;
+    let label_ = support::random_suffix();
+    fixture_feeds(&client, &label_).await;
+    apply(
+        &client,
+        &ns,
+        remediating_policy(
+            "gold",
+            "gold",
+            json!({"maxConcurrent": 2, "canary": 1, "maxFailures": 4}),
+        ),
+    )
+    .await;
+    let names = fleet(&client, &ns, "host", "gold", 4).await;
+    let watch = InFlightWatch::start(&client, &ns);
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+
+    let mut crashing = Patchloop::spawn(
+        env,
+        &ns,
+        &label_,
+        &[],
+        &[("PATCHLOOP_FAILPOINTS", failpoint)],
+    );
+    let exit =
+        tokio::task::spawn_blocking(move || crashing.child.wait_timeout(Duration::from_secs(90)))
+            .await
+            .expect("join")
+            .expect("wait")
+            .unwrap_or_else(|| panic!("the failpoint {failpoint} to stop the controller"));
+    assert_eq!(exit.code(), Some(86), "{failpoint}");
+    let jobs = executor::jobs(&client, &ns).await;
+    assert_eq!(
+        jobs.len(),
+        1,
+        "{failpoint}: only the canary before the crash"
+    );
+
+    let _pl = Patchloop::start(env, &ns, &label_, &[]).await;
+    support::eventually("every Workload verified", LONG_WAIT, async || {
+        succeed_all(&client, &ns).await;
+        all_verified(&workloads, &names).await.then_some(())
+    })
+    .await;
+    let by = jobs_by_workload(&executor::jobs(&client, &ns).await);
+    assert!(
+        names.iter().all(|w| by.get(w).map(Vec::len) == Some(1)),
+        "{failpoint}: {by:?}"
+    );
+    assert_eq!(watch.created(), 4, "{failpoint}:\n{}", watch.history());
+    let ledger = support::eventually("the rollout to end", WAIT, async || {
+        policy_status(&client, &ns, "gold")
+            .await
+            .and_then(|s| s.workloads)
+            .filter(|c| c.compliant == 4 && c.remediating == 0)
+    })
+    .await;
+    assert_eq!(ledger.failed, 0, "{failpoint}");
+    assert!(
+        executor::jobs(&client, &ns)
+            .await
+            .iter()
+            .all(|j| !unfinished(j)),
+        "{failpoint}: a Job left in flight"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_after_the_rollout_round_wrote_its_ledger_never_duplicates_a_job() {
+    crash_between_writes("exit-after-rollout-round").await;
+}
+
+#[tokio::test]
+async fn a_crash_after_the_workload_recorded_its_job_never_duplicates_a_job() {
+    crash_between_writes("exit-after-remediation-record").await;
 }

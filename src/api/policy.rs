@@ -447,23 +447,29 @@ pub struct TemplateCounts {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutLedger {
-    /// Failed or unverified outcomes since the last resume.
+    /// Failed or unverified outcomes since the last resume (counting stops
+    /// once the rollout pauses itself).
     #[serde(default)]
     pub failures: i32,
     /// The Workloads of the last few failures, newest last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_failures: Vec<String>,
-    /// Verified successes since the last resume; the canary phase ends when it
-    /// reaches `canary`.
+    /// Verified successes since the last resume, counted up to `canary`: the
+    /// canary phase ends when it reaches `canary`.
     #[serde(default)]
     pub verified: i32,
     /// The Workloads started as canaries of the current rollout.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub canaries: Vec<String>,
-    /// Job outcomes already counted (job names), so a restart never counts one
-    /// twice; bounded to the recent ones.
+    /// Job outcomes already counted (job names) that are still the current
+    /// record of their Workload, so a restart never counts one twice; at
+    /// most `canary` + `maxFailures` of them, whatever the fleet's size.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub counted: Vec<String>,
+    /// Outcomes of Jobs that finished before this instant are never counted
+    /// (set at each resume and at the end of each rollout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counting_since: Option<Time>,
     /// When the rollout paused itself after `maxFailures`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_at: Option<Time>,

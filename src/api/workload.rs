@@ -340,6 +340,11 @@ pub enum RemediationPhase {
     /// The Job succeeded but no fresh inventory confirmed the fix within
     /// `verifyTimeout`: `RemediationUnverified`.
     Unverified,
+    /// The Job's script refused to act (exit code 2: a configuration error
+    /// on this Workload, e.g. an unpinned host key or invalid input):
+    /// `RemediationRefused`. No new attempt until the Workload's spec
+    /// changes; never counted toward the policy's `maxFailures`.
+    Refused,
 }
 
 /// The result of one finished attempt.
@@ -351,6 +356,9 @@ pub enum RemediationOutcome {
     Failed,
     /// The Job succeeded but the fix was not confirmed in time.
     Unverified,
+    /// The Job's script refused to act (exit code 2): a configuration error
+    /// on this Workload, not a rollout failure.
+    Refused,
 }
 
 /// The per-Workload remediation ledger, written by the workload reconciler
@@ -370,7 +378,7 @@ pub struct RemediationRecord {
     /// The current or last Job's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
-    /// Running, Verifying, Verified, BackingOff, Failed or Unverified.
+    /// Running, Verifying, Verified, BackingOff, Failed, Unverified or Refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RemediationPhase>,
     /// When the current or last Job started (server time).
@@ -393,6 +401,10 @@ pub struct RemediationRecord {
     /// or a recreated object) can verify the Job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory_baseline: Option<InventoryVersion>,
+    /// With phase `Refused`: the Workload's `metadata.generation` the
+    /// refused Job was created for; a new attempt waits for a newer one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_generation: Option<i64>,
 }
 
 /// One version of an Inventory, in the apiserver's own terms (no client

@@ -16,6 +16,13 @@ pub const EXIT_CODE: i32 = 86;
 /// The process exits right after creating a remediation Job, before
 /// anything else records it.
 pub const EXIT_AFTER_JOB_CREATE: &str = "exit-after-job-create";
+/// The process exits once a rollout round that created remediation Jobs
+/// has written the policy's status (its ledger), before any Workload has
+/// recorded the new Jobs.
+pub const EXIT_AFTER_ROLLOUT_ROUND: &str = "exit-after-rollout-round";
+/// The process exits right after a Workload's status first records a new
+/// remediation Job (`Running`), before the policy's next round.
+pub const EXIT_AFTER_REMEDIATION_RECORD: &str = "exit-after-remediation-record";
 /// The process exits right after the template reconciler creates a
 /// ChangeRequest, before the Template's status names it.
 pub const EXIT_AFTER_CHANGE_REQUEST_CREATE: &str = "exit-after-change-request-create";

@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt};
 
 use super::remediation;
 use super::scope::Scope;
-use super::{Error, now, observed, requeue_at, write_status};
+use super::{Error, failpoint, now, observed, requeue_at, write_status};
 use crate::api::common::{ComplianceState, Duration, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::policy::{
@@ -403,6 +403,9 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
                 )
                 .await;
         }
+    }
+    if round.started > 0 {
+        failpoint::exit_if(failpoint::EXIT_AFTER_ROLLOUT_ROUND);
     }
     let next = match (window::next_change(&windows, now), round.wake_at) {
         (Some(a), Some(b)) => Some(a.min(b)),

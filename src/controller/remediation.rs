@@ -10,22 +10,35 @@ use std::sync::Arc;
 use futures::{StreamExt, future, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
+use kube::api::ListParams;
 
 use super::jobs::{self, Created, JobRequest, Purpose};
 use super::scope::Scope;
 use super::workload::{inventory_baseline_labels, judge};
 use super::{Error, failpoint};
 use crate::api::policy::{PatchPolicy, RESUME_ANNOTATION, RolloutLedger};
-use crate::api::workload::{Workload, check_target};
+use crate::api::workload::{RemediationPhase, Workload, check_target};
 use crate::engine::evaluate::{PolicyRef, RemediationChoice, remediation_policy};
+use crate::engine::outcome::PodFailure;
 use crate::engine::rollout::{
-    self, Hold, Need, Plan, PlanInput, Record, RolloutSettings, Start, WindowState, WorkloadState,
+    self, Hold, JobActivity, Need, Outcome, Plan, PlanInput, Record, RolloutSettings, Start,
+    WindowState, WorkloadState,
 };
 
 /// Job creations in flight at once within a round.
 const CREATES_IN_FLIGHT: usize = 16;
+
+/// The label carrying the Workload generation a remediation Job was created
+/// for: after a refusal, a new attempt waits for a newer one.
+pub const WORKLOAD_GENERATION_LABEL: &str = "patchloop.dev/workload-generation";
+
+/// The exit code with which a job script refuses to act (the job contract's
+/// "refused: configuration error", e.g. an unpinned host key or invalid
+/// input).
+pub const REFUSED_EXIT_CODE: i32 = 2;
 
 /// What a round of the rollout did.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +51,8 @@ pub struct Round {
     pub wake_at: Option<Timestamp>,
     /// Jobs this round could not create, by Workload (the reason).
     pub errors: Vec<String>,
+    /// Jobs this round created (or found already created).
+    pub started: usize,
 }
 
 /// The Workloads among `matched` whose remediation this policy drives (the
@@ -59,8 +74,41 @@ pub fn driven(
         .collect()
 }
 
+/// What the caches and this process's memory show of a Workload's Jobs
+/// (`owned`: its cached Jobs; `expected`: one created and not cached yet).
+fn job_activity(w: &Workload, owned: &[Arc<Job>], expected: bool) -> JobActivity {
+    let record = w.status.as_ref().and_then(|s| s.remediation.as_ref());
+    let mut activity = JobActivity {
+        expected,
+        ..JobActivity::default()
+    };
+    for job in owned {
+        let Some(end) = jobs::finished(job) else {
+            activity.unfinished = true;
+            continue;
+        };
+        let name = job.metadata.name.as_deref();
+        let recorded = record.is_some_and(|r| {
+            if r.job.as_deref() == name {
+                r.phase.is_some_and(|p| p != RemediationPhase::Running)
+            } else {
+                // An older Job the record has moved past.
+                let created = job.metadata.creation_timestamp.as_ref().map(|t| t.0);
+                r.started_at
+                    .as_ref()
+                    .is_some_and(|s| created.is_some_and(|c| c < s.0))
+            }
+        });
+        if !recorded {
+            let succeeded = activity.unrecorded_end.unwrap_or(true) && end.succeeded;
+            activity.unrecorded_end = Some(succeeded);
+        }
+    }
+    activity
+}
+
 /// The planner's view of one Workload.
-fn state(w: &Workload, in_flight: bool) -> WorkloadState {
+fn state(w: &Workload, jobs: JobActivity) -> WorkloadState {
     let status = w.status.as_ref();
     let record = status.and_then(|s| s.remediation.as_ref());
     WorkloadState {
@@ -89,8 +137,13 @@ fn state(w: &Workload, in_flight: bool) -> WorkloadState {
             outcome: r.outcome,
             job: r.job.clone(),
             backoff_until: r.backoff_until.as_ref().map(|t| t.0),
+            refused_generation: r.refused_generation,
         }),
-        job_in_flight: in_flight,
+        jobs,
+        generation: w.metadata.generation,
+        provisional: status
+            .and_then(|s| s.inventory.as_ref())
+            .is_some_and(|i| i.provisional),
     }
 }
 
@@ -125,10 +178,8 @@ pub async fn round(
         .and_then(|s| s.rollout.clone())
         .unwrap_or_default();
 
-    // In flight: a cached Job without Complete/Failed, or one created and
-    // not cached yet.
-    let pending_owners = scope.expected_jobs.pending_owners(&scope.jobs);
     // One pass over the Job cache, not one per Workload.
+    let expected = scope.expected_jobs.pending_owners(&scope.jobs);
     let mut owned: BTreeMap<String, Vec<Arc<Job>>> = BTreeMap::new();
     for job in scope.jobs.state() {
         if job.metadata.namespace.as_deref() != Some(ns) {
@@ -141,55 +192,31 @@ pub async fn round(
                 .push(Arc::clone(&job));
         }
     }
-    let in_flight = |w: &Workload| {
-        w.metadata.uid.as_ref().is_some_and(|uid| {
-            pending_owners.contains(uid)
-                || owned
-                    .get(uid)
-                    .is_some_and(|js| js.iter().any(|j| jobs::finished(j).is_none()))
+    let states: Vec<WorkloadState> = driven
+        .iter()
+        .map(|w| {
+            let uid = w.metadata.uid.as_deref().unwrap_or_default();
+            let owned = owned.get(uid).map_or(&[][..], Vec::as_slice);
+            state(w, job_activity(w, owned, expected.contains(uid)))
         })
-    };
-    let states: Vec<WorkloadState> = driven.iter().map(|w| state(w, in_flight(w))).collect();
+        .collect();
 
     // Each finished outcome of this policy's Jobs counts once.
-    let outcomes: Vec<_> = driven
+    let outcomes: Vec<Outcome> = driven
         .iter()
         .filter_map(|w| {
             let r = w.status.as_ref()?.remediation.as_ref()?;
             (r.policy.as_deref() == Some(jobs::label_value(&name).as_str())).then_some(())?;
-            Some((w.name_any(), r.job.clone()?, r.outcome?))
+            Some(Outcome {
+                workload: w.name_any(),
+                job: r.job.clone()?,
+                outcome: r.outcome?,
+                finished_at: r.finished_at.as_ref().map(|t| t.0),
+            })
         })
         .collect();
-    let ledger = rollout::account(&previous, &outcomes);
-    let unrecorded_failures = driven
-        .iter()
-        .filter(|w| {
-            let record = w.status.as_ref().and_then(|s| s.remediation.as_ref());
-            w.metadata
-                .uid
-                .as_ref()
-                .and_then(|uid| owned.get(uid))
-                .is_some_and(|js| {
-                    js.iter().any(|j| {
-                        jobs::finished(j).is_some_and(|f| !f.succeeded)
-                            && record.is_none_or(|r| {
-                                r.job.as_deref() != j.metadata.name.as_deref()
-                                    || r.outcome.is_none()
-                            })
-                            && record.is_none_or(|r| {
-                                // An older Job the record has moved past.
-                                r.started_at.as_ref().is_none_or(|s| {
-                                    j.metadata
-                                        .creation_timestamp
-                                        .as_ref()
-                                        .is_none_or(|c| c.0 >= s.0)
-                                })
-                            })
-                    })
-                })
-        })
-        .count();
     let settings = rollout_settings(policy);
+    let ledger = rollout::account(&previous, &settings, &outcomes);
     let plan: Plan = rollout::plan(&PlanInput {
         settings: &settings,
         window,
@@ -199,7 +226,6 @@ pub async fn round(
             .annotations()
             .get(RESUME_ANNOTATION)
             .map(String::as_str),
-        unrecorded_failures: u32::try_from(unrecorded_failures).unwrap_or(u32::MAX),
         now,
     });
     let mut round = Round {
@@ -213,6 +239,7 @@ pub async fn round(
         wake_at: plan.wake_at,
         ledger: plan.ledger.clone(),
         errors: Vec::new(),
+        started: 0,
     };
     tracing::debug!(
         policy = %name,
@@ -233,20 +260,21 @@ pub async fn round(
         for start in &plan.start {
             if let Some(w) = by_name.get(&start.workload) {
                 creates.push(async move {
-                    start_job(scope, policy, ns, w, start, now)
-                        .await
-                        .err()
-                        .map(|e| (start.workload.clone(), e))
+                    let started = start_job(scope, policy, ns, w, start, now).await;
+                    (!matches!(started, Ok(true))).then(|| (start.workload.clone(), started))
                 });
             }
         }
-        let failures: Vec<(String, StartError)> = stream::iter(creates)
+        let not_started: Vec<(String, Result<bool, StartError>)> = stream::iter(creates)
             .buffer_unordered(CREATES_IN_FLIGHT)
             .filter_map(future::ready)
             .collect()
             .await;
-        for (workload, e) in failures {
-            round.errors.push(format!("Workload {workload}: {e}"));
+        round.started = plan.start.len() - not_started.len();
+        for (workload, result) in not_started {
+            if let Err(e) = result {
+                round.errors.push(format!("Workload {workload}: {e}"));
+            }
             // A Workload that did not start is not a canary.
             round.ledger.canaries.retain(|c| *c != workload);
         }
@@ -276,7 +304,8 @@ enum StartError {
 }
 
 /// Creates the Job for one planned start, from a fresh evaluation (the
-/// full fix set; the Workload's status carries only its digest).
+/// full fix set; the Workload's status carries only its digest); false when
+/// the fresh evaluation leaves nothing to start.
 async fn start_job(
     scope: &Scope,
     policy: &PatchPolicy,
@@ -284,7 +313,7 @@ async fn start_job(
     w: &Workload,
     start: &Start,
     now: Timestamp,
-) -> Result<(), StartError> {
+) -> Result<bool, StartError> {
     let template = policy
         .spec
         .remediation
@@ -292,12 +321,17 @@ async fn start_job(
         .as_ref()
         .ok_or(StartError::NoTemplate)?;
     let (Some(uid), wname) = (w.metadata.uid.clone(), w.name_any()) else {
-        return Ok(());
+        return Ok(false);
     };
     let judged = judge(scope, w, ns, now);
+    // Only the machine's own Inventory says what to install on it (the
+    // status the planner read may predate a deleted one).
+    if judged.chosen.as_ref().is_none_or(|c| c.provisional) {
+        return Ok(false);
+    }
     let Some(fixes) = judged.installable(&w.spec.platform) else {
         // Compliant since the status was written: nothing to do.
-        return Ok(());
+        return Ok(false);
     };
     // The planner counted attempts for the fix set in status; a fresher
     // one starts its own count.
@@ -336,6 +370,10 @@ async fn start_job(
         (jobs::WORKLOAD_LABEL.to_owned(), jobs::label_value(&wname)),
         (jobs::ATTEMPT_LABEL.to_owned(), attempt.to_string()),
         (jobs::FIX_SET_LABEL.to_owned(), fixes.short().to_owned()),
+        (
+            WORKLOAD_GENERATION_LABEL.to_owned(),
+            w.metadata.generation.unwrap_or_default().to_string(),
+        ),
     ]);
     labels.extend(inventory_baseline_labels(&judged));
     let env = vec![
@@ -396,7 +434,50 @@ async fn start_job(
         scope.shared.metrics.job_created(Purpose::Remediation);
         tracing::info!(workload = %wname, job = %job_name, attempt, canary = start.canary, "remediation Job created");
     }
-    Ok(())
+    Ok(true)
+}
+
+/// How a failed Job's Pod ended, from a live list of its Pods (the newest
+/// with a terminated container wins).
+pub async fn pod_failure(
+    client: &kube::Client,
+    namespace: &str,
+    job: &str,
+) -> Result<PodFailure, kube::Error> {
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("{}={job}", jobs::POD_JOB_NAME_LABEL)))
+        .await?;
+    let mut items = list.items;
+    items.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
+    Ok(items
+        .iter()
+        .find_map(|pod| {
+            jobs::pod_termination_message(pod).map(|message| PodFailure {
+                message,
+                refused: exit_code(pod) == Some(REFUSED_EXIT_CODE),
+            })
+        })
+        .unwrap_or_default())
+}
+
+/// The exit code of a Pod's first container that terminated with a non-zero
+/// one (the container [`jobs::pod_termination_message`] describes).
+fn exit_code(pod: &Pod) -> Option<i32> {
+    let status = pod.status.as_ref()?;
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|cs| {
+            let state = cs.state.as_ref().and_then(|s| s.terminated.as_ref());
+            let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+            state
+                .or(last)
+                .map(|t| t.exit_code)
+                .filter(|code| *code != 0)
+        })
 }
 
 /// Deletes finished Jobs beyond the newest `keepFinishedJobs` of each

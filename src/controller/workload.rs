@@ -15,8 +15,9 @@ use k8s_openapi::api::batch::v1::Job;
 use super::advisories::DataState;
 use super::jobs::{self, Purpose};
 use super::policy::outcome_settings;
+use super::remediation;
 use super::scope::{Scope, version_of};
-use super::{Error, now, observed, requeue_at, write_status};
+use super::{Error, failpoint, now, observed, requeue_at, write_status};
 use crate::api::common::{ComplianceState, InventoryReference, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::inventory::{InventorySubject, SubjectKind};
@@ -181,6 +182,9 @@ pub enum Standing {
     ReportOnly(String),
     /// The driving policy's `remediation.paused`.
     PolicyPaused(String),
+    /// Judged from its template revision's Inventory: the driving policy
+    /// waits for the machine's own.
+    ProvisionalInventory(String),
     /// Scheduled by the driving policy's rollout.
     Queued(String),
 }
@@ -238,6 +242,14 @@ pub fn remediation_conditions(
             "GaveUp",
             "every attempt for this fix set failed: see RemediationFailed",
         ),
+        (Some(RemediationPhase::Refused), Some(_)) => DesiredCondition::new(
+            types::REMEDIATING,
+            ConditionStatus::False,
+            "Refused",
+            format!(
+                "Job {job} refused to act (a configuration error on this Workload): see RemediationRefused; a new attempt starts when the Workload's spec changes"
+            ),
+        ),
         (_, Some(_)) => {
             let (reason, message) = match standing {
                 Standing::WorkloadPaused => {
@@ -255,6 +267,12 @@ pub fn remediation_conditions(
                 Standing::PolicyPaused(p) => (
                     "PolicyPaused",
                     format!("PatchPolicy {p} has spec.remediation.paused: true"),
+                ),
+                Standing::ProvisionalInventory(p) => (
+                    "ProvisionalInventory",
+                    format!(
+                        "PatchPolicy {p} does not remediate from a provisional inventory (its template revision's): a Job starts once the machine reports its own Inventory"
+                    ),
                 ),
                 Standing::Queued(p) => (
                     "Queued",
@@ -292,7 +310,7 @@ pub fn remediation_conditions(
             types::REMEDIATION_UNVERIFIED,
             ConditionStatus::True,
             "NoFreshInventory",
-            message,
+            message.clone(),
         )
     } else {
         DesiredCondition::new(
@@ -302,7 +320,24 @@ pub fn remediation_conditions(
             "no remediation is waiting past its verifyTimeout",
         )
     };
-    vec![remediating, failed, unverified]
+    let refused = if phase == Some(RemediationPhase::Refused) {
+        DesiredCondition::new(
+            types::REMEDIATION_REFUSED,
+            ConditionStatus::True,
+            "ConfigurationError",
+            format!(
+                "{message}; fix the Workload's spec (e.g. spec.target, or pin the machine's host key for this Workload): a new attempt starts when it changes"
+            ),
+        )
+    } else {
+        DesiredCondition::new(
+            types::REMEDIATION_REFUSED,
+            ConditionStatus::False,
+            "NotRefused",
+            "the last remediation Job did not refuse to act",
+        )
+    };
+    vec![remediating, failed, unverified, refused]
 }
 
 /// The Workload status the controller wants, from the evaluation; pure.
@@ -762,6 +797,10 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
             shared, &api, &name, "workload", MANAGER, &desired, &previous,
         )
         .await?;
+        let job_of = |s: &WorkloadStatus| s.remediation.as_ref().and_then(|r| r.job.clone());
+        if job_of(&desired).is_some() && job_of(&desired) != job_of(&previous) {
+            failpoint::exit_if(failpoint::EXIT_AFTER_REMEDIATION_RECORD);
+        }
         let mut published = compliance_notice(&previous, &desired)
             .into_iter()
             .collect::<Vec<_>>();
@@ -838,6 +877,9 @@ fn standing(wl: &Workload, judged: &Judged) -> Standing {
                 Standing::ReportOnly(name.clone())
             }
             Some(p) if p.spec.remediation.paused => Standing::PolicyPaused(name.clone()),
+            _ if judged.chosen.as_ref().is_some_and(|c| c.provisional) => {
+                Standing::ProvisionalInventory(name.clone())
+            }
             _ => Standing::Queued(name.clone()),
         },
     }
@@ -863,6 +905,9 @@ pub fn job_views(jobs: &[Arc<Job>]) -> Vec<JobView> {
                     .unwrap_or(1),
                 created,
                 started: jobs::started_at(j).unwrap_or(created),
+                generation: labels
+                    .get(remediation::WORKLOAD_GENERATION_LABEL)
+                    .and_then(|g| g.parse().ok()),
                 end: jobs::finished(j).map(|f| JobEnd {
                     succeeded: f.succeeded,
                     at: f.at.unwrap_or(created),
@@ -891,7 +936,12 @@ async fn track_remediation(
         .as_deref()
         .map(|uid| scope.jobs_owned_by(ns, uid))
         .unwrap_or_default();
-    let views = job_views(&owned);
+    let mut views = job_views(&owned);
+    // A Job created before Jobs carried their Workload generation stands
+    // for the current one (a refusal then waits for the next spec change).
+    for v in &mut views {
+        v.generation = v.generation.or(wl.metadata.generation);
+    }
     if previous.is_none() && views.is_empty() {
         return Ok((None, Vec::new(), None));
     }
@@ -918,7 +968,7 @@ async fn track_remediation(
             })
         }),
         covered: None,
-        failure_message: None,
+        failure: None,
         settings: outcome_settings(&remediation),
         now,
     };
@@ -930,10 +980,8 @@ async fn track_remediation(
                 wake_at,
             } => return Ok((record.map(|r| *r), notices, wake_at)),
             Observation::Lookup(Lookup::FailureMessage(job)) => {
-                let message = jobs::termination_message(&scope.shared.client, ns, &job)
-                    .await?
-                    .unwrap_or_default();
-                input.failure_message = Some(message);
+                input.failure =
+                    Some(remediation::pod_failure(&scope.shared.client, ns, &job).await?);
             }
             Observation::Lookup(Lookup::Coverage(job)) => {
                 input.covered = Some(covers(scope, ns, &job, judged, &wl.spec.platform));

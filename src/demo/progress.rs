@@ -39,6 +39,7 @@ impl WorkloadView {
             (_, Some(RemediationPhase::BackingOff)) => "backing off",
             (_, Some(RemediationPhase::Failed)) => "remediation failed",
             (_, Some(RemediationPhase::Unverified)) => "unverified",
+            (_, Some(RemediationPhase::Refused)) => "remediation refused",
             (Some(ComplianceState::Overdue), _) => "non-compliant (overdue)",
             (Some(ComplianceState::Pending), _) => "non-compliant (pending)",
             (Some(ComplianceState::Unknown), _) => "unknown",

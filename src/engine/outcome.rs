@@ -17,6 +17,9 @@
 //! - `Failed` (or the Job deleted while running) → `BackingOff` until
 //!   `finished + backoff × 2^(attempt-1)`, or `Failed` once `attempts` are
 //!   used up. An unverified attempt also backs off before the next try.
+//! - `Failed` with the script's refusal (exit code 2: a configuration error
+//!   on this Workload, e.g. an unpinned host key) → `Refused`: no retry until
+//!   the Workload's spec changes, never a rollout failure.
 
 use jiff::{SignedDuration, Timestamp};
 
@@ -50,6 +53,8 @@ pub struct JobView {
     pub created: Timestamp,
     /// `status.startTime`, else its creation.
     pub started: Timestamp,
+    /// The Workload generation it was created for.
+    pub generation: Option<i64>,
     /// How it ended, if it did.
     pub end: Option<JobEnd>,
     /// The Workload's canonical Inventory when the Job was created (from
@@ -85,8 +90,17 @@ pub struct OutcomeSettings {
 pub enum Lookup {
     /// Whether the Workload's inventory covers this Job's fix set.
     Coverage(String),
-    /// The termination message of this failed Job's Pod.
+    /// How this failed Job's Pod ended.
     FailureMessage(String),
+}
+
+/// How a failed Job's Pod ended: the answer to [`Lookup::FailureMessage`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodFailure {
+    /// Its termination message (empty when it left none).
+    pub message: String,
+    /// Its script refused to act (exit code 2).
+    pub refused: bool,
 }
 
 /// Everything [`observe`] depends on.
@@ -101,7 +115,7 @@ pub struct ObserveInput<'a> {
     /// The answer to [`Lookup::Coverage`], once looked up.
     pub covered: Option<bool>,
     /// The answer to [`Lookup::FailureMessage`], once looked up.
-    pub failure_message: Option<String>,
+    pub failure: Option<PodFailure>,
     /// The driving policy's settings (defaults when none drives it).
     pub settings: OutcomeSettings,
     /// Now.
@@ -121,6 +135,10 @@ pub struct Notice {
 
 /// The result of [`observe`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one short-lived value per observation; boxing the record buys nothing"
+)]
 pub enum Observation {
     /// Look this up and call again.
     Lookup(Lookup),
@@ -170,6 +188,7 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
                 backoff_until: None,
                 message: None,
                 inventory_baseline: job.baseline.clone(),
+                refused_generation: None,
             });
             notices.push(Notice {
                 warning: false,
@@ -211,24 +230,28 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
                         just_succeeded = true;
                     }
                     Some(end) => {
-                        let Some(pod_message) = &input.failure_message else {
+                        let Some(pod) = &input.failure else {
                             return Observation::Lookup(Lookup::FailureMessage(job.name.clone()));
                         };
-                        let message = if pod_message.is_empty() {
+                        let message = if pod.message.is_empty() {
                             end.message
                                 .clone()
                                 .unwrap_or_else(|| "the Job failed".into())
                         } else {
-                            pod_message.clone()
+                            pod.message.clone()
                         };
-                        fail(
-                            &mut r,
-                            end.at,
-                            message,
-                            give_up,
-                            backoff_from(end.at),
-                            &mut notices,
-                        );
+                        if pod.refused {
+                            refuse(&mut r, end.at, message, job.generation, &mut notices);
+                        } else {
+                            fail(
+                                &mut r,
+                                end.at,
+                                message,
+                                give_up,
+                                backoff_from(end.at),
+                                &mut notices,
+                            );
+                        }
                     }
                 }
             }
@@ -330,6 +353,31 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
     }
 }
 
+fn refuse(
+    r: &mut RemediationRecord,
+    at: Timestamp,
+    message: String,
+    generation: Option<i64>,
+    notices: &mut Vec<Notice>,
+) {
+    r.finished_at = Some(time(at));
+    r.phase = Some(RemediationPhase::Refused);
+    r.outcome = Some(RemediationOutcome::Refused);
+    r.backoff_until = None;
+    r.refused_generation = generation;
+    let job = r.job.clone().unwrap_or_default();
+    r.message = Some(format!(
+        "Job {job} refused to act (exit code 2, a configuration error on this Workload): {message}"
+    ));
+    notices.push(Notice {
+        warning: true,
+        reason: "RemediationRefused",
+        message: format!(
+            "Job {job} refused to act ({message}); fix the Workload's spec: a new attempt starts when it changes"
+        ),
+    });
+}
+
 fn fail(
     r: &mut RemediationRecord,
     at: Timestamp,
@@ -407,6 +455,7 @@ mod tests {
             attempt,
             created: ts(created),
             started: ts(created),
+            generation: Some(1),
             end,
             baseline: Some(version("inv-1", 3)),
         }
@@ -422,7 +471,7 @@ mod tests {
             jobs,
             inventory: None,
             covered: None,
-            failure_message: None,
+            failure: None,
             settings: SETTINGS,
             now: ts(now),
         }
@@ -613,7 +662,10 @@ mod tests {
             Observation::Lookup(Lookup::FailureMessage("web-abc-1".into()))
         );
         let mut i = i;
-        i.failure_message = Some("container patch: E: broken dpkg".into());
+        i.failure = Some(PodFailure {
+            message: "container patch: E: broken dpkg".into(),
+            refused: false,
+        });
         let (r, n, _) = decided(observe(&i));
         assert_eq!(r.phase, Some(RemediationPhase::BackingOff));
         assert_eq!(
@@ -628,7 +680,10 @@ mod tests {
 
         // Without a pod message, the Job's own reason.
         let mut i = input(Some(&first), &jobs, "2026-11-24T08:01:05Z");
-        i.failure_message = Some(String::new());
+        i.failure = Some(PodFailure {
+            message: String::new(),
+            refused: false,
+        });
         assert_eq!(
             decided(observe(&i)).0.message.as_deref(),
             Some("BackoffLimitExceeded")
@@ -658,7 +713,10 @@ mod tests {
         );
         assert_eq!(n, ["RemediationStarted"]);
         let mut i = input(Some(&second), &jobs2, "2026-11-24T08:13:01Z");
-        i.failure_message = Some(String::new());
+        i.failure = Some(PodFailure {
+            message: String::new(),
+            refused: false,
+        });
         let (r, n, _) = decided(observe(&i));
         assert_eq!(r.phase, Some(RemediationPhase::Failed));
         assert_eq!(r.backoff_until, None);
@@ -767,5 +825,57 @@ mod tests {
         assert_eq!(r.inventory_baseline, Some(version("inv-1", 7)));
         assert!(n.is_empty());
         assert!(is_fresh(&r, Some(version("inv-1", 8))));
+    }
+
+    #[test]
+    fn a_refusal_is_recorded_for_its_generation_without_backoff_or_attempts() {
+        let (running, _, _) = decided(observe(&input(
+            None,
+            &[job("decoy-abc-1", 1, "2026-11-24T08:00:00Z", None)],
+            "2026-11-24T08:00:00Z",
+        )));
+        let mut refused = job(
+            "decoy-abc-1",
+            1,
+            "2026-11-24T08:00:00Z",
+            Some(JobEnd {
+                succeeded: false,
+                at: ts("2026-11-24T08:00:10Z"),
+                message: Some("BackoffLimitExceeded".into()),
+            }),
+        );
+        refused.generation = Some(7);
+        let mut i = input(
+            Some(&running),
+            std::slice::from_ref(&refused),
+            "2026-11-24T08:00:11Z",
+        );
+        i.failure = Some(PodFailure {
+            message: "container patch: refused: no pinned host key for this Workload".into(),
+            refused: true,
+        });
+        let (r, n, _) = decided(observe(&i));
+        assert_eq!(r.phase, Some(RemediationPhase::Refused));
+        assert_eq!(r.outcome, Some(RemediationOutcome::Refused));
+        assert_eq!(r.refused_generation, Some(7));
+        assert_eq!(r.backoff_until, None);
+        assert!(
+            r.message
+                .as_deref()
+                .is_some_and(|m| m.contains("exit code 2") && m.contains("no pinned host key")),
+            "{:?}",
+            r.message
+        );
+        assert_eq!(n, ["RemediationRefused"]);
+        // Observed again: nothing changes, no new Event.
+        let mut again = input(
+            Some(&r),
+            std::slice::from_ref(&refused),
+            "2026-11-24T09:00:00Z",
+        );
+        again.failure = i.failure.clone();
+        let (same, n, _) = decided(observe(&again));
+        assert_eq!(same, r);
+        assert!(n.is_empty());
     }
 }

@@ -85,6 +85,22 @@ pub async fn patch_complete(client: &kube::Client, ns: &str, job: &str, start: O
 /// Marks a Job `Failed`; with a message, first sets its Pod's container as
 /// terminated with that termination message.
 pub async fn fail(client: &kube::Client, ns: &str, job: &str, message: Option<&str>) {
+    fail_with_exit_code(client, ns, job, message, 100).await;
+}
+
+/// Marks a Job `Failed` as a job script that refused to act would (exit
+/// code 2, the job contract's "refused: configuration error").
+pub async fn refuse(client: &kube::Client, ns: &str, job: &str, message: &str) {
+    fail_with_exit_code(client, ns, job, Some(message), 2).await;
+}
+
+async fn fail_with_exit_code(
+    client: &kube::Client,
+    ns: &str,
+    job: &str,
+    message: Option<&str>,
+    exit_code: i32,
+) {
     if let Some(message) = message {
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         let pod = super::eventually("the Job's Pod to exist", super::objects::WAIT, async || {
@@ -106,7 +122,7 @@ pub async fn fail(client: &kube::Client, ns: &str, job: &str, message: Option<&s
             "phase": "Failed",
             "containerStatuses": [{
                 "name": container, "ready": false, "restartCount": 0, "image": "busybox", "imageID": "",
-                "state": {"terminated": {"exitCode": 100, "reason": "Error", "message": message,
+                "state": {"terminated": {"exitCode": exit_code, "reason": "Error", "message": message,
                                          "startedAt": now, "finishedAt": now}}
             }]
         }});

@@ -246,3 +246,14 @@ pub async fn requests(client: &kube::Client, ns: &str, template: &str) -> Vec<Ch
     items.sort_by_key(|c| c.metadata.creation_timestamp.clone());
     items
 }
+
+/// A Workload's own Inventory, under the one name that may speak for it
+/// (`InventorySubject::canonical_inventory_name`).
+pub fn workload_inventory(workload: &str, packages: &[&str]) -> Value {
+    let subject = patchloop::api::inventory::InventorySubject {
+        kind: patchloop::api::inventory::SubjectKind::Workload,
+        name: workload.to_owned(),
+        revision: None,
+    };
+    inventory(&subject.canonical_inventory_name(), workload, packages)
+}
