@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use patchloop::api::change_request::ChangeRequestPhase;
+use patchloop::api::inventory::{InventorySubject, SubjectKind};
 use patchloop::api::{ChangeRequest, PatchPolicy, Template, Workload};
 use serde_json::{Value, json};
 use support::objects::*;
@@ -30,7 +31,15 @@ const BASH: &str = "bash 5.2.15-2+b8 bash 5.2.15-2";
 
 // ---------------------------------------------------------------- objects
 
-fn build_result(name: &str, cr: &str, nonce: &str, image: &str, packages: &[&str]) -> Value {
+/// A build result for ChangeRequest `cr`, under the one name that may
+/// speak for it.
+fn build_result(cr: &str, nonce: &str, image: &str, packages: &[&str]) -> Value {
+    let name = InventorySubject {
+        kind: SubjectKind::ChangeRequest,
+        name: cr.to_owned(),
+        revision: None,
+    }
+    .canonical_inventory_name();
     json!({
         "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
         "metadata": {"name": name},
@@ -319,11 +328,21 @@ async fn finish_job(client: &kube::Client, ns: &str, name: &str, failure: Option
     }
 }
 
-fn nonce_of(cr: &ChangeRequest) -> String {
-    cr.status
-        .as_ref()
-        .and_then(|s| s.nonce.clone())
-        .expect("a nonce")
+/// The nonce only the build Job of request `cr` received (the tests play
+/// that Job); status holds its hash only.
+async fn nonce_of(client: &kube::Client, ns: &str, cr: &str) -> String {
+    let job = wait_job(client, ns, &format!("{cr}-build")).await;
+    job_env(&job, "PATCHLOOP_NONCE").expect("the build Job's nonce")
+}
+
+/// A digest reference to a built image named `tag`.
+fn digest_image(tag: &str) -> String {
+    use sha2::Digest;
+    let hex: String = sha2::Sha256::digest(tag.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("registry.example/golden/{tag}@sha256:{hex}")
 }
 
 fn scope_ids(cr: &ChangeRequest) -> Vec<String> {
@@ -468,10 +487,14 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         .and_then(|s| s.build_job.clone())
         .expect("build job");
     let build = wait_job(&client, &ns, &build_name).await;
-    let nonce = nonce_of(&cr);
+    // The nonce went to the build Job only: status keeps its hash.
+    let nonce = job_env(&build, "PATCHLOOP_NONCE").expect("the build Job's nonce");
+    assert_eq!(nonce.len(), 32, "{nonce}");
+    let status_json = serde_json::to_string(&cr.status).expect("json");
+    assert!(!status_json.contains(&nonce), "{status_json}");
     assert_eq!(
-        job_env(&build, "PATCHLOOP_NONCE").as_deref(),
-        Some(nonce.as_str())
+        cr.status.as_ref().and_then(|s| s.nonce_hash.clone()),
+        Some(patchloop::engine::change::nonce_hash(&nonce))
     );
     assert_eq!(
         job_env(&build, "PATCHLOOP_BASE_IMAGE").as_deref(),
@@ -502,7 +525,6 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         &client,
         &ns,
         build_result(
-            "forged",
             &name,
             "not-the-nonce",
             "registry.example/evil:1",
@@ -522,11 +544,11 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
     );
 
     // The real result: the test Job runs against the new image.
-    let new_image = "registry.example/golden/base@sha256:2222";
+    let new_image = digest_image("base-2");
     apply(
         &client,
         &ns,
-        build_result("base-r2", &name, &nonce, new_image, &[OPENSSH_FIXED, BASH]),
+        build_result(&name, &nonce, &new_image, &[OPENSSH_FIXED, BASH]),
     )
     .await;
     let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Testing).await;
@@ -538,7 +560,7 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
     let test = wait_job(&client, &ns, &test_name).await;
     assert_eq!(
         job_env(&test, "PATCHLOOP_IMAGE").as_deref(),
-        Some(new_image)
+        Some(new_image.as_str())
     );
     assert_eq!(job_env(&test, "PATCHLOOP_NONCE"), None);
     finish_job(&client, &ns, &test_name, None).await;
@@ -573,7 +595,7 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         },
     )
     .await;
-    assert_eq!(ts.image.as_deref(), Some(new_image));
+    assert_eq!(ts.image.as_deref(), Some(new_image.as_str()));
     let revisions: Vec<(i64, Option<&str>, Option<&str>)> = ts
         .history
         .iter()
@@ -585,11 +607,12 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
             )
         })
         .collect();
+    let result_name = format!("changerequest-{name}");
     assert_eq!(
         revisions,
         [
             (1, Some("base-r1"), None),
-            (2, Some("base-r2"), Some(name.as_str()))
+            (2, Some(result_name.as_str()), Some(name.as_str()))
         ]
     );
     assert!(ts.change_request.is_none());
@@ -660,7 +683,7 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
     .await;
     assert_eq!(
         new.inventory.as_ref().and_then(|i| i.name.as_deref()),
-        Some("base-r2")
+        Some(result_name.as_str())
     );
     assert_eq!(condition(&new.conditions, "TemplateCurrent"), Some("True"));
     let ts = support::eventually("two stale Workloads on the Template", WAIT, async || {
@@ -778,10 +801,9 @@ async fn a_failed_test_leaves_the_published_image_and_fails_the_request() {
         &client,
         &ns,
         build_result(
-            "base-r2",
             &name,
-            &nonce_of(&cr),
-            "registry.example/golden/base@sha256:3333",
+            &nonce_of(&client, &ns, &name).await,
+            &digest_image("base-3"),
             &[OPENSSH_FIXED, BASH],
         ),
     )
@@ -931,10 +953,9 @@ async fn failed_builds_and_unpublishable_images_leave_the_template_as_it_was() {
                     &client,
                     &ns,
                     build_result(
-                        &format!("{name}-r2"),
                         &cr_name,
-                        &nonce_of(&cr),
-                        &format!("registry.example/golden/{name}@sha256:6666"),
+                        &nonce_of(&client, &ns, &cr_name).await,
+                        &digest_image(&format!("{name}-6")),
                         packages,
                     ),
                 )
@@ -1162,10 +1183,9 @@ async fn a_scope_change_voids_the_approval_and_late_advisories_wait_for_the_next
         &client,
         &ns,
         build_result(
-            "base-r2",
             &name,
-            &nonce_of(&cr),
-            "registry.example/golden/base@sha256:4444",
+            &nonce_of(&client, &ns, &name).await,
+            &digest_image("base-4"),
             &[OPENSSH_FIXED, RSYNC_FIXED, LIBWEBP_OLD, BASH],
         ),
     )
@@ -1350,8 +1370,8 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
     let build_name = format!("{name}-build");
     wait_job(&client, &ns, &build_name).await;
     let mut pl = Patchloop::start(env, &ns, &label, &[]).await;
-    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Building).await;
-    let nonce = nonce_of(&cr);
+    wait_phase(&client, &ns, &name, ChangeRequestPhase::Building).await;
+    let nonce = nonce_of(&client, &ns, &name).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(jobs_of(&client, &ns, &name).await.len(), 1);
 
@@ -1361,10 +1381,9 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
         &client,
         &ns,
         build_result(
-            "base-r2",
             &name,
             &nonce,
-            "registry.example/golden/base@sha256:5555",
+            &digest_image("base-5"),
             &[OPENSSH_FIXED, BASH],
         ),
     )
@@ -1372,7 +1391,11 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
     finish_job(&client, &ns, &build_name, None).await;
     let mut pl = Patchloop::start(env, &ns, &label, &[]).await;
     let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Testing).await;
-    assert_eq!(nonce_of(&cr), nonce, "the nonce survives restarts");
+    assert_eq!(
+        cr.status.as_ref().and_then(|s| s.nonce_hash.clone()),
+        Some(patchloop::engine::change::nonce_hash(&nonce)),
+        "the nonce survives restarts"
+    );
     let test_name = format!("{name}-test");
     wait_job(&client, &ns, &test_name).await;
 

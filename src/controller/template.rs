@@ -58,6 +58,21 @@ pub fn image(t: &Template) -> String {
         .unwrap_or_else(|| t.spec.image.clone())
 }
 
+/// What determines a rebuild of `t` besides its packages (the scope digest
+/// covers it): the spec fields that make the build and test Jobs, and the
+/// published revision and image the rebuild starts from (`base_image`,
+/// [`image`]). Nothing else of the status counts.
+pub fn build_inputs<'a>(t: &'a Template, base_image: &'a str) -> change::BuildInputs<'a> {
+    change::BuildInputs {
+        platform: &t.spec.platform,
+        image: &t.spec.image,
+        build_job_template: t.spec.build_job_template.as_ref(),
+        test_job_template: t.spec.test_job_template.as_ref(),
+        base_revision: revision(t),
+        base_image,
+    }
+}
+
 /// The Inventory describing one revision of a Template: the build result
 /// `history` names for it, else (revision 1) the newest Inventory with
 /// subject Template and that revision.
@@ -369,9 +384,10 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
         evaluation.state,
         ComplianceState::Pending | ComplianceState::Overdue
     );
+    let base_image = image(&t);
     let needed = family
         .filter(|_| non_compliant && current.waiting.is_none())
-        .and_then(|f| change::scope(evaluation, f))
+        .and_then(|f| change::scope(evaluation, f, &build_inputs(&t, &base_image)))
         .map(|(s, _)| s);
     // A rebuild with unusable Job templates would only fail: no request
     // opens until the spec is fixed (Ready says what is wrong).
@@ -733,6 +749,53 @@ mod tests {
             ..Default::default()
         });
         Arc::new(c)
+    }
+
+    #[test]
+    fn the_build_inputs_follow_the_spec_and_the_published_revision_only() {
+        let build = json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "builder:1"}]}}}});
+        let test = json!({"spec": {"template": {"spec": {"containers": [{"name": "t", "image": "tester:1"}]}}}});
+        let t = template(Some(build.clone()), Some(test.clone()));
+        let digest = |t: &Template| build_inputs(t, &image(t)).digest();
+        let base = digest(&t);
+        // Status other than the published revision and image: no change.
+        let mut judged = t.clone();
+        judged.status = Some(TemplateStatus {
+            observed_generation: Some(7),
+            compliance: Some(Default::default()),
+            change_request: Some("base-x".into()),
+            stale_workloads: 4,
+            findings_truncated: 2,
+            ..Default::default()
+        });
+        judged.metadata.resource_version = Some("99".into());
+        assert_eq!(digest(&judged), base);
+        // Every spec field that makes the Jobs, and the published revision.
+        let mut edits: Vec<Template> = Vec::new();
+        let mut e = t.clone();
+        e.spec.image = "registry.example/base:2".into();
+        edits.push(e);
+        let mut e = t.clone();
+        e.spec.platform = "Debian:13".into();
+        edits.push(e);
+        let mut e = t.clone();
+        e.spec.build_job_template = Some(
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "builder:evil"}]}}}}),
+        );
+        edits.push(e);
+        let mut e = t.clone();
+        e.spec.test_job_template = None;
+        edits.push(e);
+        let mut e = t.clone();
+        e.status = Some(TemplateStatus {
+            revision: Some(2),
+            image: Some("registry.example/base@sha256:22".into()),
+            ..Default::default()
+        });
+        edits.push(e);
+        for e in &edits {
+            assert_ne!(digest(e), base, "{:?}", e.spec);
+        }
     }
 
     #[test]

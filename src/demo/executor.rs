@@ -228,14 +228,16 @@ impl Executor {
             platform.family,
         )?);
         let image = built_image(template, revision, &packages);
+        let subject = crate::api::inventory::InventorySubject {
+            kind: crate::api::inventory::SubjectKind::ChangeRequest,
+            name: request.to_owned(),
+            revision: None,
+        };
+        let result_name = subject.canonical_inventory_name();
         let result = Inventory::new(
-            &format!("{request}-result"),
+            &result_name,
             crate::api::InventorySpec {
-                subject: crate::api::inventory::InventorySubject {
-                    kind: crate::api::inventory::SubjectKind::ChangeRequest,
-                    name: request.to_owned(),
-                    revision: None,
-                },
+                subject,
                 reporter: Some(REPORTER.to_owned()),
                 image: Some(image.clone()),
                 nonce: Some(nonce.trim().to_owned()),
@@ -243,7 +245,7 @@ impl Executor {
                 ..base.spec
             },
         );
-        self.report(&format!("{request}-result"), result).await?;
+        self.report(&result_name, result).await?;
         Ok(Played::Built {
             template: template.to_owned(),
             image,
