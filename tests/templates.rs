@@ -140,6 +140,17 @@ fn decide(env: &support::TestEnv, verb: &str, ns: &str, cr: &str, reason: &str) 
         .expect("running patchloop")
 }
 
+/// `patchloop approve --digest <digest>`: approves exactly what was reviewed.
+fn approve_reviewed(env: &support::TestEnv, ns: &str, cr: &str, digest: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_patchloop"))
+        .args(["approve", cr, "--reason", "reviewed", "--digest", digest])
+        .args(["--namespace", ns, "--kubeconfig"])
+        .arg(env.kubeconfig())
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("running patchloop")
+}
+
 fn decide_ok(env: &support::TestEnv, verb: &str, ns: &str, cr: &str, reason: &str) {
     let out = decide(env, verb, ns, cr, reason);
     assert!(
@@ -731,7 +742,7 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         "template/base".to_owned(),
         format!("changerequest/{name}"),
         "inventory/base-r1".to_owned(),
-        "inventory/base-r2".to_owned(),
+        format!("inventory/{result_name}"),
     ] {
         let out = env.kubectl([
             "wait",
@@ -1336,6 +1347,194 @@ async fn a_rejection_stands_until_the_findings_change_and_requests_outlive_their
     assert_eq!(requests(&client, &ns, "base").await.len(), 2);
 }
 
+fn message(cr: &ChangeRequest) -> String {
+    cr.status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default()
+}
+
+/// Waits until request `name` is in `want` with a message containing `text`.
+async fn wait_message(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    want: ChangeRequestPhase,
+    text: &str,
+) -> ChangeRequest {
+    let api: Api<ChangeRequest> = Api::namespaced(client.clone(), ns);
+    support::eventually(
+        &format!("{name} {want:?} saying {text:?}"),
+        WAIT,
+        async || {
+            api.get(name)
+                .await
+                .ok()
+                .filter(|c| phase(c) == Some(want) && message(c).contains(text))
+        },
+    )
+    .await
+}
+
+/// Sets the build Job template's container image of Template `name`.
+async fn set_builder(client: &kube::Client, ns: &str, name: &str, field: &str, image: &str) {
+    let templates: Api<Template> = Api::namespaced(client.clone(), ns);
+    let patch = json!({"spec": {field: {"spec": {"template": {"spec": {"containers": [
+        {"name": "build", "image": image, "command": ["/bin/sh", "-c", "build"]}
+    ]}}}}}});
+    templates
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("editing the Template");
+}
+
+#[tokio::test]
+async fn an_approval_covers_the_template_as_reviewed_once_and_never_returns() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("tpl-approval").await;
+    let label = support::random_suffix();
+    fixture_feeds(&client, &label).await;
+    apply(&client, &ns, template_policy("gold", json!({}), "Required")).await;
+    apply(&client, &ns, template("base", json!({}))).await;
+    apply(
+        &client,
+        &ns,
+        template_inventory("base", &[OPENSSH_OLD, BASH], "2026-11-24T08:00:00Z"),
+    )
+    .await;
+    let mut pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let cr = request_in(&client, &ns, "base", ChangeRequestPhase::AwaitingApproval).await;
+    let name = cr.metadata.name.clone().expect("name");
+    let reviewed = digest_of(&cr);
+    assert!(
+        message(&cr).contains(&format!("--digest {reviewed}")),
+        "{}",
+        message(&cr)
+    );
+
+    // Approved, then the build Job template is edited before the
+    // controller acts on the approval: no build under the old approval.
+    pl.child.kill().expect("SIGKILL");
+    let out = approve_reviewed(env, &ns, &name, &reviewed);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&reviewed));
+    set_builder(
+        &client,
+        &ns,
+        "base",
+        "buildJobTemplate",
+        "registry.example/evil:1",
+    )
+    .await;
+    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let cr = wait_message(
+        &client,
+        &ns,
+        &name,
+        ChangeRequestPhase::AwaitingApproval,
+        "build inputs",
+    )
+    .await;
+    let edited = digest_of(&cr);
+    assert_ne!(edited, reviewed);
+    assert!(
+        jobs_of(&client, &ns, &name).await.is_empty(),
+        "built under a stale approval"
+    );
+
+    // A reviewer holding the old digest is refused, shown both.
+    let out = approve_reviewed(env, &ns, &name, &reviewed);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&reviewed) && err.contains(&edited), "{err}");
+
+    // A→B→A: the edit reverted, the scope is the reviewed one again, and
+    // the approval of it stays void.
+    set_builder(
+        &client,
+        &ns,
+        "base",
+        "buildJobTemplate",
+        "registry.example/tools/image-builder:1",
+    )
+    .await;
+    let cr = support::eventually("the scope to be A again", WAIT, async || {
+        let cr = request_named(&client, &ns, &name).await;
+        (digest_of(&cr) == reviewed).then_some(cr)
+    })
+    .await;
+    assert_eq!(phase(&cr), Some(ChangeRequestPhase::AwaitingApproval));
+    assert!(
+        message(&cr).contains("was voided when the Template's build inputs"),
+        "{}",
+        message(&cr)
+    );
+    assert!(
+        jobs_of(&client, &ns, &name).await.is_empty(),
+        "an old approval revived"
+    );
+
+    // A fresh approval of what is there now builds once, and is consumed.
+    let out = approve_reviewed(env, &ns, &name, &reviewed);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Building).await;
+    let build_name = format!("{name}-build");
+    assert_eq!(
+        cr.status
+            .as_ref()
+            .and_then(|s| s.approval.as_ref())
+            .and_then(|a| a.consumed_by.clone()),
+        Some(build_name.clone())
+    );
+    wait_job(&client, &ns, &build_name).await;
+
+    // The test Job template edited while building: the request fails
+    // rather than testing with an unapproved template, and no test Job.
+    set_builder(
+        &client,
+        &ns,
+        "base",
+        "testJobTemplate",
+        "registry.example/evil:2",
+    )
+    .await;
+    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Failed).await;
+    let conditions = cr.status.clone().unwrap_or_default().conditions;
+    assert_eq!(
+        condition_reason(&conditions, "Ready"),
+        Some("TemplateEdited"),
+        "{}",
+        message(&cr)
+    );
+    let names: Vec<String> = jobs_of(&client, &ns, &name)
+        .await
+        .iter()
+        .filter_map(|j| j.metadata.name.clone())
+        .collect();
+    assert_eq!(names, [build_name]);
+    // The edited Template gets a new request of its own.
+    let next = support::eventually("a new request for the edited Template", WAIT, async || {
+        requests(&client, &ns, "base")
+            .await
+            .into_iter()
+            .find(|c| c.metadata.name.as_deref() != Some(name.as_str()))
+    })
+    .await;
+    assert!(
+        next.spec.decision.is_none(),
+        "a decision never carries over to another request"
+    );
+}
+
 #[tokio::test]
 async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
     let env = support::env();
@@ -1361,22 +1560,50 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
     let name = cr.metadata.name.clone().expect("name");
     assert_eq!(requests(&client, &ns, "base").await.len(), 1);
 
-    // SIGKILL while awaiting approval; approve; killed right after the
-    // build Job is created.
+    // The build/test/publish sequence, killed after every write (one
+    // failpoint each, in order), with SIGKILLs in between.
     pl.child.kill().expect("SIGKILL");
     decide_ok(env, "approve", &ns, &name, "go");
+    let build_name = format!("{name}-build");
+    let test_name = format!("{name}-test");
+    let cr_now = async || request_named(&client, &ns, &name).await;
+    let job_names = async || {
+        let mut names: Vec<String> = jobs_of(&client, &ns, &name)
+            .await
+            .iter()
+            .filter_map(|j| j.metadata.name.clone())
+            .collect();
+        names.sort();
+        names
+    };
+
+    // 1. Status Approved written; no build Job yet.
+    let mut pl = start_failing(env, &ns, &label, "exit-after-approved-status");
+    exits_at_failpoint(&mut pl).await;
+    assert_eq!(phase(&cr_now().await), Some(ChangeRequestPhase::Approved));
+    assert!(job_names().await.is_empty());
+
+    // 2. Build Job created; the Building write (and the nonce's hash) lost.
     let mut pl = start_failing(env, &ns, &label, "exit-after-build-job-create");
     exits_at_failpoint(&mut pl).await;
-    let build_name = format!("{name}-build");
-    wait_job(&client, &ns, &build_name).await;
-    let mut pl = Patchloop::start(env, &ns, &label, &[]).await;
-    wait_phase(&client, &ns, &name, ChangeRequestPhase::Building).await;
+    assert_eq!(job_names().await, [build_name.as_str()]);
+    assert_eq!(phase(&cr_now().await), Some(ChangeRequestPhase::Approved));
     let nonce = nonce_of(&client, &ns, &name).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(jobs_of(&client, &ns, &name).await.len(), 1);
 
-    // SIGKILL while building; the build ends while the controller is down.
-    pl.child.kill().expect("SIGKILL");
+    // 3. The existing Job is adopted with the nonce it was given: Building.
+    let mut pl = start_failing(env, &ns, &label, "exit-after-building-status");
+    exits_at_failpoint(&mut pl).await;
+    let cr = cr_now().await;
+    assert_eq!(phase(&cr), Some(ChangeRequestPhase::Building));
+    assert_eq!(
+        cr.status.as_ref().and_then(|s| s.nonce_hash.clone()),
+        Some(patchloop::engine::change::nonce_hash(&nonce)),
+        "the adopted Job's nonce"
+    );
+    assert_eq!(job_names().await, [build_name.as_str()]);
+    assert_eq!(nonce_of(&client, &ns, &name).await, nonce, "one build Job");
+
+    // 4. The build ends while the controller is down; the result is pinned.
     apply(
         &client,
         &ns,
@@ -1389,18 +1616,42 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
     )
     .await;
     finish_job(&client, &ns, &build_name, None).await;
-    let mut pl = Patchloop::start(env, &ns, &label, &[]).await;
-    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Testing).await;
-    assert_eq!(
-        cr.status.as_ref().and_then(|s| s.nonce_hash.clone()),
-        Some(patchloop::engine::change::nonce_hash(&nonce)),
-        "the nonce survives restarts"
-    );
-    let test_name = format!("{name}-test");
-    wait_job(&client, &ns, &test_name).await;
+    let mut pl = start_failing(env, &ns, &label, "exit-after-result-pin");
+    exits_at_failpoint(&mut pl).await;
+    let cr = cr_now().await;
+    assert_eq!(phase(&cr), Some(ChangeRequestPhase::Building));
+    let pinned = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.result.clone())
+        .expect("pinned");
+    assert_eq!(pinned.image, digest_image("base-5"));
+    assert_eq!(job_names().await, [build_name.as_str()]);
 
-    // SIGKILL while testing; killed again right after publication, before
-    // the request records it.
+    // 5. Test Job created; the Testing write lost.
+    let mut pl = start_failing(env, &ns, &label, "exit-after-test-job-create");
+    exits_at_failpoint(&mut pl).await;
+    assert_eq!(phase(&cr_now().await), Some(ChangeRequestPhase::Building));
+    assert_eq!(job_names().await, [build_name.as_str(), test_name.as_str()]);
+
+    // 6. Testing written over the existing test Job.
+    let mut pl = start_failing(env, &ns, &label, "exit-after-testing-status");
+    exits_at_failpoint(&mut pl).await;
+    let cr = cr_now().await;
+    assert_eq!(phase(&cr), Some(ChangeRequestPhase::Testing));
+    assert_eq!(
+        cr.status.as_ref().and_then(|s| s.result.clone()),
+        Some(pinned)
+    );
+    let test = wait_job(&client, &ns, &test_name).await;
+    assert_eq!(
+        job_env(&test, "PATCHLOOP_IMAGE"),
+        Some(digest_image("base-5"))
+    );
+
+    // 7. SIGKILL while testing; the test ends; killed again right after
+    // publication, before the request records it.
+    let mut pl = Patchloop::start(env, &ns, &label, &[]).await;
     pl.child.kill().expect("SIGKILL");
     finish_job(&client, &ns, &test_name, None).await;
     let mut pl = start_failing(env, &ns, &label, "exit-after-publish");
@@ -1411,6 +1662,8 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
         phase(&request_named(&client, &ns, &name).await),
         Some(ChangeRequestPhase::Testing)
     );
+
+    // 8. The lifecycle resumes: Published, once.
     let _pl = Patchloop::start(env, &ns, &label, &[]).await;
     wait_phase(&client, &ns, &name, ChangeRequestPhase::Published).await;
     let ts = support::eventually("a compliant revision 2", WAIT, async || {
@@ -1420,12 +1673,7 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
     .await;
     assert_eq!(ts.revision, Some(2), "published once");
     assert_eq!(ts.history.len(), 2, "{:?}", ts.history);
-    let jobs = jobs_of(&client, &ns, &name).await;
-    let mut names: Vec<String> = jobs
-        .iter()
-        .filter_map(|j| j.metadata.name.clone())
-        .collect();
-    names.sort();
-    assert_eq!(names, [build_name, test_name]);
+    assert_eq!(ts.image, Some(digest_image("base-5")));
+    assert_eq!(job_names().await, [build_name, test_name]);
     assert_eq!(requests(&client, &ns, "base").await.len(), 1);
 }

@@ -150,11 +150,11 @@ pub struct ChangeRequestStatus {
     /// The decision that took effect, as the controller recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalRecord>,
-    /// The `metadata.generation` at which the scope moved away from the
-    /// person's decision: that decision stays void (a scope going A→B→A
-    /// does not revive it) until `spec.decision` is written again.
+    /// The scope moved away from the person's decision: that decision stays
+    /// void (a scope going A→B→A does not revive it) until `spec.decision`
+    /// is written again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decision_voided_generation: Option<i64>,
+    pub decision_voided: Option<VoidedDecision>,
     /// Hex SHA-256 of the per-request nonce the build result must carry
     /// (Inventory `spec.nonce`). The nonce itself is generated when the
     /// build Job is created and handed to that Job only.
@@ -172,6 +172,17 @@ pub struct ChangeRequestStatus {
     /// When each phase was entered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamps: Option<PhaseTimestamps>,
+}
+
+/// A person's decision voided by a scope change.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VoidedDecision {
+    /// The request's `metadata.generation` when it was voided: a decision
+    /// written since (a new generation) counts again.
+    pub generation: i64,
+    /// What changed.
+    pub reason: String,
 }
 
 /// What a rebuild includes and its digest.

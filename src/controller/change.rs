@@ -38,7 +38,7 @@ use super::template::{self as tpl, Current};
 use super::{Error, failpoint, jobs, now, observed, requeue_at};
 use crate::api::change_request::{
     ApprovalRecord, BuildResult, ChangeRequestPhase as Phase, ChangeRequestStatus, PhaseTimestamps,
-    Scope as ChangeScope, TEMPLATE_LABEL, Verdict,
+    Scope as ChangeScope, TEMPLATE_LABEL, Verdict, VoidedDecision,
 };
 use crate::api::common::{ComplianceState, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
@@ -618,7 +618,9 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
         let Current { judged, .. } = tpl::judge_current(scope, t, &ns, now);
         rule = judged.approval_rule();
         wake = judged.evaluation.next_change;
-        // Unknown keeps the last scope: no data is not "fixed another way".
+        // Unknown keeps the last findings (no data is not "fixed another
+        // way"), bound to the Template as it is now.
+        needed = needed.map(|s| change::rebind(&s, inputs));
         if judged.evaluation.state != ComplianceState::Unknown {
             let family = parse_platform(&t.spec.platform).ok().map(|p| p.family);
             let computed = family.and_then(|f| change::scope(&judged.evaluation, f, inputs));
@@ -629,8 +631,11 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     let person = PersonDecision {
         decision: cr.spec.decision.as_ref(),
         request_uid: &uid,
-        voided: previous.decision_voided_generation.is_some()
-            && previous.decision_voided_generation == cr.metadata.generation,
+        voided: previous
+            .decision_voided
+            .as_ref()
+            .filter(|v| Some(v.generation) == cr.metadata.generation)
+            .map(|v| v.reason.as_str()),
         decided_scope: previous.scope.as_ref(),
     };
     let approval = match &needed {
@@ -730,10 +735,13 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
         && !adopting
         && let Some(t) = &template
     {
-        if let Some(s) = &needed
-            && person.stale(&s.digest)
+        if let (Some(s), Some(generation)) = (&needed, cr.metadata.generation)
+            && let Some(changed) = person.voids(s)
         {
-            status.decision_voided_generation = cr.metadata.generation;
+            status.decision_voided = Some(VoidedDecision {
+                generation,
+                reason: changed.to_owned(),
+            });
         }
         status.scope = needed.clone();
         status.policy = rule.as_ref().map(|(p, _)| p.clone());

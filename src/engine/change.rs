@@ -211,6 +211,18 @@ pub fn digest(
     hex(&h.finalize())
 }
 
+/// A kept scope (the findings cannot be told right now) bound to the build
+/// inputs as they are now: the advisories and packages stay, the digest
+/// follows the Template, so an edit is never approved under an old digest.
+pub fn rebind(scope: &Scope, inputs: &BuildInputs<'_>) -> Scope {
+    let build_inputs_digest = inputs.digest();
+    Scope {
+        digest: digest(&scope.advisories, &scope.packages, &build_inputs_digest),
+        build_inputs_digest,
+        ..scope.clone()
+    }
+}
+
 /// What moved between the scope a decision was made on and the scope now,
 /// for the sentence asking for a new approval.
 pub fn what_changed(decided: &Scope, now: &Scope) -> &'static str {
@@ -249,9 +261,10 @@ pub struct PersonDecision<'a> {
     pub decision: Option<&'a Decision>,
     /// The request's `metadata.uid`: a decision counts only if it names it.
     pub request_uid: &'a str,
-    /// The scope moved away from this decision at the current generation:
-    /// it stays void even if the scope comes back (A→B→A).
-    pub voided: bool,
+    /// What changed when the scope moved away from this decision (recorded
+    /// at the current generation): it stays void even if the scope comes
+    /// back (A→B→A).
+    pub voided: Option<&'a str>,
     /// The scope the decision was made on, when the request recorded it
     /// (to say what changed).
     pub decided_scope: Option<&'a Scope>,
@@ -263,14 +276,23 @@ impl PersonDecision<'_> {
         self.decision
             .filter(|d| d.digest == digest)
             .filter(|d| d.request_uid.as_deref() == Some(self.request_uid))
-            .filter(|_| !self.voided)
+            .filter(|_| self.voided.is_none())
             .map(|d| d.verdict)
     }
 
-    /// The decision names another scope than `digest`: recorded as void so
-    /// that it never counts again, even if the scope returns to it.
-    pub fn stale(&self, digest: &str) -> bool {
-        self.decision.is_some_and(|d| d.digest != digest)
+    /// What changed, when the decision names another scope than `scope`
+    /// and is not void yet: recorded so that it never counts again, even
+    /// if the scope returns to it.
+    pub fn voids(&self, scope: &Scope) -> Option<&'static str> {
+        let d = self.decision.filter(|d| d.digest != scope.digest)?;
+        if self.voided.is_some() {
+            return None;
+        }
+        Some(
+            self.decided_scope
+                .filter(|s| s.digest == d.digest)
+                .map_or("the scope changed", |s| what_changed(s, scope)),
+        )
     }
 }
 
@@ -306,22 +328,24 @@ pub fn approval(
         "a new approval of scope {} is needed (patchloop approve --digest {digest})",
         short(digest)
     );
-    Approval::Awaiting(match person.decision {
-        Some(d) if d.digest != digest => {
-            let changed = person
-                .decided_scope
-                .filter(|s| s.digest == d.digest)
-                .map_or("the scope changed", |s| what_changed(s, scope));
-            format!(
-                "{why}{changed} after the decision (decided on {}, scope is now {}): {renew}",
-                shown_digest(&d.digest),
-                short(digest)
-            )
-        }
-        Some(_) if person.voided => format!(
-            "{why}the decision was voided when the scope moved away from it; a scope that returns does not revive it: {renew}"
+    Approval::Awaiting(match (person.decision, person.voided) {
+        (Some(d), voided) if d.digest != digest => format!(
+            "{why}{} after the decision (decided on {}, scope is now {}){}: {renew}",
+            voided
+                .or(person.voids(scope))
+                .unwrap_or("the scope changed"),
+            shown_digest(&d.digest),
+            short(digest),
+            if voided.is_some() {
+                "; a voided decision does not revive if the scope returns"
+            } else {
+                ""
+            }
         ),
-        Some(d) if d.request_uid.as_deref() != Some(person.request_uid) => format!(
+        (Some(_), Some(changed)) => format!(
+            "{why}the decision was voided when {changed}; a voided decision does not revive when the scope returns to it: {renew}"
+        ),
+        (Some(d), None) if d.request_uid.as_deref() != Some(person.request_uid) => format!(
             "{why}spec.decision does not name this request's uid (requestUid): a decision made for another request does not count; {renew}"
         ),
         _ => format!(
@@ -846,7 +870,7 @@ mod tests {
         PersonDecision {
             decision,
             request_uid: UID,
-            voided: false,
+            voided: None,
             decided_scope: None,
         }
     }
@@ -937,16 +961,18 @@ mod tests {
                 "{a:?}"
             );
         }
-        // A→B: the decision on A is stale; A again: still void.
-        assert!(person(Some(&d)).stale("bbb"));
-        assert!(!person(Some(&d)).stale("aaa"));
+        // A→B: the decision on A is voided; A again: still void.
+        let bbb = with_digest("bbb");
+        assert_eq!(person(Some(&d)).voids(&bbb), Some("the scope changed"));
+        assert_eq!(person(Some(&d)).voids(&aaa), None);
         let voided = PersonDecision {
-            voided: true,
+            voided: Some("the advisories or packages to fix changed"),
             ..person(Some(&d))
         };
+        assert_eq!(voided.voids(&bbb), None, "voided once");
         let a = approval(required, false, &voided, &aaa);
         assert!(
-            matches!(&a, Approval::Awaiting(w) if w.contains("voided") && w.contains("does not revive")),
+            matches!(&a, Approval::Awaiting(w) if w.contains("voided") && w.contains("does not revive") && w.contains("packages")),
             "{a:?}"
         );
         // The policy still decides on its own.
@@ -1064,8 +1090,15 @@ mod tests {
         for c in changed {
             assert!(seen.insert(c.digest()), "{c:?} collides");
         }
-        // The scope digest moves with the inputs.
+        // The scope digest moves with the inputs, a kept scope too.
         let s = scope_of(&[("bash", "5.2")], &["DSA-1"]);
+        let kept = rebind(&s, &base);
+        assert_eq!(kept.digest, digest(&s.advisories, &s.packages, &d));
+        assert_eq!(
+            (&kept.advisories, &kept.packages),
+            (&s.advisories, &s.packages)
+        );
+        assert_ne!(rebind(&s, &inputs(&build2, &test)).digest, kept.digest);
         assert_ne!(
             digest(&s.advisories, &s.packages, &d),
             digest(&s.advisories, &s.packages, &inputs(&build2, &test).digest())
