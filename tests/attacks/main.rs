@@ -47,3 +47,4 @@ async fn attackers_hold_only_what_their_role_grants() {
         }
     }
 }
+mod change_requests;
