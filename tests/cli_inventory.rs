@@ -133,7 +133,10 @@ fn a_fetched_package_list_becomes_a_build_result() {
     ]));
     let text = std::fs::read_to_string(&file).expect("fixture");
     let expected = parse(InputFormat::DpkgQuery, &text).expect("fixture parses");
-    assert_eq!(inv["metadata"]["name"], "debian-12-base-x7k2p-result");
+    assert_eq!(
+        inv["metadata"]["name"],
+        "changerequest-debian-12-base-x7k2p"
+    );
     assert_eq!(
         inv["spec"]["subject"],
         serde_json::json!({"kind": "ChangeRequest", "name": "debian-12-base-x7k2p"})

@@ -1027,7 +1027,10 @@ fn the_build_job_reports_the_image_it_built_with_the_nonce() {
     let image = format!("registry.example.com/golden/debian-12@{DIGEST}");
     assert_eq!(sandbox.read("log/image.refs"), format!("{image}\n"));
     let inv = sandbox.reported_inventory(&out);
-    assert_eq!(inv["metadata"]["name"], "debian-12-base-x7k2p-result");
+    assert_eq!(
+        inv["metadata"]["name"],
+        "changerequest-debian-12-base-x7k2p"
+    );
     assert_eq!(inv["metadata"]["namespace"], "fleet");
     assert_eq!(
         inv["spec"]["subject"],

@@ -71,7 +71,7 @@ pub struct InventoryArgs {
     #[arg(long, requires = "change_request")]
     nonce: Option<String>,
     /// The Inventory's name; by default `workload-NAME`,
-    /// `template-NAME-rREVISION` or `NAME-result` (a ChangeRequest's).
+    /// `template-NAME-rREVISION` or `changerequest-NAME` (a ChangeRequest's build result).
     #[arg(long)]
     name: Option<String>,
     /// The namespace; by default the kubeconfig context's.
@@ -224,7 +224,7 @@ pub fn inventory_object(
         }
         (None, None, Some(cr)) => (
             serde_json::json!({"kind": "ChangeRequest", "name": cr}),
-            format!("{cr}-result"),
+            format!("changerequest-{cr}"),
         ),
         (None, None, None) => (serde_json::Value::Null, String::new()),
     };
