@@ -1677,3 +1677,110 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
     assert_eq!(job_names().await, [build_name, test_name]);
     assert_eq!(requests(&client, &ns, "base").await.len(), 1);
 }
+
+#[tokio::test]
+async fn closed_requests_beyond_the_retention_go_with_their_results() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("tpl-retention").await;
+    let label = support::random_suffix();
+    fixture_feeds(&client, &label).await;
+    apply(&client, &ns, template_policy("gold", json!({}), "Required")).await;
+    let mut t = template("base", json!({}));
+    t["spec"]["keepClosedChangeRequests"] = json!(2);
+    apply(&client, &ns, t).await;
+    apply(
+        &client,
+        &ns,
+        template_inventory("base", &[OPENSSH_FIXED, BASH], "2026-11-24T08:00:00Z"),
+    )
+    .await;
+    // Five closed requests, oldest first; the oldest published revision 2.
+    let requests_api: Api<ChangeRequest> = Api::namespaced(client.clone(), &ns);
+    let closed = [
+        ("base-old-1", "Published"),
+        ("base-old-2", "Rejected"),
+        ("base-old-3", "Failed"),
+        ("base-old-4", "Obsolete"),
+        ("base-old-5", "Failed"),
+    ];
+    for (name, phase) in closed {
+        apply(
+            &client,
+            &ns,
+            json!({
+                "apiVersion": "patchloop.dev/v1alpha1", "kind": "ChangeRequest",
+                "metadata": {"name": name, "labels": {"patchloop.dev/template": "base"}},
+                "spec": {"template": "base"},
+            }),
+        )
+        .await;
+        requests_api
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": {"phase": phase}})),
+            )
+            .await
+            .expect("closing the request");
+        apply(
+            &client,
+            &ns,
+            build_result(name, "n", &digest_image(name), &[OPENSSH_FIXED, BASH]),
+        )
+        .await;
+    }
+    let templates: Api<Template> = Api::namespaced(client.clone(), &ns);
+    templates
+        .patch_status(
+            "base",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"revision": 2, "image": digest_image("base-old-1"),
+                "history": [
+                    {"revision": 1, "image": "registry.example/golden/base:1", "inventory": "base-r1"},
+                    {"revision": 2, "image": digest_image("base-old-1"),
+                     "inventory": "changerequest-base-old-1", "changeRequest": "base-old-1"},
+                ]}})),
+        )
+        .await
+        .expect("the Template's history");
+
+    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let names = async || {
+        let mut n: Vec<String> = requests(&client, &ns, "base")
+            .await
+            .into_iter()
+            .filter_map(|c| c.metadata.name)
+            .collect();
+        n.sort();
+        n
+    };
+    support::eventually("two closed requests retired", WAIT, async || {
+        (names().await == ["base-old-1", "base-old-4", "base-old-5"]).then_some(())
+    })
+    .await;
+    let inventories: Api<patchloop::api::Inventory> = Api::namespaced(client.clone(), &ns);
+    support::eventually("their results deleted", WAIT, async || {
+        let mut left: Vec<String> = inventories
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter_map(|i| i.metadata.name)
+            .filter(|n| n.starts_with("changerequest-"))
+            .collect();
+        left.sort();
+        (left
+            == [
+                "changerequest-base-old-1",
+                "changerequest-base-old-4",
+                "changerequest-base-old-5",
+            ])
+        .then_some(())
+    })
+    .await;
+    // Steady: nothing more goes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(names().await, ["base-old-1", "base-old-4", "base-old-5"]);
+}

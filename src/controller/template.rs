@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
@@ -30,6 +30,7 @@ use crate::api::common::{ComplianceState, InventoryReference, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::inventory::SubjectKind;
 use crate::api::policy::{PatchPolicySpec, TemplateApproval, TemplateCounts};
+use crate::api::template::DEFAULT_KEEP_CLOSED_CHANGE_REQUESTS;
 use crate::api::{
     ChangeRequest, ChangeRequestSpec, Inventory, PatchPolicy, Template, TemplateStatus,
 };
@@ -436,6 +437,8 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
         }
     }
 
+    retire_closed_requests(scope, &t, &ns, &list).await?;
+
     // Status.
     let mut desired = vec![match &evaluation.unknown {
         Some(UnknownCause::UnknownPlatform(_)) => DesiredCondition::new(
@@ -678,6 +681,65 @@ pub fn wake_inventories_of(scope: &Scope, ns: &str, kind: SubjectKind, name: &st
     }
 }
 
+/// Deletes the closed requests of `t` beyond `spec.keepClosedChangeRequests`
+/// (oldest first; never one that published a revision in history), each
+/// with its build-result Inventory (by its one name; the Jobs go with the
+/// request, which owns them). Closed requests and results would otherwise
+/// grow with every rebuild forever.
+async fn retire_closed_requests(
+    scope: &Scope,
+    t: &Template,
+    ns: &str,
+    list: &[Arc<ChangeRequest>],
+) -> Result<(), Error> {
+    let keep = t
+        .spec
+        .keep_closed_change_requests
+        .unwrap_or(DEFAULT_KEEP_CLOSED_CHANGE_REQUESTS);
+    let history = t
+        .status
+        .as_ref()
+        .map(|s| s.history.as_slice())
+        .unwrap_or_default();
+    let closed: Vec<change::Closed<'_>> = list
+        .iter()
+        .filter(|c| is_closed(phase(c)))
+        .map(|c| change::Closed {
+            name: c.metadata.name.as_deref().unwrap_or_default(),
+            published: history
+                .iter()
+                .any(|h| h.change_request.as_deref() == c.metadata.name.as_deref()),
+        })
+        .collect();
+    let retired = change::to_retire(&closed, usize::try_from(keep).unwrap_or(1));
+    if retired.is_empty() {
+        return Ok(());
+    }
+    let requests: Api<ChangeRequest> = Api::namespaced(scope.shared.client.clone(), ns);
+    let inventories: Api<Inventory> = Api::namespaced(scope.shared.client.clone(), ns);
+    for name in retired {
+        let result = super::change::result_inventory_name(name);
+        for deleted in [
+            inventories
+                .delete(&result, &DeleteParams::background())
+                .await
+                .map(|_| ()),
+            requests
+                .delete(name, &DeleteParams::background())
+                .await
+                .map(|_| ()),
+        ] {
+            match deleted {
+                Ok(()) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::info!(template = %t.name_any(), change_request = %name, keep, "closed ChangeRequest retired");
+    }
+    Ok(())
+}
+
 /// Creates a ChangeRequest for the Template: a generated name, linked by the
 /// label, not owned by the Template (it is the audit trail).
 async fn create_request(
@@ -722,6 +784,7 @@ mod tests {
                 image: "registry.example/base:1".into(),
                 build_job_template: build,
                 test_job_template: test,
+                keep_closed_change_requests: None,
             },
         )
     }

@@ -428,6 +428,30 @@ pub fn regressions(current: &Evaluation, candidate: &Evaluation) -> Vec<String> 
         .collect()
 }
 
+/// A closed request as retention sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Closed<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// It published a revision the Template's history names (its result
+    /// Inventory describes that revision): never retired.
+    pub published: bool,
+}
+
+/// The closed requests to delete, given all of a Template's closed requests
+/// oldest first: all but the newest `keep` that published nothing. The
+/// newest closed request is always among those kept (a rejection stands
+/// through it), as `keep` is at least 1.
+pub fn to_retire<'a>(closed: &[Closed<'a>], keep: usize) -> Vec<&'a str> {
+    let retirable: Vec<&str> = closed
+        .iter()
+        .filter(|c| !c.published)
+        .map(|c| c.name)
+        .collect();
+    let excess = retirable.len().saturating_sub(keep.max(1));
+    retirable.into_iter().take(excess).collect()
+}
+
 /// A digest reference to an OCI image by the distribution reference
 /// grammar (`[domain[:port]/]path-component(/path-component)*[:tag]@sha256:<64 hex>`,
 /// the name at most 255 characters): the digest pins the bytes, so what is
@@ -1103,6 +1127,26 @@ mod tests {
             digest(&s.advisories, &s.packages, &d),
             digest(&s.advisories, &s.packages, &inputs(&build2, &test).digest())
         );
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_closed_requests_and_every_publication() {
+        let closed = |name, published| Closed { name, published };
+        let list = [
+            closed("a", false),
+            closed("b", true),
+            closed("c", false),
+            closed("d", false),
+            closed("e", true),
+            closed("f", false),
+        ];
+        assert_eq!(to_retire(&list, 2), ["a", "c"]);
+        assert_eq!(to_retire(&list, 1), ["a", "c", "d"]);
+        // At least the newest stays.
+        assert_eq!(to_retire(&list, 0), ["a", "c", "d"]);
+        assert!(to_retire(&list, 4).is_empty());
+        assert!(to_retire(&list, 10).is_empty());
+        assert!(to_retire(&[], 1).is_empty());
     }
 
     #[test]
