@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use patchloop::api::change_request::ChangeRequestPhase;
+use patchloop::api::inventory::{InventorySubject, SubjectKind};
 use patchloop::api::{ChangeRequest, PatchPolicy, Template, Workload};
 use patchloop::controller::jobs::contract_file;
 use serde_json::{Value, json};
@@ -31,13 +32,18 @@ const BASH: &str = "bash 5.2.15-2+b8 bash 5.2.15-2";
 
 // ---------------------------------------------------------------- objects
 
-/// A build result, under the request's canonical Inventory name
-/// (`changerequest-<cr>`, the only one the controller reads for it); the
-/// first argument is kept for existing callers and not used.
-fn build_result(_name: &str, cr: &str, nonce: &str, image: &str, packages: &[&str]) -> Value {
+/// A build result for ChangeRequest `cr`, under the one name that may
+/// speak for it.
+fn build_result(cr: &str, nonce: &str, image: &str, packages: &[&str]) -> Value {
+    let name = InventorySubject {
+        kind: SubjectKind::ChangeRequest,
+        name: cr.to_owned(),
+        revision: None,
+    }
+    .canonical_inventory_name();
     json!({
         "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
-        "metadata": {"name": format!("changerequest-{cr}")},
+        "metadata": {"name": name},
         "spec": {
             "subject": {"kind": "ChangeRequest", "name": cr},
             "reporter": "build-job", "reportedAt": "2026-11-24T08:00:00Z", "format": "dpkg",
@@ -129,6 +135,17 @@ fn decide(env: &support::TestEnv, verb: &str, ns: &str, cr: &str, reason: &str) 
             ns,
             "--kubeconfig",
         ])
+        .arg(env.kubeconfig())
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("running patchloop")
+}
+
+/// `patchloop approve --digest <digest>`: approves exactly what was reviewed.
+fn approve_reviewed(env: &support::TestEnv, ns: &str, cr: &str, digest: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_patchloop"))
+        .args(["approve", cr, "--reason", "reviewed", "--digest", digest])
+        .args(["--namespace", ns, "--kubeconfig"])
         .arg(env.kubeconfig())
         .env_remove("KUBECONFIG")
         .output()
@@ -323,11 +340,21 @@ async fn finish_job(client: &kube::Client, ns: &str, name: &str, failure: Option
     }
 }
 
-fn nonce_of(cr: &ChangeRequest) -> String {
-    cr.status
-        .as_ref()
-        .and_then(|s| s.nonce.clone())
-        .expect("a nonce")
+/// The nonce only the build Job of request `cr` received (the tests play
+/// that Job); status holds its hash only.
+async fn nonce_of(client: &kube::Client, ns: &str, cr: &str) -> String {
+    let job = wait_job(client, ns, &format!("{cr}-build")).await;
+    job_env(&job, "PATCHLOOP_NONCE").expect("the build Job's nonce")
+}
+
+/// A digest reference to a built image named `tag`.
+fn digest_image(tag: &str) -> String {
+    use sha2::Digest;
+    let hex: String = sha2::Sha256::digest(tag.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("registry.example/golden/{tag}@sha256:{hex}")
 }
 
 fn scope_ids(cr: &ChangeRequest) -> Vec<String> {
@@ -472,10 +499,14 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         .and_then(|s| s.build_job.clone())
         .expect("build job");
     let build = wait_job(&client, &ns, &build_name).await;
-    let nonce = nonce_of(&cr);
+    // The nonce went to the build Job only: status keeps its hash.
+    let nonce = job_env(&build, "PATCHLOOP_NONCE").expect("the build Job's nonce");
+    assert_eq!(nonce.len(), 32, "{nonce}");
+    let status_json = serde_json::to_string(&cr.status).expect("json");
+    assert!(!status_json.contains(&nonce), "{status_json}");
     assert_eq!(
-        job_env(&build, "PATCHLOOP_NONCE").as_deref(),
-        Some(nonce.as_str())
+        cr.status.as_ref().and_then(|s| s.nonce_hash.clone()),
+        Some(patchloop::engine::change::nonce_hash(&nonce))
     );
     assert_eq!(
         job_env(&build, "PATCHLOOP_BASE_IMAGE").as_deref(),
@@ -500,7 +531,6 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         &client,
         &ns,
         build_result(
-            "forged",
             &name,
             "not-the-nonce",
             "registry.example/evil:1",
@@ -520,11 +550,11 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
     );
 
     // The real result: the test Job runs against the new image.
-    let new_image = "registry.example/golden/base@sha256:2222";
+    let new_image = digest_image("base-2");
     apply(
         &client,
         &ns,
-        build_result("base-r2", &name, &nonce, new_image, &[OPENSSH_FIXED, BASH]),
+        build_result(&name, &nonce, &new_image, &[OPENSSH_FIXED, BASH]),
     )
     .await;
     let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Testing).await;
@@ -536,7 +566,7 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
     let test = wait_job(&client, &ns, &test_name).await;
     assert_eq!(
         job_env(&test, "PATCHLOOP_IMAGE").as_deref(),
-        Some(new_image)
+        Some(new_image.as_str())
     );
     assert_eq!(job_env(&test, "PATCHLOOP_NONCE"), None);
     finish_job(&client, &ns, &test_name, None).await;
@@ -571,7 +601,7 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         },
     )
     .await;
-    assert_eq!(ts.image.as_deref(), Some(new_image));
+    assert_eq!(ts.image.as_deref(), Some(new_image.as_str()));
     let revisions: Vec<(i64, Option<&str>, Option<&str>)> = ts
         .history
         .iter()
@@ -777,10 +807,9 @@ async fn a_failed_test_leaves_the_published_image_and_fails_the_request() {
         &client,
         &ns,
         build_result(
-            "base-r2",
             &name,
-            &nonce_of(&cr),
-            "registry.example/golden/base@sha256:3333",
+            &nonce_of(&client, &ns, &name).await,
+            &digest_image("base-3"),
             &[OPENSSH_FIXED, BASH],
         ),
     )
@@ -930,10 +959,9 @@ async fn failed_builds_and_unpublishable_images_leave_the_template_as_it_was() {
                     &client,
                     &ns,
                     build_result(
-                        &format!("{name}-r2"),
                         &cr_name,
-                        &nonce_of(&cr),
-                        &format!("registry.example/golden/{name}@sha256:6666"),
+                        &nonce_of(&client, &ns, &cr_name).await,
+                        &digest_image(&format!("{name}-6")),
                         packages,
                     ),
                 )
@@ -1161,10 +1189,9 @@ async fn a_scope_change_voids_the_approval_and_late_advisories_wait_for_the_next
         &client,
         &ns,
         build_result(
-            "base-r2",
             &name,
-            &nonce_of(&cr),
-            "registry.example/golden/base@sha256:4444",
+            &nonce_of(&client, &ns, &name).await,
+            &digest_image("base-4"),
             &[OPENSSH_FIXED, RSYNC_FIXED, LIBWEBP_OLD, BASH],
         ),
     )
@@ -1315,6 +1342,194 @@ async fn a_rejection_stands_until_the_findings_change_and_requests_outlive_their
     assert_eq!(requests(&client, &ns, "base").await.len(), 2);
 }
 
+fn message(cr: &ChangeRequest) -> String {
+    cr.status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default()
+}
+
+/// Waits until request `name` is in `want` with a message containing `text`.
+async fn wait_message(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    want: ChangeRequestPhase,
+    text: &str,
+) -> ChangeRequest {
+    let api: Api<ChangeRequest> = Api::namespaced(client.clone(), ns);
+    support::eventually(
+        &format!("{name} {want:?} saying {text:?}"),
+        WAIT,
+        async || {
+            api.get(name)
+                .await
+                .ok()
+                .filter(|c| phase(c) == Some(want) && message(c).contains(text))
+        },
+    )
+    .await
+}
+
+/// Sets the build Job template's container image of Template `name`.
+async fn set_builder(client: &kube::Client, ns: &str, name: &str, field: &str, image: &str) {
+    let templates: Api<Template> = Api::namespaced(client.clone(), ns);
+    let patch = json!({"spec": {field: {"spec": {"template": {"spec": {"containers": [
+        {"name": "build", "image": image, "command": ["/bin/sh", "-c", "build"]}
+    ]}}}}}});
+    templates
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("editing the Template");
+}
+
+#[tokio::test]
+async fn an_approval_covers_the_template_as_reviewed_once_and_never_returns() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("tpl-approval").await;
+    let label = support::random_suffix();
+    fixture_feeds(&client, &label).await;
+    apply(&client, &ns, template_policy("gold", json!({}), "Required")).await;
+    apply(&client, &ns, template("base", json!({}))).await;
+    apply(
+        &client,
+        &ns,
+        template_inventory("base", &[OPENSSH_OLD, BASH], "2026-11-24T08:00:00Z"),
+    )
+    .await;
+    let mut pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let cr = request_in(&client, &ns, "base", ChangeRequestPhase::AwaitingApproval).await;
+    let name = cr.metadata.name.clone().expect("name");
+    let reviewed = digest_of(&cr);
+    assert!(
+        message(&cr).contains(&format!("--digest {reviewed}")),
+        "{}",
+        message(&cr)
+    );
+
+    // Approved, then the build Job template is edited before the
+    // controller acts on the approval: no build under the old approval.
+    pl.child.kill().expect("SIGKILL");
+    let out = approve_reviewed(env, &ns, &name, &reviewed);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&reviewed));
+    set_builder(
+        &client,
+        &ns,
+        "base",
+        "buildJobTemplate",
+        "registry.example/evil:1",
+    )
+    .await;
+    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let cr = wait_message(
+        &client,
+        &ns,
+        &name,
+        ChangeRequestPhase::AwaitingApproval,
+        "build inputs",
+    )
+    .await;
+    let edited = digest_of(&cr);
+    assert_ne!(edited, reviewed);
+    assert!(
+        jobs_of(&client, &ns, &name).await.is_empty(),
+        "built under a stale approval"
+    );
+
+    // A reviewer holding the old digest is refused, shown both.
+    let out = approve_reviewed(env, &ns, &name, &reviewed);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&reviewed) && err.contains(&edited), "{err}");
+
+    // A→B→A: the edit reverted, the scope is the reviewed one again, and
+    // the approval of it stays void.
+    set_builder(
+        &client,
+        &ns,
+        "base",
+        "buildJobTemplate",
+        "registry.example/tools/image-builder:1",
+    )
+    .await;
+    let cr = support::eventually("the scope to be A again", WAIT, async || {
+        let cr = request_named(&client, &ns, &name).await;
+        (digest_of(&cr) == reviewed).then_some(cr)
+    })
+    .await;
+    assert_eq!(phase(&cr), Some(ChangeRequestPhase::AwaitingApproval));
+    assert!(
+        message(&cr).contains("was voided when the Template's build inputs"),
+        "{}",
+        message(&cr)
+    );
+    assert!(
+        jobs_of(&client, &ns, &name).await.is_empty(),
+        "an old approval revived"
+    );
+
+    // A fresh approval of what is there now builds once, and is consumed.
+    let out = approve_reviewed(env, &ns, &name, &reviewed);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Building).await;
+    let build_name = format!("{name}-build");
+    assert_eq!(
+        cr.status
+            .as_ref()
+            .and_then(|s| s.approval.as_ref())
+            .and_then(|a| a.consumed_by.clone()),
+        Some(build_name.clone())
+    );
+    wait_job(&client, &ns, &build_name).await;
+
+    // The test Job template edited while building: the request fails
+    // rather than testing with an unapproved template, and no test Job.
+    set_builder(
+        &client,
+        &ns,
+        "base",
+        "testJobTemplate",
+        "registry.example/evil:2",
+    )
+    .await;
+    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Failed).await;
+    let conditions = cr.status.clone().unwrap_or_default().conditions;
+    assert_eq!(
+        condition_reason(&conditions, "Ready"),
+        Some("TemplateEdited"),
+        "{}",
+        message(&cr)
+    );
+    let names: Vec<String> = jobs_of(&client, &ns, &name)
+        .await
+        .iter()
+        .filter_map(|j| j.metadata.name.clone())
+        .collect();
+    assert_eq!(names, [build_name]);
+    // The edited Template gets a new request of its own.
+    let next = support::eventually("a new request for the edited Template", WAIT, async || {
+        requests(&client, &ns, "base")
+            .await
+            .into_iter()
+            .find(|c| c.metadata.name.as_deref() != Some(name.as_str()))
+    })
+    .await;
+    assert!(
+        next.spec.decision.is_none(),
+        "a decision never carries over to another request"
+    );
+}
+
 #[tokio::test]
 async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
     let env = support::env();
@@ -1340,43 +1555,98 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
     let name = cr.metadata.name.clone().expect("name");
     assert_eq!(requests(&client, &ns, "base").await.len(), 1);
 
-    // SIGKILL while awaiting approval; approve; killed right after the
-    // build Job is created.
+    // The build/test/publish sequence, killed after every write (one
+    // failpoint each, in order), with SIGKILLs in between.
     pl.child.kill().expect("SIGKILL");
     decide_ok(env, "approve", &ns, &name, "go");
+    let build_name = format!("{name}-build");
+    let test_name = format!("{name}-test");
+    let cr_now = async || request_named(&client, &ns, &name).await;
+    let job_names = async || {
+        let mut names: Vec<String> = jobs_of(&client, &ns, &name)
+            .await
+            .iter()
+            .filter_map(|j| j.metadata.name.clone())
+            .collect();
+        names.sort();
+        names
+    };
+
+    // 1. Status Approved written; no build Job yet.
+    let mut pl = start_failing(env, &ns, &label, "exit-after-approved-status");
+    exits_at_failpoint(&mut pl).await;
+    assert_eq!(phase(&cr_now().await), Some(ChangeRequestPhase::Approved));
+    assert!(job_names().await.is_empty());
+
+    // 2. Build Job created; the Building write (and the nonce's hash) lost.
     let mut pl = start_failing(env, &ns, &label, "exit-after-build-job-create");
     exits_at_failpoint(&mut pl).await;
-    let build_name = format!("{name}-build");
-    wait_job(&client, &ns, &build_name).await;
-    let mut pl = Patchloop::start(env, &ns, &label, &[]).await;
-    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Building).await;
-    let nonce = nonce_of(&cr);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(jobs_of(&client, &ns, &name).await.len(), 1);
+    assert_eq!(job_names().await, [build_name.as_str()]);
+    assert_eq!(phase(&cr_now().await), Some(ChangeRequestPhase::Approved));
+    let nonce = nonce_of(&client, &ns, &name).await;
 
-    // SIGKILL while building; the build ends while the controller is down.
-    pl.child.kill().expect("SIGKILL");
+    // 3. The existing Job is adopted with the nonce it was given: Building.
+    let mut pl = start_failing(env, &ns, &label, "exit-after-building-status");
+    exits_at_failpoint(&mut pl).await;
+    let cr = cr_now().await;
+    assert_eq!(phase(&cr), Some(ChangeRequestPhase::Building));
+    assert_eq!(
+        cr.status.as_ref().and_then(|s| s.nonce_hash.clone()),
+        Some(patchloop::engine::change::nonce_hash(&nonce)),
+        "the adopted Job's nonce"
+    );
+    assert_eq!(job_names().await, [build_name.as_str()]);
+    assert_eq!(nonce_of(&client, &ns, &name).await, nonce, "one build Job");
+
+    // 4. The build ends while the controller is down; the result is pinned.
     apply(
         &client,
         &ns,
         build_result(
-            "base-r2",
             &name,
             &nonce,
-            "registry.example/golden/base@sha256:5555",
+            &digest_image("base-5"),
             &[OPENSSH_FIXED, BASH],
         ),
     )
     .await;
     finish_job(&client, &ns, &build_name, None).await;
-    let mut pl = Patchloop::start(env, &ns, &label, &[]).await;
-    let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Testing).await;
-    assert_eq!(nonce_of(&cr), nonce, "the nonce survives restarts");
-    let test_name = format!("{name}-test");
-    wait_job(&client, &ns, &test_name).await;
+    let mut pl = start_failing(env, &ns, &label, "exit-after-result-pin");
+    exits_at_failpoint(&mut pl).await;
+    let cr = cr_now().await;
+    assert_eq!(phase(&cr), Some(ChangeRequestPhase::Building));
+    let pinned = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.result.clone())
+        .expect("pinned");
+    assert_eq!(pinned.image, digest_image("base-5"));
+    assert_eq!(job_names().await, [build_name.as_str()]);
 
-    // SIGKILL while testing; killed again right after publication, before
-    // the request records it.
+    // 5. Test Job created; the Testing write lost.
+    let mut pl = start_failing(env, &ns, &label, "exit-after-test-job-create");
+    exits_at_failpoint(&mut pl).await;
+    assert_eq!(phase(&cr_now().await), Some(ChangeRequestPhase::Building));
+    assert_eq!(job_names().await, [build_name.as_str(), test_name.as_str()]);
+
+    // 6. Testing written over the existing test Job.
+    let mut pl = start_failing(env, &ns, &label, "exit-after-testing-status");
+    exits_at_failpoint(&mut pl).await;
+    let cr = cr_now().await;
+    assert_eq!(phase(&cr), Some(ChangeRequestPhase::Testing));
+    assert_eq!(
+        cr.status.as_ref().and_then(|s| s.result.clone()),
+        Some(pinned)
+    );
+    let test = wait_job(&client, &ns, &test_name).await;
+    assert_eq!(
+        job_env(&test, "PATCHLOOP_IMAGE"),
+        Some(digest_image("base-5"))
+    );
+
+    // 7. SIGKILL while testing; the test ends; killed again right after
+    // publication, before the request records it.
+    let mut pl = Patchloop::start(env, &ns, &label, &[]).await;
     pl.child.kill().expect("SIGKILL");
     finish_job(&client, &ns, &test_name, None).await;
     let mut pl = start_failing(env, &ns, &label, "exit-after-publish");
@@ -1387,6 +1657,8 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
         phase(&request_named(&client, &ns, &name).await),
         Some(ChangeRequestPhase::Testing)
     );
+
+    // 8. The lifecycle resumes: Published, once.
     let _pl = Patchloop::start(env, &ns, &label, &[]).await;
     wait_phase(&client, &ns, &name, ChangeRequestPhase::Published).await;
     let ts = support::eventually("a compliant revision 2", WAIT, async || {
@@ -1396,12 +1668,114 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
     .await;
     assert_eq!(ts.revision, Some(2), "published once");
     assert_eq!(ts.history.len(), 2, "{:?}", ts.history);
-    let jobs = jobs_of(&client, &ns, &name).await;
-    let mut names: Vec<String> = jobs
-        .iter()
-        .filter_map(|j| j.metadata.name.clone())
-        .collect();
-    names.sort();
-    assert_eq!(names, [build_name, test_name]);
+    assert_eq!(ts.image, Some(digest_image("base-5")));
+    assert_eq!(job_names().await, [build_name, test_name]);
     assert_eq!(requests(&client, &ns, "base").await.len(), 1);
+}
+
+#[tokio::test]
+async fn closed_requests_beyond_the_retention_go_with_their_results() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("tpl-retention").await;
+    let label = support::random_suffix();
+    fixture_feeds(&client, &label).await;
+    apply(&client, &ns, template_policy("gold", json!({}), "Required")).await;
+    let mut t = template("base", json!({}));
+    t["spec"]["keepClosedChangeRequests"] = json!(2);
+    apply(&client, &ns, t).await;
+    apply(
+        &client,
+        &ns,
+        template_inventory("base", &[OPENSSH_FIXED, BASH], "2026-11-24T08:00:00Z"),
+    )
+    .await;
+    // Five closed requests, oldest first; the oldest published revision 2.
+    let requests_api: Api<ChangeRequest> = Api::namespaced(client.clone(), &ns);
+    let closed = [
+        ("base-old-1", "Published"),
+        ("base-old-2", "Rejected"),
+        ("base-old-3", "Failed"),
+        ("base-old-4", "Obsolete"),
+        ("base-old-5", "Failed"),
+    ];
+    for (name, phase) in closed {
+        apply(
+            &client,
+            &ns,
+            json!({
+                "apiVersion": "patchloop.dev/v1alpha1", "kind": "ChangeRequest",
+                "metadata": {"name": name, "labels": {"patchloop.dev/template": "base"}},
+                "spec": {"template": "base"},
+            }),
+        )
+        .await;
+        requests_api
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": {"phase": phase}})),
+            )
+            .await
+            .expect("closing the request");
+        apply(
+            &client,
+            &ns,
+            build_result(name, "n", &digest_image(name), &[OPENSSH_FIXED, BASH]),
+        )
+        .await;
+    }
+    let templates: Api<Template> = Api::namespaced(client.clone(), &ns);
+    templates
+        .patch_status(
+            "base",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"revision": 2, "image": digest_image("base-old-1"),
+                "history": [
+                    {"revision": 1, "image": "registry.example/golden/base:1", "inventory": "base-r1"},
+                    {"revision": 2, "image": digest_image("base-old-1"),
+                     "inventory": "changerequest-base-old-1", "changeRequest": "base-old-1"},
+                ]}})),
+        )
+        .await
+        .expect("the Template's history");
+
+    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let names = async || {
+        let mut n: Vec<String> = requests(&client, &ns, "base")
+            .await
+            .into_iter()
+            .filter_map(|c| c.metadata.name)
+            .collect();
+        n.sort();
+        n
+    };
+    support::eventually("two closed requests retired", WAIT, async || {
+        (names().await == ["base-old-1", "base-old-4", "base-old-5"]).then_some(())
+    })
+    .await;
+    let inventories: Api<patchloop::api::Inventory> = Api::namespaced(client.clone(), &ns);
+    support::eventually("their results deleted", WAIT, async || {
+        let mut left: Vec<String> = inventories
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter_map(|i| i.metadata.name)
+            .filter(|n| n.starts_with("changerequest-"))
+            .collect();
+        left.sort();
+        (left
+            == [
+                "changerequest-base-old-1",
+                "changerequest-base-old-4",
+                "changerequest-base-old-5",
+            ])
+        .then_some(())
+    })
+    .await;
+    // Steady: nothing more goes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(names().await, ["base-old-1", "base-old-4", "base-old-5"]);
 }

@@ -50,7 +50,8 @@ pub struct ChangeRequestSpec {
     #[schemars(length(min = 1))]
     pub template: String,
     /// A person's decision. It counts only while `digest` equals
-    /// `status.scope.digest`; `patchloop approve` fills it in.
+    /// `status.scope.digest` and `requestUid` equals this request's
+    /// `metadata.uid`; `patchloop approve` fills it in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
 }
@@ -65,6 +66,15 @@ pub struct Decision {
     /// changes before the build starts, the decision stops counting.
     #[schemars(length(min = 1))]
     pub digest: String,
+    /// The `metadata.uid` of the ChangeRequest decided on: a decision copied
+    /// onto another request (even one with the same name) does not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_uid: Option<String>,
+    /// When the person decided (as their client said). Each `patchloop
+    /// approve` writes a new one, so a renewed decision is a new
+    /// `metadata.generation` even on the same digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<Time>,
     /// Why, for the audit trail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -140,9 +150,16 @@ pub struct ChangeRequestStatus {
     /// The decision that took effect, as the controller recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalRecord>,
-    /// Per-request secret the build result must carry (Inventory `spec.nonce`).
+    /// The scope moved away from the person's decision: that decision stays
+    /// void (a scope going A→B→A does not revive it) until `spec.decision`
+    /// is written again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nonce: Option<String>,
+    pub decision_voided: Option<VoidedDecision>,
+    /// Hex SHA-256 of the per-request nonce the build result must carry
+    /// (Inventory `spec.nonce`). The nonce itself is generated when the
+    /// build Job is created and handed to that Job only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce_hash: Option<String>,
     /// The build Job's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_job: Option<String>,
@@ -157,12 +174,29 @@ pub struct ChangeRequestStatus {
     pub timestamps: Option<PhaseTimestamps>,
 }
 
+/// A person's decision voided by a scope change.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VoidedDecision {
+    /// The request's `metadata.generation` when it was voided: a decision
+    /// written since (a new generation) counts again.
+    pub generation: i64,
+    /// What changed.
+    pub reason: String,
+}
+
 /// What a rebuild includes and its digest.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Scope {
-    /// A digest of the advisories and packages below; decisions name it.
+    /// A digest of the advisories and packages below and of the build
+    /// inputs (`buildInputsDigest`); decisions name it.
     pub digest: String,
+    /// A digest of what determines the build besides the packages: the
+    /// Template's platform, image, build and test Job templates, and the
+    /// base revision and image.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub build_inputs_digest: String,
     /// The advisories the rebuild addresses.
     #[serde(default)]
     pub advisories: Vec<ScopeAdvisory>,
@@ -224,16 +258,33 @@ pub struct ApprovalRecord {
     pub reason: Option<String>,
     /// When the controller saw the decision take effect.
     pub effective_at: Time,
+    /// The build Job this approval started. An approval starts one build:
+    /// once consumed it never starts another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumed_by: Option<String>,
 }
 
-/// The accepted build result.
+/// The accepted build result, pinned when the request moves to Testing: the
+/// test Job tests this image and publication publishes it, only while the
+/// Inventory is still this very object (uid) with this very spec
+/// (generation).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BuildResult {
-    /// The new image reference.
+    /// The new image, a digest reference (`…@sha256:<64 hex>`).
     pub image: String,
-    /// The Inventory describing it.
+    /// The Inventory describing it (`changerequest-<request>`).
     pub inventory: String,
+    /// The Inventory's `metadata.uid` when pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// The Inventory's `metadata.resourceVersion` when pinned (for the
+    /// audit trail: it also moves with the Inventory's status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    /// The Inventory's `metadata.generation` when pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 /// When each phase was entered.

@@ -66,7 +66,17 @@ pub struct TemplateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserved_object")]
     pub test_job_template: Option<serde_json::Value>,
+    /// How many closed ChangeRequests (Rejected, Failed, Obsolete) of this
+    /// Template to keep, newest first (default 10); older ones are deleted
+    /// with their build Jobs and build-result Inventories. Requests that
+    /// published a revision in `status.history` are always kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep_closed_change_requests: Option<i32>,
 }
+
+/// The default of `spec.keepClosedChangeRequests`.
+pub const DEFAULT_KEEP_CLOSED_CHANGE_REQUESTS: i32 = 10;
 
 /// Observed state of a Template.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

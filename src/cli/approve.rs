@@ -1,5 +1,7 @@
 //! `patchloop approve` / `patchloop reject`: set a ChangeRequest's
-//! `spec.decision` with the current scope digest, by server-side apply under
+//! `spec.decision` with the scope digest the reviewer reviewed (`--digest`,
+//! refused when it is no longer the current one) or else the current one,
+//! bound to the request's uid, by server-side apply under
 //! a field manager named after the caller's kubeconfig user. The controller
 //! records that manager; it is what the client asserted, and the apiserver
 //! audit log is the authoritative record of who decided.
@@ -21,6 +23,12 @@ pub struct DecideArgs {
     /// Why, for the audit trail.
     #[arg(long)]
     reason: String,
+    /// The scope digest reviewed (`status.scope.digest`, as `kubectl get`
+    /// or the request's message shows it): refused unless it is still the
+    /// request's current digest. Without it, the current digest is decided
+    /// on and printed.
+    #[arg(long)]
+    digest: Option<String>,
     /// The namespace; by default the kubeconfig context's, else `default`.
     #[arg(long, short = 'n')]
     namespace: Option<String>,
@@ -93,9 +101,20 @@ async fn decide(args: &DecideArgs, verdict: Verdict) -> anyhow::Result<ExitCode>
             "ChangeRequest {name} has no scope yet: the controller has not processed it (is `patchloop run` running?)"
         );
     };
+    if let Some(reviewed) = &args.digest {
+        check_reviewed(reviewed, &scope.digest)
+            .map_err(|why| anyhow::anyhow!("ChangeRequest {name}: {why}"))?;
+    }
+    let request_uid = cr
+        .metadata
+        .uid
+        .clone()
+        .with_context(|| format!("ChangeRequest {name} has no metadata.uid"))?;
     let decision = Decision {
         verdict,
         digest: scope.digest.clone(),
+        request_uid: Some(request_uid),
+        decided_at: Some(patchloop::api::common::time(jiff::Timestamp::now())),
         reason: Some(args.reason.clone()),
     };
     let manager = field_manager(&user);
@@ -117,17 +136,49 @@ async fn decide(args: &DecideArgs, verdict: Verdict) -> anyhow::Result<ExitCode>
         Verdict::Rejected => "rejected",
     };
     println!(
-        "changerequest/{name} {what} (scope {}, {} advisories, {} packages) as {manager}",
-        &scope.digest[..12.min(scope.digest.len())],
+        "changerequest/{name} {what} (scope digest {}, {} advisories, {} packages) as {manager}",
+        scope.digest,
         scope.advisories.len(),
         scope.packages.len()
     );
     Ok(ExitCode::SUCCESS)
 }
 
+/// The digest a reviewer passed is the current one; a full digest, or a
+/// prefix of at least 12 characters as messages show it.
+fn check_reviewed(reviewed: &str, current: &str) -> Result<(), String> {
+    let reviewed = reviewed.trim();
+    let matches = reviewed.len() >= 12 && current.starts_with(reviewed);
+    if matches {
+        return Ok(());
+    }
+    let shown: String = if reviewed.bytes().all(|b| b.is_ascii_hexdigit()) {
+        reviewed.chars().take(64).collect()
+    } else {
+        "(not a hex digest)".to_owned()
+    };
+    Err(format!(
+        "the scope changed since it was reviewed: --digest {shown} but the current scope digest is {current}; review the current scope (kubectl get changerequest -o yaml) and decide again"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reviewed_digest_must_be_the_current_one() {
+        let current = "ab".repeat(32);
+        assert_eq!(check_reviewed(&current, &current), Ok(()));
+        assert_eq!(check_reviewed(&current[..12], &current), Ok(()));
+        // Too short to name a scope.
+        assert!(check_reviewed(&current[..6], &current).is_err());
+        let other = "cd".repeat(32);
+        let why = check_reviewed(&other, &current).expect_err("refused");
+        assert!(why.contains(&other) && why.contains(&current), "{why}");
+        let why = check_reviewed("$(x)", &current).expect_err("refused");
+        assert!(!why.contains("$(x)"), "{why}");
+    }
 
     #[test]
     fn field_managers_name_the_user_safely() {

@@ -1,11 +1,21 @@
 //! The change reconciler: one ChangeRequest's lifecycle. Dereference (the
 //! Template, its findings now, the decision, the build and test Jobs, the
-//! build result by subject and nonce) → decide ([`crate::engine::change`],
-//! pure) → act (create the build or test Job under a deterministic name,
-//! publish the revision) → write status.
+//! build result `changerequest-<request>` read from the apiserver) → decide
+//! ([`crate::engine::change`], pure) → act (create the build or test Job
+//! under a deterministic name, pin the result, publish the pinned image) →
+//! write status.
 //!
-//! Restart safety: the phase, the nonce and the Job names live in status;
-//! Jobs are created idempotently under names derived from the request's;
+//! The writes, in order (a failpoint after each; tests/templates.rs kills
+//! the controller at every one): status Approved → build Job created (its
+//! nonce generated there and handed to it only) → status Building (the
+//! nonce's hash, the approval consumed) → status with the pinned result →
+//! test Job created → status Testing → Template status (the new revision)
+//! → status Published.
+//!
+//! Restart safety: the phase, the nonce's hash, the pinned result and the
+//! Job names live in status; an existing build Job is adopted (its nonce
+//! read back from it); Jobs are created idempotently under names derived
+//! from the request's;
 //! status is written with the read `resourceVersion` as a precondition, so
 //! a reconcile working from a stale cache can never move the phase back;
 //! publication writes the Template first, and a request whose Template's
@@ -28,7 +38,7 @@ use super::template::{self as tpl, Current};
 use super::{Error, failpoint, jobs, now, observed, requeue_at};
 use crate::api::change_request::{
     ApprovalRecord, BuildResult, ChangeRequestPhase as Phase, ChangeRequestStatus, PhaseTimestamps,
-    Scope as ChangeScope, TEMPLATE_LABEL, Verdict,
+    Scope as ChangeScope, TEMPLATE_LABEL, Verdict, VoidedDecision,
 };
 use crate::api::common::{ComplianceState, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
@@ -36,7 +46,8 @@ use crate::api::inventory::{InventorySubject, SubjectKind};
 use crate::api::template::TemplateRevision;
 use crate::api::{ChangeRequest, Inventory, Template};
 use crate::engine::change::{
-    self, Act, Approval, Approver, JobState, Observed, before_build, is_closed,
+    self, Act, Approval, Approver, BuildOutput, JobState, Observed, PersonDecision, Pin,
+    ResultFacts, before_build, is_closed,
 };
 use crate::engine::inventory::parse_compact_list;
 use crate::engine::version::parse_platform;
@@ -123,25 +134,108 @@ async fn job_state(scope: &Scope, ns: &str, name: &str) -> Result<JobState, Erro
     })
 }
 
-/// The build result: the request's canonical Inventory
-/// (`changerequest-<name>`), when it carries the right nonce and an image.
-/// Others are ignored.
-fn build_result(
+/// The name of a request's build result Inventory: the one Inventory that
+/// may speak for it.
+pub fn result_inventory_name(request: &str) -> String {
+    InventorySubject {
+        kind: SubjectKind::ChangeRequest,
+        name: request.to_owned(),
+        revision: None,
+    }
+    .canonical_inventory_name()
+}
+
+/// The build result as the apiserver has it now (not the cache: a pinned
+/// result is compared with the live object before anything is tested or
+/// published).
+async fn live_result(scope: &Scope, ns: &str, request: &str) -> Result<Option<Inventory>, Error> {
+    let api: Api<Inventory> = Api::namespaced(scope.shared.client.clone(), ns);
+    Ok(api.get_opt(&result_inventory_name(request)).await?)
+}
+
+/// Whether `inventory` may be taken as this request's result.
+fn judge_result(
+    inventory: &Inventory,
+    request: &str,
+    nonce_hash: Option<&str>,
+    build_job_created: Option<Timestamp>,
+) -> BuildOutput {
+    let name = inventory.name_any();
+    let subject = &inventory.spec.subject;
+    if subject.kind != SubjectKind::ChangeRequest || subject.name != request {
+        return BuildOutput::Invalid(format!(
+            "Inventory {name}: spec.subject does not name this ChangeRequest"
+        ));
+    }
+    let facts = ResultFacts {
+        name: &name,
+        created: inventory.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        nonce: inventory.spec.nonce.as_deref(),
+        image: inventory.spec.image.as_deref(),
+    };
+    match change::check_result(&facts, nonce_hash, build_job_created) {
+        Ok(()) => BuildOutput::Valid,
+        Err(why) => BuildOutput::Invalid(why),
+    }
+}
+
+/// The pinned result against the Inventory now: the very object (uid) with
+/// the very spec (generation, which the apiserver moves on every spec
+/// change; the resourceVersion also moves when the controller writes the
+/// Inventory's own status, which changes nothing that was built).
+fn pin_state(pinned: Option<&BuildResult>, now: Option<&Inventory>) -> Pin {
+    let Some(pinned) = pinned.filter(|p| p.uid.is_some()) else {
+        return Pin::Unpinned;
+    };
+    match now {
+        Some(i)
+            if i.metadata.uid == pinned.uid
+                && i.metadata.generation == pinned.generation
+                && i.spec.image.as_deref() == Some(pinned.image.as_str()) =>
+        {
+            Pin::Intact
+        }
+        _ => Pin::Changed,
+    }
+}
+
+/// The nonce a build Job of this request carries, read back from the Job
+/// (a restart lost the status write after its creation). `None` when the
+/// Job is not this request's (another controller owner) or carries none.
+async fn adopted_nonce(
     scope: &Scope,
     ns: &str,
-    name: &str,
-    nonce: Option<&str>,
-) -> Option<Arc<Inventory>> {
-    let nonce = nonce?;
-    let subject = InventorySubject {
-        kind: SubjectKind::ChangeRequest,
-        name: name.to_owned(),
-        revision: None,
+    job_name: &str,
+    request_uid: &str,
+) -> Result<Option<String>, Error> {
+    let api: Api<Job> = Api::namespaced(scope.shared.client.clone(), ns);
+    let Some(job) = api.get_opt(job_name).await? else {
+        return Ok(None);
     };
-    scope
-        .inventory_for(ns, &subject)
-        .filter(|i| i.spec.nonce.as_deref() == Some(nonce))
-        .filter(|i| i.spec.image.as_deref().is_some_and(|s| !s.is_empty()))
+    let ours = job
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == request_uid);
+    if !ours {
+        return Ok(None);
+    }
+    Ok(job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .into_iter()
+        .flat_map(|p| {
+            p.containers
+                .iter()
+                .chain(p.init_containers.iter().flatten())
+        })
+        .flat_map(|c| c.env.iter().flatten())
+        .find(|e| e.name == NONCE_ENV)
+        .and_then(|e| e.value.clone())
+        // The Job contract may escape `$` as `$$`; a nonce is hex.
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit())))
 }
 
 /// Publication checks on a build result: coverage of the frozen scope, and
@@ -186,6 +280,19 @@ fn checks(
     problems
 }
 
+/// The environment variable (and contract file `nonce`) holding the build
+/// Job's nonce.
+pub const NONCE_ENV: &str = "PATCHLOOP_NONCE";
+
+/// Which Job of a request, with what only it receives.
+#[derive(Debug, Clone, Copy)]
+enum Run<'a> {
+    /// The build, with the nonce its result must carry.
+    Build { nonce: &'a str },
+    /// The test, with the pinned image under test.
+    Test { image: &'a str },
+}
+
 /// Everything a build or test Job gets beyond its template.
 struct Contract {
     env: Vec<(String, String)>,
@@ -197,7 +304,7 @@ fn contract(
     t: &Template,
     status: &ChangeRequestStatus,
     job: &str,
-    test_image: Option<&str>,
+    run: Run<'_>,
 ) -> Contract {
     let ns = cr.namespace().unwrap_or_default();
     let name = cr.name_any();
@@ -215,9 +322,9 @@ fn contract(
     }
     let advisories: Vec<&str> = scope.advisories.iter().map(|a| a.id.as_str()).collect();
     let base_image = status.base_image.clone().unwrap_or_else(|| tpl::image(t));
-    let purpose = match test_image {
-        Some(_) => jobs::Purpose::Test,
-        None => jobs::Purpose::Build,
+    let purpose = match run {
+        Run::Test { .. } => jobs::Purpose::Test,
+        Run::Build { .. } => jobs::Purpose::Build,
     };
     let mut env = vec![
         ("PATCHLOOP_PURPOSE".to_owned(), purpose.as_str().to_owned()),
@@ -244,34 +351,33 @@ fn contract(
         (jobs::PACKAGES_FILE.to_owned(), packages),
         ("advisories".to_owned(), advisories.join("\n") + "\n"),
     ]);
-    match test_image {
-        Some(image) => env.push(("PATCHLOOP_IMAGE".to_owned(), image.to_owned())),
-        None => {
-            let nonce = status.nonce.clone().unwrap_or_default();
-            env.push(("PATCHLOOP_NONCE".to_owned(), nonce.clone()));
-            files.insert("nonce".to_owned(), nonce);
+    match run {
+        Run::Test { image } => env.push(("PATCHLOOP_IMAGE".to_owned(), image.to_owned())),
+        Run::Build { nonce } => {
+            env.push((NONCE_ENV.to_owned(), nonce.to_owned()));
+            files.insert("nonce".to_owned(), nonce.to_owned());
         }
     }
     Contract { env, files }
 }
 
-/// Creates the build (`test_image` None) or test Job; an unusable template
-/// is the request's failure, returned as a sentence.
+/// Creates the build or test Job (an existing one is left as it is); an
+/// unusable template is the request's failure, returned as a sentence.
 async fn create_job(
     scope: &Scope,
     cr: &ChangeRequest,
     t: &Template,
     status: &ChangeRequestStatus,
-    test_image: Option<&str>,
-) -> Result<Result<(), String>, Error> {
-    let (template, field, purpose, suffix) = match test_image {
-        None => (
+    run: Run<'_>,
+) -> Result<Result<jobs::Created, String>, Error> {
+    let (template, field, purpose, suffix) = match run {
+        Run::Build { .. } => (
             t.spec.build_job_template.as_ref(),
             "Template spec.buildJobTemplate",
             jobs::Purpose::Build,
             "build",
         ),
-        Some(_) => (
+        Run::Test { .. } => (
             t.spec.test_job_template.as_ref(),
             "Template spec.testJobTemplate",
             jobs::Purpose::Test,
@@ -289,7 +395,7 @@ async fn create_job(
         .and_then(serde_json::Value::as_i64)
         .unwrap_or(DEFAULT_JOB_DEADLINE);
     let job_name = jobs::job_name(&name, suffix);
-    let c = contract(cr, t, status, &job_name, test_image);
+    let c = contract(cr, t, status, &job_name, run);
     let request = jobs::JobRequest {
         template,
         template_field: field,
@@ -316,23 +422,24 @@ async fn create_job(
         Ok(job) => job,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    match jobs::create(&scope.shared.client, &job).await {
-        Ok(jobs::Created::New) => {
-            scope.shared.metrics.job_created(purpose);
-            tracing::info!(change_request = %name, job = %job.metadata.name.clone().unwrap_or_default(), "{} Job created", purpose.as_str());
-        }
-        Ok(jobs::Created::Existed) => {}
+    let created = match jobs::create(&scope.shared.client, &job).await {
+        Ok(created) => created,
         // The apiserver refuses the Job (an invalid pod spec): the
         // template's fault, not a transient error.
         Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
             return Ok(Err(format!("{field}: {}", s.message)));
         }
         Err(e) => return Err(e.into()),
+    };
+    if created == jobs::Created::New {
+        scope.shared.metrics.job_created(purpose);
+        tracing::info!(change_request = %name, job = %job.metadata.name.clone().unwrap_or_default(), "{} Job created", purpose.as_str());
     }
-    if test_image.is_none() {
-        failpoint::exit_if(failpoint::EXIT_AFTER_BUILD_JOB_CREATE);
-    }
-    Ok(Ok(()))
+    failpoint::exit_if(match run {
+        Run::Build { .. } => failpoint::EXIT_AFTER_BUILD_JOB_CREATE,
+        Run::Test { .. } => failpoint::EXIT_AFTER_TEST_JOB_CREATE,
+    });
+    Ok(Ok(created))
 }
 
 /// Writes the new revision to the Template's status under this
@@ -343,7 +450,7 @@ async fn publish(
     scope: &Scope,
     t: &Template,
     cr_name: &str,
-    result: &Inventory,
+    pinned: &BuildResult,
     now: Timestamp,
 ) -> Result<bool, Error> {
     let ns = t.namespace().ok_or(Error::Missing("metadata.namespace"))?;
@@ -363,11 +470,11 @@ async fn publish(
             change_request: None,
         });
     }
-    let image = result.spec.image.clone().unwrap_or_default();
+    let image = pinned.image.clone();
     history.push(TemplateRevision {
         revision: rev + 1,
         image: image.clone(),
-        inventory: Some(result.name_any()),
+        inventory: Some(pinned.inventory.clone()),
         published_at: Some(time(now)),
         change_request: Some(cr_name.to_owned()),
     });
@@ -434,6 +541,20 @@ fn set_stamp(ts: &mut PhaseTimestamps, phase: Phase, at: Time) {
     }
 }
 
+/// The failpoint after the status write of `step`, in the build/test/publish
+/// sequence.
+fn written_failpoint(from: Option<Phase>, step: &change::Step) -> Option<&'static str> {
+    match (step.phase, step.act) {
+        (Phase::Approved, _) if from != Some(Phase::Approved) => {
+            Some(failpoint::EXIT_AFTER_APPROVED_STATUS)
+        }
+        (Phase::Building, Act::Build) => Some(failpoint::EXIT_AFTER_BUILDING_STATUS),
+        (Phase::Building, Act::Pin) => Some(failpoint::EXIT_AFTER_RESULT_PIN),
+        (Phase::Testing, Act::Test) => Some(failpoint::EXIT_AFTER_TESTING_STATUS),
+        _ => None,
+    }
+}
+
 /// Soon, when a retry is due (a stale cache, a Template changing meanwhile).
 const SOON: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -484,52 +605,86 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     }
 
     // What the Template needs now (before the build only: then it freezes).
+    let uid = cr.uid().ok_or(Error::Missing("metadata.uid"))?;
     let mut needed: Option<ChangeScope> = previous.scope.clone();
     let mut emergency = false;
     let mut rule = None;
     let mut wake: Option<Timestamp> = None;
-    if before && let Some(t) = &template {
+    let base_image = template.as_deref().map(tpl::image).unwrap_or_default();
+    let inputs = template
+        .as_deref()
+        .map(|t| tpl::build_inputs(t, &base_image));
+    if before && let (Some(t), Some(inputs)) = (&template, &inputs) {
         let Current { judged, .. } = tpl::judge_current(scope, t, &ns, now);
         rule = judged.approval_rule();
         wake = judged.evaluation.next_change;
-        // Unknown keeps the last scope: no data is not "fixed another way".
+        // Unknown keeps the last findings (no data is not "fixed another
+        // way"), bound to the Template as it is now.
+        needed = needed.map(|s| change::rebind(&s, inputs));
         if judged.evaluation.state != ComplianceState::Unknown {
             let family = parse_platform(&t.spec.platform).ok().map(|p| p.family);
-            let computed = family.and_then(|f| change::scope(&judged.evaluation, f));
+            let computed = family.and_then(|f| change::scope(&judged.evaluation, f, inputs));
             emergency = computed.as_ref().is_some_and(|(_, e)| *e);
             needed = computed.map(|(s, _)| s);
         }
     }
+    let person = PersonDecision {
+        decision: cr.spec.decision.as_ref(),
+        request_uid: &uid,
+        voided: previous
+            .decision_voided
+            .as_ref()
+            .filter(|v| Some(v.generation) == cr.metadata.generation)
+            .map(|v| v.reason.as_str()),
+        decided_scope: previous.scope.as_ref(),
+    };
     let approval = match &needed {
-        Some(s) => change::approval(
-            rule.as_ref().map(|(_, r)| *r),
-            emergency,
-            cr.spec.decision.as_ref(),
-            &s.digest,
-        ),
+        Some(s) => change::approval(rule.as_ref().map(|(_, r)| *r), emergency, &person, s),
         None => Approval::Awaiting(String::new()),
     };
+    // Once the build started, the Template must still be what was approved.
+    let inputs_changed = !before
+        && inputs.is_some_and(|i| {
+            previous
+                .scope
+                .as_ref()
+                .is_none_or(|s| s.build_inputs_digest != i.digest())
+        });
 
     let build_name = jobs::job_name(&name, "build");
     let test_name = jobs::job_name(&name, "test");
     let phase = previous.phase;
-    let build = if matches!(phase, Some(Phase::Building)) {
-        job_state(scope, &ns, &build_name).await?
-    } else {
+    let build = if matches!(phase, Some(Phase::Testing)) {
         JobState::Absent
+    } else {
+        job_state(scope, &ns, &build_name).await?
     };
     let test = if matches!(phase, Some(Phase::Testing)) {
         job_state(scope, &ns, &test_name).await?
     } else {
         JobState::Absent
     };
-    let result = if matches!(phase, Some(Phase::Building | Phase::Testing)) {
-        build_result(scope, &ns, &name, previous.nonce.as_deref())
-    } else {
-        None
+    // The result, live, once the build has succeeded (to pin it) and while
+    // testing (to check the pin).
+    let result = match (phase, &build) {
+        (Some(Phase::Building), JobState::Succeeded(_)) | (Some(Phase::Testing), _) => {
+            live_result(scope, &ns, &name).await?
+        }
+        _ => None,
     };
-    let problems = match (&template, &result, &test) {
-        (Some(t), Some(r), JobState::Succeeded(_)) if phase == Some(Phase::Testing) => {
+    let build_created = scope
+        .jobs
+        .get(&ObjectRef::<Job>::new(&build_name).within(&ns))
+        .and_then(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let output = match &result {
+        Some(r) => judge_result(r, &name, previous.nonce_hash.as_deref(), build_created),
+        None => BuildOutput::Absent,
+    };
+    let pin = pin_state(previous.result.as_ref(), result.as_ref());
+    let problems = match (&template, &result, &test, &pin) {
+        (Some(t), Some(r), JobState::Succeeded(_), Pin::Intact)
+            if phase == Some(Phase::Testing) =>
+        {
             Some(checks(scope, t, &ns, previous.scope.as_ref(), r, now))
         }
         _ => None,
@@ -550,7 +705,9 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
         needed: needed.as_ref(),
         approval: &approval,
         build: &build,
-        result: result.is_some(),
+        output: &output,
+        pin: pin.clone(),
+        inputs_changed,
         test: &test,
         checks: problems.as_deref(),
         now,
@@ -564,22 +721,32 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
         act = ?step.act,
         build = ?build,
         test = ?test,
-        result = result.is_some(),
+        output = ?output,
+        pin = ?pin,
         "change step"
     );
 
-    // The status this step records (the Job it starts reads it: nonce,
-    // scope, target revision).
+    // The status this step records (the Job it starts reads it: scope,
+    // target revision).
     let mut status = previous.clone();
     status.observed_generation = cr.metadata.generation;
-    if status.nonce.is_none() {
-        status.nonce = Some(nonce(cr.uid().as_deref().unwrap_or(&name)));
-    }
-    if before && let Some(t) = &template {
+    let adopting = before && step.act == Act::Build && build != JobState::Absent;
+    if before
+        && !adopting
+        && let Some(t) = &template
+    {
+        if let (Some(s), Some(generation)) = (&needed, cr.metadata.generation)
+            && let Some(changed) = person.voids(s)
+        {
+            status.decision_voided = Some(VoidedDecision {
+                generation,
+                reason: changed.to_owned(),
+            });
+        }
         status.scope = needed.clone();
         status.policy = rule.as_ref().map(|(p, _)| p.clone());
         status.base_revision = Some(rev);
-        status.base_image = Some(tpl::image(t));
+        status.base_image = Some(base_image.clone());
         status.template_generation = t.metadata.generation;
         status.target_revision = Some(rev + 1);
         status.approval = match (&approval, needed.as_ref()) {
@@ -610,6 +777,7 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
                         )),
                     },
                     effective_at: same.map_or_else(|| time(now), |a| a.effective_at.clone()),
+                    consumed_by: None,
                 })
             }
             (Approval::Rejected, Some(s)) => Some(ApprovalRecord {
@@ -619,6 +787,7 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
                 digest: Some(s.digest.clone()),
                 reason: cr.spec.decision.as_ref().and_then(|d| d.reason.clone()),
                 effective_at: time(now),
+                consumed_by: None,
             }),
             _ => None,
         };
@@ -627,44 +796,70 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     // Act.
     match step.act {
         Act::Nothing => {}
-        Act::Build | Act::Test => {
-            let test_image = match step.act {
-                Act::Test => result.as_ref().and_then(|r| r.spec.image.clone()),
-                _ => None,
-            };
+        Act::Build => {
             let Some(t) = &template else {
                 return Ok(Action::requeue(SOON));
             };
-            if step.act == Act::Build && previous.phase != Some(Phase::Building) {
-                // The Job is built from the recorded scope and nonce: record
-                // them first, then create it on the next pass.
-                step.act = Act::Nothing;
-            } else if step.act == Act::Test && test_image.is_none() {
-                step.phase = Phase::Failed;
-                step.reason = "NoBuildResult";
-                step.message = "the build result disappeared before the test".into();
-                step.act = Act::Nothing;
-            } else {
-                let mut for_job = status.clone();
-                if step.act == Act::Test {
-                    // The scope is frozen; the test needs no nonce.
-                    for_job.scope = previous.scope.clone();
+            // A fresh nonce for a Job this pass creates; an existing Job
+            // keeps the one it was given.
+            let fresh = nonce(&uid);
+            match create_job(scope, &cr, t, &status, Run::Build { nonce: &fresh }).await? {
+                Ok(jobs::Created::New) => {
+                    status.nonce_hash = Some(change::nonce_hash(&fresh));
                 }
-                match create_job(scope, &cr, t, &for_job, test_image.as_deref()).await? {
-                    Ok(()) => {}
-                    Err(why) => {
-                        step.phase = Phase::Failed;
-                        step.reason = "InvalidJobTemplate";
-                        step.message = why;
+                Ok(jobs::Created::Existed) => {
+                    match adopted_nonce(scope, &ns, &build_name, &uid).await? {
+                        Some(n) => status.nonce_hash = Some(change::nonce_hash(&n)),
+                        None => {
+                            step.phase = Phase::Failed;
+                            step.reason = "BuildJobConflict";
+                            step.message = format!(
+                                "a Job named {build_name} exists that this request did not create (no controller owner reference to it, or no nonce): nothing is built under it; delete it and let a new request rebuild"
+                            );
+                        }
                     }
                 }
+                Err(why) => {
+                    step.phase = Phase::Failed;
+                    step.reason = "InvalidJobTemplate";
+                    step.message = why;
+                }
+            }
+            if step.phase == Phase::Building
+                && let Some(a) = status.approval.as_mut()
+            {
+                a.consumed_by = Some(build_name.clone());
+            }
+        }
+        Act::Pin => {
+            if let Some(r) = &result {
+                status.result = Some(BuildResult {
+                    image: r.spec.image.clone().unwrap_or_default(),
+                    inventory: r.name_any(),
+                    uid: r.metadata.uid.clone(),
+                    resource_version: r.metadata.resource_version.clone(),
+                    generation: r.metadata.generation,
+                });
+            }
+        }
+        Act::Test => {
+            let (Some(t), Some(pinned)) = (&template, &previous.result) else {
+                return Ok(Action::requeue(SOON));
+            };
+            let run = Run::Test {
+                image: &pinned.image,
+            };
+            if let Err(why) = create_job(scope, &cr, t, &status, run).await? {
+                step.phase = Phase::Failed;
+                step.reason = "InvalidJobTemplate";
+                step.message = why;
             }
         }
         Act::Publish => {
-            let (Some(t), Some(r)) = (&template, &result) else {
+            let (Some(t), Some(pinned)) = (&template, &previous.result) else {
                 return Ok(Action::requeue(SOON));
             };
-            if !publish(scope, t, &name, r, now).await? {
+            if !publish(scope, t, &name, pinned, now).await? {
                 return Ok(Action::requeue(SOON));
             }
             failpoint::exit_if(failpoint::EXIT_AFTER_PUBLISH);
@@ -681,12 +876,6 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     }
     if matches!(step.phase, Phase::Testing | Phase::Published) {
         status.test_job = Some(test_name);
-    }
-    if let Some(r) = &result {
-        status.result = Some(BuildResult {
-            image: r.spec.image.clone().unwrap_or_default(),
-            inventory: r.name_any(),
-        });
     }
     let mut stamps = status.timestamps.clone().unwrap_or_default();
     set_stamp(&mut stamps, step.phase, time(now));
@@ -748,6 +937,9 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     if status != previous {
         if !write(scope, &cr, &previous, &status).await? {
             return Ok(Action::requeue(SOON));
+        }
+        if let Some(point) = written_failpoint(previous.phase, &step) {
+            failpoint::exit_if(point);
         }
         if previous.phase != Some(step.phase) {
             let warning = matches!(step.phase, Phase::Failed | Phase::Rejected);

@@ -26,8 +26,24 @@ pub const EXIT_AFTER_REMEDIATION_RECORD: &str = "exit-after-remediation-record";
 /// The process exits right after the template reconciler creates a
 /// ChangeRequest, before the Template's status names it.
 pub const EXIT_AFTER_CHANGE_REQUEST_CREATE: &str = "exit-after-change-request-create";
-/// The process exits right after creating a build Job.
+// The ChangeRequest build/test/publish sequence, one failpoint after each
+// write (src/controller/change.rs lists them in order).
+/// The process exits right after a ChangeRequest's status records
+/// `Approved`, before the build Job is created.
+pub const EXIT_AFTER_APPROVED_STATUS: &str = "exit-after-approved-status";
+/// The process exits right after creating a build Job, before the request
+/// records `Building` (and the nonce's hash).
 pub const EXIT_AFTER_BUILD_JOB_CREATE: &str = "exit-after-build-job-create";
+/// The process exits right after the request records `Building`.
+pub const EXIT_AFTER_BUILDING_STATUS: &str = "exit-after-building-status";
+/// The process exits right after the request pins its build result, before
+/// the test Job is created.
+pub const EXIT_AFTER_RESULT_PIN: &str = "exit-after-result-pin";
+/// The process exits right after creating a test Job, before the request
+/// records `Testing`.
+pub const EXIT_AFTER_TEST_JOB_CREATE: &str = "exit-after-test-job-create";
+/// The process exits right after the request records `Testing`.
+pub const EXIT_AFTER_TESTING_STATUS: &str = "exit-after-testing-status";
 /// The process exits right after writing a new revision to a Template,
 /// before the ChangeRequest records `Published`.
 pub const EXIT_AFTER_PUBLISH: &str = "exit-after-publish";

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
@@ -30,6 +30,7 @@ use crate::api::common::{ComplianceState, InventoryReference, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::inventory::{InventorySubject, SubjectKind};
 use crate::api::policy::{PatchPolicySpec, TemplateApproval, TemplateCounts};
+use crate::api::template::DEFAULT_KEEP_CLOSED_CHANGE_REQUESTS;
 use crate::api::{
     ChangeRequest, ChangeRequestSpec, Inventory, PatchPolicy, Template, TemplateStatus,
 };
@@ -56,6 +57,21 @@ pub fn image(t: &Template) -> String {
         .as_ref()
         .and_then(|s| s.image.clone())
         .unwrap_or_else(|| t.spec.image.clone())
+}
+
+/// What determines a rebuild of `t` besides its packages (the scope digest
+/// covers it): the spec fields that make the build and test Jobs, and the
+/// published revision and image the rebuild starts from (`base_image`,
+/// [`image`]). Nothing else of the status counts.
+pub fn build_inputs<'a>(t: &'a Template, base_image: &'a str) -> change::BuildInputs<'a> {
+    change::BuildInputs {
+        platform: &t.spec.platform,
+        image: &t.spec.image,
+        build_job_template: t.spec.build_job_template.as_ref(),
+        test_job_template: t.spec.test_job_template.as_ref(),
+        base_revision: revision(t),
+        base_image,
+    }
 }
 
 /// The Inventory describing one revision of a Template: the build result
@@ -367,9 +383,10 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
         evaluation.state,
         ComplianceState::Pending | ComplianceState::Overdue
     );
+    let base_image = image(&t);
     let needed = family
         .filter(|_| non_compliant && current.waiting.is_none())
-        .and_then(|f| change::scope(evaluation, f))
+        .and_then(|f| change::scope(evaluation, f, &build_inputs(&t, &base_image)))
         .map(|(s, _)| s);
     // A rebuild with unusable Job templates would only fail: no request
     // opens until the spec is fixed (Ready says what is wrong).
@@ -417,6 +434,8 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
             state = Requests::Open(Arc::new(created));
         }
     }
+
+    retire_closed_requests(scope, &t, &ns, &list).await?;
 
     // Status.
     let mut desired = vec![match &evaluation.unknown {
@@ -660,6 +679,65 @@ pub fn wake_inventories_of(scope: &Scope, ns: &str, kind: SubjectKind, name: &st
     }
 }
 
+/// Deletes the closed requests of `t` beyond `spec.keepClosedChangeRequests`
+/// (oldest first; never one that published a revision in history), each
+/// with its build-result Inventory (by its one name; the Jobs go with the
+/// request, which owns them). Closed requests and results would otherwise
+/// grow with every rebuild forever.
+async fn retire_closed_requests(
+    scope: &Scope,
+    t: &Template,
+    ns: &str,
+    list: &[Arc<ChangeRequest>],
+) -> Result<(), Error> {
+    let keep = t
+        .spec
+        .keep_closed_change_requests
+        .unwrap_or(DEFAULT_KEEP_CLOSED_CHANGE_REQUESTS);
+    let history = t
+        .status
+        .as_ref()
+        .map(|s| s.history.as_slice())
+        .unwrap_or_default();
+    let closed: Vec<change::Closed<'_>> = list
+        .iter()
+        .filter(|c| is_closed(phase(c)))
+        .map(|c| change::Closed {
+            name: c.metadata.name.as_deref().unwrap_or_default(),
+            published: history
+                .iter()
+                .any(|h| h.change_request.as_deref() == c.metadata.name.as_deref()),
+        })
+        .collect();
+    let retired = change::to_retire(&closed, usize::try_from(keep).unwrap_or(1));
+    if retired.is_empty() {
+        return Ok(());
+    }
+    let requests: Api<ChangeRequest> = Api::namespaced(scope.shared.client.clone(), ns);
+    let inventories: Api<Inventory> = Api::namespaced(scope.shared.client.clone(), ns);
+    for name in retired {
+        let result = super::change::result_inventory_name(name);
+        for deleted in [
+            inventories
+                .delete(&result, &DeleteParams::background())
+                .await
+                .map(|_| ()),
+            requests
+                .delete(name, &DeleteParams::background())
+                .await
+                .map(|_| ()),
+        ] {
+            match deleted {
+                Ok(()) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::info!(template = %t.name_any(), change_request = %name, keep, "closed ChangeRequest retired");
+    }
+    Ok(())
+}
+
 /// Creates a ChangeRequest for the Template: a generated name, linked by the
 /// label, not owned by the Template (it is the audit trail).
 async fn create_request(
@@ -704,6 +782,7 @@ mod tests {
                 image: "registry.example/base:1".into(),
                 build_job_template: build,
                 test_job_template: test,
+                keep_closed_change_requests: None,
             },
         )
     }
@@ -731,6 +810,53 @@ mod tests {
             ..Default::default()
         });
         Arc::new(c)
+    }
+
+    #[test]
+    fn the_build_inputs_follow_the_spec_and_the_published_revision_only() {
+        let build = json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "builder:1"}]}}}});
+        let test = json!({"spec": {"template": {"spec": {"containers": [{"name": "t", "image": "tester:1"}]}}}});
+        let t = template(Some(build.clone()), Some(test.clone()));
+        let digest = |t: &Template| build_inputs(t, &image(t)).digest();
+        let base = digest(&t);
+        // Status other than the published revision and image: no change.
+        let mut judged = t.clone();
+        judged.status = Some(TemplateStatus {
+            observed_generation: Some(7),
+            compliance: Some(Default::default()),
+            change_request: Some("base-x".into()),
+            stale_workloads: 4,
+            findings_truncated: 2,
+            ..Default::default()
+        });
+        judged.metadata.resource_version = Some("99".into());
+        assert_eq!(digest(&judged), base);
+        // Every spec field that makes the Jobs, and the published revision.
+        let mut edits: Vec<Template> = Vec::new();
+        let mut e = t.clone();
+        e.spec.image = "registry.example/base:2".into();
+        edits.push(e);
+        let mut e = t.clone();
+        e.spec.platform = "Debian:13".into();
+        edits.push(e);
+        let mut e = t.clone();
+        e.spec.build_job_template = Some(
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "builder:evil"}]}}}}),
+        );
+        edits.push(e);
+        let mut e = t.clone();
+        e.spec.test_job_template = None;
+        edits.push(e);
+        let mut e = t.clone();
+        e.status = Some(TemplateStatus {
+            revision: Some(2),
+            image: Some("registry.example/base@sha256:22".into()),
+            ..Default::default()
+        });
+        edits.push(e);
+        for e in &edits {
+            assert_ne!(digest(e), base, "{:?}", e.spec);
+        }
     }
 
     #[test]

@@ -48,12 +48,95 @@ pub fn before_build(phase: Option<Phase>) -> bool {
     )
 }
 
+/// What determines a build besides its package list, from the Template:
+/// an edit to any of these after approval is not covered by it.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildInputs<'a> {
+    /// `spec.platform`.
+    pub platform: &'a str,
+    /// `spec.image` (revision 1's image).
+    pub image: &'a str,
+    /// `spec.buildJobTemplate`.
+    pub build_job_template: Option<&'a serde_json::Value>,
+    /// `spec.testJobTemplate`.
+    pub test_job_template: Option<&'a serde_json::Value>,
+    /// The published revision the rebuild starts from.
+    pub base_revision: i64,
+    /// That revision's image.
+    pub base_image: &'a str,
+}
+
+impl BuildInputs<'_> {
+    /// Hex SHA-256 over the fields, each labelled, the Job templates in a
+    /// canonical JSON form (object keys sorted) so that key order in the
+    /// stored object never changes the digest.
+    pub fn digest(&self) -> String {
+        let mut text = String::new();
+        for (label, value) in [
+            ("platform", Some(self.platform.to_owned())),
+            ("image", Some(self.image.to_owned())),
+            ("build", self.build_job_template.map(canonical_json)),
+            ("test", self.test_job_template.map(canonical_json)),
+            ("base-revision", Some(self.base_revision.to_string())),
+            ("base-image", Some(self.base_image.to_owned())),
+        ] {
+            text.push_str(label);
+            match value {
+                // Length-prefixed: no value can imitate the next label.
+                Some(v) => text.push_str(&format!(" {} {v}\n", v.len())),
+                None => text.push_str(" -\n"),
+            }
+        }
+        hex(&Sha256::digest(text.as_bytes()))
+    }
+}
+
+/// JSON with object keys sorted at every level.
+fn canonical_json(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        Value::String(k.clone()),
+                        canonical_json(&map[k.as_str()])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(canonical_json)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The scope of a rebuild: the fix set of every due fix, soaking or not (a
 /// rebuild is approved and tested before anything runs it; see
 /// [`fixes::fix_set`] with [`Take::AllDue`]), with the advisories it
-/// addresses. `None` when nothing is left to install. The second value: a
-/// scoped finding is an emergency by the driving policy's rule.
-pub fn scope(evaluation: &Evaluation, family: Ecosystem) -> Option<(Scope, bool)> {
+/// addresses, bound to the build inputs. `None` when nothing is left to
+/// install. The second value: a scoped finding is an emergency by the
+/// driving policy's rule.
+pub fn scope(
+    evaluation: &Evaluation,
+    family: Ecosystem,
+    inputs: &BuildInputs<'_>,
+) -> Option<(Scope, bool)> {
     let set = fixes::fix_set(evaluation, family, Take::AllDue)?;
     let mut advisories: Vec<ScopeAdvisory> = evaluation
         .findings
@@ -82,10 +165,12 @@ pub fn scope(evaluation: &Evaluation, family: Ecosystem) -> Option<(Scope, bool)
             source: p.source,
         })
         .collect();
-    let digest = digest(&advisories, &packages);
+    let build_inputs_digest = inputs.digest();
+    let digest = digest(&advisories, &packages, &build_inputs_digest);
     Some((
         Scope {
             digest,
+            build_inputs_digest,
             advisories,
             packages,
         },
@@ -93,10 +178,15 @@ pub fn scope(evaluation: &Evaluation, family: Ecosystem) -> Option<(Scope, bool)
     ))
 }
 
-/// The scope digest: hex SHA-256 over the sorted advisory ids and the
-/// sorted `name fixed` package lines. A new advisory changes it even when
-/// its fix is already in the set: the approver approved a list of reasons.
-pub fn digest(advisories: &[ScopeAdvisory], packages: &[ScopePackage]) -> String {
+/// The scope digest: hex SHA-256 over the sorted advisory ids, the sorted
+/// `name fixed` package lines and the build inputs' digest. A new advisory
+/// changes it even when its fix is already in the set: the approver
+/// approved a list of reasons and a recipe.
+pub fn digest(
+    advisories: &[ScopeAdvisory],
+    packages: &[ScopePackage],
+    build_inputs_digest: &str,
+) -> String {
     let ids: BTreeSet<&str> = advisories.iter().map(|a| a.id.as_str()).collect();
     let lines: BTreeSet<(&str, &str)> = packages
         .iter()
@@ -115,7 +205,32 @@ pub fn digest(advisories: &[ScopeAdvisory], packages: &[ScopePackage]) -> String
         h.update(fixed.as_bytes());
         h.update(b"\n");
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    h.update(b"inputs ");
+    h.update(build_inputs_digest.as_bytes());
+    h.update(b"\n");
+    hex(&h.finalize())
+}
+
+/// A kept scope (the findings cannot be told right now) bound to the build
+/// inputs as they are now: the advisories and packages stay, the digest
+/// follows the Template, so an edit is never approved under an old digest.
+pub fn rebind(scope: &Scope, inputs: &BuildInputs<'_>) -> Scope {
+    let build_inputs_digest = inputs.digest();
+    Scope {
+        digest: digest(&scope.advisories, &scope.packages, &build_inputs_digest),
+        build_inputs_digest,
+        ..scope.clone()
+    }
+}
+
+/// What moved between the scope a decision was made on and the scope now,
+/// for the sentence asking for a new approval.
+pub fn what_changed(decided: &Scope, now: &Scope) -> &'static str {
+    if decided.build_inputs_digest != now.build_inputs_digest {
+        "the Template's build inputs (platform, image, build or test Job template, or base revision) changed"
+    } else {
+        "the advisories or packages to fix changed"
+    }
 }
 
 /// Who approved.
@@ -139,16 +254,58 @@ pub enum Approval {
     Awaiting(String),
 }
 
+/// A person's decision as the request holds it.
+#[derive(Debug, Clone, Copy)]
+pub struct PersonDecision<'a> {
+    /// `spec.decision`.
+    pub decision: Option<&'a Decision>,
+    /// The request's `metadata.uid`: a decision counts only if it names it.
+    pub request_uid: &'a str,
+    /// What changed when the scope moved away from this decision (recorded
+    /// at the current generation): it stays void even if the scope comes
+    /// back (A→B→A).
+    pub voided: Option<&'a str>,
+    /// The scope the decision was made on, when the request recorded it
+    /// (to say what changed).
+    pub decided_scope: Option<&'a Scope>,
+}
+
+impl PersonDecision<'_> {
+    /// The decision counts for the scope with `digest`.
+    fn counts(&self, digest: &str) -> Option<Verdict> {
+        self.decision
+            .filter(|d| d.digest == digest)
+            .filter(|d| d.request_uid.as_deref() == Some(self.request_uid))
+            .filter(|_| self.voided.is_none())
+            .map(|d| d.verdict)
+    }
+
+    /// What changed, when the decision names another scope than `scope`
+    /// and is not void yet: recorded so that it never counts again, even
+    /// if the scope returns to it.
+    pub fn voids(&self, scope: &Scope) -> Option<&'static str> {
+        let d = self.decision.filter(|d| d.digest != scope.digest)?;
+        if self.voided.is_some() {
+            return None;
+        }
+        Some(
+            self.decided_scope
+                .filter(|s| s.digest == d.digest)
+                .map_or("the scope changed", |s| what_changed(s, scope)),
+        )
+    }
+}
+
 /// The approval rule in force: `None` when no single policy drives the
 /// template (none matches, or a priority tie), which requires a person.
 pub fn approval(
     rule: Option<TemplateApproval>,
     emergency: bool,
-    decision: Option<&Decision>,
-    digest: &str,
+    person: &PersonDecision<'_>,
+    scope: &Scope,
 ) -> Approval {
-    let current = decision.filter(|d| d.digest == digest);
-    match current.map(|d| d.verdict) {
+    let digest = scope.digest.as_str();
+    match person.counts(digest) {
         Some(Verdict::Rejected) => return Approval::Rejected,
         Some(Verdict::Approved) => return Approval::Approved(Approver::Person),
         None => {}
@@ -167,17 +324,46 @@ pub fn approval(
         Some(_) => "",
         None => "no single policy drives this template: ",
     };
-    Approval::Awaiting(match decision {
-        Some(d) if d.digest != digest => format!(
-            "{why}the scope changed after the decision (decided on {}, scope is now {}): a new approval is needed (patchloop approve)",
-            short(&d.digest),
-            short(digest)
+    let renew = format!(
+        "a new approval of scope {} is needed (patchloop approve --digest {digest})",
+        short(digest)
+    );
+    Approval::Awaiting(match (person.decision, person.voided) {
+        (Some(d), voided) if d.digest != digest => format!(
+            "{why}{} after the decision (decided on {}, scope is now {}){}: {renew}",
+            voided
+                .or(person.voids(scope))
+                .unwrap_or("the scope changed"),
+            shown_digest(&d.digest),
+            short(digest),
+            if voided.is_some() {
+                "; a voided decision does not revive if the scope returns"
+            } else {
+                ""
+            }
+        ),
+        (Some(_), Some(changed)) => format!(
+            "{why}the decision was voided when {changed}; a voided decision does not revive when the scope returns to it: {renew}"
+        ),
+        (Some(d), None) if d.request_uid.as_deref() != Some(person.request_uid) => format!(
+            "{why}spec.decision does not name this request's uid (requestUid): a decision made for another request does not count; {renew}"
         ),
         _ => format!(
-            "{why}waiting for approval of scope {} (patchloop approve)",
+            "{why}waiting for approval of scope {} (patchloop approve --digest {digest})",
             short(digest)
         ),
     })
+}
+
+/// A digest from `spec.decision` as messages show it: its first 12
+/// characters when it is a hex digest, else nothing of it (user data that
+/// is not a digest is not echoed).
+fn shown_digest(digest: &str) -> &str {
+    if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        short(digest)
+    } else {
+        "a value that is not a scope digest"
+    }
 }
 
 /// The first 12 characters of a digest, for messages.
@@ -242,6 +428,133 @@ pub fn regressions(current: &Evaluation, candidate: &Evaluation) -> Vec<String> 
         .collect()
 }
 
+/// A closed request as retention sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Closed<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// It published a revision the Template's history names (its result
+    /// Inventory describes that revision): never retired.
+    pub published: bool,
+}
+
+/// The closed requests to delete, given all of a Template's closed requests
+/// oldest first: all but the newest `keep` that published nothing. The
+/// newest closed request is always among those kept (a rejection stands
+/// through it), as `keep` is at least 1.
+pub fn to_retire<'a>(closed: &[Closed<'a>], keep: usize) -> Vec<&'a str> {
+    let retirable: Vec<&str> = closed
+        .iter()
+        .filter(|c| !c.published)
+        .map(|c| c.name)
+        .collect();
+    let excess = retirable.len().saturating_sub(keep.max(1));
+    retirable.into_iter().take(excess).collect()
+}
+
+/// A digest reference to an OCI image by the distribution reference
+/// grammar (`[domain[:port]/]path-component(/path-component)*[:tag]@sha256:<64 hex>`,
+/// the name at most 255 characters): the digest pins the bytes, so what is
+/// tested is what is published. A reference without a sha256 digest (a
+/// bare tag) is refused.
+pub fn is_digest_reference(reference: &str) -> bool {
+    use std::sync::LazyLock;
+    static GRAMMAR: LazyLock<regex::Regex> = LazyLock::new(|| {
+        let alphanumeric = "[a-z0-9]+";
+        let separator = "(?:[._]|__|[-]+)";
+        let path_component = format!("{alphanumeric}(?:{separator}{alphanumeric})*");
+        let domain_component = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
+        let host = format!(r"(?:{domain_component}(?:\.{domain_component})*|\[[a-fA-F0-9:]+\])");
+        let domain = format!("{host}(?::[0-9]+)?");
+        let name = format!("(?:{domain}/)?{path_component}(?:/{path_component})*");
+        let tag = r"[\w][\w.-]{0,127}";
+        regex::Regex::new(&format!("^({name})(?::{tag})?@sha256:[a-f0-9]{{64}}$"))
+            .expect("the reference grammar is a valid regex")
+    });
+    GRAMMAR
+        .captures(reference)
+        .and_then(|c| c.get(1))
+        .is_some_and(|name| name.as_str().len() <= 255)
+}
+
+/// Hex SHA-256 of a nonce: what status keeps, so that reading the request
+/// never reveals the nonce.
+pub fn nonce_hash(nonce: &str) -> String {
+    hex(&Sha256::digest(nonce.as_bytes()))
+}
+
+/// A build result Inventory as the controller read it (server-set times).
+#[derive(Debug, Clone, Copy)]
+pub struct ResultFacts<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its `metadata.creationTimestamp` (set by the apiserver).
+    pub created: Option<Timestamp>,
+    /// `spec.nonce`.
+    pub nonce: Option<&'a str>,
+    /// `spec.image`.
+    pub image: Option<&'a str>,
+}
+
+/// Whether a build result may be taken: it carries the nonce whose hash the
+/// request recorded, it was created no earlier than the build Job (both
+/// times are the apiserver's; a result written before the build could not
+/// come from it), and its image is a digest reference. The sentence names
+/// the field and never echoes its value.
+pub fn check_result(
+    facts: &ResultFacts<'_>,
+    nonce_hash_recorded: Option<&str>,
+    build_job_created: Option<Timestamp>,
+) -> Result<(), String> {
+    let name = facts.name;
+    let carries_nonce = facts
+        .nonce
+        .zip(nonce_hash_recorded)
+        .is_some_and(|(n, h)| nonce_hash(n) == h);
+    if !carries_nonce {
+        return Err(format!(
+            "Inventory {name}: spec.nonce is not the nonce issued to this request's build Job; only the build Job can report its result"
+        ));
+    }
+    match (facts.created, build_job_created) {
+        (Some(created), Some(job)) if created >= job => {}
+        _ => {
+            return Err(format!(
+                "Inventory {name} was created before the build Job started (metadata.creationTimestamp): a result must be written by the build; delete it and retry with a new request"
+            ));
+        }
+    }
+    match facts.image {
+        Some(image) if is_digest_reference(image) => Ok(()),
+        Some(_) => Err(format!(
+            "Inventory {name}: spec.image is not a digest reference (registry/name@sha256:<64 hex>); tags are refused because they can move"
+        )),
+        None => Err(format!("Inventory {name}: spec.image is missing")),
+    }
+}
+
+/// The build result as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildOutput {
+    /// No Inventory under the result's name.
+    Absent,
+    /// One that cannot be taken; the sentence says why.
+    Invalid(String),
+    /// One that can be taken.
+    Valid,
+}
+
+/// The pinned build result against the Inventory now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pin {
+    /// Nothing pinned yet.
+    Unpinned,
+    /// The Inventory is still the pinned object at the pinned version.
+    Intact,
+    /// It was replaced, changed or deleted after pinning.
+    Changed,
+}
+
 /// A build or test Job as observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobState {
@@ -278,8 +591,12 @@ pub struct Observed<'a> {
     pub approval: &'a Approval,
     /// The build Job.
     pub build: &'a JobState,
-    /// A build result with the right nonce was found.
-    pub result: bool,
+    /// The build result Inventory (`changerequest-<request>`).
+    pub output: &'a BuildOutput,
+    /// The pinned result against that Inventory now.
+    pub pin: Pin,
+    /// The Template's build inputs now differ from the approved scope's.
+    pub inputs_changed: bool,
     /// The test Job.
     pub test: &'a JobState,
     /// Publication checks on the build result (coverage, no regression):
@@ -290,12 +607,16 @@ pub struct Observed<'a> {
 }
 
 /// What the controller does next.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
     /// Nothing but the status below.
     Nothing,
-    /// Create the build Job (idempotent).
+    /// Create the build Job (idempotent; an existing one is adopted) and
+    /// record its nonce's hash.
     Build,
+    /// Record the build result (uid, resourceVersion, generation, image)
+    /// in status before the test Job is created.
+    Pin,
     /// Create the test Job (idempotent).
     Test,
     /// Write the new revision to the Template, then the status below.
@@ -362,7 +683,20 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
         ));
     }
     let phase = o.phase.unwrap_or(Phase::AwaitingApproval);
+    if matches!(phase, Phase::Building | Phase::Testing) && o.inputs_changed {
+        return Some(step(
+            Phase::Failed,
+            "TemplateEdited",
+            "the Template's build inputs (platform, image, build or test Job template) changed after approval: this request's approval does not cover them; a new request opens for the edited Template",
+            Act::Nothing,
+        ));
+    }
     match phase {
+        // The build Job exists (created before the Building status write
+        // was lost): its approval was consumed when it was created.
+        Phase::AwaitingApproval | Phase::Approved if *o.build != JobState::Absent => {
+            Some(step(Phase::Building, "Building", BUILDING, Act::Build))
+        }
         Phase::AwaitingApproval | Phase::Approved => {
             let Some(_) = o.needed else {
                 return Some(step(
@@ -394,34 +728,43 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
                     },
                     Act::Nothing,
                 ),
-                Approval::Approved(_) => step(
-                    Phase::Building,
-                    "Building",
-                    "the build Job runs; its result must carry this request's nonce",
-                    Act::Build,
-                ),
+                Approval::Approved(_) => step(Phase::Building, "Building", BUILDING, Act::Build),
             })
         }
-        Phase::Building => Some(match (o.build, o.result) {
-            (JobState::Failed(why), _) => step(
+        Phase::Building => Some(match (o.build, &o.pin, o.output) {
+            (JobState::Failed(why), _, _) => step(
                 Phase::Failed,
                 "BuildFailed",
                 format!("the build failed: {why}"),
                 Act::Nothing,
             ),
-            (JobState::Succeeded(_), true) => step(
+            (JobState::Succeeded(_), Pin::Intact, _) => step(
                 Phase::Testing,
                 "Testing",
-                "the test Job runs against the built image",
+                "the test Job runs against the pinned image",
                 Act::Test,
             ),
-            (JobState::Succeeded(at), false) => {
+            (JobState::Succeeded(_), Pin::Changed, _) => result_changed(),
+            (JobState::Succeeded(_), Pin::Unpinned, BuildOutput::Valid) => step(
+                Phase::Building,
+                "ResultPinned",
+                "the build result is pinned; the test Job runs against that image next",
+                Act::Pin,
+            ),
+            (JobState::Succeeded(at), Pin::Unpinned, output) => {
                 let deadline = at.and_then(|t| t.checked_add(RESULT_GRACE).ok());
+                let why = match output {
+                    BuildOutput::Invalid(why) => why.clone(),
+                    _ => "no Inventory reported it".to_owned(),
+                };
                 if deadline.is_some_and(|d| d <= o.now) {
                     step(
                         Phase::Failed,
-                        "NoBuildResult",
-                        "the build succeeded but reported no Inventory with this request's nonce and an image",
+                        match output {
+                            BuildOutput::Invalid(_) => "InvalidBuildResult",
+                            _ => "NoBuildResult",
+                        },
+                        format!("the build succeeded but its result cannot be used: {why}"),
                         Act::Nothing,
                     )
                 } else {
@@ -430,51 +773,44 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
                         ..step(
                             Phase::Building,
                             "AwaitingBuildResult",
-                            "the build succeeded; waiting for its Inventory (subject: this request, with its nonce)",
+                            format!(
+                                "the build succeeded; waiting for its result Inventory ({why})"
+                            ),
                             Act::Nothing,
                         )
                     }
                 }
             }
-            (JobState::Absent, _) => step(
-                Phase::Building,
-                "Building",
-                "the build Job runs; its result must carry this request's nonce",
-                Act::Build,
-            ),
-            (JobState::Running, _) => step(
-                Phase::Building,
-                "Building",
-                "the build Job runs; its result must carry this request's nonce",
+            (JobState::Absent, _, _) => step(Phase::Building, "Building", BUILDING, Act::Build),
+            (JobState::Running, _, _) => step(Phase::Building, "Building", BUILDING, Act::Nothing),
+        }),
+        Phase::Testing => Some(match (&o.pin, o.test) {
+            (Pin::Unpinned, _) => step(
+                Phase::Failed,
+                "NoBuildResult",
+                "no build result was pinned before the test",
                 Act::Nothing,
             ),
-        }),
-        Phase::Testing if !o.result => Some(step(
-            Phase::Failed,
-            "NoBuildResult",
-            "the build result disappeared before publication",
-            Act::Nothing,
-        )),
-        Phase::Testing => Some(match o.test {
-            JobState::Failed(why) => step(
+            (Pin::Changed, _) => result_changed(),
+            (Pin::Intact, JobState::Failed(why)) => step(
                 Phase::Failed,
                 "TestFailed",
                 format!("the test failed: {why}"),
                 Act::Nothing,
             ),
-            JobState::Absent => step(
+            (Pin::Intact, JobState::Absent) => step(
                 Phase::Testing,
                 "Testing",
-                "the test Job runs against the built image",
+                "the test Job runs against the pinned image",
                 Act::Test,
             ),
-            JobState::Running => step(
+            (Pin::Intact, JobState::Running) => step(
                 Phase::Testing,
                 "Testing",
-                "the test Job runs against the built image",
+                "the test Job runs against the pinned image",
                 Act::Nothing,
             ),
-            JobState::Succeeded(_) => match o.checks {
+            (Pin::Intact, JobState::Succeeded(_)) => match o.checks {
                 Some([]) => step(
                     Phase::Published,
                     "Published",
@@ -490,17 +826,24 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
                     ),
                     Act::Nothing,
                 ),
-                None => step(
-                    Phase::Failed,
-                    "NoBuildResult",
-                    "the build result disappeared before publication",
-                    Act::Nothing,
-                ),
+                None => result_changed(),
             },
         }),
         // Closed phases returned above.
         Phase::Published | Phase::Rejected | Phase::Failed | Phase::Obsolete => None,
     }
+}
+
+const BUILDING: &str =
+    "the build Job runs; only it holds this request's nonce, which its result must carry";
+
+fn result_changed() -> Step {
+    step(
+        Phase::Failed,
+        "ResultChanged",
+        "the build result Inventory was replaced, changed or deleted after it was pinned: what was built and tested can no longer be told from it, so nothing is published; a new request rebuilds",
+        Act::Nothing,
+    )
 }
 
 #[cfg(test)]
@@ -528,17 +871,38 @@ mod tests {
             })
             .collect();
         Scope {
-            digest: digest(&advisories, &packages),
+            digest: digest(&advisories, &packages, "inputs"),
+            build_inputs_digest: "inputs".into(),
             advisories,
             packages,
         }
     }
 
+    const UID: &str = "uid-1";
+
     fn decision(verdict: Verdict, digest: &str) -> Decision {
         Decision {
             verdict,
             digest: digest.into(),
+            request_uid: Some(UID.into()),
+            decided_at: None,
             reason: None,
+        }
+    }
+
+    fn person(decision: Option<&Decision>) -> PersonDecision<'_> {
+        PersonDecision {
+            decision,
+            request_uid: UID,
+            voided: None,
+            decided_scope: None,
+        }
+    }
+
+    fn with_digest(digest: &str) -> Scope {
+        Scope {
+            digest: digest.into(),
+            ..Scope::default()
         }
     }
 
@@ -569,55 +933,335 @@ mod tests {
     #[test]
     fn a_decision_counts_only_for_its_digest() {
         let d = decision(Verdict::Approved, "aaa");
+        let (aaa, bbb) = (with_digest("aaa"), with_digest("bbb"));
+        let required = Some(TemplateApproval::Required);
         assert_eq!(
-            approval(Some(TemplateApproval::Required), false, Some(&d), "aaa"),
+            approval(required, false, &person(Some(&d)), &aaa),
             Approval::Approved(Approver::Person)
         );
-        let stale = approval(Some(TemplateApproval::Required), false, Some(&d), "bbb");
+        let stale = approval(required, false, &person(Some(&d)), &bbb);
         let Approval::Awaiting(why) = stale else {
             panic!("{stale:?}")
         };
         assert!(why.contains("scope changed"), "{why}");
         assert!(why.contains("new approval"), "{why}");
+        assert!(why.contains("--digest bbb"), "{why}");
         let r = decision(Verdict::Rejected, "aaa");
         assert_eq!(
-            approval(Some(TemplateApproval::Automatic), true, Some(&r), "aaa"),
+            approval(
+                Some(TemplateApproval::Automatic),
+                true,
+                &person(Some(&r)),
+                &aaa
+            ),
             Approval::Rejected
         );
         // A stale rejection does not count either: the policy decides.
         assert_eq!(
-            approval(Some(TemplateApproval::Automatic), false, Some(&r), "bbb"),
+            approval(
+                Some(TemplateApproval::Automatic),
+                false,
+                &person(Some(&r)),
+                &bbb
+            ),
             Approval::Approved(Approver::Policy)
         );
     }
 
     #[test]
-    fn policy_rules_approve_without_a_person() {
+    fn a_decision_counts_only_for_its_request_and_never_after_it_was_voided() {
+        let d = decision(Verdict::Approved, "aaa");
+        let aaa = with_digest("aaa");
+        let required = Some(TemplateApproval::Required);
+        // Copied from another request: another uid, or none.
+        for uid in [Some("uid-2".to_owned()), None] {
+            let copied = Decision {
+                request_uid: uid,
+                ..d.clone()
+            };
+            let a = approval(required, false, &person(Some(&copied)), &aaa);
+            assert!(
+                matches!(&a, Approval::Awaiting(w) if w.contains("requestUid") && !w.contains("uid-2")),
+                "{a:?}"
+            );
+        }
+        // A→B: the decision on A is voided; A again: still void.
+        let bbb = with_digest("bbb");
+        assert_eq!(person(Some(&d)).voids(&bbb), Some("the scope changed"));
+        assert_eq!(person(Some(&d)).voids(&aaa), None);
+        let voided = PersonDecision {
+            voided: Some("the advisories or packages to fix changed"),
+            ..person(Some(&d))
+        };
+        assert_eq!(voided.voids(&bbb), None, "voided once");
+        let a = approval(required, false, &voided, &aaa);
+        assert!(
+            matches!(&a, Approval::Awaiting(w) if w.contains("voided") && w.contains("does not revive") && w.contains("packages")),
+            "{a:?}"
+        );
+        // The policy still decides on its own.
         assert_eq!(
-            approval(Some(TemplateApproval::Automatic), false, None, "x"),
+            approval(Some(TemplateApproval::Automatic), false, &voided, &aaa),
             Approval::Approved(Approver::Policy)
         );
+    }
+
+    #[test]
+    fn a_stale_decision_says_what_changed_and_never_echoes_a_non_digest() {
+        let decided = Scope {
+            digest: "a".repeat(64),
+            build_inputs_digest: "inputs-1".into(),
+            ..Scope::default()
+        };
+        let edited = Scope {
+            digest: "b".repeat(64),
+            build_inputs_digest: "inputs-2".into(),
+            ..Scope::default()
+        };
+        let refixed = Scope {
+            digest: "c".repeat(64),
+            build_inputs_digest: "inputs-1".into(),
+            ..Scope::default()
+        };
+        let d = decision(Verdict::Approved, &decided.digest);
+        let p = PersonDecision {
+            decided_scope: Some(&decided),
+            ..person(Some(&d))
+        };
+        let a = approval(Some(TemplateApproval::Required), false, &p, &edited);
+        assert!(
+            matches!(&a, Approval::Awaiting(w) if w.contains("build inputs") && w.contains("aaaaaaaaaaaa")),
+            "{a:?}"
+        );
+        let a = approval(Some(TemplateApproval::Required), false, &p, &refixed);
+        assert!(
+            matches!(&a, Approval::Awaiting(w) if w.contains("advisories or packages")),
+            "{a:?}"
+        );
+        let junk = decision(Verdict::Approved, "$(SECRET) not a digest");
+        let a = approval(
+            Some(TemplateApproval::Required),
+            false,
+            &person(Some(&junk)),
+            &edited,
+        );
+        assert!(
+            matches!(&a, Approval::Awaiting(w) if !w.contains("SECRET") && w.contains("not a scope digest")),
+            "{a:?}"
+        );
+    }
+
+    fn inputs<'a>(build: &'a serde_json::Value, test: &'a serde_json::Value) -> BuildInputs<'a> {
+        BuildInputs {
+            platform: "Debian:12",
+            image: "registry.example/base:1",
+            build_job_template: Some(build),
+            test_job_template: Some(test),
+            base_revision: 1,
+            base_image: "registry.example/base:1",
+        }
+    }
+
+    #[test]
+    fn every_build_input_changes_the_digest_and_key_order_does_not() {
+        let build = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "builder:1"}]}}}});
+        let test = serde_json::json!({"spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {"a": "1", "b": "2"}}}}});
+        let base = inputs(&build, &test);
+        let d = base.digest();
+        assert_eq!(d.len(), 64);
+        let reordered: serde_json::Value = serde_json::from_str(
+            r#"{"spec": {"template": {"metadata": {"labels": {"b": "2", "a": "1"}}}, "backoffLimit": 0}}"#,
+        )
+        .expect("json");
+        assert_eq!(inputs(&build, &reordered).digest(), d);
+        let build2 = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "builder:2"}]}}}});
+        let test2 = serde_json::json!({"spec": {"backoffLimit": 1, "template": {"metadata": {"labels": {"a": "1", "b": "2"}}}}});
+        let changed = [
+            BuildInputs {
+                platform: "Debian:13",
+                ..base
+            },
+            BuildInputs {
+                image: "registry.example/base:2",
+                ..base
+            },
+            BuildInputs {
+                build_job_template: Some(&build2),
+                ..base
+            },
+            BuildInputs {
+                build_job_template: None,
+                ..base
+            },
+            BuildInputs {
+                test_job_template: Some(&test2),
+                ..base
+            },
+            BuildInputs {
+                test_job_template: None,
+                ..base
+            },
+            BuildInputs {
+                base_revision: 2,
+                ..base
+            },
+            BuildInputs {
+                base_image: "registry.example/base@sha256:00",
+                ..base
+            },
+        ];
+        let mut seen = BTreeSet::from([d.clone()]);
+        for c in changed {
+            assert!(seen.insert(c.digest()), "{c:?} collides");
+        }
+        // The scope digest moves with the inputs, a kept scope too.
+        let s = scope_of(&[("bash", "5.2")], &["DSA-1"]);
+        let kept = rebind(&s, &base);
+        assert_eq!(kept.digest, digest(&s.advisories, &s.packages, &d));
         assert_eq!(
-            approval(
-                Some(TemplateApproval::AutomaticForEmergency),
-                true,
-                None,
-                "x"
+            (&kept.advisories, &kept.packages),
+            (&s.advisories, &s.packages)
+        );
+        assert_ne!(rebind(&s, &inputs(&build2, &test)).digest, kept.digest);
+        assert_ne!(
+            digest(&s.advisories, &s.packages, &d),
+            digest(&s.advisories, &s.packages, &inputs(&build2, &test).digest())
+        );
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_closed_requests_and_every_publication() {
+        let closed = |name, published| Closed { name, published };
+        let list = [
+            closed("a", false),
+            closed("b", true),
+            closed("c", false),
+            closed("d", false),
+            closed("e", true),
+            closed("f", false),
+        ];
+        assert_eq!(to_retire(&list, 2), ["a", "c"]);
+        assert_eq!(to_retire(&list, 1), ["a", "c", "d"]);
+        // At least the newest stays.
+        assert_eq!(to_retire(&list, 0), ["a", "c", "d"]);
+        assert!(to_retire(&list, 4).is_empty());
+        assert!(to_retire(&list, 10).is_empty());
+        assert!(to_retire(&[], 1).is_empty());
+    }
+
+    #[test]
+    fn only_digest_references_are_images_a_result_may_name() {
+        let hex64 = "0123456789abcdef".repeat(4);
+        for good in [
+            format!("registry.example/golden/base@sha256:{hex64}"),
+            format!("localhost:5000/a/b-c__d.e@sha256:{hex64}"),
+            format!("base@sha256:{hex64}"),
+            format!("registry.example.com/golden/base:r2@sha256:{hex64}"),
+            format!("[::1]:5000/base@sha256:{hex64}"),
+        ] {
+            assert!(is_digest_reference(&good), "{good}");
+        }
+        for bad in [
+            "registry.example/golden/base:2".to_owned(),
+            "registry.example/golden/base".to_owned(),
+            format!("registry.example/golden/base@sha256:{}", &hex64[..63]),
+            format!(
+                "registry.example/golden/base@sha256:{}",
+                hex64.to_uppercase()
             ),
-            Approval::Approved(Approver::Policy)
+            format!("registry.example/golden/base@sha512:{hex64}{hex64}"),
+            format!("Registry/UPPER@sha256:{hex64}"),
+            format!("registry.example/golden/base@sha256:{hex64}\n"),
+            format!("$(SECRET)@sha256:{hex64}"),
+            format!("-x/base@sha256:{hex64}"),
+            format!("{}/b@sha256:{hex64}", "a".repeat(260)),
+            "registry.example/golden/base@sha256:2222".to_owned(),
+        ] {
+            assert!(!is_digest_reference(&bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn results_need_the_nonce_a_time_after_the_build_and_a_digest() {
+        let nonce = "5f1d";
+        let hash = nonce_hash(nonce);
+        let job = Timestamp::from_second(1_000).expect("ts");
+        let image = format!("r.example/base@sha256:{}", "ab".repeat(32));
+        let good = ResultFacts {
+            name: "changerequest-base-x",
+            created: Some(job),
+            nonce: Some(nonce),
+            image: Some(&image),
+        };
+        assert_eq!(check_result(&good, Some(&hash), Some(job)), Ok(()));
+        let fail = |f: ResultFacts<'_>, h: Option<&str>, j: Option<Timestamp>| {
+            check_result(&f, h, j).expect_err("refused")
+        };
+        let why = fail(
+            ResultFacts {
+                nonce: Some("guess"),
+                ..good
+            },
+            Some(&hash),
+            Some(job),
         );
-        assert!(matches!(
-            approval(Some(TemplateApproval::AutomaticForEmergency), false, None, "x"),
-            Approval::Awaiting(w) if w.contains("emergency")
-        ));
-        assert!(matches!(
-            approval(Some(TemplateApproval::Required), true, None, "x"),
-            Approval::Awaiting(_)
-        ));
-        assert!(matches!(
-            approval(None, true, None, "x"),
-            Approval::Awaiting(w) if w.contains("no single policy")
-        ));
+        assert!(
+            why.contains("spec.nonce") && !why.contains("guess"),
+            "{why}"
+        );
+        // The hash itself is not the nonce.
+        let why = fail(
+            ResultFacts {
+                nonce: Some(&hash),
+                ..good
+            },
+            Some(&hash),
+            Some(job),
+        );
+        assert!(why.contains("spec.nonce"), "{why}");
+        let why = fail(
+            ResultFacts {
+                nonce: None,
+                ..good
+            },
+            Some(&hash),
+            Some(job),
+        );
+        assert!(why.contains("spec.nonce"), "{why}");
+        // No nonce issued yet: nothing matches.
+        fail(good, None, Some(job));
+        let early = Timestamp::from_second(999).expect("ts");
+        let why = fail(
+            ResultFacts {
+                created: Some(early),
+                ..good
+            },
+            Some(&hash),
+            Some(job),
+        );
+        assert!(why.contains("before the build Job"), "{why}");
+        fail(good, Some(&hash), None);
+        let why = fail(
+            ResultFacts {
+                image: Some("r.example/base:latest"),
+                ..good
+            },
+            Some(&hash),
+            Some(job),
+        );
+        assert!(
+            why.contains("digest reference") && !why.contains("latest"),
+            "{why}"
+        );
+        let why = fail(
+            ResultFacts {
+                image: None,
+                ..good
+            },
+            Some(&hash),
+            Some(job),
+        );
+        assert!(why.contains("spec.image"), "{why}");
     }
 
     #[test]
@@ -758,7 +1402,9 @@ mod tests {
             needed: scope,
             approval,
             build,
-            result: false,
+            output: &BuildOutput::Absent,
+            pin: Pin::Unpinned,
+            inputs_changed: false,
             test,
             checks: None,
             now: Timestamp::UNIX_EPOCH,
@@ -794,13 +1440,18 @@ mod tests {
         let st = next(&o).expect("step");
         assert_eq!((st.phase, st.act), (Phase::Building, Act::Nothing));
 
+        // A valid result is pinned first, then tested.
+        let valid = BuildOutput::Valid;
         let mut o = observed(Some(Phase::Building), None, &waiting, &done, &absent);
-        o.result = true;
+        o.output = &valid;
+        let st = next(&o).expect("step");
+        assert_eq!((st.phase, st.act), (Phase::Building, Act::Pin));
+        o.pin = Pin::Intact;
         let st = next(&o).expect("step");
         assert_eq!((st.phase, st.act), (Phase::Testing, Act::Test));
 
         let mut o = observed(Some(Phase::Testing), None, &waiting, &done, &done);
-        o.result = true;
+        o.pin = Pin::Intact;
         o.checks = Some(&[]);
         let st = next(&o).expect("step");
         assert_eq!((st.phase, st.act), (Phase::Published, Act::Publish));
@@ -842,21 +1493,84 @@ mod tests {
 
         let done = JobState::Succeeded(Some(Timestamp::UNIX_EPOCH));
         let mut o = observed(Some(Phase::Testing), None, &waiting, &done, &failed);
-        o.result = true;
+        o.pin = Pin::Intact;
         let st = next(&o).expect("step");
         assert_eq!((st.phase, st.reason), (Phase::Failed, "TestFailed"));
 
         let problems = ["libc6 2.36-9+deb12u2 < 2.36-9+deb12u3".to_owned()];
         let mut o = observed(Some(Phase::Testing), None, &waiting, &done, &done);
-        o.result = true;
+        o.pin = Pin::Intact;
         o.checks = Some(&problems);
         let st = next(&o).expect("step");
         assert_eq!((st.phase, st.reason), (Phase::Failed, "NotPublishable"));
 
-        // The result Inventory deleted while testing: nothing to publish.
+        // Nothing pinned before the test: nothing to publish.
         let running = JobState::Running;
         let o = observed(Some(Phase::Testing), None, &waiting, &done, &running);
         assert_eq!(next(&o).map(|s| s.reason), Some("NoBuildResult"));
+    }
+
+    #[test]
+    fn a_result_changed_after_pinning_or_an_edited_template_is_never_published() {
+        let waiting = Approval::Awaiting("x".into());
+        let done = JobState::Succeeded(Some(Timestamp::UNIX_EPOCH));
+        let running = JobState::Running;
+        for (phase, test) in [
+            (Phase::Building, &JobState::Absent),
+            (Phase::Testing, &running),
+            (Phase::Testing, &done),
+        ] {
+            let mut o = observed(Some(phase), None, &waiting, &done, test);
+            o.pin = Pin::Changed;
+            o.checks = Some(&[]);
+            let st = next(&o).expect("step");
+            assert_eq!(
+                (st.phase, st.reason, st.act),
+                (Phase::Failed, "ResultChanged", Act::Nothing)
+            );
+            let mut o = observed(Some(phase), None, &waiting, &done, test);
+            o.pin = Pin::Intact;
+            o.inputs_changed = true;
+            o.checks = Some(&[]);
+            let st = next(&o).expect("step");
+            assert_eq!(
+                (st.phase, st.reason, st.act),
+                (Phase::Failed, "TemplateEdited", Act::Nothing)
+            );
+        }
+    }
+
+    #[test]
+    fn an_invalid_result_is_waited_on_then_fails_saying_why() {
+        let waiting = Approval::Awaiting("x".into());
+        let at = Timestamp::from_second(1_000).expect("ts");
+        let done = JobState::Succeeded(Some(at));
+        let absent = JobState::Absent;
+        let invalid = BuildOutput::Invalid("spec.image is not a digest reference".into());
+        let mut o = observed(Some(Phase::Building), None, &waiting, &done, &absent);
+        o.output = &invalid;
+        o.now = at;
+        let st = next(&o).expect("step");
+        assert_eq!((st.phase, st.act), (Phase::Building, Act::Nothing));
+        assert!(st.message.contains("digest reference"), "{}", st.message);
+        o.now = at.checked_add(RESULT_GRACE).expect("ts");
+        let st = next(&o).expect("step");
+        assert_eq!((st.phase, st.reason), (Phase::Failed, "InvalidBuildResult"));
+        assert!(st.message.contains("digest reference"), "{}", st.message);
+    }
+
+    #[test]
+    fn an_existing_build_job_is_adopted_whatever_the_approval_says_now() {
+        // Created under a valid approval; the Building write was lost and
+        // the Template was edited meanwhile: the build is not started again.
+        let s = scope_of(&[("bash", "5.2")], &["DSA-1"]);
+        let waiting = Approval::Awaiting("changed".into());
+        let (running, absent) = (JobState::Running, JobState::Absent);
+        for phase in [Phase::AwaitingApproval, Phase::Approved] {
+            let o = observed(Some(phase), Some(&s), &waiting, &running, &absent);
+            let st = next(&o).expect("step");
+            assert_eq!((st.phase, st.act), (Phase::Building, Act::Build));
+        }
     }
 
     #[test]

@@ -48,6 +48,7 @@ async fn attackers_hold_only_what_their_role_grants() {
     }
 }
 mod blast_radius;
+mod change_requests;
 mod decoys;
 mod feeds;
 mod job_contract;

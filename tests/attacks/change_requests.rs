@@ -1,0 +1,483 @@
+//! Findings 4 and 7: a build result that was not built, or not tested, or an
+//! approval that does not cover what is built. The attackers: an Inventory
+//! reporter (`patchloop-reporter`, which a build Job or a CMDB sync holds),
+//! an approver (`patchloop-approver`) and a Template editor. Nothing
+//! unapproved or untested is ever published, and the request says why.
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Event;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use patchloop::api::change_request::ChangeRequestPhase;
+use patchloop::api::inventory::{InventorySubject, SubjectKind};
+use patchloop::api::{ChangeRequest, Inventory, Template};
+use serde_json::{Value, json};
+
+use crate::identity;
+use crate::support;
+use crate::support::objects::*;
+use crate::support::patchloop::Patchloop;
+
+const OPENSSH_OLD: &str = "openssh-client 1:9.2p1-2+deb12u1 openssh";
+const OPENSSH_FIXED: &str = "openssh-client 1:9.2p1-2+deb12u2 openssh";
+const BASH: &str = "bash 5.2.15-2+b8 bash 5.2.15-2";
+
+/// An image an attacker wants published: a valid digest reference.
+fn evil_image() -> String {
+    format!("registry.evil.example/backdoor@sha256:{}", "e".repeat(64))
+}
+
+/// The one Inventory name that may speak for request `cr`.
+fn result_name(cr: &str) -> String {
+    InventorySubject {
+        kind: SubjectKind::ChangeRequest,
+        name: cr.to_owned(),
+        revision: None,
+    }
+    .canonical_inventory_name()
+}
+
+fn result(cr: &str, nonce: Option<&str>, image: &str) -> Value {
+    let mut doc = json!({
+        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
+        "metadata": {"name": result_name(cr)},
+        "spec": {
+            "subject": {"kind": "ChangeRequest", "name": cr},
+            "reporter": "build-job", "reportedAt": "2026-11-24T08:00:00Z", "format": "dpkg",
+            "packages": [OPENSSH_FIXED, BASH], "image": image,
+        }
+    });
+    if let Some(nonce) = nonce {
+        doc["spec"]["nonce"] = json!(nonce);
+    }
+    doc
+}
+
+/// Writes `doc` as `client` (server-side apply, the reporter's way).
+async fn write_as(client: &kube::Client, ns: &str, doc: &Value) {
+    let api: Api<Inventory> = Api::namespaced(client.clone(), ns);
+    let name = doc["metadata"]["name"].as_str().expect("name");
+    api.patch(
+        name,
+        &PatchParams::apply("attacker").force(),
+        &Patch::Apply(doc),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("writing Inventory {name}: {e}"));
+}
+
+/// A namespace with a non-compliant Template whose rebuild needs a person,
+/// the controller running, and its open request's name.
+async fn setup(prefix: &str) -> (kube::Client, String, String, Patchloop, String) {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace(prefix).await;
+    let label = support::random_suffix();
+    fixture_feeds(&client, &label).await;
+    apply(&client, &ns, template_policy("gold", json!({}), "Required")).await;
+    apply(&client, &ns, template("base", json!({}))).await;
+    apply(
+        &client,
+        &ns,
+        template_inventory("base", &[OPENSSH_OLD, BASH], "2026-11-24T08:00:00Z"),
+    )
+    .await;
+    let pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let cr = wait_request(&client, &ns, |c| {
+        phase(c) == Some(ChangeRequestPhase::AwaitingApproval)
+    })
+    .await;
+    let name = cr.metadata.name.clone().expect("name");
+    (client, ns, label, pl, name)
+}
+
+fn phase(cr: &ChangeRequest) -> Option<ChangeRequestPhase> {
+    cr.status.as_ref().and_then(|s| s.phase)
+}
+
+fn message(cr: &ChangeRequest) -> String {
+    cr.status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default()
+}
+
+fn digest(cr: &ChangeRequest) -> String {
+    cr.status
+        .as_ref()
+        .and_then(|s| s.scope.as_ref())
+        .map(|s| s.digest.clone())
+        .expect("a scope")
+}
+
+/// Waits for the Template's first request to satisfy `ok`.
+async fn wait_request(
+    client: &kube::Client,
+    ns: &str,
+    ok: impl Fn(&ChangeRequest) -> bool,
+) -> ChangeRequest {
+    support::eventually("the ChangeRequest", WAIT, async || {
+        requests(client, ns, "base").await.into_iter().find(&ok)
+    })
+    .await
+}
+
+async fn request(client: &kube::Client, ns: &str, name: &str) -> ChangeRequest {
+    let api: Api<ChangeRequest> = Api::namespaced(client.clone(), ns);
+    api.get(name).await.expect("the ChangeRequest")
+}
+
+/// Approves the request's current scope as `client`, the way `patchloop
+/// approve` does (digest, request uid, a new decision time).
+async fn approve_as(client: &kube::Client, ns: &str, cr: &ChangeRequest, decided_at: &str) {
+    let name = cr.metadata.name.clone().expect("name");
+    let api: Api<ChangeRequest> = Api::namespaced(client.clone(), ns);
+    let patch = json!({
+        "apiVersion": "patchloop.dev/v1alpha1", "kind": "ChangeRequest",
+        "metadata": {"name": name},
+        "spec": {"decision": {
+            "verdict": "Approved", "digest": digest(cr), "reason": "reviewed",
+            "requestUid": cr.metadata.uid, "decidedAt": decided_at,
+        }},
+    });
+    api.patch(
+        &name,
+        &PatchParams::apply("patchloop-approve:attacker").force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("approving {name}: {e}"));
+}
+
+async fn jobs_of(client: &kube::Client, ns: &str, cr: &str) -> Vec<String> {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    let mut names: Vec<String> = api
+        .list(&ListParams::default().labels(&format!("patchloop.dev/change-request={cr}")))
+        .await
+        .expect("listing Jobs")
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// The nonce only the build Job received (read as the admin, playing the
+/// build Job itself).
+async fn build_nonce(client: &kube::Client, ns: &str, cr: &str) -> String {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    let job = support::eventually("the build Job", WAIT, async || {
+        api.get_opt(&format!("{cr}-build")).await.ok().flatten()
+    })
+    .await;
+    job.spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers.into_iter().next())
+        .and_then(|c| c.env)
+        .into_iter()
+        .flatten()
+        .find(|e| e.name == "PATCHLOOP_NONCE")
+        .and_then(|e| e.value)
+        .expect("the build Job's nonce")
+}
+
+/// Nothing the attacker wrote reached a Job, the Template, a request's
+/// status or an Event, and revision 1 is still the published one.
+async fn assert_nothing_leaked(client: &kube::Client, ns: &str, forbidden: &[&str]) {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let templates: Api<Template> = Api::namespaced(client.clone(), ns);
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let requests_api: Api<ChangeRequest> = Api::namespaced(client.clone(), ns);
+    let template = templates.get("base").await.expect("the Template");
+    let statuses: Vec<Value> = requests_api
+        .list(&ListParams::default())
+        .await
+        .expect("requests")
+        .items
+        .into_iter()
+        .map(|c| json!(c.status))
+        .collect();
+    let text = [
+        serde_json::to_string(&jobs.list(&ListParams::default()).await.expect("jobs").items),
+        serde_json::to_string(&template.status),
+        serde_json::to_string(&statuses),
+        serde_json::to_string(
+            &events
+                .list(&ListParams::default())
+                .await
+                .expect("events")
+                .items,
+        ),
+    ]
+    .into_iter()
+    .map(|r| r.expect("json"))
+    .collect::<Vec<_>>()
+    .join("\n");
+    for f in forbidden {
+        assert!(!text.contains(f), "{f:?} reached a Job, status or Event");
+    }
+    let status = template.status.unwrap_or_default();
+    assert_eq!(status.revision.unwrap_or(1), 1, "{:?}", status.history);
+    assert!(status.history.len() <= 1, "{:?}", status.history);
+}
+
+#[tokio::test]
+async fn a_reporter_cannot_forge_a_build_result_before_or_during_the_build() {
+    let (client, ns, _label, _pl, name) = setup("attack-forge").await;
+    let reporter = identity::shipped_role(&ns, "reporter", "patchloop-reporter").await;
+    let guessed = "0".repeat(32);
+    let cr = request(&client, &ns, &name).await;
+    let status = serde_json::to_string(&cr.status).expect("json");
+    assert!(
+        !status.contains("\"nonce\""),
+        "no nonce before the build: {status}"
+    );
+
+    // Forged before the build starts (the request is known, the nonce is
+    // not): a guessed one.
+    write_as(
+        &reporter,
+        &ns,
+        &result(&name, Some(&guessed), &evil_image()),
+    )
+    .await;
+    approve_as(&client, &ns, &cr, "2026-12-04T10:00:00Z").await;
+    let cr = wait_request(&client, &ns, |c| {
+        phase(c) == Some(ChangeRequestPhase::Building)
+    })
+    .await;
+    // The reporter cannot read the build Job, where the nonce is.
+    let jobs: Api<Job> = Api::namespaced(reporter.clone(), &ns);
+    match jobs.get(&format!("{name}-build")).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("the reporter reads the build Job: {other:?}"),
+    }
+    // During the build: no nonce, the nonce's hash from status, a guess.
+    let hash = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.nonce_hash.clone())
+        .expect("a nonce hash");
+    for nonce in [None, Some(hash.as_str()), Some(guessed.as_str())] {
+        write_as(&reporter, &ns, &result(&name, nonce, &evil_image())).await;
+    }
+    support::executor::complete(&client, &ns, &format!("{name}-build"), None).await;
+    // The build "succeeded" but its result is forged: after the grace for
+    // a late result, the request fails saying why.
+    let failed = support::eventually(
+        "the request to fail on the forged result",
+        Duration::from_secs(150),
+        async || {
+            let c = request(&client, &ns, &name).await;
+            (phase(&c) == Some(ChangeRequestPhase::Failed)).then_some(c)
+        },
+    )
+    .await;
+    let why = message(&failed);
+    assert!(why.contains(&result_name(&name)), "{why}");
+    assert!(
+        why.contains("spec.nonce") || why.contains("before the build Job"),
+        "{why}"
+    );
+    assert_eq!(
+        jobs_of(&client, &ns, &name).await,
+        [format!("{name}-build")]
+    );
+    assert_nothing_leaked(&client, &ns, &[&evil_image(), &guessed]).await;
+}
+
+#[tokio::test]
+async fn a_result_must_be_a_digest_and_cannot_be_swapped_after_it_was_pinned() {
+    let (client, ns, _label, _pl, name) = setup("attack-swap").await;
+    // The build Job's own identity (it holds the nonce) turned hostile.
+    let reporter = identity::shipped_role(&ns, "build-job", "patchloop-reporter").await;
+    let cr = request(&client, &ns, &name).await;
+    approve_as(&client, &ns, &cr, "2026-12-04T10:00:00Z").await;
+    let nonce = build_nonce(&client, &ns, &name).await;
+    support::executor::complete(&client, &ns, &format!("{name}-build"), None).await;
+
+    // Tags, which can move, are refused: the request waits saying why.
+    let tags = [
+        "registry.example/golden/base:2",
+        "registry.example/golden/base:latest",
+        "registry.example/golden/base@sha256:2222",
+    ];
+    for tag in tags {
+        write_as(&reporter, &ns, &result(&name, Some(&nonce), tag)).await;
+        let c = support::eventually("the tag to be refused", WAIT, async || {
+            let c = request(&client, &ns, &name).await;
+            (message(&c).contains("not a digest reference")).then_some(c)
+        })
+        .await;
+        assert_eq!(phase(&c), Some(ChangeRequestPhase::Building));
+        assert!(!message(&c).contains(tag), "{}", message(&c));
+    }
+    assert_eq!(
+        jobs_of(&client, &ns, &name).await,
+        [format!("{name}-build")]
+    );
+
+    // A digest: pinned and tested.
+    let built = format!("registry.example/golden/base@sha256:{}", "b".repeat(64));
+    write_as(&reporter, &ns, &result(&name, Some(&nonce), &built)).await;
+    let testing = wait_request(&client, &ns, |c| {
+        phase(c) == Some(ChangeRequestPhase::Testing)
+    })
+    .await;
+    let pinned = testing
+        .status
+        .as_ref()
+        .and_then(|s| s.result.clone())
+        .expect("a pinned result");
+    assert_eq!(pinned.image, built);
+
+    // Swapped after the pin, before the test passes: nothing published.
+    write_as(&reporter, &ns, &result(&name, Some(&nonce), &evil_image())).await;
+    support::executor::complete(&client, &ns, &format!("{name}-test"), None).await;
+    let failed = wait_request(&client, &ns, |c| {
+        phase(c) == Some(ChangeRequestPhase::Failed)
+    })
+    .await;
+    let conditions = failed.status.clone().unwrap_or_default().conditions;
+    assert_eq!(
+        condition_reason(&conditions, "Ready"),
+        Some("ResultChanged"),
+        "{}",
+        message(&failed)
+    );
+    assert!(message(&failed).contains("nothing is published"));
+    let mut forbidden = vec![evil_image()];
+    forbidden.extend(tags.iter().map(|t| (*t).to_owned()));
+    let forbidden: Vec<&str> = forbidden.iter().map(String::as_str).collect();
+    assert_nothing_leaked(&client, &ns, &forbidden).await;
+}
+
+#[tokio::test]
+async fn an_approval_covers_only_the_template_it_was_given_for_and_never_returns() {
+    let env = support::env();
+    let (client, ns, label, mut pl, name) = setup("attack-approval").await;
+    let approver = identity::shipped_role(&ns, "approver", "patchloop-approver").await;
+    let editor = identity::with_rules(
+        &ns,
+        "template-editor",
+        vec![identity::rule(
+            "patchloop.dev",
+            &["templates"],
+            &["get", "patch"],
+        )],
+    )
+    .await;
+    let templates: Api<Template> = Api::namespaced(editor.clone(), &ns);
+    let job = |image: &str| {
+        json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "x", "image": image, "command": ["/bin/sh", "-c", "run"]}
+        ]}}}})
+    };
+    let edits = [
+        json!({"spec": {"buildJobTemplate": job("registry.evil.example/builder:1")}}),
+        json!({"spec": {"testJobTemplate": job("registry.evil.example/always-pass:1")}}),
+        json!({"spec": {"image": "registry.evil.example/base:1"}}),
+    ];
+    // Each: approved as reviewed, then edited before the controller acts
+    // on it (it is down, so the order is certain): nothing is built.
+    for (i, edit) in edits.iter().enumerate() {
+        pl.child.kill().expect("SIGKILL");
+        let cr = request(&client, &ns, &name).await;
+        approve_as(&approver, &ns, &cr, &format!("2026-12-04T10:00:0{i}Z")).await;
+        templates
+            .patch("base", &PatchParams::default(), &Patch::Merge(edit))
+            .await
+            .expect("the editor edits the Template");
+        pl = Patchloop::start(env, &ns, &label, &[]).await;
+        let c = support::eventually("the approval to be void", WAIT, async || {
+            let c = request(&client, &ns, &name).await;
+            (digest(&c) != digest(&cr)).then_some(c)
+        })
+        .await;
+        assert_eq!(phase(&c), Some(ChangeRequestPhase::AwaitingApproval));
+        assert!(message(&c).contains("build inputs"), "{}", message(&c));
+        assert!(jobs_of(&client, &ns, &name).await.is_empty());
+    }
+
+    // A→B→A: the Template put back as it was when approved last, and the
+    // approver replaying that very decision: it stays void.
+    let before_revert = request(&client, &ns, &name).await;
+    let voided_on = before_revert
+        .spec
+        .decision
+        .clone()
+        .expect("the last decision");
+    templates
+        .patch(
+            "base",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"image": "registry.example/golden/base:1"}})),
+        )
+        .await
+        .expect("reverting");
+    let reverted = support::eventually("the scope to be A again", WAIT, async || {
+        let c = request(&client, &ns, &name).await;
+        (digest(&c) == voided_on.digest).then_some(c)
+    })
+    .await;
+    let requests_api: Api<ChangeRequest> = Api::namespaced(approver.clone(), &ns);
+    requests_api
+        .patch(
+            &name,
+            &PatchParams::apply("patchloop-approve:attacker").force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "patchloop.dev/v1alpha1", "kind": "ChangeRequest",
+                "metadata": {"name": name},
+                "spec": {"decision": voided_on},
+            })),
+        )
+        .await
+        .expect("replaying the decision");
+    // A decision copied from another request (another uid) counts neither.
+    let mut foreign = voided_on.clone();
+    foreign.request_uid = Some("00000000-0000-0000-0000-000000000000".into());
+    foreign.decided_at = None;
+    let c = support::eventually("the replay to be refused", WAIT, async || {
+        let c = request(&client, &ns, &name).await;
+        (message(&c).contains("does not revive")).then_some(c)
+    })
+    .await;
+    assert_eq!(phase(&c), Some(ChangeRequestPhase::AwaitingApproval));
+    assert_eq!(c.metadata.generation, reverted.metadata.generation);
+    requests_api
+        .patch(
+            &name,
+            &PatchParams::apply("patchloop-approve:attacker").force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "patchloop.dev/v1alpha1", "kind": "ChangeRequest",
+                "metadata": {"name": name},
+                "spec": {"decision": foreign},
+            })),
+        )
+        .await
+        .expect("a copied decision");
+    let c = support::eventually("the copied decision to be refused", WAIT, async || {
+        let c = request(&client, &ns, &name).await;
+        (message(&c).contains("requestUid")).then_some(c)
+    })
+    .await;
+    assert_eq!(phase(&c), Some(ChangeRequestPhase::AwaitingApproval));
+    assert!(!message(&c).contains("00000000-0000"), "{}", message(&c));
+    assert!(jobs_of(&client, &ns, &name).await.is_empty());
+    // The approver cannot start a build any other way.
+    let jobs: Api<Job> = Api::namespaced(approver.clone(), &ns);
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": format!("{name}-build")},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "x", "image": "registry.evil.example/builder:1"}]}}},
+    }))
+    .expect("a Job");
+    match jobs.create(&PostParams::default(), &job).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("the approver creates Jobs: {other:?}"),
+    }
+    assert_nothing_leaked(&client, &ns, &["registry.evil.example"]).await;
+}
