@@ -124,10 +124,10 @@ async fn job_state(scope: &Scope, ns: &str, name: &str) -> Result<JobState, Erro
         None => JobState::Running,
         Some(f) if f.succeeded => JobState::Succeeded(f.at),
         Some(f) => {
-            let pod = jobs::termination_message(&scope.shared.client, ns, name).await?;
+            let pod = jobs::failed_pod(&scope.shared.client, ns, name).await?;
             let mut why = format!("Job {name}: {}", f.message.unwrap_or_default());
-            if let Some(m) = pod {
-                why.push_str(&format!(" ({m})"));
+            if let Some(end) = pod {
+                why.push_str(&format!(" ({})", end.message));
             }
             JobState::Failed(why)
         }

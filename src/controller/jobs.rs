@@ -419,29 +419,37 @@ pub fn started_at(job: &Job) -> Option<Timestamp> {
         .map(|t| t.0)
 }
 
-/// The termination message a failed Job's Pod left (the container's
-/// `terminationMessagePath`, or its last log lines with
-/// `FallbackToLogsOnError`), from a live list of its Pods; the newest Pod
-/// with one wins.
-pub async fn termination_message(
+/// How a failed Job's Pod ended: its first container that exited non-zero.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEnd {
+    /// `container NAME: ` and its termination message (the container's
+    /// `terminationMessagePath`, or its last log lines with
+    /// `FallbackToLogsOnError`) as one sanitised line, else its reason and
+    /// exit code.
+    pub message: String,
+    /// The container's exit code (2: the script refused, see the contract).
+    pub exit_code: i32,
+}
+
+/// How a failed Job's Pod ended, from a live list of its Pods; the newest
+/// Pod with a failed container wins.
+pub async fn failed_pod(
     client: &Client,
     namespace: &str,
     job: &str,
-) -> Result<Option<String>, kube::Error> {
+) -> Result<Option<PodEnd>, kube::Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let list = pods
         .list(&ListParams::default().labels(&format!("{POD_JOB_NAME_LABEL}={job}")))
         .await?;
     let mut items = list.items;
     items.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
-    Ok(items.iter().find_map(pod_termination_message))
+    Ok(items.iter().find_map(pod_end))
 }
 
-/// The first terminated container's message (else reason and exit code).
-/// The message is the Job's own text, which may quote its input: it is
-/// reported as one line without control or bidirectional-formatting
-/// characters, cut at [`MAX_MESSAGE`] bytes.
-pub fn pod_termination_message(pod: &Pod) -> Option<String> {
+/// The first container (init containers first) that terminated with a
+/// non-zero exit code: its message (else reason and exit code) and code.
+pub fn pod_end(pod: &Pod) -> Option<PodEnd> {
     let status = pod.status.as_ref()?;
     let statuses = status
         .init_container_statuses
@@ -462,11 +470,10 @@ pub fn pod_termination_message(pod: &Pod) -> Option<String> {
             (_, Some(r)) => format!("{r} (exit code {})", t.exit_code),
             _ => format!("exit code {}", t.exit_code),
         };
-        Some(format!(
-            "container {}: {}",
-            cs.name,
-            cut(&text, MAX_MESSAGE)
-        ))
+        Some(PodEnd {
+            message: format!("container {}: {}", cs.name, cut(&text, MAX_MESSAGE)),
+            exit_code: t.exit_code,
+        })
     })
 }
 
@@ -888,7 +895,7 @@ mod tests {
     }
 
     #[test]
-    fn the_pod_termination_message_explains_a_failure() {
+    fn a_failed_pods_end_explains_the_failure() {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p"},
             "status": {"containerStatuses": [
@@ -901,8 +908,11 @@ mod tests {
         }))
         .expect("pod");
         assert_eq!(
-            pod_termination_message(&pod).as_deref(),
-            Some("container patch: E: Unable to locate package libc6")
+            pod_end(&pod),
+            Some(PodEnd {
+                message: "container patch: E: Unable to locate package libc6".into(),
+                exit_code: 100,
+            })
         );
         let quiet: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p"},
@@ -913,7 +923,7 @@ mod tests {
         }))
         .expect("pod");
         assert_eq!(
-            pod_termination_message(&quiet).as_deref(),
+            pod_end(&quiet).map(|e| e.message).as_deref(),
             Some("container patch: OOMKilled (exit code 137)")
         );
         assert_eq!(cut(&"é".repeat(10), 5), "éé…");

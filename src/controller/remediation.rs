@@ -10,10 +10,8 @@ use std::sync::Arc;
 use futures::{StreamExt, future, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
-use kube::api::ListParams;
 
 use super::jobs::{self, Created, JobRequest, Purpose};
 use super::scope::Scope;
@@ -437,47 +435,20 @@ async fn start_job(
     Ok(true)
 }
 
-/// How a failed Job's Pod ended, from a live list of its Pods (the newest
-/// with a terminated container wins).
+/// How a failed Job's Pod ended (the newest Pod with a failed container),
+/// and whether its script refused to act (exit code 2).
 pub async fn pod_failure(
     client: &kube::Client,
     namespace: &str,
     job: &str,
 ) -> Result<PodFailure, kube::Error> {
-    let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), namespace);
-    let list = pods
-        .list(&ListParams::default().labels(&format!("{}={job}", jobs::POD_JOB_NAME_LABEL)))
-        .await?;
-    let mut items = list.items;
-    items.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
-    Ok(items
-        .iter()
-        .find_map(|pod| {
-            jobs::pod_termination_message(pod).map(|message| PodFailure {
-                message,
-                refused: exit_code(pod) == Some(REFUSED_EXIT_CODE),
-            })
+    Ok(jobs::failed_pod(client, namespace, job)
+        .await?
+        .map(|end| PodFailure {
+            refused: end.exit_code == REFUSED_EXIT_CODE,
+            message: end.message,
         })
         .unwrap_or_default())
-}
-
-/// The exit code of a Pod's first container that terminated with a non-zero
-/// one (the container [`jobs::pod_termination_message`] describes).
-fn exit_code(pod: &Pod) -> Option<i32> {
-    let status = pod.status.as_ref()?;
-    status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten())
-        .find_map(|cs| {
-            let state = cs.state.as_ref().and_then(|s| s.terminated.as_ref());
-            let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
-            state
-                .or(last)
-                .map(|t| t.exit_code)
-                .filter(|code| *code != 0)
-        })
 }
 
 /// Deletes finished Jobs beyond the newest `keepFinishedJobs` of each
