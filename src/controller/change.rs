@@ -33,7 +33,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use super::advisories::DataState;
-use super::scope::Scope;
+use super::scope::{self, Scope};
 use super::template::{self as tpl, Current};
 use super::{Error, failpoint, jobs, now, observed, requeue_at};
 use crate::api::change_request::{
@@ -946,11 +946,20 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
             shared
                 .event(cr.as_ref(), warning, step.reason, step.message.clone())
                 .await;
-            // The Template shows the open request (or none).
-            let _ = scope
-                .triggers
-                .templates
-                .unbounded_send(ObjectRef::new(&cr.spec.template).within(&ns));
+            // The Template shows the open request (or none), as read from
+            // the request cache: wake it once that shows the new phase, or it
+            // reads the old one and nothing wakes it again.
+            let phase = step.phase;
+            let me = ObjectRef::from_obj(cr.as_ref());
+            let template = ObjectRef::new(&cr.spec.template).within(&ns);
+            let scope = Arc::clone(scope);
+            tokio::spawn(async move {
+                scope::cache_shows(&scope.change_requests, &me, |c| {
+                    c.status.as_ref().and_then(|s| s.phase) == Some(phase)
+                })
+                .await;
+                let _ = scope.triggers.templates.unbounded_send(template);
+            });
         }
     }
     if is_closed(Some(step.phase)) {

@@ -461,18 +461,6 @@ impl Scope {
         }
     }
 
-    /// Waits (at most a few seconds) until the Workload cache shows `key`
-    /// as `written` says: dependents woken before would read the old object.
-    pub async fn cached(&self, key: &ObjectRef<Workload>, written: impl Fn(&Workload) -> bool) {
-        let deadline = std::time::Instant::now() + CACHE_ECHO_WAIT;
-        while std::time::Instant::now() < deadline {
-            if self.workloads.get(key).is_some_and(|w| written(&w)) {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
-
     /// Wakes every object of every kind (a new leader's first look).
     pub fn wake_everything(&self) {
         wake_all(&self.workloads, &self.triggers.workloads);
@@ -493,6 +481,23 @@ impl Scope {
                     .unbounded_send(ObjectRef::from_obj(&*w));
             }
         }
+    }
+}
+
+/// Waits (at most a few seconds) until `store` shows `key` as `written`
+/// says: dependents woken before would read the old object from their cache
+/// and, woken no more, keep what they read.
+pub async fn cache_shows<K>(store: &Store<K>, key: &ObjectRef<K>, written: impl Fn(&K) -> bool)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let deadline = std::time::Instant::now() + CACHE_ECHO_WAIT;
+    while std::time::Instant::now() < deadline {
+        if store.get(key).is_some_and(|o| written(&o)) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

@@ -16,7 +16,7 @@ use super::advisories::DataState;
 use super::jobs::{self, Purpose};
 use super::policy::outcome_settings;
 use super::remediation;
-use super::scope::{Scope, version_of};
+use super::scope::{self, Scope, version_of};
 use super::{Error, failpoint, now, observed, requeue_at, write_status};
 use crate::api::common::{ComplianceState, InventoryReference, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
@@ -829,9 +829,10 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
         let scope = Arc::clone(scope);
         let me = ObjectRef::<Workload>::new(&name).within(&ns);
         tokio::spawn(async move {
-            scope
-                .cached(&me, |w| w.status.as_ref() == Some(&desired))
-                .await;
+            scope::cache_shows(&scope.workloads, &me, |w| {
+                w.status.as_ref() == Some(&desired)
+            })
+            .await;
             for p in policies {
                 let _ = scope.triggers.policies.unbounded_send(p);
             }
