@@ -113,8 +113,14 @@ impl InventorySubject {
             .take(5)
             .map(|b| format!("{b:02x}"))
             .collect();
-        // Names are ASCII (DNS subdomains), so byte cuts are char cuts.
-        let cut = full[..MAX_NAME - hash.len() - 1].trim_end_matches(['-', '.']);
+        // A subject name is whatever a reporter wrote (the schema does not
+        // hold it to the object-name grammar), so cut on a character
+        // boundary: a byte cut inside a multi-byte character would panic.
+        let mut end = MAX_NAME - hash.len() - 1;
+        while !full.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = full[..end].trim_end_matches(['-', '.']);
         format!("{cut}-{hash}")
     }
 }
@@ -200,5 +206,10 @@ mod tests {
             nd.starts_with(&format!("template-{}-", "a".repeat(232))),
             "{nd}"
         );
+        // A reporter's non-ASCII name never panics (the cut falls inside
+        // a two-byte character here) and is never a valid name anyway.
+        let wide = "é".repeat(123);
+        let nw = subject(SubjectKind::Workload, &wide, None).canonical_inventory_name();
+        assert!(nw.len() <= MAX_NAME, "{nw}");
     }
 }

@@ -144,12 +144,12 @@ async fn decide(args: &DecideArgs, verdict: Verdict) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// The digest a reviewer passed is the current one; a full digest, or a
-/// prefix of at least 12 characters as messages show it.
+/// The digest a reviewer passed is the current one, in full: a prefix
+/// would let whoever edits the build inputs search for an edit whose digest
+/// shares it.
 fn check_reviewed(reviewed: &str, current: &str) -> Result<(), String> {
     let reviewed = reviewed.trim();
-    let matches = reviewed.len() >= 12 && current.starts_with(reviewed);
-    if matches {
+    if reviewed == current {
         return Ok(());
     }
     let shown: String = if reviewed.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -170,8 +170,9 @@ mod tests {
     fn a_reviewed_digest_must_be_the_current_one() {
         let current = "ab".repeat(32);
         assert_eq!(check_reviewed(&current, &current), Ok(()));
-        assert_eq!(check_reviewed(&current[..12], &current), Ok(()));
-        // Too short to name a scope.
+        // A prefix names no scope for sure.
+        assert!(check_reviewed(&current[..12], &current).is_err());
+        assert!(check_reviewed(&current[..63], &current).is_err());
         assert!(check_reviewed(&current[..6], &current).is_err());
         let other = "cd".repeat(32);
         let why = check_reviewed(&other, &current).expect_err("refused");
