@@ -114,7 +114,14 @@ async fn decide(args: &DecideArgs, verdict: Verdict) -> anyhow::Result<ExitCode>
         verdict,
         digest: scope.digest.clone(),
         request_uid: Some(request_uid),
-        decided_at: Some(patchloop::api::common::time(jiff::Timestamp::now())),
+        decided_at: Some(patchloop::api::common::time(decision_time(
+            jiff::Timestamp::now(),
+            cr.spec
+                .decision
+                .as_ref()
+                .and_then(|d| d.decided_at.as_ref())
+                .map(|t| t.0),
+        ))),
         reason: Some(args.reason.clone()),
     };
     let manager = field_manager(&user);
@@ -144,6 +151,21 @@ async fn decide(args: &DecideArgs, verdict: Verdict) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// When a decision is taken: now, in whole seconds as the API stores it,
+/// and always after the decision it replaces. Deciding again within the
+/// same second would otherwise write an identical spec, which the
+/// apiserver keeps as it was (no new generation): a decision the scope had
+/// voided would stay void although the person decided again.
+fn decision_time(now: jiff::Timestamp, previous: Option<jiff::Timestamp>) -> jiff::Timestamp {
+    let now = jiff::Timestamp::from_second(now.as_second()).unwrap_or(now);
+    match previous {
+        Some(p) if p >= now => p
+            .checked_add(jiff::SignedDuration::from_secs(1))
+            .unwrap_or(p),
+        _ => now,
+    }
+}
+
 /// The digest a reviewer passed is the current one, in full: a prefix
 /// would let whoever edits the build inputs search for an edit whose digest
 /// shares it.
@@ -165,6 +187,26 @@ fn check_reviewed(reviewed: &str, current: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_decision_is_always_later_than_the_one_it_replaces() {
+        let t = |s: &str| s.parse::<jiff::Timestamp>().expect("timestamp");
+        let now = t("2026-12-04T20:46:24.5Z");
+        assert_eq!(decision_time(now, None), t("2026-12-04T20:46:24Z"));
+        assert_eq!(
+            decision_time(now, Some(t("2026-12-04T20:40:00Z"))),
+            t("2026-12-04T20:46:24Z")
+        );
+        // Decided again within the same second, or after a clock step back.
+        assert_eq!(
+            decision_time(now, Some(t("2026-12-04T20:46:24Z"))),
+            t("2026-12-04T20:46:25Z")
+        );
+        assert_eq!(
+            decision_time(now, Some(t("2026-12-04T20:50:00Z"))),
+            t("2026-12-04T20:50:01Z")
+        );
+    }
 
     #[test]
     fn a_reviewed_digest_must_be_the_current_one() {
