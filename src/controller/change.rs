@@ -124,7 +124,7 @@ async fn job_state(scope: &Scope, ns: &str, name: &str) -> Result<JobState, Erro
         None => JobState::Running,
         Some(f) if f.succeeded => JobState::Succeeded(f.at),
         Some(f) => {
-            let pod = jobs::failed_pod(&scope.shared.client, ns, name).await?;
+            let pod = jobs::failed_pod(&scope.shared.client, &job).await?;
             let mut why = format!("Job {name}: {}", f.message.unwrap_or_default());
             if let Some(end) = pod {
                 why.push_str(&format!(" ({})", end.message));

@@ -432,19 +432,32 @@ pub struct PodEnd {
 }
 
 /// How a failed Job's Pod ended, from a live list of its Pods; the newest
-/// Pod with a failed container wins.
-pub async fn failed_pod(
-    client: &Client,
-    namespace: &str,
-    job: &str,
-) -> Result<Option<PodEnd>, kube::Error> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+/// Pod with a failed container wins. Only Pods the Job controls count (the
+/// `job-name` label narrows the list, the controller owner reference's uid
+/// decides): anyone who may create Pods in the namespace can label one with
+/// a Job's name, and its "termination message" must not become the Job's.
+pub async fn failed_pod(client: &Client, job: &Job) -> Result<Option<PodEnd>, kube::Error> {
+    let (Some(name), Some(uid)) = (job.metadata.name.as_deref(), job.metadata.uid.as_deref())
+    else {
+        return Ok(None);
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
     let list = pods
-        .list(&ListParams::default().labels(&format!("{POD_JOB_NAME_LABEL}={job}")))
+        .list(&ListParams::default().labels(&format!("{POD_JOB_NAME_LABEL}={name}")))
         .await?;
-    let mut items = list.items;
-    items.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
-    Ok(items.iter().find_map(pod_end))
+    Ok(newest_failure(list.items, uid))
+}
+
+/// The end of the newest of `pods` controlled by the Job `job_uid` that has
+/// a failed container.
+fn newest_failure(mut pods: Vec<Pod>, job_uid: &str) -> Option<PodEnd> {
+    pods.retain(|p| {
+        p.owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.uid == job_uid)
+    });
+    pods.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
+    pods.iter().find_map(pod_end)
 }
 
 /// The first container (init containers first) that terminated with a
@@ -927,5 +940,54 @@ mod tests {
             Some("container patch: OOMKilled (exit code 137)")
         );
         assert_eq!(cut(&"é".repeat(10), 5), "éé…");
+    }
+
+    #[test]
+    fn only_pods_the_job_controls_explain_its_failure() {
+        let pod = |name: &str, created: &str, owner: Option<(&str, bool)>, message: &str| -> Pod {
+            let owners: Vec<_> = owner
+                .map(|(uid, controller)| {
+                    json!({"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": uid,
+                           "controller": controller})
+                })
+                .into_iter()
+                .collect();
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "creationTimestamp": created, "ownerReferences": owners},
+                "status": {"containerStatuses": [
+                    {"name": "patch", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+                     "state": {"terminated": {"exitCode": 2, "message": message}}}
+                ]}
+            }))
+            .expect("pod")
+        };
+        let real = pod(
+            "real",
+            "2026-11-24T08:00:00Z",
+            Some(("job-uid", true)),
+            "real end",
+        );
+        let decoys = [
+            // Newer, labelled like the Job's Pods, but owned by nothing,
+            // by another uid, or by the Job without being controlled by it.
+            pod("unowned", "2026-11-24T09:00:00Z", None, "forged"),
+            pod(
+                "other",
+                "2026-11-24T09:00:00Z",
+                Some(("other-uid", true)),
+                "forged",
+            ),
+            pod(
+                "weak",
+                "2026-11-24T09:00:00Z",
+                Some(("job-uid", false)),
+                "forged",
+            ),
+        ];
+        let mut all = decoys.to_vec();
+        all.push(real);
+        let end = newest_failure(all, "job-uid").expect("the Job's own Pod");
+        assert_eq!(end.message, "container patch: real end");
+        assert_eq!(newest_failure(decoys.to_vec(), "job-uid"), None);
     }
 }

@@ -435,14 +435,10 @@ async fn start_job(
     Ok(true)
 }
 
-/// How a failed Job's Pod ended (the newest Pod with a failed container),
-/// and whether its script refused to act (exit code 2).
-pub async fn pod_failure(
-    client: &kube::Client,
-    namespace: &str,
-    job: &str,
-) -> Result<PodFailure, kube::Error> {
-    Ok(jobs::failed_pod(client, namespace, job)
+/// How a failed Job's Pod ended (the newest Pod the Job controls with a
+/// failed container), and whether its script refused to act (exit code 2).
+pub async fn pod_failure(client: &kube::Client, job: &Job) -> Result<PodFailure, kube::Error> {
+    Ok(jobs::failed_pod(client, job)
         .await?
         .map(|end| PodFailure {
             refused: end.exit_code == REFUSED_EXIT_CODE,

@@ -34,7 +34,7 @@ use crate::engine::evaluate::{
 use crate::engine::fixes::{FixSet, Take, fix_set, gaps, parse_package_lines};
 use crate::engine::inventory::{InstalledPackage, parse_compact_list};
 use crate::engine::outcome::{
-    self, JobEnd, JobView, Lookup, Notice, Observation, ObserveInput, SeenInventory,
+    self, JobEnd, JobView, Lookup, Notice, Observation, ObserveInput, PodFailure, SeenInventory,
 };
 use crate::engine::version::parse_platform;
 
@@ -981,8 +981,12 @@ async fn track_remediation(
                 wake_at,
             } => return Ok((record.map(|r| *r), notices, wake_at)),
             Observation::Lookup(Lookup::FailureMessage(job)) => {
-                input.failure =
-                    Some(remediation::pod_failure(&scope.shared.client, ns, &job).await?);
+                // The Job is in the cache: the observation saw it there.
+                let failure = match scope.jobs.get(&ObjectRef::<Job>::new(&job).within(ns)) {
+                    Some(job) => remediation::pod_failure(&scope.shared.client, &job).await?,
+                    None => PodFailure::default(),
+                };
+                input.failure = Some(failure);
             }
             Observation::Lookup(Lookup::Coverage(job)) => {
                 input.covered = Some(covers(scope, ns, &job, judged, &wl.spec.platform));
