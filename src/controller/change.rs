@@ -431,7 +431,7 @@ async fn create_job(
         }
         Err(e) => return Err(e.into()),
     };
-    if created == jobs::Created::New {
+    if matches!(created, jobs::Created::New) {
         scope.shared.metrics.job_created(purpose);
         tracing::info!(change_request = %name, job = %job.metadata.name.clone().unwrap_or_default(), "{} Job created", purpose.as_str());
     }
@@ -807,7 +807,12 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
                 Ok(jobs::Created::New) => {
                     status.nonce_hash = Some(change::nonce_hash(&fresh));
                 }
-                Ok(jobs::Created::Existed) => {
+                Ok(jobs::Created::Taken(taken)) => {
+                    step.phase = Phase::Failed;
+                    step.reason = "BuildJobConflict";
+                    step.message = taken.to_string();
+                }
+                Ok(jobs::Created::Existed(_)) => {
                     match adopted_nonce(scope, &ns, &build_name, &uid).await? {
                         Some(n) => status.nonce_hash = Some(change::nonce_hash(&n)),
                         None => {
@@ -849,10 +854,18 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
             let run = Run::Test {
                 image: &pinned.image,
             };
-            if let Err(why) = create_job(scope, &cr, t, &status, run).await? {
-                step.phase = Phase::Failed;
-                step.reason = "InvalidJobTemplate";
-                step.message = why;
+            match create_job(scope, &cr, t, &status, run).await? {
+                Ok(jobs::Created::New | jobs::Created::Existed(_)) => {}
+                Ok(jobs::Created::Taken(taken)) => {
+                    step.phase = Phase::Failed;
+                    step.reason = "TestJobConflict";
+                    step.message = taken.to_string();
+                }
+                Err(why) => {
+                    step.phase = Phase::Failed;
+                    step.reason = "InvalidJobTemplate";
+                    step.message = why;
+                }
             }
         }
         Act::Publish => {

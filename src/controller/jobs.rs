@@ -151,19 +151,24 @@ pub struct JobRequest<'a> {
 }
 
 /// A deterministic Job name of at most 63 characters: `base-suffix`, or,
-/// when that is too long, a cut `base` with a short hash of the whole of it,
-/// so two long names sharing a prefix never collide.
+/// when that is too long, a cut `base` with a 64-bit hash of the whole of
+/// it. The hash is wide enough that nobody can search for a second name
+/// (a Workload they may create) whose Jobs would take the names of another
+/// object's Jobs; a narrower one could be found in seconds.
 pub fn job_name(base: &str, suffix: &str) -> String {
     let full = format!("{base}-{suffix}");
     if full.len() <= MAX_JOB_NAME {
         return full;
     }
-    let hash = short_hash(base, 6);
+    let hash = short_hash(base, JOB_NAME_HASH_HEX);
     let room = MAX_JOB_NAME.saturating_sub(suffix.len() + hash.len() + 2);
     let cut: String = base.chars().take(room).collect();
     let cut = cut.trim_end_matches(['-', '.']);
     format!("{cut}-{hash}-{suffix}")
 }
+
+/// Hex digits of a long name's hash in a Job name: 64 bits.
+const JOB_NAME_HASH_HEX: usize = 16;
 
 /// A label value for an object name: the name when it fits in 63
 /// characters, else a cut name with a short hash (names may be 253 long).
@@ -329,24 +334,78 @@ fn add_contract(c: &mut Container, env: &[(String, String)]) {
     });
 }
 
-/// Whether a create made the Job or found it there already (a restart, or
-/// a duplicated controller, repeating work: nothing runs twice).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a create found: the Job made, the same owner's Job made before
+/// (a restart, or a duplicated controller, repeating work: nothing runs
+/// twice), or a Job of that name that another owner controls.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Created {
     /// This call created the Job.
     New,
-    /// A Job of that name existed.
-    Existed,
+    /// A Job of that name existed, controlled by the same owner (uid): the
+    /// existing Job, for callers that check more than its owner.
+    Existed(Box<Job>),
+    /// A Job of that name existed that the request's owner does not control
+    /// (made by someone else, or by an object of the same name since
+    /// deleted): nothing was created, and the name is not this owner's.
+    Taken(NameTaken),
 }
 
-/// Creates the Job, contract and all, in one request; "already exists" is
-/// a repeat (after a restart) of a create that succeeded.
+/// A Job name held by a Job another owner controls.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a Job named {job} already exists and is {holder}, not by this {kind} {owner}: nothing was \
+     started under that name; delete that Job (after checking who created it) to let Patchloop \
+     go on"
+)]
+pub struct NameTaken {
+    /// The Job's name.
+    pub job: String,
+    /// Who controls it, in words: `controlled by Workload web-01 (uid …)`
+    /// or `controlled by no object`.
+    pub holder: String,
+    /// The kind of the owner that wanted the name.
+    pub kind: String,
+    /// The owner that wanted the name.
+    pub owner: String,
+}
+
+/// Creates the Job, contract and all, in one request. "Already exists" is
+/// a repeat of a create that succeeded only when the existing Job is
+/// controlled by the same owner (uid); otherwise the name is taken.
 pub async fn create(client: &Client, job: &Job) -> Result<Created, kube::Error> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
-    match jobs.create(&PostParams::default(), job).await {
-        Ok(_) => Ok(Created::New),
-        Err(e) if is_conflict(&e) => Ok(Created::Existed),
-        Err(e) => Err(e),
+    let conflict = match jobs.create(&PostParams::default(), job).await {
+        Ok(_) => return Ok(Created::New),
+        Err(e) if is_conflict(&e) => e,
+        Err(e) => return Err(e),
+    };
+    // Deleted since the conflict: the caller's next pass creates it.
+    let Some(existing) = jobs.get_opt(&job.name_any()).await? else {
+        return Err(conflict);
+    };
+    Ok(classify_existing(job, existing))
+}
+
+/// Whether `existing`, found under `wanted`'s name, is the same owner's Job.
+fn classify_existing(wanted: &Job, existing: Job) -> Created {
+    let controller = |j: &Job| {
+        j.owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .cloned()
+    };
+    let want = controller(wanted);
+    match (&want, controller(&existing)) {
+        (Some(w), Some(h)) if w.uid == h.uid => Created::Existed(Box::new(existing)),
+        (_, holder) => Created::Taken(NameTaken {
+            job: wanted.name_any(),
+            holder: holder.map_or_else(
+                || "controlled by no object".to_owned(),
+                |h| format!("controlled by {} {} (uid {})", h.kind, h.name, h.uid),
+            ),
+            kind: want.as_ref().map_or_else(String::new, |w| w.kind.clone()),
+            owner: want.map_or_else(String::new, |w| w.name),
+        }),
     }
 }
 
@@ -859,6 +918,14 @@ mod tests {
         assert_ne!(n1, n2);
         assert_eq!(n1, job_name(&long, "abcdef0123-12"));
         assert!(n1.ends_with("-abcdef0123-12"));
+        // The hash of the whole base is 64 bits wide.
+        let hash = n1
+            .trim_end_matches("-abcdef0123-12")
+            .rsplit('-')
+            .next()
+            .expect("a hash");
+        assert_eq!(hash.len(), JOB_NAME_HASH_HEX, "{n1}");
+        assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{n1}");
         let dashy = "x".repeat(48) + "-----" + &"y".repeat(30);
         assert!(
             !job_name(&dashy, "s-1").contains("--"),
@@ -989,5 +1056,49 @@ mod tests {
         let end = newest_failure(all, "job-uid").expect("the Job's own Pod");
         assert_eq!(end.message, "container patch: real end");
         assert_eq!(newest_failure(decoys.to_vec(), "job-uid"), None);
+    }
+
+    #[test]
+    fn an_existing_job_is_a_repeat_only_when_the_same_owner_controls_it() {
+        let template = json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "patch", "image": "debian:12"}]}}}});
+        let ours = build(&request(&template)).expect("job");
+        assert!(matches!(
+            classify_existing(&ours, ours.clone()),
+            Created::Existed(_)
+        ));
+        let holder = |refs: serde_json::Value| {
+            let mut j = ours.clone();
+            j.metadata.owner_references = serde_json::from_value(refs).expect("refs");
+            j
+        };
+        for (existing, says) in [
+            (holder(json!(null)), "controlled by no object"),
+            (
+                holder(
+                    json!([{"apiVersion": "patchloop.dev/v1alpha1", "kind": "Workload",
+                               "name": "web-01", "uid": "1234", "controller": false}]),
+                ),
+                "controlled by no object",
+            ),
+            (
+                holder(
+                    json!([{"apiVersion": "patchloop.dev/v1alpha1", "kind": "Workload",
+                               "name": "web-01", "uid": "old-uid", "controller": true}]),
+                ),
+                "controlled by Workload web-01 (uid old-uid)",
+            ),
+        ] {
+            let Created::Taken(taken) = classify_existing(&ours, existing) else {
+                panic!("a Job another owner controls is not ours: {says}");
+            };
+            assert_eq!(taken.holder, says);
+            let text = taken.to_string();
+            assert!(
+                text.contains(&format!("a Job named {} already exists", ours.name_any()))
+                    && text.contains("not by this Workload web-01"),
+                "{text}"
+            );
+        }
     }
 }

@@ -282,21 +282,8 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
     // the real object did not) is the spec's problem too.
     errors.extend(round.errors.iter().cloned());
 
-    let mut desired = vec![if errors.is_empty() {
-        DesiredCondition::new(
-            types::READY,
-            ConditionStatus::True,
-            "Valid",
-            "the policy is valid and applied",
-        )
-    } else {
-        DesiredCondition::new(
-            types::READY,
-            ConditionStatus::False,
-            "InvalidSpec",
-            errors.join("; "),
-        )
-    }];
+    let ready = ready_condition(&errors, &round.names_taken);
+    let mut desired = vec![ready.clone()];
     desired.push(if rivals.is_empty() {
         DesiredCondition::new(types::CONFLICT, ConditionStatus::False, "NoConflict", "no other policy with the same priority matches these Workloads")
     } else {
@@ -355,9 +342,9 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
     if status != previous {
         let api: Api<PatchPolicy> = Api::namespaced(shared.client.clone(), &ns);
         write_status(shared, &api, &name, "policy", MANAGER, &status, &previous).await?;
-        if transitions.contains(&types::READY) && !errors.is_empty() {
+        if transitions.contains(&types::READY) && ready.status == ConditionStatus::False {
             shared
-                .event(policy.as_ref(), true, "InvalidSpec", errors.join("; "))
+                .event(policy.as_ref(), true, &ready.reason, ready.message.clone())
                 .await;
         }
         if transitions.contains(&types::ROLLOUT_PAUSED) {
@@ -416,4 +403,35 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
         now,
         shared.settings.max_requeue,
     )))
+}
+
+/// The policy's `Ready` condition: the spec's errors (a Job the apiserver
+/// refused included) first; else Workloads whose next Job name another
+/// owner's Job holds (nothing the spec can fix: someone must delete that Job).
+fn ready_condition(errors: &[String], names_taken: &[String]) -> DesiredCondition {
+    match (errors.is_empty(), names_taken.is_empty()) {
+        (true, true) => DesiredCondition::new(
+            types::READY,
+            ConditionStatus::True,
+            "Valid",
+            "the policy is valid and applied",
+        ),
+        (false, _) => DesiredCondition::new(
+            types::READY,
+            ConditionStatus::False,
+            "InvalidSpec",
+            errors
+                .iter()
+                .chain(names_taken)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        (true, false) => DesiredCondition::new(
+            types::READY,
+            ConditionStatus::False,
+            "JobNameTaken",
+            names_taken.join("; "),
+        ),
+    }
 }

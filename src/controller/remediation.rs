@@ -49,6 +49,9 @@ pub struct Round {
     pub wake_at: Option<Timestamp>,
     /// Jobs this round could not create, by Workload (the reason).
     pub errors: Vec<String>,
+    /// Jobs this round did not create because another owner's Job holds
+    /// their name, by Workload: not attempts, so never failures.
+    pub names_taken: Vec<String>,
     /// Jobs this round created (or found already created).
     pub started: usize,
 }
@@ -237,6 +240,7 @@ pub async fn round(
         wake_at: plan.wake_at,
         ledger: plan.ledger.clone(),
         errors: Vec::new(),
+        names_taken: Vec::new(),
         started: 0,
     };
     tracing::debug!(
@@ -270,8 +274,12 @@ pub async fn round(
             .await;
         round.started = plan.start.len() - not_started.len();
         for (workload, result) in not_started {
-            if let Err(e) = result {
-                round.errors.push(format!("Workload {workload}: {e}"));
+            match result {
+                Err(StartError::NameTaken(e)) => {
+                    round.names_taken.push(format!("Workload {workload}: {e}"));
+                }
+                Err(e) => round.errors.push(format!("Workload {workload}: {e}")),
+                Ok(_) => {}
             }
             // A Workload that did not start is not a canary.
             round.ledger.canaries.retain(|c| *c != workload);
@@ -299,6 +307,8 @@ enum StartError {
     Kube(#[from] kube::Error),
     #[error("spec.remediation.jobTemplate is not set")]
     NoTemplate,
+    #[error(transparent)]
+    NameTaken(jobs::NameTaken),
 }
 
 /// Creates the Job for one planned start, from a fresh evaluation (the
@@ -426,8 +436,11 @@ async fn start_job(
     };
     let job = jobs::build(&request)?;
     let created = jobs::create(&scope.shared.client, &job).await?;
+    if let Created::Taken(taken) = created {
+        return Err(StartError::NameTaken(taken));
+    }
     scope.expected_jobs.created(ns, &job_name, &uid);
-    if created == Created::New {
+    if matches!(created, Created::New) {
         failpoint::exit_if(failpoint::EXIT_AFTER_JOB_CREATE);
         scope.shared.metrics.job_created(Purpose::Remediation);
         tracing::info!(workload = %wname, job = %job_name, attempt, canary = start.canary, "remediation Job created");

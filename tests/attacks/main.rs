@@ -52,5 +52,6 @@ mod change_requests;
 mod decoys;
 mod feeds;
 mod job_contract;
+mod job_names;
 mod packages;
 mod reporters;
