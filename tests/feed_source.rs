@@ -167,8 +167,11 @@ fn http() -> reqwest::Client {
     feed_source::http_client().expect("http client")
 }
 
+/// The controller's default `--feed-max-bytes`.
+const CEILING: u64 = patchloop::api::feed::DEFAULT_MAX_BYTES;
+
 async fn fetch_url(source: &FeedSource, validators: &Validators) -> Result<Fetched, FetchError> {
-    fetch(&offline_kube(), &http(), source, validators).await
+    fetch(&offline_kube(), &http(), source, validators, CEILING).await
 }
 
 fn content(fetched: Fetched) -> (Vec<Blob>, Validators) {
@@ -429,6 +432,19 @@ async fn invalid_url_sources_are_refused_without_a_request() {
             "InvalidSource",
         );
     }
+    // A feed may not ask for more than the controller's ceiling: nothing is
+    // fetched (port 9 answers nothing, so a request would be Unreachable).
+    let greedy = url_source("http://127.0.0.1:9/x", "1s", CEILING as i64 + 1);
+    let err = assert_reason(
+        fetch_url(&greedy, &Validators::default()).await,
+        "InvalidSource",
+    );
+    assert!(err.to_string().contains("--feed-max-bytes"), "{err}");
+    let at_ceiling = url_source("http://127.0.0.1:9/x", "1s", CEILING as i64);
+    assert_reason(
+        fetch_url(&at_ceiling, &Validators::default()).await,
+        "Unreachable",
+    );
     let none = FeedSource {
         url: None,
         config_map: None,
@@ -547,16 +563,29 @@ async fn https_uses_rustls_with_ring_and_verifies_certificates() {
         .build()
         .expect("client trusting the test CA");
     let (blobs, validators) = content(
-        fetch(&offline_kube(), &trusting, &source, &Validators::default())
-            .await
-            .expect("https download"),
+        fetch(
+            &offline_kube(),
+            &trusting,
+            &source,
+            &Validators::default(),
+            CEILING,
+        )
+        .await
+        .expect("https download"),
     );
     assert_eq!(blobs[0].bytes, kev_bytes());
     assert_eq!(validators.etag.as_deref(), Some("\"tls\""));
 
     // The default client (system roots) refuses the self-signed certificate.
     let err = assert_reason(
-        fetch(&offline_kube(), &http(), &source, &Validators::default()).await,
+        fetch(
+            &offline_kube(),
+            &http(),
+            &source,
+            &Validators::default(),
+            CEILING,
+        )
+        .await,
         "Unreachable",
     );
     assert!(
@@ -920,6 +949,7 @@ async fn config_map_data_is_read_by_key_or_whole() {
         &http,
         &cm_source(&ns, "osv", Some("DSA-5514-1.json")),
         &Validators::default(),
+        CEILING,
     )
     .await
     .expect("one key");
@@ -940,6 +970,7 @@ async fn config_map_data_is_read_by_key_or_whole() {
         &http,
         &cm_source(&ns, "osv", None),
         &Validators::default(),
+        CEILING,
     )
     .await
     .expect("every key");
@@ -974,6 +1005,7 @@ async fn config_map_binary_data_may_be_gzip() {
             &http,
             &cm_source(&ns, "kev", None),
             &Validators::default(),
+            CEILING,
         )
         .await
         .expect("binaryData"),
@@ -990,6 +1022,7 @@ async fn config_map_binary_data_may_be_gzip() {
             &http,
             &cm_source(&ns, "bomb", None),
             &Validators::default(),
+            CEILING,
         )
         .await,
         "TooLarge",
@@ -1018,6 +1051,7 @@ async fn missing_or_forbidden_config_maps_are_clear_errors() {
             &http,
             &cm_source(&ns, "absent", None),
             &Validators::default(),
+            CEILING,
         )
         .await,
         "NotFound",
@@ -1030,6 +1064,7 @@ async fn missing_or_forbidden_config_maps_are_clear_errors() {
             &http,
             &cm_source(&ns, "present", Some("b.json")),
             &Validators::default(),
+            CEILING,
         )
         .await,
         "NotFound",
@@ -1047,6 +1082,7 @@ async fn missing_or_forbidden_config_maps_are_clear_errors() {
             &http,
             &cm_source(&ns, "present", None),
             &Validators::default(),
+            CEILING,
         )
         .await,
         "Forbidden",
@@ -1176,12 +1212,26 @@ fn chart_memory_limit() -> u64 {
 /// (BENCHMARKS.md: peak RSS 124–127 MiB), rounded up.
 const STEADY_RSS: u64 = 130 * 1024 * 1024;
 
+/// The chart's `feedMaxBytes` (the controller's `--feed-max-bytes`).
+fn chart_feed_max_bytes() -> u64 {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/patchloop/values.yaml");
+    let text = std::fs::read_to_string(path).expect("chart values");
+    let values: serde_json::Value = serde_saphyr::from_str(&text).expect("values parse");
+    values["feedMaxBytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("feedMaxBytes {:?} in bytes", values["feedMaxBytes"]))
+}
+
 #[test]
 fn the_default_max_bytes_leaves_a_refresh_within_the_memory_limit() {
     let multiple = measured_memory_multiple();
     // Records of 1-2 KiB of JSON each take several times that parsed.
     assert!((2.0..20.0).contains(&multiple), "measured {multiple}");
     let default = patchloop::api::feed::DEFAULT_MAX_BYTES;
+    // No feed may ask for more than the controller's ceiling, which the
+    // chart sets to the same figure.
+    assert_eq!(chart_feed_max_bytes(), default);
+    assert_eq!(CEILING, default);
     // What a refresh holds at most: the download and the records kept,
     // each within maxBytes of JSON, the records `multiple` times over.
     let refresh = default as f64 * (1.0 + multiple);
@@ -1484,7 +1534,14 @@ async fn redirects_from_https_to_http_are_refused() {
             tls_server(status, vec![("Location".into(), plain.url("/kev.json"))]).await;
         let source = url_source(&format!("{base}/kev.json"), "10s", 1 << 20);
         let err = assert_reason(
-            fetch(&offline_kube(), &client, &source, &Validators::default()).await,
+            fetch(
+                &offline_kube(),
+                &client,
+                &source,
+                &Validators::default(),
+                CEILING,
+            )
+            .await,
             "Redirect",
         );
         let text = err.to_string();

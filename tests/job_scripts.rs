@@ -440,6 +440,9 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Asserts the exit code; a refusal (2) must also carry the contract's
+/// mark, `refused:` at the start of its message (stderr has it after the
+/// script's name), or the controller counts it as an ordinary failure.
 #[track_caller]
 fn assert_exit(out: &Output, code: i32) {
     assert_eq!(
@@ -449,6 +452,15 @@ fn assert_exit(out: &Output, code: i32) {
         stdout(out),
         stderr(out)
     );
+    if code == 2 {
+        let err = stderr(out);
+        assert!(
+            err.lines().any(|l| l
+                .split_once(": ")
+                .is_some_and(|(_, m)| m.starts_with("refused: "))),
+            "a refusal without the mark: {err}"
+        );
+    }
 }
 
 fn with(
@@ -821,7 +833,7 @@ fn a_workload_without_its_own_pinned_key_is_refused_before_ssh_runs() {
             let out = sandbox.run(script, &[], &env, &[]);
             assert_exit(&out, 2);
             let expected = format!(
-                "Workload {namespace}/{workload} has no pinned host key: add a \"{namespace}/{workload} <key-type> <key>\" line to "
+                "refused: Workload {namespace}/{workload} has no pinned host key: add a \"{namespace}/{workload} <key-type> <key>\" line to "
             );
             assert!(
                 sandbox.read("termination-log").starts_with(&expected),
@@ -840,7 +852,7 @@ fn a_workload_without_its_own_pinned_key_is_refused_before_ssh_runs() {
         assert!(
             sandbox
                 .read("termination-log")
-                .starts_with("no pinned host keys: "),
+                .starts_with("refused: no pinned host keys: "),
             "{}",
             sandbox.read("termination-log")
         );
@@ -1372,7 +1384,7 @@ fn the_test_job_checks_the_versions_in_the_image_then_runs_the_smoke_test() {
         (
             vec![("PATCHLOOP_IMAGE", "img;id")],
             vec![],
-            "PATCHLOOP_IMAGE is not valid; refused (configuration error)",
+            "refused: PATCHLOOP_IMAGE is not valid",
         ),
         (
             vec![("PATCHLOOP_PURPOSE", "build")],
@@ -1564,7 +1576,7 @@ fn names_apt_or_dnf_would_read_as_actions_are_refused_without_echo() {
                 assert_exit(&out, 2);
                 let message = sandbox.read("termination-log");
                 assert!(
-                    message.contains("refused (configuration error)") && message.contains(" line "),
+                    message.starts_with("refused: ") && message.contains(" line "),
                     "{script} {packages:?}: {message}"
                 );
                 for text in [&message, &stdout(&out), &stderr(&out)] {

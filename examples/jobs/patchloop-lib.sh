@@ -27,7 +27,7 @@ die() {
   fi
   exit "$code"
 }
-refuse() { die 2 "$@"; }
+refuse() { die 2 "refused: $*"; }
 fail() { die 1 "$@"; }
 
 # pl_args "$@": --dry-run and --help; anything else is refused. Each script
@@ -120,21 +120,21 @@ pl_read_packages() {
   while IFS= read -r line || [[ -n $line ]]; do
     n=$((n + 1))
     ((${#line} <= PL_MAX_LINE)) ||
-      refuse "$file line $n: longer than $PL_MAX_LINE characters; refused (configuration error)"
+      refuse "$file line $n: longer than $PL_MAX_LINE characters"
     [[ $line != *[[:cntrl:]]* ]] ||
-      refuse "$file line $n: contains a control character; refused (configuration error)"
+      refuse "$file line $n: contains a control character"
     [[ $line =~ ^[[:space:]]*$ ]] && continue
     read -r name min source extra <<<"$line"
     if [[ -z $min || -n $extra ]]; then
-      refuse "$file line $n: expected \"name minimum-fixed-version [source]\"; refused (configuration error)"
+      refuse "$file line $n: expected \"name minimum-fixed-version [source]\""
     fi
     [[ ${#name} -le $PL_MAX_FIELD && $name =~ $name_re ]] ||
-      refuse "$file line $n: field 1 is not a valid $family package name (a name the package manager could read as an action, option or pattern is refused); refused (configuration error)"
+      refuse "$file line $n: field 1 is not a valid $family package name (a name the package manager could read as an action, option or pattern is refused)"
     [[ ${#min} -le $PL_MAX_FIELD && $min =~ $version_re ]] ||
-      refuse "$file line $n: field 2 is not a valid $family version; refused (configuration error)"
+      refuse "$file line $n: field 2 is not a valid $family version"
     if [[ -n $source ]]; then
       [[ ${#source} -le $PL_MAX_FIELD && $source =~ $name_re && $source != *:* ]] ||
-        refuse "$file line $n: field 3 is not a valid $family source package name; refused (configuration error)"
+        refuse "$file line $n: field 3 is not a valid $family source package name"
     fi
     PL_NAMES+=("$name")
     PL_MINS+=("$min")
@@ -332,9 +332,9 @@ pl_target() {
       if type == "object" and (.address | type) == "string" then
         .address, (.user // "" | tostring), (.port // 22 | tostring)
       else error("not an object with an address") end' <<<"$PATCHLOOP_TARGET" 2>/dev/null) ||
-    refuse "PATCHLOOP_TARGET (the Workload's spec.target) is not a JSON object with a string \"address\"; refused (configuration error)"
+    refuse "PATCHLOOP_TARGET (the Workload's spec.target) is not a JSON object with a string \"address\""
   mapfile -t fields <<<"$parsed"
-  ((${#fields[@]} == 3)) || refuse "PATCHLOOP_TARGET (the Workload's spec.target) must be one JSON object; refused (configuration error)"
+  ((${#fields[@]} == 3)) || refuse "PATCHLOOP_TARGET (the Workload's spec.target) must be one JSON object"
   PL_ADDRESS=${fields[0]}
   PL_USER=${fields[1]:-${PATCHLOOP_SSH_USER:-root}}
   PL_PORT=${fields[2]}
@@ -342,12 +342,12 @@ pl_target() {
   # could read as an option.
   if ! [[ $PL_ADDRESS =~ ^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$ ||
     ($PL_ADDRESS == *:* && $PL_ADDRESS =~ ^[0-9A-Fa-f:.]{2,45}$) ]]; then
-    refuse "spec.target.address is not a host name or IP address; refused (configuration error)"
+    refuse "spec.target.address is not a host name or IP address"
   fi
   [[ $PL_USER =~ ^[a-z_][a-z0-9_.-]{0,31}$ ]] ||
-    refuse "spec.target.user is not a valid user name; refused (configuration error)"
+    refuse "spec.target.user is not a valid user name"
   if ! [[ $PL_PORT =~ ^[0-9]{1,5}$ ]] || ((10#$PL_PORT < 1 || 10#$PL_PORT > 65535)); then
-    refuse "spec.target.port is not a port number; refused (configuration error)"
+    refuse "spec.target.port is not a port number"
   fi
   PL_PORT=$((10#$PL_PORT))
 }
@@ -368,9 +368,9 @@ pl_ssh_setup() {
   # subdomain): no ',', '*', '?', '!' or whitespace, which known_hosts
   # patterns and ssh -o would read.
   [[ $PATCHLOOP_NAMESPACE =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]] ||
-    refuse "PATCHLOOP_NAMESPACE is not a Kubernetes namespace name; refused (configuration error)"
+    refuse "PATCHLOOP_NAMESPACE is not a Kubernetes namespace name"
   [[ $PATCHLOOP_WORKLOAD =~ $PL_K8S_NAME ]] ||
-    refuse "PATCHLOOP_WORKLOAD is not a Kubernetes object name; refused (configuration error)"
+    refuse "PATCHLOOP_WORKLOAD is not a Kubernetes object name"
   PL_HOST_KEY_ALIAS=$PATCHLOOP_NAMESPACE/$PATCHLOOP_WORKLOAD
   # ssh -o splits its value on whitespace.
   [[ $known_hosts != *[[:space:]]* && $key != *[[:space:]]* ]] ||
@@ -459,7 +459,7 @@ PL_K8S_NAME='^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$'
 
 # pl_check VALUE REGEX WHAT: refuses VALUE unless it matches.
 pl_check() {
-  [[ $1 =~ $2 ]] || refuse "$3 is not valid; refused (configuration error)"
+  [[ $1 =~ $2 ]] || refuse "$3 is not valid"
 }
 
 # How a command runs inside an image: a shell snippet that runs its

@@ -23,8 +23,9 @@ pub mod types {
     pub const REMEDIATION_FAILED: &str = "RemediationFailed";
     /// A Job succeeded but no fresh inventory confirmed the fix in time.
     pub const REMEDIATION_UNVERIFIED: &str = "RemediationUnverified";
-    /// The last Job's script refused to act (exit code 2): a configuration
-    /// error on the Workload, retried only once its spec changes.
+    /// The last Job's script refused to act (exit code 2 and a `refused:`
+    /// message): a configuration error on the Workload, retried only once
+    /// its spec changes.
     pub const REMEDIATION_REFUSED: &str = "RemediationRefused";
     /// The object runs its template's latest published revision.
     pub const TEMPLATE_CURRENT: &str = "TemplateCurrent";

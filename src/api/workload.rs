@@ -340,8 +340,9 @@ pub enum RemediationPhase {
     /// The Job succeeded but no fresh inventory confirmed the fix within
     /// `verifyTimeout`: `RemediationUnverified`.
     Unverified,
-    /// The Job's script refused to act (exit code 2: a configuration error
-    /// on this Workload, e.g. an unpinned host key or invalid input):
+    /// The Job's script refused to act (exit code 2 and a message beginning
+    /// `refused:`: a configuration error on this Workload, e.g. an unpinned
+    /// host key or invalid input):
     /// `RemediationRefused`. No new attempt until the Workload's spec
     /// changes; never counted toward the policy's `maxFailures`.
     Refused,
@@ -356,8 +357,9 @@ pub enum RemediationOutcome {
     Failed,
     /// The Job succeeded but the fix was not confirmed in time.
     Unverified,
-    /// The Job's script refused to act (exit code 2): a configuration error
-    /// on this Workload, not a rollout failure.
+    /// The Job's script refused to act (exit code 2 and a `refused:`
+    /// message): a configuration error on this Workload, not a rollout
+    /// failure.
     Refused,
 }
 

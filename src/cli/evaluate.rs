@@ -103,8 +103,11 @@ fn load_inventory(args: &EvaluateArgs) -> anyhow::Result<Vec<InstalledPackage>> 
             .with_context(|| format!("--inventory {origin}: no Inventory document"))?;
         let inv: Inventory = serde_json::from_value(doc)
             .with_context(|| format!("--inventory {origin}: not a valid Inventory"))?;
-        return inventory::parse_compact_list(inv.spec.format.into(), &inv.spec.packages)
-            .with_context(|| format!("--inventory {origin}: spec.packages"));
+        let platform = patchloop::engine::version::parse_platform(&args.platform)
+            .ok()
+            .map(|p| p.family);
+        return inventory::parse_subject_list(platform, inv.spec.format.into(), &inv.spec.packages)
+            .map_err(|e| anyhow::anyhow!("--inventory {origin}: spec.{e}"));
     }
     // Bare compact lines follow the family of the platform they run on.
     let family = patchloop::engine::version::parse_platform(&args.platform)

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use patchloop::api::common::Duration;
+use patchloop::api::feed::DEFAULT_MAX_BYTES;
 use patchloop::controller::leader::LeaderSettings;
 use patchloop::controller::{Settings, crd_check, run};
 
@@ -36,6 +37,13 @@ pub struct RunArgs {
     /// Load only the AdvisoryFeeds matching this label selector.
     #[arg(long, env = "PATCHLOOP_FEED_SELECTOR")]
     feed_selector: Option<String>,
+    /// The most bytes any AdvisoryFeed's `url.maxBytes` may ask for: a feed
+    /// above it is `Ready=False InvalidSource`, nothing fetched. Every
+    /// replica loads every feed, so this bounds what a feed's author can
+    /// make each one hold; the default keeps a refresh within the chart's
+    /// 512 MiB memory limit (BENCHMARKS.md). Raise both together.
+    #[arg(long, env = "PATCHLOOP_FEED_MAX_BYTES", default_value_t = DEFAULT_MAX_BYTES)]
+    feed_max_bytes: u64,
     /// Address serving /metrics, /healthz and /readyz.
     #[arg(long, env = "PATCHLOOP_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -137,6 +145,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             .cloned()
             .collect(),
         feed_selector: args.feed_selector.clone(),
+        feed_max_bytes: args.feed_max_bytes,
         grace,
         max_requeue,
         leader: leader_settings(args)?,

@@ -155,6 +155,7 @@ async fn refresh(
         &ctx.http,
         &feed.spec.source,
         &validators,
+        ctx.shared.settings.feed_max_bytes,
     )
     .await
     {

@@ -316,14 +316,19 @@ pub fn http_client() -> Result<reqwest::Client, FetchError> {
 /// `validators` are those of the previous successful download of the same URL
 /// (ignored by the other sources); a `304 Not Modified` answer becomes
 /// [`Fetched::NotModified`].
+///
+/// `ceiling` is the controller's own bound on `url.maxBytes`
+/// (`--feed-max-bytes`): whoever may write AdvisoryFeeds must not be able to
+/// size every replica's memory.
 pub async fn fetch(
     client: &kube::Client,
     http: &reqwest::Client,
     source: &FeedSource,
     validators: &Validators,
+    ceiling: u64,
 ) -> Result<Fetched, FetchError> {
     match (&source.url, &source.config_map, &source.path) {
-        (Some(url), None, None) => fetch_url(http, url, validators).await,
+        (Some(url), None, None) => fetch_url(http, url, validators, ceiling).await,
         (None, Some(cm), None) => fetch_config_map(client, cm).await,
         (None, None, Some(path)) => fetch_path(path).await,
         (None, None, None) => Err(FetchError::InvalidSource(
@@ -343,6 +348,7 @@ pub async fn fetch_url(
     http: &reqwest::Client,
     source: &UrlSource,
     validators: &Validators,
+    ceiling: u64,
 ) -> Result<Fetched, FetchError> {
     let url = reqwest::Url::parse(&source.url)
         .map_err(|e| FetchError::InvalidSource(format!("url {:?}: {e}", source.url)))?;
@@ -368,6 +374,11 @@ pub async fn fetch_url(
         .ok_or_else(|| {
             FetchError::InvalidSource(format!("maxBytes {} must be positive", source.max_bytes))
         })?;
+    if limit > ceiling {
+        return Err(FetchError::InvalidSource(format!(
+            "maxBytes {limit} is above this controller's ceiling of {ceiling} bytes (its --feed-max-bytes flag, the chart's feedMaxBytes): lower url.maxBytes, or raise the ceiling together with the controller's memory limit"
+        )));
+    }
     let name = source.url.clone();
     let timed_out = || FetchError::Timeout {
         url: name.clone(),

@@ -14,7 +14,8 @@ use crate::api::common::{is_object_name, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::inventory::{InventoryStatus, InventorySubject, SubjectKind};
 use crate::api::{ChangeRequest, Inventory};
-use crate::engine::inventory::parse_compact_list;
+use crate::engine::inventory::{InventoryError, parse_subject_list};
+use crate::engine::version::{Ecosystem, parse_platform};
 
 /// The field manager of Inventory status.
 pub const MANAGER: &str = "patchloop-inventory";
@@ -60,26 +61,38 @@ async fn reconcile_inner(inv: Arc<Inventory>, scope: &Arc<Scope>) -> Result<Acti
     let previous = inv.status.clone().unwrap_or_default();
     let subject = &inv.spec.subject;
 
-    let exists = match subject.kind {
+    // Whether the subject exists, and the family of its platform (a
+    // request's is its Template's): the Inventory's format must match it.
+    let family = |platform: &str| parse_platform(platform).ok().map(|p| p.family);
+    let found: Option<Option<Ecosystem>> = match subject.kind {
         SubjectKind::Workload => scope
             .workloads
             .get(&ObjectRef::new(&subject.name).within(&ns))
-            .is_some(),
+            .map(|w| family(&w.spec.platform)),
         SubjectKind::Template => scope
             .templates
             .get(&ObjectRef::new(&subject.name).within(&ns))
-            .is_some(),
+            .map(|t| family(&t.spec.platform)),
         SubjectKind::ChangeRequest => {
             let api: Api<ChangeRequest> = Api::namespaced(shared.client.clone(), &ns);
-            api.get_opt(&subject.name).await?.is_some()
+            api.get_opt(&subject.name).await?.map(|cr| {
+                scope
+                    .templates
+                    .get(&ObjectRef::new(&cr.spec.template).within(&ns))
+                    .and_then(|t| family(&t.spec.platform))
+            })
         }
     };
-    let parsed = parse_compact_list(inv.spec.format.into(), &inv.spec.packages);
+    let exists = found.is_some();
+    let parsed = parse_subject_list(found.flatten(), inv.spec.format.into(), &inv.spec.packages);
     let ready = not_canonical(&inv).unwrap_or_else(|| match (&parsed, exists) {
         (Err(e), _) => DesiredCondition::new(
             types::READY,
             ConditionStatus::False,
-            "InvalidPackage",
+            match e {
+                InventoryError::FormatMismatch { .. } => "FormatMismatch",
+                _ => "InvalidPackage",
+            },
             format!("spec.{e}"),
         ),
         (Ok(_), false) => DesiredCondition::new(

@@ -486,8 +486,28 @@ pub struct PodEnd {
     /// `FallbackToLogsOnError`) as one sanitised line, else its reason and
     /// exit code.
     pub message: String,
-    /// The container's exit code (2: the script refused, see the contract).
+    /// The container's exit code.
     pub exit_code: i32,
+    /// The container refused to act, by the job contract's two marks
+    /// ([`is_refusal`]).
+    pub refused: bool,
+}
+
+/// The exit code with which a job script refuses to act (a configuration
+/// error on its subject, e.g. an unpinned host key or invalid input).
+pub const REFUSED_EXIT_CODE: i32 = 2;
+
+/// How a refusing script's termination message begins.
+pub const REFUSAL_MARK: &str = "refused:";
+
+/// A container refused to act only when it says so twice: exit code 2 and
+/// a termination message that begins with `refused:`. Exit code 2 alone
+/// is too common to mean it (bash's own usage errors, `grep`, many tools
+/// exit 2), and a refusal is not counted as a failed attempt: a Job that
+/// merely crashed must not pass for one.
+pub fn is_refusal(exit_code: i32, message: Option<&str>) -> bool {
+    exit_code == REFUSED_EXIT_CODE
+        && message.is_some_and(|m| m.trim_start().starts_with(REFUSAL_MARK))
 }
 
 /// How a failed Job's Pod ended, from a live list of its Pods; the newest
@@ -545,6 +565,7 @@ pub fn pod_end(pod: &Pod) -> Option<PodEnd> {
         Some(PodEnd {
             message: format!("container {}: {}", cs.name, cut(&text, MAX_MESSAGE)),
             exit_code: t.exit_code,
+            refused: is_refusal(t.exit_code, t.message.as_deref()),
         })
     })
 }
@@ -992,6 +1013,7 @@ mod tests {
             Some(PodEnd {
                 message: "container patch: E: Unable to locate package libc6".into(),
                 exit_code: 100,
+                refused: false,
             })
         );
         let quiet: Pod = serde_json::from_value(json!({
@@ -1007,6 +1029,27 @@ mod tests {
             Some("container patch: OOMKilled (exit code 137)")
         );
         assert_eq!(cut(&"é".repeat(10), 5), "éé…");
+    }
+
+    #[test]
+    fn a_refusal_takes_exit_code_2_and_the_mark() {
+        let cases: &[(i32, Option<&str>, bool)] = &[
+            (2, Some("refused: unknown target web-1"), true),
+            (
+                2,
+                Some("  refused: leading space is still the mark\n"),
+                true,
+            ),
+            // bash's usage errors and many tools exit 2 without the mark.
+            (2, Some("line 3: syntax error near unexpected token"), false),
+            (2, Some("not refused: but says so late"), false),
+            (2, None, false),
+            (1, Some("refused: but exited 1"), false),
+            (0, Some("refused:"), false),
+        ];
+        for &(code, message, refused) in cases {
+            assert_eq!(is_refusal(code, message), refused, "{code} {message:?}");
+        }
     }
 
     #[test]

@@ -152,6 +152,8 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// Label selector of the AdvisoryFeeds to load.
     pub feed_selector: Option<String>,
+    /// The most any AdvisoryFeed's `url.maxBytes` may ask for.
+    pub feed_max_bytes: u64,
     /// How long after start an ecosystem without data keeps its compliance.
     pub grace: jiff::SignedDuration,
     /// The longest a reconciler sleeps when nothing is scheduled.

@@ -29,14 +29,14 @@ use crate::engine::rollout::{
 /// Job creations in flight at once within a round.
 const CREATES_IN_FLIGHT: usize = 16;
 
+/// How soon a policy looks again at a Job name another owner's Job holds.
+/// Only Patchloop's own Jobs are watched (by label), so the squatter's
+/// deletion wakes nothing: the policy polls until the name is free.
+const NAME_TAKEN_RECHECK: jiff::SignedDuration = jiff::SignedDuration::from_secs(15);
+
 /// The label carrying the Workload generation a remediation Job was created
 /// for: after a refusal, a new attempt waits for a newer one.
 pub const WORKLOAD_GENERATION_LABEL: &str = "patchloop.dev/workload-generation";
-
-/// The exit code with which a job script refuses to act (the job contract's
-/// "refused: configuration error", e.g. an unpinned host key or invalid
-/// input).
-pub const REFUSED_EXIT_CODE: i32 = 2;
 
 /// What a round of the rollout did.
 #[derive(Debug, Clone, Default)]
@@ -292,6 +292,11 @@ pub async fn round(
             .retain(|c| !started.contains(c.as_str()));
     }
 
+    if !round.names_taken.is_empty()
+        && let Ok(recheck) = now.checked_add(NAME_TAKEN_RECHECK)
+    {
+        round.wake_at = Some(round.wake_at.map_or(recheck, |w| w.min(recheck)));
+    }
     clean_up(scope, policy, ns, driven, &owned).await?;
     Ok(round)
 }
@@ -449,12 +454,13 @@ async fn start_job(
 }
 
 /// How a failed Job's Pod ended (the newest Pod the Job controls with a
-/// failed container), and whether its script refused to act (exit code 2).
+/// failed container), and whether its script refused to act
+/// ([`jobs::is_refusal`]).
 pub async fn pod_failure(client: &kube::Client, job: &Job) -> Result<PodFailure, kube::Error> {
     Ok(jobs::failed_pod(client, job)
         .await?
         .map(|end| PodFailure {
-            refused: end.exit_code == REFUSED_EXIT_CODE,
+            refused: end.refused,
             message: end.message,
         })
         .unwrap_or_default())

@@ -39,7 +39,7 @@ use crate::engine::evaluate::{
     self, Detail, Evaluation, ExceptionRef, Input, InventoryInput, PolicyRef, RemediationChoice,
     STATUS_FINDINGS_CAP, UnknownCause,
 };
-use crate::engine::inventory::{InstalledPackage, parse_compact_list};
+use crate::engine::inventory::{InstalledPackage, parse_subject_list};
 use crate::engine::selector;
 use crate::engine::version::parse_platform;
 
@@ -172,9 +172,10 @@ pub struct Current {
 /// Judges the Template's published revision.
 pub fn judge_current(scope: &Scope, t: &Template, ns: &str, now: Timestamp) -> Current {
     let inventory = revision_inventory(scope, t, ns, revision(t));
-    let parsed = inventory
-        .as_ref()
-        .map(|i| parse_compact_list(i.spec.format.into(), &i.spec.packages));
+    let parsed = inventory.as_ref().map(|i| {
+        let platform = parse_platform(&t.spec.platform).ok().map(|p| p.family);
+        parse_subject_list(platform, i.spec.format.into(), &i.spec.packages)
+    });
     let packages = match &parsed {
         Some(Ok(p)) => Some(p.as_slice()),
         _ => None,

@@ -32,7 +32,7 @@ use crate::engine::evaluate::{
     STATUS_FINDINGS_CAP, UnknownCause,
 };
 use crate::engine::fixes::{FixSet, Take, fix_set, gaps, parse_package_lines};
-use crate::engine::inventory::{InstalledPackage, parse_compact_list};
+use crate::engine::inventory::{InstalledPackage, parse_subject_list};
 use crate::engine::outcome::{
     self, JobEnd, JobView, Lookup, Notice, Observation, ObserveInput, PodFailure, SeenInventory,
 };
@@ -671,9 +671,14 @@ pub fn judge(scope: &Scope, wl: &Workload, ns: &str, now: Timestamp) -> Judged {
     let exception_refs: Vec<ExceptionRef<'_>> =
         exceptions.iter().map(|e| ExceptionRef::of(e)).collect();
     let db = scope.shared.advisories.db();
-    let parsed = chosen
-        .as_ref()
-        .map(|c| parse_compact_list(c.object.spec.format.into(), &c.object.spec.packages));
+    let parsed = chosen.as_ref().map(|c| {
+        let platform = parse_platform(&wl.spec.platform).ok().map(|p| p.family);
+        parse_subject_list(
+            platform,
+            c.object.spec.format.into(),
+            &c.object.spec.packages,
+        )
+    });
     // An unreadable Inventory is judged as no inventory, with its error as
     // the reason (unless the platform itself is the problem).
     let inventory = match (&chosen, &parsed) {

@@ -17,8 +17,9 @@
 //! - `Failed` (or the Job deleted while running) → `BackingOff` until
 //!   `finished + backoff × 2^(attempt-1)`, or `Failed` once `attempts` are
 //!   used up. An unverified attempt also backs off before the next try.
-//! - `Failed` with the script's refusal (exit code 2: a configuration error
-//!   on this Workload, e.g. an unpinned host key) → `Refused`: no retry until
+//! - `Failed` with the script's refusal (exit code 2 and a `refused:`
+//!   message: a configuration error on this Workload, e.g. an unpinned host
+//!   key) → `Refused`: no retry until
 //!   the Workload's spec changes, never a rollout failure.
 
 use jiff::{SignedDuration, Timestamp};
@@ -99,7 +100,7 @@ pub enum Lookup {
 pub struct PodFailure {
     /// Its termination message (empty when it left none).
     pub message: String,
-    /// Its script refused to act (exit code 2).
+    /// Its script refused to act (exit code 2 and a `refused:` message).
     pub refused: bool,
 }
 

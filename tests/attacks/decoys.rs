@@ -364,3 +364,69 @@ async fn decoy_workloads_neither_get_a_job_from_a_provisional_inventory_nor_paus
         assert_eq!(n, 1, "{d}");
     }
 }
+
+/// Exit code 2 alone is no refusal: bash's own usage errors and many tools
+/// exit 2. A decoy whose container merely crashes with 2 (no `refused:`
+/// mark) has used an attempt and counts toward `maxFailures`, so a broken
+/// script cannot pass its crashes off as "configuration errors" that are
+/// never counted and never retried.
+#[tokio::test]
+async fn an_exit_code_2_without_the_refusal_mark_is_a_failure() {
+    let env = support::env();
+    let admin = env.client().await;
+    let ns = env.namespace("attack-exit2").await;
+    let feeds = support::random_suffix();
+    fixture_feeds(&admin, &feeds).await;
+    apply(
+        &admin,
+        &ns,
+        remediating_policy(
+            "gold",
+            "gold",
+            json!({"maxFailures": 5, "attempts": 2, "backoff": "1s"}),
+        ),
+    )
+    .await;
+    apply(&admin, &ns, workload("crashy", json!({"tier": "gold"}))).await;
+    apply(&admin, &ns, workload_inventory("crashy", OLD_GLIBC)).await;
+    let _pl = Patchloop::start(env, &ns, &feeds, &[]).await;
+    let workloads: Api<Workload> = Api::namespaced(admin.clone(), &ns);
+
+    // Every Job of the Workload crashes with 2 and bash's own words.
+    let crash = "/scripts/patch.sh: line 3: syntax error near unexpected token `('";
+    let record = support::eventually("both attempts used and failed", LONG_WAIT, async || {
+        for job in executor::jobs(&admin, &ns).await {
+            if unfinished(&job) {
+                executor::fail_with_exit_code(&admin, &ns, &job.name_any(), Some(crash), 2).await;
+            }
+        }
+        let w = workloads.get_status("crashy").await.ok()?;
+        let r = w.status?.remediation?;
+        (r.phase == Some(RemediationPhase::Failed)).then_some(r)
+    })
+    .await;
+    assert_eq!(record.attempt, 2, "{record:?}");
+    assert!(
+        record
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("syntax error")),
+        "{record:?}"
+    );
+    let w = workloads.get_status("crashy").await.expect("crashy");
+    let s = status_of(&w);
+    assert_eq!(
+        condition(&s.conditions, "RemediationRefused"),
+        Some("False")
+    );
+    assert_eq!(condition(&s.conditions, "RemediationFailed"), Some("True"));
+    let jobs = executor::jobs(&admin, &ns).await;
+    assert_eq!(jobs.len(), 2, "one Job per attempt");
+    // The policy counted them as rollout failures.
+    let policies: Api<PatchPolicy> = Api::namespaced(admin.clone(), &ns);
+    support::eventually("the policy to count the failure", WAIT, async || {
+        let status = policies.get_status("gold").await.ok()?.status?;
+        (status.rollout.as_ref().map_or(0, |r| r.failures) >= 1).then_some(())
+    })
+    .await;
+}

@@ -98,7 +98,9 @@ async fn action_words_in_an_inventory_never_reach_a_job() {
     .await;
     let agent = identity::shipped_role(&ns, "node-agent", "patchloop-node-agent").await;
     identity::assert_cannot_read_secrets(&agent, &ns).await;
-    let _pl = Patchloop::start(env, &ns, &feeds, &[]).await;
+    // No grace period: the rpm and apk machines have no advisory feed here,
+    // and their verdict must not wait five minutes for one to load.
+    let _pl = Patchloop::start(env, &ns, &feeds, &["--grace-period=0s"]).await;
 
     // The attacker registers its Workloads and reports one bad line among
     // the real vulnerable glibc lines; several bad lines in one list too.
@@ -111,7 +113,15 @@ async fn action_words_in_an_inventory_never_reach_a_job() {
     let mut attacked = Vec::new();
     for (i, (format, line, _)) in ATTACKS.iter().enumerate() {
         let name = format!("attacked-{i:02}");
-        apply(&admin, &ns, workload(&name, json!({"tier": "gold"}))).await;
+        // Each on a platform of its Inventory's family (another family is
+        // FormatMismatch, below).
+        let mut machine = workload(&name, json!({"tier": "gold"}));
+        machine["spec"]["platform"] = json!(match *format {
+            "rpm" => "AlmaLinux:9",
+            "apk" => "Alpine:v3.20",
+            _ => "Debian:12",
+        });
+        apply(&admin, &ns, machine).await;
         let mut packages = if *format == "apk" {
             apk_glibc.to_vec()
         } else {
@@ -173,6 +183,34 @@ async fn action_words_in_an_inventory_never_reach_a_job() {
         );
     }
 
+    // A list in another family than the machine's platform is read for
+    // nothing: these Debian lines, declared rpm, would be held to rpm's
+    // grammar and ordered by rpm's rules.
+    apply(&admin, &ns, workload("mismatched", json!({"tier": "gold"}))).await;
+    apply(&agent, &ns, reported("mismatched", "rpm", OLD_GLIBC)).await;
+    let message = support::eventually("the rpm Inventory refused", WAIT, async || {
+        let status = inventories
+            .get_status("workload-mismatched")
+            .await
+            .ok()?
+            .status?;
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False" && ready.reason == "FormatMismatch").then(|| ready.message.clone())
+    })
+    .await;
+    assert_eq!(
+        message,
+        "spec.format: is rpm, but the subject's platform is of the dpkg family; nothing from this Inventory is read"
+    );
+    support::eventually("mismatched judged without it", WAIT, async || {
+        let status = workloads.get_status("mismatched").await.ok()?.status?;
+        (condition(&status.conditions, "Compliant") == Some("Unknown")
+            && condition_reason(&status.conditions, "Compliant") == Some("InvalidInventory"))
+        .then_some(())
+    })
+    .await;
+    attacked.push(("mismatched".into(), 0));
+
     // A subject that is no object name is refused without repeating it.
     let mut stray = reported("x", "dpkg", OLD_GLIBC);
     stray["metadata"]["name"] = json!("stray");
@@ -207,7 +245,7 @@ async fn action_words_in_an_inventory_never_reach_a_job() {
     let jobs = executor::jobs(&admin, &ns).await;
     for job in &jobs {
         let w = executor::label(job, "patchloop.dev/workload");
-        assert!(!w.starts_with("attacked"), "a Job for {w}");
+        assert!(!attacked.iter().any(|(a, _)| *a == w), "a Job for {w}");
     }
     let configmaps: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns);
     let configmaps = configmaps

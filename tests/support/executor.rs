@@ -89,12 +89,15 @@ pub async fn fail(client: &kube::Client, ns: &str, job: &str, message: Option<&s
 }
 
 /// Marks a Job `Failed` as a job script that refused to act would (exit
-/// code 2, the job contract's "refused: configuration error").
+/// code 2 and a message that begins with `refused:`, the job contract's two
+/// marks).
 pub async fn refuse(client: &kube::Client, ns: &str, job: &str, message: &str) {
     fail_with_exit_code(client, ns, job, Some(message), 2).await;
 }
 
-async fn fail_with_exit_code(
+/// Marks a Job `Failed` with its container's `exit_code` and termination
+/// `message`, as the Pod it ran would.
+pub async fn fail_with_exit_code(
     client: &kube::Client,
     ns: &str,
     job: &str,

@@ -26,12 +26,16 @@
 //!
 //! # Inputs
 //!
-//! | [`InputFormat`] | what | reader |
+//! | [`InputFormat`] | what | reader (file) |
 //! | --- | --- | --- |
-//! | `DpkgStatus` | `/var/lib/dpkg/status` | [`parse_dpkg_status`] |
-//! | `DpkgQuery` | output of [`DPKG_QUERY_COMMAND`] | [`parse_dpkg_query`] |
-//! | `RpmQa` | output of [`RPM_QA_COMMAND`] | [`parse_rpm_qa`] |
-//! | `ApkInstalled` | Alpine's `/lib/apk/db/installed` | [`parse_apk_installed`] |
+//! | `DpkgStatus` | `/var/lib/dpkg/status` | [`parse_dpkg_status`] (`dpkg.rs`) |
+//! | `DpkgQuery` | output of [`DPKG_QUERY_COMMAND`] | [`parse_dpkg_query`] (`dpkg.rs`) |
+//! | `RpmQa` | output of [`RPM_QA_COMMAND`] | [`parse_rpm_qa`] (`rpm.rs`) |
+//! | `ApkInstalled` | Alpine's `/lib/apk/db/installed` | [`parse_apk_installed`] (`apk.rs`) |
+//!
+//! The compact format lives in `compact.rs`; what the readers share (the
+//! grammar check, multi-arch qualification, stanzas) in `reader.rs`. The
+//! readers' tests stay here, on fixtures several of them share.
 //!
 //! All readers tolerate CRLF line ends and return an empty list for empty
 //! input. Every error names the input, the line (and for stanza formats the
@@ -73,47 +77,31 @@
 //!   name; apk has no separate source version.
 //! - Output is sorted (by name, then version) for stable diffs.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::api::inventory::PackageFormat;
-use crate::engine::package_grammar::{
-    MAX_NAME_LEN, MAX_VERSION_LEN, Rejection, check_arch, check_name, check_qualified_name,
-    check_version, describe_char,
-};
 use crate::engine::version::Ecosystem;
 
-/// The compact line's syntax, as error messages show it.
-pub const COMPACT_SYNTAX: &str = "name version [source [source-version]]";
+mod apk;
+mod compact;
+mod dpkg;
+mod reader;
+mod rpm;
 
-/// The `dpkg-query` format [`parse_dpkg_query`] reads (dpkg-query expands the
-/// `\t` and `\n` escapes itself).
-pub const DPKG_QUERY_FORMAT: &str = r"${db:Status-Abbrev}\t${Package}\t${Version}\t${source:Package}\t${source:Version}\t${Architecture}\n";
+use reader::numbered_lines;
 
-/// The command whose output [`parse_dpkg_query`] reads, as argv (no shell).
-pub const DPKG_QUERY_ARGV: [&str; 4] = ["dpkg-query", "-W", "-f", DPKG_QUERY_FORMAT];
-
-/// The command whose output [`parse_dpkg_query`] reads, as a shell line.
-pub const DPKG_QUERY_COMMAND: &str = r"dpkg-query -W -f='${db:Status-Abbrev}\t${Package}\t${Version}\t${source:Package}\t${source:Version}\t${Architecture}\n'";
-
-/// The `rpm` query format [`parse_rpm_qa`] reads (rpm expands `\t` and `\n`).
-pub const RPM_QA_FORMAT: &str =
-    r"%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\t%{SOURCERPM}\t%{ARCH}\n";
-
-/// The command whose output [`parse_rpm_qa`] reads, as argv (no shell).
-pub const RPM_QA_ARGV: [&str; 4] = ["rpm", "-qa", "--queryformat", RPM_QA_FORMAT];
-
-/// The command whose output [`parse_rpm_qa`] reads, as a shell line.
-pub const RPM_QA_COMMAND: &str =
-    r"rpm -qa --queryformat '%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\t%{SOURCERPM}\t%{ARCH}\n'";
-
-/// Where Alpine keeps the database [`parse_apk_installed`] reads.
-pub const APK_INSTALLED_PATH: &str = "/lib/apk/db/installed";
-
-/// Where dpkg keeps the database [`parse_dpkg_status`] reads.
-pub const DPKG_STATUS_PATH: &str = "/var/lib/dpkg/status";
+pub use apk::{APK_INSTALLED_PATH, parse_apk_installed};
+pub use compact::{
+    COMPACT_SYNTAX, MAX_COMPACT_LINE_LEN, parse_compact, parse_compact_list, parse_subject_list,
+    to_compact_list,
+};
+pub use dpkg::{
+    DPKG_QUERY_ARGV, DPKG_QUERY_COMMAND, DPKG_QUERY_FORMAT, DPKG_STATUS_PATH, parse_dpkg_query,
+    parse_dpkg_status,
+};
+pub use rpm::{RPM_QA_ARGV, RPM_QA_COMMAND, RPM_QA_FORMAT, parse_rpm_qa};
 
 /// The inputs this module reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -240,6 +228,19 @@ pub enum InventoryError {
         /// What is wrong.
         message: String,
     },
+    /// An Inventory's `spec.format` names another family than its subject's
+    /// platform: its lines would be held to another package manager's
+    /// grammar and their versions ordered by another family's rules, so
+    /// none of them is read.
+    #[error(
+        "format: is {format}, but the subject's platform is of the {platform} family; nothing from this Inventory is read"
+    )]
+    FormatMismatch {
+        /// The Inventory's `spec.format`.
+        format: Ecosystem,
+        /// The family of the subject's `spec.platform`.
+        platform: Ecosystem,
+    },
     /// An input format name `InputFormat::from_str` does not know.
     #[error(
         "unknown inventory input format {0:?} (expected dpkg-status, dpkg-query, rpm-qa or apk-installed)"
@@ -363,109 +364,6 @@ impl FromStr for InstalledPackage {
     }
 }
 
-/// The longest compact line accepted: four fields at their limits.
-pub const MAX_COMPACT_LINE_LEN: usize = 2 * MAX_NAME_LEN + 2 * MAX_VERSION_LEN + 3;
-
-/// Reads one compact line's shape: 2 to 4 fields separated by spaces or
-/// tabs, no other control character, at most [`MAX_COMPACT_LINE_LEN`]
-/// bytes. The names and versions are not held to a family's grammar: use
-/// [`parse_compact_list`] for anything a reporter wrote.
-pub fn parse_compact(line: &str) -> Result<InstalledPackage, InventoryError> {
-    compact_fields(line)
-        .map(|(name, version, source, source_version)| {
-            InstalledPackage::new(
-                name,
-                version,
-                source.map(str::to_owned),
-                source_version.map(str::to_owned),
-            )
-        })
-        .map_err(|problem| InventoryError::Compact { problem })
-}
-
-/// One compact line of `family`: its shape as [`parse_compact`], then the
-/// name (optionally `name:arch`), source name and both versions against the
-/// family's grammar ([`crate::engine::package_grammar`]).
-fn checked_compact(family: Ecosystem, line: &str) -> Result<InstalledPackage, String> {
-    let (name, version, source, source_version) = compact_fields(line)?;
-    let field = |n: usize, what: &str, result: Result<(), Rejection>| {
-        result.map_err(|r| format!("field {n} ({what}) {r}"))
-    };
-    field(1, "name", check_qualified_name(family, name))?;
-    field(2, "version", check_version(family, version))?;
-    if let Some(source) = source {
-        field(3, "source name", check_name(family, source))?;
-    }
-    if let Some(source_version) = source_version {
-        field(4, "source version", check_version(family, source_version))?;
-    }
-    Ok(InstalledPackage::new(
-        name,
-        version,
-        source.map(str::to_owned),
-        source_version.map(str::to_owned),
-    ))
-}
-
-/// Splits a compact line into its fields, checking its shape; the error
-/// names the problem without quoting the line.
-fn compact_fields(line: &str) -> Result<CompactFields<'_>, String> {
-    if line.len() > MAX_COMPACT_LINE_LEN {
-        return Err(format!(
-            "is {} bytes, longer than the {MAX_COMPACT_LINE_LEN}-byte limit of \"{COMPACT_SYNTAX}\"",
-            line.len()
-        ));
-    }
-    if let Some((i, c)) = line
-        .chars()
-        .enumerate()
-        .find(|&(_, c)| c.is_control() && c != '\t')
-    {
-        return Err(format!(
-            "character {} is a control character ({}); expected \"{COMPACT_SYNTAX}\" on one line",
-            i + 1,
-            describe_char(c)
-        ));
-    }
-    let fields: Vec<&str> = line.split([' ', '\t']).filter(|f| !f.is_empty()).collect();
-    match fields[..] {
-        [name, version] => Ok((name, version, None, None)),
-        [name, version, source] => Ok((name, version, Some(source), None)),
-        [name, version, source, source_version] => {
-            Ok((name, version, Some(source), Some(source_version)))
-        }
-        _ => Err(format!(
-            "expected \"{COMPACT_SYNTAX}\" (2 to 4 fields separated by spaces), got {} fields",
-            fields.len()
-        )),
-    }
-}
-
-/// A compact line's name, version, source and source version.
-type CompactFields<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>);
-
-/// Reads a compact list (an `Inventory`'s `spec.packages`) of `family`,
-/// every line held to the family's grammar; an error names the entry as
-/// `packages[i]` and the field and rule it breaks, never the entry's text.
-pub fn parse_compact_list<S: AsRef<str>>(
-    family: Ecosystem,
-    lines: &[S],
-) -> Result<Vec<InstalledPackage>, InventoryError> {
-    lines
-        .iter()
-        .enumerate()
-        .map(|(index, line)| {
-            checked_compact(family, line.as_ref())
-                .map_err(|problem| InventoryError::InvalidPackage { index, problem })
-        })
-        .collect()
-}
-
-/// The compact lines of `packages`, in order.
-pub fn to_compact_list(packages: &[InstalledPackage]) -> Vec<String> {
-    packages.iter().map(InstalledPackage::to_compact).collect()
-}
-
 /// Reads `text` as `format`.
 pub fn parse(format: InputFormat, text: &str) -> Result<Vec<InstalledPackage>, InventoryError> {
     match format {
@@ -499,523 +397,6 @@ pub fn detect(text: &str) -> Option<InputFormat> {
     field
         .eq_ignore_ascii_case("Package")
         .then_some(InputFormat::DpkgStatus)
-}
-
-/// Reads dpkg's status file (`/var/lib/dpkg/status`): RFC 822-style stanzas
-/// separated by blank lines, continuation lines starting with a space or tab,
-/// field names case-insensitive, unknown fields ignored. A stanza counts when
-/// its `Status:` state is `installed` (see the module's decisions); its
-/// `Source:` is `name` or `name (version)`.
-pub fn parse_dpkg_status(text: &str) -> Result<Vec<InstalledPackage>, InventoryError> {
-    const FORMAT: InputFormat = InputFormat::DpkgStatus;
-    let mut raws = Vec::new();
-    for stanza in stanzas(text) {
-        let err = |line: usize, message: String| InventoryError::Stanza {
-            format: FORMAT,
-            stanza: stanza.number,
-            line,
-            message,
-        };
-        let mut package = None;
-        let mut version = None;
-        let mut status = None;
-        let mut source = None;
-        let mut arch = None;
-        let mut seen_field = false;
-        for &(line_no, line) in &stanza.lines {
-            if line.starts_with([' ', '\t']) {
-                if !seen_field {
-                    return Err(err(
-                        line_no,
-                        format!("continuation line before any field: {line:?}"),
-                    ));
-                }
-                continue;
-            }
-            let Some((field, value)) = line.split_once(':') else {
-                return Err(err(
-                    line_no,
-                    format!("expected \"Field: value\", got {line:?}"),
-                ));
-            };
-            if field.is_empty() || field.contains(char::is_whitespace) {
-                return Err(err(line_no, format!("bad field name in {line:?}")));
-            }
-            seen_field = true;
-            let slot = if field.eq_ignore_ascii_case("Package") {
-                &mut package
-            } else if field.eq_ignore_ascii_case("Version") {
-                &mut version
-            } else if field.eq_ignore_ascii_case("Status") {
-                &mut status
-            } else if field.eq_ignore_ascii_case("Source") {
-                &mut source
-            } else if field.eq_ignore_ascii_case("Architecture") {
-                &mut arch
-            } else {
-                continue;
-            };
-            if slot.is_some() {
-                return Err(err(line_no, format!("duplicate {field} field")));
-            }
-            *slot = Some((line_no, value.trim()));
-        }
-        let first = stanza.first_line();
-        let Some((package_line, package)) = package else {
-            return Err(err(first, "missing Package field".into()));
-        };
-        let package =
-            token(package).ok_or_else(|| err(package_line, format!("bad Package {package:?}")))?;
-        let in_package = |message: String| format!("package {package:?}: {message}");
-        let Some((status_line, status)) = status else {
-            return Err(err(first, in_package("missing Status field".into())));
-        };
-        let words: Vec<&str> = status.split_ascii_whitespace().collect();
-        let [_want, _flag, state] = words[..] else {
-            return Err(err(
-                status_line,
-                in_package(format!(
-                    "expected Status \"want flag state\", got {status:?}"
-                )),
-            ));
-        };
-        if state != "installed" {
-            continue;
-        }
-        let Some((version_line, version)) = version else {
-            return Err(err(first, in_package("missing Version field".into())));
-        };
-        let version = token(version)
-            .ok_or_else(|| err(version_line, in_package(format!("bad Version {version:?}"))))?;
-        let (source, source_version) = match source {
-            None => (None, None),
-            Some((source_line, value)) => parse_dpkg_source(value)
-                .ok_or_else(|| {
-                    err(
-                        source_line,
-                        in_package(format!(
-                            "expected Source \"name\" or \"name (version)\", got {value:?}"
-                        )),
-                    )
-                })
-                .map(|(s, v)| (Some(s), v))?,
-        };
-        let arch = match arch {
-            None => "",
-            Some((arch_line, value)) => token(value)
-                .ok_or_else(|| err(arch_line, in_package(format!("bad Architecture {value:?}"))))?,
-        };
-        raws.push(Raw::new(
-            package_line,
-            package,
-            version,
-            source,
-            source_version,
-            arch,
-        ));
-    }
-    finish(FORMAT, raws)
-}
-
-/// `name` or `name (version)`.
-fn parse_dpkg_source(value: &str) -> Option<(&str, Option<&str>)> {
-    match value.split_once('(') {
-        None => Some((token(value)?, None)),
-        Some((name, rest)) => {
-            let version = rest.trim_end().strip_suffix(')')?;
-            if version.contains(['(', ')']) {
-                return None;
-            }
-            Some((token(name)?, Some(token(version)?)))
-        }
-    }
-}
-
-/// Reads the output of [`DPKG_QUERY_COMMAND`]: six tab-separated fields a
-/// line; a row counts when its status abbreviation's second letter is `i`
-/// (state installed: `ii `, `hi `, `ri `...). Blank lines are ignored.
-pub fn parse_dpkg_query(text: &str) -> Result<Vec<InstalledPackage>, InventoryError> {
-    const FORMAT: InputFormat = InputFormat::DpkgQuery;
-    let mut raws = Vec::new();
-    for (line_no, line) in numbered_lines(text) {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let err = |message: String| InventoryError::Line {
-            format: FORMAT,
-            line: line_no,
-            message,
-        };
-        let fields: Vec<&str> = line.split('\t').collect();
-        let [abbrev, package, version, source, source_version, arch] = fields[..] else {
-            return Err(err(format!(
-                "expected 6 tab-separated fields \
-                 (status, package, version, source, source version, architecture), \
-                 got {} in {line:?}",
-                fields.len()
-            )));
-        };
-        let abbrev_bytes = abbrev.as_bytes();
-        if !(2..=3).contains(&abbrev_bytes.len())
-            || !abbrev_bytes[..2].iter().all(u8::is_ascii_alphabetic)
-        {
-            return Err(err(format!(
-                "expected a status abbreviation like \"ii \", got {abbrev:?}"
-            )));
-        }
-        if abbrev_bytes[1] != b'i' {
-            continue;
-        }
-        let package = token(package).ok_or_else(|| err(format!("bad package {package:?}")))?;
-        let in_package = |message: String| err(format!("package {package:?}: {message}"));
-        let version =
-            token(version).ok_or_else(|| in_package(format!("bad version {version:?}")))?;
-        let source = optional_token(source)
-            .ok_or_else(|| in_package(format!("bad source package {source:?}")))?;
-        let source_version = optional_token(source_version)
-            .ok_or_else(|| in_package(format!("bad source version {source_version:?}")))?;
-        let arch =
-            optional_token(arch).ok_or_else(|| in_package(format!("bad architecture {arch:?}")))?;
-        raws.push(Raw::new(
-            line_no,
-            package,
-            version,
-            source,
-            source_version,
-            arch.unwrap_or(""),
-        ));
-    }
-    finish(FORMAT, raws)
-}
-
-/// Reads the output of [`RPM_QA_COMMAND`]: `NAME`, `EPOCHNUM:VERSION-RELEASE`,
-/// `SOURCERPM`, `ARCH`, tab-separated. The version drops a `0:` (or
-/// `(none):`) epoch; a version with no `:` is taken as `VERSION-RELEASE`.
-/// `SOURCERPM` (`openssl-3.0.7-27.el9.src.rpm`) gives the source name and
-/// version-release, read from the right. gpg-pubkey rows are skipped.
-pub fn parse_rpm_qa(text: &str) -> Result<Vec<InstalledPackage>, InventoryError> {
-    const FORMAT: InputFormat = InputFormat::RpmQa;
-    let mut raws = Vec::new();
-    for (line_no, line) in numbered_lines(text) {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let err = |message: String| InventoryError::Line {
-            format: FORMAT,
-            line: line_no,
-            message,
-        };
-        let fields: Vec<&str> = line.split('\t').collect();
-        let [name, evr, source_rpm, arch] = fields[..] else {
-            return Err(err(format!(
-                "expected 4 tab-separated fields (name, epoch:version-release, source rpm, arch), \
-                 got {} in {line:?}",
-                fields.len()
-            )));
-        };
-        let name = token(name).ok_or_else(|| err(format!("bad name {name:?}")))?;
-        if name == "gpg-pubkey" {
-            continue;
-        }
-        let in_package = |message: String| err(format!("package {name:?}: {message}"));
-        let bad_evr = || {
-            in_package(format!(
-                "expected version \"[epoch:]version-release\", got {evr:?}"
-            ))
-        };
-        let (epoch, version_release) = match evr.trim().split_once(':') {
-            None => (None, evr.trim()),
-            Some((epoch, vr)) => {
-                let epoch = epoch.trim();
-                if epoch.is_empty() || epoch == "(none)" || epoch.bytes().all(|b| b == b'0') {
-                    (None, vr)
-                } else if epoch.bytes().all(|b| b.is_ascii_digit()) {
-                    (Some(epoch), vr)
-                } else {
-                    return Err(bad_evr());
-                }
-            }
-        };
-        let version_release = token(version_release)
-            .filter(|vr| !vr.contains(':'))
-            .ok_or_else(bad_evr)?;
-        let with_epoch = |vr: &str| match epoch {
-            Some(e) => format!("{e}:{vr}"),
-            None => vr.to_owned(),
-        };
-        let version = with_epoch(version_release);
-        let source_rpm = source_rpm.trim();
-        let (source, source_version) = if source_rpm.is_empty() || source_rpm == "(none)" {
-            (None, None)
-        } else {
-            let (source, source_vr) = parse_source_rpm(source_rpm).ok_or_else(|| {
-                in_package(format!(
-                    "expected source rpm \"name-version-release.src.rpm\", got {source_rpm:?}"
-                ))
-            })?;
-            (Some(source), Some(with_epoch(source_vr)))
-        };
-        let arch = match arch.trim() {
-            "(none)" => "",
-            a => optional_token(a)
-                .ok_or_else(|| in_package(format!("bad arch {arch:?}")))?
-                .unwrap_or(""),
-        };
-        raws.push(Raw {
-            package: InstalledPackage::new(
-                name,
-                version,
-                source.map(str::to_owned),
-                source_version,
-            ),
-            arch: arch.to_owned(),
-            line: line_no,
-        });
-    }
-    finish(FORMAT, raws)
-}
-
-/// `openssl-3.0.7-27.el9.src.rpm` → (`openssl`, `3.0.7-27.el9`).
-fn parse_source_rpm(file: &str) -> Option<(&str, &str)> {
-    let nvr = token(file)?;
-    let nvr = nvr
-        .strip_suffix(".src.rpm")
-        .or_else(|| nvr.strip_suffix(".nosrc.rpm"))?;
-    let (nv, release) = nvr.rsplit_once('-')?;
-    let (name, version) = nv.rsplit_once('-')?;
-    if name.is_empty() || version.is_empty() || release.is_empty() {
-        return None;
-    }
-    Some((name, &nvr[name.len() + 1..]))
-}
-
-/// Reads Alpine's `/lib/apk/db/installed`: stanzas of `X:value` lines
-/// separated by blank lines; `P:` name, `V:` version, `o:` origin (the
-/// source package), `A:` architecture; other keys (files, checksums,
-/// dependencies...) are ignored.
-pub fn parse_apk_installed(text: &str) -> Result<Vec<InstalledPackage>, InventoryError> {
-    const FORMAT: InputFormat = InputFormat::ApkInstalled;
-    let mut raws = Vec::new();
-    for stanza in stanzas(text) {
-        let err = |line: usize, message: String| InventoryError::Stanza {
-            format: FORMAT,
-            stanza: stanza.number,
-            line,
-            message,
-        };
-        let mut name = None;
-        let mut version = None;
-        let mut origin = None;
-        let mut arch = None;
-        for &(line_no, line) in &stanza.lines {
-            let bytes = line.as_bytes();
-            if bytes.len() < 2 || !bytes[0].is_ascii_alphanumeric() || bytes[1] != b':' {
-                return Err(err(line_no, format!("expected \"X:value\", got {line:?}")));
-            }
-            let slot = match bytes[0] {
-                b'P' => &mut name,
-                b'V' => &mut version,
-                b'o' => &mut origin,
-                b'A' => &mut arch,
-                _ => continue,
-            };
-            if slot.is_some() {
-                return Err(err(line_no, format!("duplicate {}: line", &line[..1])));
-            }
-            *slot = Some((line_no, &line[2..]));
-        }
-        let first = stanza.first_line();
-        let Some((name_line, name)) = name else {
-            return Err(err(first, "missing P: (package name)".into()));
-        };
-        let name = token(name).ok_or_else(|| err(name_line, format!("bad P: {name:?}")))?;
-        let in_package = |message: String| format!("package {name:?}: {message}");
-        let Some((version_line, version)) = version else {
-            return Err(err(first, in_package("missing V: (version)".into())));
-        };
-        let version = token(version)
-            .ok_or_else(|| err(version_line, in_package(format!("bad V: {version:?}"))))?;
-        let origin = match origin {
-            None => None,
-            Some((line, value)) => optional_token(value)
-                .ok_or_else(|| err(line, in_package(format!("bad o: {value:?}"))))?,
-        };
-        let arch = match arch {
-            None => None,
-            Some((line, value)) => optional_token(value)
-                .ok_or_else(|| err(line, in_package(format!("bad A: {value:?}"))))?,
-        };
-        raws.push(Raw::new(
-            name_line,
-            name,
-            version,
-            origin,
-            None,
-            arch.unwrap_or(""),
-        ));
-    }
-    finish(FORMAT, raws)
-}
-
-/// A parsed package and its architecture, before multi-arch qualification,
-/// with the line it was read from.
-struct Raw {
-    package: InstalledPackage,
-    arch: String,
-    line: usize,
-}
-
-impl Raw {
-    fn new(
-        line: usize,
-        name: &str,
-        version: &str,
-        source: Option<&str>,
-        source_version: Option<&str>,
-        arch: &str,
-    ) -> Self {
-        Raw {
-            package: InstalledPackage::new(
-                name,
-                version,
-                source.map(str::to_owned),
-                source_version.map(str::to_owned),
-            ),
-            arch: arch.to_owned(),
-            line,
-        }
-    }
-
-    /// Holds the name, architecture, source and versions to the family's
-    /// grammar; the error names the line and the field, not the value.
-    fn check(&self, format: InputFormat) -> Result<(), InventoryError> {
-        let family = format.family();
-        let p = &self.package;
-        let field = |what: &str, result: Result<(), Rejection>| {
-            result.map_err(|r| InventoryError::Line {
-                format,
-                line: self.line,
-                message: format!("{what} {r}"),
-            })
-        };
-        field("package name", check_name(family, &p.name))?;
-        field("version", check_version(family, &p.version))?;
-        if let Some(source) = &p.source {
-            field("source package name", check_name(family, source))?;
-        }
-        if let Some(source_version) = &p.source_version {
-            field("source version", check_version(family, source_version))?;
-        }
-        if !self.arch.is_empty() {
-            field("package", check_arch(family, &self.arch))?;
-        }
-        Ok(())
-    }
-}
-
-/// Checks every package against the format's grammar, qualifies names
-/// installed for more than one architecture with `:ARCH`, merges equal
-/// entries and sorts.
-fn finish(format: InputFormat, raws: Vec<Raw>) -> Result<Vec<InstalledPackage>, InventoryError> {
-    for raw in &raws {
-        raw.check(format)?;
-    }
-    let mut arches: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for raw in &raws {
-        if !raw.arch.is_empty() {
-            arches
-                .entry(&*raw.package.name)
-                .or_default()
-                .insert(raw.arch.as_str());
-        }
-    }
-    let multi: BTreeSet<String> = arches
-        .into_iter()
-        .filter(|(_, set)| set.len() > 1)
-        .map(|(name, _)| name.to_owned())
-        .collect();
-    let mut out: Vec<InstalledPackage> = raws
-        .into_iter()
-        .map(
-            |Raw {
-                 mut package, arch, ..
-             }| {
-                if !arch.is_empty() && multi.contains(&*package.name) {
-                    package.source = Some(package.source_name().into());
-                    package.name = format!("{}:{arch}", package.name).into();
-                }
-                package.normalized()
-            },
-        )
-        .collect();
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
-
-/// A value that is one non-empty token without whitespace or control
-/// characters, trimmed.
-fn token(value: &str) -> Option<&str> {
-    let value = value.trim();
-    (!value.is_empty() && !value.chars().any(|c| c.is_whitespace() || c.is_control()))
-        .then_some(value)
-}
-
-/// `Some(None)` for an empty value, `Some(Some(token))` for a valid token,
-/// `None` for an invalid one.
-fn optional_token(value: &str) -> Option<Option<&str>> {
-    if value.trim().is_empty() {
-        Some(None)
-    } else {
-        token(value).map(Some)
-    }
-}
-
-/// Lines numbered from 1, without `\n` or `\r\n`.
-fn numbered_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .enumerate()
-        .map(|(i, l)| (i + 1, l))
-}
-
-/// A blank-line-separated paragraph.
-struct Stanza<'a> {
-    /// 1-based.
-    number: usize,
-    /// Non-blank lines with their 1-based line numbers; never empty.
-    lines: Vec<(usize, &'a str)>,
-}
-
-impl Stanza<'_> {
-    fn first_line(&self) -> usize {
-        self.lines.first().map_or(0, |&(n, _)| n)
-    }
-}
-
-/// Splits `text` into paragraphs at lines that are empty or whitespace only.
-fn stanzas(text: &str) -> Vec<Stanza<'_>> {
-    let mut out: Vec<Stanza<'_>> = Vec::new();
-    let mut current = Vec::new();
-    for (line_no, line) in numbered_lines(text) {
-        if line.trim().is_empty() {
-            if !current.is_empty() {
-                out.push(Stanza {
-                    number: out.len() + 1,
-                    lines: std::mem::take(&mut current),
-                });
-            }
-        } else {
-            current.push((line_no, line));
-        }
-    }
-    if !current.is_empty() {
-        out.push(Stanza {
-            number: out.len() + 1,
-            lines: current,
-        });
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1132,6 +513,34 @@ mod tests {
         assert_eq!(parse_compact_list::<&str>(Ecosystem::Dpkg, &[]), Ok(vec![]));
         let ok = parse_compact_list(Ecosystem::Dpkg, &["bc 1", "ab 2 src"]).expect("valid");
         assert_eq!(to_compact_list(&ok), ["bc 1", "ab 2 src"]);
+    }
+
+    #[test]
+    fn a_subject_list_is_read_only_in_its_platform_family() {
+        // Valid rpm, invalid dpkg (capitals): read as rpm for a Debian
+        // machine it would pass the wrong grammar, and its versions would
+        // be ordered by rpm's rules against Debian's advisories.
+        let lines = ["NetworkManager 1.0-1"];
+        assert_eq!(
+            parse_subject_list(Some(Ecosystem::Dpkg), Ecosystem::Rpm, &lines),
+            Err(InventoryError::FormatMismatch {
+                format: Ecosystem::Rpm,
+                platform: Ecosystem::Dpkg,
+            })
+        );
+        let message = parse_subject_list(Some(Ecosystem::Apk), Ecosystem::Dpkg, &lines)
+            .expect_err("dpkg lines for an apk platform")
+            .to_string();
+        assert!(message.starts_with("format: is dpkg"), "{message}");
+        assert!(message.contains("apk family"), "{message}");
+        assert!(!message.contains("NetworkManager"), "{message}");
+        assert!(parse_subject_list(Some(Ecosystem::Dpkg), Ecosystem::Dpkg, &lines).is_err());
+        assert_eq!(
+            parse_subject_list(Some(Ecosystem::Rpm), Ecosystem::Rpm, &lines),
+            parse_compact_list(Ecosystem::Rpm, &lines),
+        );
+        // An unreadable platform is the evaluation's own finding.
+        assert!(parse_subject_list(None, Ecosystem::Rpm, &lines).is_ok());
     }
 
     #[test]
@@ -1576,34 +985,6 @@ Version: 12.2.0-14
                 "kernel-core 5.14.0-427.13.1.el9_4 kernel",
             ]
         );
-    }
-
-    #[test]
-    fn source_rpm_names() {
-        let cases: &[(&str, Option<(&str, &str)>)] = &[
-            (
-                "openssl-3.0.7-27.el9.src.rpm",
-                Some(("openssl", "3.0.7-27.el9")),
-            ),
-            (
-                "python3.11-3.11.7-1.el9.src.rpm",
-                Some(("python3.11", "3.11.7-1.el9")),
-            ),
-            (
-                "xorg-x11-server-Xwayland-22.1.9-5.el9.src.rpm",
-                Some(("xorg-x11-server-Xwayland", "22.1.9-5.el9")),
-            ),
-            ("foo-1-2.nosrc.rpm", Some(("foo", "1-2"))),
-            ("foo-1-2.x86_64.rpm", None),
-            ("foo-1.src.rpm", None),
-            ("-1-2.src.rpm", None),
-            ("foo--2.src.rpm", None),
-            ("foo-1-.src.rpm", None),
-            (".src.rpm", None),
-        ];
-        for (file, want) in cases {
-            assert_eq!(parse_source_rpm(file), *want, "{file}");
-        }
     }
 
     #[test]
