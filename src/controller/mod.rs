@@ -1,12 +1,13 @@
 //! Kubernetes glue: one reconciler per kind, thin, around the pure engine.
 //!
-//! Who writes what (one field manager each): the workload reconciler writes
-//! Workload status; the policy reconciler PatchPolicy status; the exception
-//! reconciler PatchException status; the inventory reconciler Inventory
-//! status; the feed reconciler AdvisoryFeed status and the shared advisory
-//! store. Triggers, not polling: each reconciler is woken by its own watch,
-//! by the objects it depends on (through [`Triggers`]), and by the engine's
-//! next-change instant.
+//! Who writes what (one field manager each; the table is in ARCHITECTURE.md):
+//! each reconciler writes its own kind's status — workload, policy,
+//! exception, inventory, feed (and the shared advisory store), template
+//! (except the published revision) and change (a request's status, and the
+//! Template's revision, image and history when it publishes). Triggers, not
+//! polling: each reconciler is woken by its own watch, by the objects it
+//! depends on (through [`Triggers`]), and by the engine's next-change
+//! instant (the wake table is in ARCHITECTURE.md).
 
 pub mod advisories;
 pub mod change;
