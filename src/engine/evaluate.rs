@@ -28,7 +28,7 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::advisory::{Advisory, AdvisoryDb, PassThrough, probe_hash};
+use super::advisory::{Advisory, AdvisoryDb, EcosystemIndex, PassThrough, probe_hash};
 use super::inventory::InstalledPackage;
 use super::version::{Ecosystem, parse_platform};
 use crate::api::common::{
@@ -463,7 +463,10 @@ fn state_rank(s: FindingState) -> u8 {
     }
 }
 
-/// Evaluates one object.
+/// Evaluates one object in three steps: [`match_packages`] (which
+/// advisories affect which installed packages: the hot path),
+/// [`judge_hits`] (each finding's state under the policies and exceptions)
+/// and [`verdict`].
 pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
     let now = input.now;
     let remediation = remediation_policy(input.policies);
@@ -471,22 +474,7 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
         RemediationChoice::Policy(name) => input.policies.iter().find(|p| p.name == name),
         _ => None,
     };
-    let mut exceptions: Vec<(ExceptionRef<'_>, ExceptionOutcome)> = input
-        .exceptions
-        .iter()
-        .map(|e| {
-            let (effective_expires, capped_by) = effective_expiry(e, input.policies);
-            let outcome = ExceptionOutcome {
-                name: e.name.to_owned(),
-                effective_expires,
-                capped_by,
-                active: now < effective_expires,
-                exempts: 0,
-            };
-            (*e, outcome)
-        })
-        .collect();
-
+    let mut exceptions = exception_outcomes(input);
     let mut evaluation = Evaluation {
         state: ComplianceState::Unknown,
         unknown: None,
@@ -498,89 +486,166 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
         exceptions: Vec::new(),
         inventory_fresh: None,
     };
-    let mut next_change: Option<Timestamp> = None;
-    let mut wake = |t: Timestamp| {
-        if t > now && next_change.is_none_or(|n| t < n) {
-            next_change = Some(t);
-        }
+    let mut wake = Wake { now, next: None };
+    // Unknown before any finding: the exceptions still say what they cap.
+    let unknown = |mut evaluation: Evaluation,
+                   cause,
+                   exceptions: Vec<(ExceptionRef<'_>, ExceptionOutcome)>,
+                   wake: Wake| {
+        evaluation.unknown = Some(cause);
+        evaluation.exceptions = exceptions.into_iter().map(|(_, o)| o).collect();
+        evaluation.next_change = wake.next;
+        evaluation
     };
 
     let platform = match parse_platform(input.platform) {
         Ok(p) => p,
         Err(e) => {
-            evaluation.unknown = Some(UnknownCause::UnknownPlatform(e.to_string()));
-            evaluation.exceptions = exceptions.into_iter().map(|(_, o)| o).collect();
-            return evaluation;
+            let cause = UnknownCause::UnknownPlatform(e.to_string());
+            return unknown(evaluation, cause, exceptions, wake);
         }
     };
     let Some(inventory) = input.inventory else {
-        evaluation.unknown = Some(UnknownCause::NoInventory);
-        evaluation.exceptions = exceptions.into_iter().map(|(_, o)| o).collect();
-        return evaluation;
+        return unknown(evaluation, UnknownCause::NoInventory, exceptions, wake);
     };
-
-    // Freshness: the strictest inventoryMaxAge applies to live inventories.
-    let mut stale = None;
-    if inventory.ages {
-        let max_age = input
-            .policies
-            .iter()
-            .filter_map(|p| parse(&p.spec.inventory_max_age))
-            .min()
-            .or_else(|| parse(&Duration::from_static(DEFAULT_INVENTORY_MAX_AGE)));
-        if let Some(max_age) = max_age
-            && let Ok(stale_at) = inventory.collected_at.checked_add(max_age)
-        {
-            if stale_at <= now {
-                stale = Some(UnknownCause::StaleInventory {
-                    written: inventory.collected_at,
-                    max_age,
-                });
-            } else {
-                wake(stale_at);
-            }
-        }
-        evaluation.inventory_fresh = Some(stale.is_none());
-    } else {
-        evaluation.inventory_fresh = Some(true);
-    }
-
+    let stale = freshness(input.policies, &inventory, &mut wake);
+    evaluation.inventory_fresh = Some(stale.is_none());
     let ecosystem = platform.osv_ecosystem();
     let Some(ecosystem_index) = input
         .advisories
         .ecosystem(ecosystem)
         .filter(|_| input.advisories.has_data_for(ecosystem))
     else {
-        evaluation.unknown = Some(UnknownCause::NoAdvisoryData(ecosystem.to_owned()));
-        evaluation.exceptions = exceptions.into_iter().map(|(_, o)| o).collect();
-        evaluation.next_change = next_change;
-        return evaluation;
+        let cause = UnknownCause::NoAdvisoryData(ecosystem.to_owned());
+        return unknown(evaluation, cause, exceptions, wake);
     };
 
-    // Match packages. Debian and Ubuntu advisories name source packages; rpm
-    // and apk advisories may name either, so both names are probed there.
-    // Binary packages of one source share its (name, version): each distinct
-    // probe is tested once, then attributed to every binary.
-    struct Hit {
-        advisory: Arc<Advisory>,
-        severity: Severity,
-        packages: Vec<AffectedPackage>,
+    let matched = match_packages(input, platform.family, ecosystem_index, inventory.packages);
+    evaluation.counts.no_fix_yet += matched.no_fix_only;
+    judge_hits(
+        input,
+        driving,
+        matched.hits,
+        &mut exceptions,
+        &mut wake,
+        &mut evaluation,
+    );
+    sort_findings(&mut evaluation.findings);
+    evaluation.unknown = stale.or_else(|| {
+        (!matched.invalid.is_empty()).then_some(UnknownCause::InvalidVersions(matched.invalid))
+    });
+    evaluation.state = verdict(evaluation.unknown.as_ref(), &evaluation.counts);
+    evaluation.exceptions = exceptions.into_iter().map(|(_, o)| o).collect();
+    evaluation.next_change = wake.next;
+    evaluation
+}
+
+/// The earliest time after now at which the evaluation would change: a
+/// due date, an expiry, a soak's end or the inventory going stale.
+struct Wake {
+    now: Timestamp,
+    next: Option<Timestamp>,
+}
+
+impl Wake {
+    fn at(&mut self, t: Timestamp) {
+        if t > self.now && self.next.is_none_or(|n| t < n) {
+            self.next = Some(t);
+        }
     }
+}
+
+/// Each matching exception with its expiry (capped by the policies) and
+/// whether it is active now.
+fn exception_outcomes<'a>(input: &Input<'a>) -> Vec<(ExceptionRef<'a>, ExceptionOutcome)> {
+    input
+        .exceptions
+        .iter()
+        .map(|e| {
+            let (effective_expires, capped_by) = effective_expiry(e, input.policies);
+            let outcome = ExceptionOutcome {
+                name: e.name.to_owned(),
+                effective_expires,
+                capped_by,
+                active: input.now < effective_expires,
+                exempts: 0,
+            };
+            (*e, outcome)
+        })
+        .collect()
+}
+
+/// Whether a live inventory is older than the strictest `inventoryMaxAge`
+/// of the policies (a template's inventory does not age); wakes when a
+/// fresh one will go stale.
+fn freshness(
+    policies: &[PolicyRef<'_>],
+    inventory: &InventoryInput<'_>,
+    wake: &mut Wake,
+) -> Option<UnknownCause> {
+    if !inventory.ages {
+        return None;
+    }
+    let max_age = policies
+        .iter()
+        .filter_map(|p| parse(&p.spec.inventory_max_age))
+        .min()
+        .or_else(|| parse(&Duration::from_static(DEFAULT_INVENTORY_MAX_AGE)))?;
+    let stale_at = inventory.collected_at.checked_add(max_age).ok()?;
+    if stale_at <= wake.now {
+        return Some(UnknownCause::StaleInventory {
+            written: inventory.collected_at,
+            max_age,
+        });
+    }
+    wake.at(stale_at);
+    None
+}
+
+/// An advisory affecting installed packages, before it is judged.
+struct Hit {
+    advisory: Arc<Advisory>,
+    severity: Severity,
+    packages: Vec<AffectedPackage>,
+}
+
+/// What matching found.
+struct Matched {
+    /// The advisories with their affected packages.
+    hits: Vec<Hit>,
+    /// Advisories affecting the object with no fix for any of its packages
+    /// (counted only, in [`Detail::Actionable`] mode).
+    no_fix_only: usize,
+    /// Packages whose version the ecosystem cannot read.
+    invalid: Vec<String>,
+}
+
+/// A probe: a package (source) name and the inventory's own version string.
+type ProbeKey<'p> = (&'p str, &'p Arc<str>);
+
+/// Matches the installed packages against the ecosystem's advisories.
+/// Debian and Ubuntu advisories name source packages; rpm and apk
+/// advisories may name either, so both names are probed there. Binary
+/// packages of one source share its (name, version): each distinct probe is
+/// tested once, then attributed to every binary.
+fn match_packages(
+    input: &Input<'_>,
+    family: Ecosystem,
+    ecosystem_index: &EcosystemIndex,
+    packages: &[InstalledPackage],
+) -> Matched {
     // First every probe key is hashed, in a loop of its own: the names and
     // versions are small strings spread over the heap and rarely in cache,
     // and a short loop of independent iterations lets the CPU fetch many of
     // them at once, where hashing inside the grouping loop waited for each
     // miss in turn (it was the largest cost of an evaluation).
-    // A key's version is the inventory's own string, shared by the findings.
-    type ProbeKey<'p> = (&'p str, &'p Arc<str>);
-    let mut keyed: Vec<(u64, ProbeKey<'_>, &InstalledPackage)> =
-        Vec::with_capacity(inventory.packages.len());
+    let mut keyed: Vec<(u64, ProbeKey<'_>, &InstalledPackage)> = Vec::with_capacity(packages.len());
     // The memo's hash, so that each probe below hashes nothing again.
     let hash = |(name, version): ProbeKey<'_>| probe_hash(name, version);
-    for pkg in inventory.packages {
+    for pkg in packages {
         let source = (pkg.source_name(), pkg.shared_source_version());
         keyed.push((hash(source), source, pkg));
-        if platform.family != Ecosystem::Dpkg && pkg.base_name() != pkg.source_name() {
+        if family != Ecosystem::Dpkg && pkg.base_name() != pkg.source_name() {
             let base = (pkg.base_name(), &pkg.version);
             keyed.push((hash(base), base, pkg));
         }
@@ -632,19 +697,17 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
     let mut invalid: Vec<String> = Vec::new();
     for group in members.chunk_by(|a, b| a.0 == b.0) {
         let (hash, (name, version)) = probe_keys[group[0].0];
-        let matches = match input.advisories.probe_hashed(
-            ecosystem_index,
-            platform.family,
-            hash,
-            name,
-            version,
-        ) {
-            Ok(m) => m,
-            Err(e) => {
-                invalid.extend(group.iter().map(|(_, pkg)| format!("{}: {e}", pkg.name)));
-                continue;
-            }
-        };
+        let matches =
+            match input
+                .advisories
+                .probe_hashed(ecosystem_index, family, hash, name, version)
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    invalid.extend(group.iter().map(|(_, pkg)| format!("{}: {e}", pkg.name)));
+                    continue;
+                }
+            };
         for m in matches.iter() {
             // Status needs no-fix findings as a count only.
             if only_actionable && m.fixed.is_none() {
@@ -682,11 +745,31 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
     }
     without_fix.sort_unstable();
     without_fix.dedup();
-    evaluation.counts.no_fix_yet += without_fix
-        .iter()
-        .filter(|ordinal| !hit_index.contains_key(*ordinal))
-        .count();
+    invalid.sort();
+    invalid.dedup();
+    Matched {
+        no_fix_only: without_fix
+            .iter()
+            .filter(|ordinal| !hit_index.contains_key(*ordinal))
+            .count(),
+        hits,
+        invalid,
+    }
+}
 
+/// Judges each hit: its due date (the strictest policy), whether it is
+/// an emergency, rejected, exempted or installable yet, and so its state;
+/// counts every state and builds the findings the detail level asks for.
+fn judge_hits(
+    input: &Input<'_>,
+    driving: Option<&PolicyRef<'_>>,
+    hits: Vec<Hit>,
+    exceptions: &mut [(ExceptionRef<'_>, ExceptionOutcome)],
+    wake: &mut Wake,
+    evaluation: &mut Evaluation,
+) {
+    let now = input.now;
+    let only_actionable = input.detail == Detail::Actionable;
     let soak = |p: &PolicyRef<'_>| p.spec.approval.approve_after.as_ref().and_then(parse);
     let soak_time = match driving {
         Some(p) => soak(p),
@@ -717,34 +800,31 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
             .find(|(e, o)| o.active && names_advisory(e.spec, &advisory))
         {
             outcome.exempts += 1;
-            wake(outcome.effective_expires);
+            wake.at(outcome.effective_expires);
             exempted_by = Some(outcome.name.clone());
             FindingState::Exempt
         } else if due.as_ref().is_some_and(|(d, _)| *d <= now) {
             FindingState::Overdue
         } else {
             if let Some((d, _)) = &due {
-                wake(*d);
+                wake.at(*d);
             }
             FindingState::Pending
         };
         let actionable = matches!(state, FindingState::Pending | FindingState::Overdue);
         if actionable && let Some(after) = installable_after {
-            wake(after);
+            wake.at(after);
+        }
+        let counts = &mut evaluation.counts;
+        match state {
+            FindingState::Pending => counts.pending += 1,
+            FindingState::Overdue => counts.overdue += 1,
+            FindingState::Exempt => counts.exempt += 1,
+            FindingState::Blocked => counts.blocked += 1,
+            FindingState::NoFixYet => counts.no_fix_yet += 1,
         }
         if only_actionable && matches!(state, FindingState::NoFixYet | FindingState::Blocked) {
-            match state {
-                FindingState::Blocked => evaluation.counts.blocked += 1,
-                _ => evaluation.counts.no_fix_yet += 1,
-            }
             continue;
-        }
-        match state {
-            FindingState::Pending => evaluation.counts.pending += 1,
-            FindingState::Overdue => evaluation.counts.overdue += 1,
-            FindingState::Exempt => evaluation.counts.exempt += 1,
-            FindingState::Blocked => evaluation.counts.blocked += 1,
-            FindingState::NoFixYet => evaluation.counts.no_fix_yet += 1,
         }
         if state == FindingState::Pending
             && let Some((d, _)) = &due
@@ -773,7 +853,12 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
             advisory,
         });
     }
-    evaluation.findings.sort_by(|a, b| {
+}
+
+/// Findings in the order a person reads them: overdue first, then by due
+/// date, severity (highest first) and advisory id.
+fn sort_findings(findings: &mut [EvaluatedFinding]) {
+    findings.sort_by(|a, b| {
         let (fa, fb) = (&a.finding, &b.finding);
         state_rank(fa.state)
             .cmp(&state_rank(fb.state))
@@ -786,30 +871,22 @@ pub fn evaluate<'a>(input: &Input<'a>) -> Evaluation {
             .then_with(|| fb.severity.cmp(&fa.severity))
             .then_with(|| fa.advisory.cmp(&fb.advisory))
     });
+}
 
-    invalid.sort();
-    invalid.dedup();
-    evaluation.unknown = if let Some(s) = stale {
-        Some(s)
-    } else if !invalid.is_empty() {
-        Some(UnknownCause::InvalidVersions(invalid))
-    } else {
-        None
-    };
-    evaluation.state = if evaluation.unknown.is_some() {
+/// The object's state: Unknown when anything is, else the worst state of
+/// its findings.
+fn verdict(unknown: Option<&UnknownCause>, counts: &Counts) -> ComplianceState {
+    if unknown.is_some() {
         ComplianceState::Unknown
-    } else if evaluation.counts.overdue > 0 {
+    } else if counts.overdue > 0 {
         ComplianceState::Overdue
-    } else if evaluation.counts.pending > 0 {
+    } else if counts.pending > 0 {
         ComplianceState::Pending
-    } else if evaluation.counts.exempt > 0 {
+    } else if counts.exempt > 0 {
         ComplianceState::Exempt
     } else {
         ComplianceState::Compliant
-    };
-    evaluation.exceptions = exceptions.into_iter().map(|(_, o)| o).collect();
-    evaluation.next_change = next_change;
-    evaluation
+    }
 }
 
 impl Evaluation {
