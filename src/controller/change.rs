@@ -35,6 +35,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::advisories::DataState;
 use super::scope::{self, Scope};
 use super::template::{self as tpl, Current};
+use super::triggers;
 use super::{Error, failpoint, jobs, now, observed, requeue_at};
 use crate::api::change_request::{
     ApprovalRecord, BuildResult, ChangeRequestPhase as Phase, ChangeRequestStatus, PhaseTimestamps,
@@ -567,7 +568,7 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     let previous = cr.status.clone().unwrap_or_default();
     let idle = Action::requeue(shared.settings.max_requeue);
     if cr.status.is_none() {
-        tpl::wake_inventories_of(scope, &ns, SubjectKind::ChangeRequest, &name);
+        triggers::inventories_of(scope, &ns, SubjectKind::ChangeRequest, &name);
     }
     if is_closed(previous.phase) {
         // A closed request takes no more changes, but kstatus (Argo CD,

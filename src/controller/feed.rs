@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -206,115 +207,166 @@ async fn refresh(
 }
 
 async fn reconcile_inner(feed: Arc<AdvisoryFeed>, ctx: &Arc<FeedContext>) -> Result<Action, Error> {
-    let shared = &ctx.shared;
     let name = feed.name_any();
     let now = now();
-    let previous = feed.status.clone().unwrap_or_default();
-    let interval = match feed.spec.interval.parse() {
-        Ok(d) => std::time::Duration::from_secs(u64::try_from(d.as_secs()).unwrap_or(3600).max(10)),
-        Err(_) => std::time::Duration::from_secs(3600),
-    };
     let held = ctx
         .held
         .lock()
         .ok()
         .and_then(|h| h.get(&name).cloned())
         .unwrap_or_default();
+    let settings = settings_key(&feed);
+    let outcome = refresh(ctx, &feed, &name, &held, &settings).await;
+    let refreshed = apply(ctx, &name, outcome, settings, now).await;
+    let has_data = ctx.shared.advisories.feed_size(&name).is_some();
+    let decided = decide(&feed, refreshed, has_data, now);
+    update_status(ctx, &feed, &decided).await?;
+    Ok(Action::requeue(decided.retry))
+}
 
+/// What a refresh left: the loaded data's facts for the status, or why it
+/// failed (the last good data stays in the store either way).
+enum Refreshed {
+    /// New data is in the store.
+    Loaded {
+        advisories: i32,
+        ecosystems: Vec<EcosystemCount>,
+        digest: String,
+        validators: Validators,
+    },
+    /// The data held is current.
+    Unchanged,
+    /// The refresh, or the index rebuild, failed: reason and message.
+    Failed(&'static str, String),
+}
+
+/// Puts a refresh's data into the shared store (off the runtime's worker
+/// threads), remembers what it was loaded with, and counts it.
+async fn apply(
+    ctx: &FeedContext,
+    name: &str,
+    outcome: Outcome,
+    settings: String,
+    now: Timestamp,
+) -> Refreshed {
+    let shared = &ctx.shared;
+    let (content, ecosystems, validators, digest) = match outcome {
+        Outcome::Loaded(content, counts, validators, digest) => {
+            (content, counts, validators, digest)
+        }
+        Outcome::Unchanged => {
+            // A load is recorded as attempted once its data is in the store.
+            shared.advisories.attempted(name);
+            shared.metrics.set_feed_last_success(name, now);
+            return Refreshed::Unchanged;
+        }
+        Outcome::Failed(reason, message) => {
+            shared.advisories.attempted(name);
+            shared.metrics.feed_error(name);
+            return Refreshed::Failed(reason, message);
+        }
+    };
+    let advisories = i32::try_from(content.len()).unwrap_or(i32::MAX);
+    let store = Arc::clone(shared);
+    let feed_name = name.to_owned();
+    let swapped =
+        tokio::task::spawn_blocking(move || store.advisories.set_feed(&feed_name, Some(content)))
+            .await;
+    shared.advisories.attempted(name);
+    match swapped {
+        Ok(diff) => {
+            tracing::info!(advisories, changed_keys = diff.changed.len(), "feed loaded");
+            if let Ok(mut h) = ctx.held.lock() {
+                let held = Held {
+                    settings,
+                    validators: validators.clone(),
+                    digest: digest.clone(),
+                };
+                h.insert(name.to_owned(), held);
+            }
+            shared.metrics.feed_refreshed(name, now, &ecosystems);
+            Refreshed::Loaded {
+                advisories,
+                ecosystems,
+                digest,
+                validators,
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "rebuilding the advisory index failed");
+            shared.metrics.feed_error(name);
+            let message = "rebuilding the advisory index with this data failed";
+            Refreshed::Failed("IndexFailed", message.to_owned())
+        }
+    }
+}
+
+/// What a feed's reconcile decided: its status, the Event of a `Degraded`
+/// transition, and when to refresh again.
+#[derive(Debug)]
+struct Decided {
+    status: AdvisoryFeedStatus,
+    event: Option<(bool, String, String)>,
+    retry: std::time::Duration,
+}
+
+/// The feed's status after a refresh (pure). `has_data`: the store holds
+/// data of this feed (this refresh's or the last good one).
+fn decide(feed: &AdvisoryFeed, refreshed: Refreshed, has_data: bool, now: Timestamp) -> Decided {
+    let previous = feed.status.clone().unwrap_or_default();
     let mut status = AdvisoryFeedStatus {
         observed_generation: feed.metadata.generation,
         ..previous.clone()
     };
-    let settings = settings_key(&feed);
-    let outcome = refresh(ctx, &feed, &name, &held, &settings).await;
-    // A load is recorded as attempted once its data is in the store (below).
-    if !matches!(outcome, Outcome::Loaded(..)) {
-        shared.advisories.attempted(&name);
-    }
-    let (degraded, error) = match outcome {
-        Outcome::Loaded(content, counts, validators, digest) => {
-            let advisories = i32::try_from(content.len()).unwrap_or(i32::MAX);
-            let store = Arc::clone(shared);
-            let feed_name = name.clone();
-            let swapped = tokio::task::spawn_blocking(move || {
-                store.advisories.set_feed(&feed_name, Some(content))
-            })
-            .await;
-            shared.advisories.attempted(&name);
-            match swapped {
-                Ok(diff) => {
-                    status.advisories = advisories;
-                    status.ecosystems = counts.clone();
-                    status.content_digest = Some(digest.clone());
-                    status.etag = validators.etag.clone();
-                    status.last_modified = validators.last_modified.clone();
-                    status.last_sync_time = Some(time(now));
-                    tracing::info!(advisories, changed_keys = diff.changed.len(), "feed loaded");
-                    if let Ok(mut h) = ctx.held.lock() {
-                        h.insert(
-                            name.clone(),
-                            Held {
-                                settings,
-                                validators,
-                                digest,
-                            },
-                        );
-                    }
-                    shared.metrics.feed_refreshed(&name, now, &counts);
-                    (false, None)
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "rebuilding the advisory index failed");
-                    shared.metrics.feed_error(&name);
-                    (
-                        true,
-                        Some((
-                            "IndexFailed",
-                            "rebuilding the advisory index with this data failed".to_owned(),
-                        )),
-                    )
-                }
-            }
-        }
-        Outcome::Unchanged => {
+    let error = match refreshed {
+        Refreshed::Loaded {
+            advisories,
+            ecosystems,
+            digest,
+            validators,
+        } => {
+            status.advisories = advisories;
+            status.ecosystems = ecosystems;
+            status.content_digest = Some(digest);
+            status.etag = validators.etag;
+            status.last_modified = validators.last_modified;
             status.last_sync_time = Some(time(now));
-            shared.metrics.set_feed_last_success(&name, now);
-            (false, None)
+            None
         }
-        Outcome::Failed(reason, message) => {
-            shared.metrics.feed_error(&name);
-            (true, Some((reason, message)))
+        Refreshed::Unchanged => {
+            status.last_sync_time = Some(time(now));
+            None
         }
+        Refreshed::Failed(reason, message) => Some((reason, message)),
     };
-    let has_data = shared.advisories.feed_size(&name).is_some();
-    let interval_error = feed.spec.interval.parse().err();
-    let ready = match (&interval_error, has_data, &error) {
-        (Some(e), _, _) => DesiredCondition::new(
+    let interval = feed.spec.interval.parse();
+    let ready = match (&interval, has_data, &error) {
+        (Err(e), _, _) => DesiredCondition::new(
             types::READY,
             ConditionStatus::False,
             "InvalidSpec",
             format!("spec.interval: {e}"),
         ),
-        (None, true, _) => DesiredCondition::new(
+        (Ok(_), true, _) => DesiredCondition::new(
             types::READY,
             ConditionStatus::True,
             "Loaded",
             format!("{} advisories loaded", status.advisories),
         ),
-        (None, false, Some((reason, message))) => DesiredCondition::new(
+        (Ok(_), false, Some((reason, message))) => DesiredCondition::new(
             types::READY,
             ConditionStatus::False,
             *reason,
             message.clone(),
         ),
-        (None, false, None) => DesiredCondition::new(
+        (Ok(_), false, None) => DesiredCondition::new(
             types::READY,
             ConditionStatus::False,
             "NoData",
             "nothing loaded yet",
         ),
     };
-    let degraded_condition = match &error {
+    let degraded = match &error {
         Some((reason, message)) => DesiredCondition::new(
             types::DEGRADED,
             ConditionStatus::True,
@@ -334,44 +386,168 @@ async fn reconcile_inner(feed: Arc<AdvisoryFeed>, ctx: &Arc<FeedContext>) -> Res
     };
     let (conds, transitions) = conditions::merge(
         &previous.conditions,
-        &[ready, degraded_condition],
+        &[ready, degraded],
         feed.metadata.generation,
         &time(now),
     );
     status.conditions = conds;
-    // A 304 or an unchanged download moves only lastSyncTime: write it at
-    // most once per interval, so a steady feed causes no write storm.
-    // Standbys load feeds too (a failover starts with data) but only the
-    // leader writes.
-    let leading = shared.leadership.is_leader();
-    if status != previous && leading {
-        let api: Api<AdvisoryFeed> = Api::all(shared.client.clone());
-        write_status(shared, &api, &name, "feed", MANAGER, &status, &previous).await?;
+    let was_judged = conditions::find(&previous.conditions, types::DEGRADED).is_some();
+    let event = match &error {
+        _ if !transitions.contains(&types::DEGRADED) => None,
+        Some((reason, message)) => Some((true, (*reason).to_owned(), message.clone())),
+        None if was_judged => Some((
+            false,
+            "Recovered".to_owned(),
+            "the feed refreshed successfully again".to_owned(),
+        )),
+        None => None,
+    };
+    let interval = match interval {
+        Ok(d) => std::time::Duration::from_secs(u64::try_from(d.as_secs()).unwrap_or(3600).max(10)),
+        Err(_) => std::time::Duration::from_secs(3600),
+    };
+    // A failing feed is tried again within a minute.
+    let retry = match error {
+        Some(_) => interval.min(std::time::Duration::from_secs(60)),
+        None => interval,
+    };
+    Decided {
+        status,
+        event,
+        retry,
     }
-    if transitions.contains(&types::DEGRADED) && leading {
-        match &error {
-            Some((reason, message)) => {
-                shared
-                    .event(feed.as_ref(), true, reason, message.clone())
-                    .await
-            }
-            None if conditions::find(&previous.conditions, types::DEGRADED).is_some() => {
-                shared
-                    .event(
-                        feed.as_ref(),
-                        false,
-                        "Recovered",
-                        "the feed refreshed successfully again".into(),
-                    )
-                    .await
-            }
-            None => {}
+}
+
+/// Writes the status when it changed, and the Event of a `Degraded`
+/// transition — on the leader only: standbys load feeds too (a failover
+/// starts with data) but write nothing. A 304 or an unchanged download
+/// moves only `lastSyncTime`, at most once per interval, so a steady feed
+/// causes no write storm.
+async fn update_status(
+    ctx: &FeedContext,
+    feed: &AdvisoryFeed,
+    decided: &Decided,
+) -> Result<(), Error> {
+    let shared = &ctx.shared;
+    if !shared.leadership.is_leader() {
+        return Ok(());
+    }
+    let previous = feed.status.clone().unwrap_or_default();
+    if decided.status != previous {
+        let api: Api<AdvisoryFeed> = Api::all(shared.client.clone());
+        let name = feed.name_any();
+        write_status(
+            shared,
+            &api,
+            &name,
+            "feed",
+            MANAGER,
+            &decided.status,
+            &previous,
+        )
+        .await?;
+    }
+    if let Some((warning, reason, message)) = &decided.event {
+        shared.event(feed, *warning, reason, message.clone()).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(interval: &str) -> AdvisoryFeed {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "patchloop.dev/v1alpha1", "kind": "AdvisoryFeed",
+            "metadata": {"name": "osv-debian", "generation": 1},
+            "spec": {"source": {"url": {"url": "https://feeds.example/all.zip"}}, "format": "OSV",
+                     "interval": interval}
+        }))
+        .expect("a feed")
+    }
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().expect("a timestamp")
+    }
+
+    fn loaded() -> Refreshed {
+        Refreshed::Loaded {
+            advisories: 42,
+            ecosystems: Vec::new(),
+            digest: "abc".into(),
+            validators: Validators {
+                etag: Some("\"v1\"".into()),
+                last_modified: None,
+            },
         }
     }
-    let retry = if degraded {
-        interval.min(std::time::Duration::from_secs(60))
-    } else {
-        interval
-    };
-    Ok(Action::requeue(retry))
+
+    fn condition(d: &Decided, type_: &str) -> (String, String, String) {
+        let c = conditions::find(&d.status.conditions, type_).expect("the condition");
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn a_failure_keeps_the_last_good_data_retries_within_a_minute_and_recovers_once() {
+        let mut f = feed("6h");
+        let first = decide(&f, loaded(), true, at("2026-12-05T10:00:00Z"));
+        assert_eq!(condition(&first, types::READY).1, "Loaded");
+        assert_eq!(condition(&first, types::DEGRADED).1, "RefreshSucceeded");
+        assert_eq!(first.status.advisories, 42);
+        assert_eq!(first.status.etag.as_deref(), Some("\"v1\""));
+        assert_eq!(first.retry, std::time::Duration::from_secs(6 * 3600));
+        assert_eq!(first.event, None, "a first success announces nothing");
+
+        f.status = Some(first.status);
+        let failed = Refreshed::Failed("Unreachable", "connection refused".into());
+        let down = decide(&f, failed, true, at("2026-12-05T16:00:00Z"));
+        assert_eq!(condition(&down, types::READY).1, "Loaded");
+        assert_eq!(
+            condition(&down, types::DEGRADED),
+            (
+                "True".into(),
+                "Unreachable".into(),
+                "connection refused; the last good data is kept".into()
+            )
+        );
+        assert_eq!(
+            down.status.advisories, 42,
+            "the last good data's facts stay"
+        );
+        assert_eq!(down.retry, std::time::Duration::from_secs(60));
+        assert_eq!(
+            down.event,
+            Some((true, "Unreachable".into(), "connection refused".into()))
+        );
+
+        f.status = Some(down.status);
+        let up = decide(&f, Refreshed::Unchanged, true, at("2026-12-05T16:01:00Z"));
+        assert_eq!(condition(&up, types::DEGRADED).1, "RefreshSucceeded");
+        assert_eq!(
+            up.status.last_sync_time.as_ref().map(|t| t.0),
+            Some(at("2026-12-05T16:01:00Z"))
+        );
+        assert_eq!(up.event.as_ref().map(|e| e.1.as_str()), Some("Recovered"));
+    }
+
+    #[test]
+    fn no_data_and_a_bad_interval_are_named() {
+        let failed = Refreshed::Failed("TooLarge", "over maxBytes".into());
+        let none = decide(&feed("1h"), failed, false, at("2026-12-05T10:00:00Z"));
+        assert_eq!(
+            condition(&none, types::READY),
+            ("False".into(), "TooLarge".into(), "over maxBytes".into())
+        );
+        let bad = decide(
+            &feed("soon"),
+            Refreshed::Unchanged,
+            false,
+            at("2026-12-05T10:00:00Z"),
+        );
+        let (status, reason, message) = condition(&bad, types::READY);
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+        assert!(message.starts_with("spec.interval: "), "{message}");
+        assert_eq!(bad.retry, std::time::Duration::from_secs(3600));
+    }
 }

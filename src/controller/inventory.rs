@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use jiff::Timestamp;
+
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
@@ -53,39 +55,56 @@ async fn reconcile_inner(inv: Arc<Inventory>, scope: &Arc<Scope>) -> Result<Acti
     scope.caches_ready().await;
     // Workload verdicts go first; this status is bookkeeping.
     let _slot = scope.shared.verdicts_first.bookkeeping().await;
-    let shared = &scope.shared;
     let ns = inv
         .namespace()
         .ok_or(Error::Missing("metadata.namespace"))?;
-    let name = inv.name_any();
-    let previous = inv.status.clone().unwrap_or_default();
-    let subject = &inv.spec.subject;
+    let subject = dereference(scope, &inv, &ns).await?;
+    let status = decide(&inv, subject, now());
+    update_status(scope, &inv, &ns, &status).await?;
+    Ok(Action::requeue(scope.shared.settings.max_requeue))
+}
 
-    // Whether the subject exists, and the family of its platform (a
-    // request's is its Template's): the Inventory's format must match it.
+/// The Inventory's subject as found: `None` when it does not exist, else
+/// the family of its platform (a request's is its Template's), `None` when
+/// that cannot be told.
+type Subject = Option<Option<Ecosystem>>;
+
+async fn dereference(scope: &Scope, inv: &Inventory, ns: &str) -> Result<Subject, Error> {
+    let subject = &inv.spec.subject;
     let family = |platform: &str| parse_platform(platform).ok().map(|p| p.family);
-    let found: Option<Option<Ecosystem>> = match subject.kind {
+    Ok(match subject.kind {
         SubjectKind::Workload => scope
             .workloads
-            .get(&ObjectRef::new(&subject.name).within(&ns))
+            .get(&ObjectRef::new(&subject.name).within(ns))
             .map(|w| family(&w.spec.platform)),
         SubjectKind::Template => scope
             .templates
-            .get(&ObjectRef::new(&subject.name).within(&ns))
+            .get(&ObjectRef::new(&subject.name).within(ns))
             .map(|t| family(&t.spec.platform)),
         SubjectKind::ChangeRequest => {
-            let api: Api<ChangeRequest> = Api::namespaced(shared.client.clone(), &ns);
+            let api: Api<ChangeRequest> = Api::namespaced(scope.shared.client.clone(), ns);
             api.get_opt(&subject.name).await?.map(|cr| {
                 scope
                     .templates
-                    .get(&ObjectRef::new(&cr.spec.template).within(&ns))
+                    .get(&ObjectRef::new(&cr.spec.template).within(ns))
                     .and_then(|t| family(&t.spec.platform))
             })
         }
-    };
-    let exists = found.is_some();
-    let parsed = parse_subject_list(found.flatten(), inv.spec.format.into(), &inv.spec.packages);
-    let ready = not_canonical(&inv).unwrap_or_else(|| match (&parsed, exists) {
+    })
+}
+
+/// The Inventory's status: `Ready` says whether it counts for its subject
+/// (canonical name, format of the subject's family, every line in its
+/// grammar, the subject exists); pure.
+fn decide(inv: &Inventory, subject: Subject, now: Timestamp) -> InventoryStatus {
+    let previous = inv.status.clone().unwrap_or_default();
+    let about = &inv.spec.subject;
+    let parsed = parse_subject_list(
+        subject.flatten(),
+        inv.spec.format.into(),
+        &inv.spec.packages,
+    );
+    let ready = not_canonical(inv).unwrap_or_else(|| match (&parsed, subject.is_some()) {
         (Err(e), _) => DesiredCondition::new(
             types::READY,
             ConditionStatus::False,
@@ -99,45 +118,43 @@ async fn reconcile_inner(inv: Arc<Inventory>, scope: &Arc<Scope>) -> Result<Acti
             types::READY,
             ConditionStatus::False,
             "SubjectNotFound",
-            subject_not_found(subject),
+            subject_not_found(about),
         ),
         (Ok(p), true) => DesiredCondition::new(
             types::READY,
             ConditionStatus::True,
             "Valid",
-            format!(
-                "{} packages for {:?} {}",
-                p.len(),
-                subject.kind,
-                subject.name
-            ),
+            format!("{} packages for {:?} {}", p.len(), about.kind, about.name),
         ),
     });
     let (conds, _) = conditions::merge(
         &previous.conditions,
         &[ready],
         inv.metadata.generation,
-        &time(now()),
+        &time(now),
     );
-    let status = InventoryStatus {
+    InventoryStatus {
         observed_generation: inv.metadata.generation,
         conditions: conds,
         package_count: i32::try_from(inv.spec.packages.len()).unwrap_or(i32::MAX),
-    };
-    if status != previous {
-        let api: Api<Inventory> = Api::namespaced(shared.client.clone(), &ns);
-        write_status(
-            shared,
-            &api,
-            &name,
-            "inventory",
-            MANAGER,
-            &status,
-            &previous,
-        )
-        .await?;
     }
-    Ok(Action::requeue(shared.settings.max_requeue))
+}
+
+async fn update_status(
+    scope: &Scope,
+    inv: &Inventory,
+    ns: &str,
+    status: &InventoryStatus,
+) -> Result<(), Error> {
+    let previous = inv.status.clone().unwrap_or_default();
+    if *status == previous {
+        return Ok(());
+    }
+    let shared = &scope.shared;
+    let api: Api<Inventory> = Api::namespaced(shared.client.clone(), ns);
+    let name = inv.name_any();
+    write_status(shared, &api, &name, "inventory", MANAGER, status, &previous).await?;
+    Ok(())
 }
 
 /// `Ready=False` (`NotCanonical`) for an Inventory that names a subject under
@@ -188,6 +205,43 @@ mod tests {
                      "format": "dpkg", "packages": []},
         }))
         .expect("a valid Inventory")
+    }
+
+    #[test]
+    fn ready_needs_the_subject_its_family_and_valid_lines() {
+        let mut inv = inventory(
+            "workload-web-01",
+            serde_json::json!({"kind": "Workload", "name": "web-01"}),
+        );
+        inv.spec.packages = vec!["libc6 2.36-9+deb12u3 glibc".into()];
+        let now: Timestamp = "2026-12-05T10:00:00Z".parse().expect("now");
+        let ready = |status: &InventoryStatus| {
+            let c = conditions::find(&status.conditions, types::READY).expect("Ready");
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        let valid = decide(&inv, Some(Some(Ecosystem::Dpkg)), now);
+        assert_eq!(
+            ready(&valid),
+            (
+                "True".into(),
+                "Valid".into(),
+                "1 packages for Workload web-01".into()
+            )
+        );
+        assert_eq!(valid.package_count, 1);
+        assert_eq!(ready(&decide(&inv, None, now)).1, "SubjectNotFound");
+        // A platform that cannot be read is the Workload's finding, not this one's.
+        assert_eq!(ready(&decide(&inv, Some(None), now)).1, "Valid");
+        let (_, reason, message) = ready(&decide(&inv, Some(Some(Ecosystem::Rpm)), now));
+        assert_eq!(reason, "FormatMismatch");
+        assert!(message.starts_with("spec.format: is dpkg"), "{message}");
+        inv.spec.packages = vec!["libc6- 1.0".into()];
+        let (_, reason, message) = ready(&decide(&inv, Some(Some(Ecosystem::Dpkg)), now));
+        assert_eq!(reason, "InvalidPackage");
+        assert!(
+            message.starts_with("spec.packages[0]: field 1 (name)"),
+            "{message}"
+        );
     }
 
     #[test]

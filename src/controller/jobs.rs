@@ -38,6 +38,9 @@ pub const PURPOSE_LABEL: &str = "patchloop.dev/purpose";
 pub const POLICY_LABEL: &str = "patchloop.dev/policy";
 /// The Workload a remediation Job patches.
 pub const WORKLOAD_LABEL: &str = "patchloop.dev/workload";
+/// The label carrying the Workload generation a remediation Job was created
+/// for: after a refusal, a new attempt waits for a newer one.
+pub const WORKLOAD_GENERATION_LABEL: &str = "patchloop.dev/workload-generation";
 /// The attempt number of a remediation Job.
 pub const ATTEMPT_LABEL: &str = "patchloop.dev/attempt";
 /// The short digest of the fix set a Job installs.

@@ -27,6 +27,7 @@ pub mod remediation;
 pub mod run;
 pub mod scope;
 pub mod template;
+pub mod triggers;
 pub mod workload;
 
 use std::sync::Arc;

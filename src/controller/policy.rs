@@ -17,12 +17,11 @@ use super::{Error, failpoint, now, observed, requeue_at, write_status};
 use crate::api::common::{ComplianceState, Duration, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::policy::{
-    PatchPolicySpec, PatchPolicyStatus, RESUME_ANNOTATION, Remediation, RemediationMode,
-    RolloutLedger, WorkloadCounts,
+    PatchPolicySpec, PatchPolicyStatus, RESUME_ANNOTATION, RemediationMode, RolloutLedger,
+    TemplateCounts, WorkloadCounts,
 };
 use crate::api::workload::RemediationPhase;
 use crate::api::{PatchPolicy, Workload};
-use crate::engine::outcome::OutcomeSettings;
 use crate::engine::rollout::WindowState;
 use crate::engine::selector;
 use crate::engine::window::{self, MaintenanceWindow};
@@ -91,22 +90,6 @@ pub fn validate(spec: &PatchPolicySpec) -> (Vec<String>, Vec<MaintenanceWindow>)
         errors.push(format!("spec.selector: {e}"));
     }
     (errors, windows)
-}
-
-/// The settings outcome tracking reads from a policy (an unparsable
-/// duration, already reported on the policy, falls back to its default).
-pub fn outcome_settings(r: &Remediation) -> OutcomeSettings {
-    let defaults = Remediation::default();
-    let parse = |d: &Duration, fallback: &Duration| {
-        d.parse()
-            .or_else(|_| fallback.parse())
-            .unwrap_or(jiff::SignedDuration::from_mins(10))
-    };
-    OutcomeSettings {
-        attempts: u32::try_from(r.attempts).unwrap_or(1).max(1),
-        backoff: parse(&r.backoff, &defaults.backoff),
-        verify_timeout: parse(&r.verify_timeout, &defaults.verify_timeout),
-    }
 }
 
 /// Checks the embedded Job template with a server-side dry-run create, the
@@ -209,47 +192,72 @@ pub async fn reconcile(policy: Arc<PatchPolicy>, scope: Arc<Scope>) -> Result<Ac
 
 async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result<Action, Error> {
     scope.caches_ready().await;
-    let shared = &scope.shared;
     let ns = policy
         .namespace()
         .ok_or(Error::Missing("metadata.namespace"))?;
-    let name = policy.name_any();
     let now: Timestamp = now();
-    let previous = policy.status.clone().unwrap_or_default();
-    let generation = policy.metadata.generation;
+    let seen = dereference(scope, &policy, &ns).await;
+    let driven = remediation::driven(scope, &policy.name_any(), &ns, &seen.matched);
+    let window = WindowState {
+        open_until: window::open_until(&seen.windows, now),
+        next_opening: window::next_opening(&seen.windows, now),
+    };
+    let may_start = seen.errors.is_empty();
+    let round = remediation::round(scope, &policy, &ns, &driven, window, may_start, now).await?;
+    let decided = decide(&policy, &seen, &round, window, now);
+    update_status(scope, &policy, &ns, &decided).await?;
+    if round.started > 0 {
+        failpoint::exit_if(failpoint::EXIT_AFTER_ROLLOUT_ROUND);
+    }
+    let max = scope.shared.settings.max_requeue;
+    Ok(Action::requeue(requeue_at(decided.wake, now, max)))
+}
 
+/// What a policy's reconcile reads: the spec's problems (the Job template's
+/// dry-run included), its windows, the Workloads it matches, the policies
+/// tying with it on them, and the Templates it covers.
+struct Seen {
+    errors: Vec<String>,
+    windows: Vec<MaintenanceWindow>,
+    matched: Vec<Arc<Workload>>,
+    rivals: Vec<String>,
+    templates: TemplateCounts,
+}
+
+async fn dereference(scope: &Scope, policy: &PatchPolicy, ns: &str) -> Seen {
+    let previous = policy.status.clone().unwrap_or_default();
     let (mut errors, windows) = validate(&policy.spec);
-    // The dry-run costs a request: once per generation.
-    let previous_template_error = conditions::find(&previous.conditions, types::READY)
-        .filter(|c| c.reason == "InvalidSpec" && c.message.contains("spec.remediation.jobTemplate"))
-        .map(|c| c.message.clone());
-    if previous.observed_generation != generation || previous.conditions.is_empty() {
-        if let Err(e) = dry_run_job_template(scope, &policy, &ns).await {
+    // The dry-run costs a request: once per generation, its verdict kept
+    // in the Ready message until the next.
+    if previous.observed_generation != policy.metadata.generation || previous.conditions.is_empty()
+    {
+        if let Err(e) = dry_run_job_template(scope, policy, ns).await {
             errors.push(e);
         }
-    } else if let Some(m) = previous_template_error {
+    } else if let Some(c) =
+        conditions::find(&previous.conditions, types::READY).filter(|c| c.reason == "InvalidSpec")
+    {
         errors.extend(
-            m.split("; ")
+            c.message
+                .split("; ")
                 .filter(|e| e.starts_with("spec.remediation.jobTemplate"))
                 .map(str::to_owned),
         );
     }
-
     let matched: Vec<Arc<Workload>> = scope
         .workloads
         .state()
         .into_iter()
-        .filter(|w| w.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|w| w.namespace().as_deref() == Some(ns))
         .filter(|w| selector::matches(&policy.spec.selector, w.labels()).unwrap_or(false))
         .collect();
-    let counts = count(&matched);
-
-    // Another policy of the same priority matching one of our Workloads.
+    // Another policy of the same priority matching one of these Workloads.
+    let name = policy.name_any();
     let mut rivals: Vec<String> = scope
         .policies
         .state()
         .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && p.name_any() != name)
+        .filter(|p| p.namespace().as_deref() == Some(ns) && p.name_any() != name)
         .filter(|p| p.spec.priority == policy.spec.priority)
         .filter(|p| {
             matched
@@ -259,56 +267,176 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
         .map(|p| p.name_any())
         .collect();
     rivals.sort();
+    let templates = super::template::counts_for_policy(scope, ns, &policy.spec);
+    Seen {
+        errors,
+        windows,
+        matched,
+        rivals,
+        templates,
+    }
+}
 
-    let open_until = window::open_until(&windows, now);
-    let next_window = window::next_opening(&windows, now);
-    let driven = remediation::driven(scope, &name, &ns, &matched);
-    let round = remediation::round(
-        scope,
-        &policy,
-        &ns,
-        &driven,
-        WindowState {
-            open_until,
-            next_opening: next_window,
-        },
-        errors.is_empty(),
-        now,
-    )
-    .await?;
-    let mut counts = counts;
+/// What a reconcile decided: the status, the Events its transitions
+/// announce, and when to look again.
+#[derive(Debug)]
+struct Decided {
+    status: PatchPolicyStatus,
+    previous: PatchPolicyStatus,
+    events: Vec<(bool, String, String)>,
+    wake: Option<Timestamp>,
+}
+
+/// The policy's status after a round, and the Events of its transitions
+/// (pure).
+fn decide(
+    policy: &PatchPolicy,
+    seen: &Seen,
+    round: &remediation::Round,
+    window: WindowState,
+    now: Timestamp,
+) -> Decided {
+    let previous = policy.status.clone().unwrap_or_default();
+    let generation = policy.metadata.generation;
+    let mut counts = count(&seen.matched);
     counts.waiting_for_window = round.waiting_for_window;
     // A Job the apiserver refused (e.g. a template the dry-run accepted but
     // the real object did not) is the spec's problem too.
-    errors.extend(round.errors.iter().cloned());
-
+    let errors: Vec<String> = seen.errors.iter().chain(&round.errors).cloned().collect();
     let ready = ready_condition(&errors, &round.names_taken);
-    let mut desired = vec![ready.clone()];
-    desired.push(if rivals.is_empty() {
-        DesiredCondition::new(types::CONFLICT, ConditionStatus::False, "NoConflict", "no other policy with the same priority matches these Workloads")
-    } else {
-        DesiredCondition::new(
-            types::CONFLICT,
-            ConditionStatus::True,
-            "PriorityTie",
-            format!(
-                "PatchPolicies {} have the same priority ({}) and match the same Workloads: nothing they share is remediated",
-                rivals.join(", "),
-                policy.spec.priority
-            ),
-        )
-    });
     let ledger = &round.ledger;
-    desired.push(match ledger.paused_at.as_ref() {
+    let max_failures = policy.spec.remediation.max_failures;
+    let desired = [
+        ready.clone(),
+        conflict_condition(&seen.rivals, policy.spec.priority),
+        paused_condition(ledger, max_failures),
+    ];
+    let (conds, transitions) =
+        conditions::merge(&previous.conditions, &desired, generation, &time(now));
+    let mut events = Vec::new();
+    if transitions.contains(&types::READY) && ready.status == ConditionStatus::False {
+        events.push((true, ready.reason.clone(), ready.message.clone()));
+    }
+    let was_paused = conditions::is_true(&previous.conditions, types::ROLLOUT_PAUSED);
+    if transitions.contains(&types::ROLLOUT_PAUSED) {
+        match ledger.paused_at {
+            Some(_) => events.push((
+                true,
+                "RolloutPaused".into(),
+                format!(
+                    "{} failed or unverified outcomes: {}",
+                    ledger.failures,
+                    ledger.last_failures.join(", ")
+                ),
+            )),
+            None if was_paused => events.push((
+                false,
+                "RolloutResumed".into(),
+                format!("resumed by {RESUME_ANNOTATION}"),
+            )),
+            None => {}
+        }
+    }
+    if transitions.contains(&types::CONFLICT) && !seen.rivals.is_empty() {
+        events.push((
+            true,
+            "PriorityTie".into(),
+            format!("same priority as {}", seen.rivals.join(", ")),
+        ));
+    }
+    let status = PatchPolicyStatus {
+        observed_generation: generation,
+        conditions: conds,
+        workloads: Some(counts),
+        templates: Some(seen.templates.clone()),
+        rollout: Some(ledger.clone()).filter(|l| *l != RolloutLedger::default()),
+        next_window: window.next_opening.map(time),
+        window_open_until: window.open_until.map(time),
+    };
+    let wake = [window::next_change(&seen.windows, now), round.wake_at]
+        .into_iter()
+        .flatten()
+        .min();
+    Decided {
+        status,
+        previous,
+        events,
+        wake,
+    }
+}
+
+/// Publishes the counts, writes the status when it changed, then its
+/// Events.
+async fn update_status(
+    scope: &Scope,
+    policy: &PatchPolicy,
+    ns: &str,
+    decided: &Decided,
+) -> Result<(), Error> {
+    let shared = &scope.shared;
+    let name = policy.name_any();
+    let status = &decided.status;
+    if let Some(counts) = &status.workloads {
+        shared.metrics.set_workload_counts(ns, &name, counts);
+    }
+    if let Some(counts) = &status.templates {
+        shared.metrics.set_template_counts(ns, &name, counts);
+    }
+    if *status == decided.previous {
+        return Ok(());
+    }
+    let api: Api<PatchPolicy> = Api::namespaced(shared.client.clone(), ns);
+    write_status(
+        shared,
+        &api,
+        &name,
+        "policy",
+        MANAGER,
+        status,
+        &decided.previous,
+    )
+    .await?;
+    for (warning, reason, message) in &decided.events {
+        shared
+            .event(policy, *warning, reason, message.clone())
+            .await;
+    }
+    Ok(())
+}
+
+/// `Conflict`: another policy of the same priority matches some of the same
+/// Workloads, so neither remediates them.
+fn conflict_condition(rivals: &[String], priority: i32) -> DesiredCondition {
+    if rivals.is_empty() {
+        return DesiredCondition::new(
+            types::CONFLICT,
+            ConditionStatus::False,
+            "NoConflict",
+            "no other policy with the same priority matches these Workloads",
+        );
+    }
+    DesiredCondition::new(
+        types::CONFLICT,
+        ConditionStatus::True,
+        "PriorityTie",
+        format!(
+            "PatchPolicies {} have the same priority ({priority}) and match the same Workloads: nothing they share is remediated",
+            rivals.join(", "),
+        ),
+    )
+}
+
+/// `RolloutPaused`: the ledger reached `maxFailures`.
+fn paused_condition(ledger: &RolloutLedger, max_failures: i32) -> DesiredCondition {
+    match ledger.paused_at.as_ref() {
         Some(at) => DesiredCondition::new(
             types::ROLLOUT_PAUSED,
             ConditionStatus::True,
             "MaxFailuresReached",
             format!(
-                "paused at {} after {} failed or unverified outcomes (maxFailures {}), last: {}; set the {RESUME_ANNOTATION} annotation to a new value to resume",
+                "paused at {} after {} failed or unverified outcomes (maxFailures {max_failures}), last: {}; set the {RESUME_ANNOTATION} annotation to a new value to resume",
                 at.0,
                 ledger.failures,
-                policy.spec.remediation.max_failures,
                 ledger.last_failures.join(", ")
             ),
         ),
@@ -317,92 +445,11 @@ async fn reconcile_inner(policy: Arc<PatchPolicy>, scope: &Arc<Scope>) -> Result
             ConditionStatus::False,
             "Rolling",
             format!(
-                "{} failed or unverified outcomes of maxFailures {}",
-                ledger.failures, policy.spec.remediation.max_failures
+                "{} failed or unverified outcomes of maxFailures {max_failures}",
+                ledger.failures
             ),
         ),
-    });
-    let (conds, transitions) =
-        conditions::merge(&previous.conditions, &desired, generation, &time(now));
-
-    let template_counts = super::template::counts_for_policy(scope, &ns, &policy.spec);
-    let status = PatchPolicyStatus {
-        observed_generation: generation,
-        conditions: conds,
-        workloads: Some(counts.clone()),
-        templates: Some(template_counts.clone()),
-        rollout: Some(round.ledger.clone()).filter(|l| *l != RolloutLedger::default()),
-        next_window: next_window.map(time),
-        window_open_until: open_until.map(time),
-    };
-    shared.metrics.set_workload_counts(&ns, &name, &counts);
-    shared
-        .metrics
-        .set_template_counts(&ns, &name, &template_counts);
-    if status != previous {
-        let api: Api<PatchPolicy> = Api::namespaced(shared.client.clone(), &ns);
-        write_status(shared, &api, &name, "policy", MANAGER, &status, &previous).await?;
-        if transitions.contains(&types::READY) && ready.status == ConditionStatus::False {
-            shared
-                .event(policy.as_ref(), true, &ready.reason, ready.message.clone())
-                .await;
-        }
-        if transitions.contains(&types::ROLLOUT_PAUSED) {
-            match ledger.paused_at {
-                Some(_) => {
-                    shared
-                        .event(
-                            policy.as_ref(),
-                            true,
-                            "RolloutPaused",
-                            format!(
-                                "{} failed or unverified outcomes: {}",
-                                ledger.failures,
-                                ledger.last_failures.join(", ")
-                            ),
-                        )
-                        .await;
-                }
-                None if previous
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == types::ROLLOUT_PAUSED && c.status == "True") =>
-                {
-                    shared
-                        .event(
-                            policy.as_ref(),
-                            false,
-                            "RolloutResumed",
-                            format!("resumed by {RESUME_ANNOTATION}"),
-                        )
-                        .await;
-                }
-                None => {}
-            }
-        }
-        if transitions.contains(&types::CONFLICT) && !rivals.is_empty() {
-            shared
-                .event(
-                    policy.as_ref(),
-                    true,
-                    "PriorityTie",
-                    format!("same priority as {}", rivals.join(", ")),
-                )
-                .await;
-        }
     }
-    if round.started > 0 {
-        failpoint::exit_if(failpoint::EXIT_AFTER_ROLLOUT_ROUND);
-    }
-    let next = match (window::next_change(&windows, now), round.wake_at) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    Ok(Action::requeue(requeue_at(
-        next,
-        now,
-        shared.settings.max_requeue,
-    )))
 }
 
 /// The policy's `Ready` condition: the spec's errors (a Job the apiserver
@@ -433,5 +480,164 @@ fn ready_condition(errors: &[String], names_taken: &[String]) -> DesiredConditio
             "JobNameTaken",
             names_taken.join("; "),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn policy(status: Option<PatchPolicyStatus>) -> PatchPolicy {
+        let mut p: PatchPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "patchloop.dev/v1alpha1", "kind": "PatchPolicy",
+            "metadata": {"name": "gold", "namespace": "fleet", "generation": 3},
+            "spec": {"selector": {"matchLabels": {"tier": "gold"}}, "priority": 100,
+                     "deadlines": {"critical": "3d", "high": "7d", "medium": "30d", "low": "90d", "unknown": "30d"},
+                     "inventoryMaxAge": "7d",
+                     "maintenanceWindows": [{"schedule": "0 2 * * *", "duration": "2h"}]}
+        }))
+        .expect("a policy");
+        p.status = status;
+        p
+    }
+
+    fn seen(p: &PatchPolicy, rivals: &[&str]) -> Seen {
+        let (errors, windows) = validate(&p.spec);
+        Seen {
+            errors,
+            windows,
+            matched: Vec::new(),
+            rivals: rivals.iter().map(|r| (*r).to_owned()).collect(),
+            templates: TemplateCounts::default(),
+        }
+    }
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().expect("a timestamp")
+    }
+
+    const NOW: &str = "2026-12-05T10:00:00Z";
+
+    fn reason<'a>(d: &'a Decided, type_: &str) -> (&'a str, &'a str) {
+        let c = conditions::find(&d.status.conditions, type_).expect("the condition");
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    fn event_reasons(d: &Decided) -> Vec<&str> {
+        d.events.iter().map(|(_, r, _)| r.as_str()).collect()
+    }
+
+    #[test]
+    fn a_valid_policy_is_ready_and_wakes_at_its_next_window_change() {
+        let p = policy(None);
+        let seen = seen(&p, &[]);
+        let window = WindowState {
+            open_until: None,
+            next_opening: window::next_opening(&seen.windows, at(NOW)),
+        };
+        let d = decide(&p, &seen, &remediation::Round::default(), window, at(NOW));
+        assert_eq!(reason(&d, types::READY), ("True", "Valid"));
+        assert_eq!(reason(&d, types::CONFLICT), ("False", "NoConflict"));
+        assert_eq!(reason(&d, types::ROLLOUT_PAUSED), ("False", "Rolling"));
+        assert_eq!(d.status.observed_generation, Some(3));
+        assert_eq!(d.status.rollout, None, "an empty ledger is not written");
+        assert_eq!(
+            d.status.next_window.as_ref().map(|t| t.0),
+            Some(at("2026-12-06T02:00:00Z"))
+        );
+        assert_eq!(d.wake, Some(at("2026-12-06T02:00:00Z")));
+        assert!(d.events.is_empty(), "{:?}", d.events);
+        // A round that must look again sooner wins.
+        let round = remediation::Round {
+            wake_at: Some(at("2026-12-05T10:00:15Z")),
+            ..Default::default()
+        };
+        let d = decide(&p, &seen, &round, window, at(NOW));
+        assert_eq!(d.wake, Some(at("2026-12-05T10:00:15Z")));
+    }
+
+    #[test]
+    fn spec_errors_come_before_taken_names_and_each_transition_is_announced_once() {
+        let p = policy(None);
+        let mut seen = seen(&p, &[]);
+        seen.errors.push("spec.remediation.jobTemplate: bad".into());
+        let round = remediation::Round {
+            errors: vec!["Workload a: refused by the apiserver".into()],
+            names_taken: vec!["Workload b: a Job named b-1 already exists".into()],
+            ..Default::default()
+        };
+        let window = WindowState::default();
+        let d = decide(&p, &seen, &round, window, at(NOW));
+        let ready = conditions::find(&d.status.conditions, types::READY).expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert_eq!(
+            ready.message,
+            "spec.remediation.jobTemplate: bad; Workload a: refused by the apiserver; Workload b: a Job named b-1 already exists"
+        );
+        assert_eq!(event_reasons(&d), ["InvalidSpec"]);
+        // Only the taken name left: JobNameTaken. Ready stays False, which
+        // is no transition: the status says it, no second Event.
+        seen.errors.clear();
+        let round = remediation::Round {
+            names_taken: round.names_taken,
+            ..Default::default()
+        };
+        let again = decide(&policy(Some(d.status)), &seen, &round, window, at(NOW));
+        assert_eq!(reason(&again, types::READY), ("False", "JobNameTaken"));
+        assert!(again.events.is_empty(), "{:?}", again.events);
+        // From Ready, the taken name is a transition, announced once.
+        let ready = decide(&p, &seen, &remediation::Round::default(), window, at(NOW));
+        let taken = decide(&policy(Some(ready.status)), &seen, &round, window, at(NOW));
+        assert_eq!(event_reasons(&taken), ["JobNameTaken"]);
+        let same = decide(&policy(Some(taken.status)), &seen, &round, window, at(NOW));
+        assert!(same.events.is_empty(), "{:?}", same.events);
+    }
+
+    #[test]
+    fn a_tie_a_pause_and_a_resume_are_conditions_and_events() {
+        let p = policy(None);
+        let tied = seen(&p, &["silver", "bronze"]);
+        let paused = remediation::Round {
+            ledger: RolloutLedger {
+                failures: 2,
+                last_failures: vec!["web-1".into(), "web-2".into()],
+                paused_at: Some(Time(at("2026-12-05T09:59:00Z"))),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let window = WindowState::default();
+        let d = decide(&p, &tied, &paused, window, at(NOW));
+        assert_eq!(reason(&d, types::CONFLICT), ("True", "PriorityTie"));
+        assert_eq!(
+            reason(&d, types::ROLLOUT_PAUSED),
+            ("True", "MaxFailuresReached")
+        );
+        assert_eq!(event_reasons(&d), ["RolloutPaused", "PriorityTie"]);
+        assert!(d.events.iter().all(|(warning, _, _)| *warning));
+        // Resumed: one Normal Event; the tie is not announced again.
+        let resumed = decide(
+            &policy(Some(d.status)),
+            &tied,
+            &remediation::Round::default(),
+            window,
+            at(NOW),
+        );
+        assert_eq!(
+            reason(&resumed, types::ROLLOUT_PAUSED),
+            ("False", "Rolling")
+        );
+        assert_eq!(
+            resumed.events,
+            [(
+                false,
+                "RolloutResumed".to_owned(),
+                format!("resumed by {RESUME_ANNOTATION}")
+            )]
+        );
     }
 }

@@ -20,7 +20,6 @@ use super::{Error, failpoint};
 use crate::api::policy::{PatchPolicy, RESUME_ANNOTATION, RolloutLedger};
 use crate::api::workload::{RemediationPhase, Workload, check_target};
 use crate::engine::evaluate::{PolicyRef, RemediationChoice, remediation_policy};
-use crate::engine::outcome::PodFailure;
 use crate::engine::rollout::{
     self, Hold, JobActivity, Need, Outcome, Plan, PlanInput, Record, RolloutSettings, Start,
     WindowState, WorkloadState,
@@ -33,10 +32,6 @@ const CREATES_IN_FLIGHT: usize = 16;
 /// Only Patchloop's own Jobs are watched (by label), so the squatter's
 /// deletion wakes nothing: the policy polls until the name is free.
 const NAME_TAKEN_RECHECK: jiff::SignedDuration = jiff::SignedDuration::from_secs(15);
-
-/// The label carrying the Workload generation a remediation Job was created
-/// for: after a refusal, a new attempt waits for a newer one.
-pub const WORKLOAD_GENERATION_LABEL: &str = "patchloop.dev/workload-generation";
 
 /// What a round of the rollout did.
 #[derive(Debug, Clone, Default)]
@@ -384,7 +379,7 @@ async fn start_job(
         (jobs::ATTEMPT_LABEL.to_owned(), attempt.to_string()),
         (jobs::FIX_SET_LABEL.to_owned(), fixes.short().to_owned()),
         (
-            WORKLOAD_GENERATION_LABEL.to_owned(),
+            jobs::WORKLOAD_GENERATION_LABEL.to_owned(),
             w.metadata.generation.unwrap_or_default().to_string(),
         ),
     ]);
@@ -451,19 +446,6 @@ async fn start_job(
         tracing::info!(workload = %wname, job = %job_name, attempt, canary = start.canary, "remediation Job created");
     }
     Ok(true)
-}
-
-/// How a failed Job's Pod ended (the newest Pod the Job controls with a
-/// failed container), and whether its script refused to act
-/// ([`jobs::is_refusal`]).
-pub async fn pod_failure(client: &kube::Client, job: &Job) -> Result<PodFailure, kube::Error> {
-    Ok(jobs::failed_pod(client, job)
-        .await?
-        .map(|end| PodFailure {
-            refused: end.refused,
-            message: end.message,
-        })
-        .unwrap_or_default())
 }
 
 /// Deletes finished Jobs beyond the newest `keepFinishedJobs` of each

@@ -24,6 +24,7 @@ use kube::{Api, ResourceExt};
 
 use super::advisories::DataState;
 use super::scope::Scope;
+use super::triggers;
 use super::{Error, failpoint, jobs, now, observed, requeue_at, write_status};
 use crate::api::change_request::{ChangeRequestPhase, TEMPLATE_LABEL};
 use crate::api::common::{ComplianceState, InventoryReference, time};
@@ -620,7 +621,7 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
     }
     // Inventories naming this Template may have been waiting for it to exist.
     if t.status.is_none() {
-        wake_inventories_of(scope, &ns, SubjectKind::Template, &name);
+        triggers::inventories_of(scope, &ns, SubjectKind::Template, &name);
     }
     // The open request follows the findings (its scope, until the build).
     if let Requests::Open(c) = &state {
@@ -662,22 +663,6 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
         now,
         shared.settings.max_requeue,
     )))
-}
-
-/// Wakes the inventory reconciler for the Inventories naming a subject
-/// (their `Ready` says whether the subject exists).
-pub fn wake_inventories_of(scope: &Scope, ns: &str, kind: SubjectKind, name: &str) {
-    let names = scope
-        .subjects
-        .read()
-        .map(|s| s.inventories(&(ns.to_owned(), kind, name.to_owned())))
-        .unwrap_or_default();
-    for n in names {
-        let _ = scope
-            .triggers
-            .inventories
-            .unbounded_send(ObjectRef::new(&n).within(ns));
-    }
 }
 
 /// Deletes the closed requests of `t` beyond `spec.keepClosedChangeRequests`

@@ -14,9 +14,8 @@ use k8s_openapi::api::batch::v1::Job;
 
 use super::advisories::DataState;
 use super::jobs::{self, Purpose};
-use super::policy::outcome_settings;
-use super::remediation;
-use super::scope::{self, Scope, version_of};
+use super::scope::{Scope, version_of};
+use super::triggers;
 use super::{Error, failpoint, now, observed, requeue_at, write_status};
 use crate::api::common::{ComplianceState, InventoryReference, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
@@ -34,7 +33,8 @@ use crate::engine::evaluate::{
 use crate::engine::fixes::{FixSet, Take, fix_set, gaps, parse_package_lines};
 use crate::engine::inventory::{InstalledPackage, parse_subject_list};
 use crate::engine::outcome::{
-    self, JobEnd, JobView, Lookup, Notice, Observation, ObserveInput, PodFailure, SeenInventory,
+    self, JobEnd, JobView, Lookup, Notice, Observation, ObserveInput, OutcomeSettings, PodFailure,
+    SeenInventory,
 };
 use crate::engine::version::parse_platform;
 
@@ -735,33 +735,55 @@ pub async fn reconcile(wl: Arc<Workload>, scope: Arc<Scope>) -> Result<Action, E
 async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action, Error> {
     let _judging = scope.shared.verdicts_first.judging();
     scope.caches_ready().await;
-    let shared = &scope.shared;
     let ns = wl.namespace().ok_or(Error::Missing("metadata.namespace"))?;
-    let name = wl.name_any();
     let now = now();
-    let previous = wl.status.clone().unwrap_or_default();
-
     let judged = judge(scope, &wl, &ns, now);
-    let evaluation = &judged.evaluation;
+    let grace = start_up_grace(scope, &wl.spec.platform, now);
+    let tracked = track_remediation(scope, &wl, &ns, &judged, now).await?;
+    let decided = decide(&wl, &judged, tracked, grace, now);
+    update_status(scope, &wl, &ns, &judged, decided.status, decided.notices).await?;
+    if wl.status.is_none() {
+        triggers::inventories_of(scope, &ns, SubjectKind::Workload, &wl.name_any());
+    }
+    let max = scope.shared.settings.max_requeue;
+    Ok(Action::requeue(requeue_at(decided.wake, now, max)))
+}
 
-    // Start-up grace: until the platform's data (and every feed present at
-    // start) has loaded, keep the earlier verdict.
-    let mut next = evaluation.next_change;
-    let keep = match parse_platform(&wl.spec.platform) {
-        Ok(platform) => match shared.advisories.data_state(platform.osv_ecosystem(), now) {
-            DataState::Waiting(until) => {
-                next = Some(next.map_or(until, |n| n.min(until)));
-                true
-            }
-            _ => false,
-        },
-        Err(_) => false,
-    };
+/// Until the platform's advisory data (and every feed present at start)
+/// has loaded, the earlier verdict is kept: when that wait ends.
+fn start_up_grace(scope: &Scope, platform: &str, now: Timestamp) -> Option<Timestamp> {
+    let platform = parse_platform(platform).ok()?;
+    match scope
+        .shared
+        .advisories
+        .data_state(platform.osv_ecosystem(), now)
+    {
+        DataState::Waiting(until) => Some(until),
+        _ => None,
+    }
+}
 
-    let installable = if keep {
-        previous.installable.clone()
-    } else {
-        judged
+/// What a Workload's reconcile decided: its status, the Events its
+/// remediation record announces, and when to look again.
+struct Decided {
+    status: WorkloadStatus,
+    notices: Vec<Notice>,
+    wake: Option<Timestamp>,
+}
+
+/// The Workload's status from its judgement and remediation record (pure).
+/// Within the start-up `grace` the earlier verdict and fix set are kept.
+fn decide(
+    wl: &Workload,
+    judged: &Judged,
+    tracked: Tracked,
+    grace: Option<Timestamp>,
+    now: Timestamp,
+) -> Decided {
+    let previous = wl.status.clone().unwrap_or_default();
+    let installable = match grace {
+        Some(_) => previous.installable.clone(),
+        None => judged
             .installable(&wl.spec.platform)
             .map(|f| InstallableFixes {
                 fix_set: f.short().to_owned(),
@@ -769,105 +791,73 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
                 advisories: i32::try_from(f.advisories.len()).unwrap_or(i32::MAX),
                 emergency: f.emergency,
                 due: f.due.map(time),
-            })
+            }),
     };
-    let (record, notices, wake_at) = track_remediation(scope, &wl, &ns, &judged, now).await?;
-    if let Some(w) = wake_at {
-        next = Some(next.map_or(w, |n| n.min(w)));
-    }
-    let standing = standing(&wl, &judged);
+    let standing = standing(wl, judged);
     let remediation = RemediationView {
-        conditions: remediation_conditions(record.as_ref(), installable.as_ref(), &standing),
+        conditions: remediation_conditions(
+            tracked.record.as_ref(),
+            installable.as_ref(),
+            &standing,
+        ),
         installable,
-        record,
+        record: tracked.record,
     };
-
-    let policy_names: Vec<String> = judged.policies.iter().map(|p| p.name_any()).collect();
-    let template_info = template_status(&wl, judged.template.as_deref());
-    let desired = desired_status(
-        &wl,
-        evaluation,
+    let status = desired_status(
+        wl,
+        &judged.evaluation,
         judged.chosen.as_ref(),
         &judged.ignored_inventories,
-        template_info,
-        policy_names.clone(),
-        keep,
+        template_status(wl, judged.template.as_deref()),
+        judged.policies.iter().map(|p| p.name_any()).collect(),
+        grace.is_some(),
         remediation,
         now,
     );
+    let mut notices: Vec<Notice> = compliance_notice(&previous, &status).into_iter().collect();
+    notices.extend(tracked.notices);
+    let wake = [judged.evaluation.next_change, grace, tracked.wake_at]
+        .into_iter()
+        .flatten()
+        .min();
+    Decided {
+        status,
+        notices,
+        wake,
+    }
+}
 
-    if desired != previous {
-        let api: Api<Workload> = Api::namespaced(shared.client.clone(), &ns);
-        write_status(
-            shared, &api, &name, "workload", MANAGER, &desired, &previous,
-        )
-        .await?;
-        let job_of = |s: &WorkloadStatus| s.remediation.as_ref().and_then(|r| r.job.clone());
-        if job_of(&desired).is_some() && job_of(&desired) != job_of(&previous) {
-            failpoint::exit_if(failpoint::EXIT_AFTER_REMEDIATION_RECORD);
-        }
-        let mut published = compliance_notice(&previous, &desired)
-            .into_iter()
-            .collect::<Vec<_>>();
-        published.extend(notices);
-        shared.events_later(wl.as_ref(), published);
-        // Policies, exceptions and the Template count this Workload (and a
-        // policy plans from its record): wake the ones it matched before and
-        // matches now — once the cache they read shows this write, or they
-        // would judge the old status and not look again.
-        let policies: Vec<ObjectRef<PatchPolicy>> = previous
-            .policies
-            .iter()
-            .chain(&policy_names)
-            .map(|p| ObjectRef::new(p).within(&ns))
-            .collect();
-        let exceptions: Vec<ObjectRef<PatchException>> = judged
-            .exceptions
-            .iter()
-            .map(|e| ObjectRef::from_obj(e.as_ref()))
-            .collect();
-        let template = wl
-            .spec
-            .template_ref
-            .as_ref()
-            .map(|t| ObjectRef::<Template>::new(&t.name).within(&ns));
-        let scope = Arc::clone(scope);
-        let me = ObjectRef::<Workload>::new(&name).within(&ns);
-        tokio::spawn(async move {
-            scope::cache_shows(&scope.workloads, &me, |w| {
-                w.status.as_ref() == Some(&desired)
-            })
-            .await;
-            for p in policies {
-                let _ = scope.triggers.policies.unbounded_send(p);
-            }
-            for e in exceptions {
-                let _ = scope.triggers.exceptions.unbounded_send(e);
-            }
-            if let Some(t) = template {
-                let _ = scope.triggers.templates.unbounded_send(t);
-            }
-        });
+/// Writes the status when it changed, then its Events (in the background)
+/// and the objects that count this Workload.
+async fn update_status(
+    scope: &Arc<Scope>,
+    wl: &Workload,
+    ns: &str,
+    judged: &Judged,
+    status: WorkloadStatus,
+    notices: Vec<Notice>,
+) -> Result<(), Error> {
+    let previous = wl.status.clone().unwrap_or_default();
+    if status == previous {
+        return Ok(());
     }
-    // Inventories naming this Workload may have been waiting for it to exist.
-    if wl.status.is_none() {
-        let names = scope
-            .subjects
-            .read()
-            .map(|s| s.inventories(&(ns.clone(), SubjectKind::Workload, name.clone())))
-            .unwrap_or_default();
-        for n in names {
-            let _ = scope
-                .triggers
-                .inventories
-                .unbounded_send(ObjectRef::new(&n).within(&ns));
-        }
+    let shared = &scope.shared;
+    let api: Api<Workload> = Api::namespaced(shared.client.clone(), ns);
+    let name = wl.name_any();
+    write_status(shared, &api, &name, "workload", MANAGER, &status, &previous).await?;
+    let job_of = |s: &WorkloadStatus| s.remediation.as_ref().and_then(|r| r.job.clone());
+    if job_of(&status).is_some() && job_of(&status) != job_of(&previous) {
+        failpoint::exit_if(failpoint::EXIT_AFTER_REMEDIATION_RECORD);
     }
-    Ok(Action::requeue(requeue_at(
-        next,
-        now,
-        shared.settings.max_requeue,
-    )))
+    shared.events_later(wl, notices);
+    let policies = previous
+        .policies
+        .iter()
+        .chain(&status.policies)
+        .cloned()
+        .collect::<Vec<_>>();
+    triggers::workload_written(scope, wl, status, policies, &judged.exceptions);
+    Ok(())
 }
 
 /// Where the Workload stands with remediation, as far as it can tell.
@@ -912,7 +902,7 @@ pub fn job_views(jobs: &[Arc<Job>]) -> Vec<JobView> {
                 created,
                 started: jobs::started_at(j).unwrap_or(created),
                 generation: labels
-                    .get(remediation::WORKLOAD_GENERATION_LABEL)
+                    .get(jobs::WORKLOAD_GENERATION_LABEL)
                     .and_then(|g| g.parse().ok()),
                 end: jobs::finished(j).map(|f| JobEnd {
                     succeeded: f.succeeded,
@@ -925,6 +915,15 @@ pub fn job_views(jobs: &[Arc<Job>]) -> Vec<JobView> {
         .collect()
 }
 
+/// The Workload's remediation record as its Jobs left it, the Events of
+/// its transitions, and when it must be looked at again.
+#[derive(Default)]
+struct Tracked {
+    record: Option<RemediationRecord>,
+    notices: Vec<Notice>,
+    wake_at: Option<Timestamp>,
+}
+
 /// Follows the Workload's remediation Jobs into its record (the engine
 /// decides; this looks up what it asks for: a failed Pod's termination
 /// message, whether the fresh inventory covers the Job's fix set).
@@ -934,7 +933,7 @@ async fn track_remediation(
     ns: &str,
     judged: &Judged,
     now: Timestamp,
-) -> Result<(Option<RemediationRecord>, Vec<Notice>, Option<Timestamp>), Error> {
+) -> Result<Tracked, Error> {
     let previous = wl.status.as_ref().and_then(|s| s.remediation.as_ref());
     let owned = wl
         .metadata
@@ -949,7 +948,7 @@ async fn track_remediation(
         v.generation = v.generation.or(wl.metadata.generation);
     }
     if previous.is_none() && views.is_empty() {
-        return Ok((None, Vec::new(), None));
+        return Ok(Tracked::default());
     }
     // The settings of the policy that drives it, else of the one that
     // created the current Job, else the defaults.
@@ -975,7 +974,7 @@ async fn track_remediation(
         }),
         covered: None,
         failure: None,
-        settings: outcome_settings(&remediation),
+        settings: OutcomeSettings::of(&remediation),
         now,
     };
     loop {
@@ -984,11 +983,17 @@ async fn track_remediation(
                 record,
                 notices,
                 wake_at,
-            } => return Ok((record.map(|r| *r), notices, wake_at)),
+            } => {
+                return Ok(Tracked {
+                    record: record.map(|r| *r),
+                    notices,
+                    wake_at,
+                });
+            }
             Observation::Lookup(Lookup::FailureMessage(job)) => {
                 // The Job is in the cache: the observation saw it there.
                 let failure = match scope.jobs.get(&ObjectRef::<Job>::new(&job).within(ns)) {
-                    Some(job) => remediation::pod_failure(&scope.shared.client, &job).await?,
+                    Some(job) => pod_failure(&scope.shared.client, &job).await?,
                     None => PodFailure::default(),
                 };
                 input.failure = Some(failure);
@@ -998,6 +1003,19 @@ async fn track_remediation(
             }
         }
     }
+}
+
+/// How a failed Job's Pod ended (the newest Pod the Job controls with a
+/// failed container), and whether its script refused to act
+/// ([`jobs::is_refusal`]).
+async fn pod_failure(client: &kube::Client, job: &Job) -> Result<PodFailure, kube::Error> {
+    Ok(jobs::failed_pod(client, job)
+        .await?
+        .map(|end| PodFailure {
+            refused: end.refused,
+            message: end.message,
+        })
+        .unwrap_or_default())
 }
 
 /// Whether the Workload's inventory has every package of the Job's fix set
@@ -1075,6 +1093,64 @@ mod tests {
             emergency: false,
             due: None,
         }
+    }
+
+    /// A Debian Workload without an inventory, judged with no advisories.
+    fn judged_without_inventory(wl: &Workload, now: Timestamp) -> Judged {
+        let db = crate::engine::advisory::AdvisoryDb::default();
+        let evaluation = evaluate::evaluate(&Input {
+            detail: Detail::Actionable,
+            platform: &wl.spec.platform,
+            policies: &[],
+            exceptions: &[],
+            inventory: None,
+            advisories: &db,
+            now,
+        });
+        Judged {
+            evaluation,
+            chosen: None,
+            ignored_inventories: Vec::new(),
+            packages: None,
+            template: None,
+            policies: Vec::new(),
+            exceptions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_start_up_grace_keeps_the_fix_set_and_wakes_when_it_ends() {
+        let mut wl: Workload = serde_json::from_value(serde_json::json!({
+            "apiVersion": "patchloop.dev/v1alpha1", "kind": "Workload",
+            "metadata": {"name": "web-01", "namespace": "fleet", "generation": 2},
+            "spec": {"platform": "Debian:12", "target": {"address": "10.0.3.17"}}
+        }))
+        .expect("a Workload");
+        wl.status = Some(WorkloadStatus {
+            installable: Some(fixes()),
+            ..Default::default()
+        });
+        let now: Timestamp = "2026-12-05T10:00:00Z".parse().expect("now");
+        let end: Timestamp = "2026-12-05T10:05:00Z".parse().expect("grace end");
+        let tracked_wake: Timestamp = "2026-12-05T10:01:00Z".parse().expect("wake");
+        let judged = judged_without_inventory(&wl, now);
+        let tracked = || Tracked {
+            wake_at: Some(tracked_wake),
+            ..Default::default()
+        };
+        let waiting = decide(&wl, &judged, Tracked::default(), Some(end), now);
+        assert_eq!(waiting.status.installable, Some(fixes()));
+        assert_eq!(waiting.wake, Some(end));
+        assert_eq!(
+            decide(&wl, &judged, tracked(), Some(end), now).wake,
+            Some(tracked_wake),
+            "the earliest of the grace end and the record's wake"
+        );
+        // After the grace: judged afresh, nothing installable without an
+        // inventory.
+        let judged_now = decide(&wl, &judged, Tracked::default(), None, now);
+        assert_eq!(judged_now.status.installable, None);
+        assert_eq!(judged_now.status.observed_generation, Some(2));
     }
 
     #[test]

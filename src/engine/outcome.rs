@@ -25,7 +25,8 @@
 use jiff::{SignedDuration, Timestamp};
 
 use super::rollout::backoff_after;
-use crate::api::common::time;
+use crate::api::common::{Duration, time};
+use crate::api::policy::Remediation;
 use crate::api::workload::{
     InventoryVersion, RemediationOutcome, RemediationPhase, RemediationRecord,
 };
@@ -83,6 +84,25 @@ pub struct OutcomeSettings {
     pub backoff: SignedDuration,
     /// How long a success may wait for a confirming inventory.
     pub verify_timeout: SignedDuration,
+}
+
+impl OutcomeSettings {
+    /// The settings of a policy's `spec.remediation` (an unparsable
+    /// duration, already reported on the policy, falls back to its
+    /// default).
+    pub fn of(r: &Remediation) -> Self {
+        let defaults = Remediation::default();
+        let parse = |d: &Duration, fallback: &Duration| {
+            d.parse()
+                .or_else(|_| fallback.parse())
+                .unwrap_or(SignedDuration::from_mins(10))
+        };
+        OutcomeSettings {
+            attempts: u32::try_from(r.attempts).unwrap_or(1).max(1),
+            backoff: parse(&r.backoff, &defaults.backoff),
+            verify_timeout: parse(&r.verify_timeout, &defaults.verify_timeout),
+        }
+    }
 }
 
 /// What the caller must look up before the outcome can be decided (each
