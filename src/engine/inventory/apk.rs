@@ -14,12 +14,7 @@ pub fn parse_apk_installed(text: &str) -> Result<Vec<InstalledPackage>, Inventor
     const FORMAT: InputFormat = InputFormat::ApkInstalled;
     let mut raws = Vec::new();
     for stanza in stanzas(text) {
-        let err = |line: usize, message: String| InventoryError::Stanza {
-            format: FORMAT,
-            stanza: stanza.number,
-            line,
-            message,
-        };
+        let err = |line: usize, message: String| stanza.error(FORMAT, line, message);
         let mut name = None;
         let mut version = None;
         let mut origin = None;

@@ -1,6 +1,6 @@
 //! dpkg's two inputs: its status file and `dpkg-query` rows.
 
-use super::reader::{Raw, finish, numbered_lines, optional_token, stanzas, token};
+use super::reader::{Raw, finish, line_error, optional_token, rows, stanzas, token};
 use super::{InputFormat, InstalledPackage, InventoryError};
 
 /// The `dpkg-query` format [`parse_dpkg_query`] reads (dpkg-query expands the
@@ -25,12 +25,7 @@ pub fn parse_dpkg_status(text: &str) -> Result<Vec<InstalledPackage>, InventoryE
     const FORMAT: InputFormat = InputFormat::DpkgStatus;
     let mut raws = Vec::new();
     for stanza in stanzas(text) {
-        let err = |line: usize, message: String| InventoryError::Stanza {
-            format: FORMAT,
-            stanza: stanza.number,
-            line,
-            message,
-        };
+        let err = |line: usize, message: String| stanza.error(FORMAT, line, message);
         let mut package = None;
         let mut version = None;
         let mut status = None;
@@ -152,15 +147,8 @@ fn parse_dpkg_source(value: &str) -> Option<(&str, Option<&str>)> {
 pub fn parse_dpkg_query(text: &str) -> Result<Vec<InstalledPackage>, InventoryError> {
     const FORMAT: InputFormat = InputFormat::DpkgQuery;
     let mut raws = Vec::new();
-    for (line_no, line) in numbered_lines(text) {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let err = |message: String| InventoryError::Line {
-            format: FORMAT,
-            line: line_no,
-            message,
-        };
+    for (line_no, line) in rows(text) {
+        let err = |message: String| line_error(FORMAT, line_no, message);
         let fields: Vec<&str> = line.split('\t').collect();
         let [abbrev, package, version, source, source_version, arch] = fields[..] else {
             return Err(err(format!(

@@ -132,6 +132,20 @@ pub(super) fn numbered_lines(text: &str) -> impl Iterator<Item = (usize, &str)> 
         .map(|(i, l)| (i + 1, l))
 }
 
+/// The non-blank lines of a line-oriented input, numbered from 1.
+pub(super) fn rows(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    numbered_lines(text).filter(|(_, l)| !l.trim().is_empty())
+}
+
+/// An error at `line` of a line-oriented input of `format`.
+pub(super) fn line_error(format: InputFormat, line: usize, message: String) -> InventoryError {
+    InventoryError::Line {
+        format,
+        line,
+        message,
+    }
+}
+
 /// A blank-line-separated paragraph.
 pub(super) struct Stanza<'a> {
     /// 1-based.
@@ -141,6 +155,21 @@ pub(super) struct Stanza<'a> {
 }
 
 impl Stanza<'_> {
+    /// An error at `line` of this stanza of `format`.
+    pub(super) fn error(
+        &self,
+        format: InputFormat,
+        line: usize,
+        message: String,
+    ) -> InventoryError {
+        InventoryError::Stanza {
+            format,
+            stanza: self.number,
+            line,
+            message,
+        }
+    }
+
     pub(super) fn first_line(&self) -> usize {
         self.lines.first().map_or(0, |&(n, _)| n)
     }

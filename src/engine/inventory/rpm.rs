@@ -1,6 +1,6 @@
 //! `rpm -qa` rows.
 
-use super::reader::{Raw, finish, numbered_lines, optional_token, token};
+use super::reader::{Raw, finish, line_error, optional_token, rows, token};
 use super::{InputFormat, InstalledPackage, InventoryError};
 
 /// The `rpm` query format [`parse_rpm_qa`] reads (rpm expands `\t` and `\n`).
@@ -22,15 +22,8 @@ pub const RPM_QA_COMMAND: &str =
 pub fn parse_rpm_qa(text: &str) -> Result<Vec<InstalledPackage>, InventoryError> {
     const FORMAT: InputFormat = InputFormat::RpmQa;
     let mut raws = Vec::new();
-    for (line_no, line) in numbered_lines(text) {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let err = |message: String| InventoryError::Line {
-            format: FORMAT,
-            line: line_no,
-            message,
-        };
+    for (line_no, line) in rows(text) {
+        let err = |message: String| line_error(FORMAT, line_no, message);
         let fields: Vec<&str> = line.split('\t').collect();
         let [name, evr, source_rpm, arch] = fields[..] else {
             return Err(err(format!(
