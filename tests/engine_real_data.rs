@@ -18,7 +18,8 @@ fn fixture(path: &str) -> PathBuf {
 }
 
 fn database() -> AdvisoryDb {
-    let mut records = advisory::load_osv_path(&fixture("osv")).expect("fixtures load");
+    let mut records =
+        patchloop::controller::feed_source::load_osv_path(&fixture("osv")).expect("fixtures load");
     assert!(records.len() >= 25, "{} records", records.len());
     records.sort_by(|a, b| a.id.cmp(&b.id));
     let kev_bytes =
@@ -321,7 +322,7 @@ fn osv_zip_archives_load_like_directories_and_truncation_is_an_error() {
     }
     let bytes = buf.into_inner();
     let from_zip = advisory::parse_osv_bytes(&bytes, "Debian.zip").expect("zip parses");
-    let from_dir = advisory::load_osv_path(&dir).expect("dir parses");
+    let from_dir = patchloop::controller::feed_source::load_osv_path(&dir).expect("dir parses");
     let ids = |v: &[advisory::OsvRecord]| {
         let mut ids: Vec<String> = v.iter().map(|r| r.id.clone()).collect();
         ids.sort();

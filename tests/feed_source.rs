@@ -17,11 +17,12 @@ use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use patchloop::api::common::Duration as SpecDuration;
 use patchloop::api::feed::{ConfigMapSource, FeedFormat, FeedSource, UrlSource};
+use patchloop::controller::feed_source::load_osv_path;
 use patchloop::controller::feed_source::{
     self, Blob, FeedContent, FetchError, Fetched, Validators, content_digest, fetch,
     is_suspect_drop,
 };
-use patchloop::engine::advisory::{AdvisoryDb, KevCatalog, ZipLimits, load_osv_path};
+use patchloop::engine::advisory::{AdvisoryDb, KevCatalog, ZipLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -146,7 +146,7 @@ fn load_advisories(args: &EvaluateArgs) -> anyhow::Result<AdvisoryDb> {
     let mut records = Vec::new();
     for path in &args.advisories {
         records.extend(
-            advisory::load_osv_path(path)
+            patchloop::controller::feed_source::load_osv_path(path)
                 .with_context(|| format!("--advisories {}", path.display()))?,
         );
     }

@@ -31,7 +31,8 @@ use sha2::{Digest, Sha256};
 
 use crate::api::feed::{ConfigMapSource, DEFAULT_MAX_BYTES, FeedFormat, FeedSource, UrlSource};
 use crate::engine::advisory::{
-    AdvisoryError, KevCatalog, OsvFilter, OsvRecord, ZipLimits, parse_kev, parse_osv_filtered,
+    AdvisoryError, KevCatalog, OsvFilter, OsvRecord, ZipLimits, parse_kev, parse_osv_bytes,
+    parse_osv_filtered,
 };
 
 /// The most a ConfigMap source may hold, all keys together, after gzip
@@ -592,7 +593,7 @@ pub async fn fetch_path(path: &str) -> Result<Fetched, FetchError> {
 
 /// Reads a file, or every `*.json`, `*.zip` and `*.gz` file below a
 /// directory (recursively, in name order, as
-/// [`load_osv_path`](crate::engine::advisory::load_osv_path) walks it), within `limit` bytes in all.
+/// [`load_osv_path`] walks it), within `limit` bytes in all.
 ///
 /// Unlike `load_osv_path`, names starting with `.` are skipped: a mounted
 /// ConfigMap or Secret volume holds each file three times (`NAME`, a
@@ -863,4 +864,38 @@ pub fn is_suspect_drop(previous: usize, next: usize, max_drop_percent: i32) -> b
     let percent = u128::from(max_drop_percent.clamp(0, 100).unsigned_abs());
     let dropped = (previous - next) as u128;
     dropped * 100 > previous as u128 * percent
+}
+
+/// Reads OSV records from a file (JSON record or zip archive) or a directory
+/// (every `*.json` and `*.zip` below it, recursively, in name order), for
+/// `patchloop evaluate` and the tests; the engine itself reads no files.
+pub fn load_osv_path(path: &Path) -> Result<Vec<OsvRecord>, AdvisoryError> {
+    let io = |source| AdvisoryError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .map_err(io)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io)?;
+        entries.sort_by_key(|e| e.file_name());
+        let mut records = Vec::new();
+        for entry in entries {
+            // Dot-names are a mounted ConfigMap volume's `..data` links:
+            // reading them would load every record again.
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let child = entry.path();
+            let is_data = child.extension().is_some_and(|e| e == "json" || e == "zip");
+            if child.is_dir() || is_data {
+                records.extend(load_osv_path(&child)?);
+            }
+        }
+        return Ok(records);
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    parse_osv_bytes(&bytes, &path.display().to_string())
 }

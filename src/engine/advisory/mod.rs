@@ -23,7 +23,7 @@ pub use kev::{KevCatalog, KevEntry, parse_kev};
 pub use model::{Advisory, Affected, IndexEntry, LoadReport, Match, SeveritySource, cve_of};
 pub use osv::{
     OsvAffected, OsvEvent, OsvFilter, OsvPackage, OsvRange, OsvRecord, OsvSeverity, ZipLimits,
-    load_osv_path, parse_osv, parse_osv_bytes, parse_osv_filtered, parse_osv_zip,
+    parse_osv, parse_osv_bytes, parse_osv_filtered, parse_osv_zip,
 };
 
 /// Why advisory data could not be read.

@@ -3,7 +3,6 @@
 //! archives read within limits.
 
 use std::io::Read;
-use std::path::Path;
 
 use jiff::Timestamp;
 use serde::Deserialize;
@@ -430,39 +429,6 @@ impl<'de> serde::de::Visitor<'de> for FilteredRecords<'_> {
         }
         Ok(records)
     }
-}
-
-/// Reads OSV records from a file (JSON record or zip archive) or a directory
-/// (every `*.json` and `*.zip` below it, recursively, in name order).
-pub fn load_osv_path(path: &Path) -> Result<Vec<OsvRecord>, AdvisoryError> {
-    let io = |source| AdvisoryError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if meta.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)
-            .map_err(io)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(io)?;
-        entries.sort_by_key(|e| e.file_name());
-        let mut records = Vec::new();
-        for entry in entries {
-            // Dot-names are a mounted ConfigMap volume's `..data` links:
-            // reading them would load every record again.
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let child = entry.path();
-            let is_data = child.extension().is_some_and(|e| e == "json" || e == "zip");
-            if child.is_dir() || is_data {
-                records.extend(load_osv_path(&child)?);
-            }
-        }
-        return Ok(records);
-    }
-    let bytes = std::fs::read(path).map_err(io)?;
-    parse_osv_bytes(&bytes, &path.display().to_string())
 }
 
 #[cfg(test)]
