@@ -1690,23 +1690,46 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
         template_inventory("base", &[OPENSSH_FIXED, BASH], "2026-11-24T08:00:00Z"),
     )
     .await;
-    // Five closed requests, oldest first; the oldest published revision 2.
+    // Another Template, whose history names a result of one of base's
+    // requests (base-old-0's), and one of whose closed requests an
+    // approver repointed at base (spec.template edited, status.templateUid
+    // still the other's).
+    apply(&client, &ns, template("other", json!({}))).await;
+    let templates: Api<Template> = Api::namespaced(client.clone(), &ns);
+    let uid_of = async |name: &str| {
+        templates
+            .get(name)
+            .await
+            .expect("the Template")
+            .metadata
+            .uid
+            .expect("a uid")
+    };
+    let (base_uid, other_uid) = (uid_of("base").await, uid_of("other").await);
+    // Closed requests, oldest first; base-old-1 published revision 2.
     let requests_api: Api<ChangeRequest> = Api::namespaced(client.clone(), &ns);
     let closed = [
-        ("base-old-1", "Published"),
-        ("base-old-2", "Rejected"),
-        ("base-old-3", "Failed"),
-        ("base-old-4", "Obsolete"),
-        ("base-old-5", "Failed"),
+        ("other-old-1", "Rejected", &other_uid),
+        ("base-old-0", "Failed", &base_uid),
+        ("base-old-1", "Published", &base_uid),
+        ("base-old-2", "Rejected", &base_uid),
+        ("base-old-3", "Failed", &base_uid),
+        ("base-old-4", "Obsolete", &base_uid),
+        ("base-old-5", "Failed", &base_uid),
     ];
-    for (name, phase) in closed {
+    for (name, phase, template_uid) in closed {
+        let owner = if template_uid == &base_uid {
+            "base"
+        } else {
+            "other"
+        };
         apply(
             &client,
             &ns,
             json!({
                 "apiVersion": "patchloop.dev/v1alpha1", "kind": "ChangeRequest",
                 "metadata": {"name": name, "labels": {"patchloop.dev/template": "base"}},
-                "spec": {"template": "base"},
+                "spec": {"template": owner},
             }),
         )
         .await;
@@ -1714,10 +1737,21 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
             .patch_status(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(&json!({"status": {"phase": phase}})),
+                &Patch::Merge(&json!({"status": {"phase": phase, "templateUid": template_uid}})),
             )
             .await
             .expect("closing the request");
+        if owner == "other" {
+            // The approver's edit of a closed request.
+            requests_api
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"spec": {"template": "base"}})),
+                )
+                .await
+                .expect("repointing the request");
+        }
         apply(
             &client,
             &ns,
@@ -1725,7 +1759,6 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
         )
         .await;
     }
-    let templates: Api<Template> = Api::namespaced(client.clone(), &ns);
     templates
         .patch_status(
             "base",
@@ -1739,6 +1772,19 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
         )
         .await
         .expect("the Template's history");
+    templates
+        .patch_status(
+            "other",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"revision": 2, "image": digest_image("base-old-0"),
+                "history": [
+                    {"revision": 1, "image": "registry.example/golden/other:1", "inventory": "other-r1"},
+                    {"revision": 2, "image": digest_image("base-old-0"),
+                     "inventory": "changerequest-base-old-0"},
+                ]}})),
+        )
+        .await
+        .expect("the other Template's history");
 
     let _pl = Patchloop::start(env, &ns, &label, &[]).await;
     let names = async || {
@@ -1750,8 +1796,15 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
         n.sort();
         n
     };
+    let kept = [
+        "base-old-0",
+        "base-old-1",
+        "base-old-4",
+        "base-old-5",
+        "other-old-1",
+    ];
     support::eventually("two closed requests retired", WAIT, async || {
-        (names().await == ["base-old-1", "base-old-4", "base-old-5"]).then_some(())
+        (names().await == kept).then_some(())
     })
     .await;
     let inventories: Api<patchloop::api::Inventory> = Api::namespaced(client.clone(), &ns);
@@ -1767,15 +1820,14 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
             .collect();
         left.sort();
         (left
-            == [
-                "changerequest-base-old-1",
-                "changerequest-base-old-4",
-                "changerequest-base-old-5",
-            ])
+            == kept
+                .iter()
+                .map(|n| format!("changerequest-{n}"))
+                .collect::<Vec<_>>())
         .then_some(())
     })
     .await;
     // Steady: nothing more goes.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(names().await, ["base-old-1", "base-old-4", "base-old-5"]);
+    assert_eq!(names().await, kept);
 }

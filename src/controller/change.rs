@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -47,7 +47,7 @@ use crate::api::template::TemplateRevision;
 use crate::api::{ChangeRequest, Inventory, Template};
 use crate::engine::change::{
     self, Act, Approval, Approver, BuildOutput, JobState, Observed, PersonDecision, Pin,
-    ResultFacts, before_build, is_closed,
+    ResultFacts, TemplateSeen, before_build, is_closed,
 };
 use crate::engine::inventory::parse_compact_list;
 use crate::engine::version::parse_platform;
@@ -73,23 +73,33 @@ pub async fn reconcile(cr: Arc<ChangeRequest>, scope: Arc<Scope>) -> Result<Acti
     .await
 }
 
+/// The managedFields entries that own some of `spec.decision`.
+fn decision_entries(cr: &ChangeRequest) -> impl Iterator<Item = &ManagedFieldsEntry> {
+    cr.metadata.managed_fields.iter().flatten().filter(|m| {
+        m.fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:spec"))
+            .and_then(|s| s.get("f:decision"))
+            .is_some()
+    })
+}
+
 /// The field manager that last set `spec.decision`, from managedFields: as
 /// the client asserted it (the apiserver audit log is the authoritative
 /// record of who).
 pub fn decision_manager(cr: &ChangeRequest) -> Option<String> {
-    cr.metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| {
-            m.fields_v1
-                .as_ref()
-                .and_then(|f| f.0.get("f:spec"))
-                .and_then(|s| s.get("f:decision"))
-                .is_some()
-        })
+    decision_entries(cr)
         .max_by_key(|m| m.time.as_ref().map(|t| t.0))
         .and_then(|m| m.manager.clone())
+}
+
+/// Every field manager owning some of `spec.decision`, sorted: part of a
+/// decision's identity, which a void sticks to.
+fn decision_managers(cr: &ChangeRequest) -> Vec<String> {
+    let managers: std::collections::BTreeSet<String> = decision_entries(cr)
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    managers.into_iter().collect()
 }
 
 /// A fresh per-request nonce: 128 random bits, hex.
@@ -585,9 +595,17 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
         }
         return Ok(idle);
     }
-    let template = scope
+    // The Template by name counts only while it is the one this request
+    // recorded (uid): a repointed `spec.template`, or a recreated namesake,
+    // is not this request's to build for, judge or publish to.
+    let found = scope
         .templates
         .get(&ObjectRef::new(&cr.spec.template).within(&ns));
+    let seen = change::template_seen(
+        previous.template_uid.as_deref(),
+        found.as_ref().map(|t| t.metadata.uid.as_deref()),
+    );
+    let template = found.filter(|_| seen == TemplateSeen::Bound);
     let before = before_build(previous.phase);
     // Until the platform's advisory data has loaded (start-up), neither the
     // scope nor the publication checks can be decided; a feed load wakes the
@@ -628,13 +646,21 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
             needed = computed.map(|(s, _)| s);
         }
     }
+    let managers = decision_managers(&cr);
     let person = PersonDecision {
         decision: cr.spec.decision.as_ref(),
         request_uid: &uid,
         voided: previous
             .decision_voided
             .as_ref()
-            .filter(|v| Some(v.generation) == cr.metadata.generation)
+            .filter(|v| {
+                change::void_holds(
+                    v,
+                    cr.spec.decision.as_ref(),
+                    &managers,
+                    cr.metadata.generation,
+                )
+            })
             .map(|v| v.reason.as_str()),
         decided_scope: previous.scope.as_ref(),
     };
@@ -699,7 +725,7 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     });
     let observed = Observed {
         phase,
-        template_exists: template.is_some(),
+        template: seen,
         published,
         revision: (rev, previous.base_revision),
         needed: needed.as_ref(),
@@ -730,16 +756,22 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     // target revision).
     let mut status = previous.clone();
     status.observed_generation = cr.metadata.generation;
+    if status.template_uid.is_none() {
+        status.template_uid = template.as_ref().and_then(|t| t.uid());
+    }
     let adopting = before && step.act == Act::Build && build != JobState::Absent;
     if before
         && !adopting
         && let Some(t) = &template
     {
-        if let (Some(s), Some(generation)) = (&needed, cr.metadata.generation)
+        if let (Some(s), Some(d)) = (&needed, &cr.spec.decision)
             && let Some(changed) = person.voids(s)
         {
             status.decision_voided = Some(VoidedDecision {
-                generation,
+                generation: cr.metadata.generation,
+                digest: Some(d.digest.clone()),
+                decided_at: d.decided_at.clone(),
+                field_managers: managers.clone(),
                 reason: changed.to_owned(),
             });
         }

@@ -28,6 +28,7 @@ use super::inventory::InstalledPackage;
 use super::version::{Ecosystem, compare};
 use crate::api::change_request::{
     ChangeRequestPhase as Phase, Decision, Scope, ScopeAdvisory, ScopePackage, Verdict,
+    VoidedDecision,
 };
 use crate::api::common::FindingState;
 use crate::api::policy::TemplateApproval;
@@ -46,6 +47,30 @@ pub fn before_build(phase: Option<Phase>) -> bool {
         phase,
         None | Some(Phase::AwaitingApproval | Phase::Approved)
     )
+}
+
+/// The Template `spec.template` names, against the one the request was
+/// opened for (`status.templateUid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateSeen {
+    /// It exists and is the recorded one (or none is recorded yet).
+    Bound,
+    /// There is none by that name.
+    Absent,
+    /// There is one by that name with another uid: not this request's.
+    Other,
+}
+
+/// Which Template a request sees: `recorded` its `status.templateUid`,
+/// `found` the uid of the Template under `spec.template` (`None`: there is
+/// none; `Some(None)`: one without a uid, which matches no record).
+pub fn template_seen(recorded: Option<&str>, found: Option<Option<&str>>) -> TemplateSeen {
+    match (recorded, found) {
+        (_, None) => TemplateSeen::Absent,
+        (None, Some(_)) => TemplateSeen::Bound,
+        (Some(r), Some(f)) if f == Some(r) => TemplateSeen::Bound,
+        (Some(_), Some(_)) => TemplateSeen::Other,
+    }
 }
 
 /// What determines a build besides its package list, from the Template:
@@ -261,9 +286,9 @@ pub struct PersonDecision<'a> {
     pub decision: Option<&'a Decision>,
     /// The request's `metadata.uid`: a decision counts only if it names it.
     pub request_uid: &'a str,
-    /// What changed when the scope moved away from this decision (recorded
-    /// at the current generation): it stays void even if the scope comes
-    /// back (A→B→A).
+    /// What changed when the scope moved away from this very decision
+    /// ([`void_holds`]): it stays void even if the scope comes back
+    /// (A→B→A).
     pub voided: Option<&'a str>,
     /// The scope the decision was made on, when the request recorded it
     /// (to say what changed).
@@ -293,6 +318,29 @@ impl PersonDecision<'_> {
                 .filter(|s| s.digest == d.digest)
                 .map_or("the scope changed", |s| what_changed(s, scope)),
         )
+    }
+}
+
+/// Whether a recorded void holds for the decision `spec.decision` holds
+/// now: the same digest, `decidedAt` and field managers (`managers`,
+/// sorted) as the voided one. Any other edit (its reason, a label, a
+/// replayed write) keeps a voided decision void; a new decision (a new
+/// `decidedAt`, another digest, another writer) counts on its own. A void
+/// recorded before voids named their decision holds for its generation.
+pub fn void_holds(
+    voided: &VoidedDecision,
+    decision: Option<&Decision>,
+    managers: &[String],
+    generation: Option<i64>,
+) -> bool {
+    match (&voided.digest, decision) {
+        (Some(digest), Some(d)) => {
+            *digest == d.digest
+                && voided.decided_at == d.decided_at
+                && voided.field_managers == managers
+        }
+        (Some(_), None) => false,
+        (None, _) => voided.generation.is_some() && voided.generation == generation,
     }
 }
 
@@ -577,8 +625,8 @@ pub const RESULT_GRACE: SignedDuration = SignedDuration::from_secs(60);
 pub struct Observed<'a> {
     /// The recorded phase.
     pub phase: Option<Phase>,
-    /// The Template exists.
-    pub template_exists: bool,
+    /// The Template under `spec.template`, against the recorded one.
+    pub template: TemplateSeen,
     /// The Template's history already names this request (publication
     /// happened; only the request's status write was lost).
     pub published: bool,
@@ -661,13 +709,24 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
             Act::Nothing,
         ));
     }
-    if !o.template_exists {
-        return Some(step(
-            Phase::Failed,
-            "TemplateDeleted",
-            "the Template was deleted before publication",
-            Act::Nothing,
-        ));
+    match o.template {
+        TemplateSeen::Bound => {}
+        TemplateSeen::Absent => {
+            return Some(step(
+                Phase::Failed,
+                "TemplateDeleted",
+                "the Template was deleted before publication",
+                Act::Nothing,
+            ));
+        }
+        TemplateSeen::Other => {
+            return Some(step(
+                Phase::Failed,
+                "TemplateMismatch",
+                "spec.template names a Template other than the one this request was opened for (its metadata.uid is not status.templateUid): spec.template cannot be changed, and a recreated Template is another one; nothing is built or published for it",
+                Act::Nothing,
+            ));
+        }
     }
     if let Some(base) = o.revision.1
         && o.revision.0 != base
@@ -1004,6 +1063,62 @@ mod tests {
             approval(Some(TemplateApproval::Automatic), false, &voided, &aaa),
             Approval::Approved(Approver::Policy)
         );
+    }
+
+    #[test]
+    fn a_void_sticks_to_the_decision_not_to_the_generation() {
+        let at = |s: i64| {
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::from_second(s).expect("ts"),
+            ))
+        };
+        let managers = vec!["patchloop-approve:alice".to_owned()];
+        let decided = Decision {
+            decided_at: at(1_000),
+            reason: Some("CAB-1".into()),
+            ..decision(Verdict::Approved, "aaa")
+        };
+        let void = VoidedDecision {
+            generation: Some(3),
+            digest: Some("aaa".into()),
+            decided_at: at(1_000),
+            field_managers: managers.clone(),
+            reason: "the scope changed".into(),
+        };
+        assert!(void_holds(&void, Some(&decided), &managers, Some(3)));
+        // Edits that are not a new decision: the reason, a later
+        // generation, the verdict flipped back and forth.
+        let reworded = Decision {
+            reason: Some("CAB-1, reworded".into()),
+            ..decided.clone()
+        };
+        assert!(void_holds(&void, Some(&reworded), &managers, Some(4)));
+        // A new decision: a new decidedAt, another digest, another writer,
+        // or none at all.
+        let renewed = Decision {
+            decided_at: at(2_000),
+            ..decided.clone()
+        };
+        assert!(!void_holds(&void, Some(&renewed), &managers, Some(4)));
+        let undated = Decision {
+            decided_at: None,
+            ..decided.clone()
+        };
+        assert!(!void_holds(&void, Some(&undated), &managers, Some(4)));
+        let other = decision(Verdict::Approved, "bbb");
+        assert!(!void_holds(&void, Some(&other), &managers, Some(4)));
+        let bob = vec!["patchloop-approve:bob".to_owned()];
+        assert!(!void_holds(&void, Some(&decided), &bob, Some(4)));
+        assert!(!void_holds(&void, None, &managers, Some(3)));
+        // A void recorded before voids named their decision: by generation.
+        let legacy = VoidedDecision {
+            digest: None,
+            decided_at: None,
+            field_managers: vec![],
+            ..void
+        };
+        assert!(void_holds(&legacy, Some(&renewed), &managers, Some(3)));
+        assert!(!void_holds(&legacy, Some(&decided), &managers, Some(4)));
     }
 
     #[test]
@@ -1396,7 +1511,7 @@ mod tests {
     ) -> Observed<'a> {
         Observed {
             phase,
-            template_exists: true,
+            template: TemplateSeen::Bound,
             published: false,
             revision: (1, Some(1)),
             needed: scope,
@@ -1615,7 +1730,47 @@ mod tests {
         let st = next(&o).expect("step");
         assert_eq!((st.phase, st.act), (Phase::Published, Act::Nothing));
         let mut o = observed(Some(Phase::Building), None, &rejected, &absent, &absent);
-        o.template_exists = false;
+        o.template = TemplateSeen::Absent;
         assert_eq!(next(&o).map(|s| s.reason), Some("TemplateDeleted"));
+    }
+
+    #[test]
+    fn a_request_is_bound_to_the_template_uid_it_recorded() {
+        assert_eq!(template_seen(None, Some(Some("t1"))), TemplateSeen::Bound);
+        assert_eq!(
+            template_seen(Some("t1"), Some(Some("t1"))),
+            TemplateSeen::Bound
+        );
+        assert_eq!(
+            template_seen(Some("t1"), Some(Some("t2"))),
+            TemplateSeen::Other
+        );
+        assert_eq!(template_seen(Some("t1"), Some(None)), TemplateSeen::Other);
+        assert_eq!(template_seen(Some("t1"), None), TemplateSeen::Absent);
+        assert_eq!(template_seen(None, None), TemplateSeen::Absent);
+        // Repointed (or recreated) in any open phase: failed, naming the field.
+        let s = scope_of(&[("bash", "5.2")], &["DSA-1"]);
+        let approved = Approval::Approved(Approver::Person);
+        let (absent, running) = (JobState::Absent, JobState::Running);
+        for (phase, build) in [
+            (None, &absent),
+            (Some(Phase::AwaitingApproval), &absent),
+            (Some(Phase::Approved), &absent),
+            (Some(Phase::Building), &running),
+            (Some(Phase::Testing), &absent),
+        ] {
+            let mut o = observed(phase, Some(&s), &approved, build, &absent);
+            o.template = TemplateSeen::Other;
+            let st = next(&o).expect("step");
+            assert_eq!(
+                (st.phase, st.reason, st.act),
+                (Phase::Failed, "TemplateMismatch", Act::Nothing)
+            );
+            assert!(st.message.contains("spec.template"), "{}", st.message);
+        }
+        // Closed: ignored.
+        let mut o = observed(Some(Phase::Rejected), Some(&s), &approved, &absent, &absent);
+        o.template = TemplateSeen::Other;
+        assert_eq!(next(&o), None);
     }
 }

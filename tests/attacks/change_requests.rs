@@ -447,6 +447,32 @@ async fn an_approval_covers_only_the_template_it_was_given_for_and_never_returns
     .await;
     assert_eq!(phase(&c), Some(ChangeRequestPhase::AwaitingApproval));
     assert_eq!(c.metadata.generation, reverted.metadata.generation);
+    // Editing the voided decision (its reason: a new generation, the same
+    // decision) does not revive it either.
+    let mut reworded = voided_on.clone();
+    reworded.reason = Some("reviewed again, honestly".into());
+    let edited = requests_api
+        .patch(
+            &name,
+            &PatchParams::apply("patchloop-approve:attacker").force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "patchloop.dev/v1alpha1", "kind": "ChangeRequest",
+                "metadata": {"name": name},
+                "spec": {"decision": reworded},
+            })),
+        )
+        .await
+        .expect("rewording the decision");
+    assert!(edited.metadata.generation > reverted.metadata.generation);
+    let c = support::eventually("the reworded decision to be seen", WAIT, async || {
+        let c = request(&client, &ns, &name).await;
+        (c.status.as_ref().and_then(|s| s.observed_generation) == edited.metadata.generation)
+            .then_some(c)
+    })
+    .await;
+    assert_eq!(phase(&c), Some(ChangeRequestPhase::AwaitingApproval));
+    assert!(message(&c).contains("does not revive"), "{}", message(&c));
+    assert!(jobs_of(&client, &ns, &name).await.is_empty());
     requests_api
         .patch(
             &name,
