@@ -12,7 +12,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use patchloop::api::change_request::ChangeRequestPhase;
@@ -253,6 +252,14 @@ async fn wait_job(client: &kube::Client, ns: &str, name: &str) -> Job {
     .await
 }
 
+/// Ends build Job `name` as a build container that reported `image` with
+/// `packages` would: its Pod's termination message ends with the result
+/// line, then the Job is `Complete`.
+async fn finish_build(client: &kube::Client, ns: &str, name: &str, image: &str, packages: &[&str]) {
+    support::executor::end_pod(client, ns, name, 0, &build_result_line(image, packages)).await;
+    finish_job(client, ns, name, None).await;
+}
+
 /// Plays the Job's executor: a `Complete` or `Failed` condition through the
 /// status subresource (and, for a failure, a terminated container with a
 /// termination message on the Job's Pod).
@@ -269,36 +276,7 @@ async fn finish_job(client: &kube::Client, ns: &str, name: &str, failure: Option
                             "lastProbeTime": now, "lastTransitionTime": now}]
         }}),
         Some(message) => {
-            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-            let pod = support::eventually(&format!("a Pod of Job {name}"), WAIT, async || {
-                pods.list(&ListParams::default().labels(&format!("job-name={name}")))
-                    .await
-                    .ok()
-                    .and_then(|l| l.items.into_iter().next())
-            })
-            .await;
-            let container = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.containers.first())
-                .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
-                .expect("a container");
-            let pod_status = json!({"status": {
-                "phase": "Failed",
-                "containerStatuses": [{
-                    "name": container.0, "image": container.1, "imageID": "",
-                    "ready": false, "restartCount": 0,
-                    "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": message,
-                                             "startedAt": now, "finishedAt": now}}
-                }]
-            }});
-            pods.patch_status(
-                &pod.metadata.name.clone().unwrap_or_default(),
-                &PatchParams::default(),
-                &Patch::Merge(&pod_status),
-            )
-            .await
-            .expect("patching the Pod status");
+            support::executor::end_pod(client, ns, name, 1, message).await;
             json!({"status": {
                 "startTime": now, "failed": 1,
                 "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
@@ -527,18 +505,22 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
     );
 
     // A result with the wrong nonce is ignored, even once the build ends.
-    apply(
+    let new_image = digest_image("base-2");
+    let wrong = build_result(
+        &name,
+        "not-the-nonce",
+        "registry.example/evil:1",
+        &[OPENSSH_FIXED, BASH],
+    );
+    apply(&client, &ns, wrong.clone()).await;
+    finish_build(
         &client,
         &ns,
-        build_result(
-            &name,
-            "not-the-nonce",
-            "registry.example/evil:1",
-            &[OPENSSH_FIXED, BASH],
-        ),
+        &build_name,
+        &new_image,
+        &[OPENSSH_FIXED, BASH],
     )
     .await;
-    finish_job(&client, &ns, &build_name, None).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cr = request_named(&client, &ns, &name).await;
     assert_eq!(phase(&cr), Some(ChangeRequestPhase::Building));
@@ -549,8 +531,16 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         "no test Job yet"
     );
 
-    // The real result: the test Job runs against the new image.
-    let new_image = digest_image("base-2");
+    // The real result, written once (a result is never rewritten: the
+    // stray one is deleted first): the test Job runs against the new image.
+    let inventories: Api<patchloop::api::Inventory> = Api::namespaced(client.clone(), &ns);
+    inventories
+        .delete(
+            wrong["metadata"]["name"].as_str().expect("name"),
+            &DeleteParams::default(),
+        )
+        .await
+        .expect("deleting the stray result");
     apply(
         &client,
         &ns,
@@ -814,7 +804,14 @@ async fn a_failed_test_leaves_the_published_image_and_fails_the_request() {
         ),
     )
     .await;
-    finish_job(&client, &ns, &build_name, None).await;
+    finish_build(
+        &client,
+        &ns,
+        &build_name,
+        &digest_image("base-3"),
+        &[OPENSSH_FIXED, BASH],
+    )
+    .await;
     let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Testing).await;
     let test_name = cr
         .status
@@ -966,7 +963,14 @@ async fn failed_builds_and_unpublishable_images_leave_the_template_as_it_was() {
                     ),
                 )
                 .await;
-                finish_job(&client, &ns, &build, None).await;
+                finish_build(
+                    &client,
+                    &ns,
+                    &build,
+                    &digest_image(&format!("{name}-6")),
+                    packages,
+                )
+                .await;
                 wait_phase(&client, &ns, &cr_name, ChangeRequestPhase::Testing).await;
                 let test = format!("{cr_name}-test");
                 wait_job(&client, &ns, &test).await;
@@ -1196,7 +1200,14 @@ async fn a_scope_change_voids_the_approval_and_late_advisories_wait_for_the_next
         ),
     )
     .await;
-    finish_job(&client, &ns, &build_name, None).await;
+    finish_build(
+        &client,
+        &ns,
+        &build_name,
+        &digest_image("base-4"),
+        &[OPENSSH_FIXED, RSYNC_FIXED, LIBWEBP_OLD, BASH],
+    )
+    .await;
     let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Testing).await;
     let test_name = cr
         .status
@@ -1578,25 +1589,36 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
     assert_eq!(phase(&cr_now().await), Some(ChangeRequestPhase::Approved));
     assert!(job_names().await.is_empty());
 
-    // 2. Build Job created; the Building write (and the nonce's hash) lost.
+    // 2. Build Job created; the Building write (its uid, the nonce's hash)
+    // lost.
     let mut pl = start_failing(env, &ns, &label, "exit-after-build-job-create");
     exits_at_failpoint(&mut pl).await;
     assert_eq!(job_names().await, [build_name.as_str()]);
     assert_eq!(phase(&cr_now().await), Some(ChangeRequestPhase::Approved));
-    let nonce = nonce_of(&client, &ns, &name).await;
+    let lost = wait_job(&client, &ns, &build_name).await;
+    let lost_nonce = nonce_of(&client, &ns, &name).await;
 
-    // 3. The existing Job is adopted with the nonce it was given: Building.
+    // 3. A Job the request did not record is never adopted: it is deleted
+    // and a fresh one, with a fresh nonce, created and recorded: Building.
     let mut pl = start_failing(env, &ns, &label, "exit-after-building-status");
     exits_at_failpoint(&mut pl).await;
     let cr = cr_now().await;
     assert_eq!(phase(&cr), Some(ChangeRequestPhase::Building));
+    let build = wait_job(&client, &ns, &build_name).await;
+    assert_ne!(build.metadata.uid, lost.metadata.uid, "a fresh build Job");
+    assert_eq!(
+        cr.status.as_ref().and_then(|s| s.build_job_uid.clone()),
+        build.metadata.uid,
+        "the recorded build Job"
+    );
+    let nonce = nonce_of(&client, &ns, &name).await;
+    assert_ne!(nonce, lost_nonce, "a fresh nonce");
     assert_eq!(
         cr.status.as_ref().and_then(|s| s.nonce_hash.clone()),
         Some(patchloop::engine::change::nonce_hash(&nonce)),
-        "the adopted Job's nonce"
+        "the recorded Job's nonce"
     );
     assert_eq!(job_names().await, [build_name.as_str()]);
-    assert_eq!(nonce_of(&client, &ns, &name).await, nonce, "one build Job");
 
     // 4. The build ends while the controller is down; the result is pinned.
     apply(
@@ -1610,7 +1632,14 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
         ),
     )
     .await;
-    finish_job(&client, &ns, &build_name, None).await;
+    finish_build(
+        &client,
+        &ns,
+        &build_name,
+        &digest_image("base-5"),
+        &[OPENSSH_FIXED, BASH],
+    )
+    .await;
     let mut pl = start_failing(env, &ns, &label, "exit-after-result-pin");
     exits_at_failpoint(&mut pl).await;
     let cr = cr_now().await;

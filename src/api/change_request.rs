@@ -175,6 +175,12 @@ pub struct ChangeRequestStatus {
     /// The build Job's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_job: Option<String>,
+    /// The build Job's `metadata.uid`, recorded with the nonce's hash right
+    /// after the controller created it. Only that Job is adopted (a Job
+    /// under the name with another uid is deleted, never adopted), and only
+    /// a Pod it controls reports the build's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_job_uid: Option<String>,
     /// The test Job's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_job: Option<String>,

@@ -542,6 +542,158 @@ pub struct ResultFacts<'a> {
     pub nonce: Option<&'a str>,
     /// `spec.image`.
     pub image: Option<&'a str>,
+    /// Its `metadata.generation` (set by the apiserver; 1 until its spec is
+    /// changed after creation).
+    pub generation: Option<i64>,
+    /// `spec.packages`, as written.
+    pub packages: &'a [String],
+}
+
+/// How a build Pod's result line begins. The build Job's container ends its
+/// termination message with `result image=sha256:<64 hex>
+/// packages=sha256:<64 hex>` (see [`result_line`]).
+pub const RESULT_LINE: &str = "result";
+
+/// What the build Pod reported it built: the image's digest and the digest
+/// of its package lines ([`packages_digest`]), each `sha256:<64 hex>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildReport {
+    /// The image's digest.
+    pub image: String,
+    /// The package lines' digest.
+    pub packages: String,
+}
+
+/// The line a build Job's container ends its termination message with.
+pub fn result_line(report: &BuildReport) -> String {
+    format!(
+        "{RESULT_LINE} image={} packages={}",
+        report.image, report.packages
+    )
+}
+
+fn is_sha256(digest: &str) -> bool {
+    digest
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// The canonical digest of an Inventory's package lines, which the build
+/// reports and the controller recomputes from `spec.packages`: SHA-256 over
+/// the entries exactly as written, sorted by their bytes (as `LC_ALL=C
+/// sort` sorts), each followed by a newline (`printf '%s\n' … | LC_ALL=C
+/// sort | sha256sum`), as `sha256:<64 hex>`. `None` when an entry holds a
+/// line break: it would not be one line.
+pub fn packages_digest(packages: &[String]) -> Option<String> {
+    if packages.iter().any(|p| p.contains('\n')) {
+        return None;
+    }
+    let mut lines: Vec<&[u8]> = packages.iter().map(|p| p.as_bytes()).collect();
+    lines.sort_unstable();
+    let mut h = Sha256::new();
+    for line in lines {
+        h.update(line);
+        h.update(b"\n");
+    }
+    Some(format!("sha256:{}", hex(&h.finalize())))
+}
+
+/// The build Pod's report from its containers' termination messages (each
+/// as written): the last non-empty line of each that is a result line.
+/// Exactly one report must be made (the same by every container that makes
+/// one); the error says what was wrong.
+pub fn build_report(messages: Option<&[String]>) -> Result<BuildReport, &'static str> {
+    let Some(messages) = messages else {
+        return Err("no succeeded Pod of the recorded build Job was found");
+    };
+    let mut reports: Vec<BuildReport> = messages
+        .iter()
+        .filter_map(|m| m.lines().rev().find(|l| !l.trim().is_empty()))
+        .filter_map(parse_result_line)
+        .collect();
+    reports.dedup();
+    match reports.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(
+            "the build Pod's termination message does not end with a `result image=sha256:<64 hex> packages=sha256:<64 hex>` line",
+        ),
+        _ => Err("the build Pod's containers report different results"),
+    }
+}
+
+fn parse_result_line(line: &str) -> Option<BuildReport> {
+    let mut words = line.split_ascii_whitespace();
+    let (Some(RESULT_LINE), Some(image), Some(packages), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return None;
+    };
+    let image = image.strip_prefix("image=").filter(|d| is_sha256(d))?;
+    let packages = packages
+        .strip_prefix("packages=")
+        .filter(|d| is_sha256(d))?;
+    Some(BuildReport {
+        image: image.to_owned(),
+        packages: packages.to_owned(),
+    })
+}
+
+/// Whether a result that passed [`check_result`] is what the build Pod
+/// reported (read from the Pod controlled by the build Job whose uid the
+/// request recorded): its spec never changed since it was created
+/// (`metadata.generation` 1: any later patch is a swap), its image's digest
+/// and its package lines' digest are the ones the Pod's termination message
+/// names. The sentence shows digests only (the Inventory's own values were
+/// checked to be digests or are hashed), never other user values.
+pub fn check_origin(
+    facts: &ResultFacts<'_>,
+    report: Result<&BuildReport, &str>,
+) -> Result<(), String> {
+    let name = facts.name;
+    if facts.generation != Some(1) {
+        return Err(format!(
+            "Inventory {name} was changed after it was created (metadata.generation {} is not 1): a result is written once, by the build",
+            facts.generation.unwrap_or_default()
+        ));
+    }
+    let report = report
+        .map_err(|why| format!("{why}, so Inventory {name} cannot be told to be the build's"))?;
+    let image = facts
+        .image
+        .and_then(|i| i.rsplit_once('@'))
+        .map(|(_, d)| d)
+        .filter(|d| is_sha256(d));
+    let packages = packages_digest(facts.packages);
+    let mut differs = Vec::new();
+    if image != Some(report.image.as_str()) {
+        differs.push(format!(
+            "spec.image's digest {} is not the reported {}",
+            image.map_or("(none)", |d| short_digest(d)),
+            short_digest(&report.image)
+        ));
+    }
+    if packages.as_deref() != Some(report.packages.as_str()) {
+        differs.push(format!(
+            "spec.packages digest {} is not the reported {}",
+            packages
+                .as_deref()
+                .map_or("(an entry holds a line break)", short_digest),
+            short_digest(&report.packages)
+        ));
+    }
+    if differs.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "Inventory {name} is not what the build Pod reported: {}",
+            differs.join("; ")
+        ))
+    }
+}
+
+/// `sha256:` and the first 12 hex digits, for messages.
+fn short_digest(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
 }
 
 /// Whether a build result may be taken: it carries the nonce whose hash the
@@ -588,6 +740,9 @@ pub enum BuildOutput {
     Absent,
     /// One that cannot be taken; the sentence says why.
     Invalid(String),
+    /// One that passed [`check_result`] but is not what the build Pod
+    /// reported ([`check_origin`]); the sentence says what differed.
+    NotFromBuild(String),
     /// One that can be taken.
     Valid,
 }
@@ -637,8 +792,14 @@ pub struct Observed<'a> {
     pub needed: Option<&'a Scope>,
     /// The approval for the scope in force.
     pub approval: &'a Approval,
-    /// The build Job.
+    /// The build Job: the Job under its name whose uid the request recorded
+    /// when it created it.
     pub build: &'a JobState,
+    /// When the Job under the build Job's name whose uid is not the recorded
+    /// one was created (a crash between its create and the status write, a
+    /// Job replaced since, or one created by someone else with a forged
+    /// owner reference): never adopted, deleted.
+    pub build_unrecorded: Option<Timestamp>,
     /// The build result Inventory (`changerequest-<request>`).
     pub output: &'a BuildOutput,
     /// The pinned result against that Inventory now.
@@ -659,9 +820,13 @@ pub struct Observed<'a> {
 pub enum Act {
     /// Nothing but the status below.
     Nothing,
-    /// Create the build Job (idempotent; an existing one is adopted) and
-    /// record its nonce's hash.
+    /// Create the build Job and record its uid and nonce's hash; an
+    /// existing one is adopted only when its uid is the recorded one.
     Build,
+    /// Delete the Job under the build Job's name that this request did not
+    /// record (the uid seen as a precondition); a fresh one, with a fresh
+    /// nonce, is created on a later pass.
+    DiscardBuild,
     /// Record the build result (uid, resourceVersion, generation, image)
     /// in status before the test Job is created.
     Pin,
@@ -750,12 +915,17 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
             Act::Nothing,
         ));
     }
+    // Before Building nothing recorded a build Job (its approval was never
+    // consumed), and once Building only the recorded one counts.
+    if let Some(created) = o.build_unrecorded
+        && matches!(
+            phase,
+            Phase::AwaitingApproval | Phase::Approved | Phase::Building
+        )
+    {
+        return Some(unrecorded_build(phase, created, o.now));
+    }
     match phase {
-        // The build Job exists (created before the Building status write
-        // was lost): its approval was consumed when it was created.
-        Phase::AwaitingApproval | Phase::Approved if *o.build != JobState::Absent => {
-            Some(step(Phase::Building, "Building", BUILDING, Act::Build))
-        }
         Phase::AwaitingApproval | Phase::Approved => {
             let Some(_) = o.needed else {
                 return Some(step(
@@ -804,6 +974,12 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
                 Act::Test,
             ),
             (JobState::Succeeded(_), Pin::Changed, _) => result_changed(),
+            (JobState::Succeeded(_), Pin::Unpinned, BuildOutput::NotFromBuild(why)) => step(
+                Phase::Failed,
+                "ResultNotFromBuild",
+                format!("{why}; nothing is tested or published, a new request rebuilds"),
+                Act::Nothing,
+            ),
             (JobState::Succeeded(_), Pin::Unpinned, BuildOutput::Valid) => step(
                 Phase::Building,
                 "ResultPinned",
@@ -893,6 +1069,34 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
     }
 }
 
+/// How old a Job under the build Job's name that the request did not record
+/// must be before it is deleted. Never adopted meanwhile; the hold keeps a
+/// status write that keeps failing after each create (a stale CRD, missing
+/// RBAC) from turning into a create-and-delete loop, as every deletion and
+/// creation wakes the request at once.
+pub const UNRECORDED_HOLD: SignedDuration = SignedDuration::from_secs(5);
+
+/// The step for a Job under the build Job's name that the request did not
+/// record, created at `created`: the phase stays, the Job goes once
+/// [`UNRECORDED_HOLD`] old.
+pub fn unrecorded_build(phase: Phase, created: Timestamp, now: Timestamp) -> Step {
+    let due = created.checked_add(UNRECORDED_HOLD).unwrap_or(created);
+    let held = due > now;
+    Step {
+        wake: held.then_some(due),
+        ..step(
+            phase,
+            "BuildJobUnrecorded",
+            "a Job under this request's build Job name exists that this request did not record creating (status.buildJobUid): it is deleted, never adopted, and a new build Job with a fresh nonce is created",
+            if held {
+                Act::Nothing
+            } else {
+                Act::DiscardBuild
+            },
+        )
+    }
+}
+
 const BUILDING: &str =
     "the build Job runs; only it holds this request's nonce, which its result must carry";
 
@@ -938,6 +1142,7 @@ mod tests {
     }
 
     const UID: &str = "uid-1";
+    const OPENSSH: &str = "openssh-client 1:9.2p1-2+deb12u2 openssh";
 
     fn decision(verdict: Verdict, digest: &str) -> Decision {
         Decision {
@@ -1307,6 +1512,8 @@ mod tests {
             created: Some(job),
             nonce: Some(nonce),
             image: Some(&image),
+            generation: Some(1),
+            packages: &[],
         };
         assert_eq!(check_result(&good, Some(&hash), Some(job)), Ok(()));
         let fail = |f: ResultFacts<'_>, h: Option<&str>, j: Option<Timestamp>| {
@@ -1517,6 +1724,7 @@ mod tests {
             needed: scope,
             approval,
             build,
+            build_unrecorded: None,
             output: &BuildOutput::Absent,
             pin: Pin::Unpinned,
             inputs_changed: false,
@@ -1675,17 +1883,200 @@ mod tests {
     }
 
     #[test]
-    fn an_existing_build_job_is_adopted_whatever_the_approval_says_now() {
-        // Created under a valid approval; the Building write was lost and
-        // the Template was edited meanwhile: the build is not started again.
+    fn a_build_job_the_request_did_not_record_is_discarded_never_adopted() {
+        // Before Building nothing recorded a build Job: whatever runs under
+        // its name (a crash before the status write, a forgery) goes, and
+        // the phase stays, whatever the approval says.
         let s = scope_of(&[("bash", "5.2")], &["DSA-1"]);
-        let waiting = Approval::Awaiting("changed".into());
-        let (running, absent) = (JobState::Running, JobState::Absent);
-        for phase in [Phase::AwaitingApproval, Phase::Approved] {
-            let o = observed(Some(phase), Some(&s), &waiting, &running, &absent);
-            let st = next(&o).expect("step");
-            assert_eq!((st.phase, st.act), (Phase::Building, Act::Build));
+        let absent = JobState::Absent;
+        for approval in [
+            Approval::Approved(Approver::Person),
+            Approval::Awaiting("changed".into()),
+        ] {
+            for phase in [Phase::AwaitingApproval, Phase::Approved] {
+                let mut o = observed(Some(phase), Some(&s), &approval, &absent, &absent);
+                let created = Timestamp::from_second(1_000).expect("ts");
+                o.build_unrecorded = Some(created);
+                // Held for a moment (not adopted), then deleted.
+                o.now = created;
+                let st = next(&o).expect("step");
+                assert_eq!(
+                    (st.phase, st.reason, st.act),
+                    (phase, "BuildJobUnrecorded", Act::Nothing)
+                );
+                assert_eq!(st.wake, created.checked_add(UNRECORDED_HOLD).ok());
+                o.now = created.checked_add(UNRECORDED_HOLD).expect("ts");
+                let st = next(&o).expect("step");
+                assert_eq!(
+                    (st.phase, st.reason, st.act),
+                    (phase, "BuildJobUnrecorded", Act::DiscardBuild)
+                );
+            }
         }
+        // Building, and the Job under the name is not the recorded one (the
+        // recorded one is gone): even with a valid result, it goes.
+        let waiting = Approval::Awaiting("x".into());
+        let valid = BuildOutput::Valid;
+        let mut o = observed(Some(Phase::Building), None, &waiting, &absent, &absent);
+        o.build_unrecorded = Some(Timestamp::UNIX_EPOCH);
+        o.now = Timestamp::UNIX_EPOCH.checked_add(UNRECORDED_HOLD).expect("ts");
+        o.output = &valid;
+        let st = next(&o).expect("step");
+        assert_eq!((st.phase, st.act), (Phase::Building, Act::DiscardBuild));
+        // Once gone, a fresh one is created.
+        let o = observed(Some(Phase::Building), None, &waiting, &absent, &absent);
+        assert_eq!(next(&o).map(|s| s.act), Some(Act::Build));
+    }
+
+    #[test]
+    fn a_result_not_from_the_build_pod_fails_at_once() {
+        let waiting = Approval::Awaiting("x".into());
+        let at = Timestamp::from_second(1_000).expect("ts");
+        let done = JobState::Succeeded(Some(at));
+        let absent = JobState::Absent;
+        let swapped = BuildOutput::NotFromBuild("Inventory changerequest-x is not what the build Pod reported: spec.image's digest sha256:eeeeeeeeeeee is not the reported sha256:bbbbbbbbbbbb".into());
+        let mut o = observed(Some(Phase::Building), None, &waiting, &done, &absent);
+        o.output = &swapped;
+        o.now = at;
+        let st = next(&o).expect("step");
+        assert_eq!(
+            (st.phase, st.reason, st.act),
+            (Phase::Failed, "ResultNotFromBuild", Act::Nothing)
+        );
+        assert!(st.message.contains("build Pod reported"), "{}", st.message);
+    }
+
+    #[test]
+    fn the_packages_digest_is_of_sorted_lines_as_written() {
+        let lines = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let a = packages_digest(&lines(&[
+            "libc6 2.36-9 glibc",
+            "bash 5.2.15-2+b8 bash 5.2.15-2",
+        ]))
+        .expect("digest");
+        // What `printf '%s\n' … | LC_ALL=C sort | sha256sum` prints.
+        let text = "bash 5.2.15-2+b8 bash 5.2.15-2\nlibc6 2.36-9 glibc\n";
+        assert_eq!(
+            a,
+            format!("sha256:{}", hex(&Sha256::digest(text.as_bytes())))
+        );
+        assert_eq!(
+            packages_digest(&lines(&[
+                "bash 5.2.15-2+b8 bash 5.2.15-2",
+                "libc6 2.36-9 glibc"
+            ])),
+            Some(a.clone())
+        );
+        // Bytes, not a locale: upper case sorts first.
+        assert_eq!(
+            packages_digest(&lines(&["b 1", "B 1"])),
+            Some(format!("sha256:{}", hex(&Sha256::digest(b"B 1\nb 1\n"))))
+        );
+        assert_ne!(
+            packages_digest(&lines(&["libc6 2.36-9 glibc"])),
+            Some(a.clone())
+        );
+        assert_eq!(packages_digest(&lines(&["a 1\nb 2"])), None);
+        assert_eq!(
+            packages_digest(&[]),
+            Some(format!("sha256:{}", hex(&Sha256::digest(b""))))
+        );
+    }
+
+    #[test]
+    fn the_build_report_is_the_last_line_of_the_termination_message() {
+        let (i, p) = (
+            format!("sha256:{}", "b".repeat(64)),
+            format!("sha256:{}", "c".repeat(64)),
+        );
+        let report = BuildReport {
+            image: i.clone(),
+            packages: p.clone(),
+        };
+        let line = result_line(&report);
+        assert_eq!(line, format!("result image={i} packages={p}"));
+        let msgs = |m: &[&str]| m.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let ok = msgs(&[&format!("built r2\n{line}\n\n")]);
+        assert_eq!(build_report(Some(&ok)), Ok(report.clone()));
+        // A sidecar without a report, or reporting the same: one report.
+        let ok = msgs(&["", &line, &line]);
+        assert_eq!(build_report(Some(&ok)), Ok(report.clone()));
+        for bad in [
+            format!("{line}\nmore output"),
+            format!("result image={i}"),
+            format!("result image={i} packages={p} extra"),
+            format!("result image=sha256:{} packages={p}", "B".repeat(64)),
+            format!("result image={} packages={p}", &i[..70]),
+            format!("result packages={p} image={i}"),
+        ] {
+            assert!(build_report(Some(&msgs(&[&bad]))).is_err(), "{bad}");
+        }
+        let other = result_line(&BuildReport {
+            image: p.clone(),
+            packages: i.clone(),
+        });
+        assert_eq!(
+            build_report(Some(&msgs(&[&line, &other]))),
+            Err("the build Pod's containers report different results")
+        );
+        assert!(build_report(None).is_err());
+        assert!(build_report(Some(&[])).is_err());
+    }
+
+    #[test]
+    fn a_result_must_be_the_unchanged_one_the_build_pod_reported() {
+        let packages = vec![OPENSSH.to_owned(), "bash 5.2".to_owned()];
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let image = format!("r.example/base@{digest}");
+        let facts = ResultFacts {
+            name: "changerequest-base-x",
+            created: None,
+            nonce: None,
+            image: Some(&image),
+            generation: Some(1),
+            packages: &packages,
+        };
+        let report = BuildReport {
+            image: digest.clone(),
+            packages: packages_digest(&packages).expect("digest"),
+        };
+        assert_eq!(check_origin(&facts, Ok(&report)), Ok(()));
+        // Patched after creation: a swap, whatever it holds now.
+        let why = check_origin(
+            &ResultFacts {
+                generation: Some(2),
+                ..facts
+            },
+            Ok(&report),
+        )
+        .expect_err("refused");
+        assert!(why.contains("metadata.generation 2"), "{why}");
+        // Another image, other packages: both named, by digest only.
+        let evil = format!("registry.evil.example/backdoor@sha256:{}", "e".repeat(64));
+        let more = vec![OPENSSH.to_owned(), "backdoor 1.0".to_owned()];
+        let why = check_origin(
+            &ResultFacts {
+                image: Some(&evil),
+                packages: &more,
+                ..facts
+            },
+            Ok(&report),
+        )
+        .expect_err("refused");
+        assert!(
+            why.contains("spec.image's digest sha256:eeeeeeeeeeee")
+                && why.contains("reported sha256:abababababab")
+                && why.contains("spec.packages digest")
+                && !why.contains("evil")
+                && !why.contains("backdoor"),
+            "{why}"
+        );
+        let why = check_origin(
+            &facts,
+            Err("no succeeded Pod of the recorded build Job was found"),
+        )
+        .expect_err("refused");
+        assert!(why.contains("no succeeded Pod"), "{why}");
     }
 
     #[test]
