@@ -1919,7 +1919,9 @@ mod tests {
         let valid = BuildOutput::Valid;
         let mut o = observed(Some(Phase::Building), None, &waiting, &absent, &absent);
         o.build_unrecorded = Some(Timestamp::UNIX_EPOCH);
-        o.now = Timestamp::UNIX_EPOCH.checked_add(UNRECORDED_HOLD).expect("ts");
+        o.now = Timestamp::UNIX_EPOCH
+            .checked_add(UNRECORDED_HOLD)
+            .expect("ts");
         o.output = &valid;
         let st = next(&o).expect("step");
         assert_eq!((st.phase, st.act), (Phase::Building, Act::DiscardBuild));
