@@ -667,3 +667,50 @@ async fn a_forged_build_job_is_never_adopted() {
     );
     assert_nothing_leaked(&client, &ns, &[&evil_image(), &forged_nonce]).await;
 }
+
+#[tokio::test]
+async fn an_approver_cannot_repoint_a_request_at_another_template() {
+    let (client, ns, _label, _pl, name) = setup("attack-repoint").await;
+    let approver = identity::shipped_role(&ns, "approver", "patchloop-approver").await;
+    apply(&client, &ns, template("other", json!({}))).await;
+    let templates: Api<Template> = Api::namespaced(client.clone(), &ns);
+    let base_uid = templates.get("base").await.expect("base").metadata.uid;
+    let cr = request(&client, &ns, &name).await;
+    assert_eq!(
+        cr.status.as_ref().and_then(|s| s.template_uid.clone()),
+        base_uid,
+        "the request recorded its Template's uid"
+    );
+    // The approver edits spec.template (what retention and publication
+    // follow), then approves.
+    let requests_api: Api<ChangeRequest> = Api::namespaced(approver.clone(), &ns);
+    requests_api
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"template": "other"}})),
+        )
+        .await
+        .expect("the approver may patch requests");
+    approve_as(&approver, &ns, &cr, "2026-12-04T10:00:00Z").await;
+    let failed = wait_request(&client, &ns, |c| {
+        c.metadata.name.as_deref() == Some(name.as_str())
+            && phase(c) == Some(ChangeRequestPhase::Failed)
+    })
+    .await;
+    let status = failed.status.clone().unwrap_or_default();
+    assert_eq!(
+        condition_reason(&status.conditions, "Ready"),
+        Some("TemplateMismatch"),
+        "{}",
+        message(&failed)
+    );
+    assert!(
+        message(&failed).contains("spec.template"),
+        "{}",
+        message(&failed)
+    );
+    assert_eq!(status.template_uid, base_uid, "the record stays");
+    assert!(jobs_of(&client, &ns, &name).await.is_empty());
+    assert_nothing_leaked(&client, &ns, &[]).await;
+}
