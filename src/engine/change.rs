@@ -12,6 +12,12 @@
 //!   (`Automatic`, or `AutomaticForEmergency` when a scoped finding is an
 //!   emergency by the policy's own rule). A person's matching rejection
 //!   always wins.
+//! - A build result is pinned only if it is the one the build Pod reported
+//!   (its termination message's result line: image and package digests)
+//!   and was never changed since its creation; only the build Job whose
+//!   uid the request recorded is adopted, any other is deleted.
+//! - A request is bound to the Template uid it recorded; another Template
+//!   under `spec.template` fails it.
 //! - Publication needs a successful test, a build result covering the scope
 //!   (every scoped package at least its fixed version) and no finding the
 //!   current revision lacks.
