@@ -51,7 +51,11 @@ fn the_engine_names_no_client_network_file_process_or_clock() {
             }
         }
     }
-    assert!(found.is_empty(), "the engine reaches out:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "the engine reaches out:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]

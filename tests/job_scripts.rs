@@ -1217,6 +1217,25 @@ fn the_build_job_reports_the_image_it_built_with_the_nonce() {
         inv["spec"]["packages"].as_array().map(Vec::len),
         Some(installed.len())
     );
+    // The termination message ends with the result line: the image's digest
+    // and the digest of the reported package lines, sorted by bytes, each
+    // followed by a newline (computed here apart from the controller's code).
+    let mut lines: Vec<String> = inv["spec"]["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| p.as_str().expect("a package line").to_owned())
+        .collect();
+    lines.sort();
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let packages: String = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        sandbox.read("termination-log"),
+        format!("result image={DIGEST} packages=sha256:{packages}\n")
+    );
 
     // A build that fails, or writes no digest, reports nothing.
     for (command, expected) in [

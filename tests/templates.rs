@@ -12,7 +12,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use patchloop::api::change_request::ChangeRequestPhase;
@@ -253,6 +252,14 @@ async fn wait_job(client: &kube::Client, ns: &str, name: &str) -> Job {
     .await
 }
 
+/// Ends build Job `name` as a build container that reported `image` with
+/// `packages` would: its Pod's termination message ends with the result
+/// line, then the Job is `Complete`.
+async fn finish_build(client: &kube::Client, ns: &str, name: &str, image: &str, packages: &[&str]) {
+    support::executor::end_pod(client, ns, name, 0, &build_result_line(image, packages)).await;
+    finish_job(client, ns, name, None).await;
+}
+
 /// Plays the Job's executor: a `Complete` or `Failed` condition through the
 /// status subresource (and, for a failure, a terminated container with a
 /// termination message on the Job's Pod).
@@ -269,36 +276,7 @@ async fn finish_job(client: &kube::Client, ns: &str, name: &str, failure: Option
                             "lastProbeTime": now, "lastTransitionTime": now}]
         }}),
         Some(message) => {
-            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-            let pod = support::eventually(&format!("a Pod of Job {name}"), WAIT, async || {
-                pods.list(&ListParams::default().labels(&format!("job-name={name}")))
-                    .await
-                    .ok()
-                    .and_then(|l| l.items.into_iter().next())
-            })
-            .await;
-            let container = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.containers.first())
-                .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
-                .expect("a container");
-            let pod_status = json!({"status": {
-                "phase": "Failed",
-                "containerStatuses": [{
-                    "name": container.0, "image": container.1, "imageID": "",
-                    "ready": false, "restartCount": 0,
-                    "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": message,
-                                             "startedAt": now, "finishedAt": now}}
-                }]
-            }});
-            pods.patch_status(
-                &pod.metadata.name.clone().unwrap_or_default(),
-                &PatchParams::default(),
-                &Patch::Merge(&pod_status),
-            )
-            .await
-            .expect("patching the Pod status");
+            support::executor::end_pod(client, ns, name, 1, message).await;
             json!({"status": {
                 "startTime": now, "failed": 1,
                 "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
@@ -527,18 +505,22 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
     );
 
     // A result with the wrong nonce is ignored, even once the build ends.
-    apply(
+    let new_image = digest_image("base-2");
+    let wrong = build_result(
+        &name,
+        "not-the-nonce",
+        "registry.example/evil:1",
+        &[OPENSSH_FIXED, BASH],
+    );
+    apply(&client, &ns, wrong.clone()).await;
+    finish_build(
         &client,
         &ns,
-        build_result(
-            &name,
-            "not-the-nonce",
-            "registry.example/evil:1",
-            &[OPENSSH_FIXED, BASH],
-        ),
+        &build_name,
+        &new_image,
+        &[OPENSSH_FIXED, BASH],
     )
     .await;
-    finish_job(&client, &ns, &build_name, None).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cr = request_named(&client, &ns, &name).await;
     assert_eq!(phase(&cr), Some(ChangeRequestPhase::Building));
@@ -549,8 +531,16 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         "no test Job yet"
     );
 
-    // The real result: the test Job runs against the new image.
-    let new_image = digest_image("base-2");
+    // The real result, written once (a result is never rewritten: the
+    // stray one is deleted first): the test Job runs against the new image.
+    let inventories: Api<patchloop::api::Inventory> = Api::namespaced(client.clone(), &ns);
+    inventories
+        .delete(
+            wrong["metadata"]["name"].as_str().expect("name"),
+            &DeleteParams::default(),
+        )
+        .await
+        .expect("deleting the stray result");
     apply(
         &client,
         &ns,
@@ -814,7 +804,14 @@ async fn a_failed_test_leaves_the_published_image_and_fails_the_request() {
         ),
     )
     .await;
-    finish_job(&client, &ns, &build_name, None).await;
+    finish_build(
+        &client,
+        &ns,
+        &build_name,
+        &digest_image("base-3"),
+        &[OPENSSH_FIXED, BASH],
+    )
+    .await;
     let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Testing).await;
     let test_name = cr
         .status
@@ -966,7 +963,14 @@ async fn failed_builds_and_unpublishable_images_leave_the_template_as_it_was() {
                     ),
                 )
                 .await;
-                finish_job(&client, &ns, &build, None).await;
+                finish_build(
+                    &client,
+                    &ns,
+                    &build,
+                    &digest_image(&format!("{name}-6")),
+                    packages,
+                )
+                .await;
                 wait_phase(&client, &ns, &cr_name, ChangeRequestPhase::Testing).await;
                 let test = format!("{cr_name}-test");
                 wait_job(&client, &ns, &test).await;
@@ -1196,7 +1200,14 @@ async fn a_scope_change_voids_the_approval_and_late_advisories_wait_for_the_next
         ),
     )
     .await;
-    finish_job(&client, &ns, &build_name, None).await;
+    finish_build(
+        &client,
+        &ns,
+        &build_name,
+        &digest_image("base-4"),
+        &[OPENSSH_FIXED, RSYNC_FIXED, LIBWEBP_OLD, BASH],
+    )
+    .await;
     let cr = wait_phase(&client, &ns, &name, ChangeRequestPhase::Testing).await;
     let test_name = cr
         .status
@@ -1578,25 +1589,36 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
     assert_eq!(phase(&cr_now().await), Some(ChangeRequestPhase::Approved));
     assert!(job_names().await.is_empty());
 
-    // 2. Build Job created; the Building write (and the nonce's hash) lost.
+    // 2. Build Job created; the Building write (its uid, the nonce's hash)
+    // lost.
     let mut pl = start_failing(env, &ns, &label, "exit-after-build-job-create");
     exits_at_failpoint(&mut pl).await;
     assert_eq!(job_names().await, [build_name.as_str()]);
     assert_eq!(phase(&cr_now().await), Some(ChangeRequestPhase::Approved));
-    let nonce = nonce_of(&client, &ns, &name).await;
+    let lost = wait_job(&client, &ns, &build_name).await;
+    let lost_nonce = nonce_of(&client, &ns, &name).await;
 
-    // 3. The existing Job is adopted with the nonce it was given: Building.
+    // 3. A Job the request did not record is never adopted: it is deleted
+    // and a fresh one, with a fresh nonce, created and recorded: Building.
     let mut pl = start_failing(env, &ns, &label, "exit-after-building-status");
     exits_at_failpoint(&mut pl).await;
     let cr = cr_now().await;
     assert_eq!(phase(&cr), Some(ChangeRequestPhase::Building));
+    let build = wait_job(&client, &ns, &build_name).await;
+    assert_ne!(build.metadata.uid, lost.metadata.uid, "a fresh build Job");
+    assert_eq!(
+        cr.status.as_ref().and_then(|s| s.build_job_uid.clone()),
+        build.metadata.uid,
+        "the recorded build Job"
+    );
+    let nonce = nonce_of(&client, &ns, &name).await;
+    assert_ne!(nonce, lost_nonce, "a fresh nonce");
     assert_eq!(
         cr.status.as_ref().and_then(|s| s.nonce_hash.clone()),
         Some(patchloop::engine::change::nonce_hash(&nonce)),
-        "the adopted Job's nonce"
+        "the recorded Job's nonce"
     );
     assert_eq!(job_names().await, [build_name.as_str()]);
-    assert_eq!(nonce_of(&client, &ns, &name).await, nonce, "one build Job");
 
     // 4. The build ends while the controller is down; the result is pinned.
     apply(
@@ -1610,7 +1632,14 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
         ),
     )
     .await;
-    finish_job(&client, &ns, &build_name, None).await;
+    finish_build(
+        &client,
+        &ns,
+        &build_name,
+        &digest_image("base-5"),
+        &[OPENSSH_FIXED, BASH],
+    )
+    .await;
     let mut pl = start_failing(env, &ns, &label, "exit-after-result-pin");
     exits_at_failpoint(&mut pl).await;
     let cr = cr_now().await;
@@ -1690,23 +1719,46 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
         template_inventory("base", &[OPENSSH_FIXED, BASH], "2026-11-24T08:00:00Z"),
     )
     .await;
-    // Five closed requests, oldest first; the oldest published revision 2.
+    // Another Template, whose history names a result of one of base's
+    // requests (base-old-0's), and one of whose closed requests an
+    // approver repointed at base (spec.template edited, status.templateUid
+    // still the other's).
+    apply(&client, &ns, template("other", json!({}))).await;
+    let templates: Api<Template> = Api::namespaced(client.clone(), &ns);
+    let uid_of = async |name: &str| {
+        templates
+            .get(name)
+            .await
+            .expect("the Template")
+            .metadata
+            .uid
+            .expect("a uid")
+    };
+    let (base_uid, other_uid) = (uid_of("base").await, uid_of("other").await);
+    // Closed requests, oldest first; base-old-1 published revision 2.
     let requests_api: Api<ChangeRequest> = Api::namespaced(client.clone(), &ns);
     let closed = [
-        ("base-old-1", "Published"),
-        ("base-old-2", "Rejected"),
-        ("base-old-3", "Failed"),
-        ("base-old-4", "Obsolete"),
-        ("base-old-5", "Failed"),
+        ("other-old-1", "Rejected", &other_uid),
+        ("base-old-0", "Failed", &base_uid),
+        ("base-old-1", "Published", &base_uid),
+        ("base-old-2", "Rejected", &base_uid),
+        ("base-old-3", "Failed", &base_uid),
+        ("base-old-4", "Obsolete", &base_uid),
+        ("base-old-5", "Failed", &base_uid),
     ];
-    for (name, phase) in closed {
+    for (name, phase, template_uid) in closed {
+        let owner = if template_uid == &base_uid {
+            "base"
+        } else {
+            "other"
+        };
         apply(
             &client,
             &ns,
             json!({
                 "apiVersion": "patchloop.dev/v1alpha1", "kind": "ChangeRequest",
                 "metadata": {"name": name, "labels": {"patchloop.dev/template": "base"}},
-                "spec": {"template": "base"},
+                "spec": {"template": owner},
             }),
         )
         .await;
@@ -1714,10 +1766,21 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
             .patch_status(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(&json!({"status": {"phase": phase}})),
+                &Patch::Merge(&json!({"status": {"phase": phase, "templateUid": template_uid}})),
             )
             .await
             .expect("closing the request");
+        if owner == "other" {
+            // The approver's edit of a closed request.
+            requests_api
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"spec": {"template": "base"}})),
+                )
+                .await
+                .expect("repointing the request");
+        }
         apply(
             &client,
             &ns,
@@ -1725,7 +1788,6 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
         )
         .await;
     }
-    let templates: Api<Template> = Api::namespaced(client.clone(), &ns);
     templates
         .patch_status(
             "base",
@@ -1739,6 +1801,19 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
         )
         .await
         .expect("the Template's history");
+    templates
+        .patch_status(
+            "other",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"revision": 2, "image": digest_image("base-old-0"),
+                "history": [
+                    {"revision": 1, "image": "registry.example/golden/other:1", "inventory": "other-r1"},
+                    {"revision": 2, "image": digest_image("base-old-0"),
+                     "inventory": "changerequest-base-old-0"},
+                ]}})),
+        )
+        .await
+        .expect("the other Template's history");
 
     let _pl = Patchloop::start(env, &ns, &label, &[]).await;
     let names = async || {
@@ -1750,8 +1825,15 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
         n.sort();
         n
     };
+    let kept = [
+        "base-old-0",
+        "base-old-1",
+        "base-old-4",
+        "base-old-5",
+        "other-old-1",
+    ];
     support::eventually("two closed requests retired", WAIT, async || {
-        (names().await == ["base-old-1", "base-old-4", "base-old-5"]).then_some(())
+        (names().await == kept).then_some(())
     })
     .await;
     let inventories: Api<patchloop::api::Inventory> = Api::namespaced(client.clone(), &ns);
@@ -1767,15 +1849,14 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
             .collect();
         left.sort();
         (left
-            == [
-                "changerequest-base-old-1",
-                "changerequest-base-old-4",
-                "changerequest-base-old-5",
-            ])
+            == kept
+                .iter()
+                .map(|n| format!("changerequest-{n}"))
+                .collect::<Vec<_>>())
         .then_some(())
     })
     .await;
     // Steady: nothing more goes.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(names().await, ["base-old-1", "base-old-4", "base-old-5"]);
+    assert_eq!(names().await, kept);
 }

@@ -2,8 +2,9 @@
 # Reference build Job for a Template rebuild: renders a Dockerfile that
 # upgrades the scoped packages on top of the published image, builds and
 # pushes it with a configurable builder, and reports the new image's
-# packages as the ChangeRequest's result Inventory (image by digest, nonce).
-# See README.md.
+# packages as the ChangeRequest's result Inventory (image by digest, nonce),
+# then ends its termination message with the result line the controller
+# compares that Inventory with. See README.md.
 set -euo pipefail
 
 PL_SCRIPT='template-build'
@@ -19,7 +20,10 @@ that upgrades every package in $PATCHLOOP_PACKAGES_FILE (apt-get install
 --only-upgrade, or dnf upgrade), builds and pushes it as
 $PATCHLOOP_IMAGE_REPOSITORY:r$PATCHLOOP_REVISION, lists the new image's
 packages and reports them with `patchloop inventory --change-request ...
---image REPOSITORY@DIGEST --nonce $PATCHLOOP_NONCE`.
+--image REPOSITORY@DIGEST --nonce $PATCHLOOP_NONCE --result-line
+$PATCHLOOP_TERMINATION_LOG`, which writes the result line (`result
+image=sha256:<64 hex> packages=sha256:<64 hex>`) to the termination log: the
+controller pins the result only if it is what that line says.
 
   --dry-run   check the input, print the Dockerfile and the commands; build
               and report nothing
@@ -95,7 +99,8 @@ query=$(pl_query_command "$PL_FAMILY")
 report() {
   local cmd=("$PL_PATCHLOOP" inventory --change-request "$PATCHLOOP_CHANGE_REQUEST"
     --image "$IMAGE_REF" --nonce "$PATCHLOOP_NONCE" -n "$PATCHLOOP_NAMESPACE"
-    --reporter template-build --from-file "$(pl_input_format "$PL_FAMILY"):$list")
+    --reporter template-build --from-file "$(pl_input_format "$PL_FAMILY"):$list"
+    --result-line "$PL_TERMINATION_LOG")
   if ((PL_DRY_RUN)); then pl_show "${cmd[@]}"; else "${cmd[@]}"; fi
 }
 

@@ -46,7 +46,9 @@ pub const TEMPLATE_LABEL: &str = "patchloop.dev/template";
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeRequestSpec {
-    /// The Template to rebuild, in the same namespace.
+    /// The Template to rebuild, in the same namespace. Fixed once the
+    /// request is decided (`status.templateUid`): the controller, not the
+    /// schema, enforces it (Kubernetes 1.20 has no CEL rules).
     #[schemars(length(min = 1))]
     pub template: String,
     /// A person's decision. It counts only while `digest` equals
@@ -71,8 +73,9 @@ pub struct Decision {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_uid: Option<String>,
     /// When the person decided (as their client said). Each `patchloop
-    /// approve` writes a new one, so a renewed decision is a new
-    /// `metadata.generation` even on the same digest.
+    /// approve` writes a new one, later than the last: with the digest and
+    /// the field managers it tells one decision from another, so a voided
+    /// decision stays void through edits of its other fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_at: Option<Time>,
     /// Why, for the audit trail.
@@ -130,6 +133,14 @@ pub struct ChangeRequestStatus {
     /// What the rebuild includes; frozen once the build starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
+    /// The `metadata.uid` of the Template this request was opened for,
+    /// recorded when the request is first decided. A Template under
+    /// `spec.template` with another uid (`spec.template` edited, or the
+    /// Template deleted and recreated) is not this request's: an open
+    /// request fails (`TemplateMismatch`), and retention deletes only
+    /// requests that recorded the retaining Template's uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_uid: Option<String>,
     /// The policy whose approval rule governs this request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
@@ -151,8 +162,9 @@ pub struct ChangeRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalRecord>,
     /// The scope moved away from the person's decision: that decision stays
-    /// void (a scope going A→B→A does not revive it) until `spec.decision`
-    /// is written again.
+    /// void (a scope going A→B→A does not revive it, nor does an edit of its
+    /// reason) until a new decision is written (another digest, `decidedAt`
+    /// or field manager).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision_voided: Option<VoidedDecision>,
     /// Hex SHA-256 of the per-request nonce the build result must carry
@@ -163,6 +175,12 @@ pub struct ChangeRequestStatus {
     /// The build Job's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_job: Option<String>,
+    /// The build Job's `metadata.uid`, recorded with the nonce's hash right
+    /// after the controller created it. Only that Job is adopted (a Job
+    /// under the name with another uid is deleted, never adopted), and only
+    /// a Pod it controls reports the build's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_job_uid: Option<String>,
     /// The test Job's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_job: Option<String>,
@@ -174,13 +192,28 @@ pub struct ChangeRequestStatus {
     pub timestamps: Option<PhaseTimestamps>,
 }
 
-/// A person's decision voided by a scope change.
+/// A person's decision voided by a scope change, by its identity: the void
+/// holds while `spec.decision` has the same digest, `decidedAt` and field
+/// managers, whatever else of it is edited (its reason, say); a new
+/// decision (a new `decidedAt`, as `patchloop approve` writes) counts again.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VoidedDecision {
-    /// The request's `metadata.generation` when it was voided: a decision
-    /// written since (a new generation) counts again.
-    pub generation: i64,
+    /// The request's `metadata.generation` when it was voided. A void
+    /// recorded before voids named their decision (no `digest`) holds for
+    /// that generation only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// The voided decision's `digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The voided decision's `decidedAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<Time>,
+    /// The field managers that owned `spec.decision` (from
+    /// `metadata.managedFields`, sorted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub field_managers: Vec<String>,
     /// What changed.
     pub reason: String,
 }

@@ -70,6 +70,18 @@ pub struct InventoryArgs {
     /// The request's nonce, `$PATCHLOOP_NONCE` (with `--change-request`).
     #[arg(long, requires = "change_request")]
     nonce: Option<String>,
+    /// With `--change-request`: once the result is written (printed, with
+    /// `--dry-run`), write its result line (`result image=sha256:<64 hex>
+    /// packages=sha256:<64 hex>`) to PATH, the build container's
+    /// termination message file (`/dev/termination-log`). The controller
+    /// pins the result only if it is what that line says.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "change_request",
+        conflicts_with = "every"
+    )]
+    result_line: Option<PathBuf>,
     /// The namespace; by default the kubeconfig context's.
     #[arg(long, short = 'n')]
     namespace: Option<String>,
@@ -438,7 +450,36 @@ async fn report(
         "inventory/{name} written: {} {format:?} packages in namespace {namespace}",
         packages.len()
     );
-    Ok(())
+    write_result_line(args, &object)
+}
+
+/// Writes the build's result line for the Inventory `object` (its image's
+/// digest and its package lines' digest, as the controller recomputes them)
+/// to `--result-line`.
+fn write_result_line(args: &InventoryArgs, object: &serde_json::Value) -> anyhow::Result<()> {
+    use patchloop::engine::change::{
+        BuildReport, is_digest_reference, packages_digest, result_line,
+    };
+    let Some(path) = &args.result_line else {
+        return Ok(());
+    };
+    let image = object["spec"]["image"].as_str().unwrap_or_default();
+    let digest = image
+        .rsplit_once('@')
+        .filter(|_| is_digest_reference(image))
+        .map(|(_, d)| d.to_owned())
+        .context(
+            "--result-line: --image must be a digest reference (registry/name@sha256:<64 hex>)",
+        )?;
+    let packages: Vec<String> = serde_json::from_value(object["spec"]["packages"].clone())
+        .context("--result-line: the package lines")?;
+    let report = BuildReport {
+        image: digest,
+        packages: packages_digest(&packages)
+            .context("--result-line: a package line holds a line break")?,
+    };
+    std::fs::write(path, format!("{}\n", result_line(&report)))
+        .with_context(|| format!("--result-line: writing {}", path.display()))
 }
 
 /// Prints what would be written.
@@ -458,7 +499,7 @@ fn dry_run(args: &InventoryArgs, platform: Option<&Platform>) -> anyhow::Result<
     }
     let object = inventory_object(args, &namespace, format, &packages, now);
     print!("{}", serde_saphyr::to_string(&object)?);
-    Ok(())
+    write_result_line(args, &object)
 }
 
 /// Collects and writes (or prints) the Inventory, once or `--every` interval.

@@ -8,14 +8,16 @@
 //! The writes, in order (a failpoint after each; tests/templates.rs kills
 //! the controller at every one): status Approved → build Job created (its
 //! nonce generated there and handed to it only) → status Building (the
-//! nonce's hash, the approval consumed) → status with the pinned result →
-//! test Job created → status Testing → Template status (the new revision)
-//! → status Published.
+//! build Job's uid, the nonce's hash, the approval consumed) → status with
+//! the pinned result → test Job created → status Testing → Template status
+//! (the new revision) → status Published.
 //!
-//! Restart safety: the phase, the nonce's hash, the pinned result and the
-//! Job names live in status; an existing build Job is adopted (its nonce
-//! read back from it); Jobs are created idempotently under names derived
-//! from the request's;
+//! Restart safety: the phase, the build Job's uid, the nonce's hash, the
+//! pinned result and the Job names live in status; a build Job is adopted
+//! only when its uid is the recorded one, and any other Job under its name
+//! (a crash between its create and the Building write, or a forgery) is
+//! deleted and a fresh one, with a fresh nonce, created; Jobs are created
+//! under names derived from the request's;
 //! status is written with the read `resourceVersion` as a precondition, so
 //! a reconcile working from a stale cache can never move the phase back;
 //! publication writes the Template first, and a request whose Template's
@@ -26,7 +28,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -47,8 +49,8 @@ use crate::api::inventory::{InventorySubject, SubjectKind};
 use crate::api::template::TemplateRevision;
 use crate::api::{ChangeRequest, Inventory, Template};
 use crate::engine::change::{
-    self, Act, Approval, Approver, BuildOutput, JobState, Observed, PersonDecision, Pin,
-    ResultFacts, before_build, is_closed,
+    self, Act, Approval, Approver, BuildOutput, BuildReport, JobState, Observed, PersonDecision,
+    Pin, ResultFacts, TemplateSeen, before_build, is_closed,
 };
 use crate::engine::inventory::parse_compact_list;
 use crate::engine::version::parse_platform;
@@ -74,23 +76,33 @@ pub async fn reconcile(cr: Arc<ChangeRequest>, scope: Arc<Scope>) -> Result<Acti
     .await
 }
 
+/// The managedFields entries that own some of `spec.decision`.
+fn decision_entries(cr: &ChangeRequest) -> impl Iterator<Item = &ManagedFieldsEntry> {
+    cr.metadata.managed_fields.iter().flatten().filter(|m| {
+        m.fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:spec"))
+            .and_then(|s| s.get("f:decision"))
+            .is_some()
+    })
+}
+
 /// The field manager that last set `spec.decision`, from managedFields: as
 /// the client asserted it (the apiserver audit log is the authoritative
 /// record of who).
 pub fn decision_manager(cr: &ChangeRequest) -> Option<String> {
-    cr.metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| {
-            m.fields_v1
-                .as_ref()
-                .and_then(|f| f.0.get("f:spec"))
-                .and_then(|s| s.get("f:decision"))
-                .is_some()
-        })
+    decision_entries(cr)
         .max_by_key(|m| m.time.as_ref().map(|t| t.0))
         .and_then(|m| m.manager.clone())
+}
+
+/// Every field manager owning some of `spec.decision`, sorted: part of a
+/// decision's identity, which a void sticks to.
+fn decision_managers(cr: &ChangeRequest) -> Vec<String> {
+    let managers: std::collections::BTreeSet<String> = decision_entries(cr)
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    managers.into_iter().collect()
 }
 
 /// A fresh per-request nonce: 128 random bits, hex.
@@ -154,12 +166,15 @@ async fn live_result(scope: &Scope, ns: &str, request: &str) -> Result<Option<In
     Ok(api.get_opt(&result_inventory_name(request)).await?)
 }
 
-/// Whether `inventory` may be taken as this request's result.
+/// Whether `inventory` may be taken as this request's result; with the
+/// build Job's Pod's report (read only when the result would be pinned),
+/// also whether it is what that Pod reported.
 fn judge_result(
     inventory: &Inventory,
     request: &str,
     nonce_hash: Option<&str>,
     build_job_created: Option<Timestamp>,
+    report: Option<Result<&BuildReport, &str>>,
 ) -> BuildOutput {
     let name = inventory.name_any();
     let subject = &inventory.spec.subject;
@@ -173,10 +188,15 @@ fn judge_result(
         created: inventory.metadata.creation_timestamp.as_ref().map(|t| t.0),
         nonce: inventory.spec.nonce.as_deref(),
         image: inventory.spec.image.as_deref(),
+        generation: inventory.metadata.generation,
+        packages: &inventory.spec.packages,
     };
-    match change::check_result(&facts, nonce_hash, build_job_created) {
-        Ok(()) => BuildOutput::Valid,
-        Err(why) => BuildOutput::Invalid(why),
+    if let Err(why) = change::check_result(&facts, nonce_hash, build_job_created) {
+        return BuildOutput::Invalid(why);
+    }
+    match report.map(|r| change::check_origin(&facts, r)) {
+        Some(Err(why)) => BuildOutput::NotFromBuild(why),
+        _ => BuildOutput::Valid,
     }
 }
 
@@ -198,45 +218,6 @@ fn pin_state(pinned: Option<&BuildResult>, now: Option<&Inventory>) -> Pin {
         }
         _ => Pin::Changed,
     }
-}
-
-/// The nonce a build Job of this request carries, read back from the Job
-/// (a restart lost the status write after its creation). `None` when the
-/// Job is not this request's (another controller owner) or carries none.
-async fn adopted_nonce(
-    scope: &Scope,
-    ns: &str,
-    job_name: &str,
-    request_uid: &str,
-) -> Result<Option<String>, Error> {
-    let api: Api<Job> = Api::namespaced(scope.shared.client.clone(), ns);
-    let Some(job) = api.get_opt(job_name).await? else {
-        return Ok(None);
-    };
-    let ours = job
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.controller == Some(true) && o.uid == request_uid);
-    if !ours {
-        return Ok(None);
-    }
-    Ok(job
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .into_iter()
-        .flat_map(|p| {
-            p.containers
-                .iter()
-                .chain(p.init_containers.iter().flatten())
-        })
-        .flat_map(|c| c.env.iter().flatten())
-        .find(|e| e.name == NONCE_ENV)
-        .and_then(|e| e.value.clone())
-        // The Job contract may escape `$` as `$$`; a nonce is hex.
-        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit())))
 }
 
 /// Publication checks on a build result: coverage of the frozen scope, and
@@ -370,7 +351,7 @@ async fn create_job(
     t: &Template,
     status: &ChangeRequestStatus,
     run: Run<'_>,
-) -> Result<Result<jobs::Created, String>, Error> {
+) -> Result<Result<(jobs::Created, Option<String>), String>, Error> {
     let (template, field, purpose, suffix) = match run {
         Run::Build { .. } => (
             t.spec.build_job_template.as_ref(),
@@ -423,7 +404,7 @@ async fn create_job(
         Ok(job) => job,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    let created = match jobs::create(&scope.shared.client, &job).await {
+    let (created, uid) = match jobs::create_with_uid(&scope.shared.client, &job).await {
         Ok(created) => created,
         // The apiserver refuses the Job (an invalid pod spec): the
         // template's fault, not a transient error.
@@ -440,7 +421,7 @@ async fn create_job(
         Run::Build { .. } => failpoint::EXIT_AFTER_BUILD_JOB_CREATE,
         Run::Test { .. } => failpoint::EXIT_AFTER_TEST_JOB_CREATE,
     });
-    Ok(Ok(created))
+    Ok(Ok((created, uid)))
 }
 
 /// Writes the new revision to the Template's status under this
@@ -559,6 +540,11 @@ fn written_failpoint(from: Option<Phase>, step: &change::Step) -> Option<&'stati
 /// Soon, when a retry is due (a stale cache, a Template changing meanwhile).
 const SOON: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// [`SOON`] from `now`, as a wake time.
+fn soon(now: Timestamp) -> Timestamp {
+    now.checked_add(SOON).unwrap_or(now)
+}
+
 async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<Action, Error> {
     scope.caches_ready().await;
     let shared = &scope.shared;
@@ -586,9 +572,17 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
         }
         return Ok(idle);
     }
-    let template = scope
+    // The Template by name counts only while it is the one this request
+    // recorded (uid): a repointed `spec.template`, or a recreated namesake,
+    // is not this request's to build for, judge or publish to.
+    let found = scope
         .templates
         .get(&ObjectRef::new(&cr.spec.template).within(&ns));
+    let seen = change::template_seen(
+        previous.template_uid.as_deref(),
+        found.as_ref().map(|t| t.metadata.uid.as_deref()),
+    );
+    let template = found.filter(|_| seen == TemplateSeen::Bound);
     let before = before_build(previous.phase);
     // Until the platform's advisory data has loaded (start-up), neither the
     // scope nor the publication checks can be decided; a feed load wakes the
@@ -629,13 +623,21 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
             needed = computed.map(|(s, _)| s);
         }
     }
+    let managers = decision_managers(&cr);
     let person = PersonDecision {
         decision: cr.spec.decision.as_ref(),
         request_uid: &uid,
         voided: previous
             .decision_voided
             .as_ref()
-            .filter(|v| Some(v.generation) == cr.metadata.generation)
+            .filter(|v| {
+                change::void_holds(
+                    v,
+                    cr.spec.decision.as_ref(),
+                    &managers,
+                    cr.metadata.generation,
+                )
+            })
             .map(|v| v.reason.as_str()),
         decided_scope: previous.scope.as_ref(),
     };
@@ -655,10 +657,29 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     let build_name = jobs::job_name(&name, "build");
     let test_name = jobs::job_name(&name, "test");
     let phase = previous.phase;
-    let build = if matches!(phase, Some(Phase::Testing)) {
-        JobState::Absent
-    } else {
-        job_state(scope, &ns, &build_name).await?
+    // Only the Job whose uid the request recorded when it created it is its
+    // build Job; any other under the name is deleted, never adopted.
+    let cached_build = scope
+        .jobs
+        .get(&ObjectRef::<Job>::new(&build_name).within(&ns));
+    let (recorded_build, build_unrecorded) = match &cached_build {
+        Some(j) if j.metadata.uid.is_some() && j.metadata.uid == previous.build_job_uid => {
+            (Some(Arc::clone(j)), None)
+        }
+        Some(j) => (
+            None,
+            Some(
+                j.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+            ),
+        ),
+        None => (None, None),
+    };
+    let build = match (&recorded_build, phase) {
+        (Some(_), Some(Phase::Building)) => job_state(scope, &ns, &build_name).await?,
+        _ => JobState::Absent,
     };
     let test = if matches!(phase, Some(Phase::Testing)) {
         job_state(scope, &ns, &test_name).await?
@@ -673,15 +694,29 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
         }
         _ => None,
     };
-    let build_created = scope
-        .jobs
-        .get(&ObjectRef::<Job>::new(&build_name).within(&ns))
+    let build_created = recorded_build
+        .as_ref()
         .and_then(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let pin = pin_state(previous.result.as_ref(), result.as_ref());
+    // About to be pinned: what the build Job's own Pod reported it built
+    // (its termination message), which the result must be.
+    let report = match (&recorded_build, &build, &pin, &result) {
+        (Some(job), JobState::Succeeded(_), Pin::Unpinned, Some(_)) => {
+            let messages = jobs::succeeded_pod(&scope.shared.client, job).await?;
+            Some(change::build_report(messages.as_deref()))
+        }
+        _ => None,
+    };
     let output = match &result {
-        Some(r) => judge_result(r, &name, previous.nonce_hash.as_deref(), build_created),
+        Some(r) => judge_result(
+            r,
+            &name,
+            previous.nonce_hash.as_deref(),
+            build_created,
+            report.as_ref().map(|r| r.as_ref().map_err(|why| *why)),
+        ),
         None => BuildOutput::Absent,
     };
-    let pin = pin_state(previous.result.as_ref(), result.as_ref());
     let problems = match (&template, &result, &test, &pin) {
         (Some(t), Some(r), JobState::Succeeded(_), Pin::Intact)
             if phase == Some(Phase::Testing) =>
@@ -700,12 +735,13 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     });
     let observed = Observed {
         phase,
-        template_exists: template.is_some(),
+        template: seen,
         published,
         revision: (rev, previous.base_revision),
         needed: needed.as_ref(),
         approval: &approval,
         build: &build,
+        build_unrecorded,
         output: &output,
         pin: pin.clone(),
         inputs_changed,
@@ -731,16 +767,18 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     // target revision).
     let mut status = previous.clone();
     status.observed_generation = cr.metadata.generation;
-    let adopting = before && step.act == Act::Build && build != JobState::Absent;
-    if before
-        && !adopting
-        && let Some(t) = &template
-    {
-        if let (Some(s), Some(generation)) = (&needed, cr.metadata.generation)
+    if status.template_uid.is_none() {
+        status.template_uid = template.as_ref().and_then(|t| t.uid());
+    }
+    if before && let Some(t) = &template {
+        if let (Some(s), Some(d)) = (&needed, &cr.spec.decision)
             && let Some(changed) = person.voids(s)
         {
             status.decision_voided = Some(VoidedDecision {
-                generation,
+                generation: cr.metadata.generation,
+                digest: Some(d.digest.clone()),
+                decided_at: d.decided_at.clone(),
+                field_managers: managers.clone(),
                 reason: changed.to_owned(),
             });
         }
@@ -801,27 +839,39 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
             let Some(t) = &template else {
                 return Ok(Action::requeue(SOON));
             };
-            // A fresh nonce for a Job this pass creates; an existing Job
-            // keeps the one it was given.
+            // A fresh nonce for a Job this pass creates; the recorded Job
+            // (the cache lagging its create) keeps the one it was given.
             let fresh = nonce(&uid);
             match create_job(scope, &cr, t, &status, Run::Build { nonce: &fresh }).await? {
-                Ok(jobs::Created::New) => {
+                Ok((jobs::Created::New, job_uid)) => {
                     status.nonce_hash = Some(change::nonce_hash(&fresh));
+                    status.build_job_uid = job_uid;
                 }
-                Ok(jobs::Created::Taken(taken)) => {
+                Ok((jobs::Created::Taken(taken), _)) => {
                     step.phase = Phase::Failed;
                     step.reason = "BuildJobConflict";
                     step.message = taken.to_string();
                 }
-                Ok(jobs::Created::Existed(_)) => {
-                    match adopted_nonce(scope, &ns, &build_name, &uid).await? {
-                        Some(n) => status.nonce_hash = Some(change::nonce_hash(&n)),
-                        None => {
-                            step.phase = Phase::Failed;
-                            step.reason = "BuildJobConflict";
-                            step.message = format!(
-                                "a Job named {build_name} exists that this request did not create (no controller owner reference to it, or no nonce): nothing is built under it; delete it and let a new request rebuild"
-                            );
+                Ok((jobs::Created::Existed(job), _)) => {
+                    if job.metadata.uid.is_none() || job.metadata.uid != previous.build_job_uid {
+                        // Not the recorded Job, and not in the cache (it may
+                        // lag, and it holds only Jobs labelled as
+                        // Patchloop's): handled here like any unrecorded one.
+                        let created = job
+                            .metadata
+                            .creation_timestamp
+                            .as_ref()
+                            .map_or(Timestamp::UNIX_EPOCH, |t| t.0);
+                        step = change::unrecorded_build(
+                            phase.unwrap_or(Phase::AwaitingApproval),
+                            created,
+                            now,
+                        );
+                        if step.act == Act::DiscardBuild
+                            && let Some(job_uid) = &job.metadata.uid
+                        {
+                            jobs::delete_uid(&shared.client, &ns, &build_name, job_uid).await?;
+                            step.wake = Some(soon(now));
                         }
                     }
                 }
@@ -832,10 +882,22 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
                 }
             }
             if step.phase == Phase::Building
+                && step.act == Act::Build
                 && let Some(a) = status.approval.as_mut()
             {
                 a.consumed_by = Some(build_name.clone());
             }
+        }
+        Act::DiscardBuild => {
+            if let Some(job_uid) = cached_build
+                .as_ref()
+                .and_then(|j| j.metadata.uid.as_deref())
+            {
+                jobs::delete_uid(&shared.client, &ns, &build_name, job_uid).await?;
+                tracing::warn!(change_request = %name, job = %build_name, uid = %job_uid, "build Job not recorded by the request deleted");
+            }
+            // The next pass creates a fresh one (or waits for approval).
+            step.wake = Some(soon(now));
         }
         Act::Pin => {
             if let Some(r) = &result {
@@ -856,8 +918,8 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
                 image: &pinned.image,
             };
             match create_job(scope, &cr, t, &status, run).await? {
-                Ok(jobs::Created::New | jobs::Created::Existed(_)) => {}
-                Ok(jobs::Created::Taken(taken)) => {
+                Ok((jobs::Created::New | jobs::Created::Existed(_), _)) => {}
+                Ok((jobs::Created::Taken(taken), _)) => {
                     step.phase = Phase::Failed;
                     step.reason = "TestJobConflict";
                     step.message = taken.to_string();

@@ -376,9 +376,19 @@ pub struct NameTaken {
 /// a repeat of a create that succeeded only when the existing Job is
 /// controlled by the same owner (uid); otherwise the name is taken.
 pub async fn create(client: &Client, job: &Job) -> Result<Created, kube::Error> {
+    Ok(create_with_uid(client, job).await?.0)
+}
+
+/// Creates the Job as [`create`] does and, when this call created it, its
+/// uid as the apiserver assigned it: what a caller records to tell its own
+/// Job from one created under the same name by anyone else.
+pub async fn create_with_uid(
+    client: &Client,
+    job: &Job,
+) -> Result<(Created, Option<String>), kube::Error> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
     let conflict = match jobs.create(&PostParams::default(), job).await {
-        Ok(_) => return Ok(Created::New),
+        Ok(created) => return Ok((Created::New, created.metadata.uid)),
         Err(e) if is_conflict(&e) => e,
         Err(e) => return Err(e),
     };
@@ -386,7 +396,7 @@ pub async fn create(client: &Client, job: &Job) -> Result<Created, kube::Error> 
     let Some(existing) = jobs.get_opt(&job.name_any()).await? else {
         return Err(conflict);
     };
-    Ok(classify_existing(job, existing))
+    Ok((classify_existing(job, existing), None))
 }
 
 /// Whether `existing`, found under `wanted`'s name, is the same owner's Job.
@@ -415,8 +425,38 @@ fn classify_existing(wanted: &Job, existing: Job) -> Created {
 /// Deletes a finished Job; garbage collection removes its Pods (owned by
 /// it). Already gone is fine.
 pub async fn delete(client: &Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
+    delete_with(client, namespace, name, DeleteParams::background()).await
+}
+
+/// Deletes the Job under `name` only if it is still the object with `uid`
+/// (a precondition: a Job created under the name since is left alone), in
+/// the background (its Pods follow by garbage collection). Already gone,
+/// or replaced, is fine.
+pub async fn delete_uid(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Result<(), kube::Error> {
+    let mut params = DeleteParams::background();
+    params.preconditions = Some(kube::api::Preconditions {
+        uid: Some(uid.to_owned()),
+        resource_version: None,
+    });
+    match delete_with(client, namespace, name, params).await {
+        Err(e) if is_conflict(&e) => Ok(()),
+        done => done,
+    }
+}
+
+async fn delete_with(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    params: DeleteParams,
+) -> Result<(), kube::Error> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
-    match jobs.delete(name, &DeleteParams::background()).await {
+    match jobs.delete(name, &params).await {
         Ok(_) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(e),
@@ -519,27 +559,78 @@ pub fn is_refusal(exit_code: i32, message: Option<&str>) -> bool {
 /// decides): anyone who may create Pods in the namespace can label one with
 /// a Job's name, and its "termination message" must not become the Job's.
 pub async fn failed_pod(client: &Client, job: &Job) -> Result<Option<PodEnd>, kube::Error> {
-    let (Some(name), Some(uid)) = (job.metadata.name.as_deref(), job.metadata.uid.as_deref())
-    else {
-        return Ok(None);
+    Ok(newest_failure(pods_of(client, job).await?, job_uid(job)))
+}
+
+/// How a succeeded Job's Pod ended: the termination messages, as written,
+/// of the containers of its newest succeeded Pod (phase `Succeeded`) that
+/// exited 0; `None` when the Job controls no succeeded Pod. Only Pods the
+/// Job controls count, as for [`failed_pod`]: a build Job's result line is
+/// read here, and nobody else's Pod may speak for it.
+pub async fn succeeded_pod(client: &Client, job: &Job) -> Result<Option<Vec<String>>, kube::Error> {
+    Ok(newest_success(pods_of(client, job).await?, job_uid(job)))
+}
+
+fn job_uid(job: &Job) -> &str {
+    job.metadata.uid.as_deref().unwrap_or_default()
+}
+
+/// The Pods labelled with the Job's name (a live list); [`controlled`]
+/// decides which are the Job's.
+async fn pods_of(client: &Client, job: &Job) -> Result<Vec<Pod>, kube::Error> {
+    let Some(name) = job.metadata.name.as_deref() else {
+        return Ok(Vec::new());
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
     let list = pods
         .list(&ListParams::default().labels(&format!("{POD_JOB_NAME_LABEL}={name}")))
         .await?;
-    Ok(newest_failure(list.items, uid))
+    Ok(list.items)
+}
+
+/// The `pods` controlled by the Job `job_uid` (a controller owner reference
+/// with that uid; the `job-name` label anyone may set), newest first. A Job
+/// without a uid controls nothing.
+fn controlled(mut pods: Vec<Pod>, job_uid: &str) -> Vec<Pod> {
+    pods.retain(|p| {
+        !job_uid.is_empty()
+            && p.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == job_uid)
+    });
+    pods.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
+    pods
 }
 
 /// The end of the newest of `pods` controlled by the Job `job_uid` that has
 /// a failed container.
-fn newest_failure(mut pods: Vec<Pod>, job_uid: &str) -> Option<PodEnd> {
-    pods.retain(|p| {
-        p.owner_references()
+fn newest_failure(pods: Vec<Pod>, job_uid: &str) -> Option<PodEnd> {
+    controlled(pods, job_uid).iter().find_map(pod_end)
+}
+
+/// The termination messages of the newest of `pods` controlled by the Job
+/// `job_uid` that succeeded.
+fn newest_success(pods: Vec<Pod>, job_uid: &str) -> Option<Vec<String>> {
+    controlled(pods, job_uid).iter().find_map(pod_success)
+}
+
+/// A succeeded Pod's containers' termination messages (those that exited
+/// 0), as written: a result line is parsed, never shown.
+pub fn pod_success(pod: &Pod) -> Option<Vec<String>> {
+    let status = pod
+        .status
+        .as_ref()
+        .filter(|s| s.phase.as_deref() == Some("Succeeded"))?;
+    Some(
+        status
+            .container_statuses
             .iter()
-            .any(|o| o.controller == Some(true) && o.uid == job_uid)
-    });
-    pods.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
-    pods.iter().find_map(pod_end)
+            .flatten()
+            .filter_map(|cs| cs.state.as_ref()?.terminated.as_ref())
+            .filter(|t| t.exit_code == 0)
+            .filter_map(|t| t.message.clone())
+            .collect(),
+    )
 }
 
 /// The first container (init containers first) that terminated with a
@@ -1056,8 +1147,14 @@ mod tests {
     }
 
     #[test]
-    fn only_pods_the_job_controls_explain_its_failure() {
-        let pod = |name: &str, created: &str, owner: Option<(&str, bool)>, message: &str| -> Pod {
+    fn only_pods_the_job_controls_speak_for_it() {
+        // A Pod that ended with `exit` (0: Succeeded) and `message`.
+        let pod = |name: &str,
+                   created: &str,
+                   owner: Option<(&str, bool)>,
+                   exit: i32,
+                   message: &str|
+         -> Pod {
             let owners: Vec<_> = owner
                 .map(|(uid, controller)| {
                     json!({"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": uid,
@@ -1067,41 +1164,58 @@ mod tests {
                 .collect();
             serde_json::from_value(json!({
                 "metadata": {"name": name, "creationTimestamp": created, "ownerReferences": owners},
-                "status": {"containerStatuses": [
+                "status": {"phase": if exit == 0 { "Succeeded" } else { "Failed" }, "containerStatuses": [
                     {"name": "patch", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
-                     "state": {"terminated": {"exitCode": 2, "message": message}}}
+                     "state": {"terminated": {"exitCode": exit, "message": message}}}
                 ]}
             }))
             .expect("pod")
         };
-        let real = pod(
-            "real",
-            "2026-11-24T08:00:00Z",
-            Some(("job-uid", true)),
-            "real end",
-        );
-        let decoys = [
-            // Newer, labelled like the Job's Pods, but owned by nothing,
-            // by another uid, or by the Job without being controlled by it.
-            pod("unowned", "2026-11-24T09:00:00Z", None, "forged"),
-            pod(
-                "other",
-                "2026-11-24T09:00:00Z",
-                Some(("other-uid", true)),
-                "forged",
-            ),
-            pod(
-                "weak",
-                "2026-11-24T09:00:00Z",
-                Some(("job-uid", false)),
-                "forged",
-            ),
-        ];
-        let mut all = decoys.to_vec();
-        all.push(real);
-        let end = newest_failure(all, "job-uid").expect("the Job's own Pod");
-        assert_eq!(end.message, "container patch: real end");
-        assert_eq!(newest_failure(decoys.to_vec(), "job-uid"), None);
+        for exit in [2, 0] {
+            let real = pod(
+                "real",
+                "2026-11-24T08:00:00Z",
+                Some(("job-uid", true)),
+                exit,
+                "real end",
+            );
+            let decoys = [
+                // Newer, labelled like the Job's Pods, but owned by nothing,
+                // by another uid, or by the Job without being controlled by it.
+                pod("unowned", "2026-11-24T09:00:00Z", None, exit, "forged"),
+                pod(
+                    "other",
+                    "2026-11-24T09:00:00Z",
+                    Some(("other-uid", true)),
+                    exit,
+                    "forged",
+                ),
+                pod(
+                    "weak",
+                    "2026-11-24T09:00:00Z",
+                    Some(("job-uid", false)),
+                    exit,
+                    "forged",
+                ),
+            ];
+            let mut all = decoys.to_vec();
+            all.push(real);
+            if exit == 0 {
+                assert_eq!(
+                    newest_success(all.clone(), "job-uid"),
+                    Some(vec!["real end".to_owned()])
+                );
+                assert_eq!(newest_failure(all, "job-uid"), None);
+                assert_eq!(newest_success(decoys.to_vec(), "job-uid"), None);
+                // A Job without a uid controls nothing.
+                assert_eq!(newest_success(decoys.to_vec(), ""), None);
+            } else {
+                let end = newest_failure(all.clone(), "job-uid").expect("the Job's own Pod");
+                assert_eq!(end.message, "container patch: real end");
+                assert_eq!(newest_success(all, "job-uid"), None);
+                assert_eq!(newest_failure(decoys.to_vec(), "job-uid"), None);
+            }
+        }
     }
 
     #[test]

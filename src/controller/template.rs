@@ -247,9 +247,21 @@ pub fn validate(t: &Template) -> Vec<String> {
     errors
 }
 
+/// Whether a request belongs to the Template with `uid`: it recorded that
+/// uid, or none yet (just opened). A request that recorded another
+/// Template's uid (its `spec.template` repointed here, or opened for a
+/// deleted namesake) is not this Template's: it neither stands for it nor
+/// is retired by it.
+fn bound_to(c: &ChangeRequest, uid: Option<&str>) -> bool {
+    let recorded = c.status.as_ref().and_then(|s| s.template_uid.as_deref());
+    change::template_seen(recorded, Some(uid)) == change::TemplateSeen::Bound
+}
+
 /// The ChangeRequests of a Template in the cache, oldest first.
-pub fn change_requests_of(scope: &Scope, ns: &str, template: &str) -> Vec<Arc<ChangeRequest>> {
-    let label = jobs::label_value(template);
+pub fn change_requests_of(scope: &Scope, t: &Template, ns: &str) -> Vec<Arc<ChangeRequest>> {
+    let template = t.name_any();
+    let uid = t.uid();
+    let label = jobs::label_value(&template);
     let mut out: Vec<Arc<ChangeRequest>> = scope
         .change_requests
         .state()
@@ -257,6 +269,7 @@ pub fn change_requests_of(scope: &Scope, ns: &str, template: &str) -> Vec<Arc<Ch
         .filter(|c| c.namespace().as_deref() == Some(ns))
         .filter(|c| c.spec.template == template)
         .filter(|c| c.labels().get(TEMPLATE_LABEL) == Some(&label))
+        .filter(|c| bound_to(c, uid.as_deref()))
         .collect();
     out.sort_by_key(|c| {
         (
@@ -395,7 +408,7 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
     let invalid = validate(&t);
 
     // The request: open one when needed and none stands.
-    let mut list = change_requests_of(scope, &ns, &name);
+    let mut list = change_requests_of(scope, &t, &ns);
     let mut state = requests(
         &list,
         needed.as_ref().map(|s| s.digest.as_str()),
@@ -416,6 +429,7 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
             .items
             .into_iter()
             .filter(|c| c.spec.template == name)
+            .filter(|c| bound_to(c, t.uid().as_deref()))
             .map(Arc::new)
             .collect();
         list.sort_by_key(|c| {
@@ -666,10 +680,15 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
 }
 
 /// Deletes the closed requests of `t` beyond `spec.keepClosedChangeRequests`
-/// (oldest first; never one that published a revision in history), each
-/// with its build-result Inventory (by its one name; the Jobs go with the
-/// request, which owns them). Closed requests and results would otherwise
-/// grow with every rebuild forever.
+/// (oldest first), each with its build-result Inventory (by its one name;
+/// the Jobs go with the request, which owns them). Closed requests and
+/// results would otherwise grow with every rebuild forever. Only requests
+/// that recorded this Template's uid are retired (an approver may edit a
+/// closed request's `spec.template`; that does not make it this
+/// Template's), and never one that published a revision or whose result
+/// any Template of the namespace names in its history (read live before
+/// anything is deleted). A closed request that recorded no Template uid
+/// (closed before requests recorded one) is kept.
 async fn retire_closed_requests(
     scope: &Scope,
     t: &Template,
@@ -680,36 +699,56 @@ async fn retire_closed_requests(
         .spec
         .keep_closed_change_requests
         .unwrap_or(DEFAULT_KEEP_CLOSED_CHANGE_REQUESTS);
-    let history = t
-        .status
-        .as_ref()
-        .map(|s| s.history.as_slice())
-        .unwrap_or_default();
-    let closed: Vec<change::Closed<'_>> = list
+    let keep = usize::try_from(keep).unwrap_or(1);
+    let uid = t.uid();
+    let ours: Vec<&ChangeRequest> = list
         .iter()
+        .map(AsRef::as_ref)
         .filter(|c| is_closed(phase(c)))
-        .map(|c| change::Closed {
-            name: c.metadata.name.as_deref().unwrap_or_default(),
-            published: history
-                .iter()
-                .any(|h| h.change_request.as_deref() == c.metadata.name.as_deref()),
-        })
+        .filter(|c| uid.is_some() && c.status.as_ref().and_then(|s| s.template_uid.clone()) == uid)
         .collect();
-    let retired = change::to_retire(&closed, usize::try_from(keep).unwrap_or(1));
-    if retired.is_empty() {
+    let retire = |histories: &[&TemplateStatus]| -> Vec<String> {
+        let named = |c: &ChangeRequest| {
+            let name = c.metadata.name.as_deref();
+            let result = name.map(super::change::result_inventory_name);
+            histories.iter().flat_map(|s| &s.history).any(|h| {
+                (h.change_request.is_some() && h.change_request.as_deref() == name)
+                    || (h.inventory.is_some() && h.inventory == result)
+            })
+        };
+        let closed: Vec<change::Closed<'_>> = ours
+            .iter()
+            .map(|c| change::Closed {
+                name: c.metadata.name.as_deref().unwrap_or_default(),
+                published: phase(c) == Some(ChangeRequestPhase::Published) || named(c),
+            })
+            .collect();
+        change::to_retire(&closed, keep)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    };
+    if retire(&t.status.iter().collect::<Vec<_>>()).is_empty() {
         return Ok(());
     }
+    let templates: Api<Template> = Api::namespaced(scope.shared.client.clone(), ns);
+    let all = templates.list(&ListParams::default()).await?.items;
+    let retired = retire(
+        &all.iter()
+            .filter_map(|t| t.status.as_ref())
+            .collect::<Vec<_>>(),
+    );
     let requests: Api<ChangeRequest> = Api::namespaced(scope.shared.client.clone(), ns);
     let inventories: Api<Inventory> = Api::namespaced(scope.shared.client.clone(), ns);
     for name in retired {
-        let result = super::change::result_inventory_name(name);
+        let result = super::change::result_inventory_name(&name);
         for deleted in [
             inventories
                 .delete(&result, &DeleteParams::background())
                 .await
                 .map(|_| ()),
             requests
-                .delete(name, &DeleteParams::background())
+                .delete(&name, &DeleteParams::background())
                 .await
                 .map(|_| ()),
         ] {

@@ -3,17 +3,20 @@
 //! containers would, through the job contract only (the Job's environment
 //! and its contract files in the Pod template): a remediation Job "installs" at least the
 //! minimum fixed versions and reports the Workload's new Inventory, a build
-//! Job reports the rebuilt image's Inventory with the request's nonce, a test
-//! Job passes. Then it marks the Job `Complete` as the Job controller would.
+//! Job reports the rebuilt image's Inventory with the request's nonce and ends
+//! its Pod with the result line in its termination message (as the kubelet
+//! would record it), a test Job passes. Then it marks the Job `Complete` as
+//! the Job controller would.
 //!
-//! The tests' executor uses [`set_job_status`] too.
+//! The tests' executor uses [`set_job_status`] and [`end_pod`] too.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -242,6 +245,14 @@ impl Executor {
             platform.family,
         )?);
         let image = built_image(template, revision, &packages);
+        let report = crate::engine::change::BuildReport {
+            image: image
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_owned())
+                .unwrap_or_default(),
+            packages: crate::engine::change::packages_digest(&packages)
+                .context("a package line holds a line break")?,
+        };
         let subject = InventorySubject {
             kind: SubjectKind::ChangeRequest,
             name: request.to_owned(),
@@ -260,6 +271,15 @@ impl Executor {
             },
         );
         self.report(&name, result).await?;
+        end_pod(
+            &self.client,
+            &self.namespace,
+            job,
+            0,
+            &crate::engine::change::result_line(&report),
+            self.wait,
+        )
+        .await?;
         Ok(Played::Built {
             template: template.to_owned(),
             image,
@@ -325,6 +345,70 @@ pub async fn wait_for_job_controller(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Ends a Job's Pod as the kubelet would record it: its first container
+/// terminated with `exit_code` and the termination message `message`, the
+/// Pod `Succeeded` (exit 0) or `Failed`. The Pod is the one the Job
+/// controls (a Pod of a deleted namesake may linger until garbage
+/// collection); waits for the Job controller to have created it.
+pub async fn end_pod(
+    client: &kube::Client,
+    namespace: &str,
+    job: &str,
+    exit_code: i32,
+    message: &str,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let uid = jobs
+        .get(job)
+        .await
+        .with_context(|| format!("reading Job {job}"))?
+        .metadata
+        .uid
+        .with_context(|| format!("Job {job} has no uid"))?;
+    let deadline = Instant::now() + wait;
+    let pod = loop {
+        let listed = pods
+            .list(&ListParams::default().labels(&format!("job-name={job}")))
+            .await
+            .with_context(|| format!("listing the Pods of Job {job}"))?;
+        let controlled = listed.items.into_iter().find(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == uid)
+        });
+        if let Some(pod) = controlled {
+            break pod;
+        }
+        if Instant::now() >= deadline {
+            bail!("Job {job} has no Pod (is kube-controller-manager running?)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let name = pod.name_any();
+    let (container, image) = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+        .with_context(|| format!("Pod {name} has no container"))?;
+    let now = crate::controller::now().to_string();
+    let status = json!({"status": {
+        "phase": if exit_code == 0 { "Succeeded" } else { "Failed" },
+        "containerStatuses": [{
+            "name": container, "image": image, "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {
+                "exitCode": exit_code, "reason": if exit_code == 0 { "Completed" } else { "Error" },
+                "message": message, "startedAt": now, "finishedAt": now}}
+        }]
+    }});
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .with_context(|| format!("setting Pod {name}'s status"))?;
+    Ok(())
 }
 
 /// Sets a Job's outcome as the Job controller would, after its first sync.

@@ -12,6 +12,12 @@
 //!   (`Automatic`, or `AutomaticForEmergency` when a scoped finding is an
 //!   emergency by the policy's own rule). A person's matching rejection
 //!   always wins.
+//! - A build result is pinned only if it is the one the build Pod reported
+//!   (its termination message's result line: image and package digests)
+//!   and was never changed since its creation; only the build Job whose
+//!   uid the request recorded is adopted, any other is deleted.
+//! - A request is bound to the Template uid it recorded; another Template
+//!   under `spec.template` fails it.
 //! - Publication needs a successful test, a build result covering the scope
 //!   (every scoped package at least its fixed version) and no finding the
 //!   current revision lacks.
@@ -28,6 +34,7 @@ use super::inventory::InstalledPackage;
 use super::version::{Ecosystem, compare};
 use crate::api::change_request::{
     ChangeRequestPhase as Phase, Decision, Scope, ScopeAdvisory, ScopePackage, Verdict,
+    VoidedDecision,
 };
 use crate::api::common::FindingState;
 use crate::api::policy::TemplateApproval;
@@ -46,6 +53,30 @@ pub fn before_build(phase: Option<Phase>) -> bool {
         phase,
         None | Some(Phase::AwaitingApproval | Phase::Approved)
     )
+}
+
+/// The Template `spec.template` names, against the one the request was
+/// opened for (`status.templateUid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateSeen {
+    /// It exists and is the recorded one (or none is recorded yet).
+    Bound,
+    /// There is none by that name.
+    Absent,
+    /// There is one by that name with another uid: not this request's.
+    Other,
+}
+
+/// Which Template a request sees: `recorded` its `status.templateUid`,
+/// `found` the uid of the Template under `spec.template` (`None`: there is
+/// none; `Some(None)`: one without a uid, which matches no record).
+pub fn template_seen(recorded: Option<&str>, found: Option<Option<&str>>) -> TemplateSeen {
+    match (recorded, found) {
+        (_, None) => TemplateSeen::Absent,
+        (None, Some(_)) => TemplateSeen::Bound,
+        (Some(r), Some(f)) if f == Some(r) => TemplateSeen::Bound,
+        (Some(_), Some(_)) => TemplateSeen::Other,
+    }
 }
 
 /// What determines a build besides its package list, from the Template:
@@ -261,9 +292,9 @@ pub struct PersonDecision<'a> {
     pub decision: Option<&'a Decision>,
     /// The request's `metadata.uid`: a decision counts only if it names it.
     pub request_uid: &'a str,
-    /// What changed when the scope moved away from this decision (recorded
-    /// at the current generation): it stays void even if the scope comes
-    /// back (A→B→A).
+    /// What changed when the scope moved away from this very decision
+    /// ([`void_holds`]): it stays void even if the scope comes back
+    /// (A→B→A).
     pub voided: Option<&'a str>,
     /// The scope the decision was made on, when the request recorded it
     /// (to say what changed).
@@ -293,6 +324,29 @@ impl PersonDecision<'_> {
                 .filter(|s| s.digest == d.digest)
                 .map_or("the scope changed", |s| what_changed(s, scope)),
         )
+    }
+}
+
+/// Whether a recorded void holds for the decision `spec.decision` holds
+/// now: the same digest, `decidedAt` and field managers (`managers`,
+/// sorted) as the voided one. Any other edit (its reason, a label, a
+/// replayed write) keeps a voided decision void; a new decision (a new
+/// `decidedAt`, another digest, another writer) counts on its own. A void
+/// recorded before voids named their decision holds for its generation.
+pub fn void_holds(
+    voided: &VoidedDecision,
+    decision: Option<&Decision>,
+    managers: &[String],
+    generation: Option<i64>,
+) -> bool {
+    match (&voided.digest, decision) {
+        (Some(digest), Some(d)) => {
+            *digest == d.digest
+                && voided.decided_at == d.decided_at
+                && voided.field_managers == managers
+        }
+        (Some(_), None) => false,
+        (None, _) => voided.generation.is_some() && voided.generation == generation,
     }
 }
 
@@ -494,6 +548,158 @@ pub struct ResultFacts<'a> {
     pub nonce: Option<&'a str>,
     /// `spec.image`.
     pub image: Option<&'a str>,
+    /// Its `metadata.generation` (set by the apiserver; 1 until its spec is
+    /// changed after creation).
+    pub generation: Option<i64>,
+    /// `spec.packages`, as written.
+    pub packages: &'a [String],
+}
+
+/// How a build Pod's result line begins. The build Job's container ends its
+/// termination message with `result image=sha256:<64 hex>
+/// packages=sha256:<64 hex>` (see [`result_line`]).
+pub const RESULT_LINE: &str = "result";
+
+/// What the build Pod reported it built: the image's digest and the digest
+/// of its package lines ([`packages_digest`]), each `sha256:<64 hex>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildReport {
+    /// The image's digest.
+    pub image: String,
+    /// The package lines' digest.
+    pub packages: String,
+}
+
+/// The line a build Job's container ends its termination message with.
+pub fn result_line(report: &BuildReport) -> String {
+    format!(
+        "{RESULT_LINE} image={} packages={}",
+        report.image, report.packages
+    )
+}
+
+fn is_sha256(digest: &str) -> bool {
+    digest
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// The canonical digest of an Inventory's package lines, which the build
+/// reports and the controller recomputes from `spec.packages`: SHA-256 over
+/// the entries exactly as written, sorted by their bytes (as `LC_ALL=C
+/// sort` sorts), each followed by a newline (`printf '%s\n' … | LC_ALL=C
+/// sort | sha256sum`), as `sha256:<64 hex>`. `None` when an entry holds a
+/// line break: it would not be one line.
+pub fn packages_digest(packages: &[String]) -> Option<String> {
+    if packages.iter().any(|p| p.contains('\n')) {
+        return None;
+    }
+    let mut lines: Vec<&[u8]> = packages.iter().map(|p| p.as_bytes()).collect();
+    lines.sort_unstable();
+    let mut h = Sha256::new();
+    for line in lines {
+        h.update(line);
+        h.update(b"\n");
+    }
+    Some(format!("sha256:{}", hex(&h.finalize())))
+}
+
+/// The build Pod's report from its containers' termination messages (each
+/// as written): the last non-empty line of each that is a result line.
+/// Exactly one report must be made (the same by every container that makes
+/// one); the error says what was wrong.
+pub fn build_report(messages: Option<&[String]>) -> Result<BuildReport, &'static str> {
+    let Some(messages) = messages else {
+        return Err("no succeeded Pod of the recorded build Job was found");
+    };
+    let mut reports: Vec<BuildReport> = messages
+        .iter()
+        .filter_map(|m| m.lines().rev().find(|l| !l.trim().is_empty()))
+        .filter_map(parse_result_line)
+        .collect();
+    reports.dedup();
+    match reports.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(
+            "the build Pod's termination message does not end with a `result image=sha256:<64 hex> packages=sha256:<64 hex>` line",
+        ),
+        _ => Err("the build Pod's containers report different results"),
+    }
+}
+
+fn parse_result_line(line: &str) -> Option<BuildReport> {
+    let mut words = line.split_ascii_whitespace();
+    let (Some(RESULT_LINE), Some(image), Some(packages), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return None;
+    };
+    let image = image.strip_prefix("image=").filter(|d| is_sha256(d))?;
+    let packages = packages
+        .strip_prefix("packages=")
+        .filter(|d| is_sha256(d))?;
+    Some(BuildReport {
+        image: image.to_owned(),
+        packages: packages.to_owned(),
+    })
+}
+
+/// Whether a result that passed [`check_result`] is what the build Pod
+/// reported (read from the Pod controlled by the build Job whose uid the
+/// request recorded): its spec never changed since it was created
+/// (`metadata.generation` 1: any later patch is a swap), its image's digest
+/// and its package lines' digest are the ones the Pod's termination message
+/// names. The sentence shows digests only (the Inventory's own values were
+/// checked to be digests or are hashed), never other user values.
+pub fn check_origin(
+    facts: &ResultFacts<'_>,
+    report: Result<&BuildReport, &str>,
+) -> Result<(), String> {
+    let name = facts.name;
+    if facts.generation != Some(1) {
+        return Err(format!(
+            "Inventory {name} was changed after it was created (metadata.generation {} is not 1): a result is written once, by the build",
+            facts.generation.unwrap_or_default()
+        ));
+    }
+    let report = report
+        .map_err(|why| format!("{why}, so Inventory {name} cannot be told to be the build's"))?;
+    let image = facts
+        .image
+        .and_then(|i| i.rsplit_once('@'))
+        .map(|(_, d)| d)
+        .filter(|d| is_sha256(d));
+    let packages = packages_digest(facts.packages);
+    let mut differs = Vec::new();
+    if image != Some(report.image.as_str()) {
+        differs.push(format!(
+            "spec.image's digest {} is not the reported {}",
+            image.map_or("(none)", |d| short_digest(d)),
+            short_digest(&report.image)
+        ));
+    }
+    if packages.as_deref() != Some(report.packages.as_str()) {
+        differs.push(format!(
+            "spec.packages digest {} is not the reported {}",
+            packages
+                .as_deref()
+                .map_or("(an entry holds a line break)", short_digest),
+            short_digest(&report.packages)
+        ));
+    }
+    if differs.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "Inventory {name} is not what the build Pod reported: {}",
+            differs.join("; ")
+        ))
+    }
+}
+
+/// `sha256:` and the first 12 hex digits, for messages.
+fn short_digest(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
 }
 
 /// Whether a build result may be taken: it carries the nonce whose hash the
@@ -540,6 +746,9 @@ pub enum BuildOutput {
     Absent,
     /// One that cannot be taken; the sentence says why.
     Invalid(String),
+    /// One that passed [`check_result`] but is not what the build Pod
+    /// reported ([`check_origin`]); the sentence says what differed.
+    NotFromBuild(String),
     /// One that can be taken.
     Valid,
 }
@@ -577,8 +786,8 @@ pub const RESULT_GRACE: SignedDuration = SignedDuration::from_secs(60);
 pub struct Observed<'a> {
     /// The recorded phase.
     pub phase: Option<Phase>,
-    /// The Template exists.
-    pub template_exists: bool,
+    /// The Template under `spec.template`, against the recorded one.
+    pub template: TemplateSeen,
     /// The Template's history already names this request (publication
     /// happened; only the request's status write was lost).
     pub published: bool,
@@ -589,8 +798,14 @@ pub struct Observed<'a> {
     pub needed: Option<&'a Scope>,
     /// The approval for the scope in force.
     pub approval: &'a Approval,
-    /// The build Job.
+    /// The build Job: the Job under its name whose uid the request recorded
+    /// when it created it.
     pub build: &'a JobState,
+    /// When the Job under the build Job's name whose uid is not the recorded
+    /// one was created (a crash between its create and the status write, a
+    /// Job replaced since, or one created by someone else with a forged
+    /// owner reference): never adopted, deleted.
+    pub build_unrecorded: Option<Timestamp>,
     /// The build result Inventory (`changerequest-<request>`).
     pub output: &'a BuildOutput,
     /// The pinned result against that Inventory now.
@@ -611,9 +826,13 @@ pub struct Observed<'a> {
 pub enum Act {
     /// Nothing but the status below.
     Nothing,
-    /// Create the build Job (idempotent; an existing one is adopted) and
-    /// record its nonce's hash.
+    /// Create the build Job and record its uid and nonce's hash; an
+    /// existing one is adopted only when its uid is the recorded one.
     Build,
+    /// Delete the Job under the build Job's name that this request did not
+    /// record (the uid seen as a precondition); a fresh one, with a fresh
+    /// nonce, is created on a later pass.
+    DiscardBuild,
     /// Record the build result (uid, resourceVersion, generation, image)
     /// in status before the test Job is created.
     Pin,
@@ -661,13 +880,24 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
             Act::Nothing,
         ));
     }
-    if !o.template_exists {
-        return Some(step(
-            Phase::Failed,
-            "TemplateDeleted",
-            "the Template was deleted before publication",
-            Act::Nothing,
-        ));
+    match o.template {
+        TemplateSeen::Bound => {}
+        TemplateSeen::Absent => {
+            return Some(step(
+                Phase::Failed,
+                "TemplateDeleted",
+                "the Template was deleted before publication",
+                Act::Nothing,
+            ));
+        }
+        TemplateSeen::Other => {
+            return Some(step(
+                Phase::Failed,
+                "TemplateMismatch",
+                "spec.template names a Template other than the one this request was opened for (its metadata.uid is not status.templateUid): spec.template cannot be changed, and a recreated Template is another one; nothing is built or published for it",
+                Act::Nothing,
+            ));
+        }
     }
     if let Some(base) = o.revision.1
         && o.revision.0 != base
@@ -691,12 +921,17 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
             Act::Nothing,
         ));
     }
+    // Before Building nothing recorded a build Job (its approval was never
+    // consumed), and once Building only the recorded one counts.
+    if let Some(created) = o.build_unrecorded
+        && matches!(
+            phase,
+            Phase::AwaitingApproval | Phase::Approved | Phase::Building
+        )
+    {
+        return Some(unrecorded_build(phase, created, o.now));
+    }
     match phase {
-        // The build Job exists (created before the Building status write
-        // was lost): its approval was consumed when it was created.
-        Phase::AwaitingApproval | Phase::Approved if *o.build != JobState::Absent => {
-            Some(step(Phase::Building, "Building", BUILDING, Act::Build))
-        }
         Phase::AwaitingApproval | Phase::Approved => {
             let Some(_) = o.needed else {
                 return Some(step(
@@ -745,6 +980,12 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
                 Act::Test,
             ),
             (JobState::Succeeded(_), Pin::Changed, _) => result_changed(),
+            (JobState::Succeeded(_), Pin::Unpinned, BuildOutput::NotFromBuild(why)) => step(
+                Phase::Failed,
+                "ResultNotFromBuild",
+                format!("{why}; nothing is tested or published, a new request rebuilds"),
+                Act::Nothing,
+            ),
             (JobState::Succeeded(_), Pin::Unpinned, BuildOutput::Valid) => step(
                 Phase::Building,
                 "ResultPinned",
@@ -834,6 +1075,34 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
     }
 }
 
+/// How old a Job under the build Job's name that the request did not record
+/// must be before it is deleted. Never adopted meanwhile; the hold keeps a
+/// status write that keeps failing after each create (a stale CRD, missing
+/// RBAC) from turning into a create-and-delete loop, as every deletion and
+/// creation wakes the request at once.
+pub const UNRECORDED_HOLD: SignedDuration = SignedDuration::from_secs(5);
+
+/// The step for a Job under the build Job's name that the request did not
+/// record, created at `created`: the phase stays, the Job goes once
+/// [`UNRECORDED_HOLD`] old.
+pub fn unrecorded_build(phase: Phase, created: Timestamp, now: Timestamp) -> Step {
+    let due = created.checked_add(UNRECORDED_HOLD).unwrap_or(created);
+    let held = due > now;
+    Step {
+        wake: held.then_some(due),
+        ..step(
+            phase,
+            "BuildJobUnrecorded",
+            "a Job under this request's build Job name exists that this request did not record creating (status.buildJobUid): it is deleted, never adopted, and a new build Job with a fresh nonce is created",
+            if held {
+                Act::Nothing
+            } else {
+                Act::DiscardBuild
+            },
+        )
+    }
+}
+
 const BUILDING: &str =
     "the build Job runs; only it holds this request's nonce, which its result must carry";
 
@@ -879,6 +1148,7 @@ mod tests {
     }
 
     const UID: &str = "uid-1";
+    const OPENSSH: &str = "openssh-client 1:9.2p1-2+deb12u2 openssh";
 
     fn decision(verdict: Verdict, digest: &str) -> Decision {
         Decision {
@@ -1004,6 +1274,62 @@ mod tests {
             approval(Some(TemplateApproval::Automatic), false, &voided, &aaa),
             Approval::Approved(Approver::Policy)
         );
+    }
+
+    #[test]
+    fn a_void_sticks_to_the_decision_not_to_the_generation() {
+        let at = |s: i64| {
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::from_second(s).expect("ts"),
+            ))
+        };
+        let managers = vec!["patchloop-approve:alice".to_owned()];
+        let decided = Decision {
+            decided_at: at(1_000),
+            reason: Some("CAB-1".into()),
+            ..decision(Verdict::Approved, "aaa")
+        };
+        let void = VoidedDecision {
+            generation: Some(3),
+            digest: Some("aaa".into()),
+            decided_at: at(1_000),
+            field_managers: managers.clone(),
+            reason: "the scope changed".into(),
+        };
+        assert!(void_holds(&void, Some(&decided), &managers, Some(3)));
+        // Edits that are not a new decision: the reason, a later
+        // generation, the verdict flipped back and forth.
+        let reworded = Decision {
+            reason: Some("CAB-1, reworded".into()),
+            ..decided.clone()
+        };
+        assert!(void_holds(&void, Some(&reworded), &managers, Some(4)));
+        // A new decision: a new decidedAt, another digest, another writer,
+        // or none at all.
+        let renewed = Decision {
+            decided_at: at(2_000),
+            ..decided.clone()
+        };
+        assert!(!void_holds(&void, Some(&renewed), &managers, Some(4)));
+        let undated = Decision {
+            decided_at: None,
+            ..decided.clone()
+        };
+        assert!(!void_holds(&void, Some(&undated), &managers, Some(4)));
+        let other = decision(Verdict::Approved, "bbb");
+        assert!(!void_holds(&void, Some(&other), &managers, Some(4)));
+        let bob = vec!["patchloop-approve:bob".to_owned()];
+        assert!(!void_holds(&void, Some(&decided), &bob, Some(4)));
+        assert!(!void_holds(&void, None, &managers, Some(3)));
+        // A void recorded before voids named their decision: by generation.
+        let legacy = VoidedDecision {
+            digest: None,
+            decided_at: None,
+            field_managers: vec![],
+            ..void
+        };
+        assert!(void_holds(&legacy, Some(&renewed), &managers, Some(3)));
+        assert!(!void_holds(&legacy, Some(&decided), &managers, Some(4)));
     }
 
     #[test]
@@ -1192,6 +1518,8 @@ mod tests {
             created: Some(job),
             nonce: Some(nonce),
             image: Some(&image),
+            generation: Some(1),
+            packages: &[],
         };
         assert_eq!(check_result(&good, Some(&hash), Some(job)), Ok(()));
         let fail = |f: ResultFacts<'_>, h: Option<&str>, j: Option<Timestamp>| {
@@ -1396,12 +1724,13 @@ mod tests {
     ) -> Observed<'a> {
         Observed {
             phase,
-            template_exists: true,
+            template: TemplateSeen::Bound,
             published: false,
             revision: (1, Some(1)),
             needed: scope,
             approval,
             build,
+            build_unrecorded: None,
             output: &BuildOutput::Absent,
             pin: Pin::Unpinned,
             inputs_changed: false,
@@ -1560,17 +1889,202 @@ mod tests {
     }
 
     #[test]
-    fn an_existing_build_job_is_adopted_whatever_the_approval_says_now() {
-        // Created under a valid approval; the Building write was lost and
-        // the Template was edited meanwhile: the build is not started again.
+    fn a_build_job_the_request_did_not_record_is_discarded_never_adopted() {
+        // Before Building nothing recorded a build Job: whatever runs under
+        // its name (a crash before the status write, a forgery) goes, and
+        // the phase stays, whatever the approval says.
         let s = scope_of(&[("bash", "5.2")], &["DSA-1"]);
-        let waiting = Approval::Awaiting("changed".into());
-        let (running, absent) = (JobState::Running, JobState::Absent);
-        for phase in [Phase::AwaitingApproval, Phase::Approved] {
-            let o = observed(Some(phase), Some(&s), &waiting, &running, &absent);
-            let st = next(&o).expect("step");
-            assert_eq!((st.phase, st.act), (Phase::Building, Act::Build));
+        let absent = JobState::Absent;
+        for approval in [
+            Approval::Approved(Approver::Person),
+            Approval::Awaiting("changed".into()),
+        ] {
+            for phase in [Phase::AwaitingApproval, Phase::Approved] {
+                let mut o = observed(Some(phase), Some(&s), &approval, &absent, &absent);
+                let created = Timestamp::from_second(1_000).expect("ts");
+                o.build_unrecorded = Some(created);
+                // Held for a moment (not adopted), then deleted.
+                o.now = created;
+                let st = next(&o).expect("step");
+                assert_eq!(
+                    (st.phase, st.reason, st.act),
+                    (phase, "BuildJobUnrecorded", Act::Nothing)
+                );
+                assert_eq!(st.wake, created.checked_add(UNRECORDED_HOLD).ok());
+                o.now = created.checked_add(UNRECORDED_HOLD).expect("ts");
+                let st = next(&o).expect("step");
+                assert_eq!(
+                    (st.phase, st.reason, st.act),
+                    (phase, "BuildJobUnrecorded", Act::DiscardBuild)
+                );
+            }
         }
+        // Building, and the Job under the name is not the recorded one (the
+        // recorded one is gone): even with a valid result, it goes.
+        let waiting = Approval::Awaiting("x".into());
+        let valid = BuildOutput::Valid;
+        let mut o = observed(Some(Phase::Building), None, &waiting, &absent, &absent);
+        o.build_unrecorded = Some(Timestamp::UNIX_EPOCH);
+        o.now = Timestamp::UNIX_EPOCH
+            .checked_add(UNRECORDED_HOLD)
+            .expect("ts");
+        o.output = &valid;
+        let st = next(&o).expect("step");
+        assert_eq!((st.phase, st.act), (Phase::Building, Act::DiscardBuild));
+        // Once gone, a fresh one is created.
+        let o = observed(Some(Phase::Building), None, &waiting, &absent, &absent);
+        assert_eq!(next(&o).map(|s| s.act), Some(Act::Build));
+    }
+
+    #[test]
+    fn a_result_not_from_the_build_pod_fails_at_once() {
+        let waiting = Approval::Awaiting("x".into());
+        let at = Timestamp::from_second(1_000).expect("ts");
+        let done = JobState::Succeeded(Some(at));
+        let absent = JobState::Absent;
+        let swapped = BuildOutput::NotFromBuild("Inventory changerequest-x is not what the build Pod reported: spec.image's digest sha256:eeeeeeeeeeee is not the reported sha256:bbbbbbbbbbbb".into());
+        let mut o = observed(Some(Phase::Building), None, &waiting, &done, &absent);
+        o.output = &swapped;
+        o.now = at;
+        let st = next(&o).expect("step");
+        assert_eq!(
+            (st.phase, st.reason, st.act),
+            (Phase::Failed, "ResultNotFromBuild", Act::Nothing)
+        );
+        assert!(st.message.contains("build Pod reported"), "{}", st.message);
+    }
+
+    #[test]
+    fn the_packages_digest_is_of_sorted_lines_as_written() {
+        let lines = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let a = packages_digest(&lines(&[
+            "libc6 2.36-9 glibc",
+            "bash 5.2.15-2+b8 bash 5.2.15-2",
+        ]))
+        .expect("digest");
+        // What `printf '%s\n' … | LC_ALL=C sort | sha256sum` prints.
+        let text = "bash 5.2.15-2+b8 bash 5.2.15-2\nlibc6 2.36-9 glibc\n";
+        assert_eq!(
+            a,
+            format!("sha256:{}", hex(&Sha256::digest(text.as_bytes())))
+        );
+        assert_eq!(
+            packages_digest(&lines(&[
+                "bash 5.2.15-2+b8 bash 5.2.15-2",
+                "libc6 2.36-9 glibc"
+            ])),
+            Some(a.clone())
+        );
+        // Bytes, not a locale: upper case sorts first.
+        assert_eq!(
+            packages_digest(&lines(&["b 1", "B 1"])),
+            Some(format!("sha256:{}", hex(&Sha256::digest(b"B 1\nb 1\n"))))
+        );
+        assert_ne!(
+            packages_digest(&lines(&["libc6 2.36-9 glibc"])),
+            Some(a.clone())
+        );
+        assert_eq!(packages_digest(&lines(&["a 1\nb 2"])), None);
+        assert_eq!(
+            packages_digest(&[]),
+            Some(format!("sha256:{}", hex(&Sha256::digest(b""))))
+        );
+    }
+
+    #[test]
+    fn the_build_report_is_the_last_line_of_the_termination_message() {
+        let (i, p) = (
+            format!("sha256:{}", "b".repeat(64)),
+            format!("sha256:{}", "c".repeat(64)),
+        );
+        let report = BuildReport {
+            image: i.clone(),
+            packages: p.clone(),
+        };
+        let line = result_line(&report);
+        assert_eq!(line, format!("result image={i} packages={p}"));
+        let msgs = |m: &[&str]| m.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let ok = msgs(&[&format!("built r2\n{line}\n\n")]);
+        assert_eq!(build_report(Some(&ok)), Ok(report.clone()));
+        // A sidecar without a report, or reporting the same: one report.
+        let ok = msgs(&["", &line, &line]);
+        assert_eq!(build_report(Some(&ok)), Ok(report.clone()));
+        for bad in [
+            format!("{line}\nmore output"),
+            format!("result image={i}"),
+            format!("result image={i} packages={p} extra"),
+            format!("result image=sha256:{} packages={p}", "B".repeat(64)),
+            format!("result image={} packages={p}", &i[..70]),
+            format!("result packages={p} image={i}"),
+        ] {
+            assert!(build_report(Some(&msgs(&[&bad]))).is_err(), "{bad}");
+        }
+        let other = result_line(&BuildReport {
+            image: p.clone(),
+            packages: i.clone(),
+        });
+        assert_eq!(
+            build_report(Some(&msgs(&[&line, &other]))),
+            Err("the build Pod's containers report different results")
+        );
+        assert!(build_report(None).is_err());
+        assert!(build_report(Some(&[])).is_err());
+    }
+
+    #[test]
+    fn a_result_must_be_the_unchanged_one_the_build_pod_reported() {
+        let packages = vec![OPENSSH.to_owned(), "bash 5.2".to_owned()];
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let image = format!("r.example/base@{digest}");
+        let facts = ResultFacts {
+            name: "changerequest-base-x",
+            created: None,
+            nonce: None,
+            image: Some(&image),
+            generation: Some(1),
+            packages: &packages,
+        };
+        let report = BuildReport {
+            image: digest.clone(),
+            packages: packages_digest(&packages).expect("digest"),
+        };
+        assert_eq!(check_origin(&facts, Ok(&report)), Ok(()));
+        // Patched after creation: a swap, whatever it holds now.
+        let why = check_origin(
+            &ResultFacts {
+                generation: Some(2),
+                ..facts
+            },
+            Ok(&report),
+        )
+        .expect_err("refused");
+        assert!(why.contains("metadata.generation 2"), "{why}");
+        // Another image, other packages: both named, by digest only.
+        let evil = format!("registry.evil.example/backdoor@sha256:{}", "e".repeat(64));
+        let more = vec![OPENSSH.to_owned(), "backdoor 1.0".to_owned()];
+        let why = check_origin(
+            &ResultFacts {
+                image: Some(&evil),
+                packages: &more,
+                ..facts
+            },
+            Ok(&report),
+        )
+        .expect_err("refused");
+        assert!(
+            why.contains("spec.image's digest sha256:eeeeeeeeeeee")
+                && why.contains("reported sha256:abababababab")
+                && why.contains("spec.packages digest")
+                && !why.contains("evil")
+                && !why.contains("backdoor"),
+            "{why}"
+        );
+        let why = check_origin(
+            &facts,
+            Err("no succeeded Pod of the recorded build Job was found"),
+        )
+        .expect_err("refused");
+        assert!(why.contains("no succeeded Pod"), "{why}");
     }
 
     #[test]
@@ -1615,7 +2129,47 @@ mod tests {
         let st = next(&o).expect("step");
         assert_eq!((st.phase, st.act), (Phase::Published, Act::Nothing));
         let mut o = observed(Some(Phase::Building), None, &rejected, &absent, &absent);
-        o.template_exists = false;
+        o.template = TemplateSeen::Absent;
         assert_eq!(next(&o).map(|s| s.reason), Some("TemplateDeleted"));
+    }
+
+    #[test]
+    fn a_request_is_bound_to_the_template_uid_it_recorded() {
+        assert_eq!(template_seen(None, Some(Some("t1"))), TemplateSeen::Bound);
+        assert_eq!(
+            template_seen(Some("t1"), Some(Some("t1"))),
+            TemplateSeen::Bound
+        );
+        assert_eq!(
+            template_seen(Some("t1"), Some(Some("t2"))),
+            TemplateSeen::Other
+        );
+        assert_eq!(template_seen(Some("t1"), Some(None)), TemplateSeen::Other);
+        assert_eq!(template_seen(Some("t1"), None), TemplateSeen::Absent);
+        assert_eq!(template_seen(None, None), TemplateSeen::Absent);
+        // Repointed (or recreated) in any open phase: failed, naming the field.
+        let s = scope_of(&[("bash", "5.2")], &["DSA-1"]);
+        let approved = Approval::Approved(Approver::Person);
+        let (absent, running) = (JobState::Absent, JobState::Running);
+        for (phase, build) in [
+            (None, &absent),
+            (Some(Phase::AwaitingApproval), &absent),
+            (Some(Phase::Approved), &absent),
+            (Some(Phase::Building), &running),
+            (Some(Phase::Testing), &absent),
+        ] {
+            let mut o = observed(phase, Some(&s), &approved, build, &absent);
+            o.template = TemplateSeen::Other;
+            let st = next(&o).expect("step");
+            assert_eq!(
+                (st.phase, st.reason, st.act),
+                (Phase::Failed, "TemplateMismatch", Act::Nothing)
+            );
+            assert!(st.message.contains("spec.template"), "{}", st.message);
+        }
+        // Closed: ignored.
+        let mut o = observed(Some(Phase::Rejected), Some(&s), &approved, &absent, &absent);
+        o.template = TemplateSeen::Other;
+        assert_eq!(next(&o), None);
     }
 }

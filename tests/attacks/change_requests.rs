@@ -297,14 +297,25 @@ async fn a_result_must_be_a_digest_and_cannot_be_swapped_after_it_was_pinned() {
     let cr = request(&client, &ns, &name).await;
     approve_as(&client, &ns, &cr, "2026-12-04T10:00:00Z").await;
     let nonce = build_nonce(&client, &ns, &name).await;
-    support::executor::complete(&client, &ns, &format!("{name}-build"), None).await;
+    // The build Pod reports the digest it built (its termination message).
+    let built = format!("registry.example/golden/base@sha256:{}", "b".repeat(64));
+    support::executor::complete_build(
+        &client,
+        &ns,
+        &format!("{name}-build"),
+        &build_result_line(&built, &[OPENSSH_FIXED, BASH]),
+    )
+    .await;
 
-    // Tags, which can move, are refused: the request waits saying why.
+    // Tags, which can move, are refused: the request waits saying why
+    // (each refused result deleted again, by the admin: the reporter role
+    // cannot delete, and a result is written once).
     let tags = [
         "registry.example/golden/base:2",
         "registry.example/golden/base:latest",
         "registry.example/golden/base@sha256:2222",
     ];
+    let inventories: Api<Inventory> = Api::namespaced(client.clone(), &ns);
     for tag in tags {
         write_as(&reporter, &ns, &result(&name, Some(&nonce), tag)).await;
         let c = support::eventually("the tag to be refused", WAIT, async || {
@@ -314,14 +325,17 @@ async fn a_result_must_be_a_digest_and_cannot_be_swapped_after_it_was_pinned() {
         .await;
         assert_eq!(phase(&c), Some(ChangeRequestPhase::Building));
         assert!(!message(&c).contains(tag), "{}", message(&c));
+        inventories
+            .delete(&result_name(&name), &Default::default())
+            .await
+            .expect("deleting the refused result");
     }
     assert_eq!(
         jobs_of(&client, &ns, &name).await,
         [format!("{name}-build")]
     );
 
-    // A digest: pinned and tested.
-    let built = format!("registry.example/golden/base@sha256:{}", "b".repeat(64));
+    // The digest the build Pod reported: pinned and tested.
     write_as(&reporter, &ns, &result(&name, Some(&nonce), &built)).await;
     let testing = wait_request(&client, &ns, |c| {
         phase(c) == Some(ChangeRequestPhase::Testing)
@@ -447,6 +461,32 @@ async fn an_approval_covers_only_the_template_it_was_given_for_and_never_returns
     .await;
     assert_eq!(phase(&c), Some(ChangeRequestPhase::AwaitingApproval));
     assert_eq!(c.metadata.generation, reverted.metadata.generation);
+    // Editing the voided decision (its reason: a new generation, the same
+    // decision) does not revive it either.
+    let mut reworded = voided_on.clone();
+    reworded.reason = Some("reviewed again, honestly".into());
+    let edited = requests_api
+        .patch(
+            &name,
+            &PatchParams::apply("patchloop-approve:attacker").force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "patchloop.dev/v1alpha1", "kind": "ChangeRequest",
+                "metadata": {"name": name},
+                "spec": {"decision": reworded},
+            })),
+        )
+        .await
+        .expect("rewording the decision");
+    assert!(edited.metadata.generation > reverted.metadata.generation);
+    let c = support::eventually("the reworded decision to be seen", WAIT, async || {
+        let c = request(&client, &ns, &name).await;
+        (c.status.as_ref().and_then(|s| s.observed_generation) == edited.metadata.generation)
+            .then_some(c)
+    })
+    .await;
+    assert_eq!(phase(&c), Some(ChangeRequestPhase::AwaitingApproval));
+    assert!(message(&c).contains("does not revive"), "{}", message(&c));
+    assert!(jobs_of(&client, &ns, &name).await.is_empty());
     requests_api
         .patch(
             &name,
@@ -480,4 +520,197 @@ async fn an_approval_covers_only_the_template_it_was_given_for_and_never_returns
         other => panic!("the approver creates Jobs: {other:?}"),
     }
     assert_nothing_leaked(&client, &ns, &["registry.evil.example"]).await;
+}
+
+#[tokio::test]
+async fn a_result_swapped_between_the_report_and_the_pin_is_not_the_builds() {
+    let env = support::env();
+    let (client, ns, label, mut pl, name) = setup("attack-preswap").await;
+    let build_job = identity::shipped_role(&ns, "build-job", "patchloop-reporter").await;
+    // Another reporter (a CMDB sync) that may write every Inventory.
+    let reporter = identity::shipped_role(&ns, "cmdb", "patchloop-reporter").await;
+    let cr = request(&client, &ns, &name).await;
+    approve_as(&client, &ns, &cr, "2026-12-04T10:00:00Z").await;
+    let nonce = build_nonce(&client, &ns, &name).await;
+    wait_request(&client, &ns, |c| {
+        phase(c) == Some(ChangeRequestPhase::Building)
+    })
+    .await;
+    // The controller is down, so the swap surely lands before the pin.
+    pl.child.kill().expect("SIGKILL");
+    let built = format!("registry.example/golden/base@sha256:{}", "b".repeat(64));
+    write_as(&build_job, &ns, &result(&name, Some(&nonce), &built)).await;
+    support::executor::complete_build(
+        &client,
+        &ns,
+        &format!("{name}-build"),
+        &build_result_line(&built, &[OPENSSH_FIXED, BASH]),
+    )
+    .await;
+    // The swap: the same object, the nonce kept, another image.
+    write_as(&reporter, &ns, &result(&name, Some(&nonce), &evil_image())).await;
+    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let failed = wait_request(&client, &ns, |c| {
+        phase(c) == Some(ChangeRequestPhase::Failed)
+    })
+    .await;
+    let status = failed.status.clone().unwrap_or_default();
+    assert_eq!(
+        condition_reason(&status.conditions, "Ready"),
+        Some("ResultNotFromBuild"),
+        "{}",
+        message(&failed)
+    );
+    assert!(
+        message(&failed).contains("metadata.generation 2"),
+        "{}",
+        message(&failed)
+    );
+    assert!(
+        status.result.is_none(),
+        "nothing pinned: {:?}",
+        status.result
+    );
+    assert_eq!(
+        jobs_of(&client, &ns, &name).await,
+        [format!("{name}-build")]
+    );
+    assert_nothing_leaked(&client, &ns, &[&evil_image()]).await;
+}
+
+#[tokio::test]
+async fn a_forged_build_job_is_never_adopted() {
+    let (client, ns, _label, _pl, name) = setup("attack-forged-job").await;
+    let cr = request(&client, &ns, &name).await;
+    let uid = cr.metadata.uid.clone().expect("a uid");
+    // A Job creator, and nothing more (no Pod or Job read).
+    let creator = identity::with_rules(
+        &ns,
+        "job-creator",
+        vec![identity::rule("batch", &["jobs"], &["create"])],
+    )
+    .await;
+    // The request's build Job, forged: its name, labels and a controller
+    // owner reference naming the request (the uid copied from it), and a
+    // nonce the attacker chose, which its result would carry.
+    let forged_nonce = "f0".repeat(16);
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("{name}-build"),
+            "labels": {"app.kubernetes.io/managed-by": "patchloop", "patchloop.dev/purpose": "build",
+                       "patchloop.dev/template": "base", "patchloop.dev/change-request": name},
+            "ownerReferences": [{"apiVersion": "patchloop.dev/v1alpha1", "kind": "ChangeRequest",
+                                 "name": name, "uid": uid, "controller": true}],
+        },
+        "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "build", "image": "registry.evil.example/builder:1",
+                            "env": [{"name": "PATCHLOOP_NONCE", "value": forged_nonce}]}]}}},
+    }))
+    .expect("a Job");
+    let forged = Api::<Job>::namespaced(creator.clone(), &ns)
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("the Job creator creates the forged Job");
+    let forged_uid = forged.metadata.uid.clone().expect("a uid");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    // Deleted before anyone approved anything, the request saying why.
+    support::eventually("the forged Job to be deleted", WAIT, async || {
+        let j = jobs.get_opt(&format!("{name}-build")).await.ok()?;
+        j.is_none_or(|j| j.metadata.uid.as_deref() != Some(forged_uid.as_str()))
+            .then_some(())
+    })
+    .await;
+    let c = request(&client, &ns, &name).await;
+    assert_eq!(phase(&c), Some(ChangeRequestPhase::AwaitingApproval));
+    assert!(jobs_of(&client, &ns, &name).await.is_empty());
+
+    // Approved: a fresh build Job, recorded, with a nonce of its own.
+    approve_as(&client, &ns, &cr, "2026-12-04T10:00:00Z").await;
+    let building = wait_request(&client, &ns, |c| {
+        phase(c) == Some(ChangeRequestPhase::Building)
+    })
+    .await;
+    let status = building.status.clone().unwrap_or_default();
+    let build = jobs
+        .get(&format!("{name}-build"))
+        .await
+        .expect("the build Job");
+    assert_ne!(build.metadata.uid.as_deref(), Some(forged_uid.as_str()));
+    assert_eq!(status.build_job_uid, build.metadata.uid);
+    let nonce = build_nonce(&client, &ns, &name).await;
+    assert_ne!(nonce, forged_nonce);
+    assert_eq!(
+        status.nonce_hash,
+        Some(patchloop::engine::change::nonce_hash(&nonce))
+    );
+    // A result carrying the forged Job's nonce is refused.
+    let reporter = identity::shipped_role(&ns, "reporter", "patchloop-reporter").await;
+    write_as(
+        &reporter,
+        &ns,
+        &result(&name, Some(&forged_nonce), &evil_image()),
+    )
+    .await;
+    support::executor::complete(&client, &ns, &format!("{name}-build"), None).await;
+    let c = support::eventually("the forged result to be refused", WAIT, async || {
+        let c = request(&client, &ns, &name).await;
+        message(&c).contains("spec.nonce").then_some(c)
+    })
+    .await;
+    assert!(
+        c.status.as_ref().and_then(|s| s.result.clone()).is_none(),
+        "nothing pinned"
+    );
+    assert_eq!(
+        jobs_of(&client, &ns, &name).await,
+        [format!("{name}-build")]
+    );
+    assert_nothing_leaked(&client, &ns, &[&evil_image(), &forged_nonce]).await;
+}
+
+#[tokio::test]
+async fn an_approver_cannot_repoint_a_request_at_another_template() {
+    let (client, ns, _label, _pl, name) = setup("attack-repoint").await;
+    let approver = identity::shipped_role(&ns, "approver", "patchloop-approver").await;
+    apply(&client, &ns, template("other", json!({}))).await;
+    let templates: Api<Template> = Api::namespaced(client.clone(), &ns);
+    let base_uid = templates.get("base").await.expect("base").metadata.uid;
+    let cr = request(&client, &ns, &name).await;
+    assert_eq!(
+        cr.status.as_ref().and_then(|s| s.template_uid.clone()),
+        base_uid,
+        "the request recorded its Template's uid"
+    );
+    // The approver edits spec.template (what retention and publication
+    // follow), then approves.
+    let requests_api: Api<ChangeRequest> = Api::namespaced(approver.clone(), &ns);
+    requests_api
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"template": "other"}})),
+        )
+        .await
+        .expect("the approver may patch requests");
+    approve_as(&approver, &ns, &cr, "2026-12-04T10:00:00Z").await;
+    let failed = wait_request(&client, &ns, |c| {
+        c.metadata.name.as_deref() == Some(name.as_str())
+            && phase(c) == Some(ChangeRequestPhase::Failed)
+    })
+    .await;
+    let status = failed.status.clone().unwrap_or_default();
+    assert_eq!(
+        condition_reason(&status.conditions, "Ready"),
+        Some("TemplateMismatch"),
+        "{}",
+        message(&failed)
+    );
+    assert!(
+        message(&failed).contains("spec.template"),
+        "{}",
+        message(&failed)
+    );
+    assert_eq!(status.template_uid, base_uid, "the record stays");
+    assert!(jobs_of(&client, &ns, &name).await.is_empty());
+    assert_nothing_leaked(&client, &ns, &[]).await;
 }

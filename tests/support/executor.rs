@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
@@ -82,6 +81,23 @@ pub async fn patch_complete(client: &kube::Client, ns: &str, job: &str, start: O
     .unwrap_or_else(|e| panic!("setting Job {job}'s status: {e}"));
 }
 
+/// Marks a build Job `Complete` after ending its Pod with `result_line` as
+/// its termination message, as a build container that reported its result
+/// would (`patchloop::engine::change::result_line`).
+pub async fn complete_build(client: &kube::Client, ns: &str, job: &str, result_line: &str) {
+    end_pod(client, ns, job, 0, result_line).await;
+    complete(client, ns, job, None).await;
+}
+
+/// Ends a Job's Pod as the kubelet would record it (see
+/// `patchloop::demo::executor::end_pod`, shared with the demo): there is no
+/// kubelet here, so the Pod's status is written through its subresource.
+pub async fn end_pod(client: &kube::Client, ns: &str, job: &str, exit_code: i32, message: &str) {
+    patchloop::demo::executor::end_pod(client, ns, job, exit_code, message, super::objects::WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 /// Marks a Job `Failed`; with a message, first sets its Pod's container as
 /// terminated with that termination message.
 pub async fn fail(client: &kube::Client, ns: &str, job: &str, message: Option<&str>) {
@@ -105,33 +121,7 @@ pub async fn fail_with_exit_code(
     exit_code: i32,
 ) {
     if let Some(message) = message {
-        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let pod = super::eventually("the Job's Pod to exist", super::objects::WAIT, async || {
-            pods.list(&ListParams::default().labels(&format!("job-name={job}")))
-                .await
-                .ok()
-                .and_then(|l| l.items.into_iter().next())
-        })
-        .await;
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let container = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.containers.first())
-            .map(|c| c.name.clone())
-            .unwrap_or_default();
-        let now = patchloop::controller::now().to_string();
-        let status = json!({"status": {
-            "phase": "Failed",
-            "containerStatuses": [{
-                "name": container, "ready": false, "restartCount": 0, "image": "busybox", "imageID": "",
-                "state": {"terminated": {"exitCode": exit_code, "reason": "Error", "message": message,
-                                         "startedAt": now, "finishedAt": now}}
-            }]
-        }});
-        pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-            .await
-            .unwrap_or_else(|e| panic!("setting Pod {name}'s status: {e}"));
+        end_pod(client, ns, job, exit_code, message).await;
     }
     let now = patchloop::controller::now().to_string();
     set_status(

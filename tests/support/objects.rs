@@ -17,6 +17,20 @@ pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"
 /// How long a test waits for the controller to converge.
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// The result line a build container reporting `image` (a digest
+/// reference) with `packages` ends its termination message with.
+pub fn build_result_line(image: &str, packages: &[&str]) -> String {
+    use patchloop::engine::change::{BuildReport, packages_digest, result_line};
+    let lines: Vec<String> = packages.iter().map(|p| (*p).to_owned()).collect();
+    result_line(&BuildReport {
+        image: image
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_owned())
+            .expect("a digest reference"),
+        packages: packages_digest(&lines).expect("package lines"),
+    })
+}
+
 /// The API of a Patchloop kind, in `ns` (AdvisoryFeeds are cluster-scoped).
 pub fn api_of(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
     let plural = match kind {
