@@ -1029,6 +1029,20 @@ async fn config_map_binary_data_may_be_gzip() {
         "TooLarge",
     );
     assert!(err.to_string().contains("bomb.gz"), "{err}");
+
+    // The controller's ceiling bounds ConfigMap sources too: the KEV
+    // catalogue that fits the default is refused under a smaller one.
+    assert_reason(
+        fetch(
+            &client,
+            &http,
+            &cm_source(&ns, "kev", None),
+            &Validators::default(),
+            u64::try_from(kev.len() - 1).expect("u64"),
+        )
+        .await,
+        "TooLarge",
+    );
 }
 
 #[tokio::test]

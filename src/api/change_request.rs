@@ -211,7 +211,9 @@ pub struct VoidedDecision {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_at: Option<Time>,
     /// The field managers that owned `spec.decision` (from
-    /// `metadata.managedFields`, sorted).
+    /// `metadata.managedFields`, sorted), for the record: the void holds
+    /// for every decision not decided later than this one, whoever writes
+    /// it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub field_managers: Vec<String>,
     /// What changed.

@@ -52,7 +52,7 @@ use crate::engine::change::{
     self, Act, Approval, Approver, BuildOutput, BuildReport, JobState, Observed, PersonDecision,
     Pin, ResultFacts, TemplateSeen, before_build, is_closed,
 };
-use crate::engine::inventory::parse_compact_list;
+use crate::engine::inventory::parse_subject_list;
 use crate::engine::version::parse_platform;
 
 /// The field manager of ChangeRequest status, and of Template `revision`,
@@ -96,8 +96,8 @@ pub fn decision_manager(cr: &ChangeRequest) -> Option<String> {
         .and_then(|m| m.manager.clone())
 }
 
-/// Every field manager owning some of `spec.decision`, sorted: part of a
-/// decision's identity, which a void sticks to.
+/// Every field manager owning some of `spec.decision`, sorted: recorded
+/// with a void (who owned the voided decision), never compared.
 fn decision_managers(cr: &ChangeRequest) -> Vec<String> {
     let managers: std::collections::BTreeSet<String> = decision_entries(cr)
         .filter_map(|m| m.manager.clone())
@@ -230,12 +230,15 @@ fn checks(
     result: &Inventory,
     now: Timestamp,
 ) -> Vec<String> {
-    let packages = match parse_compact_list(result.spec.format.into(), &result.spec.packages) {
-        Ok(p) => p,
-        Err(e) => return vec![format!("Inventory {}: spec.{e}", result.name_any())],
-    };
     let Ok(platform) = parse_platform(&t.spec.platform) else {
         return vec!["spec.platform of the Template is invalid".into()];
+    };
+    // In the Template's family only: another family's lines would pass
+    // another grammar and order versions by other rules.
+    let format = result.spec.format.into();
+    let packages = match parse_subject_list(Some(platform.family), format, &result.spec.packages) {
+        Ok(p) => p,
+        Err(e) => return vec![format!("Inventory {}: spec.{e}", result.name_any())],
     };
     let mut problems = Vec::new();
     if let Some(s) = frozen {
@@ -623,21 +626,13 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
             needed = computed.map(|(s, _)| s);
         }
     }
-    let managers = decision_managers(&cr);
     let person = PersonDecision {
         decision: cr.spec.decision.as_ref(),
         request_uid: &uid,
         voided: previous
             .decision_voided
             .as_ref()
-            .filter(|v| {
-                change::void_holds(
-                    v,
-                    cr.spec.decision.as_ref(),
-                    &managers,
-                    cr.metadata.generation,
-                )
-            })
+            .filter(|v| change::void_holds(v, cr.spec.decision.as_ref(), cr.metadata.generation))
             .map(|v| v.reason.as_str()),
         decided_scope: previous.scope.as_ref(),
     };
@@ -778,7 +773,7 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
                 generation: cr.metadata.generation,
                 digest: Some(d.digest.clone()),
                 decided_at: d.decided_at.clone(),
-                field_managers: managers.clone(),
+                field_managers: decision_managers(&cr),
                 reason: changed.to_owned(),
             });
         }

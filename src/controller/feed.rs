@@ -170,13 +170,14 @@ async fn refresh(
     // Hashing and parsing take seconds on a large feed: off the runtime's
     // worker threads.
     let spec = feed.spec.clone();
+    let ceiling = ctx.shared.settings.feed_max_bytes;
     let held_digest = current.then(|| held.digest.clone());
     let parsed = tokio::task::spawn_blocking(move || {
         let digest = feed_source::content_digest(&blobs);
         if held_digest.as_ref() == Some(&digest) {
             return Ok(None);
         }
-        let limits = feed_source::zip_limits(&spec.source);
+        let limits = feed_source::zip_limits(&spec.source, ceiling);
         let content = feed_source::parse(spec.format, &spec.ecosystems, &blobs, "", limits)?;
         drop(blobs);
         let counts = ecosystem_counts(&content, &spec.ecosystems);

@@ -330,8 +330,8 @@ pub async fn fetch(
 ) -> Result<Fetched, FetchError> {
     match (&source.url, &source.config_map, &source.path) {
         (Some(url), None, None) => fetch_url(http, url, validators, ceiling).await,
-        (None, Some(cm), None) => fetch_config_map(client, cm).await,
-        (None, None, Some(path)) => fetch_path(path).await,
+        (None, Some(cm), None) => fetch_config_map(client, cm, ceiling).await,
+        (None, None, Some(path)) => fetch_path(path, ceiling).await,
         (None, None, None) => Err(FetchError::InvalidSource(
             "one of url, configMap or path must be set".into(),
         )),
@@ -490,10 +490,12 @@ pub async fn fetch_url(
 // ConfigMap sources.
 
 /// Fetches a ConfigMap source (see [`fetch`]): one blob per selected key,
-/// gzip values decompressed within [`CONFIG_MAP_MAX_BYTES`] in all.
+/// gzip values decompressed within [`CONFIG_MAP_MAX_BYTES`] (and the
+/// controller's `ceiling`) in all.
 pub async fn fetch_config_map(
     client: &kube::Client,
     source: &ConfigMapSource,
+    ceiling: u64,
 ) -> Result<Fetched, FetchError> {
     let origin = format!("configmap {}/{}", source.namespace, source.name);
     if source.namespace.is_empty() || source.name.is_empty() {
@@ -541,7 +543,7 @@ pub async fn fetch_config_map(
         .into_iter()
         .map(|(key, value)| (format!("{origin} key {key}"), value))
         .collect();
-    let blobs = gunzip_blobs(named, CONFIG_MAP_MAX_BYTES).await?;
+    let blobs = gunzip_blobs(named, CONFIG_MAP_MAX_BYTES.min(ceiling)).await?;
     Ok(Fetched::Content {
         blobs,
         validators: Validators::default(),
@@ -573,13 +575,15 @@ fn kube_error(origin: &str, error: kube::Error) -> FetchError {
 // ---------------------------------------------------------------------------
 // Path sources.
 
-/// Fetches a path source (see [`fetch`]) on a blocking thread.
-pub async fn fetch_path(path: &str) -> Result<Fetched, FetchError> {
+/// Fetches a path source (see [`fetch`]) on a blocking thread, within
+/// [`PATH_MAX_BYTES`] (and the controller's `ceiling`).
+pub async fn fetch_path(path: &str, ceiling: u64) -> Result<Fetched, FetchError> {
     if path.is_empty() {
         return Err(FetchError::InvalidSource("path is empty".into()));
     }
     let path = PathBuf::from(path);
-    let blobs = tokio::task::spawn_blocking(move || read_path(&path, PATH_MAX_BYTES))
+    let limit = PATH_MAX_BYTES.min(ceiling);
+    let blobs = tokio::task::spawn_blocking(move || read_path(&path, limit))
         .await
         .map_err(|e| FetchError::Unreadable {
             origin: "path source".into(),
@@ -816,14 +820,14 @@ pub fn parse(
 
 /// The zip limits of a source's archives: derived from the most bytes the
 /// source may fetch (`url.maxBytes`, [`CONFIG_MAP_MAX_BYTES`],
-/// [`PATH_MAX_BYTES`]).
-pub fn zip_limits(source: &FeedSource) -> ZipLimits {
+/// [`PATH_MAX_BYTES`]), never above the controller's `ceiling`.
+pub fn zip_limits(source: &FeedSource, ceiling: u64) -> ZipLimits {
     let fetch_limit = match (&source.url, &source.config_map) {
         (Some(url), _) => u64::try_from(url.max_bytes).unwrap_or(DEFAULT_MAX_BYTES),
         (None, Some(_)) => CONFIG_MAP_MAX_BYTES,
         (None, None) => PATH_MAX_BYTES,
     };
-    ZipLimits::for_archive_limit(fetch_limit)
+    ZipLimits::for_archive_limit(fetch_limit.min(ceiling))
 }
 
 /// The SHA-256 (lowercase hex) of the fetched content: of the bytes alone for

@@ -26,6 +26,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sha2::{Digest, Sha256};
 
 use super::evaluate::Evaluation;
@@ -328,22 +329,21 @@ impl PersonDecision<'_> {
 }
 
 /// Whether a recorded void holds for the decision `spec.decision` holds
-/// now: the same digest, `decidedAt` and field managers (`managers`,
-/// sorted) as the voided one. Any other edit (its reason, a label, a
-/// replayed write) keeps a voided decision void; a new decision (a new
-/// `decidedAt`, another digest, another writer) counts on its own. A void
-/// recorded before voids named their decision holds for its generation.
+/// now: every decision not decided later than the voided one stays void —
+/// the voided decision edited (its reason, by any writer, under any field
+/// manager), replayed, or an older decision put back after it. Only a
+/// decision with a later `decidedAt` (which `patchloop approve` always
+/// writes) counts on its own. A void recorded before voids named their
+/// decision holds for its generation.
 pub fn void_holds(
     voided: &VoidedDecision,
     decision: Option<&Decision>,
-    managers: &[String],
     generation: Option<i64>,
 ) -> bool {
     match (&voided.digest, decision) {
-        (Some(digest), Some(d)) => {
-            *digest == d.digest
-                && voided.decided_at == d.decided_at
-                && voided.field_managers == managers
+        (Some(_), Some(d)) => {
+            let at = |t: &Option<Time>| t.as_ref().map(|t| t.0);
+            at(&d.decided_at) <= at(&voided.decided_at)
         }
         (Some(_), None) => false,
         (None, _) => voided.generation.is_some() && voided.generation == generation,
@@ -1277,13 +1277,12 @@ mod tests {
     }
 
     #[test]
-    fn a_void_sticks_to_the_decision_not_to_the_generation() {
+    fn a_void_holds_for_every_decision_not_decided_later() {
         let at = |s: i64| {
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 Timestamp::from_second(s).expect("ts"),
             ))
         };
-        let managers = vec!["patchloop-approve:alice".to_owned()];
         let decided = Decision {
             decided_at: at(1_000),
             reason: Some("CAB-1".into()),
@@ -1293,34 +1292,37 @@ mod tests {
             generation: Some(3),
             digest: Some("aaa".into()),
             decided_at: at(1_000),
-            field_managers: managers.clone(),
+            field_managers: vec!["patchloop-approve:alice".to_owned()],
             reason: "the scope changed".into(),
         };
-        assert!(void_holds(&void, Some(&decided), &managers, Some(3)));
-        // Edits that are not a new decision: the reason, a later
-        // generation, the verdict flipped back and forth.
+        assert!(void_holds(&void, Some(&decided), Some(3)));
+        // Edits that are not a new decision, whoever writes them and under
+        // whichever field manager (the managers are recorded, not
+        // compared): the reason, a later generation.
         let reworded = Decision {
-            reason: Some("CAB-1, reworded".into()),
+            reason: Some("CAB-1, reworded by kubectl edit".into()),
             ..decided.clone()
         };
-        assert!(void_holds(&void, Some(&reworded), &managers, Some(4)));
-        // A new decision: a new decidedAt, another digest, another writer,
-        // or none at all.
-        let renewed = Decision {
-            decided_at: at(2_000),
-            ..decided.clone()
+        assert!(void_holds(&void, Some(&reworded), Some(4)));
+        // An older decision put back, one with no time, one for another
+        // digest that is no later: still void.
+        let older = Decision {
+            decided_at: at(500),
+            ..decision(Verdict::Approved, "bbb")
         };
-        assert!(!void_holds(&void, Some(&renewed), &managers, Some(4)));
+        assert!(void_holds(&void, Some(&older), Some(5)));
         let undated = Decision {
             decided_at: None,
             ..decided.clone()
         };
-        assert!(!void_holds(&void, Some(&undated), &managers, Some(4)));
-        let other = decision(Verdict::Approved, "bbb");
-        assert!(!void_holds(&void, Some(&other), &managers, Some(4)));
-        let bob = vec!["patchloop-approve:bob".to_owned()];
-        assert!(!void_holds(&void, Some(&decided), &bob, Some(4)));
-        assert!(!void_holds(&void, None, &managers, Some(3)));
+        assert!(void_holds(&void, Some(&undated), Some(4)));
+        // A new decision, decided later: it counts on its own.
+        let renewed = Decision {
+            decided_at: at(2_000),
+            ..decided.clone()
+        };
+        assert!(!void_holds(&void, Some(&renewed), Some(4)));
+        assert!(!void_holds(&void, None, Some(3)));
         // A void recorded before voids named their decision: by generation.
         let legacy = VoidedDecision {
             digest: None,
@@ -1328,8 +1330,8 @@ mod tests {
             field_managers: vec![],
             ..void
         };
-        assert!(void_holds(&legacy, Some(&renewed), &managers, Some(3)));
-        assert!(!void_holds(&legacy, Some(&decided), &managers, Some(4)));
+        assert!(void_holds(&legacy, Some(&renewed), Some(3)));
+        assert!(!void_holds(&legacy, Some(&decided), Some(4)));
     }
 
     #[test]
