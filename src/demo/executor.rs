@@ -332,8 +332,12 @@ pub async fn wait_for_job_controller(
             .await
             .ok()
             .and_then(|j| j.status)
+            // Its Pod may already have ended (its status set through the
+            // Pod, which the Job controller then counts as succeeded).
             .is_some_and(|s| {
-                s.start_time.is_some() && s.active.unwrap_or(0) + s.failed.unwrap_or(0) > 0
+                let counted =
+                    s.active.unwrap_or(0) + s.failed.unwrap_or(0) + s.succeeded.unwrap_or(0);
+                s.start_time.is_some() && counted > 0
             });
         if synced {
             return Ok(());

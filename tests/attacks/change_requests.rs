@@ -453,7 +453,11 @@ async fn an_approval_covers_only_the_template_it_was_given_for_and_never_returns
     // A decision copied from another request (another uid) counts neither.
     let mut foreign = voided_on.clone();
     foreign.request_uid = Some("00000000-0000-0000-0000-000000000000".into());
-    foreign.decided_at = None;
+    // Decided later than the voided decision, so only its request uid can
+    // refuse it (a decision no later stays void, whatever it names).
+    foreign.decided_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::now(),
+    ));
     let c = support::eventually("the replay to be refused", WAIT, async || {
         let c = request(&client, &ns, &name).await;
         (message(&c).contains("does not revive")).then_some(c)
@@ -462,13 +466,14 @@ async fn an_approval_covers_only_the_template_it_was_given_for_and_never_returns
     assert_eq!(phase(&c), Some(ChangeRequestPhase::AwaitingApproval));
     assert_eq!(c.metadata.generation, reverted.metadata.generation);
     // Editing the voided decision (its reason: a new generation, the same
-    // decision) does not revive it either.
+    // decision), under another field manager than the one that wrote it,
+    // does not revive it either.
     let mut reworded = voided_on.clone();
     reworded.reason = Some("reviewed again, honestly".into());
     let edited = requests_api
         .patch(
             &name,
-            &PatchParams::apply("patchloop-approve:attacker").force(),
+            &PatchParams::apply("kubectl-edit").force(),
             &Patch::Apply(&json!({
                 "apiVersion": "patchloop.dev/v1alpha1", "kind": "ChangeRequest",
                 "metadata": {"name": name},
