@@ -13,6 +13,17 @@ use super::common::Severity;
 /// by it, never by recomputing a name.
 pub const TEMPLATE_LABEL: &str = "patchloop.dev/template";
 
+/// The name of a request's build result Inventory: the one Inventory that
+/// may speak for it.
+pub fn result_inventory_name(request: &str) -> String {
+    super::inventory::InventorySubject {
+        kind: super::inventory::SubjectKind::ChangeRequest,
+        name: request.to_owned(),
+        revision: None,
+    }
+    .canonical_inventory_name()
+}
+
 /// ChangeRequest records one template rebuild: why (scope), who decided,
 /// the build and test Jobs, and the published revision.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

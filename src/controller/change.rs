@@ -41,11 +41,11 @@ use super::triggers;
 use super::{Error, failpoint, jobs, now, observed, requeue_at};
 use crate::api::change_request::{
     ApprovalRecord, BuildResult, ChangeRequestPhase as Phase, ChangeRequestStatus, PhaseTimestamps,
-    Scope as ChangeScope, TEMPLATE_LABEL, Verdict, VoidedDecision,
+    Scope as ChangeScope, TEMPLATE_LABEL, Verdict, VoidedDecision, result_inventory_name,
 };
 use crate::api::common::{ComplianceState, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
-use crate::api::inventory::{InventorySubject, SubjectKind};
+use crate::api::inventory::SubjectKind;
 use crate::api::template::TemplateRevision;
 use crate::api::{ChangeRequest, Inventory, Template};
 use crate::engine::change::{
@@ -145,17 +145,6 @@ async fn job_state(scope: &Scope, ns: &str, name: &str) -> Result<JobState, Erro
             JobState::Failed(why)
         }
     })
-}
-
-/// The name of a request's build result Inventory: the one Inventory that
-/// may speak for it.
-pub fn result_inventory_name(request: &str) -> String {
-    InventorySubject {
-        kind: SubjectKind::ChangeRequest,
-        name: request.to_owned(),
-        revision: None,
-    }
-    .canonical_inventory_name()
 }
 
 /// The build result as the apiserver has it now (not the cache: a pinned

@@ -26,7 +26,7 @@ use super::advisories::DataState;
 use super::scope::Scope;
 use super::triggers;
 use super::{Error, failpoint, jobs, now, observed, requeue_at, write_status};
-use crate::api::change_request::{ChangeRequestPhase, TEMPLATE_LABEL};
+use crate::api::change_request::{ChangeRequestPhase, TEMPLATE_LABEL, result_inventory_name};
 use crate::api::common::{ComplianceState, InventoryReference, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::inventory::{InventorySubject, SubjectKind};
@@ -710,7 +710,7 @@ async fn retire_closed_requests(
     let retire = |histories: &[&TemplateStatus]| -> Vec<String> {
         let named = |c: &ChangeRequest| {
             let name = c.metadata.name.as_deref();
-            let result = name.map(super::change::result_inventory_name);
+            let result = name.map(result_inventory_name);
             histories.iter().flat_map(|s| &s.history).any(|h| {
                 (h.change_request.is_some() && h.change_request.as_deref() == name)
                     || (h.inventory.is_some() && h.inventory == result)
@@ -741,7 +741,7 @@ async fn retire_closed_requests(
     let requests: Api<ChangeRequest> = Api::namespaced(scope.shared.client.clone(), ns);
     let inventories: Api<Inventory> = Api::namespaced(scope.shared.client.clone(), ns);
     for name in retired {
-        let result = super::change::result_inventory_name(&name);
+        let result = result_inventory_name(&name);
         for deleted in [
             inventories
                 .delete(&result, &DeleteParams::background())
