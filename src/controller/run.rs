@@ -7,10 +7,12 @@ use std::sync::{Arc, RwLock};
 
 use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::batch::v1::Job;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::Store;
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt, predicates, utils::Predicate};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
@@ -20,18 +22,14 @@ use super::http::{self, Health};
 use super::jobs::{MANAGED_BY, MANAGED_BY_LABEL};
 use super::metrics::Metrics;
 use super::priority::VerdictsFirst;
-use super::scope::{self, Scope, SubjectIndex, TriggerStreams};
+use super::scope::{self, Scope, SubjectIndex};
 use super::{
     Settings, Shared, change, event_queue, exception, failpoint, feed, feed_source, inventory,
-    leader, policy, reconciled, recorder, retry_with_backoff, template, workload,
+    leader, policy, reconciled, recorder, retry_with_backoff, template, triggers, workload,
 };
-use crate::api::inventory::SubjectKind;
 use crate::api::{
     AdvisoryFeed, ChangeRequest, Inventory, PatchException, PatchPolicy, Template, Workload,
 };
-use crate::engine::advisory::IndexDiff;
-use crate::engine::inventory::parse_compact_list;
-use crate::engine::version::parse_platform;
 
 /// Why the controller could not run.
 #[derive(Debug, thiserror::Error)]
@@ -61,111 +59,45 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let metrics = Metrics::new();
     let health = Health::new();
-    let started = super::now();
-
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = {
-        let rx = stop_rx.clone();
-        move || {
-            let mut rx = rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        }
-    };
-    let (leadership, campaign) = match &settings.leader {
-        Some(leader_settings) => {
-            let (leadership, campaign) = leader::campaign(
-                client.clone(),
-                leader_settings.clone(),
-                metrics.clone(),
-                stopped(),
-            )
-            .await?;
-            (leadership, campaign.boxed())
-        }
-        None => (leader::Leadership::always(), future::ready(()).boxed()),
-    };
-    metrics.set_leader(leadership.is_leader());
-    let recorder = recorder(client.clone());
-    let verdicts_first = Arc::new(VerdictsFirst::default());
-    let (events, event_worker) = event_queue(recorder.clone(), Arc::clone(&verdicts_first));
-    let shared = Arc::new(Shared {
-        recorder,
-        events,
-        verdicts_first,
-        advisories: Arc::new(AdvisoryStore::new(started, settings.grace)),
-        metrics: metrics.clone(),
-        settings: settings.clone(),
-        client: client.clone(),
-        leadership: leadership.clone(),
-        backoff: Default::default(),
-    });
-    let (bound, server) = http::bind(listen, metrics.clone(), health.clone(), stopped())
+    let stop = Stop(stop_rx);
+    let (leadership, campaign) = elect(&client, &settings, &metrics, &stop).await?;
+    let (shared, event_worker) = shared_state(client, settings, &metrics, &leadership);
+    let (bound, server) = http::bind(listen, metrics.clone(), health.clone(), stop.signalled())
         .await
         .map_err(|source| RunError::Bind {
             addr: listen,
             source,
         })?;
     tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
-
-    let feeds = feed_controller(Arc::clone(&shared), stopped())?;
-    let event_worker = {
-        let stop = stopped();
-        async move {
-            tokio::select! {
-                () = event_worker => {}
-                () = stop => {}
-            }
-        }
-    };
-    let mut tasks: Vec<future::BoxFuture<'static, ()>> =
-        vec![feeds.boxed(), campaign, event_worker.boxed()];
-    let mut ready_checks = Vec::new();
-    let mut scopes_built = Vec::new();
-    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        settings.namespaces.iter().cloned().map(Some).collect()
-    };
-    for namespace in scopes {
-        let (task, ready, scope) = scope_controllers(Arc::clone(&shared), namespace, &stopped);
+    let mut tasks: Vec<future::BoxFuture<'static, ()>> = vec![
+        feed_controller(Arc::clone(&shared), stop.signalled())?.boxed(),
+        campaign,
+        until(event_worker, stop.signalled()),
+    ];
+    let (mut ready_checks, mut scopes) = (Vec::new(), Vec::new());
+    for namespace in watch_scopes(&shared.settings) {
+        let (task, ready, scope) = scope_controllers(Arc::clone(&shared), namespace, &stop);
         tasks.push(task);
         ready_checks.push(ready);
-        scopes_built.push(scope);
+        scopes.push(scope);
     }
-    // A new leader looks at everything once: while it stood by, its
-    // reconcilers skipped every object.
-    if settings.leader.is_some() {
-        let metrics = metrics.clone();
-        let stop = stopped();
-        tasks.push(
-            async move {
-                tokio::select! {
-                    () = leadership.acquired() => {
-                        metrics.set_leader(true);
-                        for scope in &scopes_built {
-                            scope.caches_ready().await;
-                            scope.wake_everything();
-                        }
-                    }
-                    () = stop => {}
-                }
-            }
-            .boxed(),
-        );
+    if shared.settings.leader.is_some() {
+        tasks.push(first_look_as_leader(
+            leadership,
+            metrics,
+            scopes,
+            stop.signalled(),
+        ));
     }
-    let readiness = {
-        let health = health.clone();
+    tasks.push(
         async move {
-            for r in ready_checks {
-                r.await;
-            }
+            future::join_all(ready_checks).await;
             health.set_ready(true);
             tracing::info!("caches synced; ready");
         }
-    };
-    tasks.push(readiness.boxed());
+        .boxed(),
+    );
     tasks.push(
         async move {
             if let Err(e) = server.await {
@@ -186,6 +118,112 @@ pub async fn run(
     Ok(())
 }
 
+/// The controller's stop signal: every loop ends once it fires.
+struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    /// Resolves once the controller stops.
+    fn signalled(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+}
+
+/// `work` until `stop`.
+fn until(
+    work: impl Future<Output = ()> + Send + 'static,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> future::BoxFuture<'static, ()> {
+    async move {
+        tokio::select! {
+            () = work => {}
+            () = stop => {}
+        }
+    }
+    .boxed()
+}
+
+/// Leadership and the campaign keeping it: with leader election, this
+/// replica leads only while it holds the Lease; without, it always leads.
+async fn elect(
+    client: &Client,
+    settings: &Settings,
+    metrics: &Metrics,
+    stop: &Stop,
+) -> Result<(leader::Leadership, future::BoxFuture<'static, ()>), RunError> {
+    let elected = match &settings.leader {
+        Some(leader_settings) => {
+            let (leadership, campaign) = leader::campaign(
+                client.clone(),
+                leader_settings.clone(),
+                metrics.clone(),
+                stop.signalled(),
+            )
+            .await?;
+            (leadership, campaign.boxed())
+        }
+        None => (leader::Leadership::always(), future::ready(()).boxed()),
+    };
+    metrics.set_leader(elected.0.is_leader());
+    Ok(elected)
+}
+
+/// What every reconciler shares, and the worker publishing its Events.
+fn shared_state(
+    client: Client,
+    settings: Settings,
+    metrics: &Metrics,
+    leadership: &leader::Leadership,
+) -> (Arc<Shared>, impl Future<Output = ()> + Send + 'static) {
+    let recorder = recorder(client.clone());
+    let verdicts_first = Arc::new(VerdictsFirst::default());
+    let (events, event_worker) = event_queue(recorder.clone(), Arc::clone(&verdicts_first));
+    let shared = Arc::new(Shared {
+        recorder,
+        events,
+        verdicts_first,
+        advisories: Arc::new(AdvisoryStore::new(super::now(), settings.grace)),
+        metrics: metrics.clone(),
+        settings,
+        client,
+        leadership: leadership.clone(),
+        backoff: Default::default(),
+    });
+    (shared, event_worker)
+}
+
+/// The watch scopes: all namespaces, or each namespace named.
+fn watch_scopes(settings: &Settings) -> Vec<Option<String>> {
+    if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    }
+}
+
+/// A new leader looks at everything once: while it stood by, its
+/// reconcilers skipped every object.
+fn first_look_as_leader(
+    leadership: leader::Leadership,
+    metrics: Metrics,
+    scopes: Vec<Arc<Scope>>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> future::BoxFuture<'static, ()> {
+    let first_look = async move {
+        leadership.acquired().await;
+        metrics.set_leader(true);
+        for scope in &scopes {
+            scope.caches_ready().await;
+            scope.triggers.send(scope.graph().everything());
+        }
+    };
+    until(first_look, stop)
+}
+
+/// The AdvisoryFeed controller (cluster-scoped, on every replica: each
+/// loads the feeds; only the leader writes their status).
 fn feed_controller(
     shared: Arc<Shared>,
     stopped: impl Future<Output = ()> + Send + Sync + 'static,
@@ -196,7 +234,6 @@ fn feed_controller(
     if let Some(sel) = &shared.settings.feed_selector {
         config = config.labels(sel);
     }
-    let api: Api<AdvisoryFeed> = Api::all(shared.client.clone());
     // Deleted feeds take their data with them (removed in order, off the
     // watch: the index rebuild is slow).
     let (deleted_tx, mut deleted_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -213,59 +250,21 @@ fn feed_controller(
     // spec and labels alone) comes back through this watch: only a new
     // generation or label set, or a first sighting, asks for a refresh;
     // refreshes are otherwise scheduled by the interval alone.
+    let api: Api<AdvisoryFeed> = Api::all(shared.client.clone());
     let changed_feeds = scope::reflect_lagging(api, config, None, feed_writer, move |ev| {
         if let Event::Delete(f) = ev {
             let _ = deleted_tx.send(f.name_any());
         }
     })
-    .predicate_filter(spec_or_labels, Default::default());
+    .predicate_filter(triggers::spec_or_labels, Default::default());
     let controller = Controller::for_stream(changed_feeds, feeds);
-    // A standby loads feeds but writes no status: once it leads, every feed
-    // is looked at again so its status is its own.
-    let led = {
-        let store = controller.store();
-        let leadership = shared.leadership.clone();
-        let elected = shared.settings.leader.is_some();
-        futures::stream::once(async move {
-            if elected {
-                leadership.acquired().await;
-                let _ = store.wait_until_ready().await;
-                store.state()
-            } else {
-                Vec::new()
-            }
-        })
-        .flat_map(|feeds| {
-            futures::stream::iter(feeds.into_iter().map(|f| ObjectRef::from_obj(f.as_ref())))
-        })
-    };
-    // The feeds present at start: verdicts wait until each was tried once.
-    let startup = {
-        let store = controller.store();
-        let shared = Arc::clone(&shared);
-        async move {
-            if store.wait_until_ready().await.is_ok() {
-                shared
-                    .advisories
-                    .expect_feeds(store.state().iter().map(|f| f.name_any()));
-            }
-        }
-    };
+    let startup = expect_startup_feeds(controller.store(), Arc::clone(&shared));
+    let once_leading = feeds_once_leading(controller.store(), &shared);
     let controller = controller
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
-        .reconcile_on(led)
+        .reconcile_on(once_leading)
         .graceful_shutdown_on(stopped)
-        .run(
-            |f, ctx: Arc<FeedContext>| async move {
-                let result = feed::reconcile(Arc::clone(&f), Arc::clone(&ctx)).await;
-                if result.is_ok() {
-                    reconciled(&ctx.shared, f.as_ref());
-                }
-                result
-            },
-            retry_with_backoff,
-            ctx,
-        )
+        .run(reconcile_feed, retry_with_backoff, ctx)
         .for_each(|r| {
             log_result(r.map(|(o, _)| o));
             future::ready(())
@@ -279,69 +278,46 @@ fn feed_controller(
     })
 }
 
-/// Passes on watch events that change what dependents read of an object
-/// (its `version`: e.g. generation and labels) or delete it, and drops the
-/// rest: a policy's count changing must not wake every Workload it counts,
-/// nor an Inventory's `Ready` the Workload it describes.
-struct ChangeFilter<K, V> {
-    version: fn(&K) -> V,
-    seen: std::collections::HashMap<ObjectKey, V>,
+async fn reconcile_feed(
+    feed: Arc<AdvisoryFeed>,
+    ctx: Arc<FeedContext>,
+) -> Result<kube::runtime::controller::Action, super::Error> {
+    let result = feed::reconcile(Arc::clone(&feed), Arc::clone(&ctx)).await;
+    if result.is_ok() {
+        reconciled(&ctx.shared, feed.as_ref());
+    }
+    result
 }
 
-/// An object's identity within the filter.
-type ObjectKey = (Option<String>, String);
-
-impl<K: kube::Resource, V: PartialEq> ChangeFilter<K, V> {
-    fn new(version: fn(&K) -> V) -> Self {
-        ChangeFilter {
-            version,
-            seen: Default::default(),
+/// A standby loads feeds but writes no status: once it leads, every feed
+/// is looked at again so its status is its own.
+fn feeds_once_leading(
+    store: Store<AdvisoryFeed>,
+    shared: &Shared,
+) -> impl futures::Stream<Item = ObjectRef<AdvisoryFeed>> + Send + 'static {
+    let leadership = shared.leadership.clone();
+    let elected = shared.settings.leader.is_some();
+    futures::stream::once(async move {
+        if elected {
+            leadership.acquired().await;
+            let _ = store.wait_until_ready().await;
+            store.state()
+        } else {
+            Vec::new()
         }
-    }
-
-    fn changed<'a>(&mut self, ev: &'a Event<K>) -> Option<&'a K> {
-        match ev {
-            Event::Init | Event::InitDone => None,
-            Event::InitApply(o) => {
-                self.seen.insert(Self::key(o), (self.version)(o));
-                None
-            }
-            Event::Apply(o) => {
-                let (key, version) = (Self::key(o), (self.version)(o));
-                let changed = self.seen.get(&key) != Some(&version);
-                self.seen.insert(key, version);
-                changed.then_some(o)
-            }
-            Event::Delete(o) => {
-                self.seen.remove(&Self::key(o));
-                Some(o)
-            }
-        }
-    }
-
-    fn key(o: &K) -> ObjectKey {
-        (
-            o.meta().namespace.clone(),
-            o.meta().name.clone().unwrap_or_default(),
-        )
-    }
+    })
+    .flat_map(|feeds| {
+        futures::stream::iter(feeds.into_iter().map(|f| ObjectRef::from_obj(f.as_ref())))
+    })
 }
 
-/// What a subject reads of its Inventory: its spec (generation) of this
-/// object (uid: a recreated one starts again at 1); the Inventory's own
-/// status is not read, and a new report always changes the spec
-/// (`reportedAt`).
-fn generation_and_uid(inv: &Inventory) -> (Option<i64>, Option<String>) {
-    (inv.metadata.generation, inv.metadata.uid.clone())
-}
-
-/// What of an object asks for a new reconcile of it, or of the objects it
-/// judges, when its watch shows a change: its generation (spec) or its
-/// labels — not a status write, which is its own reconciler's.
-fn spec_or_labels<K: kube::Resource>(obj: &K) -> Option<u64> {
-    predicates::generation
-        .combine(predicates::labels)
-        .hash_property(obj)
+/// The feeds present at start: verdicts wait until each was tried once.
+async fn expect_startup_feeds(store: Store<AdvisoryFeed>, shared: Arc<Shared>) {
+    if store.wait_until_ready().await.is_ok() {
+        shared
+            .advisories
+            .expect_feeds(store.state().iter().map(|f| f.name_any()));
+    }
 }
 
 /// Reconciles in flight per controller. kube-runtime's default is
@@ -366,7 +342,7 @@ fn drive<K, Fut>(
     stop: impl Future<Output = ()> + Send + Sync + 'static,
     reconcile: fn(Arc<K>, Arc<Scope>) -> Fut,
     scope: Arc<Scope>,
-) -> impl Future<Output = ()> + Send
+) -> future::BoxFuture<'static, ()>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -409,6 +385,7 @@ where
             log_result(r.map(|(o, _)| o));
             future::ready(())
         })
+        .boxed()
 }
 
 fn log_result<K: std::fmt::Display, E: std::fmt::Display>(r: Result<K, E>) {
@@ -419,308 +396,41 @@ fn log_result<K: std::fmt::Display, E: std::fmt::Display>(r: Result<K, E>) {
 
 type Ready = future::BoxFuture<'static, ()>;
 
-/// All namespaced controllers of one scope.
-fn scope_controllers<F, Fut>(
+/// The cache writers of one scope, each fed by its kind's watch.
+struct Writers {
+    policies: Writer<PatchPolicy>,
+    exceptions: Writer<PatchException>,
+    templates: Writer<Template>,
+    inventories: Writer<Inventory>,
+    workloads: Writer<Workload>,
+}
+
+/// All namespaced controllers of one scope: its caches, the watch edges of
+/// the wake graph ([`triggers`]) and one controller per kind.
+fn scope_controllers(
     shared: Arc<Shared>,
     namespace: Option<String>,
-    stopped: &F,
-) -> (future::BoxFuture<'static, ()>, Ready, Arc<Scope>)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = ()> + Send + Sync + 'static,
-{
-    let client = shared.client.clone();
-    let ns = namespace.as_deref();
-    let (policies, policy_writer) = scope::store::<PatchPolicy>();
-    let (exceptions, exception_writer) = scope::store::<PatchException>();
-    let (templates, template_writer) = scope::store::<Template>();
-    let (inventories, inventory_writer) = scope::store::<Inventory>();
-    let (jobs, job_writer) = scope::store::<Job>();
-    let (triggers, streams) = scope::triggers();
-    let TriggerStreams {
-        workloads: workload_refs,
-        policies: policy_refs,
-        exceptions: exception_refs,
-        inventories: inventory_refs,
-        templates: template_refs,
-        change_requests: change_refs,
-    } = streams;
-
-    let (workloads, workload_writer) = scope::store::<Workload>();
-    // A Workload's own status write comes back through its watch; only a
-    // new generation or label set (or a first sighting) asks for a new
-    // verdict. Everything else it depends on wakes it through triggers.
-    let workload_controller = Controller::for_stream(
-        scope::reflect(
-            scope::api_in::<Workload>(&client, ns),
-            workload_writer,
-            |_| {},
-        )
-        .predicate_filter(spec_or_labels, Default::default()),
-        workloads.clone(),
-    );
+    stop: &Stop,
+) -> (future::BoxFuture<'static, ()>, Ready, Arc<Scope>) {
     let change_controller = Controller::new(
-        scope::api_in::<ChangeRequest>(&client, ns),
+        scope::api_in::<ChangeRequest>(&shared.client, namespace.as_deref()),
         watcher::Config::default(),
     );
-    let change_requests = change_controller.store();
-    let subjects = Arc::new(RwLock::new(SubjectIndex::default()));
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
-    let scope = Arc::new(Scope {
+    let (triggers, streams) = triggers::channels();
+    let (scope, writers, jobs) = new_scope(
+        shared,
+        namespace,
+        change_controller.store(),
+        triggers,
         synced,
-        shared: Arc::clone(&shared),
-        namespace: namespace.clone(),
-        policies: policies.clone(),
-        exceptions: exceptions.clone(),
-        templates: templates.clone(),
-        inventories: inventories.clone(),
-        subjects: Arc::clone(&subjects),
-        workloads: workloads.clone(),
-        jobs: jobs.clone(),
-        change_requests: change_requests.clone(),
-        expected_jobs: Default::default(),
-        triggers: triggers.clone(),
-    });
-
-    // Dependencies wake the reconcilers that read them; each stream also
-    // drives the kind's own reconciler (one watch and one cache per kind).
-    let policy_stream = {
-        let scope = Arc::clone(&scope);
-        let mut seen = ChangeFilter::new(spec_or_labels::<PatchPolicy>);
-        scope::reflect(
-            scope::api_in::<PatchPolicy>(&client, ns),
-            policy_writer,
-            move |ev| {
-                // Only a changed spec or labels (or a deletion) changes what
-                // Workloads are judged against; status writes do not.
-                if let Some(p) = seen.changed(ev)
-                    && let Some(pns) = p.namespace()
-                {
-                    if matches!(ev, Event::Delete(_)) {
-                        scope.shared.metrics.forget_policy(&pns, &p.name_any());
-                    }
-                    scope.wake_workloads_in(&pns);
-                    scope.wake_templates_in(&pns);
-                }
-            },
-        )
-    };
-    let exception_stream = {
-        let scope = Arc::clone(&scope);
-        let mut seen = ChangeFilter::new(spec_or_labels::<PatchException>);
-        scope::reflect(
-            scope::api_in::<PatchException>(&client, ns),
-            exception_writer,
-            move |ev| {
-                if let Some(e) = seen.changed(ev)
-                    && let Some(ens) = e.namespace()
-                {
-                    scope.wake_workloads_in(&ens);
-                    scope.wake_templates_in(&ens);
-                }
-            },
-        )
-    };
-    let template_stream = {
-        let scope = Arc::clone(&scope);
-        scope::reflect(
-            scope::api_in::<Template>(&client, ns),
-            template_writer,
-            move |ev| {
-                if let Event::Apply(t) | Event::Delete(t) = ev {
-                    let name = t.name_any();
-                    if let Some(tns) = t.namespace() {
-                        // Its ChangeRequests follow its findings and revision;
-                        // policies count it.
-                        scope.wake_change_requests_of(&tns, &name);
-                        if matches!(ev, Event::Delete(_)) {
-                            for p in scope.matching_policies(&tns, t.labels()) {
-                                let _ = scope
-                                    .triggers
-                                    .policies
-                                    .unbounded_send(ObjectRef::from_obj(p.as_ref()));
-                            }
-                        }
-                    }
-                    for w in scope.workloads.state() {
-                        if w.namespace() == t.namespace()
-                            && w.spec.template_ref.as_ref().is_some_and(|r| r.name == name)
-                        {
-                            let _ = scope
-                                .triggers
-                                .workloads
-                                .unbounded_send(ObjectRef::from_obj(w.as_ref()));
-                        }
-                    }
-                }
-            },
-        )
-    };
-    let inventory_stream = {
-        let scope = Arc::clone(&scope);
-        let mut seen = ChangeFilter::new(generation_and_uid);
-        scope::reflect(
-            scope::api_in::<Inventory>(&client, ns),
-            inventory_writer,
-            move |ev| {
-                let mut changed = scope
-                    .subjects
-                    .write()
-                    .map(|mut i| i.apply(ev))
-                    .unwrap_or_default();
-                // The Inventory reconciler's own status write changes
-                // nothing its subject reads.
-                if seen.changed(ev).is_none() {
-                    changed.clear();
-                }
-                for (sns, kind, name) in changed {
-                    match kind {
-                        SubjectKind::Workload => {
-                            let _ = scope
-                                .triggers
-                                .workloads
-                                .unbounded_send(ObjectRef::new(&name).within(&sns));
-                        }
-                        // A template revision's inventory judges new Workloads
-                        // provisionally.
-                        SubjectKind::Template => {
-                            let _ = scope
-                                .triggers
-                                .templates
-                                .unbounded_send(ObjectRef::new(&name).within(&sns));
-                            for w in scope.workloads.state() {
-                                if w.namespace().as_deref() == Some(sns.as_str())
-                                    && w.spec.template_ref.as_ref().is_some_and(|r| r.name == name)
-                                {
-                                    let _ = scope
-                                        .triggers
-                                        .workloads
-                                        .unbounded_send(ObjectRef::from_obj(w.as_ref()));
-                                }
-                            }
-                        }
-                        // A build result wakes its request (and the Template
-                        // whose history may name it).
-                        SubjectKind::ChangeRequest => {
-                            let cr = ObjectRef::<ChangeRequest>::new(&name).within(&sns);
-                            if let Some(c) = scope.change_requests.get(&cr) {
-                                let _ = scope
-                                    .triggers
-                                    .templates
-                                    .unbounded_send(ObjectRef::new(&c.spec.template).within(&sns));
-                            }
-                            let _ = scope.triggers.change_requests.unbounded_send(cr);
-                        }
-                    }
-                }
-            },
-        )
-    };
-    // Only Jobs Patchloop created; each change wakes the object that owns
-    // the Job and the policy that created it.
-    let job_loop = {
-        let scope = Arc::clone(&scope);
-        scope::reflect_lagging(
-            scope::api_in::<Job>(&client, ns),
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-            failpoint::delay(failpoint::JOB_WATCH_DELAY),
-            job_writer,
-            move |ev| {
-                if let Event::Apply(job) | Event::Delete(job) = ev {
-                    scope.wake_for_job(job);
-                }
-            },
-        )
-        .for_each(|_| future::ready(()))
-    };
-    let diff_loop = advisory_changes(Arc::clone(&scope));
-
-    let workload_run = drive(
-        workload_controller,
-        workload_refs,
-        stopped(),
-        workload::reconcile,
-        Arc::clone(&scope),
     );
-    let policy_run = drive(
-        Controller::for_stream(policy_stream, policies.clone()),
-        policy_refs,
-        stopped(),
-        policy::reconcile,
-        Arc::clone(&scope),
-    );
-    let exception_run = drive(
-        Controller::for_stream(exception_stream, exceptions.clone()),
-        exception_refs,
-        stopped(),
-        exception::reconcile,
-        Arc::clone(&scope),
-    );
-    let template_run = drive(
-        Controller::for_stream(template_stream, templates.clone()),
-        template_refs,
-        stopped(),
-        template::reconcile,
-        Arc::clone(&scope),
-    );
-    let change_run = drive(
-        change_controller,
-        change_refs,
-        stopped(),
-        change::reconcile,
-        Arc::clone(&scope),
-    );
-    let inventory_run = drive(
-        // Likewise its own status write does not wake an Inventory; its
-        // subject appearing or going does, through triggers.
-        Controller::for_stream(
-            inventory_stream.predicate_filter(spec_or_labels, Default::default()),
-            inventories.clone(),
-        ),
-        inventory_refs,
-        stopped(),
-        inventory::reconcile,
-        Arc::clone(&scope),
-    );
-
-    let ready: Ready = {
-        let (p, e, t, i, w, j) = (
-            policies,
-            exceptions,
-            templates,
-            inventories,
-            workloads,
-            jobs,
-        );
-        async move {
-            let _ = p.wait_until_ready().await;
-            let _ = e.wait_until_ready().await;
-            let _ = t.wait_until_ready().await;
-            let _ = i.wait_until_ready().await;
-            let _ = w.wait_until_ready().await;
-            let _ = j.wait_until_ready().await;
-            let _ = change_requests.wait_until_ready().await;
-            let _ = synced_tx.send(true);
-        }
-        .boxed()
-    };
-
+    let ready = readiness(Arc::clone(&scope), synced_tx);
+    let controllers = controllers(&scope, writers, streams, change_controller, stop);
     // The auxiliary loops never end on their own: stop with the controllers.
-    let stop = stopped();
+    let aux = auxiliary_loops(&scope, jobs).boxed();
+    let stop = stop.signalled();
     let task = async move {
-        let aux = async {
-            tokio::join!(job_loop, diff_loop);
-        };
-        let controllers = async {
-            tokio::join!(
-                workload_run,
-                policy_run,
-                exception_run,
-                inventory_run,
-                template_run,
-                change_run
-            );
-        };
         tokio::select! {
             () = aux => {},
             ((), ()) = async { tokio::join!(controllers, stop) } => {},
@@ -730,172 +440,204 @@ where
     (task, ready, scope)
 }
 
-/// Re-evaluates exactly the Workloads whose platform and packages a change
-/// of the advisory index touches (and every Template: they are few).
-async fn advisory_changes(scope: Arc<Scope>) {
-    let mut changes = scope.shared.advisories.subscribe();
-    loop {
-        let received = changes.recv().await;
-        if !matches!(
-            received,
-            Err(tokio::sync::broadcast::error::RecvError::Closed)
-        ) {
-            // Templates are few: any change re-evaluates them.
-            for t in scope.templates.state() {
-                let _ = scope
-                    .triggers
-                    .templates
-                    .unbounded_send(ObjectRef::from_obj(t.as_ref()));
-            }
-        }
-        let diff = match received {
-            Ok(d) => d,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                // Missed some: everything may be affected.
-                for w in scope.workloads.state() {
-                    let _ = scope
-                        .triggers
-                        .workloads
-                        .unbounded_send(ObjectRef::from_obj(w.as_ref()));
-                }
-                continue;
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        for w in affected_workloads(&scope, &diff) {
-            let _ = scope.triggers.workloads.unbounded_send(w);
-        }
+/// A scope's caches (empty until their watches run) and their writers.
+fn new_scope(
+    shared: Arc<Shared>,
+    namespace: Option<String>,
+    change_requests: Store<ChangeRequest>,
+    triggers: triggers::Triggers,
+    synced: watch::Receiver<bool>,
+) -> (Arc<Scope>, Writers, Writer<Job>) {
+    let (policies, policy_writer) = scope::store::<PatchPolicy>();
+    let (exceptions, exception_writer) = scope::store::<PatchException>();
+    let (templates, template_writer) = scope::store::<Template>();
+    let (inventories, inventory_writer) = scope::store::<Inventory>();
+    let (workloads, workload_writer) = scope::store::<Workload>();
+    let (jobs, job_writer) = scope::store::<Job>();
+    let scope = Arc::new(Scope {
+        synced,
+        shared,
+        namespace,
+        policies,
+        exceptions,
+        templates,
+        inventories,
+        subjects: Arc::new(RwLock::new(SubjectIndex::default())),
+        workloads,
+        jobs,
+        change_requests,
+        expected_jobs: Default::default(),
+        triggers,
+    });
+    let writers = Writers {
+        policies: policy_writer,
+        exceptions: exception_writer,
+        templates: template_writer,
+        inventories: inventory_writer,
+        workloads: workload_writer,
+    };
+    (scope, writers, job_writer)
+}
+
+/// The namespaced controllers of a scope, one per kind.
+fn controllers(
+    scope: &Arc<Scope>,
+    writers: Writers,
+    streams: triggers::TriggerStreams,
+    change_controller: Controller<ChangeRequest>,
+    stop: &Stop,
+) -> future::BoxFuture<'static, ()> {
+    let on = Arc::clone;
+    // A Workload's or an Inventory's own status write comes back through its
+    // watch and asks for nothing: only a new generation or label set (or a
+    // first sighting) does. Everything else they depend on wakes them
+    // through triggers.
+    let workloads = watched(
+        scope,
+        (&scope.workloads, writers.workloads),
+        |_| {},
+        OwnStatus::Ignored,
+    );
+    let inventories = watched(
+        scope,
+        (&scope.inventories, writers.inventories),
+        triggers::on_inventory_event(on(scope)),
+        OwnStatus::Ignored,
+    );
+    let policies = watched(
+        scope,
+        (&scope.policies, writers.policies),
+        triggers::on_policy_event(on(scope)),
+        OwnStatus::Reconciled,
+    );
+    let exceptions = watched(
+        scope,
+        (&scope.exceptions, writers.exceptions),
+        triggers::on_exception_event(on(scope)),
+        OwnStatus::Reconciled,
+    );
+    let templates = watched(
+        scope,
+        (&scope.templates, writers.templates),
+        triggers::on_template_event(on(scope)),
+        OwnStatus::Reconciled,
+    );
+    let runs = [
+        drive(
+            workloads,
+            streams.workloads,
+            stop.signalled(),
+            workload::reconcile,
+            on(scope),
+        ),
+        drive(
+            inventories,
+            streams.inventories,
+            stop.signalled(),
+            inventory::reconcile,
+            on(scope),
+        ),
+        drive(
+            policies,
+            streams.policies,
+            stop.signalled(),
+            policy::reconcile,
+            on(scope),
+        ),
+        drive(
+            exceptions,
+            streams.exceptions,
+            stop.signalled(),
+            exception::reconcile,
+            on(scope),
+        ),
+        drive(
+            templates,
+            streams.templates,
+            stop.signalled(),
+            template::reconcile,
+            on(scope),
+        ),
+        drive(
+            change_controller,
+            streams.change_requests,
+            stop.signalled(),
+            change::reconcile,
+            on(scope),
+        ),
+    ];
+    future::join_all(runs).map(|_| ()).boxed()
+}
+
+/// Whether an object's own status write (seen on its watch) reconciles it
+/// again.
+#[derive(Clone, Copy, PartialEq)]
+enum OwnStatus {
+    Reconciled,
+    Ignored,
+}
+
+/// A controller over `K`'s watch in the scope: the watch fills the scope's
+/// cache of `K` through `writer` and sends `K`'s wake-graph edges
+/// (`on_event`); its applied objects drive the controller.
+fn watched<K>(
+    scope: &Scope,
+    (cache, writer): (&Store<K>, Writer<K>),
+    on_event: impl FnMut(&Event<K>) + Send + 'static,
+    own_status: OwnStatus,
+) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api = scope::api_in(&scope.shared.client, scope.namespace.as_deref());
+    let applied = scope::reflect(api, writer, on_event);
+    let applied = match own_status {
+        OwnStatus::Reconciled => applied.boxed(),
+        OwnStatus::Ignored => applied
+            .predicate_filter(triggers::spec_or_labels, Default::default())
+            .boxed(),
+    };
+    Controller::for_stream(applied, cache.clone())
+}
+
+/// The loops beside the controllers: the Job watch (only Jobs Patchloop
+/// created) and the advisory index's diffs, each sending its edges.
+fn auxiliary_loops(
+    scope: &Arc<Scope>,
+    jobs: Writer<Job>,
+) -> impl Future<Output = ()> + Send + use<> {
+    let job_loop = scope::reflect_lagging(
+        scope::api_in::<Job>(&scope.shared.client, scope.namespace.as_deref()),
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+        failpoint::delay(failpoint::JOB_WATCH_DELAY),
+        jobs,
+        triggers::on_job_event(Arc::clone(scope)),
+    )
+    .for_each(|_| future::ready(()));
+    let diff_loop = triggers::advisory_changes(Arc::clone(scope));
+    async move {
+        tokio::join!(job_loop, diff_loop);
     }
 }
 
-/// The Workloads a diff touches: on an ecosystem that gained or lost all
-/// data, or with an installed (source) package whose advisories changed.
-pub fn affected_workloads(scope: &Scope, diff: &IndexDiff) -> Vec<ObjectRef<Workload>> {
-    let mut out = Vec::new();
-    for w in scope.workloads.state() {
-        let Ok(platform) = parse_platform(&w.spec.platform) else {
-            continue;
-        };
-        let eco = platform.osv_ecosystem();
-        let Some(ns) = w.namespace() else { continue };
-        let hit = diff.ecosystems.contains(eco) || {
-            let inventory = scope.inventory_for(
-                &ns,
-                &crate::api::inventory::InventorySubject {
-                    kind: SubjectKind::Workload,
-                    name: w.name_any(),
-                    revision: None,
-                },
-            );
-            inventory.is_some_and(|inv| {
-                parse_compact_list(inv.spec.format.into(), &inv.spec.packages).is_ok_and(|pkgs| {
-                    pkgs.iter().any(|p| {
-                        diff.changed
-                            .contains(&(eco.to_owned(), p.source_name().to_owned()))
-                            || diff
-                                .changed
-                                .contains(&(eco.to_owned(), p.base_name().to_owned()))
-                    })
-                })
-            })
-        };
-        // Provisional evaluation through a template inventory: re-evaluate
-        // when unsure.
-        let provisional = w
-            .status
-            .as_ref()
-            .and_then(|s| s.inventory.as_ref())
-            .is_some_and(|i| i.provisional);
-        if hit || (provisional && diff.changed.iter().any(|(e, _)| e == eco)) {
-            out.push(ObjectRef::from_obj(w.as_ref()));
-        }
+/// Resolves once every cache of the scope has listed once, and tells the
+/// reconcilers waiting in [`Scope::caches_ready`].
+fn readiness(scope: Arc<Scope>, synced: watch::Sender<bool>) -> Ready {
+    async move {
+        let _ = scope.policies.wait_until_ready().await;
+        let _ = scope.exceptions.wait_until_ready().await;
+        let _ = scope.templates.wait_until_ready().await;
+        let _ = scope.inventories.wait_until_ready().await;
+        let _ = scope.workloads.wait_until_ready().await;
+        let _ = scope.jobs.wait_until_ready().await;
+        let _ = scope.change_requests.wait_until_ready().await;
+        let _ = synced.send(true);
     }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An Inventory as a watch shows it: object uid, generation, the
-    /// reporter's write and perhaps the controller's status write (times in
-    /// managedFields, which clients can set and the filter ignores).
-    fn inventory(uid: &str, generation: i64, status_written: Option<&str>) -> Inventory {
-        let mut managed = vec![serde_json::json!({
-            "manager": "node-agent", "operation": "Apply", "time": "2026-11-24T10:00:00Z",
-        })];
-        if let Some(t) = status_written {
-            managed.push(serde_json::json!({
-                "manager": super::super::inventory::MANAGER, "operation": "Apply",
-                "subresource": "status", "time": t,
-            }));
-        }
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "patchloop.dev/v1alpha1",
-            "kind": "Inventory",
-            "metadata": {
-                "name": "workload-web-1", "namespace": "prod", "uid": uid,
-                "generation": generation, "managedFields": managed,
-            },
-            "spec": {
-                "subject": {"kind": "Workload", "name": "web-1"},
-                "reportedAt": "2026-11-24T10:00:00Z",
-                "format": "dpkg",
-                "packages": ["libc6 2.36-9+deb12u7 glibc"],
-            },
-        }))
-        .expect("a valid Inventory")
-    }
-
-    #[test]
-    fn an_inventorys_own_status_write_does_not_pass_the_filter() {
-        let mut filter = ChangeFilter::new(generation_and_uid);
-        let listed = inventory("a", 1, None);
-        assert!(filter.changed(&Event::InitApply(listed)).is_none());
-        // The controller writes its status: same object, same generation.
-        let ready = inventory("a", 1, Some("2026-11-24T10:00:05Z"));
-        assert!(filter.changed(&Event::Apply(ready)).is_none());
-    }
-
-    #[test]
-    fn a_new_report_or_a_recreated_inventory_passes_the_filter() {
-        let mut filter = ChangeFilter::new(generation_and_uid);
-        let first = inventory("a", 1, None);
-        // A first sighting outside the initial list passes.
-        assert!(filter.changed(&Event::Apply(first.clone())).is_some());
-        assert!(filter.changed(&Event::Apply(first)).is_none());
-        // A new report changes the spec (at least `reportedAt`).
-        let reported = inventory("a", 2, None);
-        assert!(filter.changed(&Event::Apply(reported)).is_some());
-        // Deleted and created again: generation 1 again, but a new object.
-        let recreated = inventory("b", 1, None);
-        assert!(filter.changed(&Event::Apply(recreated.clone())).is_some());
-        assert!(filter.changed(&Event::Delete(recreated)).is_some());
-    }
-
-    #[test]
-    fn policies_pass_the_filter_on_spec_or_label_changes_only() {
-        let policy = |generation: i64, tier: &str, counted: i64| -> PatchPolicy {
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "patchloop.dev/v1alpha1",
-                "kind": "PatchPolicy",
-                "metadata": {
-                    "name": "baseline", "namespace": "prod", "generation": generation,
-                    "labels": {"tier": tier},
-                },
-                "spec": {"selector": {}},
-                "status": {"observedGeneration": generation, "counts": {"matched": counted}},
-            }))
-            .expect("a valid PatchPolicy")
-        };
-        let mut filter = ChangeFilter::new(spec_or_labels::<PatchPolicy>);
-        assert!(
-            filter
-                .changed(&Event::InitApply(policy(1, "a", 0)))
-                .is_none()
-        );
-        assert!(filter.changed(&Event::Apply(policy(1, "a", 5))).is_none());
-        assert!(filter.changed(&Event::Apply(policy(1, "b", 5))).is_some());
-        assert!(filter.changed(&Event::Apply(policy(2, "b", 5))).is_some());
-    }
+    .boxed()
 }

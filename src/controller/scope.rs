@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
-use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
@@ -15,6 +14,7 @@ use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use kube::{Api, Client, ResourceExt};
 
 use super::Shared;
+use super::triggers::{Graph, Triggers};
 use crate::api::inventory::{InventorySubject, SubjectKind};
 use crate::api::workload::InventoryVersion;
 use crate::api::{ChangeRequest, Inventory, PatchException, PatchPolicy, Template, Workload};
@@ -236,67 +236,6 @@ impl JobExpectations {
 /// How long [`Scope::cached`] waits for the watch to echo a write.
 const CACHE_ECHO_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Senders that wake reconcilers.
-#[derive(Clone)]
-pub struct Triggers {
-    /// Wakes the workload reconciler.
-    pub workloads: mpsc::UnboundedSender<ObjectRef<Workload>>,
-    /// Wakes the policy reconciler.
-    pub policies: mpsc::UnboundedSender<ObjectRef<PatchPolicy>>,
-    /// Wakes the exception reconciler.
-    pub exceptions: mpsc::UnboundedSender<ObjectRef<PatchException>>,
-    /// Wakes the inventory reconciler.
-    pub inventories: mpsc::UnboundedSender<ObjectRef<Inventory>>,
-    /// Wakes the template reconciler.
-    pub templates: mpsc::UnboundedSender<ObjectRef<Template>>,
-    /// Wakes the change reconciler.
-    pub change_requests: mpsc::UnboundedSender<ObjectRef<ChangeRequest>>,
-}
-
-/// Receivers matching [`Triggers`], consumed by the controllers.
-pub struct TriggerStreams {
-    /// Workload refs.
-    pub workloads: mpsc::UnboundedReceiver<ObjectRef<Workload>>,
-    /// Policy refs.
-    pub policies: mpsc::UnboundedReceiver<ObjectRef<PatchPolicy>>,
-    /// Exception refs.
-    pub exceptions: mpsc::UnboundedReceiver<ObjectRef<PatchException>>,
-    /// Inventory refs.
-    pub inventories: mpsc::UnboundedReceiver<ObjectRef<Inventory>>,
-    /// Template refs.
-    pub templates: mpsc::UnboundedReceiver<ObjectRef<Template>>,
-    /// ChangeRequest refs.
-    pub change_requests: mpsc::UnboundedReceiver<ObjectRef<ChangeRequest>>,
-}
-
-/// Trigger senders and their streams.
-pub fn triggers() -> (Triggers, TriggerStreams) {
-    let (w, wr) = mpsc::unbounded();
-    let (p, pr) = mpsc::unbounded();
-    let (e, er) = mpsc::unbounded();
-    let (i, ir) = mpsc::unbounded();
-    let (t, tr) = mpsc::unbounded();
-    let (c, cr) = mpsc::unbounded();
-    (
-        Triggers {
-            workloads: w,
-            policies: p,
-            exceptions: e,
-            inventories: i,
-            templates: t,
-            change_requests: c,
-        },
-        TriggerStreams {
-            workloads: wr,
-            policies: pr,
-            exceptions: er,
-            inventories: ir,
-            templates: tr,
-            change_requests: cr,
-        },
-    )
-}
-
 /// Everything a namespaced reconciler reads, for one scope.
 pub struct Scope {
     /// Shared client, recorder, advisories, metrics, settings.
@@ -362,16 +301,20 @@ impl Scope {
         namespace: &str,
         subject: &InventorySubject,
     ) -> Option<Arc<Inventory>> {
-        let name = subject.canonical_inventory_name();
-        self.inventories
-            .get(&ObjectRef::new(&name).within(namespace))
-            .filter(|inv| {
-                let named = &inv.spec.subject;
-                named.kind == subject.kind
-                    && named.name == subject.name
-                    && (subject.kind != SubjectKind::Template
-                        || named.revision.unwrap_or(1) == subject.revision.unwrap_or(1))
-            })
+        inventory_in(&self.inventories, namespace, subject)
+    }
+
+    /// The wake graph over this scope's caches.
+    pub fn graph(&self) -> Graph<'_> {
+        Graph {
+            workloads: &self.workloads,
+            policies: &self.policies,
+            exceptions: &self.exceptions,
+            inventories: &self.inventories,
+            templates: &self.templates,
+            change_requests: &self.change_requests,
+            subjects: &self.subjects,
+        }
     }
 
     /// Waits until every cache of the scope has listed once: deciding on a
@@ -394,94 +337,6 @@ impl Scope {
             .filter(|j| j.owner_references().iter().any(|o| o.uid == uid))
             .collect()
     }
-
-    /// Wakes what a Job's change concerns: the Workload that owns it and the
-    /// policy that created it.
-    pub fn wake_for_job(&self, job: &Job) {
-        let Some(ns) = job.metadata.namespace.as_deref() else {
-            return;
-        };
-        for owner in job.owner_references() {
-            if owner.kind == "Workload" {
-                let _ = self
-                    .triggers
-                    .workloads
-                    .unbounded_send(ObjectRef::new(&owner.name).within(ns));
-            }
-            // Build and test Jobs.
-            if owner.kind == "ChangeRequest" {
-                let _ = self
-                    .triggers
-                    .change_requests
-                    .unbounded_send(ObjectRef::new(&owner.name).within(ns));
-            }
-        }
-        if let Some(label) = job.labels().get(super::jobs::POLICY_LABEL) {
-            for policy in self.policies_labelled(ns, label) {
-                let _ = self.triggers.policies.unbounded_send(policy);
-            }
-        }
-    }
-
-    /// The policies of `namespace` whose label value is `label`: a name
-    /// longer than 63 characters is cut and hashed in labels, so the label
-    /// is mapped back through the cache rather than read as a name.
-    fn policies_labelled(&self, namespace: &str, label: &str) -> Vec<ObjectRef<PatchPolicy>> {
-        self.policies
-            .state()
-            .iter()
-            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-            .filter(|p| super::jobs::label_value(&p.name_any()) == label)
-            .map(|p| ObjectRef::from_obj(p.as_ref()))
-            .collect()
-    }
-
-    /// Wakes every Template of a namespace.
-    pub fn wake_templates_in(&self, namespace: &str) {
-        for t in self.templates.state() {
-            if t.namespace().as_deref() == Some(namespace) {
-                let _ = self
-                    .triggers
-                    .templates
-                    .unbounded_send(ObjectRef::from_obj(&*t));
-            }
-        }
-    }
-
-    /// Wakes the ChangeRequests of a Template (found by their label and
-    /// `spec.template`).
-    pub fn wake_change_requests_of(&self, namespace: &str, template: &str) {
-        for c in self.change_requests.state() {
-            if c.namespace().as_deref() == Some(namespace) && c.spec.template == template {
-                let _ = self
-                    .triggers
-                    .change_requests
-                    .unbounded_send(ObjectRef::from_obj(&*c));
-            }
-        }
-    }
-
-    /// Wakes every object of every kind (a new leader's first look).
-    pub fn wake_everything(&self) {
-        wake_all(&self.workloads, &self.triggers.workloads);
-        wake_all(&self.policies, &self.triggers.policies);
-        wake_all(&self.exceptions, &self.triggers.exceptions);
-        wake_all(&self.inventories, &self.triggers.inventories);
-        wake_all(&self.templates, &self.triggers.templates);
-        wake_all(&self.change_requests, &self.triggers.change_requests);
-    }
-
-    /// Wakes every Workload of a namespace.
-    pub fn wake_workloads_in(&self, namespace: &str) {
-        for w in self.workloads.state() {
-            if w.namespace().as_deref() == Some(namespace) {
-                let _ = self
-                    .triggers
-                    .workloads
-                    .unbounded_send(ObjectRef::from_obj(&*w));
-            }
-        }
-    }
 }
 
 /// Waits (at most a few seconds) until `store` shows `key` as `written`
@@ -501,19 +356,9 @@ where
     }
 }
 
-/// Sends every object of `store` to its reconciler.
-fn wake_all<K>(store: &Store<K>, trigger: &mpsc::UnboundedSender<ObjectRef<K>>)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
-{
-    for o in store.state() {
-        let _ = trigger.unbounded_send(ObjectRef::from_obj(o.as_ref()));
-    }
-}
-
 /// The objects of `namespace` in `store` whose selector matches `labels`, by
 /// name (an invalid selector matches nothing; its owner reports it).
-fn selecting<K>(
+pub fn selecting<K>(
     store: &Store<K>,
     namespace: &str,
     labels: &std::collections::BTreeMap<String, String>,
@@ -530,6 +375,24 @@ where
         .collect();
     out.sort_by_key(|o| o.meta().name.clone());
     out
+}
+
+/// [`Scope::inventory_for`] over an Inventory cache.
+pub fn inventory_in(
+    inventories: &Store<Inventory>,
+    namespace: &str,
+    subject: &InventorySubject,
+) -> Option<Arc<Inventory>> {
+    let name = subject.canonical_inventory_name();
+    inventories
+        .get(&ObjectRef::new(&name).within(namespace))
+        .filter(|inv| {
+            let named = &inv.spec.subject;
+            named.kind == subject.kind
+                && named.name == subject.name
+                && (subject.kind != SubjectKind::Template
+                    || named.revision.unwrap_or(1) == subject.revision.unwrap_or(1))
+        })
 }
 
 /// An `Api` in one namespace, or across all.
