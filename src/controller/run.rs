@@ -417,7 +417,7 @@ fn scope_controllers(
         watcher::Config::default(),
     );
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
-    let (triggers, streams) = triggers::channels();
+    let (triggers, streams) = scope::channels();
     let (scope, writers, jobs) = new_scope(
         shared,
         namespace,
@@ -445,7 +445,7 @@ fn new_scope(
     shared: Arc<Shared>,
     namespace: Option<String>,
     change_requests: Store<ChangeRequest>,
-    triggers: triggers::Triggers,
+    triggers: scope::Triggers,
     synced: watch::Receiver<bool>,
 ) -> (Arc<Scope>, Writers, Writer<Job>) {
     let (policies, policy_writer) = scope::store::<PatchPolicy>();
@@ -483,7 +483,7 @@ fn new_scope(
 fn controllers(
     scope: &Arc<Scope>,
     writers: Writers,
-    streams: triggers::TriggerStreams,
+    streams: scope::TriggerStreams,
     change_controller: Controller<ChangeRequest>,
     stop: &Stop,
 ) -> future::BoxFuture<'static, ()> {

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
+use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
@@ -14,7 +15,6 @@ use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use kube::{Api, Client, ResourceExt};
 
 use super::Shared;
-use super::triggers::{Graph, Triggers};
 use crate::api::inventory::{InventorySubject, SubjectKind};
 use crate::api::workload::InventoryVersion;
 use crate::api::{ChangeRequest, Inventory, PatchException, PatchPolicy, Template, Workload};
@@ -236,6 +236,115 @@ impl JobExpectations {
 /// How long [`Scope::cached`] waits for the watch to echo a write.
 const CACHE_ECHO_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A kind a reconciler is woken for.
+pub trait Kind: kube::Resource<DynamicType = ()> + Clone + 'static {}
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Kind for K {}
+
+/// What [`PerKind`] holds for each kind.
+pub trait Slot {
+    /// The value held for kind `K`.
+    type Of<K: Kind>;
+}
+
+/// Trigger senders.
+pub struct Senders;
+impl Slot for Senders {
+    type Of<K: Kind> = mpsc::UnboundedSender<ObjectRef<K>>;
+}
+
+/// Trigger receivers, consumed by the controllers.
+pub struct Receivers;
+impl Slot for Receivers {
+    type Of<K: Kind> = mpsc::UnboundedReceiver<ObjectRef<K>>;
+}
+
+/// Objects to wake.
+pub struct Refs;
+impl Slot for Refs {
+    type Of<K: Kind> = Vec<ObjectRef<K>>;
+}
+
+/// One value per namespaced kind a reconciler handles.
+pub struct PerKind<S: Slot> {
+    /// Workloads.
+    pub workloads: S::Of<Workload>,
+    /// PatchPolicies.
+    pub policies: S::Of<PatchPolicy>,
+    /// PatchExceptions.
+    pub exceptions: S::Of<PatchException>,
+    /// Inventories.
+    pub inventories: S::Of<Inventory>,
+    /// Templates.
+    pub templates: S::Of<Template>,
+    /// ChangeRequests.
+    pub change_requests: S::Of<ChangeRequest>,
+}
+
+/// Senders that wake reconcilers.
+pub type Triggers = PerKind<Senders>;
+/// Receivers matching [`Triggers`].
+pub type TriggerStreams = PerKind<Receivers>;
+/// The objects an edge of the wake graph (`triggers.rs`) wakes.
+pub type Wake = PerKind<Refs>;
+
+impl Default for Wake {
+    fn default() -> Self {
+        PerKind {
+            workloads: Vec::new(),
+            policies: Vec::new(),
+            exceptions: Vec::new(),
+            inventories: Vec::new(),
+            templates: Vec::new(),
+            change_requests: Vec::new(),
+        }
+    }
+}
+
+/// Trigger senders and their streams.
+pub fn channels() -> (Triggers, TriggerStreams) {
+    let (workloads, workload_refs) = mpsc::unbounded();
+    let (policies, policy_refs) = mpsc::unbounded();
+    let (exceptions, exception_refs) = mpsc::unbounded();
+    let (inventories, inventory_refs) = mpsc::unbounded();
+    let (templates, template_refs) = mpsc::unbounded();
+    let (change_requests, change_refs) = mpsc::unbounded();
+    let senders = PerKind {
+        workloads,
+        policies,
+        exceptions,
+        inventories,
+        templates,
+        change_requests,
+    };
+    let receivers = PerKind {
+        workloads: workload_refs,
+        policies: policy_refs,
+        exceptions: exception_refs,
+        inventories: inventory_refs,
+        templates: template_refs,
+        change_requests: change_refs,
+    };
+    (senders, receivers)
+}
+
+impl Triggers {
+    /// Wakes every object of `wake`. A closed channel means the controller
+    /// is shutting down: nothing is left to wake.
+    pub fn send(&self, wake: Wake) {
+        fn each<K: Kind>(to: &mpsc::UnboundedSender<ObjectRef<K>>, refs: Vec<ObjectRef<K>>) {
+            for r in refs {
+                let _ = to.unbounded_send(r);
+            }
+        }
+        each(&self.workloads, wake.workloads);
+        each(&self.policies, wake.policies);
+        each(&self.exceptions, wake.exceptions);
+        each(&self.inventories, wake.inventories);
+        each(&self.templates, wake.templates);
+        each(&self.change_requests, wake.change_requests);
+    }
+}
+
 /// Everything a namespaced reconciler reads, for one scope.
 pub struct Scope {
     /// Shared client, recorder, advisories, metrics, settings.
@@ -302,19 +411,6 @@ impl Scope {
         subject: &InventorySubject,
     ) -> Option<Arc<Inventory>> {
         inventory_in(&self.inventories, namespace, subject)
-    }
-
-    /// The wake graph over this scope's caches.
-    pub fn graph(&self) -> Graph<'_> {
-        Graph {
-            workloads: &self.workloads,
-            policies: &self.policies,
-            exceptions: &self.exceptions,
-            inventories: &self.inventories,
-            templates: &self.templates,
-            change_requests: &self.change_requests,
-            subjects: &self.subjects,
-        }
     }
 
     /// Waits until every cache of the scope has listed once: deciding on a
