@@ -337,6 +337,28 @@ pub fn time(t: jiff::Timestamp) -> Time {
 /// The name used to label and categorise every Patchloop object.
 pub const CATEGORY: &str = "patchloop";
 
+impl crate::engine::selector::LabelQuery
+    for k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector
+{
+    fn match_labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    fn requirements(&self) -> impl Iterator<Item = crate::engine::selector::Requirement<'_>> {
+        self.match_expressions
+            .iter()
+            .flatten()
+            .map(|e| crate::engine::selector::Requirement {
+                key: &e.key,
+                operator: &e.operator,
+                values: e.values.as_deref().unwrap_or_default(),
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,13 +26,13 @@ use foldhash::HashMap;
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::advisory::{Advisory, AdvisoryDb, EcosystemIndex, PassThrough, probe_hash};
 use super::inventory::InstalledPackage;
 use super::version::{Ecosystem, parse_platform};
 use crate::api::common::{
     AffectedPackage, ComplianceState, ComplianceSummary, Duration, Finding, FindingState, Severity,
+    time,
 };
 use crate::api::exception::PatchExceptionSpec;
 use crate::api::policy::{DEFAULT_INVENTORY_MAX_AGE, Deadlines, EmergencyRule, PatchPolicySpec};
@@ -342,10 +342,6 @@ fn human(d: SignedDuration) -> String {
     } else {
         format!("{secs}s")
     }
-}
-
-fn time(t: Timestamp) -> Time {
-    crate::api::common::time(t)
 }
 
 fn kev_start(date: jiff::civil::Date) -> Option<Timestamp> {

@@ -234,7 +234,7 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
         .and_then(|name| input.jobs.iter().find(|j| j.name == name));
     let attempt = u32::try_from(r.attempt).unwrap_or(0);
     let give_up = attempt >= input.settings.attempts.max(1);
-    let backoff_from = |at: Timestamp| time(at + backoff_after(input.settings.backoff, attempt));
+    let backoff_from = |at: Timestamp| at + backoff_after(input.settings.backoff, attempt);
 
     let mut just_succeeded = false;
     if r.phase == Some(RemediationPhase::Running) {
@@ -342,7 +342,7 @@ pub fn observe(input: &ObserveInput<'_>) -> Observation {
             r.phase = Some(RemediationPhase::Unverified);
             r.outcome = Some(RemediationOutcome::Unverified);
             if !give_up {
-                r.backoff_until = Some(backoff_from(input.now));
+                r.backoff_until = Some(time(backoff_from(input.now)));
             }
             r.message = Some(format!(
                 "Job {} succeeded but no change of the Workload's Inventory seen since the Job started showed the fixed versions within verifyTimeout",
@@ -404,7 +404,7 @@ fn fail(
     at: Timestamp,
     message: String,
     give_up: bool,
-    backoff_until: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    backoff_until: Timestamp,
     notices: &mut Vec<Notice>,
 ) {
     r.finished_at = Some(time(at));
@@ -424,8 +424,8 @@ fn fail(
         });
     } else {
         r.phase = Some(RemediationPhase::BackingOff);
-        let until = backoff_until.0;
-        r.backoff_until = Some(backoff_until);
+        let until = backoff_until;
+        r.backoff_until = Some(time(backoff_until));
         notices.push(Notice {
             warning: true,
             reason: "RemediationFailed",

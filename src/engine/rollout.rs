@@ -35,6 +35,7 @@ use std::collections::BTreeSet;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::api::common::time;
 use crate::api::policy::{RemediationMode, RolloutLedger};
 use crate::api::workload::{RemediationOutcome, RemediationPhase};
 
@@ -322,7 +323,7 @@ pub fn account(
 /// nothing counted, outcomes of Jobs finished before `now` never counted.
 fn new_count(ledger: &RolloutLedger, now: Timestamp) -> RolloutLedger {
     RolloutLedger {
-        counting_since: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
+        counting_since: Some(time(now)),
         paused_at: None,
         resume_seen: ledger.resume_seen.clone(),
         ..RolloutLedger::default()
@@ -345,7 +346,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     if s.max_failures > 0 && ledger.failures >= i32::try_from(s.max_failures).unwrap_or(i32::MAX) {
         ledger
             .paused_at
-            .get_or_insert(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+            .get_or_insert(time(now));
     }
 
     let limit = resolve_max_concurrent(&s.max_concurrent, input.workloads.len());

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// A selector the apiserver would refuse; the policy or exception carrying it
 /// is not Ready and matches nothing.
@@ -11,21 +10,41 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 #[error("invalid selector: {0}")]
 pub struct SelectorError(pub String);
 
+/// One `matchExpressions` requirement.
+#[derive(Debug, Clone, Copy)]
+pub struct Requirement<'a> {
+    /// The label key.
+    pub key: &'a str,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    pub operator: &'a str,
+    /// The values `In` and `NotIn` compare with.
+    pub values: &'a [String],
+}
+
+/// A label selector as the engine reads it. The API's `LabelSelector`
+/// implements it (`crate::api::common`), so the engine names no API type.
+pub trait LabelQuery {
+    /// `matchLabels`: each key must carry exactly this value.
+    fn match_labels(&self) -> impl Iterator<Item = (&str, &str)>;
+    /// `matchExpressions`.
+    fn requirements(&self) -> impl Iterator<Item = Requirement<'_>>;
+}
+
 /// True when `labels` satisfy `selector`. The empty selector `{}` matches
 /// everything, as in Kubernetes.
 pub fn matches(
-    selector: &LabelSelector,
+    selector: &impl LabelQuery,
     labels: &BTreeMap<String, String>,
 ) -> Result<bool, SelectorError> {
-    for (key, value) in selector.match_labels.iter().flatten() {
-        if labels.get(key) != Some(value) {
+    for (key, value) in selector.match_labels() {
+        if labels.get(key).map(String::as_str) != Some(value) {
             return Ok(false);
         }
     }
-    for expr in selector.match_expressions.iter().flatten() {
-        let values = expr.values.as_deref().unwrap_or_default();
-        let present = labels.get(&expr.key);
-        let ok = match expr.operator.as_str() {
+    for expr in selector.requirements() {
+        let values = expr.values;
+        let present = labels.get(expr.key);
+        let ok = match expr.operator {
             "In" | "NotIn" if values.is_empty() => {
                 return Err(SelectorError(format!(
                     "operator {} on key {:?} needs values",
@@ -53,7 +72,7 @@ pub fn matches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
