@@ -1091,7 +1091,7 @@ async fn apply(
                 image: &pinned.image,
             };
             let outcome = create_job(scope, cr, t, &d.status, run).await?;
-            let creation = creation(outcome, |_| Creation::Adopted);
+            let creation = found(outcome, |_| Creation::Adopted);
             d.step = change::created(f.previous.phase, d.step.clone(), creation, f.now);
             None
         }
@@ -1139,7 +1139,7 @@ async fn start_build(
     // Not the recorded Job, and not in the cache (it may lag, and it holds
     // only Jobs labelled as Patchloop's): never adopted.
     let recorded_uid = f.previous.build_job_uid.as_deref();
-    let creation = creation(outcome, |job| match unrecorded_since(job, recorded_uid) {
+    let creation = found(outcome, |job| match unrecorded_since(job, recorded_uid) {
         Some(at) => {
             unrecorded_uid.clone_from(&job.metadata.uid);
             Creation::Unrecorded(at)
@@ -1158,7 +1158,7 @@ async fn start_build(
 
 /// What creating a Job found, for the engine; `existing` tells what a Job
 /// this request controls, found under the name, is.
-fn creation(
+fn found(
     outcome: Result<(jobs::Created, Option<String>), String>,
     existing: impl FnOnce(&Job) -> Creation,
 ) -> Creation {
@@ -1688,14 +1688,11 @@ mod tests {
     #[test]
     fn what_a_create_found_is_told_to_the_engine() {
         let adopt = |_: &Job| Creation::Adopted;
-        assert_eq!(
-            creation(Ok((jobs::Created::New, None)), adopt),
-            Creation::New
-        );
+        assert_eq!(found(Ok((jobs::Created::New, None)), adopt), Creation::New);
         let existed = jobs::Created::Existed(Box::default());
-        assert_eq!(creation(Ok((existed, None)), adopt), Creation::Adopted);
+        assert_eq!(found(Ok((existed, None)), adopt), Creation::Adopted);
         assert_eq!(
-            creation(Err("Template spec.testJobTemplate: missing".into()), adopt),
+            found(Err("Template spec.testJobTemplate: missing".into()), adopt),
             Creation::Invalid("Template spec.testJobTemplate: missing".into())
         );
     }
