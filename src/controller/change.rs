@@ -1,9 +1,12 @@
-//! The change reconciler: one ChangeRequest's lifecycle. Dereference (the
-//! Template, its findings now, the decision, the build and test Jobs, the
-//! build result `changerequest-<request>` read from the apiserver) → decide
-//! ([`crate::engine::change`], pure) → act (create the build or test Job
-//! under a deterministic name, pin the result, publish the pinned image) →
-//! write status.
+//! The change reconciler: one ChangeRequest's lifecycle, in named steps
+//! called by `reconcile_inner`: `dereference` (the Template, its findings
+//! now, the build and test Jobs, the build result `changerequest-<request>`
+//! read from the apiserver, the build Pod's result line, into `Facts`) →
+//! `decide` (pure: [`crate::engine::change::next`], the status the step
+//! records, the approval record) → `apply` (create the build or test Job
+//! under a deterministic name, pin the result, publish the pinned image;
+//! what a create found is the engine's to judge, [`change::created`]) →
+//! `settle` (pure: phase, timestamps, conditions) → `update_status`.
 //!
 //! The writes, in order (a failpoint after each; tests/templates.rs kills
 //! the controller at every one): status Approved → build Job created (its
@@ -28,7 +31,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -46,11 +49,12 @@ use crate::api::change_request::{
 use crate::api::common::{ComplianceState, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::inventory::SubjectKind;
+use crate::api::policy::TemplateApproval;
 use crate::api::template::TemplateRevision;
 use crate::api::{ChangeRequest, Inventory, Template};
 use crate::engine::change::{
-    self, Act, Approval, Approver, BuildOutput, BuildReport, JobState, Observed, PersonDecision,
-    Pin, ResultFacts, TemplateSeen, before_build, is_closed,
+    self, Act, Approval, Approver, BuildOutput, BuildReport, Creation, JobState, Observed,
+    PersonDecision, Pin, ResultFacts, Step, TemplateSeen, before_build, is_closed,
 };
 use crate::engine::inventory::parse_subject_list;
 use crate::engine::version::parse_platform;
@@ -273,16 +277,9 @@ struct Contract {
     files: BTreeMap<String, String>,
 }
 
-fn contract(
-    cr: &ChangeRequest,
-    t: &Template,
-    status: &ChangeRequestStatus,
-    job: &str,
-    run: Run<'_>,
-) -> Contract {
-    let ns = cr.namespace().unwrap_or_default();
-    let name = cr.name_any();
-    let scope = status.scope.clone().unwrap_or_default();
+/// The contract file of the packages to install: one `name fixed [source]`
+/// line each.
+fn packages_file(scope: &ChangeScope) -> String {
     let mut packages = String::new();
     for p in &scope.packages {
         packages.push_str(&p.name);
@@ -294,6 +291,21 @@ fn contract(
         }
         packages.push('\n');
     }
+    packages
+}
+
+/// The environment and files a build or test Job of `cr` receives.
+fn contract(
+    cr: &ChangeRequest,
+    t: &Template,
+    status: &ChangeRequestStatus,
+    job: &str,
+    run: Run<'_>,
+) -> Contract {
+    let ns = cr.namespace().unwrap_or_default();
+    let name = cr.name_any();
+    let scope = status.scope.clone().unwrap_or_default();
+    let packages = packages_file(&scope);
     let advisories: Vec<&str> = scope.advisories.iter().map(|a| a.id.as_str()).collect();
     let base_image = status.base_image.clone().unwrap_or_else(|| tpl::image(t));
     let purpose = match run {
@@ -335,16 +347,18 @@ fn contract(
     Contract { env, files }
 }
 
-/// Creates the build or test Job (an existing one is left as it is); an
-/// unusable template is the request's failure, returned as a sentence.
-async fn create_job(
-    scope: &Scope,
-    cr: &ChangeRequest,
-    t: &Template,
-    status: &ChangeRequestStatus,
+/// The Job template a run uses, the field it comes from, the Job's purpose
+/// and its name's suffix.
+fn job_kind<'t>(
+    t: &'t Template,
     run: Run<'_>,
-) -> Result<Result<(jobs::Created, Option<String>), String>, Error> {
-    let (template, field, purpose, suffix) = match run {
+) -> (
+    Option<&'t serde_json::Value>,
+    &'static str,
+    jobs::Purpose,
+    &'static str,
+) {
+    match run {
         Run::Build { .. } => (
             t.spec.build_job_template.as_ref(),
             "Template spec.buildJobTemplate",
@@ -357,13 +371,27 @@ async fn create_job(
             jobs::Purpose::Test,
             "test",
         ),
-    };
+    }
+}
+
+/// Creates the build or test Job (an existing one is left as it is); an
+/// unusable template is the request's failure, returned as a sentence.
+async fn create_job(
+    scope: &Scope,
+    cr: &ChangeRequest,
+    t: &Template,
+    status: &ChangeRequestStatus,
+    run: Run<'_>,
+) -> Result<Result<(jobs::Created, Option<String>), String>, Error> {
+    let (template, field, purpose, suffix) = job_kind(t, run);
     let Some(template) = template else {
         return Ok(Err(format!("{field}: missing")));
     };
     let ns = cr.namespace().ok_or(Error::Missing("metadata.namespace"))?;
     let name = cr.name_any();
-    let uid = cr.uid().ok_or(Error::Missing("metadata.uid"))?;
+    let owner = cr
+        .controller_owner_ref(&())
+        .ok_or(Error::Missing("metadata.uid"))?;
     let deadline = template
         .pointer("/spec/activeDeadlineSeconds")
         .and_then(serde_json::Value::as_i64)
@@ -380,14 +408,7 @@ async fn create_job(
             (CHANGE_REQUEST_LABEL.to_owned(), jobs::label_value(&name)),
         ]),
         purpose,
-        owner: OwnerReference {
-            api_version: ChangeRequest::api_version(&()).into_owned(),
-            kind: ChangeRequest::kind(&()).into_owned(),
-            name: name.clone(),
-            uid,
-            controller: Some(true),
-            block_owner_deletion: None,
-        },
+        owner,
         deadline_seconds: deadline,
         env: c.env,
         files: c.files,
@@ -539,496 +560,1140 @@ fn soon(now: Timestamp) -> Timestamp {
 
 async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<Action, Error> {
     scope.caches_ready().await;
-    let shared = &scope.shared;
+    let max_requeue = scope.shared.settings.max_requeue;
     let ns = cr.namespace().ok_or(Error::Missing("metadata.namespace"))?;
-    let name = cr.name_any();
     let now = now();
     let previous = cr.status.clone().unwrap_or_default();
-    let idle = Action::requeue(shared.settings.max_requeue);
+    let idle = Action::requeue(max_requeue);
     if cr.status.is_none() {
-        triggers::inventories_of(scope, &ns, SubjectKind::ChangeRequest, &name);
+        triggers::inventories_of(scope, &ns, SubjectKind::ChangeRequest, &cr.name_any());
     }
     if is_closed(previous.phase) {
-        // A closed request takes no more changes, but kstatus (Argo CD,
-        // Flux) reads a spec edit as in progress until observedGeneration
-        // says the controller has seen it.
-        if previous.observed_generation != cr.metadata.generation {
-            let mut status = previous.clone();
-            status.observed_generation = cr.metadata.generation;
-            for c in &mut status.conditions {
-                c.observed_generation = cr.metadata.generation;
-            }
-            if !write(scope, &cr, &previous, &status).await? {
-                return Ok(Action::requeue(SOON));
-            }
-        }
-        return Ok(idle);
+        let written = observe_closed(scope, &cr, &previous).await?;
+        return Ok(if written { idle } else { Action::requeue(SOON) });
     }
-    // The Template by name counts only while it is the one this request
-    // recorded (uid): a repointed `spec.template`, or a recreated namesake,
-    // is not this request's to build for, judge or publish to.
-    let found = scope
-        .templates
-        .get(&ObjectRef::new(&cr.spec.template).within(&ns));
-    let seen = change::template_seen(
-        previous.template_uid.as_deref(),
-        found.as_ref().map(|t| t.metadata.uid.as_deref()),
-    );
-    let template = found.filter(|_| seen == TemplateSeen::Bound);
-    let before = before_build(previous.phase);
+    let (template, seen) = bound_template(scope, &cr, &ns, &previous);
     // Until the platform's advisory data has loaded (start-up), neither the
     // scope nor the publication checks can be decided; a feed load wakes the
     // Template, which wakes its open request.
     if let Some(t) = &template
         && let Ok(platform) = parse_platform(&t.spec.platform)
-        && let DataState::Waiting(until) =
-            shared.advisories.data_state(platform.osv_ecosystem(), now)
+        && let DataState::Waiting(until) = scope
+            .shared
+            .advisories
+            .data_state(platform.osv_ecosystem(), now)
     {
-        return Ok(Action::requeue(requeue_at(
-            Some(until),
-            now,
-            shared.settings.max_requeue,
-        )));
+        return Ok(Action::requeue(requeue_at(Some(until), now, max_requeue)));
     }
+    let facts = dereference(scope, &cr, ns, previous, (template, seen), now).await?;
+    let Some(mut decision) = decide(&cr, &facts) else {
+        return Ok(idle);
+    };
+    if !apply(scope, &cr, &facts, &mut decision).await? {
+        return Ok(Action::requeue(SOON));
+    }
+    let Decision { step, status } = decision;
+    let status = settle(status, &step, cr.metadata.generation, &facts.jobs, now);
+    if !update_status(scope, &cr, &facts.previous, &status, &step).await? {
+        return Ok(Action::requeue(SOON));
+    }
+    if is_closed(Some(step.phase)) {
+        return Ok(idle);
+    }
+    let next = [facts.needs.wake, step.wake].into_iter().flatten().min();
+    Ok(Action::requeue(requeue_at(next, now, max_requeue)))
+}
 
-    // What the Template needs now (before the build only: then it freezes).
+/// A closed request takes no more changes, but kstatus (Argo CD, Flux)
+/// reads a spec edit as in progress until observedGeneration says the
+/// controller has seen it. `false`: the request changed since it was read.
+async fn observe_closed(
+    scope: &Scope,
+    cr: &ChangeRequest,
+    previous: &ChangeRequestStatus,
+) -> Result<bool, Error> {
+    if previous.observed_generation == cr.metadata.generation {
+        return Ok(true);
+    }
+    let mut status = previous.clone();
+    status.observed_generation = cr.metadata.generation;
+    for c in &mut status.conditions {
+        c.observed_generation = cr.metadata.generation;
+    }
+    write(scope, cr, previous, &status).await
+}
+
+/// The Template by name, which counts only while it is the one this
+/// request recorded (uid): a repointed `spec.template`, or a recreated
+/// namesake, is not this request's to build for, judge or publish to.
+fn bound_template(
+    scope: &Scope,
+    cr: &ChangeRequest,
+    ns: &str,
+    previous: &ChangeRequestStatus,
+) -> (Option<Arc<Template>>, TemplateSeen) {
+    let found = scope
+        .templates
+        .get(&ObjectRef::new(&cr.spec.template).within(ns));
+    let seen = change::template_seen(
+        previous.template_uid.as_deref(),
+        found.as_ref().map(|t| t.metadata.uid.as_deref()),
+    );
+    (found.filter(|_| seen == TemplateSeen::Bound), seen)
+}
+
+/// What one pass over an open request read.
+struct Facts {
+    ns: String,
+    name: String,
+    uid: String,
+    now: Timestamp,
+    /// The status as read.
+    previous: ChangeRequestStatus,
+    /// The Template, only while it is the one the request was opened for.
+    template: Option<Arc<Template>>,
+    seen: TemplateSeen,
+    /// The Template's published revision now.
+    revision: i64,
+    /// The Template's history already names this request.
+    published: bool,
+    needs: Needs,
+    jobs: BuildJobs,
+    result: ResultSeen,
+}
+
+/// What the Template needs now (before the build only: then it freezes).
+struct Needs {
+    /// The image the build starts from.
+    base_image: String,
+    /// The scope in force; `None`: nothing left to install.
+    scope: Option<ChangeScope>,
+    /// A scoped finding is an emergency.
+    emergency: bool,
+    /// The policy driving the Template and its approval rule.
+    rule: Option<(String, TemplateApproval)>,
+    /// When the findings change next.
+    wake: Option<Timestamp>,
+    /// Once the build started, the Template's build inputs are no longer
+    /// the approved ones.
+    inputs_changed: bool,
+}
+
+/// The build and test Jobs under the request's Job names.
+struct BuildJobs {
+    build_name: String,
+    test_name: String,
+    /// The Job under the build Job's name, as the cache has it.
+    cached: Option<Arc<Job>>,
+    /// That Job, when its uid is the one the request recorded.
+    recorded: Option<Arc<Job>>,
+    /// When that Job was created, when it is not the recorded one.
+    unrecorded: Option<Timestamp>,
+    build: JobState,
+    test: JobState,
+}
+
+/// The build result Inventory and what is known of it.
+struct ResultSeen {
+    /// Read live once the build succeeded (to pin it) and while testing
+    /// (to check the pin).
+    inventory: Option<Inventory>,
+    output: BuildOutput,
+    pin: Pin,
+    /// The publication checks, once the test succeeded on the pinned result.
+    checks: Option<Vec<String>>,
+}
+
+/// Reads what the next step depends on.
+async fn dereference(
+    scope: &Scope,
+    cr: &ChangeRequest,
+    ns: String,
+    previous: ChangeRequestStatus,
+    (template, seen): (Option<Arc<Template>>, TemplateSeen),
+    now: Timestamp,
+) -> Result<Facts, Error> {
+    let name = cr.name_any();
     let uid = cr.uid().ok_or(Error::Missing("metadata.uid"))?;
-    let mut needed: Option<ChangeScope> = previous.scope.clone();
-    let mut emergency = false;
-    let mut rule = None;
-    let mut wake: Option<Timestamp> = None;
-    let base_image = template.as_deref().map(tpl::image).unwrap_or_default();
-    let inputs = template
-        .as_deref()
-        .map(|t| tpl::build_inputs(t, &base_image));
-    if before && let (Some(t), Some(inputs)) = (&template, &inputs) {
-        let Current { judged, .. } = tpl::judge_current(scope, t, &ns, now);
-        rule = judged.approval_rule();
-        wake = judged.evaluation.next_change;
+    let needs = needs(scope, &ns, template.as_deref(), &previous, now);
+    let jobs = build_jobs(scope, &ns, &name, &previous).await?;
+    let t = template.as_deref();
+    let result = result_seen(scope, t, (&ns, &name), &previous, &jobs, now).await?;
+    let published = t.and_then(|t| t.status.as_ref()).is_some_and(|s| {
+        s.history
+            .iter()
+            .any(|h| h.change_request.as_deref() == Some(&name))
+    });
+    Ok(Facts {
+        revision: t.map_or(0, tpl::revision),
+        published,
+        ns,
+        name,
+        uid,
+        now,
+        previous,
+        template,
+        seen,
+        needs,
+        jobs,
+        result,
+    })
+}
+
+/// What the Template needs now: the scope moves until the build starts,
+/// then freezes.
+fn needs(
+    scope: &Scope,
+    ns: &str,
+    template: Option<&Template>,
+    previous: &ChangeRequestStatus,
+    now: Timestamp,
+) -> Needs {
+    let before = before_build(previous.phase);
+    let base_image = template.map(tpl::image).unwrap_or_default();
+    let inputs = template.map(|t| tpl::build_inputs(t, &base_image));
+    let mut needs = Needs {
+        base_image: String::new(),
+        scope: previous.scope.clone(),
+        emergency: false,
+        rule: None,
+        wake: None,
+        // Once the build started, the Template must still be what was
+        // approved.
+        inputs_changed: !before
+            && inputs.as_ref().is_some_and(|i| {
+                previous
+                    .scope
+                    .as_ref()
+                    .is_none_or(|s| s.build_inputs_digest != i.digest())
+            }),
+    };
+    if before && let (Some(t), Some(inputs)) = (template, &inputs) {
+        let Current { judged, .. } = tpl::judge_current(scope, t, ns, now);
+        needs.rule = judged.approval_rule();
+        needs.wake = judged.evaluation.next_change;
         // Unknown keeps the last findings (no data is not "fixed another
         // way"), bound to the Template as it is now.
-        needed = needed.map(|s| change::rebind(&s, inputs));
+        needs.scope = needs.scope.map(|s| change::rebind(&s, inputs));
         if judged.evaluation.state != ComplianceState::Unknown {
             let family = parse_platform(&t.spec.platform).ok().map(|p| p.family);
             let computed = family.and_then(|f| change::scope(&judged.evaluation, f, inputs));
-            emergency = computed.as_ref().is_some_and(|(_, e)| *e);
-            needed = computed.map(|(s, _)| s);
+            needs.emergency = computed.as_ref().is_some_and(|(_, e)| *e);
+            needs.scope = computed.map(|(s, _)| s);
         }
     }
-    let person = PersonDecision {
-        decision: cr.spec.decision.as_ref(),
-        request_uid: &uid,
-        voided: previous
-            .decision_voided
-            .as_ref()
-            .filter(|v| change::void_holds(v, cr.spec.decision.as_ref(), cr.metadata.generation))
-            .map(|v| v.reason.as_str()),
-        decided_scope: previous.scope.as_ref(),
-    };
-    let approval = match &needed {
-        Some(s) => change::approval(rule.as_ref().map(|(_, r)| *r), emergency, &person, s),
-        None => Approval::Awaiting(String::new()),
-    };
-    // Once the build started, the Template must still be what was approved.
-    let inputs_changed = !before
-        && inputs.is_some_and(|i| {
-            previous
-                .scope
-                .as_ref()
-                .is_none_or(|s| s.build_inputs_digest != i.digest())
-        });
+    needs.base_image = base_image;
+    needs
+}
 
-    let build_name = jobs::job_name(&name, "build");
-    let test_name = jobs::job_name(&name, "test");
-    let phase = previous.phase;
-    // Only the Job whose uid the request recorded when it created it is its
-    // build Job; any other under the name is deleted, never adopted.
-    let cached_build = scope
+/// When `job`, found under the build Job's name, was created, unless it is
+/// the Job whose uid the request recorded when it created it: only that
+/// one is its build Job; any other is deleted, never adopted.
+fn unrecorded_since(job: &Job, recorded_uid: Option<&str>) -> Option<Timestamp> {
+    let recorded = job.metadata.uid.is_some() && job.metadata.uid.as_deref() == recorded_uid;
+    (!recorded).then(|| {
+        job.metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0)
+    })
+}
+
+/// The build Job (the recorded one, while Building) and the test Job
+/// (while Testing).
+async fn build_jobs(
+    scope: &Scope,
+    ns: &str,
+    name: &str,
+    previous: &ChangeRequestStatus,
+) -> Result<BuildJobs, Error> {
+    let build_name = jobs::job_name(name, "build");
+    let test_name = jobs::job_name(name, "test");
+    let cached = scope
         .jobs
-        .get(&ObjectRef::<Job>::new(&build_name).within(&ns));
-    let (recorded_build, build_unrecorded) = match &cached_build {
-        Some(j) if j.metadata.uid.is_some() && j.metadata.uid == previous.build_job_uid => {
-            (Some(Arc::clone(j)), None)
-        }
-        Some(j) => (
-            None,
-            Some(
-                j.metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
-            ),
-        ),
-        None => (None, None),
-    };
-    let build = match (&recorded_build, phase) {
-        (Some(_), Some(Phase::Building)) => job_state(scope, &ns, &build_name).await?,
+        .get(&ObjectRef::<Job>::new(&build_name).within(ns));
+    let unrecorded = cached
+        .as_deref()
+        .and_then(|j| unrecorded_since(j, previous.build_job_uid.as_deref()));
+    let recorded = cached.clone().filter(|_| unrecorded.is_none());
+    let build = match (&recorded, previous.phase) {
+        (Some(_), Some(Phase::Building)) => job_state(scope, ns, &build_name).await?,
         _ => JobState::Absent,
     };
-    let test = if matches!(phase, Some(Phase::Testing)) {
-        job_state(scope, &ns, &test_name).await?
+    let test = if matches!(previous.phase, Some(Phase::Testing)) {
+        job_state(scope, ns, &test_name).await?
     } else {
         JobState::Absent
     };
-    // The result, live, once the build has succeeded (to pin it) and while
-    // testing (to check the pin).
-    let result = match (phase, &build) {
+    Ok(BuildJobs {
+        build_name,
+        test_name,
+        cached,
+        recorded,
+        unrecorded,
+        build,
+        test,
+    })
+}
+
+/// The build result, live, with the pin against it, the judgement of it
+/// and, once the test succeeded, the publication checks.
+async fn result_seen(
+    scope: &Scope,
+    template: Option<&Template>,
+    (ns, name): (&str, &str),
+    previous: &ChangeRequestStatus,
+    jobs: &BuildJobs,
+    now: Timestamp,
+) -> Result<ResultSeen, Error> {
+    let phase = previous.phase;
+    let inventory = match (phase, &jobs.build) {
         (Some(Phase::Building), JobState::Succeeded(_)) | (Some(Phase::Testing), _) => {
-            live_result(scope, &ns, &name).await?
+            live_result(scope, ns, name).await?
         }
         _ => None,
     };
-    let build_created = recorded_build
-        .as_ref()
-        .and_then(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0));
-    let pin = pin_state(previous.result.as_ref(), result.as_ref());
+    let pin = pin_state(previous.result.as_ref(), inventory.as_ref());
     // About to be pinned: what the build Job's own Pod reported it built
     // (its termination message), which the result must be.
-    let report = match (&recorded_build, &build, &pin, &result) {
+    let report = match (&jobs.recorded, &jobs.build, &pin, &inventory) {
         (Some(job), JobState::Succeeded(_), Pin::Unpinned, Some(_)) => {
             let messages = jobs::succeeded_pod(&scope.shared.client, job).await?;
             Some(change::build_report(messages.as_deref()))
         }
         _ => None,
     };
-    let output = match &result {
+    let build_created = jobs
+        .recorded
+        .as_ref()
+        .and_then(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let output = match &inventory {
         Some(r) => judge_result(
             r,
-            &name,
+            name,
             previous.nonce_hash.as_deref(),
             build_created,
             report.as_ref().map(|r| r.as_ref().map_err(|why| *why)),
         ),
         None => BuildOutput::Absent,
     };
-    let problems = match (&template, &result, &test, &pin) {
+    let checks = match (template, &inventory, &jobs.test, &pin) {
         (Some(t), Some(r), JobState::Succeeded(_), Pin::Intact)
             if phase == Some(Phase::Testing) =>
         {
-            Some(checks(scope, t, &ns, previous.scope.as_ref(), r, now))
+            Some(checks(scope, t, ns, previous.scope.as_ref(), r, now))
         }
         _ => None,
     };
-    let rev = template.as_deref().map_or(0, tpl::revision);
-    let published = template.as_ref().is_some_and(|t| {
-        t.status.as_ref().is_some_and(|s| {
-            s.history
-                .iter()
-                .any(|h| h.change_request.as_deref() == Some(&name))
-        })
-    });
+    Ok(ResultSeen {
+        inventory,
+        output,
+        pin,
+        checks,
+    })
+}
+
+/// One pass's decision: the engine's step and the status it records (the
+/// Job it starts reads it: scope, target revision).
+#[derive(Debug)]
+struct Decision {
+    step: Step,
+    status: ChangeRequestStatus,
+}
+
+/// The engine's next step on what was read, and the status it records
+/// before its action; `None`: the request is closed.
+fn decide(cr: &ChangeRequest, f: &Facts) -> Option<Decision> {
+    let person = PersonDecision {
+        decision: cr.spec.decision.as_ref(),
+        request_uid: &f.uid,
+        voided: f
+            .previous
+            .decision_voided
+            .as_ref()
+            .filter(|v| change::void_holds(v, cr.spec.decision.as_ref(), cr.metadata.generation))
+            .map(|v| v.reason.as_str()),
+        decided_scope: f.previous.scope.as_ref(),
+    };
+    let approval = match &f.needs.scope {
+        Some(s) => change::approval(
+            f.needs.rule.as_ref().map(|(_, r)| *r),
+            f.needs.emergency,
+            &person,
+            s,
+        ),
+        None => Approval::Awaiting(String::new()),
+    };
     let observed = Observed {
-        phase,
-        template: seen,
-        published,
-        revision: (rev, previous.base_revision),
-        needed: needed.as_ref(),
+        phase: f.previous.phase,
+        template: f.seen,
+        published: f.published,
+        revision: (f.revision, f.previous.base_revision),
+        needed: f.needs.scope.as_ref(),
         approval: &approval,
-        build: &build,
-        build_unrecorded,
-        output: &output,
-        pin: pin.clone(),
-        inputs_changed,
-        test: &test,
-        checks: problems.as_deref(),
-        now,
+        build: &f.jobs.build,
+        build_unrecorded: f.jobs.unrecorded,
+        output: &f.result.output,
+        pin: f.result.pin.clone(),
+        inputs_changed: f.needs.inputs_changed,
+        test: &f.jobs.test,
+        checks: f.result.checks.as_deref(),
+        now: f.now,
     };
-    let Some(mut step) = change::next(&observed) else {
-        return Ok(idle);
-    };
+    let step = change::next(&observed)?;
     tracing::debug!(
-        from = ?phase,
+        from = ?f.previous.phase,
         to = ?step.phase,
         act = ?step.act,
-        build = ?build,
-        test = ?test,
-        output = ?output,
-        pin = ?pin,
+        build = ?f.jobs.build,
+        test = ?f.jobs.test,
+        output = ?f.result.output,
+        pin = ?f.result.pin,
         "change step"
     );
+    let status = recorded_status(cr, f, &person, &approval);
+    Some(Decision { step, status })
+}
 
-    // The status this step records (the Job it starts reads it: scope,
-    // target revision).
-    let mut status = previous.clone();
+/// The status a step records before its action: the Template's uid, and,
+/// before the build, the scope, the policy, the revisions, the base image,
+/// the approval and a decision the scope moved away from.
+fn recorded_status(
+    cr: &ChangeRequest,
+    f: &Facts,
+    person: &PersonDecision<'_>,
+    approval: &Approval,
+) -> ChangeRequestStatus {
+    let mut status = f.previous.clone();
     status.observed_generation = cr.metadata.generation;
     if status.template_uid.is_none() {
-        status.template_uid = template.as_ref().and_then(|t| t.uid());
+        status.template_uid = f.template.as_ref().and_then(|t| t.uid());
     }
-    if before && let Some(t) = &template {
-        if let (Some(s), Some(d)) = (&needed, &cr.spec.decision)
-            && let Some(changed) = person.voids(s)
-        {
-            status.decision_voided = Some(VoidedDecision {
-                generation: cr.metadata.generation,
-                digest: Some(d.digest.clone()),
-                decided_at: d.decided_at.clone(),
-                field_managers: decision_managers(&cr),
-                reason: changed.to_owned(),
-            });
-        }
-        status.scope = needed.clone();
-        status.policy = rule.as_ref().map(|(p, _)| p.clone());
-        status.base_revision = Some(rev);
-        status.base_image = Some(base_image.clone());
-        status.template_generation = t.metadata.generation;
-        status.target_revision = Some(rev + 1);
-        status.approval = match (&approval, needed.as_ref()) {
-            (Approval::Approved(by), Some(s)) => {
-                let same = previous.approval.as_ref().filter(|a| {
-                    a.verdict == Verdict::Approved && a.digest.as_deref() == Some(s.digest.as_str())
-                });
-                Some(ApprovalRecord {
-                    verdict: Verdict::Approved,
-                    by: match by {
-                        Approver::Person => "Person".into(),
-                        Approver::Policy => "Policy".into(),
-                    },
-                    field_manager: match by {
-                        Approver::Person => decision_manager(&cr),
-                        Approver::Policy => {
-                            status.policy.clone().map(|p| format!("PatchPolicy/{p}"))
-                        }
-                    },
-                    digest: Some(s.digest.clone()),
-                    reason: match by {
-                        Approver::Person => {
-                            cr.spec.decision.as_ref().and_then(|d| d.reason.clone())
-                        }
-                        Approver::Policy => Some(format!(
-                            "templates.approval: {:?}",
-                            rule.as_ref().map(|(_, r)| *r).unwrap_or_default()
-                        )),
-                    },
-                    effective_at: same.map_or_else(|| time(now), |a| a.effective_at.clone()),
-                    consumed_by: None,
-                })
-            }
-            (Approval::Rejected, Some(s)) => Some(ApprovalRecord {
-                verdict: Verdict::Rejected,
-                by: "Person".into(),
-                field_manager: decision_manager(&cr),
-                digest: Some(s.digest.clone()),
-                reason: cr.spec.decision.as_ref().and_then(|d| d.reason.clone()),
-                effective_at: time(now),
-                consumed_by: None,
-            }),
-            _ => None,
-        };
+    let Some(t) = f
+        .template
+        .as_ref()
+        .filter(|_| before_build(f.previous.phase))
+    else {
+        return status;
+    };
+    if let (Some(s), Some(d)) = (&f.needs.scope, &cr.spec.decision)
+        && let Some(changed) = person.voids(s)
+    {
+        status.decision_voided = Some(VoidedDecision {
+            generation: cr.metadata.generation,
+            digest: Some(d.digest.clone()),
+            decided_at: d.decided_at.clone(),
+            field_managers: decision_managers(cr),
+            reason: changed.to_owned(),
+        });
     }
+    status.scope = f.needs.scope.clone();
+    status.policy = f.needs.rule.as_ref().map(|(p, _)| p.clone());
+    status.base_revision = Some(f.revision);
+    status.base_image = Some(f.needs.base_image.clone());
+    status.template_generation = t.metadata.generation;
+    status.target_revision = Some(f.revision + 1);
+    status.approval = approval_record(
+        approval,
+        f.needs.scope.as_ref(),
+        f.previous.approval.as_ref(),
+        cr,
+        f.needs.rule.as_ref(),
+        f.now,
+    );
+    status
+}
 
-    // Act.
-    match step.act {
-        Act::Nothing => {}
+/// The approval record for the scope in force: who approved (a person
+/// through `spec.decision`, or the policy's rule), under which field
+/// manager, since when (an approval of the same scope keeps its instant);
+/// a person's rejection; `None` while awaiting.
+fn approval_record(
+    approval: &Approval,
+    scope: Option<&ChangeScope>,
+    previous: Option<&ApprovalRecord>,
+    cr: &ChangeRequest,
+    rule: Option<&(String, TemplateApproval)>,
+    now: Timestamp,
+) -> Option<ApprovalRecord> {
+    let scope = scope?;
+    let decided_reason = || cr.spec.decision.as_ref().and_then(|d| d.reason.clone());
+    let (verdict, by, field_manager, reason) = match approval {
+        Approval::Approved(Approver::Person) => (
+            Verdict::Approved,
+            "Person",
+            decision_manager(cr),
+            decided_reason(),
+        ),
+        Approval::Approved(Approver::Policy) => (
+            Verdict::Approved,
+            "Policy",
+            rule.map(|(p, _)| format!("PatchPolicy/{p}")),
+            Some(format!(
+                "templates.approval: {:?}",
+                rule.map(|(_, r)| *r).unwrap_or_default()
+            )),
+        ),
+        Approval::Rejected => (
+            Verdict::Rejected,
+            "Person",
+            decision_manager(cr),
+            decided_reason(),
+        ),
+        Approval::Awaiting(_) => return None,
+    };
+    let same = previous.filter(|a| {
+        verdict == Verdict::Approved
+            && a.verdict == Verdict::Approved
+            && a.digest.as_deref() == Some(scope.digest.as_str())
+    });
+    Some(ApprovalRecord {
+        verdict,
+        by: by.into(),
+        field_manager,
+        digest: Some(scope.digest.clone()),
+        reason,
+        effective_at: same.map_or_else(|| time(now), |a| a.effective_at.clone()),
+        consumed_by: None,
+    })
+}
+
+/// Carries out the step's action. The step stays the engine's: after a Job
+/// create, [`change::created`] decides it from what the create found.
+/// `false`: something changed meanwhile; look again soon.
+async fn apply(
+    scope: &Scope,
+    cr: &ChangeRequest,
+    f: &Facts,
+    d: &mut Decision,
+) -> Result<bool, Error> {
+    // The Job under the build Job's name that a discard deletes.
+    let discard = match d.step.act {
+        Act::Nothing => None,
+        Act::DiscardBuild => f.jobs.cached.as_ref().and_then(|j| j.metadata.uid.clone()),
         Act::Build => {
-            let Some(t) = &template else {
-                return Ok(Action::requeue(SOON));
+            let Some(t) = &f.template else {
+                return Ok(false);
             };
-            // A fresh nonce for a Job this pass creates; the recorded Job
-            // (the cache lagging its create) keeps the one it was given.
-            let fresh = nonce(&uid);
-            match create_job(scope, &cr, t, &status, Run::Build { nonce: &fresh }).await? {
-                Ok((jobs::Created::New, job_uid)) => {
-                    status.nonce_hash = Some(change::nonce_hash(&fresh));
-                    status.build_job_uid = job_uid;
-                }
-                Ok((jobs::Created::Taken(taken), _)) => {
-                    step.phase = Phase::Failed;
-                    step.reason = "BuildJobConflict";
-                    step.message = taken.to_string();
-                }
-                Ok((jobs::Created::Existed(job), _)) => {
-                    if job.metadata.uid.is_none() || job.metadata.uid != previous.build_job_uid {
-                        // Not the recorded Job, and not in the cache (it may
-                        // lag, and it holds only Jobs labelled as
-                        // Patchloop's): handled here like any unrecorded one.
-                        let created = job
-                            .metadata
-                            .creation_timestamp
-                            .as_ref()
-                            .map_or(Timestamp::UNIX_EPOCH, |t| t.0);
-                        step = change::unrecorded_build(
-                            phase.unwrap_or(Phase::AwaitingApproval),
-                            created,
-                            now,
-                        );
-                        if step.act == Act::DiscardBuild
-                            && let Some(job_uid) = &job.metadata.uid
-                        {
-                            jobs::delete_uid(&shared.client, &ns, &build_name, job_uid).await?;
-                            step.wake = Some(soon(now));
-                        }
-                    }
-                }
-                Err(why) => {
-                    step.phase = Phase::Failed;
-                    step.reason = "InvalidJobTemplate";
-                    step.message = why;
-                }
-            }
-            if step.phase == Phase::Building
-                && step.act == Act::Build
-                && let Some(a) = status.approval.as_mut()
-            {
-                a.consumed_by = Some(build_name.clone());
-            }
-        }
-        Act::DiscardBuild => {
-            if let Some(job_uid) = cached_build
-                .as_ref()
-                .and_then(|j| j.metadata.uid.as_deref())
-            {
-                jobs::delete_uid(&shared.client, &ns, &build_name, job_uid).await?;
-                tracing::warn!(change_request = %name, job = %build_name, uid = %job_uid, "build Job not recorded by the request deleted");
-            }
-            // The next pass creates a fresh one (or waits for approval).
-            step.wake = Some(soon(now));
+            start_build(scope, cr, t, f, d).await?
         }
         Act::Pin => {
-            if let Some(r) = &result {
-                status.result = Some(BuildResult {
-                    image: r.spec.image.clone().unwrap_or_default(),
-                    inventory: r.name_any(),
-                    uid: r.metadata.uid.clone(),
-                    resource_version: r.metadata.resource_version.clone(),
-                    generation: r.metadata.generation,
-                });
+            if let Some(r) = &f.result.inventory {
+                d.status.result = Some(pinned(r));
             }
+            None
         }
         Act::Test => {
-            let (Some(t), Some(pinned)) = (&template, &previous.result) else {
-                return Ok(Action::requeue(SOON));
+            let (Some(t), Some(pinned)) = (&f.template, &f.previous.result) else {
+                return Ok(false);
             };
             let run = Run::Test {
                 image: &pinned.image,
             };
-            match create_job(scope, &cr, t, &status, run).await? {
-                Ok((jobs::Created::New | jobs::Created::Existed(_), _)) => {}
-                Ok((jobs::Created::Taken(taken), _)) => {
-                    step.phase = Phase::Failed;
-                    step.reason = "TestJobConflict";
-                    step.message = taken.to_string();
-                }
-                Err(why) => {
-                    step.phase = Phase::Failed;
-                    step.reason = "InvalidJobTemplate";
-                    step.message = why;
-                }
-            }
+            let outcome = create_job(scope, cr, t, &d.status, run).await?;
+            let creation = found(outcome, |_| Creation::Adopted);
+            d.step = change::created(f.previous.phase, d.step.clone(), creation, f.now);
+            None
         }
         Act::Publish => {
-            let (Some(t), Some(pinned)) = (&template, &previous.result) else {
-                return Ok(Action::requeue(SOON));
+            let (Some(t), Some(pinned)) = (&f.template, &f.previous.result) else {
+                return Ok(false);
             };
-            if !publish(scope, t, &name, pinned, now).await? {
-                return Ok(Action::requeue(SOON));
+            if !publish(scope, t, &f.name, pinned, f.now).await? {
+                return Ok(false);
             }
             failpoint::exit_if(failpoint::EXIT_AFTER_PUBLISH);
+            None
         }
+    };
+    if d.step.act == Act::DiscardBuild {
+        if let Some(job_uid) = discard {
+            let build_name = &f.jobs.build_name;
+            jobs::delete_uid(&scope.shared.client, &f.ns, build_name, &job_uid).await?;
+            tracing::warn!(change_request = %f.name, job = %build_name, uid = %job_uid, "build Job not recorded by the request deleted");
+        }
+        // The next pass creates a fresh one (or waits for approval).
+        d.step.wake = Some(soon(f.now));
     }
+    Ok(true)
+}
 
+/// Creates the build Job with a fresh nonce (the recorded Job, the cache
+/// lagging its create, keeps the one it was given), records a new Job's
+/// uid and the nonce's hash, and consumes the approval. Returns the uid of
+/// a Job found under the name that the request did not record.
+async fn start_build(
+    scope: &Scope,
+    cr: &ChangeRequest,
+    t: &Template,
+    f: &Facts,
+    d: &mut Decision,
+) -> Result<Option<String>, Error> {
+    let fresh = nonce(&f.uid);
+    let outcome = create_job(scope, cr, t, &d.status, Run::Build { nonce: &fresh }).await?;
+    let mut unrecorded_uid = None;
+    if let Ok((jobs::Created::New, job_uid)) = &outcome {
+        d.status.nonce_hash = Some(change::nonce_hash(&fresh));
+        d.status.build_job_uid.clone_from(job_uid);
+    }
+    // Not the recorded Job, and not in the cache (it may lag, and it holds
+    // only Jobs labelled as Patchloop's): never adopted.
+    let recorded_uid = f.previous.build_job_uid.as_deref();
+    let creation = found(outcome, |job| match unrecorded_since(job, recorded_uid) {
+        Some(at) => {
+            unrecorded_uid.clone_from(&job.metadata.uid);
+            Creation::Unrecorded(at)
+        }
+        None => Creation::Adopted,
+    });
+    d.step = change::created(f.previous.phase, d.step.clone(), creation, f.now);
+    if d.step.phase == Phase::Building
+        && d.step.act == Act::Build
+        && let Some(a) = d.status.approval.as_mut()
+    {
+        a.consumed_by = Some(f.jobs.build_name.clone());
+    }
+    Ok(unrecorded_uid)
+}
+
+/// What creating a Job found, for the engine; `existing` tells what a Job
+/// this request controls, found under the name, is.
+fn found(
+    outcome: Result<(jobs::Created, Option<String>), String>,
+    existing: impl FnOnce(&Job) -> Creation,
+) -> Creation {
+    match outcome {
+        Ok((jobs::Created::New, _)) => Creation::New,
+        Ok((jobs::Created::Existed(job), _)) => existing(&job),
+        Ok((jobs::Created::Taken(taken), _)) => Creation::Taken(taken.to_string()),
+        Err(why) => Creation::Invalid(why),
+    }
+}
+
+/// The build result as status pins it.
+fn pinned(r: &Inventory) -> BuildResult {
+    BuildResult {
+        image: r.spec.image.clone().unwrap_or_default(),
+        inventory: r.name_any(),
+        uid: r.metadata.uid.clone(),
+        resource_version: r.metadata.resource_version.clone(),
+        generation: r.metadata.generation,
+    }
+}
+
+/// The status once `step` is taken: its phase and message, the Jobs it
+/// started, the phase's first instant and the conditions.
+fn settle(
+    mut status: ChangeRequestStatus,
+    step: &Step,
+    generation: Option<i64>,
+    jobs: &BuildJobs,
+    now: Timestamp,
+) -> ChangeRequestStatus {
     status.phase = Some(step.phase);
     status.message = Some(step.message.clone());
     if matches!(
         step.phase,
         Phase::Building | Phase::Testing | Phase::Published
     ) {
-        status.build_job = Some(build_name);
+        status.build_job = Some(jobs.build_name.clone());
     }
     if matches!(step.phase, Phase::Testing | Phase::Published) {
-        status.test_job = Some(test_name);
+        status.test_job = Some(jobs.test_name.clone());
     }
-    let mut stamps = status.timestamps.clone().unwrap_or_default();
+    let mut stamps = status.timestamps.take().unwrap_or_default();
     set_stamp(&mut stamps, step.phase, time(now));
     if step.phase == Phase::Building {
         set_stamp(&mut stamps, Phase::Approved, time(now));
     }
     status.timestamps = Some(stamps);
-    let approved = status
-        .approval
-        .as_ref()
-        .is_some_and(|a| a.verdict == Verdict::Approved);
-    let desired = [
-        DesiredCondition::new(
-            types::READY,
+    let desired = desired_conditions(step, status.approval.as_ref(), status.scope.as_ref());
+    (status.conditions, _) =
+        conditions::merge(&status.conditions, &desired, generation, &time(now));
+    status
+}
+
+/// The Ready and Approved conditions after `step`.
+fn desired_conditions(
+    step: &Step,
+    approval: Option<&ApprovalRecord>,
+    scope: Option<&ChangeScope>,
+) -> [DesiredCondition; 2] {
+    let ready = DesiredCondition::new(
+        types::READY,
+        ConditionStatus::True,
+        step.reason,
+        step.message.clone(),
+    );
+    let approved = match approval.filter(|a| a.verdict == Verdict::Approved) {
+        Some(a) => DesiredCondition::new(
+            types::APPROVED,
             ConditionStatus::True,
-            step.reason,
+            if a.by == "Policy" {
+                "ApprovedByPolicy"
+            } else {
+                "ApprovedByPerson"
+            },
+            format!(
+                "approved for scope {}",
+                scope.map_or("", |s| change::short(&s.digest))
+            ),
+        ),
+        None => DesiredCondition::new(
+            types::APPROVED,
+            ConditionStatus::False,
+            if step.phase == Phase::Rejected {
+                "Rejected"
+            } else {
+                "AwaitingApproval"
+            },
             step.message.clone(),
         ),
-        if approved {
-            DesiredCondition::new(
+    };
+    [ready, approved]
+}
+
+/// Writes the status when it changed; on a new phase, the Event and the
+/// Template's wake. `false`: the request changed since it was read.
+async fn update_status(
+    scope: &Arc<Scope>,
+    cr: &Arc<ChangeRequest>,
+    previous: &ChangeRequestStatus,
+    status: &ChangeRequestStatus,
+    step: &Step,
+) -> Result<bool, Error> {
+    if status == previous {
+        return Ok(true);
+    }
+    if !write(scope, cr, previous, status).await? {
+        return Ok(false);
+    }
+    if let Some(point) = written_failpoint(previous.phase, step) {
+        failpoint::exit_if(point);
+    }
+    if previous.phase != Some(step.phase) {
+        let warning = matches!(step.phase, Phase::Failed | Phase::Rejected);
+        scope
+            .shared
+            .event(cr.as_ref(), warning, step.reason, step.message.clone())
+            .await;
+        wake_template_once_shown(scope, cr, step.phase);
+    }
+    Ok(true)
+}
+
+/// The Template shows the open request (or none), as read from the request
+/// cache: wake it once that shows the new phase, or it reads the old one
+/// and nothing wakes it again.
+fn wake_template_once_shown(scope: &Arc<Scope>, cr: &ChangeRequest, phase: Phase) {
+    let me = ObjectRef::from_obj(cr);
+    let template = ObjectRef::new(&cr.spec.template).within(&cr.namespace().unwrap_or_default());
+    let scope = Arc::clone(scope);
+    tokio::spawn(async move {
+        scope::cache_shows(&scope.change_requests, &me, |c| {
+            c.status.as_ref().and_then(|s| s.phase) == Some(phase)
+        })
+        .await;
+        let _ = scope.triggers.templates.unbounded_send(template);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::change_request::{ChangeRequestSpec, Decision as SpecDecision};
+    use crate::api::template::TemplateSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
+
+    const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(second).expect("timestamp")
+    }
+
+    /// A request with a person's decision on [`DIGEST`], written by
+    /// `alice`.
+    fn request(verdict: Verdict) -> ChangeRequest {
+        let mut cr = ChangeRequest::new(
+            "web-1",
+            ChangeRequestSpec {
+                template: "web".into(),
+                decision: Some(SpecDecision {
+                    verdict,
+                    digest: DIGEST.into(),
+                    request_uid: Some("cr-uid".into()),
+                    decided_at: Some(time(at(100))),
+                    reason: Some("change window".into()),
+                }),
+            },
+        );
+        cr.metadata.namespace = Some("apps".into());
+        cr.metadata.uid = Some("cr-uid".into());
+        cr.metadata.generation = Some(2);
+        cr.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("alice".into()),
+            fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {"f:decision": {}}}))),
+            ..ManagedFieldsEntry::default()
+        }]);
+        cr
+    }
+
+    fn scope_on(digest: &str) -> ChangeScope {
+        ChangeScope {
+            digest: digest.into(),
+            ..ChangeScope::default()
+        }
+    }
+
+    #[test]
+    fn a_persons_approval_names_their_field_manager_and_reason() {
+        let cr = request(Verdict::Approved);
+        let scope = scope_on(DIGEST);
+        let approved = Approval::Approved(Approver::Person);
+        let record =
+            approval_record(&approved, Some(&scope), None, &cr, None, at(200)).expect("record");
+        assert_eq!(
+            record,
+            ApprovalRecord {
+                verdict: Verdict::Approved,
+                by: "Person".into(),
+                field_manager: Some("alice".into()),
+                digest: Some(DIGEST.into()),
+                reason: Some("change window".into()),
+                effective_at: time(at(200)),
+                consumed_by: None,
+            }
+        );
+        // The same approval of the same scope keeps its instant; of another
+        // scope it starts now.
+        let again = approval_record(&approved, Some(&scope), Some(&record), &cr, None, at(300))
+            .expect("record");
+        assert_eq!(again.effective_at, time(at(200)));
+        let other = scope_on("sha256:other");
+        let moved = approval_record(&approved, Some(&other), Some(&record), &cr, None, at(300))
+            .expect("record");
+        assert_eq!(moved.effective_at, time(at(300)));
+    }
+
+    #[test]
+    fn a_policys_approval_names_the_policy_and_its_rule() {
+        let cr = request(Verdict::Approved);
+        let scope = scope_on(DIGEST);
+        let rule = (
+            "nightly".to_owned(),
+            TemplateApproval::AutomaticForEmergency,
+        );
+        let record = approval_record(
+            &Approval::Approved(Approver::Policy),
+            Some(&scope),
+            None,
+            &cr,
+            Some(&rule),
+            at(200),
+        )
+        .expect("record");
+        assert_eq!(
+            (
+                record.by.as_str(),
+                record.field_manager.as_deref(),
+                record.reason.as_deref()
+            ),
+            (
+                "Policy",
+                Some("PatchPolicy/nightly"),
+                Some("templates.approval: AutomaticForEmergency")
+            )
+        );
+    }
+
+    #[test]
+    fn a_rejection_is_recorded_and_awaiting_records_nothing() {
+        let cr = request(Verdict::Rejected);
+        let scope = scope_on(DIGEST);
+        let approved_before = approval_record(
+            &Approval::Approved(Approver::Person),
+            Some(&scope),
+            None,
+            &cr,
+            None,
+            at(100),
+        );
+        let record = approval_record(
+            &Approval::Rejected,
+            Some(&scope),
+            approved_before.as_ref(),
+            &cr,
+            None,
+            at(200),
+        )
+        .expect("record");
+        assert_eq!(
+            (
+                record.verdict,
+                record.by.as_str(),
+                record.field_manager.as_deref(),
+                record.effective_at.clone()
+            ),
+            (Verdict::Rejected, "Person", Some("alice"), time(at(200)))
+        );
+        let waiting = Approval::Awaiting("waiting".into());
+        assert_eq!(
+            approval_record(&waiting, Some(&scope), None, &cr, None, at(200)),
+            None
+        );
+        // No scope in force: nothing to approve.
+        let approved = Approval::Approved(Approver::Person);
+        assert_eq!(
+            approval_record(&approved, None, None, &cr, None, at(200)),
+            None
+        );
+    }
+
+    fn step_of(phase: Phase, reason: &'static str, message: &str) -> Step {
+        Step {
+            phase,
+            reason,
+            message: message.into(),
+            act: Act::Nothing,
+            wake: None,
+        }
+    }
+
+    fn shown(c: &DesiredCondition) -> (&str, ConditionStatus, &str, &str) {
+        (c.type_, c.status, c.reason.as_str(), c.message.as_str())
+    }
+
+    #[test]
+    fn conditions_say_who_approved_or_why_not() {
+        let building = step_of(Phase::Building, "Building", "the build Job runs");
+        let scope = scope_on(DIGEST);
+        let mut record = ApprovalRecord {
+            verdict: Verdict::Approved,
+            by: "Policy".into(),
+            field_manager: None,
+            digest: Some(DIGEST.into()),
+            reason: None,
+            effective_at: time(at(0)),
+            consumed_by: None,
+        };
+        let [ready, approved] = desired_conditions(&building, Some(&record), Some(&scope));
+        assert_eq!(
+            shown(&ready),
+            (
+                types::READY,
+                ConditionStatus::True,
+                "Building",
+                "the build Job runs"
+            )
+        );
+        let message = format!("approved for scope {}", change::short(DIGEST));
+        assert_eq!(
+            shown(&approved),
+            (
                 types::APPROVED,
                 ConditionStatus::True,
-                status.approval.as_ref().map_or("Approved", |a| {
-                    if a.by == "Policy" {
-                        "ApprovedByPolicy"
-                    } else {
-                        "ApprovedByPerson"
-                    }
-                }),
-                format!(
-                    "approved for scope {}",
-                    status
-                        .scope
-                        .as_ref()
-                        .map_or("", |s| change::short(&s.digest))
-                ),
+                "ApprovedByPolicy",
+                message.as_str()
             )
-        } else {
-            DesiredCondition::new(
+        );
+        record.by = "Person".into();
+        let [_, approved] = desired_conditions(&building, Some(&record), Some(&scope));
+        assert_eq!(approved.reason, "ApprovedByPerson");
+
+        let rejected = step_of(Phase::Rejected, "Rejected", "rejected");
+        record.verdict = Verdict::Rejected;
+        let [_, approved] = desired_conditions(&rejected, Some(&record), Some(&scope));
+        assert_eq!(
+            shown(&approved),
+            (
                 types::APPROVED,
                 ConditionStatus::False,
-                if step.phase == Phase::Rejected {
-                    "Rejected"
-                } else {
-                    "AwaitingApproval"
-                },
-                step.message.clone(),
+                "Rejected",
+                "rejected"
             )
-        },
-    ];
-    let (conds, _) = conditions::merge(
-        &previous.conditions,
-        &desired,
-        cr.metadata.generation,
-        &time(now),
-    );
-    status.conditions = conds;
+        );
+        let waiting = step_of(Phase::AwaitingApproval, "AwaitingApproval", "waiting");
+        let [_, approved] = desired_conditions(&waiting, None, Some(&scope));
+        assert_eq!(
+            shown(&approved),
+            (
+                types::APPROVED,
+                ConditionStatus::False,
+                "AwaitingApproval",
+                "waiting"
+            )
+        );
+    }
 
-    if status != previous {
-        if !write(scope, &cr, &previous, &status).await? {
-            return Ok(Action::requeue(SOON));
-        }
-        if let Some(point) = written_failpoint(previous.phase, &step) {
-            failpoint::exit_if(point);
-        }
-        if previous.phase != Some(step.phase) {
-            let warning = matches!(step.phase, Phase::Failed | Phase::Rejected);
-            shared
-                .event(cr.as_ref(), warning, step.reason, step.message.clone())
-                .await;
-            // The Template shows the open request (or none), as read from
-            // the request cache: wake it once that shows the new phase, or it
-            // reads the old one and nothing wakes it again.
-            let phase = step.phase;
-            let me = ObjectRef::from_obj(cr.as_ref());
-            let template = ObjectRef::new(&cr.spec.template).within(&ns);
-            let scope = Arc::clone(scope);
-            tokio::spawn(async move {
-                scope::cache_shows(&scope.change_requests, &me, |c| {
-                    c.status.as_ref().and_then(|s| s.phase) == Some(phase)
-                })
-                .await;
-                let _ = scope.triggers.templates.unbounded_send(template);
-            });
+    fn no_jobs() -> BuildJobs {
+        BuildJobs {
+            build_name: jobs::job_name("web-1", "build"),
+            test_name: jobs::job_name("web-1", "test"),
+            cached: None,
+            recorded: None,
+            unrecorded: None,
+            build: JobState::Absent,
+            test: JobState::Absent,
         }
     }
-    if is_closed(Some(step.phase)) {
-        return Ok(idle);
+
+    #[test]
+    fn a_settled_status_names_the_jobs_started_and_stamps_the_phase_once() {
+        let jobs = no_jobs();
+        let building = step_of(Phase::Building, "Building", "the build Job runs");
+        let status = settle(
+            ChangeRequestStatus::default(),
+            &building,
+            Some(2),
+            &jobs,
+            at(10),
+        );
+        assert_eq!(status.phase, Some(Phase::Building));
+        assert_eq!(status.build_job.as_deref(), Some(jobs.build_name.as_str()));
+        assert_eq!(status.test_job, None);
+        let stamps = status.timestamps.clone().expect("stamps");
+        assert_eq!(
+            (stamps.building, stamps.approved),
+            (Some(time(at(10))), Some(time(at(10))))
+        );
+        assert_eq!(status.conditions.len(), 2);
+        let testing = step_of(Phase::Testing, "Testing", "the test Job runs");
+        let status = settle(status, &testing, Some(2), &jobs, at(20));
+        let stamps = status.timestamps.clone().expect("stamps");
+        assert_eq!(
+            (stamps.building, stamps.testing),
+            (Some(time(at(10))), Some(time(at(20))))
+        );
+        assert_eq!(status.test_job.as_deref(), Some(jobs.test_name.as_str()));
     }
-    let next = [wake, step.wake].into_iter().flatten().min();
-    Ok(Action::requeue(requeue_at(
-        next,
-        now,
-        shared.settings.max_requeue,
-    )))
+
+    #[test]
+    fn only_the_recorded_build_job_is_not_unrecorded() {
+        let mut job = Job::default();
+        job.metadata.creation_timestamp = Some(time(at(50)));
+        assert_eq!(unrecorded_since(&job, None), Some(at(50)));
+        job.metadata.uid = Some("job-uid".into());
+        assert_eq!(unrecorded_since(&job, None), Some(at(50)));
+        assert_eq!(unrecorded_since(&job, Some("other")), Some(at(50)));
+        assert_eq!(unrecorded_since(&job, Some("job-uid")), None);
+    }
+
+    fn facts(template: Option<Template>, previous: ChangeRequestStatus) -> Facts {
+        let seen = if template.is_some() {
+            TemplateSeen::Bound
+        } else {
+            TemplateSeen::Absent
+        };
+        Facts {
+            ns: "apps".into(),
+            name: "web-1".into(),
+            uid: "cr-uid".into(),
+            now: at(1_000),
+            previous,
+            template: template.map(Arc::new),
+            seen,
+            revision: 1,
+            published: false,
+            needs: Needs {
+                base_image: "registry.example/web:1".into(),
+                scope: Some(scope_on(DIGEST)),
+                emergency: false,
+                rule: None,
+                wake: None,
+                inputs_changed: false,
+            },
+            jobs: no_jobs(),
+            result: ResultSeen {
+                inventory: None,
+                output: BuildOutput::Absent,
+                pin: Pin::Unpinned,
+                checks: None,
+            },
+        }
+    }
+
+    fn template() -> Template {
+        let mut t = Template::new(
+            "web",
+            TemplateSpec {
+                platform: "debian:12".into(),
+                image: "registry.example/web:1".into(),
+                build_job_template: None,
+                test_job_template: None,
+                keep_closed_change_requests: None,
+            },
+        );
+        t.metadata.uid = Some("template-uid".into());
+        t.metadata.generation = Some(3);
+        t
+    }
+
+    #[test]
+    fn a_persons_approval_is_recorded_before_the_build_is_decided() {
+        let cr = request(Verdict::Approved);
+        let f = facts(Some(template()), ChangeRequestStatus::default());
+        let d = decide(&cr, &f).expect("decision");
+        assert_eq!((d.step.phase, d.step.act), (Phase::Approved, Act::Nothing));
+        assert_eq!(d.status.template_uid.as_deref(), Some("template-uid"));
+        assert_eq!(
+            (
+                d.status.base_revision,
+                d.status.target_revision,
+                d.status.template_generation
+            ),
+            (Some(1), Some(2), Some(3))
+        );
+        assert_eq!(d.status.scope, Some(scope_on(DIGEST)));
+        let approval = d.status.approval.as_ref().expect("approval");
+        assert_eq!(
+            (approval.by.as_str(), approval.field_manager.as_deref()),
+            ("Person", Some("alice"))
+        );
+
+        // Approved: the engine decides the build; the scope moved away from
+        // the decision voids it.
+        let approved = ChangeRequestStatus {
+            phase: Some(Phase::Approved),
+            ..d.status.clone()
+        };
+        let d = decide(&cr, &facts(Some(template()), approved.clone())).expect("decision");
+        assert_eq!((d.step.phase, d.step.act), (Phase::Building, Act::Build));
+        let mut moved = facts(Some(template()), approved);
+        moved.needs.scope = Some(scope_on("sha256:other"));
+        let d = decide(&cr, &moved).expect("decision");
+        assert_eq!(d.step.phase, Phase::AwaitingApproval);
+        let void = d.status.decision_voided.expect("void");
+        assert_eq!(
+            (void.digest.as_deref(), void.field_managers),
+            (Some(DIGEST), vec!["alice".to_owned()])
+        );
+        assert_eq!(d.status.approval, None);
+    }
+
+    #[test]
+    fn a_deleted_template_fails_the_request_and_a_closed_one_is_left() {
+        let cr = request(Verdict::Approved);
+        let d = decide(&cr, &facts(None, ChangeRequestStatus::default())).expect("decision");
+        assert_eq!(
+            (d.step.phase, d.step.reason),
+            (Phase::Failed, "TemplateDeleted")
+        );
+        let closed = ChangeRequestStatus {
+            phase: Some(Phase::Published),
+            ..ChangeRequestStatus::default()
+        };
+        assert!(decide(&cr, &facts(Some(template()), closed)).is_none());
+    }
+
+    #[test]
+    fn what_a_create_found_is_told_to_the_engine() {
+        let adopt = |_: &Job| Creation::Adopted;
+        assert_eq!(found(Ok((jobs::Created::New, None)), adopt), Creation::New);
+        let existed = jobs::Created::Existed(Box::default());
+        assert_eq!(found(Ok((existed, None)), adopt), Creation::Adopted);
+        assert_eq!(
+            found(Err("Template spec.testJobTemplate: missing".into()), adopt),
+            Creation::Invalid("Template spec.testJobTemplate: missing".into())
+        );
+    }
 }

@@ -827,7 +827,8 @@ pub enum Act {
     /// Nothing but the status below.
     Nothing,
     /// Create the build Job and record its uid and nonce's hash; an
-    /// existing one is adopted only when its uid is the recorded one.
+    /// existing one is adopted only when its uid is the recorded one
+    /// ([`created`] decides the step from what the create found).
     Build,
     /// Delete the Job under the build Job's name that this request did not
     /// record (the uid seen as a precondition); a fresh one, with a fresh
@@ -872,6 +873,40 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
     if is_closed(o.phase) {
         return None;
     }
+    if let Some(settled) = settled(o) {
+        return Some(settled);
+    }
+    let phase = o.phase.unwrap_or(Phase::AwaitingApproval);
+    if matches!(phase, Phase::Building | Phase::Testing) && o.inputs_changed {
+        return Some(step(
+            Phase::Failed,
+            "TemplateEdited",
+            "the Template's build inputs (platform, image, build or test Job template) changed after approval: this request's approval does not cover them; a new request opens for the edited Template",
+            Act::Nothing,
+        ));
+    }
+    // Before Building nothing recorded a build Job (its approval was never
+    // consumed), and once Building only the recorded one counts.
+    if let Some(created) = o.build_unrecorded
+        && matches!(
+            phase,
+            Phase::AwaitingApproval | Phase::Approved | Phase::Building
+        )
+    {
+        return Some(unrecorded_build(phase, created, o.now));
+    }
+    match phase {
+        Phase::AwaitingApproval | Phase::Approved => Some(deciding(o, phase)),
+        Phase::Building => Some(building(o)),
+        Phase::Testing => Some(testing(o)),
+        // Closed phases returned above.
+        Phase::Published | Phase::Rejected | Phase::Failed | Phase::Obsolete => None,
+    }
+}
+
+/// The steps that end an open request whatever its phase: published
+/// already, its Template gone or another one, or the Template moved on.
+fn settled(o: &Observed<'_>) -> Option<Step> {
     if o.published {
         return Some(step(
             Phase::Published,
@@ -899,179 +934,195 @@ pub fn next(o: &Observed<'_>) -> Option<Step> {
             ));
         }
     }
-    if let Some(base) = o.revision.1
-        && o.revision.0 != base
-    {
-        return Some(step(
+    let base = o.revision.1.filter(|base| *base != o.revision.0)?;
+    Some(step(
+        Phase::Obsolete,
+        "TemplateChanged",
+        format!(
+            "the Template moved from revision {base} to {} another way",
+            o.revision.0
+        ),
+        Act::Nothing,
+    ))
+}
+
+/// Awaiting approval or approved: the decision on the scope in force.
+fn deciding(o: &Observed<'_>, phase: Phase) -> Step {
+    let Some(_) = o.needed else {
+        return step(
             Phase::Obsolete,
-            "TemplateChanged",
-            format!(
-                "the Template moved from revision {base} to {} another way",
-                o.revision.0
-            ),
+            "TemplateCompliant",
+            "the Template no longer needs a rebuild",
             Act::Nothing,
-        ));
-    }
-    let phase = o.phase.unwrap_or(Phase::AwaitingApproval);
-    if matches!(phase, Phase::Building | Phase::Testing) && o.inputs_changed {
-        return Some(step(
-            Phase::Failed,
-            "TemplateEdited",
-            "the Template's build inputs (platform, image, build or test Job template) changed after approval: this request's approval does not cover them; a new request opens for the edited Template",
+        );
+    };
+    match o.approval {
+        Approval::Rejected => step(
+            Phase::Rejected,
+            "Rejected",
+            "rejected; a new request opens only when the findings change",
             Act::Nothing,
-        ));
-    }
-    // Before Building nothing recorded a build Job (its approval was never
-    // consumed), and once Building only the recorded one counts.
-    if let Some(created) = o.build_unrecorded
-        && matches!(
-            phase,
-            Phase::AwaitingApproval | Phase::Approved | Phase::Building
-        )
-    {
-        return Some(unrecorded_build(phase, created, o.now));
-    }
-    match phase {
-        Phase::AwaitingApproval | Phase::Approved => {
-            let Some(_) = o.needed else {
-                return Some(step(
-                    Phase::Obsolete,
-                    "TemplateCompliant",
-                    "the Template no longer needs a rebuild",
-                    Act::Nothing,
-                ));
-            };
-            Some(match o.approval {
-                Approval::Rejected => step(
-                    Phase::Rejected,
-                    "Rejected",
-                    "rejected; a new request opens only when the findings change",
-                    Act::Nothing,
-                ),
-                Approval::Awaiting(why) => step(
-                    Phase::AwaitingApproval,
-                    "AwaitingApproval",
-                    why,
-                    Act::Nothing,
-                ),
-                Approval::Approved(by) if phase == Phase::AwaitingApproval => step(
-                    Phase::Approved,
-                    "Approved",
-                    match by {
-                        Approver::Person => "approved; the build starts",
-                        Approver::Policy => "approved by the policy; the build starts",
-                    },
-                    Act::Nothing,
-                ),
-                Approval::Approved(_) => step(Phase::Building, "Building", BUILDING, Act::Build),
-            })
-        }
-        Phase::Building => Some(match (o.build, &o.pin, o.output) {
-            (JobState::Failed(why), _, _) => step(
-                Phase::Failed,
-                "BuildFailed",
-                format!("the build failed: {why}"),
-                Act::Nothing,
-            ),
-            (JobState::Succeeded(_), Pin::Intact, _) => step(
-                Phase::Testing,
-                "Testing",
-                "the test Job runs against the pinned image",
-                Act::Test,
-            ),
-            (JobState::Succeeded(_), Pin::Changed, _) => result_changed(),
-            (JobState::Succeeded(_), Pin::Unpinned, BuildOutput::NotFromBuild(why)) => step(
-                Phase::Failed,
-                "ResultNotFromBuild",
-                format!("{why}; nothing is tested or published, a new request rebuilds"),
-                Act::Nothing,
-            ),
-            (JobState::Succeeded(_), Pin::Unpinned, BuildOutput::Valid) => step(
-                Phase::Building,
-                "ResultPinned",
-                "the build result is pinned; the test Job runs against that image next",
-                Act::Pin,
-            ),
-            (JobState::Succeeded(at), Pin::Unpinned, output) => {
-                let deadline = at.and_then(|t| t.checked_add(RESULT_GRACE).ok());
-                let why = match output {
-                    BuildOutput::Invalid(why) => why.clone(),
-                    _ => "no Inventory reported it".to_owned(),
-                };
-                if deadline.is_some_and(|d| d <= o.now) {
-                    step(
-                        Phase::Failed,
-                        match output {
-                            BuildOutput::Invalid(_) => "InvalidBuildResult",
-                            _ => "NoBuildResult",
-                        },
-                        format!("the build succeeded but its result cannot be used: {why}"),
-                        Act::Nothing,
-                    )
-                } else {
-                    Step {
-                        wake: deadline,
-                        ..step(
-                            Phase::Building,
-                            "AwaitingBuildResult",
-                            format!(
-                                "the build succeeded; waiting for its result Inventory ({why})"
-                            ),
-                            Act::Nothing,
-                        )
-                    }
-                }
-            }
-            (JobState::Absent, _, _) => step(Phase::Building, "Building", BUILDING, Act::Build),
-            (JobState::Running, _, _) => step(Phase::Building, "Building", BUILDING, Act::Nothing),
-        }),
-        Phase::Testing => Some(match (&o.pin, o.test) {
-            (Pin::Unpinned, _) => step(
-                Phase::Failed,
-                "NoBuildResult",
-                "no build result was pinned before the test",
-                Act::Nothing,
-            ),
-            (Pin::Changed, _) => result_changed(),
-            (Pin::Intact, JobState::Failed(why)) => step(
-                Phase::Failed,
-                "TestFailed",
-                format!("the test failed: {why}"),
-                Act::Nothing,
-            ),
-            (Pin::Intact, JobState::Absent) => step(
-                Phase::Testing,
-                "Testing",
-                "the test Job runs against the pinned image",
-                Act::Test,
-            ),
-            (Pin::Intact, JobState::Running) => step(
-                Phase::Testing,
-                "Testing",
-                "the test Job runs against the pinned image",
-                Act::Nothing,
-            ),
-            (Pin::Intact, JobState::Succeeded(_)) => match o.checks {
-                Some([]) => step(
-                    Phase::Published,
-                    "Published",
-                    format!("revision {} is published", o.revision.0 + 1),
-                    Act::Publish,
-                ),
-                Some(problems) => step(
-                    Phase::Failed,
-                    "NotPublishable",
-                    format!(
-                        "the built image cannot be published: {}",
-                        problems.join("; ")
-                    ),
-                    Act::Nothing,
-                ),
-                None => result_changed(),
+        ),
+        Approval::Awaiting(why) => step(
+            Phase::AwaitingApproval,
+            "AwaitingApproval",
+            why,
+            Act::Nothing,
+        ),
+        Approval::Approved(by) if phase == Phase::AwaitingApproval => step(
+            Phase::Approved,
+            "Approved",
+            match by {
+                Approver::Person => "approved; the build starts",
+                Approver::Policy => "approved by the policy; the build starts",
             },
-        }),
-        // Closed phases returned above.
-        Phase::Published | Phase::Rejected | Phase::Failed | Phase::Obsolete => None,
+            Act::Nothing,
+        ),
+        Approval::Approved(_) => step(Phase::Building, "Building", BUILDING, Act::Build),
+    }
+}
+
+/// Building: the recorded build Job, then its result.
+fn building(o: &Observed<'_>) -> Step {
+    match (o.build, &o.pin, o.output) {
+        (JobState::Failed(why), _, _) => step(
+            Phase::Failed,
+            "BuildFailed",
+            format!("the build failed: {why}"),
+            Act::Nothing,
+        ),
+        (JobState::Succeeded(_), Pin::Intact, _) => {
+            step(Phase::Testing, "Testing", TESTING, Act::Test)
+        }
+        (JobState::Succeeded(_), Pin::Changed, _) => result_changed(),
+        (JobState::Succeeded(_), Pin::Unpinned, BuildOutput::NotFromBuild(why)) => step(
+            Phase::Failed,
+            "ResultNotFromBuild",
+            format!("{why}; nothing is tested or published, a new request rebuilds"),
+            Act::Nothing,
+        ),
+        (JobState::Succeeded(_), Pin::Unpinned, BuildOutput::Valid) => step(
+            Phase::Building,
+            "ResultPinned",
+            "the build result is pinned; the test Job runs against that image next",
+            Act::Pin,
+        ),
+        (JobState::Succeeded(at), Pin::Unpinned, output) => awaiting_result(*at, output, o.now),
+        (JobState::Absent, _, _) => step(Phase::Building, "Building", BUILDING, Act::Build),
+        (JobState::Running, _, _) => step(Phase::Building, "Building", BUILDING, Act::Nothing),
+    }
+}
+
+/// A build that succeeded at `at` without a usable result: waited on for
+/// [`RESULT_GRACE`], then the request fails saying why.
+fn awaiting_result(at: Option<Timestamp>, output: &BuildOutput, now: Timestamp) -> Step {
+    let deadline = at.and_then(|t| t.checked_add(RESULT_GRACE).ok());
+    let why = match output {
+        BuildOutput::Invalid(why) => why.clone(),
+        _ => "no Inventory reported it".to_owned(),
+    };
+    if deadline.is_some_and(|d| d <= now) {
+        return step(
+            Phase::Failed,
+            match output {
+                BuildOutput::Invalid(_) => "InvalidBuildResult",
+                _ => "NoBuildResult",
+            },
+            format!("the build succeeded but its result cannot be used: {why}"),
+            Act::Nothing,
+        );
+    }
+    Step {
+        wake: deadline,
+        ..step(
+            Phase::Building,
+            "AwaitingBuildResult",
+            format!("the build succeeded; waiting for its result Inventory ({why})"),
+            Act::Nothing,
+        )
+    }
+}
+
+/// Testing: the pin still holds, then the test Job, then the publication
+/// checks.
+fn testing(o: &Observed<'_>) -> Step {
+    match (&o.pin, o.test) {
+        (Pin::Unpinned, _) => step(
+            Phase::Failed,
+            "NoBuildResult",
+            "no build result was pinned before the test",
+            Act::Nothing,
+        ),
+        (Pin::Changed, _) => result_changed(),
+        (Pin::Intact, JobState::Failed(why)) => step(
+            Phase::Failed,
+            "TestFailed",
+            format!("the test failed: {why}"),
+            Act::Nothing,
+        ),
+        (Pin::Intact, JobState::Absent) => step(Phase::Testing, "Testing", TESTING, Act::Test),
+        (Pin::Intact, JobState::Running) => step(Phase::Testing, "Testing", TESTING, Act::Nothing),
+        (Pin::Intact, JobState::Succeeded(_)) => match o.checks {
+            Some([]) => step(
+                Phase::Published,
+                "Published",
+                format!("revision {} is published", o.revision.0 + 1),
+                Act::Publish,
+            ),
+            Some(problems) => step(
+                Phase::Failed,
+                "NotPublishable",
+                format!(
+                    "the built image cannot be published: {}",
+                    problems.join("; ")
+                ),
+                Act::Nothing,
+            ),
+            None => result_changed(),
+        },
+    }
+}
+
+/// What creating the Job a step asked for ([`Act::Build`] or [`Act::Test`])
+/// found under its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Creation {
+    /// This pass created it.
+    New,
+    /// A Job of this request's already under the name that it may adopt:
+    /// for the build Job, the one whose uid it recorded (the cache had not
+    /// shown it yet); for the test Job, any it controls.
+    Adopted,
+    /// A Job of this request's that it did not record (a crash between its
+    /// create and the status write), created at this instant.
+    Unrecorded(Timestamp),
+    /// A Job another owner controls; the sentence says whose.
+    Taken(String),
+    /// The Job template is unusable; the sentence says why.
+    Invalid(String),
+}
+
+/// The step once the Job `planned` asked for was created, from the recorded
+/// phase: a new Job, or an adoptable one, keeps `planned` (a new build
+/// Job's uid is recorded with it, before anything adopts it); an unrecorded
+/// one is never adopted ([`unrecorded_build`]); a name held by another
+/// owner, or an unusable template, fails the request.
+pub fn created(phase: Option<Phase>, planned: Step, creation: Creation, now: Timestamp) -> Step {
+    match creation {
+        Creation::New | Creation::Adopted => planned,
+        Creation::Unrecorded(at) => {
+            unrecorded_build(phase.unwrap_or(Phase::AwaitingApproval), at, now)
+        }
+        Creation::Taken(why) => step(
+            Phase::Failed,
+            match planned.act {
+                Act::Test => "TestJobConflict",
+                _ => "BuildJobConflict",
+            },
+            why,
+            Act::Nothing,
+        ),
+        Creation::Invalid(why) => step(Phase::Failed, "InvalidJobTemplate", why, Act::Nothing),
     }
 }
 
@@ -1105,6 +1156,8 @@ pub fn unrecorded_build(phase: Phase, created: Timestamp, now: Timestamp) -> Ste
 
 const BUILDING: &str =
     "the build Job runs; only it holds this request's nonce, which its result must carry";
+
+const TESTING: &str = "the test Job runs against the pinned image";
 
 fn result_changed() -> Step {
     step(
@@ -1936,6 +1989,88 @@ mod tests {
         // Once gone, a fresh one is created.
         let o = observed(Some(Phase::Building), None, &waiting, &absent, &absent);
         assert_eq!(next(&o).map(|s| s.act), Some(Act::Build));
+    }
+
+    #[test]
+    fn a_created_build_job_is_adopted_only_when_new_or_recorded() {
+        // The engine decides the build; what the create found decides the
+        // step, never the controller.
+        let s = scope_of(&[("bash", "5.2")], &["DSA-1"]);
+        let approved = Approval::Approved(Approver::Person);
+        let absent = JobState::Absent;
+        for phase in [Phase::Approved, Phase::Building] {
+            let o = observed(Some(phase), Some(&s), &approved, &absent, &absent);
+            let planned = next(&o).expect("step");
+            assert_eq!((planned.phase, planned.act), (Phase::Building, Act::Build));
+            for found in [Creation::New, Creation::Adopted] {
+                let st = created(Some(phase), planned.clone(), found, o.now);
+                assert_eq!(st, planned);
+            }
+            // Under the name, a Job the request did not record: the phase
+            // stays, the Job is held, then discarded.
+            let at = Timestamp::from_second(1_000).expect("ts");
+            let st = created(Some(phase), planned.clone(), Creation::Unrecorded(at), at);
+            assert_eq!(
+                (st.phase, st.reason, st.act),
+                (phase, "BuildJobUnrecorded", Act::Nothing)
+            );
+            assert_eq!(st.wake, at.checked_add(UNRECORDED_HOLD).ok());
+            let later = at.checked_add(UNRECORDED_HOLD).expect("ts");
+            let st = created(
+                Some(phase),
+                planned.clone(),
+                Creation::Unrecorded(at),
+                later,
+            );
+            assert_eq!((st.phase, st.act), (phase, Act::DiscardBuild));
+        }
+    }
+
+    #[test]
+    fn a_job_name_held_by_another_owner_or_an_unusable_template_fails() {
+        let waiting = Approval::Awaiting("x".into());
+        let absent = JobState::Absent;
+        let build = next(&observed(
+            Some(Phase::Building),
+            None,
+            &waiting,
+            &absent,
+            &absent,
+        ))
+        .expect("step");
+        let done = JobState::Succeeded(Some(Timestamp::UNIX_EPOCH));
+        let mut o = observed(Some(Phase::Testing), None, &waiting, &done, &absent);
+        o.pin = Pin::Intact;
+        let test = next(&o).expect("step");
+        assert_eq!(test.act, Act::Test);
+        for (planned, conflict) in [(build, "BuildJobConflict"), (test, "TestJobConflict")] {
+            let st = created(
+                Some(planned.phase),
+                planned.clone(),
+                Creation::Taken("a Job named x-build already exists".into()),
+                o.now,
+            );
+            assert_eq!(
+                (st.phase, st.reason, st.act, st.message.as_str()),
+                (
+                    Phase::Failed,
+                    conflict,
+                    Act::Nothing,
+                    "a Job named x-build already exists"
+                )
+            );
+            let why = "Template spec.buildJobTemplate: missing";
+            let st = created(
+                Some(planned.phase),
+                planned,
+                Creation::Invalid(why.into()),
+                o.now,
+            );
+            assert_eq!(
+                (st.phase, st.reason, st.message.as_str()),
+                (Phase::Failed, "InvalidJobTemplate", why)
+            );
+        }
     }
 
     #[test]
