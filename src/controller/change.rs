@@ -38,7 +38,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use super::advisories::DataState;
-use super::scope::{self, Scope};
+use super::scope::Scope;
 use super::template::{self as tpl, Current};
 use super::triggers;
 use super::{Error, failpoint, jobs, now, observed, requeue_at};
@@ -1277,25 +1277,11 @@ async fn update_status(
             .shared
             .event(cr.as_ref(), warning, step.reason, step.message.clone())
             .await;
-        wake_template_once_shown(scope, cr, step.phase);
+        // The Template shows the open request (or none), as read from the
+        // request cache.
+        triggers::request_moved(scope, cr, step.phase);
     }
     Ok(true)
-}
-
-/// The Template shows the open request (or none), as read from the request
-/// cache: wake it once that shows the new phase, or it reads the old one
-/// and nothing wakes it again.
-fn wake_template_once_shown(scope: &Arc<Scope>, cr: &ChangeRequest, phase: Phase) {
-    let me = ObjectRef::from_obj(cr);
-    let template = ObjectRef::new(&cr.spec.template).within(&cr.namespace().unwrap_or_default());
-    let scope = Arc::clone(scope);
-    tokio::spawn(async move {
-        scope::cache_shows(&scope.change_requests, &me, |c| {
-            c.status.as_ref().and_then(|s| s.phase) == Some(phase)
-        })
-        .await;
-        let _ = scope.triggers.templates.unbounded_send(template);
-    });
 }
 
 #[cfg(test)]
