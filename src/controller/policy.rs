@@ -92,18 +92,58 @@ pub fn validate(spec: &PatchPolicySpec) -> (Vec<String>, Vec<MaintenanceWindow>)
     (errors, windows)
 }
 
+/// What the server-side dry-run of a policy's Job template said.
+#[derive(Debug, Clone, PartialEq)]
+enum TemplateCheck {
+    /// No template, or the apiserver accepted it.
+    Accepted,
+    /// The template is wrong: kept until the next generation.
+    Refused(String),
+    /// The check could not be made (not the template's fault): tried again
+    /// on the next reconcile.
+    Unchecked(String),
+}
+
+/// The dry-run verdict for this generation of the policy: kept from an
+/// earlier reconcile, or checked now.
+async fn job_template_check(scope: &Scope, policy: &PatchPolicy, ns: &str) -> TemplateCheck {
+    let uid = policy.uid().unwrap_or_default();
+    let generation = policy.metadata.generation.unwrap_or(0);
+    if let Some(kept) = scope.template_checks.get(&uid, generation) {
+        return kept.map_or_else(TemplateCheck::Refused, |()| TemplateCheck::Accepted);
+    }
+    let check = dry_run_job_template(scope, policy, ns).await;
+    match &check {
+        TemplateCheck::Accepted => scope.template_checks.set(&uid, generation, Ok(())),
+        TemplateCheck::Refused(why) => {
+            scope
+                .template_checks
+                .set(&uid, generation, Err(why.clone()))
+        }
+        TemplateCheck::Unchecked(_) => {}
+    }
+    check
+}
+
 /// Checks the embedded Job template with a server-side dry-run create, the
 /// only validation a PodSpec gets on 1.20 without an inlined schema.
-async fn dry_run_job_template(scope: &Scope, policy: &PatchPolicy, ns: &str) -> Result<(), String> {
+async fn dry_run_job_template(scope: &Scope, policy: &PatchPolicy, ns: &str) -> TemplateCheck {
     let Some(template) = &policy.spec.remediation.job_template else {
-        return Ok(());
+        return TemplateCheck::Accepted;
     };
-    let template: JobTemplateSpec = serde_json::from_value(template.clone()).map_err(|e| {
-        format!("spec.remediation.jobTemplate: not a batch/v1 JobTemplateSpec: {e}")
-    })?;
-    let mut spec = template
-        .spec
-        .ok_or("spec.remediation.jobTemplate.spec: missing")?;
+    let mut spec = match serde_json::from_value::<JobTemplateSpec>(template.clone()) {
+        Ok(JobTemplateSpec {
+            spec: Some(spec), ..
+        }) => spec,
+        Ok(_) => {
+            return TemplateCheck::Refused("spec.remediation.jobTemplate.spec: missing".into());
+        }
+        Err(e) => {
+            return TemplateCheck::Refused(format!(
+                "spec.remediation.jobTemplate: not a batch/v1 JobTemplateSpec: {e}"
+            ));
+        }
+    };
     if let Some(pod) = spec.template.spec.as_mut() {
         // The controller forces these on every Job it creates.
         pod.restart_policy = Some("Never".into());
@@ -128,10 +168,12 @@ async fn dry_run_job_template(scope: &Scope, policy: &PatchPolicy, ns: &str) -> 
         ..Default::default()
     };
     match api.create(&pp, &job).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) => Err(format!("spec.remediation.jobTemplate: {}", s.message)),
+        Ok(_) => TemplateCheck::Accepted,
+        Err(kube::Error::Api(s)) => {
+            TemplateCheck::Refused(format!("spec.remediation.jobTemplate: {}", s.message))
+        }
         // Not the template's fault: retry later without blaming it.
-        Err(e) => Err(format!(
+        Err(e) => TemplateCheck::Unchecked(format!(
             "spec.remediation.jobTemplate: could not be checked: {e}"
         )),
     }
@@ -225,24 +267,10 @@ struct Seen {
 }
 
 async fn dereference(scope: &Scope, policy: &PatchPolicy, ns: &str) -> Seen {
-    let previous = policy.status.clone().unwrap_or_default();
     let (mut errors, windows) = validate(&policy.spec);
-    // The dry-run costs a request: once per generation, its verdict kept
-    // in the Ready message until the next.
-    if previous.observed_generation != policy.metadata.generation || previous.conditions.is_empty()
-    {
-        if let Err(e) = dry_run_job_template(scope, policy, ns).await {
-            errors.push(e);
-        }
-    } else if let Some(c) =
-        conditions::find(&previous.conditions, types::READY).filter(|c| c.reason == "InvalidSpec")
-    {
-        errors.extend(
-            c.message
-                .split("; ")
-                .filter(|e| e.starts_with("spec.remediation.jobTemplate"))
-                .map(str::to_owned),
-        );
+    match job_template_check(scope, policy, ns).await {
+        TemplateCheck::Accepted => {}
+        TemplateCheck::Refused(why) | TemplateCheck::Unchecked(why) => errors.push(why),
     }
     let matched: Vec<Arc<Workload>> = scope
         .workloads

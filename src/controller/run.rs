@@ -467,6 +467,7 @@ fn new_scope(
         jobs,
         change_requests,
         expected_jobs: Default::default(),
+        template_checks: Default::default(),
         triggers,
     });
     let writers = Writers {

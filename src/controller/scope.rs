@@ -233,6 +233,43 @@ impl JobExpectations {
     }
 }
 
+/// The server-side dry-run verdicts of policies' Job templates, per policy
+/// uid and generation: the check costs a request, so it runs once per
+/// generation (and once after a restart). `Err` holds the apiserver's
+/// refusal; a check that could not be made is not kept.
+#[derive(Debug, Default)]
+pub struct TemplateChecks {
+    verdicts: std::sync::Mutex<HashMap<String, (i64, TemplateVerdict)>>,
+}
+
+/// A kept dry-run verdict: `Err` holds the apiserver's refusal.
+pub type TemplateVerdict = Result<(), String>;
+
+impl TemplateChecks {
+    /// The verdict kept for this generation of the policy with `uid`.
+    pub fn get(&self, uid: &str, generation: i64) -> Option<TemplateVerdict> {
+        let verdicts = self.verdicts.lock().ok()?;
+        verdicts
+            .get(uid)
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Keeps the verdict for this generation.
+    pub fn set(&self, uid: &str, generation: i64, verdict: TemplateVerdict) {
+        if let Ok(mut m) = self.verdicts.lock() {
+            m.insert(uid.to_owned(), (generation, verdict));
+        }
+    }
+
+    /// Drops a deleted policy's verdict.
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut m) = self.verdicts.lock() {
+            m.remove(uid);
+        }
+    }
+}
+
 /// How long [`Scope::cached`] waits for the watch to echo a write.
 const CACHE_ECHO_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -369,6 +406,8 @@ pub struct Scope {
     pub change_requests: Store<ChangeRequest>,
     /// Jobs created but perhaps not in `jobs` yet.
     pub expected_jobs: JobExpectations,
+    /// Policies' Job template dry-run verdicts.
+    pub template_checks: TemplateChecks,
     /// Wakes reconcilers.
     pub triggers: Triggers,
     /// True once every cache above has listed once.
@@ -594,6 +633,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_template_verdict_holds_for_its_generation_only() {
+        let checks = TemplateChecks::default();
+        assert_eq!(checks.get("uid-a", 1), None);
+        checks.set("uid-a", 1, Err("spec.remediation.jobTemplate: bad".into()));
+        checks.set("uid-b", 4, Ok(()));
+        assert_eq!(
+            checks.get("uid-a", 1),
+            Some(Err("spec.remediation.jobTemplate: bad".into()))
+        );
+        // A new generation is checked again.
+        assert_eq!(checks.get("uid-a", 2), None);
+        assert_eq!(checks.get("uid-b", 4), Some(Ok(())));
+        checks.forget("uid-b");
+        assert_eq!(checks.get("uid-b", 4), None);
+    }
 
     fn ts(s: &str) -> Timestamp {
         s.parse().expect("timestamp literal")

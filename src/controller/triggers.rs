@@ -413,6 +413,7 @@ pub fn on_policy_event(scope: Arc<Scope>) -> impl FnMut(&Event<PatchPolicy>) + S
         {
             if matches!(ev, Event::Delete(_)) {
                 scope.shared.metrics.forget_policy(&ns, &p.name_any());
+                scope.template_checks.forget(&p.uid().unwrap_or_default());
             }
             scope.triggers.send(scope.graph().selection_changed(&ns));
         }

@@ -344,9 +344,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         ledger.resume_seen = Some(value.to_owned());
     }
     if s.max_failures > 0 && ledger.failures >= i32::try_from(s.max_failures).unwrap_or(i32::MAX) {
-        ledger
-            .paused_at
-            .get_or_insert(time(now));
+        ledger.paused_at.get_or_insert(time(now));
     }
 
     let limit = resolve_max_concurrent(&s.max_concurrent, input.workloads.len());

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-
 /// A selector the apiserver would refuse; the policy or exception carrying it
 /// is not Ready and matches nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
