@@ -643,7 +643,11 @@ mod tests {
     fn a_fresher_fix_set_starts_its_own_count_of_attempts() {
         let w = workload(json!({"remediation": {"fixSet": "bbb", "attempt": 2}}));
         assert_eq!(attempt(&w, &start("aaa", 3), "aaa"), 3, "as planned");
-        assert_eq!(attempt(&w, &start("aaa", 3), "bbb"), 3, "the recorded one's next");
+        assert_eq!(
+            attempt(&w, &start("aaa", 3), "bbb"),
+            3,
+            "the recorded one's next"
+        );
         assert_eq!(attempt(&w, &start("aaa", 3), "ccc"), 1, "a new one");
     }
 
