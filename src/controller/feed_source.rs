@@ -543,7 +543,25 @@ pub async fn fetch_config_map(
         .map_err(|e| kube_error(&origin, e))?
         .ok_or_else(|| FetchError::NotFound(origin.clone()))?;
 
-    // Every key, from both maps, in key order.
+    let selected = selected_values(cm, source.key.as_deref(), &origin)?;
+    let named = selected
+        .into_iter()
+        .map(|(key, value)| (format!("{origin} key {key}"), value))
+        .collect();
+    let blobs = gunzip_blobs(named, CONFIG_MAP_MAX_BYTES.min(ceiling)).await?;
+    Ok(Fetched::Content {
+        blobs,
+        validators: Validators::default(),
+    })
+}
+
+/// The ConfigMap's values of `key` (every key, from both maps, in key
+/// order, when no key is named); none is an error (pure).
+fn selected_values(
+    cm: ConfigMap,
+    key: Option<&str>,
+    origin: &str,
+) -> Result<Vec<(String, Vec<u8>)>, FetchError> {
     let mut values: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (key, value) in cm.data.unwrap_or_default() {
         values.insert(key, value.into_bytes());
@@ -551,7 +569,7 @@ pub async fn fetch_config_map(
     for (key, value) in cm.binary_data.unwrap_or_default() {
         values.insert(key, value.0);
     }
-    let selected: Vec<(String, Vec<u8>)> = match source.key.as_deref() {
+    let selected: Vec<(String, Vec<u8>)> = match key {
         Some(key) if !key.is_empty() => {
             let Some(value) = values.remove(key) else {
                 let known: Vec<&str> = values.keys().map(String::as_str).take(10).collect();
@@ -571,16 +589,7 @@ pub async fn fetch_config_map(
     if selected.is_empty() {
         return Err(FetchError::NotFound(format!("data in {origin}")));
     }
-
-    let named = selected
-        .into_iter()
-        .map(|(key, value)| (format!("{origin} key {key}"), value))
-        .collect();
-    let blobs = gunzip_blobs(named, CONFIG_MAP_MAX_BYTES.min(ceiling)).await?;
-    Ok(Fetched::Content {
-        blobs,
-        validators: Validators::default(),
-    })
+    Ok(selected)
 }
 
 fn kube_error(origin: &str, error: kube::Error) -> FetchError {
@@ -980,5 +989,25 @@ mod tests {
             )
             .contains("above this controller's ceiling of 2000 bytes")
         );
+    }
+
+    #[test]
+    fn a_config_map_key_is_found_or_the_keys_are_named() {
+        let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "osv", "namespace": "feeds"},
+            "data": {"b.json": "[]", "a.json": "{}"}
+        }))
+        .expect("a ConfigMap");
+        let origin = "configmap feeds/osv";
+        let all = selected_values(cm.clone(), None, origin).expect("every key");
+        let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["a.json", "b.json"]);
+        let missing = selected_values(cm, Some("c.json"), origin).expect_err("no such key");
+        assert_eq!(
+            missing.to_string(),
+            "key \"c.json\" of configmap feeds/osv (keys: a.json, b.json) not found"
+        );
+        let empty = selected_values(ConfigMap::default(), None, origin).expect_err("no data");
+        assert_eq!(empty.to_string(), "data in configmap feeds/osv not found");
     }
 }
