@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::feed_source::{self, FeedContent, Fetched, Validators};
 use super::{Error, Shared, now, observed, write_status};
 use crate::api::AdvisoryFeed;
-use crate::api::common::time;
+use crate::api::common::{DurationError, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::feed::{AdvisoryFeedStatus, EcosystemCount};
 
@@ -135,6 +135,8 @@ enum Outcome {
     Failed(&'static str, String),
 }
 
+/// Fetches the feed's data and parses it, unless the source or the
+/// content is unchanged since the data held; refuses a suspect drop.
 async fn refresh(
     ctx: &FeedContext,
     feed: &AdvisoryFeed,
@@ -151,47 +153,24 @@ async fn refresh(
     } else {
         Validators::default()
     };
-    let fetched = match feed_source::fetch(
+    let fetched = feed_source::fetch(
         &ctx.shared.client,
         &ctx.http,
         &feed.spec.source,
         &validators,
         ctx.shared.settings.feed_max_bytes,
     )
-    .await
-    {
-        Ok(f) => f,
+    .await;
+    let (blobs, validators) = match fetched {
+        Ok(Fetched::NotModified) => return Outcome::Unchanged,
+        Ok(Fetched::Content { blobs, validators }) => (blobs, validators),
         Err(e) => return Outcome::Failed(e.reason(), e.to_string()),
     };
-    let (blobs, validators) = match fetched {
-        Fetched::NotModified => return Outcome::Unchanged,
-        Fetched::Content { blobs, validators } => (blobs, validators),
-    };
-    // Hashing and parsing take seconds on a large feed: off the runtime's
-    // worker threads.
-    let spec = feed.spec.clone();
-    let ceiling = ctx.shared.settings.feed_max_bytes;
     let held_digest = current.then(|| held.digest.clone());
-    let parsed = tokio::task::spawn_blocking(move || {
-        let digest = feed_source::content_digest(&blobs);
-        if held_digest.as_ref() == Some(&digest) {
-            return Ok(None);
-        }
-        let limits = feed_source::zip_limits(&spec.source, ceiling);
-        let content = feed_source::parse(spec.format, &spec.ecosystems, &blobs, "", limits)?;
-        drop(blobs);
-        let counts = ecosystem_counts(&content, &spec.ecosystems);
-        Ok(Some((content, counts, digest)))
-    })
-    .await;
-    let (content, counts, digest) = match parsed {
-        Ok(Ok(Some(loaded))) => loaded,
-        Ok(Ok(None)) => return Outcome::Unchanged,
-        Ok(Err(e)) => {
-            let e: feed_source::FetchError = e;
-            return Outcome::Failed(e.reason(), e.to_string());
-        }
-        Err(e) => return Outcome::Failed("ParseFailed", format!("the parser task failed: {e}")),
+    let (content, counts, digest) = match parse_off_runtime(ctx, feed, blobs, held_digest).await {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Outcome::Unchanged,
+        Err((reason, message)) => return Outcome::Failed(reason, message),
     };
     let previous = ctx.shared.advisories.feed_size(name).unwrap_or(0);
     if feed_source::is_suspect_drop(previous, content.len(), feed.spec.max_drop_percent) {
@@ -205,6 +184,41 @@ async fn refresh(
         );
     }
     Outcome::Loaded(content, counts, validators, digest)
+}
+
+/// Parsed feed data: the content, its per-ecosystem counts and its digest.
+type Parsed = (FeedContent, Vec<EcosystemCount>, String);
+
+/// Hashes and parses `blobs` off the runtime's worker threads (it takes
+/// seconds on a large feed); `None` when their digest is `held_digest`.
+async fn parse_off_runtime(
+    ctx: &FeedContext,
+    feed: &AdvisoryFeed,
+    blobs: Vec<feed_source::Blob>,
+    held_digest: Option<String>,
+) -> Result<Option<Parsed>, RefreshError> {
+    let spec = feed.spec.clone();
+    let ceiling = ctx.shared.settings.feed_max_bytes;
+    let parsed = tokio::task::spawn_blocking(move || {
+        let digest = feed_source::content_digest(&blobs);
+        if held_digest.as_ref() == Some(&digest) {
+            return Ok(None);
+        }
+        let limits = feed_source::zip_limits(&spec.source, ceiling);
+        let content = feed_source::parse(spec.format, &spec.ecosystems, &blobs, "", limits)?;
+        drop(blobs);
+        let counts = ecosystem_counts(&content, &spec.ecosystems);
+        Ok(Some((content, counts, digest)))
+    })
+    .await;
+    match parsed {
+        Ok(Ok(loaded)) => Ok(loaded),
+        Ok(Err(e)) => {
+            let e: feed_source::FetchError = e;
+            Err((e.reason(), e.to_string()))
+        }
+        Err(e) => Err(("ParseFailed", format!("the parser task failed: {e}"))),
+    }
 }
 
 async fn reconcile_inner(feed: Arc<AdvisoryFeed>, ctx: &Arc<FeedContext>) -> Result<Action, Error> {
@@ -251,22 +265,40 @@ async fn apply(
     now: Timestamp,
 ) -> Refreshed {
     let shared = &ctx.shared;
-    let (content, ecosystems, validators, digest) = match outcome {
-        Outcome::Loaded(content, counts, validators, digest) => {
-            (content, counts, validators, digest)
+    match outcome {
+        Outcome::Loaded(content, ecosystems, validators, digest) => {
+            let held = Held {
+                settings,
+                validators,
+                digest,
+            };
+            swap_in(ctx, name, content, ecosystems, held, now).await
         }
         Outcome::Unchanged => {
             // A load is recorded as attempted once its data is in the store.
             shared.advisories.attempted(name);
             shared.metrics.set_feed_last_success(name, now);
-            return Refreshed::Unchanged;
+            Refreshed::Unchanged
         }
         Outcome::Failed(reason, message) => {
             shared.advisories.attempted(name);
             shared.metrics.feed_error(name);
-            return Refreshed::Failed(reason, message);
+            Refreshed::Failed(reason, message)
         }
-    };
+    }
+}
+
+/// Replaces the feed's data in the store with `content` (rebuilding the
+/// index on a blocking thread) and remembers what it was loaded with.
+async fn swap_in(
+    ctx: &FeedContext,
+    name: &str,
+    content: FeedContent,
+    ecosystems: Vec<EcosystemCount>,
+    held: Held,
+    now: Timestamp,
+) -> Refreshed {
+    let shared = &ctx.shared;
     let advisories = i32::try_from(content.len()).unwrap_or(i32::MAX);
     let store = Arc::clone(shared);
     let feed_name = name.to_owned();
@@ -274,31 +306,26 @@ async fn apply(
         tokio::task::spawn_blocking(move || store.advisories.set_feed(&feed_name, Some(content)))
             .await;
     shared.advisories.attempted(name);
-    match swapped {
-        Ok(diff) => {
-            tracing::info!(advisories, changed_keys = diff.changed.len(), "feed loaded");
-            if let Ok(mut h) = ctx.held.lock() {
-                let held = Held {
-                    settings,
-                    validators: validators.clone(),
-                    digest: digest.clone(),
-                };
-                h.insert(name.to_owned(), held);
-            }
-            shared.metrics.feed_refreshed(name, now, &ecosystems);
-            Refreshed::Loaded {
-                advisories,
-                ecosystems,
-                digest,
-                validators,
-            }
-        }
+    let diff = match swapped {
+        Ok(diff) => diff,
         Err(e) => {
             tracing::error!(error = %e, "rebuilding the advisory index failed");
             shared.metrics.feed_error(name);
             let message = "rebuilding the advisory index with this data failed";
-            Refreshed::Failed("IndexFailed", message.to_owned())
+            return Refreshed::Failed("IndexFailed", message.to_owned());
         }
+    };
+    tracing::info!(advisories, changed_keys = diff.changed.len(), "feed loaded");
+    let (validators, digest) = (held.validators.clone(), held.digest.clone());
+    if let Ok(mut h) = ctx.held.lock() {
+        h.insert(name.to_owned(), held);
+    }
+    shared.metrics.feed_refreshed(name, now, &ecosystems);
+    Refreshed::Loaded {
+        advisories,
+        ecosystems,
+        digest,
+        validators,
     }
 }
 
@@ -319,72 +346,15 @@ fn decide(feed: &AdvisoryFeed, refreshed: Refreshed, has_data: bool, now: Timest
         observed_generation: feed.metadata.generation,
         ..previous.clone()
     };
-    let error = match refreshed {
-        Refreshed::Loaded {
-            advisories,
-            ecosystems,
-            digest,
-            validators,
-        } => {
-            status.advisories = advisories;
-            status.ecosystems = ecosystems;
-            status.content_digest = Some(digest);
-            status.etag = validators.etag;
-            status.last_modified = validators.last_modified;
-            status.last_sync_time = Some(time(now));
-            None
-        }
-        Refreshed::Unchanged => {
-            status.last_sync_time = Some(time(now));
-            None
-        }
-        Refreshed::Failed(reason, message) => Some((reason, message)),
-    };
+    let error = record_refresh(&mut status, refreshed, now);
     let interval = feed.spec.interval.parse();
-    let ready = match (&interval, has_data, &error) {
-        (Err(e), _, _) => DesiredCondition::new(
-            types::READY,
-            ConditionStatus::False,
-            "InvalidSpec",
-            format!("spec.interval: {e}"),
-        ),
-        (Ok(_), true, _) => DesiredCondition::new(
-            types::READY,
-            ConditionStatus::True,
-            "Loaded",
-            format!("{} advisories loaded", status.advisories),
-        ),
-        (Ok(_), false, Some((reason, message))) => DesiredCondition::new(
-            types::READY,
-            ConditionStatus::False,
-            *reason,
-            message.clone(),
-        ),
-        (Ok(_), false, None) => DesiredCondition::new(
-            types::READY,
-            ConditionStatus::False,
-            "NoData",
-            "nothing loaded yet",
-        ),
-    };
-    let degraded = match &error {
-        Some((reason, message)) => DesiredCondition::new(
-            types::DEGRADED,
-            ConditionStatus::True,
-            *reason,
-            if has_data {
-                format!("{message}; the last good data is kept")
-            } else {
-                message.clone()
-            },
-        ),
-        None => DesiredCondition::new(
-            types::DEGRADED,
-            ConditionStatus::False,
-            "RefreshSucceeded",
-            "the last refresh succeeded",
-        ),
-    };
+    let ready = ready_condition(
+        interval.as_ref().err(),
+        has_data,
+        error.as_ref(),
+        status.advisories,
+    );
+    let degraded = degraded_condition(error.as_ref(), has_data);
     let (conds, transitions) = conditions::merge(
         &previous.conditions,
         &[ready, degraded],
@@ -392,11 +362,11 @@ fn decide(feed: &AdvisoryFeed, refreshed: Refreshed, has_data: bool, now: Timest
         &time(now),
     );
     status.conditions = conds;
-    let was_judged = conditions::find(&previous.conditions, types::DEGRADED).is_some();
     let event = match &error {
         _ if !transitions.contains(&types::DEGRADED) => None,
         Some((reason, message)) => Some((true, (*reason).to_owned(), message.clone())),
-        None if was_judged => Some((
+        // Only a feed judged before recovers.
+        None if conditions::find(&previous.conditions, types::DEGRADED).is_some() => Some((
             false,
             "Recovered".to_owned(),
             "the feed refreshed successfully again".to_owned(),
@@ -416,6 +386,92 @@ fn decide(feed: &AdvisoryFeed, refreshed: Refreshed, has_data: bool, now: Timest
         status,
         event,
         retry,
+    }
+}
+
+/// A failed refresh's reason and message.
+type RefreshError = (&'static str, String);
+
+/// Records a refresh's facts in `status` (a failure changes none: the last
+/// good data's stay); returns the failure.
+fn record_refresh(
+    status: &mut AdvisoryFeedStatus,
+    refreshed: Refreshed,
+    now: Timestamp,
+) -> Option<RefreshError> {
+    match refreshed {
+        Refreshed::Loaded {
+            advisories,
+            ecosystems,
+            digest,
+            validators,
+        } => {
+            status.advisories = advisories;
+            status.ecosystems = ecosystems;
+            status.content_digest = Some(digest);
+            status.etag = validators.etag;
+            status.last_modified = validators.last_modified;
+            status.last_sync_time = Some(time(now));
+            None
+        }
+        Refreshed::Unchanged => {
+            status.last_sync_time = Some(time(now));
+            None
+        }
+        Refreshed::Failed(reason, message) => Some((reason, message)),
+    }
+}
+
+/// `Ready`: data is held (whatever this refresh did), or why none is.
+fn ready_condition(
+    bad_interval: Option<&DurationError>,
+    has_data: bool,
+    error: Option<&RefreshError>,
+    advisories: i32,
+) -> DesiredCondition {
+    let (status, reason, message) = match (bad_interval, has_data, error) {
+        (Some(e), _, _) => (
+            ConditionStatus::False,
+            "InvalidSpec",
+            format!("spec.interval: {e}"),
+        ),
+        (None, true, _) => (
+            ConditionStatus::True,
+            "Loaded",
+            format!("{advisories} advisories loaded"),
+        ),
+        (None, false, Some((reason, message))) => {
+            (ConditionStatus::False, *reason, message.clone())
+        }
+        (None, false, None) => (
+            ConditionStatus::False,
+            "NoData",
+            "nothing loaded yet".to_owned(),
+        ),
+    };
+    DesiredCondition::new(types::READY, status, reason, message)
+}
+
+/// `Degraded`: whether the last refresh failed (and whether the last good
+/// data is kept).
+fn degraded_condition(error: Option<&RefreshError>, has_data: bool) -> DesiredCondition {
+    match error {
+        Some((reason, message)) => DesiredCondition::new(
+            types::DEGRADED,
+            ConditionStatus::True,
+            *reason,
+            if has_data {
+                format!("{message}; the last good data is kept")
+            } else {
+                message.clone()
+            },
+        ),
+        None => DesiredCondition::new(
+            types::DEGRADED,
+            ConditionStatus::False,
+            "RefreshSucceeded",
+            "the last refresh succeeded",
+        ),
     }
 }
 
@@ -550,5 +606,33 @@ mod tests {
         assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
         assert!(message.starts_with("spec.interval: "), "{message}");
         assert_eq!(bad.retry, std::time::Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn the_conditions_say_whether_data_is_held_and_kept() {
+        let nothing = ready_condition(None, false, None, 0);
+        assert_eq!(
+            (nothing.reason.as_str(), nothing.message.as_str()),
+            ("NoData", "nothing loaded yet")
+        );
+        let error = ("HttpStatus", "https://feeds.example: HTTP 500".to_owned());
+        let kept = degraded_condition(Some(&error), true);
+        assert_eq!(
+            kept.message,
+            "https://feeds.example: HTTP 500; the last good data is kept"
+        );
+        let none_kept = degraded_condition(Some(&error), false);
+        assert_eq!(none_kept.message, "https://feeds.example: HTTP 500");
+        let mut status = AdvisoryFeedStatus::default();
+        let failed = Refreshed::Failed(error.0, error.1.clone());
+        assert_eq!(
+            record_refresh(&mut status, failed, at("2026-12-05T10:00:00Z")),
+            Some(error)
+        );
+        assert_eq!(
+            status,
+            AdvisoryFeedStatus::default(),
+            "a failure records nothing"
+        );
     }
 }

@@ -351,78 +351,24 @@ pub async fn fetch_url(
     validators: &Validators,
     ceiling: u64,
 ) -> Result<Fetched, FetchError> {
-    let url = reqwest::Url::parse(&source.url)
-        .map_err(|e| FetchError::InvalidSource(format!("url {:?}: {e}", source.url)))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(FetchError::InvalidSource(format!(
-            "url {:?}: only http and https are supported",
-            source.url
-        )));
-    }
-    let timeout = source
-        .timeout
-        .parse()
-        .map_err(|e| FetchError::InvalidSource(format!("timeout: {e}")))?;
-    let timeout = std::time::Duration::try_from(timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .ok_or_else(|| {
-            FetchError::InvalidSource(format!("timeout {} must be positive", source.timeout))
-        })?;
-    let limit = u64::try_from(source.max_bytes)
-        .ok()
-        .filter(|&l| l > 0)
-        .ok_or_else(|| {
-            FetchError::InvalidSource(format!("maxBytes {} must be positive", source.max_bytes))
-        })?;
-    if limit > ceiling {
-        return Err(FetchError::InvalidSource(format!(
-            "maxBytes {limit} is above this controller's ceiling of {ceiling} bytes (its --feed-max-bytes flag, the chart's feedMaxBytes): lower url.maxBytes, or raise the ceiling together with the controller's memory limit"
-        )));
-    }
-    let name = source.url.clone();
-    let timed_out = || FetchError::Timeout {
-        url: name.clone(),
-        timeout: source.timeout.to_string(),
-    };
-
-    let mut request = http.get(url).timeout(timeout);
+    let checked = CheckedUrl::of(source, ceiling)?;
+    let mut request = http.get(checked.url).timeout(checked.timeout);
     if let Some(etag) = &validators.etag {
         request = request.header(IF_NONE_MATCH, etag);
     }
     if let Some(since) = &validators.last_modified {
         request = request.header(IF_MODIFIED_SINCE, since);
     }
-    let mut response = request.send().await.map_err(|e| {
-        if e.is_timeout() {
-            timed_out()
-        } else if e.is_redirect() {
-            // The refusal's own words; reqwest's wrapper and the redirect
-            // target (chosen by the server) are left out.
-            let refused = std::iter::successors(std::error::Error::source(&e), |s| s.source())
-                .find_map(|s| s.downcast_ref::<RedirectRefused>())
-                .map(|r| r.0.clone());
-            let message = refused.unwrap_or_else(|| chain(&e.without_url()));
-            FetchError::Redirect {
-                url: name.clone(),
-                message,
-            }
-        } else if e.is_builder() {
-            FetchError::InvalidSource(format!("url {:?}: {}", source.url, chain(&e.without_url())))
-        } else {
-            FetchError::Unreachable {
-                origin: name.clone(),
-                message: chain(&e.without_url()),
-            }
-        }
-    })?;
-
+    let mut response = request.send().await.map_err(|e| send_error(e, source))?;
     let status = response.status();
     if status == StatusCode::NOT_MODIFIED && !validators.is_empty() {
         return Ok(Fetched::NotModified);
     }
     if !status.is_success() {
-        return Err(FetchError::HttpStatus { url: name, status });
+        return Err(FetchError::HttpStatus {
+            url: source.url.clone(),
+            status,
+        });
     }
     let header = |h| {
         response
@@ -435,55 +381,142 @@ pub async fn fetch_url(
         etag: header(ETAG),
         last_modified: header(LAST_MODIFIED),
     };
-    // The size of the body as it will be read (unknown when reqwest decodes
-    // a Content-Encoding, or for chunked and close-delimited bodies).
-    let expected = response.content_length();
-    if expected.is_some_and(|n| n > limit) {
-        return Err(FetchError::TooLarge {
-            origin: name,
-            limit,
-        });
-    }
-
-    let capacity = expected.unwrap_or(0).min(limit).min(64 * 1024 * 1024);
-    let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
-    loop {
-        let chunk = response.chunk().await.map_err(|e| {
-            if e.is_timeout() {
-                timed_out()
-            } else {
-                // A body error after the headers arrived: the connection was
-                // closed or reset mid-body, or a chunked / encoded body ended
-                // early or was corrupt.
-                FetchError::Truncated {
-                    url: name.clone(),
-                    message: chain(&e.without_url()),
-                }
-            }
-        })?;
-        let Some(chunk) = chunk else { break };
-        if (body.len() as u64).saturating_add(chunk.len() as u64) > limit {
-            // Dropping the response closes the connection: nothing more is read.
-            return Err(FetchError::TooLarge {
-                origin: name,
-                limit,
-            });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    if let Some(expected) = expected
-        && body.len() as u64 != expected
-    {
-        return Err(FetchError::Truncated {
-            url: name,
-            message: format!("got {} of {expected} bytes", body.len()),
-        });
-    }
-    let blobs = gunzip_blobs(vec![(name, body)], limit).await?;
+    let body = read_body(&mut response, source, checked.limit).await?;
+    let blobs = gunzip_blobs(vec![(source.url.clone(), body)], checked.limit).await?;
     Ok(Fetched::Content {
         blobs,
         validators: next,
     })
+}
+
+/// A URL source's settings, checked.
+#[derive(Debug, PartialEq)]
+struct CheckedUrl {
+    url: reqwest::Url,
+    timeout: std::time::Duration,
+    /// The most the body may hold.
+    limit: u64,
+}
+
+impl CheckedUrl {
+    /// An http(s) URL, a positive timeout and a positive size limit within
+    /// the controller's `ceiling` (pure).
+    fn of(source: &UrlSource, ceiling: u64) -> Result<CheckedUrl, FetchError> {
+        let invalid = FetchError::InvalidSource;
+        let url = reqwest::Url::parse(&source.url)
+            .map_err(|e| invalid(format!("url {:?}: {e}", source.url)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid(format!(
+                "url {:?}: only http and https are supported",
+                source.url
+            )));
+        }
+        let timeout = source
+            .timeout
+            .parse()
+            .map_err(|e| invalid(format!("timeout: {e}")))?;
+        let timeout = std::time::Duration::try_from(timeout)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| invalid(format!("timeout {} must be positive", source.timeout)))?;
+        let limit = u64::try_from(source.max_bytes)
+            .ok()
+            .filter(|&l| l > 0)
+            .ok_or_else(|| invalid(format!("maxBytes {} must be positive", source.max_bytes)))?;
+        if limit > ceiling {
+            return Err(invalid(format!(
+                "maxBytes {limit} is above this controller's ceiling of {ceiling} bytes (its --feed-max-bytes flag, the chart's feedMaxBytes): lower url.maxBytes, or raise the ceiling together with the controller's memory limit"
+            )));
+        }
+        Ok(CheckedUrl {
+            url,
+            timeout,
+            limit,
+        })
+    }
+}
+
+/// No complete answer from `source` within its timeout.
+fn timed_out(source: &UrlSource) -> FetchError {
+    FetchError::Timeout {
+        url: source.url.clone(),
+        timeout: source.timeout.to_string(),
+    }
+}
+
+/// Why a request to `source` got no response.
+fn send_error(e: reqwest::Error, source: &UrlSource) -> FetchError {
+    if e.is_timeout() {
+        timed_out(source)
+    } else if e.is_redirect() {
+        // The refusal's own words; reqwest's wrapper and the redirect
+        // target (chosen by the server) are left out.
+        let refused = std::iter::successors(std::error::Error::source(&e), |s| s.source())
+            .find_map(|s| s.downcast_ref::<RedirectRefused>())
+            .map(|r| r.0.clone());
+        let message = refused.unwrap_or_else(|| chain(&e.without_url()));
+        FetchError::Redirect {
+            url: source.url.clone(),
+            message,
+        }
+    } else if e.is_builder() {
+        FetchError::InvalidSource(format!("url {:?}: {}", source.url, chain(&e.without_url())))
+    } else {
+        FetchError::Unreachable {
+            origin: source.url.clone(),
+            message: chain(&e.without_url()),
+        }
+    }
+}
+
+/// Reads the body within `limit`: refused as soon as it grows past it (or
+/// before it starts when its length already says so), and an error when it
+/// ends before its announced length.
+async fn read_body(
+    response: &mut reqwest::Response,
+    source: &UrlSource,
+    limit: u64,
+) -> Result<Vec<u8>, FetchError> {
+    let too_large = || FetchError::TooLarge {
+        origin: source.url.clone(),
+        limit,
+    };
+    // The size of the body as it will be read (unknown when reqwest decodes
+    // a Content-Encoding, or for chunked and close-delimited bodies).
+    let expected = response.content_length();
+    if expected.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let capacity = expected.unwrap_or(0).min(limit).min(64 * 1024 * 1024);
+    let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    while let Some(chunk) = response.chunk().await.map_err(|e| body_error(e, source))? {
+        if (body.len() as u64).saturating_add(chunk.len() as u64) > limit {
+            // Dropping the response closes the connection: nothing more is read.
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    match expected {
+        Some(expected) if body.len() as u64 != expected => Err(FetchError::Truncated {
+            url: source.url.clone(),
+            message: format!("got {} of {expected} bytes", body.len()),
+        }),
+        _ => Ok(body),
+    }
+}
+
+/// Why a body could not be read after the headers arrived.
+fn body_error(e: reqwest::Error, source: &UrlSource) -> FetchError {
+    if e.is_timeout() {
+        timed_out(source)
+    } else {
+        // The connection was closed or reset mid-body, or a chunked /
+        // encoded body ended early or was corrupt.
+        FetchError::Truncated {
+            url: source.url.clone(),
+            message: chain(&e.without_url()),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -510,7 +543,25 @@ pub async fn fetch_config_map(
         .map_err(|e| kube_error(&origin, e))?
         .ok_or_else(|| FetchError::NotFound(origin.clone()))?;
 
-    // Every key, from both maps, in key order.
+    let selected = selected_values(cm, source.key.as_deref(), &origin)?;
+    let named = selected
+        .into_iter()
+        .map(|(key, value)| (format!("{origin} key {key}"), value))
+        .collect();
+    let blobs = gunzip_blobs(named, CONFIG_MAP_MAX_BYTES.min(ceiling)).await?;
+    Ok(Fetched::Content {
+        blobs,
+        validators: Validators::default(),
+    })
+}
+
+/// The ConfigMap's values of `key` (every key, from both maps, in key
+/// order, when no key is named); none is an error (pure).
+fn selected_values(
+    cm: ConfigMap,
+    key: Option<&str>,
+    origin: &str,
+) -> Result<Vec<(String, Vec<u8>)>, FetchError> {
     let mut values: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (key, value) in cm.data.unwrap_or_default() {
         values.insert(key, value.into_bytes());
@@ -518,7 +569,7 @@ pub async fn fetch_config_map(
     for (key, value) in cm.binary_data.unwrap_or_default() {
         values.insert(key, value.0);
     }
-    let selected: Vec<(String, Vec<u8>)> = match source.key.as_deref() {
+    let selected: Vec<(String, Vec<u8>)> = match key {
         Some(key) if !key.is_empty() => {
             let Some(value) = values.remove(key) else {
                 let known: Vec<&str> = values.keys().map(String::as_str).take(10).collect();
@@ -538,16 +589,7 @@ pub async fn fetch_config_map(
     if selected.is_empty() {
         return Err(FetchError::NotFound(format!("data in {origin}")));
     }
-
-    let named = selected
-        .into_iter()
-        .map(|(key, value)| (format!("{origin} key {key}"), value))
-        .collect();
-    let blobs = gunzip_blobs(named, CONFIG_MAP_MAX_BYTES.min(ceiling)).await?;
-    Ok(Fetched::Content {
-        blobs,
-        validators: Validators::default(),
-    })
+    Ok(selected)
 }
 
 fn kube_error(origin: &str, error: kube::Error) -> FetchError {
@@ -902,4 +944,70 @@ pub fn load_osv_path(path: &Path) -> Result<Vec<OsvRecord>, AdvisoryError> {
     }
     let bytes = std::fs::read(path).map_err(io)?;
     parse_osv_bytes(&bytes, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(spec: serde_json::Value) -> UrlSource {
+        serde_json::from_value(spec).expect("a url source")
+    }
+
+    #[test]
+    fn a_url_source_is_checked_before_anything_is_sent() {
+        let ok = CheckedUrl::of(
+            &source(serde_json::json!({"url": "https://feeds.example/all.zip", "timeout": "30s", "maxBytes": 1000})),
+            2000,
+        )
+        .expect("usable");
+        assert_eq!(ok.timeout, std::time::Duration::from_secs(30));
+        assert_eq!(ok.limit, 1000);
+        let refused = |spec, ceiling| {
+            CheckedUrl::of(&source(spec), ceiling)
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(
+            refused(
+                serde_json::json!({"url": "ftp://feeds.example/all.zip"}),
+                u64::MAX
+            )
+            .contains("only http and https")
+        );
+        assert!(
+            refused(
+                serde_json::json!({"url": "https://f.example", "timeout": "0s"}),
+                u64::MAX
+            )
+            .contains("must be positive")
+        );
+        assert!(
+            refused(
+                serde_json::json!({"url": "https://f.example", "maxBytes": 3000}),
+                2000
+            )
+            .contains("above this controller's ceiling of 2000 bytes")
+        );
+    }
+
+    #[test]
+    fn a_config_map_key_is_found_or_the_keys_are_named() {
+        let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "osv", "namespace": "feeds"},
+            "data": {"b.json": "[]", "a.json": "{}"}
+        }))
+        .expect("a ConfigMap");
+        let origin = "configmap feeds/osv";
+        let all = selected_values(cm.clone(), None, origin).expect("every key");
+        let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["a.json", "b.json"]);
+        let missing = selected_values(cm, Some("c.json"), origin).expect_err("no such key");
+        assert_eq!(
+            missing.to_string(),
+            "key \"c.json\" of configmap feeds/osv (keys: a.json, b.json) not found"
+        );
+        let empty = selected_values(ConfigMap::default(), None, origin).expect_err("no data");
+        assert_eq!(empty.to_string(), "data in configmap feeds/osv not found");
+    }
 }

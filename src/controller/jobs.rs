@@ -17,12 +17,12 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::batch::v1::{Job, JobTemplateSpec};
+use k8s_openapi::api::batch::v1::{Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar, ObjectFieldSelector, Pod,
-    Volume, VolumeMount,
+    PodSpec, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -153,6 +153,64 @@ pub struct JobRequest<'a> {
     pub files: BTreeMap<String, String>,
 }
 
+/// What a contract Job is told beyond its template: its `PATCHLOOP_*`
+/// environment and its contract files (see [`JobRequest::env`] and
+/// [`JobRequest::files`]). [`Contract::new`] builds what every Job gets;
+/// each purpose adds its own with [`Contract::with_env`] and
+/// [`Contract::with_file`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contract {
+    /// The environment variables, in order.
+    pub env: Vec<(String, String)>,
+    /// The files, by name.
+    pub files: BTreeMap<String, String>,
+}
+
+impl Contract {
+    /// What every contract Job gets: `PATCHLOOP_PURPOSE`, `_NAMESPACE`,
+    /// `_PLATFORM`, `_ADVISORIES` (comma-separated), `_JOB` and
+    /// `_PACKAGES_FILE`, and the files [`PACKAGES_FILE`] (`packages`: the
+    /// package lines) and `advisories` (one id a line).
+    pub fn new(
+        purpose: Purpose,
+        namespace: &str,
+        platform: &str,
+        job: &str,
+        advisories: &[impl AsRef<str>],
+        packages: String,
+    ) -> Contract {
+        let advisories: Vec<&str> = advisories.iter().map(AsRef::as_ref).collect();
+        Contract {
+            env: Vec::new(),
+            files: BTreeMap::from([
+                (PACKAGES_FILE.to_owned(), packages),
+                ("advisories".to_owned(), advisories.join("\n") + "\n"),
+            ]),
+        }
+        .with_env("PATCHLOOP_PURPOSE", purpose.as_str())
+        .with_env("PATCHLOOP_NAMESPACE", namespace)
+        .with_env("PATCHLOOP_PLATFORM", platform)
+        .with_env("PATCHLOOP_ADVISORIES", advisories.join(","))
+        .with_env("PATCHLOOP_JOB", job)
+        .with_env(
+            "PATCHLOOP_PACKAGES_FILE",
+            format!("{CONTRACT_DIR}/{PACKAGES_FILE}"),
+        )
+    }
+
+    /// The contract with environment variable `name` added.
+    pub fn with_env(mut self, name: &str, value: impl Into<String>) -> Contract {
+        self.env.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// The contract with file `name` added (or replaced).
+    pub fn with_file(mut self, name: &str, text: impl Into<String>) -> Contract {
+        self.files.insert(name.to_owned(), text.into());
+        self
+    }
+}
+
 /// A deterministic Job name of at most 63 characters: `base-suffix`, or,
 /// when that is too long, a cut `base` with a 64-bit hash of the whole of
 /// it. The hash is wide enough that nobody can search for a second name
@@ -222,15 +280,7 @@ pub fn unexpandable(value: &str) -> String {
 
 /// The Job, contract included; pure.
 pub fn build(req: &JobRequest<'_>) -> Result<Job, BuildError> {
-    let err = |field: &str, message: String| TemplateError {
-        field: format!("{}{field}", req.template_field),
-        message,
-    };
-    let template: JobTemplateSpec = serde_json::from_value(req.template.clone())
-        .map_err(|e| err("", format!("not a batch/v1 JobTemplateSpec: {e}")))?;
-    let mut spec = template
-        .spec
-        .ok_or_else(|| err(".spec", "missing".into()))?;
+    let (meta, mut spec) = parse_template(req)?;
     let mut labels = req.labels.clone();
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     labels.insert(PURPOSE_LABEL.into(), req.purpose.as_str().into());
@@ -244,12 +294,54 @@ pub fn build(req: &JobRequest<'_>) -> Result<Job, BuildError> {
         .labels
         .get_or_insert_with(Default::default)
         .extend(labels.clone());
-    let annotations = pod_meta.annotations.get_or_insert_with(Default::default);
-    // Only the controller writes contract files, even when the template
-    // names one itself.
+    annotate_contract_files(
+        pod_meta.annotations.get_or_insert_with(Default::default),
+        &req.files,
+    )?;
+    let pod = spec.template.spec.as_mut().ok_or_else(|| TemplateError {
+        field: format!("{}.spec.template.spec", req.template_field),
+        message: "missing".into(),
+    })?;
+    if pod.containers.is_empty() {
+        return Err(TemplateError {
+            field: format!("{}.spec.template.spec.containers", req.template_field),
+            message: "empty".into(),
+        }
+        .into());
+    }
+    add_contract_to_pod(pod, req);
+    Ok(Job {
+        metadata: job_meta(meta, req, labels),
+        spec: Some(spec),
+        status: None,
+    })
+}
+
+/// The template's metadata and Job spec; a template that is no
+/// JobTemplateSpec, or has no spec, is the user's to fix.
+fn parse_template(req: &JobRequest<'_>) -> Result<(ObjectMeta, JobSpec), TemplateError> {
+    let template: JobTemplateSpec =
+        serde_json::from_value(req.template.clone()).map_err(|e| TemplateError {
+            field: req.template_field.to_owned(),
+            message: format!("not a batch/v1 JobTemplateSpec: {e}"),
+        })?;
+    let spec = template.spec.ok_or_else(|| TemplateError {
+        field: format!("{}.spec", req.template_field),
+        message: "missing".into(),
+    })?;
+    Ok((template.metadata.unwrap_or_default(), spec))
+}
+
+/// Puts the contract files into the Pod template's annotations (only the
+/// controller writes them, even when the template names one itself),
+/// refusing a contract the apiserver's annotation limit cannot hold.
+fn annotate_contract_files(
+    annotations: &mut BTreeMap<String, String>,
+    files: &BTreeMap<String, String>,
+) -> Result<(), BuildError> {
     annotations.retain(|k, _| !k.starts_with(CONTRACT_ANNOTATION_PREFIX));
     let mut files_bytes = 0;
-    for (file, text) in &req.files {
+    for (file, text) in files {
         let key = contract_annotation(file);
         files_bytes += key.len() + text.len();
         annotations.insert(key, text.clone());
@@ -262,40 +354,16 @@ pub fn build(req: &JobRequest<'_>) -> Result<Job, BuildError> {
             limit: MAX_ANNOTATION_BYTES,
         });
     }
-    let pod = spec
-        .template
-        .spec
-        .as_mut()
-        .ok_or_else(|| err(".spec.template.spec", "missing".into()))?;
-    if pod.containers.is_empty() {
-        return Err(err(".spec.template.spec.containers", "empty".into()).into());
-    }
+    Ok(())
+}
+
+/// Never restarted in place; the contract volume, mounted with the
+/// contract environment in every container (init containers included).
+fn add_contract_to_pod(pod: &mut PodSpec, req: &JobRequest<'_>) {
     pod.restart_policy = Some("Never".into());
     let volumes = pod.volumes.get_or_insert_with(Vec::new);
     volumes.retain(|v| v.name != CONTRACT_VOLUME);
-    volumes.push(Volume {
-        name: CONTRACT_VOLUME.into(),
-        downward_api: Some(DownwardAPIVolumeSource {
-            items: Some(
-                req.files
-                    .keys()
-                    .map(|file| DownwardAPIVolumeFile {
-                        path: file.clone(),
-                        field_ref: Some(ObjectFieldSelector {
-                            field_path: format!(
-                                "metadata.annotations['{}']",
-                                contract_annotation(file)
-                            ),
-                            api_version: None,
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    volumes.push(contract_volume(&req.files));
     let containers = pod
         .containers
         .iter_mut()
@@ -303,8 +371,39 @@ pub fn build(req: &JobRequest<'_>) -> Result<Job, BuildError> {
     for c in containers {
         add_contract(c, &req.env);
     }
+}
 
-    let mut meta = template.metadata.unwrap_or_default();
+/// The downward-API volume presenting each contract file from its
+/// annotation.
+fn contract_volume(files: &BTreeMap<String, String>) -> Volume {
+    let items = files
+        .keys()
+        .map(|file| DownwardAPIVolumeFile {
+            path: file.clone(),
+            field_ref: Some(ObjectFieldSelector {
+                field_path: format!("metadata.annotations['{}']", contract_annotation(file)),
+                api_version: None,
+            }),
+            ..Default::default()
+        })
+        .collect();
+    Volume {
+        name: CONTRACT_VOLUME.into(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(items),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The Job's own metadata: the template's, under the request's name,
+/// namespace, labels and owner.
+fn job_meta(
+    mut meta: ObjectMeta,
+    req: &JobRequest<'_>,
+    labels: BTreeMap<String, String>,
+) -> ObjectMeta {
     meta.name = Some(req.name.clone());
     meta.generate_name = None;
     meta.namespace = Some(req.namespace.to_owned());
@@ -312,11 +411,7 @@ pub fn build(req: &JobRequest<'_>) -> Result<Job, BuildError> {
         .get_or_insert_with(Default::default)
         .extend(labels);
     meta.owner_references = Some(vec![req.owner.clone()]);
-    Ok(Job {
-        metadata: meta,
-        spec: Some(spec),
-        status: None,
-    })
+    meta
 }
 
 fn add_contract(c: &mut Container, env: &[(String, String)]) {
@@ -725,6 +820,45 @@ mod tests {
             ],
             files: BTreeMap::from([("packages".into(), "libc6 2.36-9+deb12u3 glibc\n".into())]),
         }
+    }
+
+    #[test]
+    fn every_contract_names_the_job_its_purpose_and_what_it_installs() {
+        let c = Contract::new(
+            Purpose::Build,
+            "fleet",
+            "Debian:12",
+            "base-build",
+            &["CVE-1", "DSA-2"],
+            "libc6 2.36-9\n".into(),
+        )
+        .with_env("PATCHLOOP_TEMPLATE", "base")
+        .with_file("nonce", "n0");
+        let env: Vec<(&str, &str)> = c
+            .env
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("PATCHLOOP_PURPOSE", "build"),
+                ("PATCHLOOP_NAMESPACE", "fleet"),
+                ("PATCHLOOP_PLATFORM", "Debian:12"),
+                ("PATCHLOOP_ADVISORIES", "CVE-1,DSA-2"),
+                ("PATCHLOOP_JOB", "base-build"),
+                ("PATCHLOOP_PACKAGES_FILE", "/var/run/patchloop/packages"),
+                ("PATCHLOOP_TEMPLATE", "base"),
+            ]
+        );
+        assert_eq!(
+            c.files,
+            BTreeMap::from([
+                ("advisories".to_owned(), "CVE-1\nDSA-2\n".to_owned()),
+                ("nonce".to_owned(), "n0".to_owned()),
+                ("packages".to_owned(), "libc6 2.36-9\n".to_owned()),
+            ])
+        );
     }
 
     #[test]

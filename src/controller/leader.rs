@@ -108,41 +108,49 @@ pub async fn campaign(
         .with_field_manager(MANAGER)
         .build()
         .await?;
-    let leases: Api<Lease> = Api::namespaced(client, &settings.lease_namespace);
-    let (tx, rx) = watch::channel(false);
-    let run = async move {
-        let identity = settings.identity.as_str();
+    let (leading, state) = watch::channel(false);
+    let campaign = Campaign {
+        manager,
+        leases: Api::namespaced(client, &settings.lease_namespace),
+        settings,
+        metrics,
+        leading,
+    };
+    Ok((Leadership { state }, campaign.run(stopped)))
+}
+
+/// A running campaign for the lease.
+struct Campaign {
+    manager: LeaseManager,
+    leases: Api<Lease>,
+    settings: LeaderSettings,
+    metrics: Metrics,
+    /// Tells the [`Leadership`] whether this process leads.
+    leading: watch::Sender<bool>,
+}
+
+impl Campaign {
+    /// Follows the lease until `stopped` resolves: leads once acquired,
+    /// exits once lost, retries failed renewals until the renew deadline;
+    /// then releases the lease if it holds it.
+    async fn run(self, stopped: impl Future<Output = ()> + Send + 'static) {
+        let identity = self.settings.identity.as_str();
         tokio::pin!(stopped);
         loop {
             tokio::select! {
                 () = &mut stopped => break,
-                changed = manager.changed() => match changed {
+                changed = self.manager.changed() => match changed {
                     Ok(true) => {
                         tracing::info!(identity, "acquired the lease: leading");
-                        let _ = tx.send(true);
+                        let _ = self.leading.send(true);
                     }
                     Ok(false) => lost(identity),
-                    Err(e) if *tx.borrow() => {
-                        metrics.lease_renewal_failed();
+                    Err(e) if *self.leading.borrow() => {
+                        self.metrics.lease_renewal_failed();
                         tracing::warn!(error = %e, "could not renew the lease; retrying until the renew deadline");
-                        let retrying = Renewing {
-                            manager: &manager,
-                            leases: &leases,
-                            settings: &settings,
-                            metrics: &metrics,
-                            failed_at: jiff::Timestamp::now(),
-                            step_down_at: TIMING.step_down_at(Instant::now()),
-                        };
                         tokio::select! {
                             () = &mut stopped => break,
-                            renewal = retrying.retry() => match renewal {
-                                Renewal::Renewed => tracing::info!(identity, "renewed the lease after failures: still leading"),
-                                Renewal::Lost => lost(identity),
-                                Renewal::DeadlinePassed => {
-                                    tracing::error!(identity, "could not renew the lease within {RENEW_DEADLINE}s: exiting so a standby takes over safely");
-                                    std::process::exit(LOST_LEASE_EXIT_CODE);
-                                }
-                            },
+                            () = self.renew_after_failure() => {}
                         }
                     }
                     Err(e) => {
@@ -152,14 +160,42 @@ pub async fn campaign(
                 },
             }
         }
-        if *tx.borrow() {
-            match manager.release().await {
+        self.release().await;
+    }
+
+    /// Retries a failed renewal (see [`Renewing::retry`]); exits when the
+    /// lease is lost or the renew deadline passes.
+    async fn renew_after_failure(&self) {
+        let identity = self.settings.identity.as_str();
+        let retrying = Renewing {
+            campaign: self,
+            failed_at: jiff::Timestamp::now(),
+            step_down_at: TIMING.step_down_at(Instant::now()),
+        };
+        match retrying.retry().await {
+            Renewal::Renewed => {
+                tracing::info!(identity, "renewed the lease after failures: still leading");
+            }
+            Renewal::Lost => lost(identity),
+            Renewal::DeadlinePassed => {
+                tracing::error!(
+                    identity,
+                    "could not renew the lease within {RENEW_DEADLINE}s: exiting so a standby takes over safely"
+                );
+                std::process::exit(LOST_LEASE_EXIT_CODE);
+            }
+        }
+    }
+
+    /// Releases the lease at shutdown, when this process holds it.
+    async fn release(&self) {
+        if *self.leading.borrow() {
+            match self.manager.release().await {
                 Ok(()) => tracing::info!("released the lease"),
                 Err(e) => tracing::warn!(error = %e, "could not release the lease"),
             }
         }
-    };
-    Ok((Leadership { state: rx }, run))
+    }
 }
 
 fn lost(identity: &str) -> ! {
@@ -176,10 +212,7 @@ enum Renewal {
 
 /// A leader retrying a failed renewal.
 struct Renewing<'a> {
-    manager: &'a LeaseManager,
-    leases: &'a Api<Lease>,
-    settings: &'a LeaderSettings,
-    metrics: &'a Metrics,
+    campaign: &'a Campaign,
     /// When the first renewal of this run of failures failed.
     failed_at: jiff::Timestamp,
     step_down_at: Instant,
@@ -198,11 +231,13 @@ impl Renewing<'_> {
             // The crate renews at once (the renewal is overdue), then waits
             // quietly for the next one: it returns only on an error or a
             // change of holder.
-            match tokio::time::timeout_at(self.step_down_at.into(), self.manager.changed()).await {
+            match tokio::time::timeout_at(self.step_down_at.into(), self.campaign.manager.changed())
+                .await
+            {
                 Ok(Ok(true)) => return Renewal::Renewed,
                 Ok(Ok(false)) => return Renewal::Lost,
                 Ok(Err(e)) => {
-                    self.metrics.lease_renewal_failed();
+                    self.campaign.metrics.lease_renewal_failed();
                     tracing::warn!(error = %e, "could not renew the lease; retrying");
                 }
                 // Quiet until the deadline: a retry renewed the lease, or a
@@ -223,12 +258,12 @@ impl Renewing<'_> {
     async fn renewed_since_the_failure(&self) -> bool {
         let read = tokio::time::timeout(
             Duration::from_secs(RETRY_PERIOD),
-            self.leases.get(&self.settings.lease_name),
+            self.campaign.leases.get(&self.campaign.settings.lease_name),
         )
         .await;
         let Ok(Ok(lease)) = read else { return false };
         lease.spec.is_some_and(|s| {
-            s.holder_identity.as_deref() == Some(self.settings.identity.as_str())
+            s.holder_identity.as_deref() == Some(self.campaign.settings.identity.as_str())
                 && s.renew_time.is_some_and(|t| t.0 >= self.failed_at)
         })
     }

@@ -38,7 +38,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 use super::jobs::Purpose;
 use crate::api::feed::EcosystemCount;
@@ -112,6 +112,105 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
+/// A metric's name, help text and unit, as the exposition shows them.
+struct Described {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+}
+
+const RECONCILES: Described = Described {
+    name: "patchloop_reconciles",
+    help: "Reconciles run, by controller, failed ones included",
+    unit: None,
+};
+
+const RECONCILE_ERRORS: Described = Described {
+    name: "patchloop_reconcile_errors",
+    help: "Reconciles that returned an error and were requeued with backoff",
+    unit: None,
+};
+
+const RECONCILE_DURATION: Described = Described {
+    name: "patchloop_reconcile_duration",
+    help: "Wall time of one reconcile, by controller",
+    unit: Some(Unit::Seconds),
+};
+
+const STATUS_WRITES: Described = Described {
+    name: "patchloop_status_writes",
+    help: "Status patches sent to the API server; flat in steady state, \
+          since an unchanged status is not written",
+    unit: None,
+};
+
+const WORKLOADS: Described = Described {
+    name: "patchloop_workloads",
+    help: "Workloads a policy matches, by compliance state \
+          (compliant, pending, overdue, exempt, unknown)",
+    unit: None,
+};
+
+const TEMPLATES: Described = Described {
+    name: "patchloop_templates",
+    help: "Templates a policy matches, by compliance state (compliant, noncompliant)",
+    unit: None,
+};
+
+const FEED_LAST_SUCCESS: Described = Described {
+    name: "patchloop_feed_last_success_timestamp",
+    help: "Unix time of the last successful refresh of an advisory feed; \
+          alert on time() minus this to catch a stale feed",
+    unit: Some(Unit::Seconds),
+};
+
+const FEED_ADVISORIES: Described = Described {
+    name: "patchloop_feed_advisories",
+    help: "Advisories loaded from a feed, by ecosystem",
+    unit: None,
+};
+
+const FEED_ERRORS: Described = Described {
+    name: "patchloop_feed_errors",
+    help: "Failed refreshes of an advisory feed (the last good data is kept)",
+    unit: None,
+};
+
+const JOBS_CREATED: Described = Described {
+    name: "patchloop_jobs_created",
+    help: "Jobs created, by kind (remediation, build, test)",
+    unit: None,
+};
+
+const EXCEPTIONS_EXPIRED: Described = Described {
+    name: "patchloop_exceptions_expired",
+    help: "PatchExceptions seen to expire, after which their findings count again",
+    unit: None,
+};
+
+const LEADER: Described = Described {
+    name: "patchloop_leader",
+    help: "1 while this replica holds the leader lease and reconciles, else 0",
+    unit: None,
+};
+
+const LEASE_RENEWAL_FAILURES: Described = Described {
+    name: "patchloop_lease_renewal_failures",
+    help: "Failed attempts of the leader to renew its lease (retried until the renew deadline)",
+    unit: None,
+};
+
+/// Registers `metric` as `described` and returns it; the registry keeps a
+/// clone sharing its values.
+fn register<M: Metric + Clone>(registry: &mut Registry, described: &Described, metric: M) -> M {
+    let Described { name, help, unit } = described;
+    match unit {
+        Some(unit) => registry.register_with_unit(*name, *help, unit.clone(), metric.clone()),
+        None => registry.register(*name, *help, metric.clone()),
+    }
+    metric
+}
+
 /// The controller's metrics. Cloning is cheap (one `Arc`); every clone
 /// records into the same registry, so each controller task gets its own.
 #[derive(Clone)]
@@ -142,6 +241,26 @@ struct Inner {
     lease_renewal_failures: Counter,
 }
 
+impl Inner {
+    /// Creates the series of every controller and Job kind, so that `rate()`
+    /// and absence alerts see a zero before the first event. The guards are
+    /// dropped at once: only the series' existence matters.
+    fn create_fixed_series(&self) {
+        for controller in CONTROLLERS {
+            let labels = ControllerLabels { controller };
+            drop(self.reconciles.get_or_create(&labels));
+            drop(self.reconcile_errors.get_or_create(&labels));
+            drop(self.reconcile_duration.get_or_create(&labels));
+            drop(self.status_writes.get_or_create(&labels));
+        }
+        for kind in Purpose::ALL {
+            drop(self.jobs_created.get_or_create(&JobLabels {
+                kind: kind.as_str(),
+            }));
+        }
+    }
+}
+
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -158,125 +277,31 @@ impl Metrics {
     /// A fresh registry with every metric registered. Create one per process
     /// and clone it; two registries would each expose only half the counts.
     pub fn new() -> Self {
-        let mut registry = Registry::default();
-
-        let reconciles = Family::<ControllerLabels, Counter>::default();
-        registry.register(
-            "patchloop_reconciles",
-            "Reconciles run, by controller, failed ones included",
-            reconciles.clone(),
-        );
-        let reconcile_errors = Family::<ControllerLabels, Counter>::default();
-        registry.register(
-            "patchloop_reconcile_errors",
-            "Reconciles that returned an error and were requeued with backoff",
-            reconcile_errors.clone(),
-        );
-        let reconcile_duration: DurationFamily =
-            Family::new_with_constructor(duration_histogram as fn() -> Histogram);
-        registry.register_with_unit(
-            "patchloop_reconcile_duration",
-            "Wall time of one reconcile, by controller",
-            Unit::Seconds,
-            reconcile_duration.clone(),
-        );
-        let status_writes = Family::<ControllerLabels, Counter>::default();
-        registry.register(
-            "patchloop_status_writes",
-            "Status patches sent to the API server; flat in steady state, \
-             since an unchanged status is not written",
-            status_writes.clone(),
-        );
-        let workloads = Family::<PolicyStateLabels, Gauge>::default();
-        registry.register(
-            "patchloop_workloads",
-            "Workloads a policy matches, by compliance state \
-             (compliant, pending, overdue, exempt, unknown)",
-            workloads.clone(),
-        );
-        let templates = Family::<PolicyStateLabels, Gauge>::default();
-        registry.register(
-            "patchloop_templates",
-            "Templates a policy matches, by compliance state (compliant, noncompliant)",
-            templates.clone(),
-        );
-        let feed_last_success = Family::<FeedLabels, FloatGauge>::default();
-        registry.register_with_unit(
-            "patchloop_feed_last_success_timestamp",
-            "Unix time of the last successful refresh of an advisory feed; \
-             alert on time() minus this to catch a stale feed",
-            Unit::Seconds,
-            feed_last_success.clone(),
-        );
-        let feed_advisories = Family::<FeedEcosystemLabels, Gauge>::default();
-        registry.register(
-            "patchloop_feed_advisories",
-            "Advisories loaded from a feed, by ecosystem",
-            feed_advisories.clone(),
-        );
-        let feed_errors = Family::<FeedLabels, Counter>::default();
-        registry.register(
-            "patchloop_feed_errors",
-            "Failed refreshes of an advisory feed (the last good data is kept)",
-            feed_errors.clone(),
-        );
-        let jobs_created = Family::<JobLabels, Counter>::default();
-        registry.register(
-            "patchloop_jobs_created",
-            "Jobs created, by kind (remediation, build, test)",
-            jobs_created.clone(),
-        );
-        let exceptions_expired = Counter::default();
-        registry.register(
-            "patchloop_exceptions_expired",
-            "PatchExceptions seen to expire, after which their findings count again",
-            exceptions_expired.clone(),
-        );
-        let leader = Gauge::default();
-        registry.register(
-            "patchloop_leader",
-            "1 while this replica holds the leader lease and reconciles, else 0",
-            leader.clone(),
-        );
-        let lease_renewal_failures = Counter::default();
-        registry.register(
-            "patchloop_lease_renewal_failures",
-            "Failed attempts of the leader to renew its lease (retried until the renew deadline)",
-            lease_renewal_failures.clone(),
-        );
-
-        // The guards are dropped at once: only the series' existence matters.
-        for controller in CONTROLLERS {
-            let labels = ControllerLabels { controller };
-            drop(reconciles.get_or_create(&labels));
-            drop(reconcile_errors.get_or_create(&labels));
-            drop(reconcile_duration.get_or_create(&labels));
-            drop(status_writes.get_or_create(&labels));
-        }
-        for kind in Purpose::ALL {
-            drop(jobs_created.get_or_create(&JobLabels {
-                kind: kind.as_str(),
-            }));
-        }
-
+        let mut r = Registry::default();
+        let inner = Inner {
+            reconciles: register(&mut r, &RECONCILES, Family::default()),
+            reconcile_errors: register(&mut r, &RECONCILE_ERRORS, Family::default()),
+            reconcile_duration: register(
+                &mut r,
+                &RECONCILE_DURATION,
+                Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            ),
+            status_writes: register(&mut r, &STATUS_WRITES, Family::default()),
+            workloads: register(&mut r, &WORKLOADS, Family::default()),
+            templates: register(&mut r, &TEMPLATES, Family::default()),
+            feed_last_success: register(&mut r, &FEED_LAST_SUCCESS, Family::default()),
+            feed_advisories: register(&mut r, &FEED_ADVISORIES, Family::default()),
+            feed_errors: register(&mut r, &FEED_ERRORS, Family::default()),
+            feed_ecosystems: Mutex::new(HashMap::new()),
+            jobs_created: register(&mut r, &JOBS_CREATED, Family::default()),
+            exceptions_expired: register(&mut r, &EXCEPTIONS_EXPIRED, Counter::default()),
+            leader: register(&mut r, &LEADER, Gauge::default()),
+            lease_renewal_failures: register(&mut r, &LEASE_RENEWAL_FAILURES, Counter::default()),
+            registry: r,
+        };
+        inner.create_fixed_series();
         Metrics {
-            inner: Arc::new(Inner {
-                registry,
-                reconciles,
-                reconcile_errors,
-                reconcile_duration,
-                status_writes,
-                workloads,
-                templates,
-                feed_last_success,
-                feed_advisories,
-                feed_errors,
-                feed_ecosystems: Mutex::new(HashMap::new()),
-                jobs_created,
-                exceptions_expired,
-                leader,
-                lease_renewal_failures,
-            }),
+            inner: Arc::new(inner),
         }
     }
 

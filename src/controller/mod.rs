@@ -30,6 +30,7 @@ pub mod template;
 pub mod triggers;
 pub mod workload;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,16 +54,13 @@ use crate::engine::outcome::Notice;
 /// retries the object with per-object exponential backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The apiserver refused or failed a request.
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    /// An API call of a known step failed (see [`Error::call`]).
-    #[error("{step}: {call} failed: {source}")]
-    Call {
-        /// The step of the reconcile.
-        step: Step,
-        /// The call: a verb and a kind, e.g. `patch Workload/status`.
-        call: String,
+    /// The apiserver refused or failed a request; `call` names the step and
+    /// the request when the call site labelled it ([`InStep::step`]), and is
+    /// `None` for a bare `?` on a `kube::Error`.
+    #[error("{}", describe_failure(call.as_ref(), source))]
+    Kube {
+        /// The step of the reconcile and the request it made.
+        call: Option<Call>,
         /// The apiserver's answer.
         source: kube::Error,
     },
@@ -75,6 +73,43 @@ pub enum Error {
     /// A reconcile took too long (a request never answered); it is retried.
     #[error("reconcile timed out after {0:?}")]
     Timeout(Duration),
+}
+
+/// An API request of a known step, named in errors, logs and Events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// The step of the reconcile.
+    pub step: Step,
+    /// The request: a verb and a kind, e.g. `patch Workload/status` or
+    /// `create remediation Job`.
+    pub request: Cow<'static, str>,
+}
+
+/// A call site that did not name its step (any `?` on a `kube::Error`)
+/// still converts; its errors say only that an API call failed.
+impl From<kube::Error> for Error {
+    fn from(source: kube::Error) -> Self {
+        Error::Kube { call: None, source }
+    }
+}
+
+/// Labels the failure of an API request with the step that made it:
+/// `jobs.create(..).await.step(Step::Apply, "create remediation Job")?`.
+pub trait InStep<T> {
+    /// The result, its error naming `step` and `request`.
+    fn step(self, step: Step, request: impl Into<Cow<'static, str>>) -> Result<T, Error>;
+}
+
+impl<T> InStep<T> for Result<T, kube::Error> {
+    fn step(self, step: Step, request: impl Into<Cow<'static, str>>) -> Result<T, Error> {
+        self.map_err(|source| Error::Kube {
+            call: Some(Call {
+                step,
+                request: request.into(),
+            }),
+            source,
+        })
+    }
 }
 
 /// The steps of a reconcile, named in its errors, logs and Events.
@@ -98,19 +133,22 @@ impl std::fmt::Display for Step {
     }
 }
 
-impl Error {
-    /// Wraps the apiserver's error of `verb kind` at `step`, e.g.
-    /// `.map_err(Error::call(Step::Status, "patch", "Workload/status"))`.
-    pub fn call(step: Step, verb: &str, kind: &str) -> impl FnOnce(kube::Error) -> Error {
-        let call = format!("{verb} {kind}");
-        move |source| Error::Call { step, call, source }
+/// The log message of a failed API request.
+fn describe_failure(call: Option<&Call>, source: &kube::Error) -> String {
+    match call {
+        Some(Call { step, request }) => format!("{step}: {request} failed: {source}"),
+        None => format!("Kubernetes API: {source}"),
     }
+}
 
+impl Error {
     /// The step that failed, for logs (`api` when the call was not labelled).
     pub fn step(&self) -> String {
         match self {
-            Error::Kube(_) => "api".into(),
-            Error::Call { step, .. } => step.to_string(),
+            Error::Kube { call: None, .. } => "api".into(),
+            Error::Kube {
+                call: Some(call), ..
+            } => call.step.to_string(),
             Error::Serialize(_) => Step::Status.to_string(),
             Error::Missing(_) => Step::Dereference.to_string(),
             Error::Timeout(_) => "timeout".into(),
@@ -122,16 +160,17 @@ impl Error {
     /// message, which can quote the object's own fields back.
     pub fn summary(&self) -> String {
         match self {
-            Error::Kube(e) => match e {
+            Error::Kube {
+                call: Some(Call { step, request }),
+                source,
+            } => format!("step {step}: {request} failed: {}", answer(source)),
+            Error::Kube { call: None, source } => match source {
                 kube::Error::Api(s) => match s.details.as_ref().filter(|d| !d.kind.is_empty()) {
-                    Some(d) => format!("an API call on {} failed: {}", d.kind, answer(e)),
-                    None => format!("an API call failed: {}", answer(e)),
+                    Some(d) => format!("an API call on {} failed: {}", d.kind, answer(source)),
+                    None => format!("an API call failed: {}", answer(source)),
                 },
-                _ => format!("an API call failed: {}", answer(e)),
+                _ => format!("an API call failed: {}", answer(source)),
             },
-            Error::Call { step, call, source } => {
-                format!("step {step}: {call} failed: {}", answer(source))
-            }
             Error::Serialize(_) => "step status: the status could not be serialized".into(),
             Error::Missing(field) => format!("step dereference: the object has no {field}"),
             Error::Timeout(after) => format!("the reconcile timed out after {after:?}"),
@@ -276,14 +315,20 @@ pub fn recorder(client: Client) -> Recorder {
     Recorder::new(client, reporter)
 }
 
-/// Server-side-applies `status` to the status subresource of `name` under
-/// the writer's own field manager, and counts the write.
-///
-/// An object field that `previous` had and `status` drops is first removed
-/// with a merge patch: on 1.20 a server-side apply that stops sending an
-/// object field leaves it behind as `null`, which the schema then refuses
-/// on every later write.
-pub async fn write_status<K, S>(
+/// A kind whose status [`write_status`] writes.
+pub trait StatusObject:
+    Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug
+{
+}
+
+impl<K> StatusObject for K where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug
+{
+}
+
+/// [`write_status_if_unchanged`] without a precondition: the status is
+/// written whatever changed since it was read.
+pub async fn write_status<K: StatusObject, S: serde::Serialize>(
     shared: &Shared,
     api: &Api<K>,
     name: &str,
@@ -291,11 +336,7 @@ pub async fn write_status<K, S>(
     manager: &str,
     status: &S,
     previous: &S,
-) -> Result<(), Error>
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    S: serde::Serialize,
-{
+) -> Result<(), Error> {
     write_status_if_unchanged(
         shared, api, name, controller, manager, status, previous, None,
     )
@@ -303,11 +344,18 @@ where
     .map(drop)
 }
 
-/// [`write_status`] with an optional precondition: with `resource_version`,
-/// both writes carry it and a conflict (the object changed since it was
-/// read: a stale cache) returns `false` instead of an error.
+/// Server-side-applies `status` to the status subresource of `name` under
+/// the writer's own field manager, and counts the write. With
+/// `resource_version`, both writes carry it as a precondition and a
+/// conflict (the object changed since it was read: a stale cache) returns
+/// `false` instead of an error.
+///
+/// An object field that `previous` had and `status` drops is first removed
+/// with a merge patch: on 1.20 a server-side apply that stops sending an
+/// object field leaves it behind as `null`, which the schema then refuses
+/// on every later write.
 #[allow(clippy::too_many_arguments)]
-pub async fn write_status_if_unchanged<K, S>(
+pub async fn write_status_if_unchanged<K: StatusObject, S: serde::Serialize>(
     shared: &Shared,
     api: &Api<K>,
     name: &str,
@@ -316,64 +364,93 @@ pub async fn write_status_if_unchanged<K, S>(
     status: &S,
     previous: &S,
     resource_version: Option<String>,
-) -> Result<bool, Error>
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    S: serde::Serialize,
-{
-    let conflict = |e: &kube::Error| {
-        resource_version.is_some() && matches!(e, kube::Error::Api(s) if s.code == 409)
+) -> Result<bool, Error> {
+    let target = StatusTarget {
+        shared,
+        api,
+        name,
+        controller,
+        precondition: resource_version.is_some(),
     };
-    let failed = |e| Error::call(Step::Status, "patch", &format!("{}/status", K::kind(&())))(e);
+    let request = || format!("patch {}/status", K::kind(&()));
     let desired = serde_json::to_value(status)?;
     let dropped = dropped_objects(&serde_json::to_value(previous)?, &desired);
-    let mut version = resource_version.clone();
+    let mut version = resource_version;
     if !dropped.is_empty() {
-        let nulls: serde_json::Map<String, serde_json::Value> = dropped
-            .into_iter()
-            .map(|k| (k, serde_json::Value::Null))
-            .collect();
-        let mut patch = serde_json::json!({ "status": nulls });
-        if let Some(v) = &version {
-            patch["metadata"] = serde_json::json!({ "resourceVersion": v });
-        }
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(updated) => {
-                shared.metrics.status_write(controller);
-                if version.is_some() {
-                    version = updated.meta().resource_version.clone();
-                }
-            }
-            Err(e) if conflict(&e) => return Ok(false),
-            Err(e) => return Err(failed(e)),
+        let patch = Patch::Merge(removal_patch(dropped, version.as_deref()));
+        let removed = target.send(&PatchParams::default(), &patch).await;
+        let Some(updated) = removed.step(Step::Status, request())? else {
+            return Ok(false);
+        };
+        // The apply that follows must not conflict with this write.
+        if version.is_some() {
+            version = updated.meta().resource_version.clone();
         }
     }
-    let mut patch = serde_json::json!({
+    let patch = Patch::Apply(apply_patch::<K>(desired, version.as_deref()));
+    let applied = target
+        .send(&PatchParams::apply(manager).force(), &patch)
+        .await;
+    Ok(applied.step(Step::Status, request())?.is_some())
+}
+
+/// The status subresource one write goes to.
+struct StatusTarget<'a, K> {
+    shared: &'a Shared,
+    api: &'a Api<K>,
+    name: &'a str,
+    controller: &'static str,
+    /// The patches carry a `resourceVersion` precondition.
+    precondition: bool,
+}
+
+impl<K: StatusObject> StatusTarget<'_, K> {
+    /// Sends one status patch and counts it; `None` when the precondition
+    /// failed (409 Conflict).
+    async fn send(
+        &self,
+        params: &PatchParams,
+        patch: &Patch<serde_json::Value>,
+    ) -> Result<Option<K>, kube::Error> {
+        match self.api.patch_status(self.name, params, patch).await {
+            Ok(updated) => {
+                self.shared.metrics.status_write(self.controller);
+                Ok(Some(updated))
+            }
+            Err(kube::Error::Api(s)) if self.precondition && s.code == 409 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The merge patch setting each of `dropped` to `null` (removing it).
+fn removal_patch(dropped: Vec<String>, version: Option<&str>) -> serde_json::Value {
+    let nulls: serde_json::Map<String, serde_json::Value> = dropped
+        .into_iter()
+        .map(|k| (k, serde_json::Value::Null))
+        .collect();
+    with_precondition(serde_json::json!({ "status": nulls }), version)
+}
+
+/// The server-side apply patch of `K`'s status.
+fn apply_patch<K: StatusObject>(
+    desired: serde_json::Value,
+    version: Option<&str>,
+) -> serde_json::Value {
+    let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": desired,
     });
-    if let Some(v) = &version {
+    with_precondition(patch, version)
+}
+
+/// `patch`, carrying `version` as its `resourceVersion` precondition.
+fn with_precondition(mut patch: serde_json::Value, version: Option<&str>) -> serde_json::Value {
+    if let Some(v) = version {
         patch["metadata"] = serde_json::json!({ "resourceVersion": v });
     }
-    match api
-        .patch_status(
-            name,
-            &PatchParams::apply(manager).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        Ok(_) => {
-            shared.metrics.status_write(controller);
-            Ok(true)
-        }
-        Err(e) if conflict(&e) => Ok(false),
-        Err(e) => Err(failed(e)),
-    }
+    patch
 }
 
 /// The object-valued top-level fields of `previous` that `desired` lacks.
@@ -491,7 +568,8 @@ pub fn now() -> jiff::Timestamp {
 
 #[cfg(test)]
 mod tests {
-    use super::{Error, Step, dropped_objects};
+    use super::{Error, InStep, Step, apply_patch, dropped_objects, removal_patch};
+    use k8s_openapi::api::batch::v1::Job;
     use serde_json::json;
 
     fn refused(message: &str) -> kube::Error {
@@ -507,20 +585,37 @@ mod tests {
     #[test]
     fn errors_name_their_step_and_call_but_events_do_not_quote_the_apiserver() {
         let secret = "Invalid value: \"$(SSH_PASSPHRASE)\"";
-        let e = Error::call(Step::Apply, "create", "Job")(refused(secret));
+        let e = Err::<(), _>(refused(secret))
+            .step(Step::Apply, "create Job")
+            .expect_err("a failure");
         assert_eq!(e.step(), "apply");
         assert!(e.to_string().starts_with("apply: create Job failed: "));
         assert_eq!(
             e.summary(),
             "step apply: create Job failed: the apiserver answered 422 Invalid"
         );
-        let unlabelled = Error::Kube(refused(secret));
+        let unlabelled = Error::from(refused(secret));
         assert_eq!(unlabelled.step(), "api");
+        assert!(unlabelled.to_string().starts_with("Kubernetes API: "));
         assert_eq!(
             unlabelled.summary(),
             "an API call on jobs failed: the apiserver answered 422 Invalid"
         );
         assert_eq!(Error::Missing("metadata.uid").step(), "dereference");
+    }
+
+    #[test]
+    fn status_patches_carry_the_precondition_only_when_given() {
+        let removal = removal_patch(vec!["rollout".into()], Some("42"));
+        assert_eq!(
+            removal,
+            json!({"status": {"rollout": null}, "metadata": {"resourceVersion": "42"}})
+        );
+        let apply = apply_patch::<Job>(json!({"active": 1}), None);
+        assert_eq!(
+            apply,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "status": {"active": 1}})
+        );
     }
 
     #[test]
