@@ -56,6 +56,7 @@ use crate::engine::change::{
     self, Act, Approval, Approver, BuildOutput, BuildReport, Creation, JobState, Observed,
     PersonDecision, Pin, ResultFacts, Step, TemplateSeen, before_build, is_closed,
 };
+use crate::engine::fixes::package_lines;
 use crate::engine::inventory::parse_subject_list;
 use crate::engine::version::parse_platform;
 
@@ -271,29 +272,6 @@ enum Run<'a> {
     Test { image: &'a str },
 }
 
-/// Everything a build or test Job gets beyond its template.
-struct Contract {
-    env: Vec<(String, String)>,
-    files: BTreeMap<String, String>,
-}
-
-/// The contract file of the packages to install: one `name fixed [source]`
-/// line each.
-fn packages_file(scope: &ChangeScope) -> String {
-    let mut packages = String::new();
-    for p in &scope.packages {
-        packages.push_str(&p.name);
-        packages.push(' ');
-        packages.push_str(&p.fixed);
-        if let Some(s) = &p.source {
-            packages.push(' ');
-            packages.push_str(s);
-        }
-        packages.push('\n');
-    }
-    packages
-}
-
 /// The environment and files a build or test Job of `cr` receives.
 fn contract(
     cr: &ChangeRequest,
@@ -301,50 +279,34 @@ fn contract(
     status: &ChangeRequestStatus,
     job: &str,
     run: Run<'_>,
-) -> Contract {
+) -> jobs::Contract {
     let ns = cr.namespace().unwrap_or_default();
     let name = cr.name_any();
     let scope = status.scope.clone().unwrap_or_default();
-    let packages = packages_file(&scope);
+    let packages = package_lines(
+        scope
+            .packages
+            .iter()
+            .map(|p| (p.name.as_str(), p.fixed.as_str(), p.source.as_deref())),
+    );
     let advisories: Vec<&str> = scope.advisories.iter().map(|a| a.id.as_str()).collect();
     let base_image = status.base_image.clone().unwrap_or_else(|| tpl::image(t));
     let purpose = match run {
         Run::Test { .. } => jobs::Purpose::Test,
         Run::Build { .. } => jobs::Purpose::Build,
     };
-    let mut env = vec![
-        ("PATCHLOOP_PURPOSE".to_owned(), purpose.as_str().to_owned()),
-        ("PATCHLOOP_NAMESPACE".to_owned(), ns),
-        ("PATCHLOOP_TEMPLATE".to_owned(), t.name_any()),
-        ("PATCHLOOP_PLATFORM".to_owned(), t.spec.platform.clone()),
-        ("PATCHLOOP_CHANGE_REQUEST".to_owned(), name),
-        ("PATCHLOOP_BASE_IMAGE".to_owned(), base_image),
-        (
-            "PATCHLOOP_REVISION".to_owned(),
-            status
-                .target_revision
-                .map(|r| r.to_string())
-                .unwrap_or_default(),
-        ),
-        ("PATCHLOOP_ADVISORIES".to_owned(), advisories.join(",")),
-        ("PATCHLOOP_JOB".to_owned(), job.to_owned()),
-        (
-            "PATCHLOOP_PACKAGES_FILE".to_owned(),
-            format!("{}/{}", jobs::CONTRACT_DIR, jobs::PACKAGES_FILE),
-        ),
-    ];
-    let mut files = BTreeMap::from([
-        (jobs::PACKAGES_FILE.to_owned(), packages),
-        ("advisories".to_owned(), advisories.join("\n") + "\n"),
-    ]);
+    let revision = status.target_revision.map(|r| r.to_string());
+    let contract = jobs::Contract::new(purpose, &ns, &t.spec.platform, job, &advisories, packages)
+        .with_env("PATCHLOOP_TEMPLATE", t.name_any())
+        .with_env("PATCHLOOP_CHANGE_REQUEST", name)
+        .with_env("PATCHLOOP_BASE_IMAGE", base_image)
+        .with_env("PATCHLOOP_REVISION", revision.unwrap_or_default());
     match run {
-        Run::Test { image } => env.push(("PATCHLOOP_IMAGE".to_owned(), image.to_owned())),
-        Run::Build { nonce } => {
-            env.push((NONCE_ENV.to_owned(), nonce.to_owned()));
-            files.insert("nonce".to_owned(), nonce.to_owned());
-        }
+        Run::Test { image } => contract.with_env("PATCHLOOP_IMAGE", image),
+        Run::Build { nonce } => contract
+            .with_env(NONCE_ENV, nonce)
+            .with_file("nonce", nonce),
     }
-    Contract { env, files }
 }
 
 /// The Job template a run uses, the field it comes from, the Job's purpose

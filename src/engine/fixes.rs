@@ -60,19 +60,31 @@ impl FixSet {
     /// The package file mounted into Jobs: one `name fixed [source]` line
     /// per package, sorted by name.
     pub fn package_lines(&self) -> String {
-        let mut out = String::new();
-        for p in &self.packages {
-            out.push_str(&p.name);
-            out.push(' ');
-            out.push_str(&p.fixed);
-            if let Some(s) = &p.source {
-                out.push(' ');
-                out.push_str(s);
-            }
-            out.push('\n');
-        }
-        out
+        package_lines(
+            self.packages
+                .iter()
+                .map(|p| (p.name.as_str(), p.fixed.as_str(), p.source.as_deref())),
+        )
     }
+}
+
+/// The contract's `packages` file: one `name fixed-version [source]` line
+/// per package, each ending in a newline.
+pub fn package_lines<'a>(
+    packages: impl IntoIterator<Item = (&'a str, &'a str, Option<&'a str>)>,
+) -> String {
+    let mut out = String::new();
+    for (name, fixed, source) in packages {
+        out.push_str(name);
+        out.push(' ');
+        out.push_str(fixed);
+        if let Some(s) = source {
+            out.push(' ');
+            out.push_str(s);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Which findings a fix set takes.
