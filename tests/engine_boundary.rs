@@ -1,14 +1,18 @@
 //! The engine's boundary, enforced: `src/engine` decides and never acts. Its
 //! production code (everything before a file's `#[cfg(test)]`) names no
 //! Kubernetes client, no network, no file system, no process and no clock —
-//! callers pass the time in and do the I/O. (It still borrows some API value
-//! types, `k8s_openapi` times among them: ARCHITECTURE.md lists them.)
+//! callers pass the time in and do the I/O. Nor does it name a `k8s_openapi`
+//! type: it reads selectors through its own `LabelQuery`, times as jiff
+//! `Timestamp`s and `maxConcurrent` as its own `MaxConcurrent`. (It still
+//! reads and writes the CRD types of `crate::api`, whose fields hold some
+//! `k8s_openapi` values: ARCHITECTURE.md says which.)
 
 use std::path::{Path, PathBuf};
 
 /// What the engine's production code must not name, and why.
 const FORBIDDEN: &[(&str, &str)] = &[
     ("kube::", "a Kubernetes client"),
+    ("k8s_openapi", "Kubernetes API types (the engine has its own)"),
     ("use kube", "a Kubernetes client"),
     ("reqwest", "the network"),
     ("tokio", "an async runtime"),

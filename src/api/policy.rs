@@ -481,3 +481,12 @@ pub struct RolloutLedger {
 /// The annotation a person sets to a new value (e.g. a timestamp) to resume a
 /// rollout paused by `maxFailures`.
 pub const RESUME_ANNOTATION: &str = "patchloop.dev/resume";
+
+impl From<&IntOrString> for crate::engine::rollout::MaxConcurrent {
+    fn from(value: &IntOrString) -> Self {
+        match value {
+            IntOrString::Int(n) => Self::Count(*n),
+            IntOrString::String(s) => Self::Text(s.clone()),
+        }
+    }
+}

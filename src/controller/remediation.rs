@@ -146,7 +146,7 @@ pub fn rollout_settings(policy: &PatchPolicy) -> RolloutSettings {
     let r = &policy.spec.remediation;
     RolloutSettings {
         mode: r.mode,
-        max_concurrent: r.max_concurrent.clone(),
+        max_concurrent: (&r.max_concurrent).into(),
         canary: u32::try_from(r.canary).unwrap_or(0),
         max_failures: u32::try_from(r.max_failures).unwrap_or(1),
         attempts: u32::try_from(r.attempts).unwrap_or(1),

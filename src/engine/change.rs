@@ -26,7 +26,6 @@ use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sha2::{Digest, Sha256};
 
 use super::evaluate::Evaluation;
@@ -342,8 +341,8 @@ pub fn void_holds(
 ) -> bool {
     match (&voided.digest, decision) {
         (Some(_), Some(d)) => {
-            let at = |t: &Option<Time>| t.as_ref().map(|t| t.0);
-            at(&d.decided_at) <= at(&voided.decided_at)
+            let decided = d.decided_at.as_ref().map(|t| t.0);
+            decided <= voided.decided_at.as_ref().map(|t| t.0)
         }
         (Some(_), None) => false,
         (None, _) => voided.generation.is_some() && voided.generation == generation,

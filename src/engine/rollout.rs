@@ -33,7 +33,6 @@
 use std::collections::BTreeSet;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::common::time;
 use crate::api::policy::{RemediationMode, RolloutLedger};
@@ -48,7 +47,7 @@ pub struct RolloutSettings {
     /// Report or Remediate.
     pub mode: RemediationMode,
     /// `maxConcurrent` as written.
-    pub max_concurrent: IntOrString,
+    pub max_concurrent: MaxConcurrent,
     /// `canary`.
     pub canary: u32,
     /// `maxFailures`.
@@ -238,12 +237,21 @@ pub struct PlanInput<'a> {
     pub now: Timestamp,
 }
 
+/// `maxConcurrent` as written: a count, or text such as `"10%"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MaxConcurrent {
+    /// A number of Workloads.
+    Count(i32),
+    /// A percentage of the matched Workloads (anything else is unreadable).
+    Text(String),
+}
+
 /// `maxConcurrent` for a fleet of `matched`: integers as they are,
 /// percentages rounded up; an unreadable value allows one at a time.
-pub fn resolve_max_concurrent(value: &IntOrString, matched: usize) -> usize {
+pub fn resolve_max_concurrent(value: &MaxConcurrent, matched: usize) -> usize {
     match value {
-        IntOrString::Int(n) => usize::try_from(*n).unwrap_or(0),
-        IntOrString::String(s) => {
+        MaxConcurrent::Count(n) => usize::try_from(*n).unwrap_or(0),
+        MaxConcurrent::Text(s) => {
             let Some(percent) = s.strip_suffix('%').and_then(|p| p.parse::<usize>().ok()) else {
                 return 1;
             };
@@ -527,7 +535,7 @@ mod tests {
         s.parse().expect("timestamp literal")
     }
 
-    fn settings(max: IntOrString, canary: u32) -> RolloutSettings {
+    fn settings(max: MaxConcurrent, canary: u32) -> RolloutSettings {
         RolloutSettings {
             mode: RemediationMode::Remediate,
             max_concurrent: max,
@@ -589,7 +597,7 @@ mod tests {
 
     #[test]
     fn a_failure_not_recorded_yet_holds_new_starts_at_the_threshold() {
-        let s = settings(IntOrString::Int(5), 0);
+        let s = settings(MaxConcurrent::Count(5), 0);
         let mut fleet = vec![needy("a"), needy("b"), needy("c")];
         fleet[2].need = None;
         let ledger = RolloutLedger {
@@ -613,36 +621,36 @@ mod tests {
     #[test]
     fn max_concurrent_rounds_percentages_up_and_never_to_zero() {
         assert_eq!(
-            resolve_max_concurrent(&IntOrString::String("10%".into()), 5),
+            resolve_max_concurrent(&MaxConcurrent::Text("10%".into()), 5),
             1
         );
         assert_eq!(
-            resolve_max_concurrent(&IntOrString::String("10%".into()), 1000),
+            resolve_max_concurrent(&MaxConcurrent::Text("10%".into()), 1000),
             100
         );
         assert_eq!(
-            resolve_max_concurrent(&IntOrString::String("33%".into()), 10),
+            resolve_max_concurrent(&MaxConcurrent::Text("33%".into()), 10),
             4
         );
         assert_eq!(
-            resolve_max_concurrent(&IntOrString::String("0%".into()), 10),
+            resolve_max_concurrent(&MaxConcurrent::Text("0%".into()), 10),
             0
         );
         assert_eq!(
-            resolve_max_concurrent(&IntOrString::String("100%".into()), 7),
+            resolve_max_concurrent(&MaxConcurrent::Text("100%".into()), 7),
             7
         );
-        assert_eq!(resolve_max_concurrent(&IntOrString::Int(3), 100), 3);
-        assert_eq!(resolve_max_concurrent(&IntOrString::Int(-3), 100), 0);
+        assert_eq!(resolve_max_concurrent(&MaxConcurrent::Count(3), 100), 3);
+        assert_eq!(resolve_max_concurrent(&MaxConcurrent::Count(-3), 100), 0);
         assert_eq!(
-            resolve_max_concurrent(&IntOrString::String("abc".into()), 100),
+            resolve_max_concurrent(&MaxConcurrent::Text("abc".into()), 100),
             1
         );
     }
 
     #[test]
     fn the_canary_runs_alone_and_the_rest_wait_for_verification() {
-        let s = settings(IntOrString::Int(3), 1);
+        let s = settings(MaxConcurrent::Count(3), 1);
         let fleet: Vec<_> = (0..10).map(|i| needy(&format!("w{i:02}"))).collect();
         let p = run(&s, open(), &fleet, &RolloutLedger::default());
         assert_eq!(started(&p), ["w00"]);
@@ -686,7 +694,7 @@ mod tests {
 
     #[test]
     fn never_more_than_max_concurrent_in_flight() {
-        let s = settings(IntOrString::Int(3), 0);
+        let s = settings(MaxConcurrent::Count(3), 0);
         let mut fleet: Vec<_> = (0..10).map(|i| needy(&format!("w{i:02}"))).collect();
         fleet[5].jobs.expected = true;
         fleet[6].jobs.unfinished = true;
@@ -704,7 +712,7 @@ mod tests {
 
     #[test]
     fn outside_a_window_only_emergencies_start() {
-        let s = settings(IntOrString::Int(5), 0);
+        let s = settings(MaxConcurrent::Count(5), 0);
         let mut fleet = vec![needy("a"), needy("b")];
         if let Some(n) = fleet[1].need.as_mut() {
             n.emergency = true;
@@ -721,7 +729,7 @@ mod tests {
 
     #[test]
     fn max_failures_pauses_until_a_new_resume_value() {
-        let s = settings(IntOrString::Int(5), 0);
+        let s = settings(MaxConcurrent::Count(5), 0);
         let fleet = vec![needy("a"), needy("b")];
         let seen = [
             outcome("x", "x-f1-1", RemediationOutcome::Failed),
@@ -783,7 +791,7 @@ mod tests {
             SignedDuration::from_mins(640)
         );
 
-        let s = settings(IntOrString::Int(5), 0);
+        let s = settings(MaxConcurrent::Count(5), 0);
         let mut w = needy("a");
         w.record = Record {
             fix_set: Some("f1".into()),
@@ -844,7 +852,7 @@ mod tests {
 
     #[test]
     fn report_mode_paused_policy_and_paused_workloads_start_nothing() {
-        let mut s = settings(IntOrString::Int(5), 0);
+        let mut s = settings(MaxConcurrent::Count(5), 0);
         let mut fleet = vec![needy("a"), needy("b"), needy("c")];
         fleet[0].paused = true;
         fleet[1].conflict = true;
@@ -867,7 +875,7 @@ mod tests {
 
     #[test]
     fn an_idle_fleet_ends_the_rollout_and_the_next_one_canaries_again() {
-        let s = settings(IntOrString::Int(5), 1);
+        let s = settings(MaxConcurrent::Count(5), 1);
         let ledger = RolloutLedger {
             verified: 3,
             canaries: vec!["old".into()],
@@ -886,7 +894,7 @@ mod tests {
 
     #[test]
     fn emergencies_and_earlier_due_dates_go_first() {
-        let s = settings(IntOrString::Int(2), 0);
+        let s = settings(MaxConcurrent::Count(2), 0);
         let mut fleet = vec![needy("a"), needy("b"), needy("c")];
         if let Some(n) = fleet[2].need.as_mut() {
             n.emergency = true;
@@ -900,7 +908,7 @@ mod tests {
 
     #[test]
     fn the_canary_gate_holds_when_the_ledger_lags_the_jobs() {
-        let s = settings(IntOrString::Int(2), 1);
+        let s = settings(MaxConcurrent::Count(2), 1);
         let mut fleet: Vec<_> = (0..6).map(|i| needy(&format!("w{i}"))).collect();
         // The ledger naming w0 as the canary is not cached yet; each way
         // the caches can show w0's Job holds the rest.
@@ -934,7 +942,7 @@ mod tests {
 
     #[test]
     fn a_refusal_waits_for_a_spec_change_and_never_counts_as_a_failure() {
-        let s = settings(IntOrString::Int(5), 0);
+        let s = settings(MaxConcurrent::Count(5), 0);
         let mut w = needy("decoy");
         w.record = Record {
             fix_set: Some("f1".into()),
@@ -982,7 +990,7 @@ mod tests {
 
     #[test]
     fn nothing_starts_from_a_provisional_inventory() {
-        let s = settings(IntOrString::Int(5), 0);
+        let s = settings(MaxConcurrent::Count(5), 0);
         let mut fleet = vec![needy("a"), needy("b")];
         fleet[0].provisional = true;
         let p = run(&s, open(), &fleet, &RolloutLedger::default());
@@ -992,7 +1000,7 @@ mod tests {
 
     #[test]
     fn the_ledger_stays_small_for_a_fleet_of_100000() {
-        let mut s = settings(IntOrString::String("10%".into()), 5);
+        let mut s = settings(MaxConcurrent::Text("10%".into()), 5);
         s.max_failures = 50;
         let outcomes: Vec<Outcome> = (0..100_000)
             .map(|i| {
@@ -1020,7 +1028,7 @@ mod tests {
 
     #[test]
     fn a_new_count_ignores_outcomes_finished_before_it() {
-        let s = settings(IntOrString::Int(5), 1);
+        let s = settings(MaxConcurrent::Count(5), 1);
         let ledger = RolloutLedger {
             counting_since: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts(
                 "2026-11-28T01:30:00Z",
@@ -1102,7 +1110,7 @@ mod tests {
                         .collect(),
                     settings: RolloutSettings {
                         mode: RemediationMode::Remediate,
-                        max_concurrent: IntOrString::Int(max),
+                        max_concurrent: MaxConcurrent::Count(max),
                         canary,
                         max_failures: 1,
                         attempts: 3,
@@ -1281,7 +1289,7 @@ mod tests {
                     1..40,
                 ),
             ) {
-                let mut s = settings(IntOrString::Int(5), 0);
+                let mut s = settings(MaxConcurrent::Count(5), 0);
                 s.max_failures = max_failures;
                 let mut attempts = [1u32; 6];
                 // Each ledger version with the failed Jobs its lineage saw.
