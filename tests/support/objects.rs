@@ -271,3 +271,52 @@ pub fn workload_inventory(workload: &str, packages: &[&str]) -> Value {
     };
     inventory(&subject.canonical_inventory_name(), workload, packages)
 }
+
+/// The label and annotation the wake helpers set; nothing selects on it.
+const WAKE_KEY: &str = "patchloop-test/wake";
+
+/// Sets a label of PatchPolicy `policy` (a new value of [`WAKE_KEY`]): the
+/// controller then reconciles that policy (its own watch takes any change),
+/// every Workload and Template of `ns` (a policy's labels are part of what
+/// wakes them, `run.rs` `policy_stream`), and through the Templates their
+/// open ChangeRequests. The wake of a "nothing happened" check: once those
+/// reconciles are counted ([`super::patchloop::Patchloop::reconciled_after`]),
+/// they have seen everything applied before and written what they would.
+pub async fn wake_namespace(client: &kube::Client, ns: &str, policy: &str) {
+    let labels = json!({ WAKE_KEY: super::random_suffix() });
+    patch_metadata(
+        client,
+        ns,
+        "PatchPolicy",
+        policy,
+        json!({ "labels": labels }),
+    )
+    .await;
+}
+
+/// Sets an annotation ([`WAKE_KEY`]) of an object whose own watch takes
+/// every change (a PatchPolicy, Template or ChangeRequest), so its
+/// controller reconciles it again; a Template's event also wakes the
+/// ChangeRequests naming it.
+pub async fn wake(client: &kube::Client, ns: &str, kind: &str, name: &str) {
+    let annotations = json!({ WAKE_KEY: super::random_suffix() });
+    patch_metadata(
+        client,
+        ns,
+        kind,
+        name,
+        json!({ "annotations": annotations }),
+    )
+    .await;
+}
+
+async fn patch_metadata(client: &kube::Client, ns: &str, kind: &str, name: &str, metadata: Value) {
+    api_of(client, ns, kind)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "metadata": metadata })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("waking {kind}/{name}: {e}"));
+}
