@@ -10,7 +10,7 @@ use kube::api::{DynamicObject, Patch, PatchParams};
 use patchloop::api::{PatchException, PatchPolicy, Workload};
 use serde_json::{Value, json};
 use support::objects::*;
-use support::patchloop::Patchloop;
+use support::patchloop::{Counters, Patchloop};
 
 #[tokio::test]
 async fn a_real_advisory_yields_exact_findings_and_a_fixed_inventory_clears_them() {
@@ -441,12 +441,13 @@ async fn an_http_feed_change_reevaluates_only_affected_workloads_and_bad_data_is
     })
     .await;
 
-    // A new zlib advisory: only the zlib Workloads are re-evaluated.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let before: Vec<String> = futures::future::join_all(
-        ["ssl-1", "ssl-2", "zlib-1", "zlib-2"].map(|n| resource_version(&workloads, n)),
-    )
-    .await;
+    // A new zlib advisory: only the zlib Workloads are re-evaluated. The
+    // versions before it are taken once all four have been reconciled
+    // again, so that none is still being written.
+    let all = ["ssl-1", "ssl-2", "zlib-1", "zlib-2"];
+    pl.wake_and_count(&client, &ns, "gold", "workload", 4).await;
+    let before: Vec<String> =
+        futures::future::join_all(all.map(|n| resource_version(&workloads, n))).await;
     {
         let mut s = state.lock().expect("state");
         s.body = serde_json::to_vec(&json!([
@@ -461,11 +462,11 @@ async fn an_http_feed_change_reevaluates_only_affected_workloads_and_bad_data_is
         (all == [Some("Overdue".into()), Some("Overdue".into())]).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after: Vec<String> = futures::future::join_all(
-        ["ssl-1", "ssl-2", "zlib-1", "zlib-2"].map(|n| resource_version(&workloads, n)),
-    )
-    .await;
+    // Every Workload reconciled with the new data: a write to an openssl
+    // one would have happened by now.
+    pl.wake_and_count(&client, &ns, "gold", "workload", 4).await;
+    let after: Vec<String> =
+        futures::future::join_all(all.map(|n| resource_version(&workloads, n))).await;
     assert_eq!(
         before[..2],
         after[..2],
@@ -588,7 +589,10 @@ async fn a_due_date_passing_makes_a_finding_overdue_without_polling() {
     let due = pending.findings[0].due.as_ref().map(|t| t.0).expect("due");
     assert_eq!(due, published + jiff::SignedDuration::from_secs(3600));
 
-    // Nothing changes until then: the reconcile counter stays flat.
+    // Nothing changes until then: the reconcile counter stays flat. The
+    // baseline waits out the start-up wakes (feeds settling, the policy's
+    // first pass), which no counter marks the end of; what follows is itself
+    // about time passing (no polling before the due date).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let reconciles = pl
         .metric("patchloop_reconciles_total{controller=\"workload\"}")
@@ -668,7 +672,7 @@ async fn a_restart_without_advisory_data_keeps_compliance_for_the_grace_period_t
             .expect("delete feed");
     }
     let started = std::time::Instant::now();
-    let _pl = Patchloop::start(env, &ns, &label, &["--grace-period", "20s"]).await;
+    let pl = Patchloop::start(env, &ns, &label, &["--grace-period", "20s"]).await;
     apply(&client, &ns, workload("app-02", json!({}))).await;
     let st = support::eventually("app-02 Ready during the grace period", WAIT, async || {
         workload_status(&workloads, "app-02")
@@ -681,7 +685,12 @@ async fn a_restart_without_advisory_data_keeps_compliance_for_the_grace_period_t
         "Ready is never held back"
     );
     assert_eq!(st.observed_generation, Some(1));
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // app-01 reconciled again inside the grace period, without advisory data.
+    pl.wake_and_count(&client, &ns, "gold", "workload", 2).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "checked inside the grace period"
+    );
     assert_eq!(
         resource_version(&workloads, "app-01").await,
         rv,
@@ -742,7 +751,11 @@ async fn a_controller_restart_loses_nothing_and_changes_nothing() {
             .map(|_| ())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The snapshot is taken once every Workload and the policy have been
+    // reconciled again: none is still being written.
+    let policy_pass = pl.counters("policy").await;
+    pl.wake_and_count(&client, &ns, "gold", "workload", 5).await;
+    pl.reconciled_after("policy", &policy_pass, 1).await;
     let names: Vec<String> = (0..5).map(|i| format!("node-{i}")).collect();
     let snapshot = async || {
         let mut v =
@@ -760,19 +773,11 @@ async fn a_controller_restart_loses_nothing_and_changes_nothing() {
     let before = snapshot().await;
     drop(pl);
     let pl = Patchloop::start(env, &ns, &label, &[]).await;
-    // Give the restarted controller time to reconcile everything once.
-    support::eventually(
-        "the restarted controller to reconcile every Workload",
-        WAIT,
-        async || {
-            (pl.metric("patchloop_reconciles_total{controller=\"workload\"}")
-                .await
-                >= 5.0)
-                .then_some(())
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The restarted controller's pass over every Workload and the policy
+    // (it starts from zero): what it would write is written once counted.
+    let started = Counters::default();
+    pl.reconciled_after("workload", &started, 5).await;
+    pl.reconciled_after("policy", &started, 1).await;
     assert_eq!(snapshot().await, before, "a restart writes nothing");
     assert_eq!(
         pl.metric("patchloop_status_writes_total{controller=\"workload\"}")

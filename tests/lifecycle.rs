@@ -23,7 +23,7 @@ use patchloop::controller::leader;
 use serde_json::json;
 use support::executor;
 use support::objects::*;
-use support::patchloop::Patchloop;
+use support::patchloop::{Counters, Patchloop};
 
 /// Installs the CRDs with their schema-version annotation set to `version`.
 async fn install_crds(client: &kube::Client, version: &str) {
@@ -164,32 +164,22 @@ async fn takeover(next: &Patchloop, since: Instant, how: &str) -> Duration {
 }
 
 /// Waits until the new leader has looked at everything (each of the
-/// `workloads`, the Template and its request), then checks nothing was written twice.
+/// `workloads`, the policy, the Template and its request: the leader's
+/// counters start from zero), then checks nothing was written twice. A
+/// reconcile is counted once it has ended, so a duplicate it created shows.
 async fn nothing_duplicated(
     client: &kube::Client,
     ns: &str,
     leader: &Patchloop,
-    workloads: usize,
+    workloads: u32,
     before: &(BTreeSet<String>, usize),
 ) {
-    support::eventually(
-        "the new leader's pass over every object",
-        WAIT,
-        async || {
-            let seen = async |c: &str| {
-                leader
-                    .metric(&format!("patchloop_reconciles_total{{controller=\"{c}\"}}"))
-                    .await
-            };
-            (seen("workload").await >= workloads as f64
-                && seen("template").await >= 1.0
-                && seen("change").await >= 1.0)
-                .then_some(())
-        },
-    )
-    .await;
-    // Give a duplicate the time to show (the pass may still be writing).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fresh = Counters::default();
+    leader.reconciled_after("workload", &fresh, workloads).await;
+    leader.reconciled_after("template", &fresh, 1).await;
+    leader.reconciled_after("change", &fresh, 1).await;
+    let pass = leader.reconciled_after("policy", &fresh, 1).await;
+    assert_eq!(pass.jobs_created, 0.0, "a Job was duplicated");
     assert_eq!(
         &written(client, ns).await,
         before,

@@ -135,7 +135,7 @@ async fn the_canary_runs_alone_then_at_most_max_concurrent_and_every_fix_is_veri
     .await;
     let names = fleet(&client, &ns, "web", "gold", 10).await;
     let watch = InFlightWatch::start(&client, &ns);
-    let _pl = Patchloop::start(env, &ns, &label_, &[]).await;
+    let pl = Patchloop::start(env, &ns, &label_, &[]).await;
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
 
     let canary = support::eventually("the canary Job", WAIT, async || {
@@ -244,7 +244,8 @@ async fn the_canary_runs_alone_then_at_most_max_concurrent_and_every_fix_is_veri
 
     // The canary runs alone; complete but unverified, it still holds the
     // rest back.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let woken = pl.wake_and_count(&client, &ns, "gold", "policy", 1).await;
+    assert_eq!(woken.jobs_created(), 0.0, "only the canary runs");
     assert_eq!(
         executor::jobs(&client, &ns).await.len(),
         1,
@@ -257,7 +258,12 @@ async fn the_canary_runs_alone_then_at_most_max_concurrent_and_every_fix_is_veri
             .filter(|s| phase(s) == Some(RemediationPhase::Verifying))
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let woken = pl.wake_and_count(&client, &ns, "gold", "policy", 1).await;
+    assert_eq!(
+        woken.jobs_created(),
+        0.0,
+        "an unverified canary holds the rollout"
+    );
     assert_eq!(
         executor::jobs(&client, &ns).await.len(),
         1,
@@ -449,7 +455,7 @@ async fn max_failures_pauses_the_rollout_until_the_resume_annotation_changes() {
     )
     .await;
     fleet(&client, &ns, "db", "gold", 4).await;
-    let _pl = Patchloop::start(env, &ns, &label_, &[]).await;
+    let pl = Patchloop::start(env, &ns, &label_, &[]).await;
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
 
     // One at a time: each Job fails; after the second the rollout pauses.
@@ -512,7 +518,8 @@ async fn max_failures_pauses_the_rollout_until_the_resume_annotation_changes() {
         condition(&status.conditions, "RemediationFailed"),
         Some("True")
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let woken = pl.wake_and_count(&client, &ns, "gold", "policy", 1).await;
+    assert_eq!(woken.jobs_created(), 0.0, "no Job starts while paused");
     assert_eq!(
         executor::jobs(&client, &ns).await.len(),
         2,
@@ -563,7 +570,7 @@ async fn only_an_inventory_written_after_the_job_started_verifies_it() {
     )
     .await;
     fleet(&client, &ns, "app", "gold", 2).await;
-    let _pl = Patchloop::start(env, &ns, &label_, &[]).await;
+    let pl = Patchloop::start(env, &ns, &label_, &[]).await;
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
 
     let canary = support::eventually("the canary Job", WAIT, async || {
@@ -573,6 +580,8 @@ async fn only_an_inventory_written_after_the_job_started_verifies_it() {
     let name = canary.metadata.name.clone().unwrap_or_default();
     let w = label(&canary, WORKLOAD_LABEL).to_owned();
     // The fixed inventory arrives before the Job (re)starts: it proves nothing.
+    // Status times have whole seconds: the start below must fall in a later
+    // second than the inventory's write, so this is time that has to pass.
     apply(&client, &ns, workload_inventory(&w, FIXED_GLIBC)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let start = jiff::Timestamp::now()
@@ -599,7 +608,8 @@ async fn only_an_inventory_written_after_the_job_started_verifies_it() {
         policy.rollout.map(|r| r.last_failures),
         Some(vec![w.clone()])
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let woken = pl.wake_and_count(&client, &ns, "gold", "policy", 1).await;
+    assert_eq!(woken.jobs_created(), 0.0, "the rest never starts");
     assert_eq!(executor::jobs(&client, &ns).await.len(), 1);
 }
 

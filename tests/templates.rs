@@ -399,7 +399,7 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         inventory("web-01", "web-01", &[OPENSSH_FIXED, BASH]),
     )
     .await;
-    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let pl = Patchloop::start(env, &ns, &label, &[]).await;
 
     // One request, waiting for a person; no Job.
     let cr = request_in(&client, &ns, "base", ChangeRequestPhase::AwaitingApproval).await;
@@ -449,7 +449,11 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         (text.contains("ChangeRequestOpened") && text.contains("NonCompliant")).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The Template reconciled again, and through it its open request.
+    let template_pass = pl.counters("template").await;
+    let woken = pl.wake_and_count(&client, &ns, "gold", "change", 1).await;
+    pl.reconciled_after("template", &template_pass, 1).await;
+    assert_eq!(woken.jobs_created(), 0.0, "a Job before approval");
     assert!(
         jobs_of(&client, &ns, &name).await.is_empty(),
         "a Job before approval"
@@ -521,7 +525,8 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         &[OPENSSH_FIXED, BASH],
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let woken = pl.wake_and_count(&client, &ns, "gold", "change", 1).await;
+    assert_eq!(woken.jobs_created(), 0.0, "no test Job yet");
     let cr = request_named(&client, &ns, &name).await;
     assert_eq!(phase(&cr), Some(ChangeRequestPhase::Building));
     assert!(cr.status.as_ref().and_then(|s| s.result.clone()).is_none());
@@ -720,8 +725,9 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
         )
     };
     let before = versions().await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let woken = pl.wake_and_count(&client, &ns, "gold", "template", 1).await;
     assert_eq!(versions().await, before, "writes in a steady state");
+    assert_eq!(woken.status_writes(), 0.0, "writes in a steady state");
     // kubectl wait works on the new kinds and on build results.
     for target in [
         "template/base".to_owned(),
@@ -775,7 +781,7 @@ async fn a_failed_test_leaves_the_published_image_and_fails_the_request() {
         template_inventory("base", &[OPENSSH_OLD, BASH], "2026-11-24T08:00:00Z"),
     )
     .await;
-    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let pl = Patchloop::start(env, &ns, &label, &[]).await;
 
     // Automatic: straight to the build.
     let cr = request_in(&client, &ns, "base", ChangeRequestPhase::Building).await;
@@ -849,7 +855,7 @@ async fn a_failed_test_leaves_the_published_image_and_fails_the_request() {
     assert!(ts.history.is_empty());
     assert_eq!(condition(&ts.conditions, "Compliant"), Some("False"));
     // The same findings do not reopen a request by themselves.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    pl.wake_and_count(&client, &ns, "auto", "template", 1).await;
     assert_eq!(requests(&client, &ns, "base").await.len(), 1);
 
     // A Template whose test template is unusable is not Ready and opens
@@ -872,7 +878,7 @@ async fn a_failed_test_leaves_the_published_image_and_fails_the_request() {
         "{}",
         ready.message
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    pl.wake_and_count(&client, &ns, "auto", "template", 1).await;
     assert_eq!(requests(&client, &ns, "base").await.len(), 1);
     let mut fixed = template("base", json!({}));
     fixed["spec"]["testJobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"] =
@@ -1045,7 +1051,7 @@ async fn automatic_for_emergency_builds_critical_fixes_and_waits_for_medium_ones
         template_inventory("critical", &[RSYNC_OLD, BASH], "2026-11-24T08:00:00Z"),
     )
     .await;
-    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let pl = Patchloop::start(env, &ns, &label, &[]).await;
 
     let critical = request_in(&client, &ns, "critical", ChangeRequestPhase::Building).await;
     let cname = critical.metadata.name.clone().expect("name");
@@ -1068,7 +1074,8 @@ async fn automatic_for_emergency_builds_critical_fixes_and_waits_for_medium_ones
         .unwrap_or_default();
     assert!(message.contains("emergency"), "{message}");
     let mname = medium.metadata.name.clone().expect("name");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Both open requests reconciled again, through their Templates.
+    pl.wake_and_count(&client, &ns, "gold", "change", 2).await;
     assert!(jobs_of(&client, &ns, &mname).await.is_empty());
     assert_eq!(
         phase(&request_named(&client, &ns, &mname).await),
@@ -1125,7 +1132,7 @@ async fn a_scope_change_voids_the_approval_and_late_advisories_wait_for_the_next
         ),
     )
     .await;
-    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let pl = Patchloop::start(env, &ns, &label, &[]).await;
     let cr = support::eventually("the scope to change", WAIT, async || {
         let c = request_named(&client, &ns, &name).await;
         (c.status.as_ref()?.scope.as_ref()?.digest != first).then_some(c)
@@ -1149,7 +1156,7 @@ async fn a_scope_change_voids_the_approval_and_late_advisories_wait_for_the_next
         cr.spec.decision.as_ref().map(|d| d.digest.as_str()),
         Some(first.as_str())
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    pl.wake_and_count(&client, &ns, "gold", "change", 1).await;
     assert!(jobs_of(&client, &ns, &name).await.is_empty());
     let mut ids = scope_ids(&cr);
     ids.sort();
@@ -1260,7 +1267,7 @@ async fn a_rejection_stands_until_the_findings_change_and_requests_outlive_their
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let pl = Patchloop::start(env, &ns, &label, &[]).await;
     let cr = request_in(&client, &ns, "base", ChangeRequestPhase::AwaitingApproval).await;
     let name = cr.metadata.name.clone().expect("name");
     let ts = template_status(&client, &ns, "base").await;
@@ -1306,7 +1313,7 @@ async fn a_rejection_stands_until_the_findings_change_and_requests_outlive_their
     .await;
     assert_eq!(condition(&ts.conditions, "Compliant"), Some("False"));
     assert!(ts.change_request.is_none());
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    pl.wake_and_count(&client, &ns, "gold", "template", 1).await;
     assert_eq!(
         requests(&client, &ns, "base").await.len(),
         1,
@@ -1349,7 +1356,10 @@ async fn a_rejection_stands_until_the_findings_change_and_requests_outlive_their
             .and_then(|s| s.message.clone())
             .is_some_and(|m| m.contains("deleted"))
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // No Template is left to wake: the failed request itself is.
+    let failed_pass = pl.counters("change").await;
+    wake(&client, &ns, "ChangeRequest", &next_name).await;
+    pl.reconciled_after("change", &failed_pass, 1).await;
     assert_eq!(requests(&client, &ns, "base").await.len(), 2);
 }
 
@@ -1815,7 +1825,7 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
         .await
         .expect("the other Template's history");
 
-    let _pl = Patchloop::start(env, &ns, &label, &[]).await;
+    let pl = Patchloop::start(env, &ns, &label, &[]).await;
     let names = async || {
         let mut n: Vec<String> = requests(&client, &ns, "base")
             .await
@@ -1856,7 +1866,7 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
         .then_some(())
     })
     .await;
-    // Steady: nothing more goes.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Steady: nothing more goes, both Templates reconciled again.
+    pl.wake_and_count(&client, &ns, "gold", "template", 2).await;
     assert_eq!(names().await, kept);
 }

@@ -1,6 +1,7 @@
 //! Builders for the Patchloop objects integration tests apply, the real
 //! fixture feeds, and readers of the statuses they assert on.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kube::Api;
@@ -8,8 +9,13 @@ use kube::api::ListParams;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use patchloop::api::change_request::TEMPLATE_LABEL;
-use patchloop::api::inventory::{InventorySubject, SubjectKind};
-use patchloop::api::{ChangeRequest, Workload};
+use patchloop::api::common::Duration as ApiDuration;
+use patchloop::api::feed::FeedSource;
+use patchloop::api::inventory::{InventorySubject, PackageFormat, SubjectKind};
+use patchloop::api::{
+    AdvisoryFeed, AdvisoryFeedSpec, ChangeRequest, Inventory, InventorySpec, Template,
+    TemplateSpec, Workload, WorkloadSpec,
+};
 use serde_json::{Value, json};
 
 /// The repository's test fixtures.
@@ -49,6 +55,22 @@ pub fn api_of(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject>
     }
 }
 
+/// `maxDropPercent` when a feed leaves it out (`default_max_drop_percent`
+/// in `src/api/feed.rs`, private there).
+const DEFAULT_MAX_DROP_PERCENT: i32 = 50;
+
+/// The manifest of a typed object, as [`apply`] takes it: the builders
+/// construct the crate's own API types, so a renamed field breaks the build
+/// rather than a test at run time.
+fn manifest<K: serde::Serialize>(object: &K) -> Value {
+    serde_json::to_value(object).expect("an API object serializes")
+}
+
+/// A typed value from the JSON a test wrote (a label map, a time, a format).
+fn from_json<T: serde::de::DeserializeOwned>(value: Value, what: &str) -> T {
+    serde_json::from_value(value).unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
 /// Applies a manifest (any Patchloop kind) with the test's field manager.
 pub async fn apply(client: &kube::Client, ns: &str, doc: Value) {
     let kind = doc["kind"].as_str().expect("kind").to_owned();
@@ -64,35 +86,77 @@ pub async fn apply(client: &kube::Client, ns: &str, doc: Value) {
     .unwrap_or_else(|e| panic!("applying {kind}/{name}: {e}"));
 }
 
+/// An AdvisoryFeed reading `path` in `format` ("OSV" or "KEV") every hour,
+/// loaded by the controllers started with `feed_label` `label`.
 pub fn feed(name: &str, label: &str, format: &str, path: &str) -> Value {
-    json!({
-        "apiVersion": "patchloop.dev/v1alpha1", "kind": "AdvisoryFeed",
-        "metadata": {"name": name, "labels": {"patchloop-test": label}},
-        "spec": {"source": {"path": path}, "format": format, "interval": "1h"}
-    })
+    let mut feed = AdvisoryFeed::new(
+        name,
+        AdvisoryFeedSpec {
+            source: FeedSource {
+                url: None,
+                config_map: None,
+                path: Some(path.to_owned()),
+            },
+            format: from_json(json!(format), "a feed format"),
+            ecosystems: Vec::new(),
+            interval: ApiDuration("1h".to_owned()),
+            max_drop_percent: DEFAULT_MAX_DROP_PERCENT,
+        },
+    );
+    feed.metadata.labels = Some(BTreeMap::from([(
+        "patchloop-test".to_owned(),
+        label.to_owned(),
+    )]));
+    manifest(&feed)
 }
 
 /// The Inventory of Workload `workload`, under its canonical name
 /// (`workload-<workload>`: the only one the controller reads for it). The
 /// first argument is kept for existing callers and not used.
 pub fn inventory(_name: &str, workload: &str, packages: &[&str]) -> Value {
-    json!({
-        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
-        "metadata": {"name": inventory_name(SubjectKind::Workload, workload, None)},
-        "spec": {
-            "subject": {"kind": "Workload", "name": workload},
-            "reporter": "test", "reportedAt": "2026-11-24T08:00:00Z", "format": "dpkg",
-            "packages": packages,
-        }
-    })
+    let subject = InventorySubject {
+        kind: SubjectKind::Workload,
+        name: workload.to_owned(),
+        revision: None,
+    };
+    dpkg_inventory(subject, "test", packages, "2026-11-24T08:00:00Z")
 }
 
+/// A dpkg Inventory of `subject` under its canonical name.
+fn dpkg_inventory(
+    subject: InventorySubject,
+    reporter: &str,
+    packages: &[&str],
+    reported_at: &str,
+) -> Value {
+    let spec = InventorySpec {
+        reporter: Some(reporter.to_owned()),
+        reported_at: from_json(json!(reported_at), "an RFC 3339 time"),
+        format: PackageFormat::Dpkg,
+        packages: packages.iter().map(|p| (*p).to_owned()).collect(),
+        image: None,
+        nonce: None,
+        subject,
+    };
+    manifest(&Inventory::new(
+        &spec.subject.canonical_inventory_name(),
+        spec,
+    ))
+}
+
+/// A Debian 12 Workload reached at 10.0.0.1, with `labels` (a JSON object of strings).
 pub fn workload(name: &str, labels: Value) -> Value {
-    json!({
-        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Workload",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {"platform": "Debian:12", "target": {"address": "10.0.0.1"}}
-    })
+    let mut workload = Workload::new(
+        name,
+        WorkloadSpec {
+            platform: "Debian:12".to_owned(),
+            template_ref: None,
+            target: Some(json!({"address": "10.0.0.1"})),
+            paused: false,
+        },
+    );
+    workload.metadata.labels = Some(from_json(labels, "labels"));
+    manifest(&workload)
 }
 
 pub fn policy(name: &str, selector: Value, priority: i32) -> Value {
@@ -204,16 +268,18 @@ pub fn template(name: &str, labels: Value) -> Value {
             {"name": what, "image": "registry.example/tools/image-builder:1", "command": ["/bin/sh", "-c", what]}
         ]}}}})
     };
-    json!({
-        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Template",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "platform": "Debian:12",
-            "image": format!("registry.example/golden/{name}:1"),
-            "buildJobTemplate": job("build"),
-            "testJobTemplate": job("smoke-test"),
-        }
-    })
+    let mut template = Template::new(
+        name,
+        TemplateSpec {
+            platform: "Debian:12".to_owned(),
+            image: format!("registry.example/golden/{name}:1"),
+            build_job_template: Some(job("build")),
+            test_job_template: Some(job("smoke-test")),
+            keep_closed_change_requests: None,
+        },
+    );
+    template.metadata.labels = Some(from_json(labels, "labels"));
+    manifest(&template)
 }
 
 /// The canonical Inventory name of a subject (what every reporter writes).
@@ -229,15 +295,12 @@ pub fn inventory_name(kind: SubjectKind, name: &str, revision: Option<i64>) -> S
 /// The reported inventory of a Template's first revision (its canonical
 /// name, `template-<template>-r1`).
 pub fn template_inventory(template: &str, packages: &[&str], reported_at: &str) -> Value {
-    json!({
-        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
-        "metadata": {"name": inventory_name(SubjectKind::Template, template, Some(1))},
-        "spec": {
-            "subject": {"kind": "Template", "name": template, "revision": 1},
-            "reporter": "image-scan", "reportedAt": reported_at, "format": "dpkg",
-            "packages": packages,
-        }
-    })
+    let subject = InventorySubject {
+        kind: SubjectKind::Template,
+        name: template.to_owned(),
+        revision: Some(1),
+    };
+    dpkg_inventory(subject, "image-scan", packages, reported_at)
 }
 
 /// A PatchPolicy that also governs templates, with `approval` for their
@@ -264,10 +327,54 @@ pub async fn requests(client: &kube::Client, ns: &str, template: &str) -> Vec<Ch
 /// A Workload's own Inventory, under the one name that may speak for it
 /// (`InventorySubject::canonical_inventory_name`).
 pub fn workload_inventory(workload: &str, packages: &[&str]) -> Value {
-    let subject = patchloop::api::inventory::InventorySubject {
-        kind: patchloop::api::inventory::SubjectKind::Workload,
-        name: workload.to_owned(),
-        revision: None,
-    };
-    inventory(&subject.canonical_inventory_name(), workload, packages)
+    inventory(workload, workload, packages)
+}
+
+/// The label and annotation the wake helpers set; nothing selects on it.
+const WAKE_KEY: &str = "patchloop-test/wake";
+
+/// Sets a label of PatchPolicy `policy` (a new value of [`WAKE_KEY`]): the
+/// controller then reconciles that policy (its own watch takes any change),
+/// every Workload and Template of `ns` (a policy's labels are part of what
+/// wakes them, `run.rs` `policy_stream`), and through the Templates their
+/// open ChangeRequests. The wake of a "nothing happened" check: once those
+/// reconciles are counted ([`super::patchloop::Patchloop::reconciled_after`]),
+/// they have seen everything applied before and written what they would.
+pub async fn wake_namespace(client: &kube::Client, ns: &str, policy: &str) {
+    let labels = json!({ WAKE_KEY: super::random_suffix() });
+    patch_metadata(
+        client,
+        ns,
+        "PatchPolicy",
+        policy,
+        json!({ "labels": labels }),
+    )
+    .await;
+}
+
+/// Sets an annotation ([`WAKE_KEY`]) of an object whose own watch takes
+/// every change (a PatchPolicy, Template or ChangeRequest), so its
+/// controller reconciles it again; a Template's event also wakes the
+/// ChangeRequests naming it.
+pub async fn wake(client: &kube::Client, ns: &str, kind: &str, name: &str) {
+    let annotations = json!({ WAKE_KEY: super::random_suffix() });
+    patch_metadata(
+        client,
+        ns,
+        kind,
+        name,
+        json!({ "annotations": annotations }),
+    )
+    .await;
+}
+
+async fn patch_metadata(client: &kube::Client, ns: &str, kind: &str, name: &str, metadata: Value) {
+    api_of(client, ns, kind)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "metadata": metadata })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("waking {kind}/{name}: {e}"));
 }

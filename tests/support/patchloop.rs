@@ -114,25 +114,132 @@ impl Patchloop {
     /// The value of a metric sample line starting with `prefix` (e.g.
     /// `patchloop_reconciles_total{controller="workload"}`).
     pub async fn metric(&self, prefix: &str) -> f64 {
-        let (_, body) = self.get("/metrics").await.unwrap_or_default();
-        body.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        sample(&self.scrape().await, prefix)
     }
 
     /// The sum of every sample of a metric over all its label sets (e.g.
     /// `patchloop_status_writes_total`, whatever the controller).
     pub async fn metric_sum(&self, name: &str) -> f64 {
-        let (_, body) = self.get("/metrics").await.unwrap_or_default();
-        body.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter_map(|l| l.rsplit(' ').next())
-            .filter_map(|v| v.parse::<f64>().ok())
-            .sum()
+        sum(&self.scrape().await, name)
     }
+
+    /// What `controller` (a `controller` label value of
+    /// `src/controller/metrics.rs`) has done so far, from one scrape. A
+    /// failed scrape panics: read as zeros, it would make a baseline that
+    /// any later count passes.
+    pub async fn counters(&self, controller: &str) -> Counters {
+        let body = match self.get("/metrics").await {
+            Some((200, body)) => body,
+            other => panic!("scraping the controller's /metrics: {other:?}"),
+        };
+        let labelled =
+            |name: &str| sample(&body, &format!("{name}{{controller=\"{controller}\"}}"));
+        Counters {
+            reconciles: labelled("patchloop_reconciles_total"),
+            status_writes: labelled("patchloop_status_writes_total"),
+            jobs_created: sum(&body, "patchloop_jobs_created_total"),
+        }
+    }
+
+    /// Waits until `controller` has ended `n` more reconciles than
+    /// `baseline` counted, and returns its counters then.
+    ///
+    /// A reconcile is counted when it ends (its timer is dropped after the
+    /// status write and any Job it creates), so whatever the awaited
+    /// reconciles wrote or created is on the server, and in the counters
+    /// returned, by the time this returns: a "nothing happened" check made
+    /// then catches a write that did happen. Take `baseline` before the
+    /// change that wakes them; a reconcile already running then is counted
+    /// too, so `n` should be every object the change wakes.
+    pub async fn reconciled_after(
+        &self,
+        controller: &str,
+        baseline: &Counters,
+        n: u32,
+    ) -> Counters {
+        let target = baseline.reconciles + f64::from(n);
+        eventually(
+            &format!("{n} more {controller} reconciles"),
+            Duration::from_secs(60),
+            async || Some(self.counters(controller).await).filter(|c| c.reconciles >= target),
+        )
+        .await
+    }
+
+    /// Wakes every Workload and Template of `ns` and PatchPolicy `policy`
+    /// ([`super::objects::wake_namespace`]), then waits until `controller`
+    /// has ended `n` reconciles since: the fence of a "nothing happened"
+    /// check. Returns what `controller` did from the wake to the last of
+    /// those reconciles.
+    pub async fn wake_and_count(
+        &self,
+        client: &kube::Client,
+        ns: &str,
+        policy: &str,
+        controller: &str,
+        n: u32,
+    ) -> Since {
+        let before = self.counters(controller).await;
+        super::objects::wake_namespace(client, ns, policy).await;
+        let after = self.reconciled_after(controller, &before, n).await;
+        Since { before, after }
+    }
+
+    async fn scrape(&self) -> String {
+        self.get("/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+}
+
+/// One controller's counters at one moment; the default is a fresh process.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Counters {
+    /// `patchloop_reconciles_total`: reconciles ended, failed ones included.
+    pub reconciles: f64,
+    /// `patchloop_status_writes_total`: status patches it sent.
+    pub status_writes: f64,
+    /// `patchloop_jobs_created_total` of the whole process, every kind.
+    pub jobs_created: f64,
+}
+
+/// What one controller did between two scrapes.
+#[derive(Clone, Copy, Debug)]
+pub struct Since {
+    pub before: Counters,
+    pub after: Counters,
+}
+
+impl Since {
+    /// Jobs the process created in between.
+    pub fn jobs_created(&self) -> f64 {
+        self.after.jobs_created - self.before.jobs_created
+    }
+
+    /// Status patches the controller sent in between.
+    pub fn status_writes(&self) -> f64 {
+        self.after.status_writes - self.before.status_writes
+    }
+}
+
+/// The value of the first sample line of `body` starting with `prefix`, or 0.
+fn sample(body: &str, prefix: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The sum of every sample of metric `name` in `body`, over all its label sets.
+fn sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum()
 }
