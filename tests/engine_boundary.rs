@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 /// What the engine's production code must not name, and why.
 const FORBIDDEN: &[(&str, &str)] = &[
     ("kube::", "a Kubernetes client"),
-    ("k8s_openapi", "Kubernetes API types (the engine has its own)"),
+    (
+        "k8s_openapi",
+        "Kubernetes API types (the engine has its own)",
+    ),
     ("use kube", "a Kubernetes client"),
     ("reqwest", "the network"),
     ("tokio", "an async runtime"),

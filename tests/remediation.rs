@@ -1126,3 +1126,54 @@ async fn a_crash_after_the_rollout_round_wrote_its_ledger_never_duplicates_a_job
 async fn a_crash_after_the_workload_recorded_its_job_never_duplicates_a_job() {
     crash_between_writes("exit-after-remediation-record").await;
 }
+
+/// A Job template the apiserver refuses keeps the policy from remediating
+/// and says why on `Ready`, naming the field; the verdict holds for that
+/// generation (no Job is created), and the corrected template is checked
+/// again and accepted.
+#[tokio::test]
+async fn a_job_template_the_apiserver_refuses_is_named_on_ready_until_corrected() {
+    let env = support::env();
+    let client = env.client().await;
+    let ns = env.namespace("dry-run").await;
+    let label_ = support::random_suffix();
+    fixture_feeds(&client, &label_).await;
+    let mut policy = remediating_policy("gold", "gold", json!({}));
+    // A container name must be a DNS label: the dry-run create refuses it.
+    policy["spec"]["remediation"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["name"] =
+        json!("Not_A_Label");
+    apply(&client, &ns, policy.clone()).await;
+    fleet(&client, &ns, "web", "gold", 1).await;
+    let _pl = Patchloop::start(env, &ns, &label_, &[]).await;
+    let refused = support::eventually("Ready False naming the Job template", WAIT, async || {
+        let status = policy_status(&client, &ns, "gold").await?;
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False"
+            && ready.reason == "InvalidSpec"
+            && ready.message.contains(
+                "spec.remediation.jobTemplate: Job.batch \"patchloop-dry-run-gold\" is invalid",
+            ))
+        .then(|| ready.message.clone())
+    })
+    .await;
+    assert!(refused.contains("Not_A_Label"), "{refused}");
+    assert!(
+        executor::jobs(&client, &ns).await.is_empty(),
+        "a refused template created a Job"
+    );
+
+    policy["spec"]["remediation"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["name"] =
+        json!("patch");
+    apply(&client, &ns, policy).await;
+    support::eventually("Ready True once corrected", WAIT, async || {
+        let status = policy_status(&client, &ns, "gold").await?;
+        (condition(&status.conditions, "Ready") == Some("True")).then_some(())
+    })
+    .await;
+    support::eventually(
+        "the remediation Job of the corrected policy",
+        WAIT,
+        async || executor::jobs(&client, &ns).await.into_iter().next(),
+    )
+    .await;
+}
