@@ -41,7 +41,7 @@ use super::advisories::DataState;
 use super::scope::Scope;
 use super::template::{self as tpl, Current};
 use super::triggers;
-use super::{Error, failpoint, jobs, now, observed, requeue_at};
+use super::{Error, InStep, failpoint, jobs, now, observed, requeue_at};
 use crate::api::change_request::{
     ApprovalRecord, BuildResult, ChangeRequestPhase as Phase, ChangeRequestStatus, PhaseTimestamps,
     Scope as ChangeScope, TEMPLATE_LABEL, Verdict, VoidedDecision, result_inventory_name,
@@ -142,7 +142,9 @@ async fn job_state(scope: &Scope, ns: &str, name: &str) -> Result<JobState, Erro
         None => JobState::Running,
         Some(f) if f.succeeded => JobState::Succeeded(f.at),
         Some(f) => {
-            let pod = jobs::failed_pod(&scope.shared.client, &job).await?;
+            let pod = jobs::failed_pod(&scope.shared.client, &job)
+                .await
+                .step(super::Step::Dereference, "list the failed Job's Pods")?;
             let mut why = format!("Job {name}: {}", f.message.unwrap_or_default());
             if let Some(end) = pod {
                 why.push_str(&format!(" ({})", end.message));
@@ -157,7 +159,9 @@ async fn job_state(scope: &Scope, ns: &str, name: &str) -> Result<JobState, Erro
 /// published).
 async fn live_result(scope: &Scope, ns: &str, request: &str) -> Result<Option<Inventory>, Error> {
     let api: Api<Inventory> = Api::namespaced(scope.shared.client.clone(), ns);
-    Ok(api.get_opt(&result_inventory_name(request)).await?)
+    api.get_opt(&result_inventory_name(request))
+        .await
+        .step(super::Step::Dereference, "get build result Inventory")
 }
 
 /// Whether `inventory` may be taken as this request's result; with the
@@ -820,7 +824,9 @@ async fn result_seen(
     // (its termination message), which the result must be.
     let report = match (&jobs.recorded, &jobs.build, &pin, &inventory) {
         (Some(job), JobState::Succeeded(_), Pin::Unpinned, Some(_)) => {
-            let messages = jobs::succeeded_pod(&scope.shared.client, job).await?;
+            let messages = jobs::succeeded_pod(&scope.shared.client, job)
+                .await
+                .step(super::Step::Dereference, "list the build Job's Pods")?;
             Some(change::build_report(messages.as_deref()))
         }
         _ => None,
@@ -1071,7 +1077,9 @@ async fn apply(
     if d.step.act == Act::DiscardBuild {
         if let Some(job_uid) = discard {
             let build_name = &f.jobs.build_name;
-            jobs::delete_uid(&scope.shared.client, &f.ns, build_name, &job_uid).await?;
+            jobs::delete_uid(&scope.shared.client, &f.ns, build_name, &job_uid)
+                .await
+                .step(super::Step::Apply, "delete unrecorded build Job")?;
             tracing::warn!(change_request = %f.name, job = %build_name, uid = %job_uid, "build Job not recorded by the request deleted");
         }
         // The next pass creates a fresh one (or waits for approval).

@@ -11,7 +11,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::scope::{Scope, speaks_for_subject};
-use super::{Error, now, observed, write_status};
+use super::{Error, InStep, Step, now, observed, write_status};
 use crate::api::common::{is_object_name, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::inventory::{InventoryStatus, InventorySubject, SubjectKind};
@@ -83,12 +83,15 @@ async fn dereference(scope: &Scope, inv: &Inventory, ns: &str) -> Result<Subject
             .map(|t| family(&t.spec.platform)),
         SubjectKind::ChangeRequest => {
             let api: Api<ChangeRequest> = Api::namespaced(scope.shared.client.clone(), ns);
-            api.get_opt(&subject.name).await?.map(|cr| {
-                scope
-                    .templates
-                    .get(&ObjectRef::new(&cr.spec.template).within(ns))
-                    .and_then(|t| family(&t.spec.platform))
-            })
+            api.get_opt(&subject.name)
+                .await
+                .step(Step::Dereference, "get subject ChangeRequest")?
+                .map(|cr| {
+                    scope
+                        .templates
+                        .get(&ObjectRef::new(&cr.spec.template).within(ns))
+                        .and_then(|t| family(&t.spec.platform))
+                })
         }
     })
 }
