@@ -25,7 +25,6 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::dereference::{Inputs, Verdict, inventory_reference, mark_unreadable, ready_condition};
@@ -403,8 +402,13 @@ async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action,
         stale_workloads: stale_workloads(scope, &ns, &t.name_any(), revision(&t)),
     };
     let decided = decide(&t, &facts, now);
-    update_status(scope, &t, &ns, &decided.status, &current.judged.policies).await?;
-    wake_followers(scope, &t, &ns, &requested.state);
+    let written = update_status(scope, &t, &ns, &decided.status).await?;
+    let counted_by = if written {
+        current.judged.policies.as_slice()
+    } else {
+        &[]
+    };
+    wake_followers(scope, &t, &ns, counted_by, &requested.state);
     if let Some(n) = decided.compliance_event {
         shared
             .event(t.as_ref(), n.warning, n.reason, n.message)
@@ -627,15 +631,14 @@ fn why_no_request(facts: &Facts<'_>, non_compliant: bool) -> (&'static str, &'st
     }
 }
 
-/// Writes this writer's fields of the Template's status when they changed,
-/// then wakes the policies that count the Template.
+/// Writes this writer's fields of the Template's status when they changed;
+/// whether it wrote.
 async fn update_status(
     scope: &Scope,
     t: &Template,
     ns: &str,
     own: &TemplateStatus,
-    policies: &[Arc<PatchPolicy>],
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let previous = t.status.clone().unwrap_or_default();
     let compared = TemplateStatus {
         revision: previous.revision,
@@ -644,7 +647,7 @@ async fn update_status(
         ..own.clone()
     };
     if compared == previous {
-        return Ok(());
+        return Ok(false);
     }
     let shared = &scope.shared;
     let api: Api<Template> = Api::namespaced(shared.client.clone(), ns);
@@ -658,27 +661,27 @@ async fn update_status(
     };
     let name = t.name_any();
     write_status(shared, &api, &name, "template", MANAGER, own, &mine).await?;
-    for p in policies {
-        let _ = scope
-            .triggers
-            .policies
-            .unbounded_send(ObjectRef::from_obj(p.as_ref()));
-    }
-    Ok(())
+    Ok(true)
 }
 
-/// Wakes what follows the Template: the Inventories naming it (they may
-/// have waited for it to exist) and its open request (its scope follows the
-/// findings until the build).
-fn wake_followers(scope: &Scope, t: &Template, ns: &str, requests: &Requests) {
+/// Wakes what follows the Template: the policies counting it when its
+/// status was written (`counted_by`), its open request (its scope follows
+/// the findings until the build), and the Inventories naming it (they may
+/// have waited for it to exist).
+fn wake_followers(
+    scope: &Scope,
+    t: &Template,
+    ns: &str,
+    counted_by: &[Arc<PatchPolicy>],
+    requests: &Requests,
+) {
+    let open = match requests {
+        Requests::Open(c) => Some(c.as_ref()),
+        _ => None,
+    };
+    triggers::template_written(scope, counted_by, open);
     if t.status.is_none() {
         triggers::inventories_of(scope, ns, SubjectKind::Template, &t.name_any());
-    }
-    if let Requests::Open(c) = requests {
-        let _ = scope
-            .triggers
-            .change_requests
-            .unbounded_send(ObjectRef::from_obj(c.as_ref()));
     }
 }
 
