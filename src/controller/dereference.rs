@@ -2,9 +2,10 @@
 //! Workload or a Template) before it decides, read once per reconcile, and
 //! what that judgement says in the subject's status.
 //!
-//! - The inventory of a subject: a Workload's own comes from
-//!   [`Scope::inventory_for`]; a Template revision's (also a Workload's
-//!   provisional one) from [`template_revision_inventory`].
+//! - The inventory of a subject: a Workload's own is the one that speaks
+//!   for [`workload_subject`] ([`Scope::inventory_for`]); a Template
+//!   revision's (also a Workload's provisional one) comes from
+//!   [`template_revision_inventory`].
 //! - The judged inputs ([`Inputs`]): the parsed platform, the platform's
 //!   advisory data state (start-up grace), the matching policies and
 //!   exceptions. The engine's evaluation of an inventory against them is
@@ -14,15 +15,18 @@
 //!   and the inventory reference ([`inventory_reference`]); the Workload and
 //!   Template statuses say these the same way.
 //!
-//! The workload and template reconcilers read through it; the others
-//! (change, inventory, run's wake-ups) still parse the platform and look up
-//! inventories themselves.
+//! The workload and template reconcilers read through it, and so the
+//! change and remediation reconcilers do through `template::judge` and
+//! `workload::judge`; the change and inventory reconcilers and the wake
+//! graph still parse platforms themselves, and the wake graph builds a
+//! Workload's own subject by hand.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::sync::Arc;
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
@@ -31,14 +35,13 @@ use super::scope::Scope;
 use crate::api::common::{ComplianceState, ComplianceSummary, Finding, InventoryReference, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
 use crate::api::inventory::{InventorySubject, SubjectKind};
-use crate::api::{Inventory, PatchException, PatchPolicy, Template};
+use crate::api::{Inventory, PatchException, PatchPolicy, Template, Workload};
 use crate::engine::evaluate::{
     self, Detail, Evaluation, ExceptionRef, Input, InventoryInput, PolicyRef, STATUS_FINDINGS_CAP,
     UnknownCause,
 };
 use crate::engine::inventory::{InstalledPackage, InventoryError, parse_subject_list};
 use crate::engine::version::{Ecosystem, Platform, parse_platform};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 /// The published revision of a Template (1 until a rebuild is published).
 pub fn published_revision(t: &Template) -> i64 {
@@ -63,6 +66,16 @@ pub fn template_revision_inventory(
         return scope.inventories.get(&ObjectRef::new(name).within(ns));
     }
     scope.inventory_for(ns, &template_subject(t, revision))
+}
+
+/// A Workload's own Inventory subject (its canonical Inventory speaks for
+/// it; a template revision's only provisionally).
+pub fn workload_subject(wl: &Workload) -> InventorySubject {
+    InventorySubject {
+        kind: SubjectKind::Workload,
+        name: wl.name_any(),
+        revision: None,
+    }
 }
 
 /// The Inventory subject of one revision of a Template.

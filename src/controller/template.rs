@@ -14,9 +14,9 @@
 //! restart between the create and the next status write.
 //!
 //! The reconcile: dereference ([`judge_current`], the requests in the
-//! cache) → open a request when one is needed ([`open_request`]) and retire
-//! old closed ones → decide the status (pure: [`decide`]) → write it
-//! ([`update_status`]) → wake what follows it → Events.
+//! cache) → open a request when one is needed (`open_request`) and retire
+//! old closed ones → decide the status (pure: `decide`) → write it
+//! (`update_status`) → wake what follows it → Events.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -510,15 +510,7 @@ fn decide(t: &Template, facts: &Facts<'_>, now: Timestamp) -> Decided {
     let invalid = (!facts.invalid.is_empty()).then(|| ("InvalidSpec", facts.invalid.join("; ")));
     let evaluated = format!("revision {rev} was judged; see Compliant for the verdict");
     let ready = ready_condition(evaluation, invalid, &evaluated);
-    let verdict = match current.waiting {
-        Some(_) => Verdict::kept(
-            previous.compliance.clone(),
-            previous.findings.clone(),
-            previous.findings_truncated,
-            &previous.conditions,
-        ),
-        None => Verdict::of(evaluation, &format!("revision {rev}: ")),
-    };
+    let verdict = verdict(&previous, current, rev);
     let desired = [
         ready,
         verdict.condition,
@@ -558,6 +550,20 @@ fn decide(t: &Template, facts: &Facts<'_>, now: Timestamp) -> Decided {
         status,
         compliance_event,
         wake,
+    }
+}
+
+/// The verdict of revision `rev` to write: the current one, or the earlier
+/// one while the platform's advisory data loads.
+fn verdict(previous: &TemplateStatus, current: &Current, rev: i64) -> Verdict {
+    match current.waiting {
+        Some(_) => Verdict::kept(
+            previous.compliance.clone(),
+            previous.findings.clone(),
+            previous.findings_truncated,
+            &previous.conditions,
+        ),
+        None => Verdict::of(&current.judged.evaluation, &format!("revision {rev}: ")),
     }
 }
 

@@ -1,7 +1,9 @@
-//! The workload reconciler: dereference (inventory by subject, matching
-//! policies and exceptions, template) → evaluate (engine) → build the status
-//! (pure) → apply it only if it changed → Events on transitions → requeue at
-//! the engine's next-change instant.
+//! The workload reconciler: dereference and evaluate ([`judge`]: the
+//! inventory by subject, template, and the judged inputs of
+//! [`super::dereference`]) → follow the remediation Jobs
+//! (`track_remediation`) → decide the status (pure: `decide`) → apply it
+//! only if it changed (`update_status`) → Events on transitions → requeue
+//! at the engine's next-change instant.
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use k8s_openapi::api::batch::v1::Job;
 
 use super::dereference::{
     Inputs, Verdict, inventory_reference, mark_unreadable, published_revision, ready_condition,
-    template_revision_inventory, template_subject,
+    template_revision_inventory, template_subject, workload_subject,
 };
 use super::jobs::{self, Purpose};
 use super::scope::{Scope, version_of};
@@ -22,7 +24,7 @@ use super::triggers;
 use super::{Error, failpoint, now, observed, requeue_at, write_status};
 use crate::api::common::{ComplianceState, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
-use crate::api::inventory::{InventorySubject, SubjectKind};
+use crate::api::inventory::SubjectKind;
 use crate::api::policy::{Remediation, RemediationMode};
 use crate::api::workload::{
     InstallableFixes, InventoryVersion, RemediationPhase, RemediationRecord, TemplateStatus,
@@ -47,15 +49,6 @@ pub const MANAGER: &str = "patchloop-workload";
 pub const INVENTORY_UID_LABEL: &str = "patchloop.dev/inventory-uid";
 /// See [`INVENTORY_UID_LABEL`].
 pub const INVENTORY_GENERATION_LABEL: &str = "patchloop.dev/inventory-generation";
-
-/// The Workload's own (canonical) Inventory subject.
-fn own_subject(wl: &Workload) -> InventorySubject {
-    InventorySubject {
-        kind: SubjectKind::Workload,
-        name: wl.name_any(),
-        revision: None,
-    }
-}
 
 /// The labels a remediation Job carries so its verification counts only
 /// changes of the Workload's own Inventory made after it was created (see
@@ -365,12 +358,7 @@ pub fn desired_status(
     let previous = wl.status.clone().unwrap_or_default();
     let evaluation = &judged.evaluation;
     let inventory = judged.chosen.as_ref();
-    let canonical = own_subject(wl).canonical_inventory_name();
-    let invalid_target = wl.spec.target.as_ref().and_then(|t| check_target(t).err());
-    let invalid_target = invalid_target.map(|e| {
-        let message = format!("{e}; no remediation Job runs for this Workload until it is fixed");
-        ("InvalidTarget", message)
-    });
+    let canonical = workload_subject(wl).canonical_inventory_name();
     let verdict = if keep_compliance {
         Verdict::kept(
             previous.compliance.clone(),
@@ -385,7 +373,7 @@ pub fn desired_status(
     let mut desired = vec![
         ready_condition(
             evaluation,
-            invalid_target,
+            target_problem(wl),
             "the spec was processed; see Compliant for the verdict",
         ),
         verdict.condition,
@@ -414,6 +402,14 @@ pub fn desired_status(
             .map(|p| p.name_any())
             .collect(),
     }
+}
+
+/// What is wrong with `spec.target`, as Ready says it: no remediation Job
+/// runs until it is fixed.
+fn target_problem(wl: &Workload) -> Option<(&'static str, String)> {
+    let e = check_target(wl.spec.target.as_ref()?).err()?;
+    let message = format!("{e}; no remediation Job runs for this Workload until it is fixed");
+    Some(("InvalidTarget", message))
 }
 
 /// InventoryFresh: whether the inventory judged is the Workload's own and
@@ -516,7 +512,7 @@ fn choose_inventory(
     ns: &str,
     template: Option<&Template>,
 ) -> Option<ChosenInventory> {
-    if let Some(object) = scope.inventory_for(ns, &own_subject(wl)) {
+    if let Some(object) = scope.inventory_for(ns, &workload_subject(wl)) {
         return Some(ChosenInventory {
             object,
             provisional: false,
