@@ -12,6 +12,7 @@
 pub mod advisories;
 pub mod change;
 pub mod crd_check;
+pub mod dereference;
 pub mod exception;
 pub mod failpoint;
 pub mod feed;

@@ -12,45 +12,46 @@
 //! `patchloop.dev/template` label, never by a computed name: before creating
 //! one, a live list by label covers a cache that lags its own creates and a
 //! restart between the create and the next status write.
+//!
+//! The reconcile: dereference ([`judge_current`], the requests in the
+//! cache) → open a request when one is needed (`open_request`) and retire
+//! old closed ones → decide the status (pure: `decide`) → write it
+//! (`update_status`) → wake what follows it → Events.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use super::advisories::DataState;
+use super::dereference::{Inputs, Verdict, inventory_reference, mark_unreadable, ready_condition};
+pub use super::dereference::{
+    published_revision as revision, template_revision_inventory as revision_inventory,
+};
 use super::scope::Scope;
 use super::triggers;
 use super::{Error, failpoint, jobs, now, observed, requeue_at, write_status};
 use crate::api::change_request::{ChangeRequestPhase, TEMPLATE_LABEL, result_inventory_name};
-use crate::api::common::{ComplianceState, InventoryReference, time};
+use crate::api::common::{ComplianceState, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
-use crate::api::inventory::{InventorySubject, SubjectKind};
+use crate::api::inventory::SubjectKind;
 use crate::api::policy::{PatchPolicySpec, TemplateApproval, TemplateCounts};
 use crate::api::template::DEFAULT_KEEP_CLOSED_CHANGE_REQUESTS;
 use crate::api::{
     ChangeRequest, ChangeRequestSpec, Inventory, PatchPolicy, Template, TemplateStatus,
 };
 use crate::engine::change::{self, is_closed};
-use crate::engine::evaluate::{
-    self, Detail, Evaluation, ExceptionRef, Input, InventoryInput, PolicyRef, RemediationChoice,
-    STATUS_FINDINGS_CAP, UnknownCause,
-};
-use crate::engine::inventory::{InstalledPackage, parse_subject_list};
+use crate::engine::evaluate::{Evaluation, InventoryInput, RemediationChoice};
+use crate::engine::inventory::InstalledPackage;
+use crate::engine::outcome::Notice;
 use crate::engine::selector;
-use crate::engine::version::parse_platform;
+use crate::engine::version::Ecosystem;
 
 /// The field manager of Template status (all but revision, image, history).
 pub const MANAGER: &str = "patchloop-template";
-
-/// The published revision of a Template (1 until a rebuild is published).
-pub fn revision(t: &Template) -> i64 {
-    t.status.as_ref().and_then(|s| s.revision).unwrap_or(1)
-}
 
 /// The image of the published revision.
 pub fn image(t: &Template) -> String {
@@ -73,33 +74,6 @@ pub fn build_inputs<'a>(t: &'a Template, base_image: &'a str) -> change::BuildIn
         base_revision: revision(t),
         base_image,
     }
-}
-
-/// The Inventory describing one revision of a Template: the build result
-/// `history` names for it, else (revision 1) the newest Inventory with
-/// subject Template and that revision.
-pub fn revision_inventory(
-    scope: &Scope,
-    t: &Template,
-    ns: &str,
-    revision: i64,
-) -> Option<Arc<Inventory>> {
-    let from_history = t
-        .status
-        .as_ref()
-        .and_then(|s| s.history.iter().find(|h| h.revision == revision))
-        .and_then(|h| h.inventory.as_ref());
-    if let Some(name) = from_history {
-        return scope.inventories.get(&ObjectRef::new(name).within(ns));
-    }
-    scope.inventory_for(
-        ns,
-        &InventorySubject {
-            kind: SubjectKind::Template,
-            name: t.name_any(),
-            revision: Some(revision),
-        },
-    )
 }
 
 /// A Template judged: its policies and the evaluation of some packages.
@@ -133,30 +107,27 @@ pub fn judge(
     packages: Option<&[InstalledPackage]>,
     now: Timestamp,
 ) -> Judged {
-    let labels = t.labels().clone();
-    let policies = scope.matching_policies(ns, &labels);
-    let exceptions = scope.matching_exceptions(ns, &labels);
-    let policy_refs: Vec<PolicyRef<'_>> = policies.iter().map(|p| PolicyRef::of(p)).collect();
-    let exception_refs: Vec<ExceptionRef<'_>> =
-        exceptions.iter().map(|e| ExceptionRef::of(e)).collect();
-    let db = scope.shared.advisories.db();
-    let evaluation = evaluate::evaluate(&Input {
-        detail: Detail::Actionable,
-        platform: &t.spec.platform,
-        policies: &policy_refs,
-        exceptions: &exception_refs,
-        inventory: packages.map(|packages| InventoryInput {
-            packages,
-            collected_at: now,
-            ages: false,
-            provisional: false,
-        }),
-        advisories: &db,
-        now,
+    let inputs = Inputs::read(scope, ns, t.labels(), &t.spec.platform, now);
+    judge_with(scope, t, inputs, packages, now)
+}
+
+/// [`judge`] with the inputs already read.
+fn judge_with(
+    scope: &Scope,
+    t: &Template,
+    inputs: Inputs,
+    packages: Option<&[InstalledPackage]>,
+    now: Timestamp,
+) -> Judged {
+    let inventory = packages.map(|packages| InventoryInput {
+        packages,
+        collected_at: now,
+        ages: false,
+        provisional: false,
     });
     Judged {
-        evaluation,
-        policies,
+        evaluation: inputs.evaluate(scope, &t.spec.platform, inventory, now),
+        policies: inputs.policies,
     }
 }
 
@@ -168,42 +139,29 @@ pub struct Current {
     pub inventory: Option<Arc<Inventory>>,
     /// Advisory data for the platform is still loading (start-up grace).
     pub waiting: Option<Timestamp>,
+    /// The version-ordering family of the Template's platform, if valid.
+    pub family: Option<Ecosystem>,
 }
 
 /// Judges the Template's published revision.
 pub fn judge_current(scope: &Scope, t: &Template, ns: &str, now: Timestamp) -> Current {
+    let inputs = Inputs::read(scope, ns, t.labels(), &t.spec.platform, now);
+    let (family, waiting) = (inputs.family(), inputs.waiting);
     let inventory = revision_inventory(scope, t, ns, revision(t));
-    let parsed = inventory.as_ref().map(|i| {
-        let platform = parse_platform(&t.spec.platform).ok().map(|p| p.family);
-        parse_subject_list(platform, i.spec.format.into(), &i.spec.packages)
-    });
+    let parsed = inventory.as_deref().map(|i| inputs.packages(i));
     let packages = match &parsed {
         Some(Ok(p)) => Some(p.as_slice()),
         _ => None,
     };
-    let mut judged = judge(scope, t, ns, packages, now);
-    if let (Some(i), Some(Err(e))) = (&inventory, &parsed)
-        && !matches!(
-            judged.evaluation.unknown,
-            Some(UnknownCause::UnknownPlatform(_))
-        )
-    {
-        judged.evaluation.unknown = Some(UnknownCause::InvalidInventory(format!(
-            "Inventory {}: spec.{e}",
-            i.name_any()
-        )));
-        judged.evaluation.state = ComplianceState::Unknown;
+    let mut judged = judge_with(scope, t, inputs, packages, now);
+    if let (Some(i), Some(Err(e))) = (&inventory, &parsed) {
+        mark_unreadable(&mut judged.evaluation, i, e);
     }
-    let waiting = parse_platform(&t.spec.platform).ok().and_then(|p| {
-        match scope.shared.advisories.data_state(p.osv_ecosystem(), now) {
-            DataState::Waiting(until) => Some(until),
-            _ => None,
-        }
-    });
     Current {
         judged,
         inventory,
         waiting,
+        family,
     }
 }
 
@@ -257,6 +215,16 @@ fn bound_to(c: &ChangeRequest, uid: Option<&str>) -> bool {
     change::template_seen(recorded, Some(uid)) == change::TemplateSeen::Bound
 }
 
+/// Sorts requests oldest first (by creation, then name).
+fn oldest_first(list: &mut [Arc<ChangeRequest>]) {
+    list.sort_by_key(|c| {
+        (
+            c.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            c.name_any(),
+        )
+    });
+}
+
 /// The ChangeRequests of a Template in the cache, oldest first.
 pub fn change_requests_of(scope: &Scope, t: &Template, ns: &str) -> Vec<Arc<ChangeRequest>> {
     let template = t.name_any();
@@ -271,13 +239,29 @@ pub fn change_requests_of(scope: &Scope, t: &Template, ns: &str) -> Vec<Arc<Chan
         .filter(|c| c.labels().get(TEMPLATE_LABEL) == Some(&label))
         .filter(|c| bound_to(c, uid.as_deref()))
         .collect();
-    out.sort_by_key(|c| {
-        (
-            c.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            c.name_any(),
-        )
-    });
+    oldest_first(&mut out);
     out
+}
+
+/// The Template's ChangeRequests as the apiserver lists them now (the
+/// cache may lag a create, ours or one before a restart), oldest first.
+async fn live_change_requests(
+    api: &Api<ChangeRequest>,
+    t: &Template,
+) -> Result<Vec<Arc<ChangeRequest>>, Error> {
+    let name = t.name_any();
+    let uid = t.uid();
+    let label = format!("{TEMPLATE_LABEL}={}", jobs::label_value(&name));
+    let live = api.list(&ListParams::default().labels(&label)).await?;
+    let mut list: Vec<Arc<ChangeRequest>> = live
+        .items
+        .into_iter()
+        .filter(|c| c.spec.template == name)
+        .filter(|c| bound_to(c, uid.as_deref()))
+        .map(Arc::new)
+        .collect();
+    oldest_first(&mut list);
+    Ok(list)
 }
 
 fn phase(c: &ChangeRequest) -> Option<ChangeRequestPhase> {
@@ -381,302 +365,330 @@ fn requests(
     }
 }
 
+/// The digest of the rebuild scope the current revision needs: only when
+/// it is non-compliant, judged on loaded advisory data, on a valid
+/// platform, and some missing fix has a version to build with.
+fn needed_digest(t: &Template, current: &Current) -> Option<String> {
+    let evaluation = &current.judged.evaluation;
+    let family = current
+        .family
+        .filter(|_| is_non_compliant(evaluation.state) && current.waiting.is_none())?;
+    let base_image = image(t);
+    change::scope(evaluation, family, &build_inputs(t, &base_image)).map(|(s, _)| s.digest)
+}
+
+fn is_non_compliant(state: ComplianceState) -> bool {
+    matches!(state, ComplianceState::Pending | ComplianceState::Overdue)
+}
+
 async fn reconcile_inner(t: Arc<Template>, scope: &Arc<Scope>) -> Result<Action, Error> {
     scope.caches_ready().await;
     let shared = &scope.shared;
     let ns = t.namespace().ok_or(Error::Missing("metadata.namespace"))?;
-    let name = t.name_any();
     let now = now();
-    let previous = t.status.clone().unwrap_or_default();
-    let generation = t.metadata.generation;
-    let rev = revision(&t);
-
     let current = judge_current(scope, &t, &ns, now);
-    let evaluation = &current.judged.evaluation;
-    let family = parse_platform(&t.spec.platform).ok().map(|p| p.family);
-    let non_compliant = matches!(
-        evaluation.state,
-        ComplianceState::Pending | ComplianceState::Overdue
-    );
-    let base_image = image(&t);
-    let needed = family
-        .filter(|_| non_compliant && current.waiting.is_none())
-        .and_then(|f| change::scope(evaluation, f, &build_inputs(&t, &base_image)))
-        .map(|(s, _)| s);
+    let needed = needed_digest(&t, &current);
     // A rebuild with unusable Job templates would only fail: no request
     // opens until the spec is fixed (Ready says what is wrong).
     let invalid = validate(&t);
-
-    // The request: open one when needed and none stands.
-    let mut list = change_requests_of(scope, &t, &ns);
-    let mut state = requests(
-        &list,
-        needed.as_ref().map(|s| s.digest.as_str()),
-        generation,
-    );
-    let mut opened = None;
-    if matches!(state, Requests::None) && needed.is_some() && invalid.is_empty() {
-        // The cache may lag a create (ours, or before a restart): ask the
-        // apiserver before creating.
-        let api: Api<ChangeRequest> = Api::namespaced(shared.client.clone(), &ns);
-        let live = api
-            .list(
-                &ListParams::default()
-                    .labels(&format!("{TEMPLATE_LABEL}={}", jobs::label_value(&name))),
-            )
-            .await?;
-        list = live
-            .items
-            .into_iter()
-            .filter(|c| c.spec.template == name)
-            .filter(|c| bound_to(c, t.uid().as_deref()))
-            .map(Arc::new)
-            .collect();
-        list.sort_by_key(|c| {
-            (
-                c.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                c.name_any(),
-            )
-        });
-        state = requests(
-            &list,
-            needed.as_ref().map(|s| s.digest.as_str()),
-            generation,
-        );
-        if matches!(state, Requests::None) {
-            let created = create_request(&api, &t, &name).await?;
-            failpoint::exit_if(failpoint::EXIT_AFTER_CHANGE_REQUEST_CREATE);
-            opened = Some(created.name_any());
-            state = Requests::Open(Arc::new(created));
-        }
+    let opening = needed.as_deref().filter(|_| invalid.is_empty());
+    let requested = open_request(scope, &t, &ns, needed.as_deref(), opening).await?;
+    retire_closed_requests(scope, &t, &ns, &requested.list).await?;
+    let facts = Facts {
+        current: &current,
+        requests: &requested.state,
+        invalid: &invalid,
+        needed: needed.is_some(),
+        stale_workloads: stale_workloads(scope, &ns, &t.name_any(), revision(&t)),
+    };
+    let decided = decide(&t, &facts, now);
+    let written = update_status(scope, &t, &ns, &decided.status).await?;
+    let counted_by = if written {
+        current.judged.policies.as_slice()
+    } else {
+        &[]
+    };
+    wake_followers(scope, &t, &ns, counted_by, &requested.state);
+    if let Some(n) = decided.compliance_event {
+        shared
+            .event(t.as_ref(), n.warning, n.reason, n.message)
+            .await;
     }
+    if let Some(cr) = &requested.opened {
+        let state = current.judged.evaluation.state;
+        let message = format!(
+            "revision {} is {state}: opened ChangeRequest {cr}",
+            revision(&t)
+        );
+        shared
+            .event(t.as_ref(), true, "ChangeRequestOpened", message)
+            .await;
+    }
+    Ok(Action::requeue(requeue_at(
+        decided.wake,
+        now,
+        shared.settings.max_requeue,
+    )))
+}
 
-    retire_closed_requests(scope, &t, &ns, &list).await?;
+/// The Template's requests after [`open_request`]: all of them (oldest
+/// first), what they say, and the name of the one opened now.
+struct Requested {
+    list: Vec<Arc<ChangeRequest>>,
+    state: Requests,
+    opened: Option<String>,
+}
 
-    // Status.
-    let mut desired = vec![match &evaluation.unknown {
-        Some(UnknownCause::UnknownPlatform(_)) => DesiredCondition::new(
-            types::READY,
-            ConditionStatus::False,
-            "InvalidPlatform",
-            evaluation.reason(),
-        ),
-        _ if !invalid.is_empty() => DesiredCondition::new(
-            types::READY,
-            ConditionStatus::False,
-            "InvalidSpec",
-            invalid.join("; "),
-        ),
-        _ => DesiredCondition::new(
-            types::READY,
-            ConditionStatus::True,
-            "Evaluated",
-            format!("revision {rev} was judged; see Compliant for the verdict"),
-        ),
-    }];
-    let keep = current.waiting.is_some();
-    let (compliance, findings, truncated) = if keep {
-        (
+/// The Template's requests, opening one when `opening` (the digest of the
+/// scope needed, when a request may open) and none stands for `needed`.
+async fn open_request(
+    scope: &Scope,
+    t: &Template,
+    ns: &str,
+    needed: Option<&str>,
+    opening: Option<&str>,
+) -> Result<Requested, Error> {
+    let generation = t.metadata.generation;
+    let list = change_requests_of(scope, t, ns);
+    let state = requests(&list, needed, generation);
+    if !matches!(state, Requests::None) || opening.is_none() {
+        return Ok(Requested {
+            list,
+            state,
+            opened: None,
+        });
+    }
+    // The cache may lag a create (ours, or before a restart): ask the
+    // apiserver before creating.
+    let api: Api<ChangeRequest> = Api::namespaced(scope.shared.client.clone(), ns);
+    let list = live_change_requests(&api, t).await?;
+    let state = requests(&list, needed, generation);
+    if !matches!(state, Requests::None) {
+        return Ok(Requested {
+            list,
+            state,
+            opened: None,
+        });
+    }
+    let created = create_request(&api, t, &t.name_any()).await?;
+    failpoint::exit_if(failpoint::EXIT_AFTER_CHANGE_REQUEST_CREATE);
+    Ok(Requested {
+        list,
+        opened: Some(created.name_any()),
+        state: Requests::Open(Arc::new(created)),
+    })
+}
+
+/// What the Template's status is decided from, besides the Template.
+struct Facts<'a> {
+    current: &'a Current,
+    requests: &'a Requests,
+    /// What is wrong with the Job templates ([`validate`]).
+    invalid: &'a [String],
+    /// A rebuild is needed (some missing fix has a version to build with).
+    needed: bool,
+    stale_workloads: i32,
+}
+
+/// What a Template's reconcile decided: its status (this writer's fields),
+/// the Event for a change of its Compliant condition, and when to look
+/// again.
+struct Decided {
+    status: TemplateStatus,
+    compliance_event: Option<Notice>,
+    wake: Option<Timestamp>,
+}
+
+/// The Template's status from its judgement and its requests (pure). While
+/// the platform's advisory data loads the earlier verdict is kept.
+fn decide(t: &Template, facts: &Facts<'_>, now: Timestamp) -> Decided {
+    let previous = t.status.clone().unwrap_or_default();
+    let generation = t.metadata.generation;
+    let rev = revision(t);
+    let current = facts.current;
+    let evaluation = &current.judged.evaluation;
+    let invalid = (!facts.invalid.is_empty()).then(|| ("InvalidSpec", facts.invalid.join("; ")));
+    let evaluated = format!("revision {rev} was judged; see Compliant for the verdict");
+    let ready = ready_condition(evaluation, invalid, &evaluated);
+    let verdict = verdict(&previous, current, rev);
+    let desired = [
+        ready,
+        verdict.condition,
+        change_request_condition(facts, is_non_compliant(evaluation.state)),
+    ];
+    let (conditions, transitions) =
+        conditions::merge(&previous.conditions, &desired, generation, &time(now));
+    let compliance_event = transitions
+        .contains(&types::COMPLIANT)
+        .then(|| compliance_notice(&conditions))
+        .flatten();
+    let status = TemplateStatus {
+        observed_generation: generation,
+        conditions,
+        // Written by the change reconciler at publication; never sent here.
+        revision: None,
+        image: None,
+        history: Vec::new(),
+        compliance: verdict.compliance,
+        findings: verdict.findings,
+        findings_truncated: verdict.truncated,
+        inventory: current
+            .inventory
+            .as_deref()
+            .map(|i| inventory_reference(i, false)),
+        change_request: match facts.requests {
+            Requests::Open(c) => Some(c.name_any()),
+            _ => None,
+        },
+        stale_workloads: facts.stale_workloads,
+    };
+    let wake = [evaluation.next_change, current.waiting]
+        .into_iter()
+        .flatten()
+        .min();
+    Decided {
+        status,
+        compliance_event,
+        wake,
+    }
+}
+
+/// The verdict of revision `rev` to write: the current one, or the earlier
+/// one while the platform's advisory data loads.
+fn verdict(previous: &TemplateStatus, current: &Current, rev: i64) -> Verdict {
+    match current.waiting {
+        Some(_) => Verdict::kept(
             previous.compliance.clone(),
             previous.findings.clone(),
             previous.findings_truncated,
-        )
-    } else {
-        let (f, n) = evaluation.status_findings(STATUS_FINDINGS_CAP);
-        (Some(evaluation.summary()), f, n)
-    };
-    let compliant = match (keep, evaluation.state) {
-        (true, _) => conditions::find(&previous.conditions, types::COMPLIANT)
-            .map(|c| {
-                DesiredCondition::new(
-                    types::COMPLIANT,
-                    match c.status.as_str() {
-                        "True" => ConditionStatus::True,
-                        "False" => ConditionStatus::False,
-                        _ => ConditionStatus::Unknown,
-                    },
-                    c.reason.clone(),
-                    c.message.clone(),
-                )
-            })
-            .unwrap_or_else(|| {
-                DesiredCondition::new(
-                    types::COMPLIANT,
-                    ConditionStatus::Unknown,
-                    "AwaitingAdvisoryData",
-                    "advisory data for this platform is still loading",
-                )
-            }),
-        (false, ComplianceState::Compliant | ComplianceState::Exempt) => DesiredCondition::new(
-            types::COMPLIANT,
+            &previous.conditions,
+        ),
+        None => Verdict::of(&current.judged.evaluation, &format!("revision {rev}: ")),
+    }
+}
+
+/// The Event announcing the Compliant condition as it now is (none while it
+/// is Unknown).
+fn compliance_notice(conditions: &[Condition]) -> Option<Notice> {
+    let c = conditions::find(conditions, types::COMPLIANT).filter(|c| c.status != "Unknown")?;
+    let warning = c.status == "False";
+    Some(Notice {
+        warning,
+        reason: if warning { "NonCompliant" } else { "Compliant" },
+        message: c.message.clone(),
+    })
+}
+
+/// ChangeRequestOpen: the open request, the closed one that stands, or why
+/// none is open.
+fn change_request_condition(facts: &Facts<'_>, non_compliant: bool) -> DesiredCondition {
+    let (status, reason, message) = match facts.requests {
+        Requests::Open(c) => (
             ConditionStatus::True,
-            evaluation.state.to_string(),
-            format!("revision {rev}: {}", evaluation.reason()),
-        ),
-        (false, ComplianceState::Pending) => DesiredCondition::new(
-            types::COMPLIANT,
-            ConditionStatus::False,
-            "FixesPending",
-            format!("revision {rev}: {}", evaluation.reason()),
-        ),
-        (false, ComplianceState::Overdue) => DesiredCondition::new(
-            types::COMPLIANT,
-            ConditionStatus::False,
-            "FixesOverdue",
-            format!("revision {rev}: {}", evaluation.reason()),
-        ),
-        (false, ComplianceState::Unknown) => DesiredCondition::new(
-            types::COMPLIANT,
-            ConditionStatus::Unknown,
-            evaluation
-                .unknown
-                .as_ref()
-                .map_or("Unknown", UnknownCause::reason),
-            evaluation.reason(),
-        ),
-    };
-    desired.push(compliant);
-    let open_name = match &state {
-        Requests::Open(c) => Some(c.name_any()),
-        _ => None,
-    };
-    desired.push(match &state {
-        Requests::Open(c) => DesiredCondition::new(
-            types::CHANGE_REQUEST_OPEN,
-            ConditionStatus::True,
-            "Open",
+            "Open".to_owned(),
             format!(
                 "ChangeRequest {} is {}",
                 c.name_any(),
                 phase(c).map_or("opening".to_owned(), |p| format!("{p:?}"))
             ),
         ),
-        Requests::Standing(c) => DesiredCondition::new(
-            types::CHANGE_REQUEST_OPEN,
-            ConditionStatus::False,
-            format!("{:?}", phase(c).unwrap_or(ChangeRequestPhase::Rejected)),
-            format!(
-                "ChangeRequest {} was {:?} for these very findings: the Template stays non-compliant; a new request opens when the findings change (or delete {} to retry)",
-                c.name_any(),
-                phase(c).unwrap_or(ChangeRequestPhase::Rejected),
-                c.name_any()
-            ),
-        ),
-        Requests::None if needed.is_some() && !invalid.is_empty() => DesiredCondition::new(
-            types::CHANGE_REQUEST_OPEN,
-            ConditionStatus::False,
+        Requests::Standing(c) => {
+            let phase = phase(c).unwrap_or(ChangeRequestPhase::Rejected);
+            let name = c.name_any();
+            (
+                ConditionStatus::False,
+                format!("{phase:?}"),
+                format!(
+                    "ChangeRequest {name} was {phase:?} for these very findings: the Template stays non-compliant; a new request opens when the findings change (or delete {name} to retry)"
+                ),
+            )
+        }
+        Requests::None => {
+            let (reason, message) = why_no_request(facts, non_compliant);
+            (
+                ConditionStatus::False,
+                reason.to_owned(),
+                message.to_owned(),
+            )
+        }
+    };
+    DesiredCondition::new(types::CHANGE_REQUEST_OPEN, status, reason, message)
+}
+
+/// Why no request is open or stands: (reason, message).
+fn why_no_request(facts: &Facts<'_>, non_compliant: bool) -> (&'static str, &'static str) {
+    if facts.needed && !facts.invalid.is_empty() {
+        (
             "InvalidSpec",
             "no ChangeRequest opens until the Job templates are fixed (see Ready)",
-        ),
-        Requests::None if non_compliant && keep => DesiredCondition::new(
-            types::CHANGE_REQUEST_OPEN,
-            ConditionStatus::False,
+        )
+    } else if non_compliant && facts.current.waiting.is_some() {
+        (
             "AwaitingAdvisoryData",
             "advisory data for this platform is still loading",
-        ),
-        Requests::None if non_compliant => DesiredCondition::new(
-            types::CHANGE_REQUEST_OPEN,
-            ConditionStatus::False,
+        )
+    } else if non_compliant {
+        (
             "NothingToInstall",
             "no missing fix has a fixed version to build with",
-        ),
-        Requests::None => DesiredCondition::new(
-            types::CHANGE_REQUEST_OPEN,
-            ConditionStatus::False,
-            "NotNeeded",
-            "the current revision needs no rebuild",
-        ),
-    });
-    let (conds, transitions) =
-        conditions::merge(&previous.conditions, &desired, generation, &time(now));
-    let own = TemplateStatus {
-        observed_generation: generation,
-        conditions: conds,
-        // Written by the change reconciler at publication; never sent here.
-        revision: None,
-        image: None,
-        history: Vec::new(),
-        compliance,
-        findings,
-        findings_truncated: truncated,
-        inventory: current.inventory.as_ref().map(|i| InventoryReference {
-            name: Some(i.name_any()),
-            reported_at: Some(time(i.spec.reported_at.0)),
-            generation: i.metadata.generation,
-            packages: i32::try_from(i.spec.packages.len()).unwrap_or(i32::MAX),
-            provisional: false,
-        }),
-        change_request: open_name,
-        stale_workloads: stale_workloads(scope, &ns, &name, rev),
-    };
+        )
+    } else {
+        ("NotNeeded", "the current revision needs no rebuild")
+    }
+}
+
+/// Writes this writer's fields of the Template's status when they changed;
+/// whether it wrote.
+async fn update_status(
+    scope: &Scope,
+    t: &Template,
+    ns: &str,
+    own: &TemplateStatus,
+) -> Result<bool, Error> {
+    let previous = t.status.clone().unwrap_or_default();
     let compared = TemplateStatus {
         revision: previous.revision,
         image: previous.image.clone(),
         history: previous.history.clone(),
         ..own.clone()
     };
-    if compared != previous {
-        let api: Api<Template> = Api::namespaced(shared.client.clone(), &ns);
-        // Only this writer's fields count as dropped (never revision, image,
-        // history: the change reconciler's).
-        let mine = TemplateStatus {
-            revision: None,
-            image: None,
-            history: Vec::new(),
-            ..previous.clone()
-        };
-        write_status(shared, &api, &name, "template", MANAGER, &own, &mine).await?;
-        for p in &current.judged.policies {
-            let _ = scope
-                .triggers
-                .policies
-                .unbounded_send(ObjectRef::from_obj(p.as_ref()));
-        }
+    if compared == previous {
+        return Ok(false);
     }
-    // Inventories naming this Template may have been waiting for it to exist.
+    let shared = &scope.shared;
+    let api: Api<Template> = Api::namespaced(shared.client.clone(), ns);
+    // Only this writer's fields count as dropped (never revision, image,
+    // history: the change reconciler's).
+    let mine = TemplateStatus {
+        revision: None,
+        image: None,
+        history: Vec::new(),
+        ..previous
+    };
+    let name = t.name_any();
+    write_status(shared, &api, &name, "template", MANAGER, own, &mine).await?;
+    Ok(true)
+}
+
+/// Wakes what follows the Template: the policies counting it when its
+/// status was written (`counted_by`), its open request (its scope follows
+/// the findings until the build), and the Inventories naming it (they may
+/// have waited for it to exist).
+fn wake_followers(
+    scope: &Scope,
+    t: &Template,
+    ns: &str,
+    counted_by: &[Arc<PatchPolicy>],
+    requests: &Requests,
+) {
+    let open = match requests {
+        Requests::Open(c) => Some(c.as_ref()),
+        _ => None,
+    };
+    triggers::template_written(scope, counted_by, open);
     if t.status.is_none() {
-        triggers::inventories_of(scope, &ns, SubjectKind::Template, &name);
+        triggers::inventories_of(scope, ns, SubjectKind::Template, &t.name_any());
     }
-    // The open request follows the findings (its scope, until the build).
-    if let Requests::Open(c) = &state {
-        let _ = scope
-            .triggers
-            .change_requests
-            .unbounded_send(ObjectRef::from_obj(c.as_ref()));
-    }
-    // Events on transitions only.
-    if transitions.contains(&types::COMPLIANT)
-        && let Some(c) = conditions::find(&own.conditions, types::COMPLIANT)
-        && c.status != "Unknown"
-    {
-        let warning = c.status == "False";
-        let reason = if warning { "NonCompliant" } else { "Compliant" };
-        shared
-            .event(t.as_ref(), warning, reason, c.message.clone())
-            .await;
-    }
-    if let Some(cr) = &opened {
-        shared
-            .event(
-                t.as_ref(),
-                true,
-                "ChangeRequestOpened",
-                format!(
-                    "revision {rev} is {}: opened ChangeRequest {cr}",
-                    evaluation.state
-                ),
-            )
-            .await;
-    }
-    let mut next = evaluation.next_change;
-    if let Some(w) = current.waiting {
-        next = Some(next.map_or(w, |n| n.min(w)));
-    }
-    Ok(Action::requeue(requeue_at(
-        next,
-        now,
-        shared.settings.max_requeue,
-    )))
 }
 
 /// Deletes the closed requests of `t` beyond `spec.keepClosedChangeRequests`
@@ -707,58 +719,64 @@ async fn retire_closed_requests(
         .filter(|c| is_closed(phase(c)))
         .filter(|c| uid.is_some() && c.status.as_ref().and_then(|s| s.template_uid.clone()) == uid)
         .collect();
-    let retire = |histories: &[&TemplateStatus]| -> Vec<String> {
-        let named = |c: &ChangeRequest| {
-            let name = c.metadata.name.as_deref();
-            let result = name.map(result_inventory_name);
-            histories.iter().flat_map(|s| &s.history).any(|h| {
-                (h.change_request.is_some() && h.change_request.as_deref() == name)
-                    || (h.inventory.is_some() && h.inventory == result)
-            })
-        };
-        let closed: Vec<change::Closed<'_>> = ours
-            .iter()
-            .map(|c| change::Closed {
-                name: c.metadata.name.as_deref().unwrap_or_default(),
-                published: phase(c) == Some(ChangeRequestPhase::Published) || named(c),
-            })
-            .collect();
-        change::to_retire(&closed, keep)
-            .into_iter()
-            .map(str::to_owned)
-            .collect()
-    };
-    if retire(&t.status.iter().collect::<Vec<_>>()).is_empty() {
+    if to_retire(&ours, keep, &t.status.iter().collect::<Vec<_>>()).is_empty() {
         return Ok(());
     }
     let templates: Api<Template> = Api::namespaced(scope.shared.client.clone(), ns);
     let all = templates.list(&ListParams::default()).await?.items;
-    let retired = retire(
-        &all.iter()
-            .filter_map(|t| t.status.as_ref())
-            .collect::<Vec<_>>(),
-    );
+    let histories: Vec<&TemplateStatus> = all.iter().filter_map(|t| t.status.as_ref()).collect();
+    for name in to_retire(&ours, keep, &histories) {
+        delete_request_and_result(scope, ns, &name).await?;
+        tracing::info!(template = %t.name_any(), change_request = %name, keep, "closed ChangeRequest retired");
+    }
+    Ok(())
+}
+
+/// The closed requests (`ours`, oldest first) to retire beyond `keep`,
+/// never one that published or whose result a status's history names.
+fn to_retire(ours: &[&ChangeRequest], keep: usize, histories: &[&TemplateStatus]) -> Vec<String> {
+    let named = |c: &ChangeRequest| {
+        let name = c.metadata.name.as_deref();
+        let result = name.map(result_inventory_name);
+        histories.iter().flat_map(|s| &s.history).any(|h| {
+            (h.change_request.is_some() && h.change_request.as_deref() == name)
+                || (h.inventory.is_some() && h.inventory == result)
+        })
+    };
+    let closed: Vec<change::Closed<'_>> = ours
+        .iter()
+        .map(|c| change::Closed {
+            name: c.metadata.name.as_deref().unwrap_or_default(),
+            published: phase(c) == Some(ChangeRequestPhase::Published) || named(c),
+        })
+        .collect();
+    change::to_retire(&closed, keep)
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Deletes a closed request's build-result Inventory, then the request (an
+/// object already gone counts as deleted).
+async fn delete_request_and_result(scope: &Scope, ns: &str, name: &str) -> Result<(), Error> {
     let requests: Api<ChangeRequest> = Api::namespaced(scope.shared.client.clone(), ns);
     let inventories: Api<Inventory> = Api::namespaced(scope.shared.client.clone(), ns);
-    for name in retired {
-        let result = result_inventory_name(&name);
-        for deleted in [
-            inventories
-                .delete(&result, &DeleteParams::background())
-                .await
-                .map(|_| ()),
-            requests
-                .delete(&name, &DeleteParams::background())
-                .await
-                .map(|_| ()),
-        ] {
-            match deleted {
-                Ok(()) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+    let result = result_inventory_name(name);
+    for deleted in [
+        inventories
+            .delete(&result, &DeleteParams::background())
+            .await
+            .map(|_| ()),
+        requests
+            .delete(name, &DeleteParams::background())
+            .await
+            .map(|_| ()),
+    ] {
+        match deleted {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
         }
-        tracing::info!(template = %t.name_any(), change_request = %name, keep, "closed ChangeRequest retired");
     }
     Ok(())
 }
@@ -954,5 +972,184 @@ mod tests {
             errors[0].contains("spec.buildJobTemplate: not a batch/v1 JobTemplateSpec"),
             "{errors:?}"
         );
+    }
+
+    /// The current revision of `template("Debian:12")` judged with no
+    /// inventory, no policies and no advisory data.
+    fn current(waiting: Option<Timestamp>) -> Current {
+        let now: Timestamp = "2026-12-05T10:00:00Z".parse().expect("now");
+        let evaluation = crate::engine::evaluate::evaluate(&crate::engine::evaluate::Input {
+            detail: crate::engine::evaluate::Detail::Actionable,
+            platform: "Debian:12",
+            policies: &[],
+            exceptions: &[],
+            inventory: None,
+            advisories: &crate::engine::advisory::AdvisoryDb::default(),
+            now,
+        });
+        Current {
+            judged: Judged {
+                evaluation,
+                policies: Vec::new(),
+            },
+            inventory: None,
+            waiting,
+            family: Some(Ecosystem::Dpkg),
+        }
+    }
+
+    fn facts<'a>(current: &'a Current, requests: &'a Requests, invalid: &'a [String]) -> Facts<'a> {
+        Facts {
+            current,
+            requests,
+            invalid,
+            needed: false,
+            stale_workloads: 3,
+        }
+    }
+
+    fn condition(status: &TemplateStatus, type_: &str) -> (String, String) {
+        let c = conditions::find(&status.conditions, type_).unwrap_or_else(|| panic!("no {type_}"));
+        (c.status.clone(), c.reason.clone())
+    }
+
+    fn now() -> Timestamp {
+        "2026-12-05T10:00:00Z".parse().expect("now")
+    }
+
+    #[test]
+    fn a_template_without_inventory_is_unknown_and_needs_no_request() {
+        let t = template(None, None);
+        let current = current(None);
+        let decided = decide(&t, &facts(&current, &Requests::None, &[]), now());
+        let s = &decided.status;
+        assert_eq!(
+            condition(s, types::READY),
+            ("True".into(), "Evaluated".into())
+        );
+        assert_eq!(
+            condition(s, types::COMPLIANT),
+            ("Unknown".into(), "NoInventory".into())
+        );
+        assert_eq!(
+            condition(s, types::CHANGE_REQUEST_OPEN),
+            ("False".into(), "NotNeeded".into())
+        );
+        assert_eq!(
+            (s.stale_workloads, s.revision, s.change_request.clone()),
+            (3, None, None)
+        );
+        assert!(decided.compliance_event.is_none(), "no Event for Unknown");
+        assert_eq!(decided.wake, None);
+    }
+
+    #[test]
+    fn invalid_job_templates_hold_back_a_needed_request() {
+        let t = template(None, None);
+        let current = current(None);
+        let invalid = vec!["spec.buildJobTemplate: missing".to_owned()];
+        let facts = Facts {
+            needed: true,
+            ..facts(&current, &Requests::None, &invalid)
+        };
+        let s = decide(&t, &facts, now()).status;
+        assert_eq!(
+            condition(&s, types::READY),
+            ("False".into(), "InvalidSpec".into())
+        );
+        assert_eq!(
+            condition(&s, types::CHANGE_REQUEST_OPEN),
+            ("False".into(), "InvalidSpec".into())
+        );
+    }
+
+    #[test]
+    fn the_start_up_grace_keeps_the_verdict_and_wakes_when_it_ends() {
+        let mut t = template(None, None);
+        t.status = Some(TemplateStatus {
+            compliance: Some(Default::default()),
+            findings_truncated: 7,
+            ..Default::default()
+        });
+        let end: Timestamp = "2026-12-05T10:05:00Z".parse().expect("grace end");
+        let current = current(Some(end));
+        let decided = decide(&t, &facts(&current, &Requests::None, &[]), now());
+        assert_eq!(decided.status.compliance, Some(Default::default()));
+        assert_eq!(decided.status.findings_truncated, 7);
+        assert_eq!(
+            condition(&decided.status, types::COMPLIANT),
+            ("Unknown".into(), "AwaitingAdvisoryData".into())
+        );
+        assert_eq!(decided.wake, Some(end));
+    }
+
+    #[test]
+    fn the_request_condition_names_the_open_or_standing_request() {
+        let t = template(None, None);
+        let current = current(None);
+        let open = Requests::Open(request("base-x", None, "", 1));
+        let s = decide(&t, &facts(&current, &open, &[]), now()).status;
+        assert_eq!(s.change_request.as_deref(), Some("base-x"));
+        let c = conditions::find(&s.conditions, types::CHANGE_REQUEST_OPEN).expect("condition");
+        assert_eq!(
+            (c.reason.as_str(), c.message.as_str()),
+            ("Open", "ChangeRequest base-x is opening")
+        );
+        let standing = Requests::Standing(request(
+            "base-y",
+            Some(ChangeRequestPhase::Rejected),
+            "d1",
+            1,
+        ));
+        let s = decide(&t, &facts(&current, &standing, &[]), now()).status;
+        assert_eq!(s.change_request, None);
+        assert_eq!(
+            condition(&s, types::CHANGE_REQUEST_OPEN),
+            ("False".into(), "Rejected".into())
+        );
+    }
+
+    #[test]
+    fn a_compliant_transition_is_announced_once() {
+        let mut t = template(None, None);
+        let mut current = current(None);
+        current.judged.evaluation.unknown = None;
+        current.judged.evaluation.state = ComplianceState::Compliant;
+        let decided = decide(&t, &facts(&current, &Requests::None, &[]), now());
+        let event = decided.compliance_event.expect("an Event");
+        assert_eq!((event.warning, event.reason), (false, "Compliant"));
+        assert!(
+            event.message.starts_with("revision 1: "),
+            "{}",
+            event.message
+        );
+        t.status = Some(decided.status);
+        let again = decide(&t, &facts(&current, &Requests::None, &[]), now());
+        assert!(again.compliance_event.is_none());
+    }
+
+    #[test]
+    fn published_or_history_named_requests_are_never_retired() {
+        use ChangeRequestPhase::*;
+        let closed = [
+            request("a", Some(Rejected), "d1", 1),
+            request("b", Some(Published), "d2", 1),
+            request("c", Some(Failed), "d3", 1),
+            request("d", Some(Rejected), "d4", 1),
+        ];
+        let ours: Vec<&ChangeRequest> = closed.iter().map(AsRef::as_ref).collect();
+        let history = TemplateStatus {
+            history: vec![crate::api::template::TemplateRevision {
+                revision: 2,
+                image: "registry.example/base@sha256:22".into(),
+                inventory: Some(result_inventory_name("c")),
+                published_at: None,
+                change_request: None,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(to_retire(&ours, 1, &[]), vec!["a", "c"]);
+        assert_eq!(to_retire(&ours, 1, &[&history]), vec!["a"]);
+        assert!(to_retire(&ours, 4, &[&history]).is_empty());
     }
 }

@@ -1,7 +1,9 @@
-//! The workload reconciler: dereference (inventory by subject, matching
-//! policies and exceptions, template) → evaluate (engine) → build the status
-//! (pure) → apply it only if it changed → Events on transitions → requeue at
-//! the engine's next-change instant.
+//! The workload reconciler: dereference and evaluate ([`judge`]: the
+//! inventory by subject, template, and the judged inputs of
+//! [`super::dereference`]) → follow the remediation Jobs
+//! (`track_remediation`) → decide the status (pure: `decide`) → apply it
+//! only if it changed (`update_status`) → Events on transitions → requeue
+//! at the engine's next-change instant.
 
 use std::sync::Arc;
 
@@ -12,26 +14,26 @@ use kube::{Api, ResourceExt};
 
 use k8s_openapi::api::batch::v1::Job;
 
-use super::advisories::DataState;
+use super::dereference::{
+    Inputs, Verdict, inventory_reference, mark_unreadable, published_revision, ready_condition,
+    template_revision_inventory, template_subject, workload_subject,
+};
 use super::jobs::{self, Purpose};
 use super::scope::{Scope, version_of};
 use super::triggers;
 use super::{Error, failpoint, now, observed, requeue_at, write_status};
-use crate::api::common::{ComplianceState, InventoryReference, time};
+use crate::api::common::{ComplianceState, time};
 use crate::api::conditions::{self, ConditionStatus, DesiredCondition, types};
-use crate::api::inventory::{InventorySubject, SubjectKind};
-use crate::api::policy::RemediationMode;
+use crate::api::inventory::SubjectKind;
+use crate::api::policy::{Remediation, RemediationMode};
 use crate::api::workload::{
     InstallableFixes, InventoryVersion, RemediationPhase, RemediationRecord, TemplateStatus,
     check_target,
 };
-use crate::api::{Inventory, PatchException, PatchPolicy, Template, Workload, WorkloadStatus};
-use crate::engine::evaluate::{
-    self, Detail, Evaluation, ExceptionRef, Input, InventoryInput, PolicyRef, RemediationChoice,
-    STATUS_FINDINGS_CAP, UnknownCause,
-};
+use crate::api::{Inventory, PatchPolicy, Template, Workload, WorkloadStatus};
+use crate::engine::evaluate::{Evaluation, InventoryInput, RemediationChoice};
 use crate::engine::fixes::{FixSet, Take, fix_set, gaps, parse_package_lines};
-use crate::engine::inventory::{InstalledPackage, parse_subject_list};
+use crate::engine::inventory::InstalledPackage;
 use crate::engine::outcome::{
     self, JobEnd, JobView, Lookup, Notice, Observation, ObserveInput, OutcomeSettings, PodFailure,
     SeenInventory,
@@ -47,15 +49,6 @@ pub const MANAGER: &str = "patchloop-workload";
 pub const INVENTORY_UID_LABEL: &str = "patchloop.dev/inventory-uid";
 /// See [`INVENTORY_UID_LABEL`].
 pub const INVENTORY_GENERATION_LABEL: &str = "patchloop.dev/inventory-generation";
-
-/// The Workload's own (canonical) Inventory subject.
-fn own_subject(wl: &Workload) -> InventorySubject {
-    InventorySubject {
-        kind: SubjectKind::Workload,
-        name: wl.name_any(),
-        revision: None,
-    }
-}
 
 /// The labels a remediation Job carries so its verification counts only
 /// changes of the Workload's own Inventory made after it was created (see
@@ -99,40 +92,46 @@ pub fn template_status(
 ) -> Option<(TemplateStatus, DesiredCondition)> {
     let tref = wl.spec.template_ref.as_ref()?;
     let Some(template) = template else {
-        return Some((
-            TemplateStatus {
-                name: tref.name.clone(),
-                revision: tref.revision,
-                latest: None,
-                current: false,
-            },
-            DesiredCondition::new(
-                types::TEMPLATE_CURRENT,
-                ConditionStatus::Unknown,
-                "TemplateNotFound",
-                format!(
-                    "spec.templateRef: Template {:?} does not exist in this namespace",
-                    tref.name
-                ),
+        let status = TemplateStatus {
+            name: tref.name.clone(),
+            revision: tref.revision,
+            latest: None,
+            current: false,
+        };
+        let missing = DesiredCondition::new(
+            types::TEMPLATE_CURRENT,
+            ConditionStatus::Unknown,
+            "TemplateNotFound",
+            format!(
+                "spec.templateRef: Template {:?} does not exist in this namespace",
+                tref.name
             ),
-        ));
+        );
+        return Some((status, missing));
     };
-    let latest = template
-        .status
-        .as_ref()
-        .and_then(|s| s.revision)
-        .unwrap_or(1);
+    let latest = published_revision(template);
     let revision = tref.revision.unwrap_or(latest);
-    let current = revision >= latest;
-    let condition = if current {
+    let status = TemplateStatus {
+        name: tref.name.clone(),
+        revision: Some(revision),
+        latest: Some(latest),
+        current: revision >= latest,
+    };
+    let condition = template_current_condition(&status);
+    Some((status, condition))
+}
+
+/// TemplateCurrent for a Workload whose Template exists.
+fn template_current_condition(status: &TemplateStatus) -> DesiredCondition {
+    let name = &status.name;
+    let revision = status.revision.unwrap_or_default();
+    let latest = status.latest.unwrap_or_default();
+    if status.current {
         DesiredCondition::new(
             types::TEMPLATE_CURRENT,
             ConditionStatus::True,
             "LatestRevision",
-            format!(
-                "runs revision {revision} of Template {}, the latest",
-                tref.name
-            ),
+            format!("runs revision {revision} of Template {name}, the latest"),
         )
     } else {
         DesiredCondition::new(
@@ -140,20 +139,10 @@ pub fn template_status(
             ConditionStatus::False,
             "OlderRevision",
             format!(
-                "runs revision {revision} of Template {}, the latest is {latest}: reprovision it",
-                tref.name
+                "runs revision {revision} of Template {name}, the latest is {latest}: reprovision it"
             ),
         )
-    };
-    Some((
-        TemplateStatus {
-            name: tref.name.clone(),
-            revision: Some(revision),
-            latest: Some(latest),
-            current,
-        },
-        condition,
-    ))
+    }
 }
 
 /// The remediation part of a Workload's status.
@@ -199,268 +188,244 @@ pub fn remediation_conditions(
     if record.is_none() && installable.is_none() {
         return Vec::new();
     }
-    let phase = record.and_then(|r| r.phase);
-    let job = record.and_then(|r| r.job.as_deref()).unwrap_or_default();
-    let attempt = record.map_or(0, |r| r.attempt);
-    let when = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
-        t.map_or_else(|| "-".to_owned(), |t| t.0.to_string())
-    };
-    let remediating = match (phase, installable) {
-        (Some(RemediationPhase::Running), _) => DesiredCondition::new(
-            types::REMEDIATING,
-            ConditionStatus::True,
-            "JobRunning",
-            format!("Job {job} (attempt {attempt}) is running"),
-        ),
-        (Some(RemediationPhase::Verifying), _) => DesiredCondition::new(
-            types::REMEDIATING,
-            ConditionStatus::True,
-            "Verifying",
-            format!(
-                "Job {job} succeeded; waiting for an Inventory written after {} that shows the fixed versions",
-                when(record.and_then(|r| r.started_at.as_ref()))
-            ),
-        ),
-        (_, None) => DesiredCondition::new(
+    let remediating = match record.and_then(|r| phase_condition(r, installable.is_some())) {
+        Some(c) => c,
+        None if installable.is_none() => DesiredCondition::new(
             types::REMEDIATING,
             ConditionStatus::False,
             "NothingToInstall",
             "no installable fix is missing",
         ),
-        (Some(RemediationPhase::BackingOff), Some(_)) => DesiredCondition::new(
-            types::REMEDIATING,
+        None => {
+            let (reason, message) = why_not_remediating(standing);
+            DesiredCondition::new(types::REMEDIATING, ConditionStatus::False, reason, message)
+        }
+    };
+    let mut conditions = vec![remediating];
+    conditions.extend(outcome_conditions(record));
+    conditions
+}
+
+/// Remediating as the record's phase says it, if it says it: a running or
+/// verifying Job whatever is installable, else (with something installable)
+/// a back-off, a give-up or a refusal.
+fn phase_condition(record: &RemediationRecord, installable: bool) -> Option<DesiredCondition> {
+    let job = record.job.as_deref().unwrap_or_default();
+    let attempt = record.attempt;
+    let when = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+        t.map_or_else(|| "-".to_owned(), |t| t.0.to_string())
+    };
+    let (status, reason, message) = match (record.phase?, installable) {
+        (RemediationPhase::Running, _) => (
+            ConditionStatus::True,
+            "JobRunning",
+            format!("Job {job} (attempt {attempt}) is running"),
+        ),
+        (RemediationPhase::Verifying, _) => (
+            ConditionStatus::True,
+            "Verifying",
+            format!(
+                "Job {job} succeeded; waiting for an Inventory written after {} that shows the fixed versions",
+                when(record.started_at.as_ref())
+            ),
+        ),
+        (RemediationPhase::BackingOff, true) => (
             ConditionStatus::False,
             "BackingOff",
             format!(
                 "attempt {attempt} failed; the next starts after {}",
-                when(record.and_then(|r| r.backoff_until.as_ref()))
+                when(record.backoff_until.as_ref())
             ),
         ),
-        (Some(RemediationPhase::Failed), Some(_)) => DesiredCondition::new(
-            types::REMEDIATING,
+        (RemediationPhase::Failed, true) => (
             ConditionStatus::False,
             "GaveUp",
-            "every attempt for this fix set failed: see RemediationFailed",
+            "every attempt for this fix set failed: see RemediationFailed".to_owned(),
         ),
-        (Some(RemediationPhase::Refused), Some(_)) => DesiredCondition::new(
-            types::REMEDIATING,
+        (RemediationPhase::Refused, true) => (
             ConditionStatus::False,
             "Refused",
             format!(
                 "Job {job} refused to act (a configuration error on this Workload): see RemediationRefused; a new attempt starts when the Workload's spec changes"
             ),
         ),
-        (_, Some(_)) => {
-            let (reason, message) = match standing {
-                Standing::WorkloadPaused => {
-                    ("WorkloadPaused", "skipped: spec.paused is true".to_owned())
-                }
-                Standing::Conflict => (
-                    "Conflict",
-                    "skipped: several PatchPolicies match with the same priority".to_owned(),
-                ),
-                Standing::NoPolicy => ("NoPolicy", "no PatchPolicy matches".to_owned()),
-                Standing::ReportOnly(p) => (
-                    "ReportOnly",
-                    format!("PatchPolicy {p} only reports (spec.remediation.mode: Report)"),
-                ),
-                Standing::PolicyPaused(p) => (
-                    "PolicyPaused",
-                    format!("PatchPolicy {p} has spec.remediation.paused: true"),
-                ),
-                Standing::ProvisionalInventory(p) => (
-                    "ProvisionalInventory",
-                    format!(
-                        "PatchPolicy {p} does not remediate from a provisional inventory (its template revision's): a Job starts once the machine reports its own Inventory"
-                    ),
-                ),
-                Standing::Queued(p) => (
-                    "Queued",
-                    format!(
-                        "waiting for PatchPolicy {p}'s rollout (maintenance window, canary, maxConcurrent, rollout pause): see its status"
-                    ),
-                ),
-            };
-            DesiredCondition::new(types::REMEDIATING, ConditionStatus::False, reason, message)
-        }
+        _ => return None,
     };
-    let message = record.and_then(|r| r.message.clone()).unwrap_or_default();
-    let failed = if phase == Some(RemediationPhase::Failed) {
-        DesiredCondition::new(
-            types::REMEDIATION_FAILED,
-            ConditionStatus::True,
-            "AttemptsExhausted",
-            format!(
-                "attempt {attempt} of fix set {} failed, the last allowed: {message}",
-                record
-                    .and_then(|r| r.fix_set.as_deref())
-                    .unwrap_or_default()
-            ),
-        )
-    } else {
-        DesiredCondition::new(
-            types::REMEDIATION_FAILED,
-            ConditionStatus::False,
-            "NotFailed",
-            "remediation has not given up",
-        )
-    };
-    let unverified = if phase == Some(RemediationPhase::Unverified) {
-        DesiredCondition::new(
-            types::REMEDIATION_UNVERIFIED,
-            ConditionStatus::True,
-            "NoFreshInventory",
-            message.clone(),
-        )
-    } else {
-        DesiredCondition::new(
-            types::REMEDIATION_UNVERIFIED,
-            ConditionStatus::False,
-            "NotUnverified",
-            "no remediation is waiting past its verifyTimeout",
-        )
-    };
-    let refused = if phase == Some(RemediationPhase::Refused) {
-        DesiredCondition::new(
-            types::REMEDIATION_REFUSED,
-            ConditionStatus::True,
-            "ConfigurationError",
-            format!(
-                "{message}; fix the Workload's spec (e.g. spec.target, or pin the machine's host key for this Workload): a new attempt starts when it changes"
-            ),
-        )
-    } else {
-        DesiredCondition::new(
-            types::REMEDIATION_REFUSED,
-            ConditionStatus::False,
-            "NotRefused",
-            "the last remediation Job did not refuse to act",
-        )
-    };
-    vec![remediating, failed, unverified, refused]
+    Some(DesiredCondition::new(
+        types::REMEDIATING,
+        status,
+        reason,
+        message,
+    ))
 }
 
-/// The Workload status the controller wants, from the evaluation; pure.
+/// Why a Workload with something installable has no Job: (reason, message).
+fn why_not_remediating(standing: &Standing) -> (&'static str, String) {
+    match standing {
+        Standing::WorkloadPaused => ("WorkloadPaused", "skipped: spec.paused is true".to_owned()),
+        Standing::Conflict => (
+            "Conflict",
+            "skipped: several PatchPolicies match with the same priority".to_owned(),
+        ),
+        Standing::NoPolicy => ("NoPolicy", "no PatchPolicy matches".to_owned()),
+        Standing::ReportOnly(p) => (
+            "ReportOnly",
+            format!("PatchPolicy {p} only reports (spec.remediation.mode: Report)"),
+        ),
+        Standing::PolicyPaused(p) => (
+            "PolicyPaused",
+            format!("PatchPolicy {p} has spec.remediation.paused: true"),
+        ),
+        Standing::ProvisionalInventory(p) => (
+            "ProvisionalInventory",
+            format!(
+                "PatchPolicy {p} does not remediate from a provisional inventory (its template revision's): a Job starts once the machine reports its own Inventory"
+            ),
+        ),
+        Standing::Queued(p) => (
+            "Queued",
+            format!(
+                "waiting for PatchPolicy {p}'s rollout (maintenance window, canary, maxConcurrent, rollout pause): see its status"
+            ),
+        ),
+    }
+}
+
+/// RemediationFailed, RemediationUnverified and RemediationRefused: True in
+/// the record's phase of that name.
+fn outcome_conditions(record: Option<&RemediationRecord>) -> [DesiredCondition; 3] {
+    let phase = record.and_then(|r| r.phase);
+    let attempt = record.map_or(0, |r| r.attempt);
+    let message = record.and_then(|r| r.message.clone()).unwrap_or_default();
+    let fix_set = record
+        .and_then(|r| r.fix_set.as_deref())
+        .unwrap_or_default();
+    let condition = |type_, true_in: RemediationPhase, yes: (&str, String), no: (&str, &str)| {
+        if phase == Some(true_in) {
+            DesiredCondition::new(type_, ConditionStatus::True, yes.0, yes.1)
+        } else {
+            DesiredCondition::new(type_, ConditionStatus::False, no.0, no.1)
+        }
+    };
+    [
+        condition(
+            types::REMEDIATION_FAILED,
+            RemediationPhase::Failed,
+            (
+                "AttemptsExhausted",
+                format!(
+                    "attempt {attempt} of fix set {fix_set} failed, the last allowed: {message}"
+                ),
+            ),
+            ("NotFailed", "remediation has not given up"),
+        ),
+        condition(
+            types::REMEDIATION_UNVERIFIED,
+            RemediationPhase::Unverified,
+            ("NoFreshInventory", message.clone()),
+            (
+                "NotUnverified",
+                "no remediation is waiting past its verifyTimeout",
+            ),
+        ),
+        condition(
+            types::REMEDIATION_REFUSED,
+            RemediationPhase::Refused,
+            (
+                "ConfigurationError",
+                format!(
+                    "{message}; fix the Workload's spec (e.g. spec.target, or pin the machine's host key for this Workload): a new attempt starts when it changes"
+                ),
+            ),
+            (
+                "NotRefused",
+                "the last remediation Job did not refuse to act",
+            ),
+        ),
+    ]
+}
+
+/// The Workload status the controller wants, from its judgement; pure.
 /// `keep_compliance` holds the earlier verdict (start-up grace period with
 /// no advisory data for the platform yet).
-#[allow(clippy::too_many_arguments)]
 pub fn desired_status(
     wl: &Workload,
-    evaluation: &Evaluation,
-    inventory: Option<&ChosenInventory>,
-    ignored_inventories: &[String],
-    template: Option<(TemplateStatus, DesiredCondition)>,
-    policies: Vec<String>,
+    judged: &Judged,
     keep_compliance: bool,
     remediation: RemediationView,
     now: Timestamp,
 ) -> WorkloadStatus {
     let previous = wl.status.clone().unwrap_or_default();
-    let generation = wl.metadata.generation;
-    let mut desired: Vec<DesiredCondition> = Vec::new();
-
-    let invalid_platform = matches!(evaluation.unknown, Some(UnknownCause::UnknownPlatform(_)));
-    let invalid_target = wl.spec.target.as_ref().and_then(|t| check_target(t).err());
-    desired.push(if invalid_platform {
-        DesiredCondition::new(
-            types::READY,
-            ConditionStatus::False,
-            "InvalidPlatform",
-            evaluation.reason(),
-        )
-    } else if let Some(e) = invalid_target {
-        DesiredCondition::new(
-            types::READY,
-            ConditionStatus::False,
-            "InvalidTarget",
-            format!("{e}; no remediation Job runs for this Workload until it is fixed"),
-        )
-    } else {
-        DesiredCondition::new(
-            types::READY,
-            ConditionStatus::True,
-            "Evaluated",
-            "the spec was processed; see Compliant for the verdict",
-        )
-    });
-
-    let (compliance, findings, truncated, compliant_condition) = if keep_compliance {
-        let kept = conditions::find(&previous.conditions, types::COMPLIANT).map(|c| {
-            DesiredCondition::new(
-                types::COMPLIANT,
-                match c.status.as_str() {
-                    "True" => ConditionStatus::True,
-                    "False" => ConditionStatus::False,
-                    _ => ConditionStatus::Unknown,
-                },
-                c.reason.clone(),
-                c.message.clone(),
-            )
-        });
-        (
+    let evaluation = &judged.evaluation;
+    let inventory = judged.chosen.as_ref();
+    let canonical = workload_subject(wl).canonical_inventory_name();
+    let verdict = if keep_compliance {
+        Verdict::kept(
             previous.compliance.clone(),
             previous.findings.clone(),
             previous.findings_truncated,
-            kept.unwrap_or_else(|| {
-                DesiredCondition::new(
-                    types::COMPLIANT,
-                    ConditionStatus::Unknown,
-                    "AwaitingAdvisoryData",
-                    "advisory data for this platform is still loading",
-                )
-            }),
+            &previous.conditions,
         )
     } else {
-        let (findings, truncated) = evaluation.status_findings(STATUS_FINDINGS_CAP);
-        let condition = match evaluation.state {
-            ComplianceState::Compliant => DesiredCondition::new(
-                types::COMPLIANT,
-                ConditionStatus::True,
-                "Compliant",
-                evaluation.reason(),
-            ),
-            ComplianceState::Exempt => DesiredCondition::new(
-                types::COMPLIANT,
-                ConditionStatus::True,
-                "Exempt",
-                evaluation.reason(),
-            ),
-            ComplianceState::Pending => DesiredCondition::new(
-                types::COMPLIANT,
-                ConditionStatus::False,
-                "FixesPending",
-                evaluation.reason(),
-            ),
-            ComplianceState::Overdue => DesiredCondition::new(
-                types::COMPLIANT,
-                ConditionStatus::False,
-                "FixesOverdue",
-                evaluation.reason(),
-            ),
-            ComplianceState::Unknown => DesiredCondition::new(
-                types::COMPLIANT,
-                ConditionStatus::Unknown,
-                evaluation
-                    .unknown
-                    .as_ref()
-                    .map_or("Unknown", UnknownCause::reason),
-                evaluation.reason(),
-            ),
-        };
-        (Some(evaluation.summary()), findings, truncated, condition)
+        Verdict::of(evaluation, "")
     };
-    desired.push(compliant_condition);
+    let template = template_status(wl, judged.template.as_deref());
+    let mut desired = vec![
+        ready_condition(
+            evaluation,
+            target_problem(wl),
+            "the spec was processed; see Compliant for the verdict",
+        ),
+        verdict.condition,
+        inventory_fresh_condition(&canonical, inventory, evaluation.inventory_fresh),
+        conflict_condition(&evaluation.remediation),
+    ];
+    desired.extend(template.as_ref().map(|(_, condition)| condition.clone()));
+    desired.extend(remediation.conditions);
+    desired.extend(ignored_condition(&canonical, &judged.ignored_inventories));
+    let generation = wl.metadata.generation;
+    let (conditions, _) = conditions::merge(&previous.conditions, &desired, generation, &time(now));
+    WorkloadStatus {
+        observed_generation: generation,
+        conditions,
+        compliance: verdict.compliance,
+        findings: verdict.findings,
+        findings_truncated: verdict.truncated,
+        installable: remediation.installable,
+        remediation: remediation.record,
+        template: template.map(|(status, _)| status),
+        inventory: inventory.map(|i| inventory_reference(&i.object, i.provisional)),
+        policies: judged
+            .inputs
+            .policies
+            .iter()
+            .map(|p| p.name_any())
+            .collect(),
+    }
+}
 
-    let canonical = own_subject(wl).canonical_inventory_name();
-    desired.push(match (inventory, evaluation.inventory_fresh) {
-        (None, _) => DesiredCondition::new(
-            types::INVENTORY_FRESH,
+/// What is wrong with `spec.target`, as Ready says it: no remediation Job
+/// runs until it is fixed.
+fn target_problem(wl: &Workload) -> Option<(&'static str, String)> {
+    let e = check_target(wl.spec.target.as_ref()?).err()?;
+    let message = format!("{e}; no remediation Job runs for this Workload until it is fixed");
+    Some(("InvalidTarget", message))
+}
+
+/// InventoryFresh: whether the inventory judged is the Workload's own and
+/// fresh enough for the policies (`fresh`, as the evaluation found it).
+fn inventory_fresh_condition(
+    canonical: &str,
+    inventory: Option<&ChosenInventory>,
+    fresh: Option<bool>,
+) -> DesiredCondition {
+    let (status, reason, message) = match (inventory, fresh) {
+        (None, _) => (
             ConditionStatus::Unknown,
             "NoInventory",
             format!("no Inventory named {canonical} reports this Workload yet"),
         ),
-        (Some(i), _) if i.provisional => DesiredCondition::new(
-            types::INVENTORY_FRESH,
+        (Some(i), _) if i.provisional => (
             ConditionStatus::False,
             "Provisional",
             format!(
@@ -468,23 +433,27 @@ pub fn desired_status(
                 i.object.name_any()
             ),
         ),
-        (Some(i), Some(false)) => DesiredCondition::new(
-            types::INVENTORY_FRESH,
+        (Some(i), Some(false)) => (
             ConditionStatus::False,
             "InventoryStale",
-            format!("Inventory {} is older than inventoryMaxAge", i.object.name_any()),
+            format!(
+                "Inventory {} is older than inventoryMaxAge",
+                i.object.name_any()
+            ),
         ),
-        (Some(i), _) => DesiredCondition::new(
-            types::INVENTORY_FRESH,
+        (Some(i), _) => (
             ConditionStatus::True,
             "InventoryFresh",
             format!("Inventory {} is fresh", i.object.name_any()),
         ),
-    });
+    };
+    DesiredCondition::new(types::INVENTORY_FRESH, status, reason, message)
+}
 
-    desired.push(match &evaluation.remediation {
-        RemediationChoice::Conflict(names) => DesiredCondition::new(
-            types::CONFLICT,
+/// Conflict: whether matching policies tie on priority.
+fn conflict_condition(choice: &RemediationChoice) -> DesiredCondition {
+    let (status, reason, message) = match choice {
+        RemediationChoice::Conflict(names) => (
             ConditionStatus::True,
             "PriorityTie",
             format!(
@@ -492,46 +461,18 @@ pub fn desired_status(
                 names.join(", ")
             ),
         ),
-        RemediationChoice::Policy(name) => DesiredCondition::new(
-            types::CONFLICT,
+        RemediationChoice::Policy(name) => (
             ConditionStatus::False,
             "SinglePolicy",
             format!("PatchPolicy {name} drives remediation"),
         ),
-        RemediationChoice::None => DesiredCondition::new(
-            types::CONFLICT,
+        RemediationChoice::None => (
             ConditionStatus::False,
             "NoPolicy",
-            "no PatchPolicy matches this Workload",
+            "no PatchPolicy matches this Workload".to_owned(),
         ),
-    });
-
-    let template_status = template.map(|(status, condition)| {
-        desired.push(condition);
-        status
-    });
-    desired.extend(remediation.conditions);
-    desired.extend(ignored_condition(&canonical, ignored_inventories));
-
-    let (conditions, _) = conditions::merge(&previous.conditions, &desired, generation, &time(now));
-    WorkloadStatus {
-        observed_generation: generation,
-        conditions,
-        compliance,
-        findings,
-        findings_truncated: truncated,
-        installable: remediation.installable,
-        remediation: remediation.record,
-        template: template_status,
-        inventory: inventory.map(|i| InventoryReference {
-            name: Some(i.object.name_any()),
-            reported_at: Some(time(i.object.spec.reported_at.0)),
-            generation: i.object.metadata.generation,
-            packages: i32::try_from(i.object.spec.packages.len()).unwrap_or(i32::MAX),
-            provisional: i.provisional,
-        }),
-        policies,
-    }
+    };
+    DesiredCondition::new(types::CONFLICT, status, reason, message)
 }
 
 /// How many ignored Inventory names a status lists.
@@ -571,40 +512,19 @@ fn choose_inventory(
     ns: &str,
     template: Option<&Template>,
 ) -> Option<ChosenInventory> {
-    let own = scope.inventory_for(ns, &own_subject(wl));
-    if let Some(object) = own {
+    if let Some(object) = scope.inventory_for(ns, &workload_subject(wl)) {
         return Some(ChosenInventory {
             object,
             provisional: false,
         });
     }
-    let tref = wl.spec.template_ref.as_ref()?;
+    let pinned = wl.spec.template_ref.as_ref()?.revision;
     let template = template?;
-    let revision = tref.revision.unwrap_or_else(|| {
-        template
-            .status
-            .as_ref()
-            .and_then(|s| s.revision)
-            .unwrap_or(1)
-    });
-    // A published rebuild records its inventory in history; revision 1's is
-    // reported with subject Template and that revision.
-    let from_history = template
-        .status
-        .as_ref()
-        .and_then(|s| s.history.iter().find(|h| h.revision == revision))
-        .and_then(|h| h.inventory.as_ref())
-        .and_then(|name| scope.inventories.get(&ObjectRef::new(name).within(ns)));
-    let object = from_history.or_else(|| {
-        scope.inventory_for(
-            ns,
-            &InventorySubject {
-                kind: SubjectKind::Template,
-                name: tref.name.clone(),
-                revision: Some(revision),
-            },
-        )
-    })?;
+    let revision = pinned.unwrap_or_else(|| published_revision(template));
+    // A build result that history names but the cache does not hold: the
+    // revision's canonical Inventory stands in for it here.
+    let object = template_revision_inventory(scope, template, ns, revision)
+        .or_else(|| scope.inventory_for(ns, &template_subject(template, revision)))?;
     Some(ChosenInventory {
         object,
         provisional: true,
@@ -623,10 +543,9 @@ pub struct Judged {
     pub packages: Option<Vec<InstalledPackage>>,
     /// The Template its `templateRef` names, if it exists.
     pub template: Option<Arc<Template>>,
-    /// The matching policies, by name.
-    pub policies: Vec<Arc<PatchPolicy>>,
-    /// The matching exceptions.
-    pub exceptions: Vec<Arc<PatchException>>,
+    /// What it was judged with: the parsed platform, the data state, the
+    /// matching policies and exceptions.
+    pub inputs: Inputs,
 }
 
 impl Judged {
@@ -634,6 +553,7 @@ impl Judged {
     pub fn driving_policy(&self) -> Option<&Arc<PatchPolicy>> {
         match &self.evaluation.remediation {
             RemediationChoice::Policy(name) => self
+                .inputs
                 .policies
                 .iter()
                 .find(|p| p.metadata.name.as_deref() == Some(name.as_str())),
@@ -642,6 +562,12 @@ impl Judged {
     }
 
     /// What a remediation Job would install now.
+    pub fn installable_now(&self) -> Option<FixSet> {
+        fix_set(&self.evaluation, self.inputs.family()?, Take::Installable)
+    }
+
+    /// What a remediation Job would install now on `platform` (parsed
+    /// again: [`Judged::installable_now`] uses the judged platform).
     pub fn installable(&self, platform: &str) -> Option<FixSet> {
         let family = parse_platform(platform).ok()?.family;
         fix_set(&self.evaluation, family, Take::Installable)
@@ -652,9 +578,7 @@ impl Judged {
 /// shared with the policy reconciler, which needs the full fix set of the
 /// Workloads it starts).
 pub fn judge(scope: &Scope, wl: &Workload, ns: &str, now: Timestamp) -> Judged {
-    let labels = wl.labels();
-    let policies: Vec<Arc<PatchPolicy>> = scope.matching_policies(ns, labels);
-    let exceptions: Vec<Arc<PatchException>> = scope.matching_exceptions(ns, labels);
+    let inputs = Inputs::read(scope, ns, wl.labels(), &wl.spec.platform, now);
     let template = wl
         .spec
         .template_ref
@@ -666,21 +590,7 @@ pub fn judge(scope: &Scope, wl: &Workload, ns: &str, now: Timestamp) -> Judged {
         .read()
         .map(|s| s.ignored(&(ns.to_owned(), SubjectKind::Workload, wl.name_any())))
         .unwrap_or_default();
-
-    let policy_refs: Vec<PolicyRef<'_>> = policies.iter().map(|p| PolicyRef::of(p)).collect();
-    let exception_refs: Vec<ExceptionRef<'_>> =
-        exceptions.iter().map(|e| ExceptionRef::of(e)).collect();
-    let db = scope.shared.advisories.db();
-    let parsed = chosen.as_ref().map(|c| {
-        let platform = parse_platform(&wl.spec.platform).ok().map(|p| p.family);
-        parse_subject_list(
-            platform,
-            c.object.spec.format.into(),
-            &c.object.spec.packages,
-        )
-    });
-    // An unreadable Inventory is judged as no inventory, with its error as
-    // the reason (unless the platform itself is the problem).
+    let parsed = chosen.as_ref().map(|c| inputs.packages(&c.object));
     let inventory = match (&chosen, &parsed) {
         (Some(c), Some(Ok(packages))) => Some(InventoryInput {
             packages,
@@ -692,22 +602,9 @@ pub fn judge(scope: &Scope, wl: &Workload, ns: &str, now: Timestamp) -> Judged {
         }),
         _ => None,
     };
-    let mut evaluation = evaluate::evaluate(&Input {
-        detail: Detail::Actionable,
-        platform: &wl.spec.platform,
-        policies: &policy_refs,
-        exceptions: &exception_refs,
-        inventory,
-        advisories: &db,
-        now,
-    });
-    if let (Some(c), Some(Err(e))) = (&chosen, &parsed)
-        && !matches!(evaluation.unknown, Some(UnknownCause::UnknownPlatform(_)))
-    {
-        evaluation.unknown = Some(UnknownCause::InvalidInventory(format!(
-            "Inventory {}: spec.{e}",
-            c.object.name_any()
-        )));
+    let mut evaluation = inputs.evaluate(scope, &wl.spec.platform, inventory, now);
+    if let (Some(c), Some(Err(e))) = (&chosen, &parsed) {
+        mark_unreadable(&mut evaluation, &c.object, e);
     }
     Judged {
         evaluation,
@@ -715,8 +612,7 @@ pub fn judge(scope: &Scope, wl: &Workload, ns: &str, now: Timestamp) -> Judged {
         ignored_inventories,
         packages: parsed.and_then(Result::ok),
         template,
-        policies,
-        exceptions,
+        inputs,
     }
 }
 
@@ -738,7 +634,9 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
     let ns = wl.namespace().ok_or(Error::Missing("metadata.namespace"))?;
     let now = now();
     let judged = judge(scope, &wl, &ns, now);
-    let grace = start_up_grace(scope, &wl.spec.platform, now);
+    // Until the platform's advisory data (and every feed present at start)
+    // has loaded, the earlier verdict is kept.
+    let grace = judged.inputs.waiting;
     let tracked = track_remediation(scope, &wl, &ns, &judged, now).await?;
     let decided = decide(&wl, &judged, tracked, grace, now);
     update_status(scope, &wl, &ns, &judged, decided.status, decided.notices).await?;
@@ -747,20 +645,6 @@ async fn reconcile_inner(wl: Arc<Workload>, scope: &Arc<Scope>) -> Result<Action
     }
     let max = scope.shared.settings.max_requeue;
     Ok(Action::requeue(requeue_at(decided.wake, now, max)))
-}
-
-/// Until the platform's advisory data (and every feed present at start)
-/// has loaded, the earlier verdict is kept: when that wait ends.
-fn start_up_grace(scope: &Scope, platform: &str, now: Timestamp) -> Option<Timestamp> {
-    let platform = parse_platform(platform).ok()?;
-    match scope
-        .shared
-        .advisories
-        .data_state(platform.osv_ecosystem(), now)
-    {
-        DataState::Waiting(until) => Some(until),
-        _ => None,
-    }
 }
 
 /// What a Workload's reconcile decided: its status, the Events its
@@ -783,15 +667,13 @@ fn decide(
     let previous = wl.status.clone().unwrap_or_default();
     let installable = match grace {
         Some(_) => previous.installable.clone(),
-        None => judged
-            .installable(&wl.spec.platform)
-            .map(|f| InstallableFixes {
-                fix_set: f.short().to_owned(),
-                packages: i32::try_from(f.packages.len()).unwrap_or(i32::MAX),
-                advisories: i32::try_from(f.advisories.len()).unwrap_or(i32::MAX),
-                emergency: f.emergency,
-                due: f.due.map(time),
-            }),
+        None => judged.installable_now().map(|f| InstallableFixes {
+            fix_set: f.short().to_owned(),
+            packages: i32::try_from(f.packages.len()).unwrap_or(i32::MAX),
+            advisories: i32::try_from(f.advisories.len()).unwrap_or(i32::MAX),
+            emergency: f.emergency,
+            due: f.due.map(time),
+        }),
     };
     let standing = standing(wl, judged);
     let remediation = RemediationView {
@@ -803,17 +685,7 @@ fn decide(
         installable,
         record: tracked.record,
     };
-    let status = desired_status(
-        wl,
-        &judged.evaluation,
-        judged.chosen.as_ref(),
-        &judged.ignored_inventories,
-        template_status(wl, judged.template.as_deref()),
-        judged.policies.iter().map(|p| p.name_any()).collect(),
-        grace.is_some(),
-        remediation,
-        now,
-    );
+    let status = desired_status(wl, judged, grace.is_some(), remediation, now);
     let mut notices: Vec<Notice> = compliance_notice(&previous, &status).into_iter().collect();
     notices.extend(tracked.notices);
     let wake = [judged.evaluation.next_change, grace, tracked.wake_at]
@@ -856,7 +728,7 @@ async fn update_status(
         .chain(&status.policies)
         .cloned()
         .collect::<Vec<_>>();
-    triggers::workload_written(scope, wl, status, policies, &judged.exceptions);
+    triggers::workload_written(scope, wl, status, policies, &judged.inputs.exceptions);
     Ok(())
 }
 
@@ -935,43 +807,15 @@ async fn track_remediation(
     now: Timestamp,
 ) -> Result<Tracked, Error> {
     let previous = wl.status.as_ref().and_then(|s| s.remediation.as_ref());
-    let owned = wl
-        .metadata
-        .uid
-        .as_deref()
-        .map(|uid| scope.jobs_owned_by(ns, uid))
-        .unwrap_or_default();
-    let mut views = job_views(&owned);
-    // A Job created before Jobs carried their Workload generation stands
-    // for the current one (a refusal then waits for the next spec change).
-    for v in &mut views {
-        v.generation = v.generation.or(wl.metadata.generation);
-    }
+    let views = owned_job_views(scope, wl, ns);
     if previous.is_none() && views.is_empty() {
         return Ok(Tracked::default());
     }
-    // The settings of the policy that drives it, else of the one that
-    // created the current Job, else the defaults.
-    let recorded_policy = previous
-        .and_then(|r| r.policy.as_deref())
-        .and_then(|p| scope.policies.get(&ObjectRef::new(p).within(ns)));
-    let remediation = judged
-        .driving_policy()
-        .or(recorded_policy.as_ref())
-        .map(|p| p.spec.remediation.clone())
-        .unwrap_or_default();
-    // The Workload's own inventory only: a template's never verifies a fix.
-    let own = judged.chosen.as_ref().filter(|c| !c.provisional);
+    let remediation = remediation_settings(scope, ns, previous, judged);
     let mut input = ObserveInput {
         record: previous,
         jobs: &views,
-        inventory: own.and_then(|c| {
-            let first_seen = scope.subjects.read().ok()?.first_seen(&c.object)?;
-            Some(SeenInventory {
-                version: version_of(&c.object),
-                first_seen,
-            })
-        }),
+        inventory: seen_inventory(scope, judged),
         covered: None,
         failure: None,
         settings: OutcomeSettings::of(&remediation),
@@ -999,10 +843,57 @@ async fn track_remediation(
                 input.failure = Some(failure);
             }
             Observation::Lookup(Lookup::Coverage(job)) => {
-                input.covered = Some(covers(scope, ns, &job, judged, &wl.spec.platform));
+                input.covered = Some(covers(scope, ns, &job, judged));
             }
         }
     }
+}
+
+/// The remediation Jobs the Workload owns, as the outcome tracker sees
+/// them.
+fn owned_job_views(scope: &Scope, wl: &Workload, ns: &str) -> Vec<JobView> {
+    let owned = wl
+        .metadata
+        .uid
+        .as_deref()
+        .map(|uid| scope.jobs_owned_by(ns, uid))
+        .unwrap_or_default();
+    let mut views = job_views(&owned);
+    // A Job created before Jobs carried their Workload generation stands
+    // for the current one (a refusal then waits for the next spec change).
+    for v in &mut views {
+        v.generation = v.generation.or(wl.metadata.generation);
+    }
+    views
+}
+
+/// The remediation settings of the policy that drives the Workload, else of
+/// the one that created its current Job, else the defaults.
+fn remediation_settings(
+    scope: &Scope,
+    ns: &str,
+    previous: Option<&RemediationRecord>,
+    judged: &Judged,
+) -> Remediation {
+    let recorded_policy = previous
+        .and_then(|r| r.policy.as_deref())
+        .and_then(|p| scope.policies.get(&ObjectRef::new(p).within(ns)));
+    judged
+        .driving_policy()
+        .or(recorded_policy.as_ref())
+        .map(|p| p.spec.remediation.clone())
+        .unwrap_or_default()
+}
+
+/// The Workload's own inventory as verification sees it (a template's
+/// never verifies a fix): its version and when the controller first saw it.
+fn seen_inventory(scope: &Scope, judged: &Judged) -> Option<SeenInventory> {
+    let own = judged.chosen.as_ref().filter(|c| !c.provisional)?;
+    let first_seen = scope.subjects.read().ok()?.first_seen(&own.object)?;
+    Some(SeenInventory {
+        version: version_of(&own.object),
+        first_seen,
+    })
 }
 
 /// How a failed Job's Pod ended (the newest Pod the Job controls with a
@@ -1023,19 +914,19 @@ async fn pod_failure(client: &kube::Client, job: &Job) -> Result<PodFailure, kub
 /// version. A Job without one (made by a Patchloop that kept the list in a
 /// ConfigMap, which anyone who may write ConfigMaps could have replaced)
 /// counts as covered only when the evaluation shows no installable fix left.
-fn covers(scope: &Scope, ns: &str, job: &str, judged: &Judged, platform: &str) -> bool {
+fn covers(scope: &Scope, ns: &str, job: &str, judged: &Judged) -> bool {
     let job = scope.jobs.get(&ObjectRef::<Job>::new(job).within(ns));
     let Some(lines) = job
         .as_deref()
         .and_then(|j| jobs::contract_file(j, jobs::PACKAGES_FILE))
     else {
-        return judged.installable(platform).is_none();
+        return judged.installable_now().is_none();
     };
     let wanted = parse_package_lines(lines);
-    let (Some(packages), Ok(p)) = (&judged.packages, parse_platform(platform)) else {
+    let (Some(packages), Some(family)) = (&judged.packages, judged.inputs.family()) else {
         return false;
     };
-    gaps(&wanted, packages, p.family, false).is_empty()
+    gaps(&wanted, packages, family, false).is_empty()
 }
 
 /// The Event for a change of compliance state, if it deserves one.
@@ -1076,6 +967,7 @@ fn compliance_notice(previous: &WorkloadStatus, desired: &WorkloadStatus) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::evaluate::{self, Detail, Input};
 
     fn reason(conds: &[DesiredCondition], kind: &str) -> (String, String) {
         let c = conds
@@ -1113,8 +1005,12 @@ mod tests {
             ignored_inventories: Vec::new(),
             packages: None,
             template: None,
-            policies: Vec::new(),
-            exceptions: Vec::new(),
+            inputs: Inputs {
+                platform: crate::engine::version::parse_platform(&wl.spec.platform).ok(),
+                waiting: None,
+                policies: Vec::new(),
+                exceptions: Vec::new(),
+            },
         }
     }
 
@@ -1242,5 +1138,152 @@ mod tests {
             "{}",
             c.message
         );
+    }
+
+    fn workload(spec: serde_json::Value) -> Workload {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "patchloop.dev/v1alpha1", "kind": "Workload",
+            "metadata": {"name": "web-01", "namespace": "fleet", "generation": 2},
+            "spec": spec
+        }))
+        .expect("a Workload")
+    }
+
+    #[test]
+    fn the_template_revision_is_compared_with_the_published_one() {
+        let wl = workload(serde_json::json!({
+            "platform": "Debian:12", "templateRef": {"name": "base", "revision": 1}
+        }));
+        let (status, c) = template_status(&wl, None).expect("a templateRef");
+        assert_eq!((status.latest, status.current), (None, false));
+        assert_eq!(
+            (c.status, c.reason.as_str()),
+            (ConditionStatus::Unknown, "TemplateNotFound")
+        );
+        let mut t: Template = serde_json::from_value(serde_json::json!({
+            "apiVersion": "patchloop.dev/v1alpha1", "kind": "Template",
+            "metadata": {"name": "base", "namespace": "fleet"},
+            "spec": {"platform": "Debian:12", "image": "registry.example/base:1"}
+        }))
+        .expect("a Template");
+        let (status, c) = template_status(&wl, Some(&t)).expect("a templateRef");
+        assert_eq!(
+            (status.revision, status.latest, status.current),
+            (Some(1), Some(1), true)
+        );
+        assert_eq!(c.reason, "LatestRevision");
+        t.status = Some(crate::api::TemplateStatus {
+            revision: Some(3),
+            ..Default::default()
+        });
+        let (status, c) = template_status(&wl, Some(&t)).expect("a templateRef");
+        assert_eq!((status.latest, status.current), (Some(3), false));
+        assert_eq!(c.reason, "OlderRevision");
+        assert!(c.message.contains("the latest is 3"), "{}", c.message);
+        let unpinned = workload(serde_json::json!({
+            "platform": "Debian:12", "templateRef": {"name": "base"}
+        }));
+        let (status, _) = template_status(&unpinned, Some(&t)).expect("a templateRef");
+        assert_eq!((status.revision, status.current), (Some(3), true));
+        assert!(
+            template_status(
+                &workload(serde_json::json!({"platform": "Debian:12"})),
+                None
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn inventory_freshness_and_policy_conflicts_are_named() {
+        let inv: Inventory = serde_json::from_value(serde_json::json!({
+            "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
+            "metadata": {"name": "template-base-1", "namespace": "fleet"},
+            "spec": {"subject": {"kind": "Template", "name": "base", "revision": 1},
+                     "reportedAt": "2026-12-05T09:00:00Z", "format": "dpkg"}
+        }))
+        .expect("an Inventory");
+        let chosen = |provisional| ChosenInventory {
+            object: Arc::new(inv.clone()),
+            provisional,
+        };
+        let reason = |i: Option<&ChosenInventory>, fresh| {
+            inventory_fresh_condition("workload-web-01", i, fresh).reason
+        };
+        assert_eq!(reason(None, None), "NoInventory");
+        assert_eq!(reason(Some(&chosen(true)), Some(true)), "Provisional");
+        assert_eq!(reason(Some(&chosen(false)), Some(false)), "InventoryStale");
+        assert_eq!(reason(Some(&chosen(false)), Some(true)), "InventoryFresh");
+        let tie = RemediationChoice::Conflict(vec!["gold".into(), "silver".into()]);
+        let c = conflict_condition(&tie);
+        assert_eq!(
+            (c.status, c.reason.as_str()),
+            (ConditionStatus::True, "PriorityTie")
+        );
+        assert!(c.message.contains("gold, silver"), "{}", c.message);
+        assert_eq!(
+            conflict_condition(&RemediationChoice::Policy("gold".into())).reason,
+            "SinglePolicy"
+        );
+        assert_eq!(
+            conflict_condition(&RemediationChoice::None).reason,
+            "NoPolicy"
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_a_configuration_error_until_the_spec_changes() {
+        let record = RemediationRecord {
+            phase: Some(RemediationPhase::Refused),
+            job: Some("web-01-8e72485c01-1".into()),
+            attempt: 1,
+            message: Some("host key mismatch".into()),
+            ..Default::default()
+        };
+        let conds = remediation_conditions(Some(&record), Some(&fixes()), &Standing::NoPolicy);
+        assert_eq!(
+            reason(&conds, types::REMEDIATING),
+            ("False".into(), "Refused".into())
+        );
+        assert_eq!(
+            reason(&conds, types::REMEDIATION_REFUSED),
+            ("True".into(), "ConfigurationError".into())
+        );
+        // Nothing left to install: the refusal no longer drives Remediating.
+        let conds = remediation_conditions(Some(&record), None, &Standing::NoPolicy);
+        assert_eq!(reason(&conds, types::REMEDIATING).1, "NothingToInstall");
+        assert_eq!(reason(&conds, types::REMEDIATION_REFUSED).0, "True");
+    }
+
+    #[test]
+    fn an_invalid_target_makes_the_workload_not_ready() {
+        let wl = workload(serde_json::json!({
+            "platform": "Debian:12", "target": {"address": "not an address!"}
+        }));
+        let now: Timestamp = "2026-12-05T10:00:00Z".parse().expect("now");
+        let judged = judged_without_inventory(&wl, now);
+        let status = desired_status(&wl, &judged, false, RemediationView::default(), now);
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::READY)
+            .expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidTarget")
+        );
+        let types_in_order: Vec<&str> =
+            status.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(
+            types_in_order,
+            [
+                types::READY,
+                types::COMPLIANT,
+                types::INVENTORY_FRESH,
+                types::CONFLICT
+            ]
+        );
+        assert_eq!(status.inventory, None);
+        assert!(status.policies.is_empty());
     }
 }
