@@ -339,9 +339,9 @@ const _: () =
 fn drive<K, Fut>(
     controller: Controller<K>,
     triggers: futures::channel::mpsc::UnboundedReceiver<ObjectRef<K>>,
-    stop: impl Future<Output = ()> + Send + Sync + 'static,
+    stop: &Stop,
     reconcile: fn(Arc<K>, Arc<Scope>) -> Fut,
-    scope: Arc<Scope>,
+    scope: &Arc<Scope>,
 ) -> future::BoxFuture<'static, ()>
 where
     K: kube::Resource<DynamicType = ()>
@@ -379,8 +379,8 @@ where
     controller
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .reconcile_on(triggers)
-        .graceful_shutdown_on(stop)
-        .run(leading, retry_with_backoff, scope)
+        .graceful_shutdown_on(stop.signalled())
+        .run(leading, retry_with_backoff, Arc::clone(scope))
         .for_each(|r| {
             log_result(r.map(|(o, _)| o));
             future::ready(())
@@ -483,88 +483,64 @@ fn new_scope(
 /// The namespaced controllers of a scope, one per kind.
 fn controllers(
     scope: &Arc<Scope>,
-    writers: Writers,
-    streams: scope::TriggerStreams,
+    w: Writers,
+    s: scope::TriggerStreams,
     change_controller: Controller<ChangeRequest>,
     stop: &Stop,
 ) -> future::BoxFuture<'static, ()> {
-    let on = Arc::clone;
+    use OwnStatus::{Ignored, Reconciled};
     // A Workload's or an Inventory's own status write comes back through its
     // watch and asks for nothing: only a new generation or label set (or a
     // first sighting) does. Everything else they depend on wakes them
     // through triggers.
     let workloads = watched(
         scope,
-        (&scope.workloads, writers.workloads),
-        |_| {},
-        OwnStatus::Ignored,
+        (&scope.workloads, w.workloads),
+        triggers::on_workload_event,
+        Ignored,
     );
     let inventories = watched(
         scope,
-        (&scope.inventories, writers.inventories),
-        triggers::on_inventory_event(on(scope)),
-        OwnStatus::Ignored,
+        (&scope.inventories, w.inventories),
+        triggers::on_inventory_event,
+        Ignored,
     );
     let policies = watched(
         scope,
-        (&scope.policies, writers.policies),
-        triggers::on_policy_event(on(scope)),
-        OwnStatus::Reconciled,
+        (&scope.policies, w.policies),
+        triggers::on_policy_event,
+        Reconciled,
     );
     let exceptions = watched(
         scope,
-        (&scope.exceptions, writers.exceptions),
-        triggers::on_exception_event(on(scope)),
-        OwnStatus::Reconciled,
+        (&scope.exceptions, w.exceptions),
+        triggers::on_exception_event,
+        Reconciled,
     );
     let templates = watched(
         scope,
-        (&scope.templates, writers.templates),
-        triggers::on_template_event(on(scope)),
-        OwnStatus::Reconciled,
+        (&scope.templates, w.templates),
+        triggers::on_template_event,
+        Reconciled,
     );
     let runs = [
-        drive(
-            workloads,
-            streams.workloads,
-            stop.signalled(),
-            workload::reconcile,
-            on(scope),
-        ),
+        drive(workloads, s.workloads, stop, workload::reconcile, scope),
         drive(
             inventories,
-            streams.inventories,
-            stop.signalled(),
+            s.inventories,
+            stop,
             inventory::reconcile,
-            on(scope),
+            scope,
         ),
-        drive(
-            policies,
-            streams.policies,
-            stop.signalled(),
-            policy::reconcile,
-            on(scope),
-        ),
-        drive(
-            exceptions,
-            streams.exceptions,
-            stop.signalled(),
-            exception::reconcile,
-            on(scope),
-        ),
-        drive(
-            templates,
-            streams.templates,
-            stop.signalled(),
-            template::reconcile,
-            on(scope),
-        ),
+        drive(policies, s.policies, stop, policy::reconcile, scope),
+        drive(exceptions, s.exceptions, stop, exception::reconcile, scope),
+        drive(templates, s.templates, stop, template::reconcile, scope),
         drive(
             change_controller,
-            streams.change_requests,
-            stop.signalled(),
+            s.change_requests,
+            stop,
             change::reconcile,
-            on(scope),
+            scope,
         ),
     ];
     future::join_all(runs).map(|_| ()).boxed()
@@ -581,10 +557,10 @@ enum OwnStatus {
 /// A controller over `K`'s watch in the scope: the watch fills the scope's
 /// cache of `K` through `writer` and sends `K`'s wake-graph edges
 /// (`on_event`); its applied objects drive the controller.
-fn watched<K>(
-    scope: &Scope,
+fn watched<K, E>(
+    scope: &Arc<Scope>,
     (cache, writer): (&Store<K>, Writer<K>),
-    on_event: impl FnMut(&Event<K>) + Send + 'static,
+    edge: fn(Arc<Scope>) -> E,
     own_status: OwnStatus,
 ) -> Controller<K>
 where
@@ -595,9 +571,10 @@ where
         + Send
         + Sync
         + 'static,
+    E: FnMut(&Event<K>) + Send + 'static,
 {
     let api = scope::api_in(&scope.shared.client, scope.namespace.as_deref());
-    let applied = scope::reflect(api, writer, on_event);
+    let applied = scope::reflect(api, writer, edge(Arc::clone(scope)));
     let applied = match own_status {
         OwnStatus::Reconciled => applied.boxed(),
         OwnStatus::Ignored => applied

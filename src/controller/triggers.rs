@@ -403,6 +403,13 @@ pub fn exception_flipped(scope: &Scope, covered: &[Arc<Workload>]) {
     });
 }
 
+/// The watch edge of Workloads: none. What depends on a Workload's status
+/// is woken when it is written ([`workload_written`]); its spec and labels
+/// are read only by its own reconciler.
+pub fn on_workload_event(_: Arc<Scope>) -> impl FnMut(&Event<Workload>) + Send + 'static {
+    |_| {}
+}
+
 /// The watch edge of PatchPolicies: a changed spec or labels (or a
 /// deletion) changes what Workloads and Templates are judged against.
 pub fn on_policy_event(scope: Arc<Scope>) -> impl FnMut(&Event<PatchPolicy>) + Send + 'static {
