@@ -473,7 +473,7 @@ async fn write(
 ) -> Result<bool, Error> {
     let ns = cr.namespace().ok_or(Error::Missing("metadata.namespace"))?;
     let api: Api<ChangeRequest> = Api::namespaced(scope.shared.client.clone(), &ns);
-    super::write_status_if_unchanged(
+    super::write_status(
         &scope.shared,
         &api,
         &cr.name_any(),

@@ -193,6 +193,7 @@ async fn update_status(
         MANAGER,
         &decided.status,
         &previous,
+        None,
     )
     .await?;
     if decided.expired_now {

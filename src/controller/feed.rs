@@ -501,6 +501,7 @@ async fn update_status(
             MANAGER,
             &decided.status,
             &previous,
+            None,
         )
         .await?;
     }

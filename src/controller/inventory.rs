@@ -156,7 +156,17 @@ async fn update_status(
     let shared = &scope.shared;
     let api: Api<Inventory> = Api::namespaced(shared.client.clone(), ns);
     let name = inv.name_any();
-    write_status(shared, &api, &name, "inventory", MANAGER, status, &previous).await?;
+    write_status(
+        shared,
+        &api,
+        &name,
+        "inventory",
+        MANAGER,
+        status,
+        &previous,
+        None,
+    )
+    .await?;
     Ok(())
 }
 

@@ -327,36 +327,19 @@ impl<K> StatusObject for K where
 {
 }
 
-/// [`write_status_if_unchanged`] without a precondition: the status is
-/// written whatever changed since it was read.
-pub async fn write_status<K: StatusObject, S: serde::Serialize>(
-    shared: &Shared,
-    api: &Api<K>,
-    name: &str,
-    controller: &'static str,
-    manager: &str,
-    status: &S,
-    previous: &S,
-) -> Result<(), Error> {
-    write_status_if_unchanged(
-        shared, api, name, controller, manager, status, previous, None,
-    )
-    .await
-    .map(drop)
-}
-
 /// Server-side-applies `status` to the status subresource of `name` under
 /// the writer's own field manager, and counts the write. With
 /// `resource_version`, both writes carry it as a precondition and a
 /// conflict (the object changed since it was read: a stale cache) returns
-/// `false` instead of an error.
+/// `false` instead of an error; without, the status is written whatever
+/// changed since it was read (and the answer is always `true`).
 ///
 /// An object field that `previous` had and `status` drops is first removed
 /// with a merge patch: on 1.20 a server-side apply that stops sending an
 /// object field leaves it behind as `null`, which the schema then refuses
 /// on every later write.
 #[allow(clippy::too_many_arguments)]
-pub async fn write_status_if_unchanged<K: StatusObject, S: serde::Serialize>(
+pub async fn write_status<K: StatusObject, S: serde::Serialize>(
     shared: &Shared,
     api: &Api<K>,
     name: &str,

@@ -422,6 +422,7 @@ async fn update_status(
         MANAGER,
         status,
         &decided.previous,
+        None,
     )
     .await?;
     for (warning, reason, message) in &decided.events {

@@ -666,7 +666,7 @@ async fn update_status(
         ..previous
     };
     let name = t.name_any();
-    write_status(shared, &api, &name, "template", MANAGER, own, &mine).await?;
+    write_status(shared, &api, &name, "template", MANAGER, own, &mine, None).await?;
     Ok(true)
 }
 

@@ -716,7 +716,10 @@ async fn update_status(
     let shared = &scope.shared;
     let api: Api<Workload> = Api::namespaced(shared.client.clone(), ns);
     let name = wl.name_any();
-    write_status(shared, &api, &name, "workload", MANAGER, &status, &previous).await?;
+    write_status(
+        shared, &api, &name, "workload", MANAGER, &status, &previous, None,
+    )
+    .await?;
     let job_of = |s: &WorkloadStatus| s.remediation.as_ref().and_then(|r| r.job.clone());
     if job_of(&status).is_some() && job_of(&status) != job_of(&previous) {
         failpoint::exit_if(failpoint::EXIT_AFTER_REMEDIATION_RECORD);
