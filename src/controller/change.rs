@@ -37,11 +37,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
-use super::advisories::DataState;
 use super::scope::Scope;
 use super::template::{self as tpl, Current};
 use super::triggers;
-use super::{Error, InStep, failpoint, jobs, now, observed, requeue_at};
+use super::{Error, InStep, dereference, failpoint, jobs, now, observed, requeue_at};
 use crate::api::change_request::{
     ApprovalRecord, BuildResult, ChangeRequestPhase as Phase, ChangeRequestStatus, PhaseTimestamps,
     Scope as ChangeScope, TEMPLATE_LABEL, Verdict, VoidedDecision, result_inventory_name,
@@ -543,11 +542,7 @@ async fn reconcile_inner(cr: Arc<ChangeRequest>, scope: &Arc<Scope>) -> Result<A
     // scope nor the publication checks can be decided; a feed load wakes the
     // Template, which wakes its open request.
     if let Some(t) = &template
-        && let Ok(platform) = parse_platform(&t.spec.platform)
-        && let DataState::Waiting(until) = scope
-            .shared
-            .advisories
-            .data_state(platform.osv_ecosystem(), now)
+        && let Some(until) = dereference::advisories_loading(scope, &t.spec.platform, now)
     {
         return Ok(Action::requeue(requeue_at(Some(until), now, max_requeue)));
     }
@@ -735,14 +730,13 @@ fn needs(
             }),
     };
     if before && let (Some(t), Some(inputs)) = (template, &inputs) {
-        let Current { judged, .. } = tpl::judge_current(scope, t, ns, now);
+        let Current { judged, family, .. } = tpl::judge_current(scope, t, ns, now);
         needs.rule = judged.approval_rule();
         needs.wake = judged.evaluation.next_change;
         // Unknown keeps the last findings (no data is not "fixed another
         // way"), bound to the Template as it is now.
         needs.scope = needs.scope.map(|s| change::rebind(&s, inputs));
         if judged.evaluation.state != ComplianceState::Unknown {
-            let family = parse_platform(&t.spec.platform).ok().map(|p| p.family);
             let computed = family.and_then(|f| change::scope(&judged.evaluation, f, inputs));
             needs.emergency = computed.as_ref().is_some_and(|(_, e)| *e);
             needs.scope = computed.map(|(s, _)| s);

@@ -15,11 +15,12 @@
 //!   and the inventory reference ([`inventory_reference`]); the Workload and
 //!   Template statuses say these the same way.
 //!
-//! The workload and template reconcilers read through it, and so the
-//! change and remediation reconcilers do through `template::judge` and
-//! `workload::judge`; the change and inventory reconcilers and the wake
-//! graph still parse platforms themselves, and the wake graph builds a
-//! Workload's own subject by hand.
+//! The workload and template reconcilers read through it, the change and
+//! remediation reconcilers through `template::judge` and `workload::judge`;
+//! the change reconciler's start-up grace check is [`advisories_loading`],
+//! and the wake graph finds a Workload's inventory by [`workload_subject`].
+//! (The inventory reconciler and the wake graph parse a platform only for
+//! its family or ecosystem.)
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -102,6 +103,23 @@ pub struct Inputs {
     pub exceptions: Vec<Arc<PatchException>>,
 }
 
+/// Until when the advisory data of a (valid) `platform` is still loading at
+/// start-up: nothing about it can be decided before (the start-up grace).
+pub fn advisories_loading(scope: &Scope, platform: &str, now: Timestamp) -> Option<Timestamp> {
+    loading(scope, &parse_platform(platform).ok()?, now)
+}
+
+fn loading(scope: &Scope, platform: &Platform, now: Timestamp) -> Option<Timestamp> {
+    match scope
+        .shared
+        .advisories
+        .data_state(platform.osv_ecosystem(), now)
+    {
+        DataState::Waiting(until) => Some(until),
+        _ => None,
+    }
+}
+
 impl Inputs {
     /// Reads the inputs of a subject of namespace `ns` with `labels` and
     /// `spec.platform` `platform`.
@@ -113,12 +131,7 @@ impl Inputs {
         now: Timestamp,
     ) -> Self {
         let platform = parse_platform(platform).ok();
-        let waiting = platform.as_ref().and_then(|p| {
-            match scope.shared.advisories.data_state(p.osv_ecosystem(), now) {
-                DataState::Waiting(until) => Some(until),
-                _ => None,
-            }
-        });
+        let waiting = platform.as_ref().and_then(|p| loading(scope, p, now));
         Inputs {
             platform,
             waiting,

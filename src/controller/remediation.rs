@@ -401,7 +401,7 @@ async fn start_job(
     if judged.chosen.as_ref().is_none_or(|c| c.provisional) {
         return Ok(false);
     }
-    let Some(fixes) = judged.installable(&w.spec.platform) else {
+    let Some(fixes) = judged.installable_now() else {
         // Compliant since the status was written: nothing to do.
         return Ok(false);
     };

@@ -37,8 +37,9 @@ use kube::runtime::watcher::Event;
 use kube::runtime::{predicates, utils::Predicate};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::dereference;
 use super::scope::{self, Kind, Scope, SubjectIndex, SubjectKey, Wake};
-use crate::api::inventory::{InventorySubject, SubjectKind};
+use crate::api::inventory::SubjectKind;
 use crate::api::{
     ChangeRequest, Inventory, PatchException, PatchPolicy, Template, Workload, WorkloadStatus,
 };
@@ -221,11 +222,7 @@ impl Graph<'_> {
     /// a provisionally judged one on any change of its ecosystem.
     pub fn affected_workloads(&self, diff: &IndexDiff) -> Vec<ObjectRef<Workload>> {
         let touched = |eco: &str, w: &Workload, ns: &str| {
-            let subject = InventorySubject {
-                kind: SubjectKind::Workload,
-                name: w.name_any(),
-                revision: None,
-            };
+            let subject = dereference::workload_subject(w);
             scope::inventory_in(self.inventories, ns, &subject).is_some_and(|inv| {
                 parse_compact_list(inv.spec.format.into(), &inv.spec.packages).is_ok_and(|pkgs| {
                     pkgs.iter().any(|p| {

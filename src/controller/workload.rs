@@ -38,7 +38,6 @@ use crate::engine::outcome::{
     self, JobEnd, JobView, Lookup, Notice, Observation, ObserveInput, OutcomeSettings, PodFailure,
     SeenInventory,
 };
-use crate::engine::version::parse_platform;
 
 /// The field manager of Workload status.
 pub const MANAGER: &str = "patchloop-workload";
@@ -564,13 +563,6 @@ impl Judged {
     /// What a remediation Job would install now.
     pub fn installable_now(&self) -> Option<FixSet> {
         fix_set(&self.evaluation, self.inputs.family()?, Take::Installable)
-    }
-
-    /// What a remediation Job would install now on `platform` (parsed
-    /// again: [`Judged::installable_now`] uses the judged platform).
-    pub fn installable(&self, platform: &str) -> Option<FixSet> {
-        let family = parse_platform(platform).ok()?.family;
-        fix_set(&self.evaluation, family, Take::Installable)
     }
 }
 
