@@ -344,13 +344,7 @@ fn drive<K, Fut>(
     scope: &Arc<Scope>,
 ) -> future::BoxFuture<'static, ()>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: scope::Watched,
     Fut: Future<Output = Result<kube::runtime::controller::Action, super::Error>> + Send + 'static,
 {
     // Standbys keep their caches (the controllers' watches run) but skip
@@ -480,7 +474,9 @@ fn new_scope(
     (scope, writers, job_writer)
 }
 
-/// The namespaced controllers of a scope, one per kind.
+/// The namespaced controllers of a scope, one per kind: each kind's watch
+/// fills its cache, sends its wake-graph edge and drives its reconciler,
+/// which its trigger stream also wakes.
 fn controllers(
     scope: &Arc<Scope>,
     w: Writers,
@@ -489,59 +485,35 @@ fn controllers(
     stop: &Stop,
 ) -> future::BoxFuture<'static, ()> {
     use OwnStatus::{Ignored, Reconciled};
+    use triggers::{
+        on_exception_event, on_inventory_event, on_policy_event, on_template_event,
+        on_workload_event,
+    };
+    // One row per kind: (cache and trigger field, watch edge, whether its
+    // own status write reconciles it again, reconciler).
+    macro_rules! wired {
+        ($kind:ident, $edge:ident, $own:ident, $reconcile:path) => {
+            drive(
+                watched(scope, (&scope.$kind, w.$kind), $edge, $own),
+                s.$kind,
+                stop,
+                $reconcile,
+                scope,
+            )
+        };
+    }
     // A Workload's or an Inventory's own status write comes back through its
     // watch and asks for nothing: only a new generation or label set (or a
     // first sighting) does. Everything else they depend on wakes them
     // through triggers.
-    let workloads = watched(
-        scope,
-        (&scope.workloads, w.workloads),
-        triggers::on_workload_event,
-        Ignored,
-    );
-    let inventories = watched(
-        scope,
-        (&scope.inventories, w.inventories),
-        triggers::on_inventory_event,
-        Ignored,
-    );
-    let policies = watched(
-        scope,
-        (&scope.policies, w.policies),
-        triggers::on_policy_event,
-        Reconciled,
-    );
-    let exceptions = watched(
-        scope,
-        (&scope.exceptions, w.exceptions),
-        triggers::on_exception_event,
-        Reconciled,
-    );
-    let templates = watched(
-        scope,
-        (&scope.templates, w.templates),
-        triggers::on_template_event,
-        Reconciled,
-    );
+    #[rustfmt::skip]
     let runs = [
-        drive(workloads, s.workloads, stop, workload::reconcile, scope),
-        drive(
-            inventories,
-            s.inventories,
-            stop,
-            inventory::reconcile,
-            scope,
-        ),
-        drive(policies, s.policies, stop, policy::reconcile, scope),
-        drive(exceptions, s.exceptions, stop, exception::reconcile, scope),
-        drive(templates, s.templates, stop, template::reconcile, scope),
-        drive(
-            change_controller,
-            s.change_requests,
-            stop,
-            change::reconcile,
-            scope,
-        ),
+        wired!(workloads, on_workload_event, Ignored, workload::reconcile),
+        wired!(inventories, on_inventory_event, Ignored, inventory::reconcile),
+        wired!(policies, on_policy_event, Reconciled, policy::reconcile),
+        wired!(exceptions, on_exception_event, Reconciled, exception::reconcile),
+        wired!(templates, on_template_event, Reconciled, template::reconcile),
+        drive(change_controller, s.change_requests, stop, change::reconcile, scope),
     ];
     future::join_all(runs).map(|_| ()).boxed()
 }
@@ -564,13 +536,7 @@ fn watched<K, E>(
     own_status: OwnStatus,
 ) -> Controller<K>
 where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: scope::Watched + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     E: FnMut(&Event<K>) + Send + 'static,
 {
     let api = scope::api_in(&scope.shared.client, scope.namespace.as_deref());

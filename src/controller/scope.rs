@@ -541,6 +541,29 @@ where
     }
 }
 
+/// A kind a scope watches and caches.
+pub trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Runs a reflector for `K` feeding `writer`, calling `on_event` for every
 /// event after the cache saw it, and yields each object applied (listed,
 /// added or changed). One watch and one cache serve both the scope (which
@@ -553,13 +576,7 @@ pub fn reflect<K>(
     on_event: impl FnMut(&Event<K>) + Send + 'static,
 ) -> impl Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     reflect_lagging(api, WatcherConfig::default(), None, writer, on_event)
 }
@@ -574,13 +591,7 @@ pub fn reflect_lagging<K>(
     mut on_event: impl FnMut(&Event<K>) + Send + 'static,
 ) -> impl Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     watcher(api, config)
         .default_backoff()
