@@ -175,18 +175,20 @@ async fn create_inventories(client: &kube::Client, ns: &str) {
             let (api, pp, profiles, reported) = (&api, &pp, &profiles, &reported);
             async move {
                 let n = name(i);
+                // Only the canonical name speaks for a Workload.
+                let inventory = format!("workload-{n}");
                 let doc = json!({
                     "apiVersion": "patchloop.dev/v1alpha1", "kind": "Inventory",
-                    "metadata": {"name": n},
+                    "metadata": {"name": inventory},
                     "spec": {
                         "subject": {"kind": "Workload", "name": n},
                         "reporter": "bench", "reportedAt": reported, "format": "dpkg",
                         "packages": profiles[i % PROFILES],
                     }
                 });
-                api.patch(&n, pp, &Patch::Apply(&doc))
+                api.patch(&inventory, pp, &Patch::Apply(&doc))
                     .await
-                    .unwrap_or_else(|e| panic!("Inventory {n}: {e}"));
+                    .unwrap_or_else(|e| panic!("Inventory {inventory}: {e}"));
             }
         })
         .buffer_unordered(IN_FLIGHT)
