@@ -70,7 +70,9 @@ use patchloop::api::workload::RemediationPhase;
 use patchloop::api::{PatchPolicy, Workload};
 use serde_json::json;
 use support::executor::{self, OURS, label, unfinished};
-use support::objects::{FIXED_GLIBC, OLD_GLIBC, apply, fixture_feeds, inventory, policy, workload};
+use support::objects::{
+    FIXED_GLIBC, OLD_GLIBC, apply, fixture_feeds, policy, workload, workload_inventory,
+};
 use support::patchloop::Patchloop;
 
 const MAX_CONCURRENT: usize = 50;
@@ -383,7 +385,7 @@ async fn finish(
 ) -> Instant {
     own.add("PATCH", "batch", "jobs", "status");
     executor::patch_complete(client, ns, job, Some(start)).await;
-    let mut doc = inventory(workload, workload, FIXED_GLIBC);
+    let mut doc = workload_inventory(workload, FIXED_GLIBC);
     doc["spec"]["reportedAt"] = json!(now_rfc3339());
     own.add("APPLY", "patchloop.dev", "inventories", "");
     apply(client, ns, doc).await;
@@ -635,7 +637,7 @@ async fn one_run(
             async move {
                 let w = name(i);
                 apply(client, ns, workload(&w, json!({"tier": "bench"}))).await;
-                apply(client, ns, inventory(&w, &w, OLD_GLIBC)).await;
+                apply(client, ns, workload_inventory(&w, OLD_GLIBC)).await;
             }
         })
         .buffer_unordered(IN_FLIGHT)

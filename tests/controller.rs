@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams};
+use patchloop::api::policy::TemplateApproval;
 use patchloop::api::{PatchException, PatchPolicy, Workload};
 use serde_json::{Value, json};
 use support::objects::*;
@@ -21,7 +22,7 @@ async fn a_real_advisory_yields_exact_findings_and_a_fixed_inventory_clears_them
     fixture_feeds(&client, &label).await;
     apply(&client, &ns, policy("gold", json!({"tier": "gold"}), 100)).await;
     apply(&client, &ns, workload("web-01", json!({"tier": "gold"}))).await;
-    apply(&client, &ns, inventory("web-01", "web-01", OLD_GLIBC)).await;
+    apply(&client, &ns, workload_inventory("web-01", OLD_GLIBC)).await;
     let pl = Patchloop::start(env, &ns, &label, &[]).await;
 
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
@@ -59,7 +60,7 @@ async fn a_real_advisory_yields_exact_findings_and_a_fixed_inventory_clears_them
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(status.policies, ["gold"]);
 
-    apply(&client, &ns, inventory("web-01", "web-01", FIXED_GLIBC)).await;
+    apply(&client, &ns, workload_inventory("web-01", FIXED_GLIBC)).await;
     let status = support::eventually("web-01 to be Compliant", WAIT, async || {
         workload_status(&workloads, "web-01")
             .await
@@ -140,7 +141,7 @@ async fn equal_priorities_conflict_on_both_policies_and_the_workload() {
         workload("web-02", json!({"app": "shop", "tier": "gold"})),
     )
     .await;
-    apply(&client, &ns, inventory("web-02", "web-02", FIXED_GLIBC)).await;
+    apply(&client, &ns, workload_inventory("web-02", FIXED_GLIBC)).await;
     let _pl = Patchloop::start(env, &ns, &label, &[]).await;
 
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
@@ -192,7 +193,7 @@ async fn an_exception_stops_exempting_when_it_expires() {
         workload("erp-01", json!({"tier": "gold", "app": "erp"})),
     )
     .await;
-    apply(&client, &ns, inventory("erp-01", "erp-01", OLD_GLIBC)).await;
+    apply(&client, &ns, workload_inventory("erp-01", OLD_GLIBC)).await;
     let expires = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::from_secs(20))
         .expect("time");
@@ -403,7 +404,7 @@ async fn an_http_feed_change_reevaluates_only_affected_workloads_and_bad_data_is
         ("zlib-2", &zlib[..]),
     ] {
         apply(&client, &ns, workload(name, json!({"app": name}))).await;
-        apply(&client, &ns, inventory(name, name, pkgs)).await;
+        apply(&client, &ns, workload_inventory(name, pkgs)).await;
     }
     let pl = Patchloop::start(env, &ns, &label, &[]).await;
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
@@ -575,7 +576,7 @@ async fn a_due_date_passing_makes_a_finding_overdue_without_polling() {
     apply(
         &client,
         &ns,
-        inventory("db-01", "db-01", &["libssl3 3.0.15-1~deb12u1 openssl"]),
+        workload_inventory("db-01", &["libssl3 3.0.15-1~deb12u1 openssl"]),
     )
     .await;
     let pl = Patchloop::start(env, &ns, &label, &[]).await;
@@ -650,7 +651,7 @@ async fn a_restart_without_advisory_data_keeps_compliance_for_the_grace_period_t
     fixture_feeds(&client, &label).await;
     apply(&client, &ns, policy("gold", json!({}), 1)).await;
     apply(&client, &ns, workload("app-01", json!({}))).await;
-    apply(&client, &ns, inventory("app-01", "app-01", OLD_GLIBC)).await;
+    apply(&client, &ns, workload_inventory("app-01", OLD_GLIBC)).await;
     let pl = Patchloop::start(env, &ns, &label, &[]).await;
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
     support::eventually("app-01 Overdue", WAIT, async || {
@@ -729,11 +730,7 @@ async fn a_controller_restart_loses_nothing_and_changes_nothing() {
         apply(
             &client,
             &ns,
-            inventory(
-                &name,
-                &name,
-                if i % 2 == 0 { OLD_GLIBC } else { FIXED_GLIBC },
-            ),
+            workload_inventory(&name, if i % 2 == 0 { OLD_GLIBC } else { FIXED_GLIBC }),
         )
         .await;
     }
@@ -831,7 +828,7 @@ async fn every_kind_observes_each_edit_of_its_spec() {
     apply(
         &client,
         &ns,
-        template_policy("gold", json!({"tier": "gold"}), "Required"),
+        template_policy("gold", json!({"tier": "gold"}), TemplateApproval::Required),
     )
     .await;
     apply(
@@ -840,7 +837,7 @@ async fn every_kind_observes_each_edit_of_its_spec() {
         workload("web-01", json!({"tier": "gold", "app": "erp"})),
     )
     .await;
-    apply(&client, &ns, inventory("web-01", "web-01", OLD_GLIBC)).await;
+    apply(&client, &ns, workload_inventory("web-01", OLD_GLIBC)).await;
     apply(
         &client,
         &ns,

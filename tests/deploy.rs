@@ -721,7 +721,7 @@ async fn the_controller_does_its_job_with_the_charts_identity(
     fixture_feeds(&client, &label).await;
     apply(&client, ns, remediating_policy("gold", "gold")).await;
     apply(&client, ns, workload("web-00", json!({"tier": "gold"}))).await;
-    apply(&client, ns, inventory("web-00", "web-00", OLD_GLIBC)).await;
+    apply(&client, ns, workload_inventory("web-00", OLD_GLIBC)).await;
 
     let sa_name = deployment["spec"]["template"]["spec"]["serviceAccountName"]
         .as_str()
@@ -828,7 +828,7 @@ async fn the_controller_does_its_job_with_the_charts_identity(
     .await;
 
     executor::complete(&client, ns, &job_name, None).await;
-    apply(&client, ns, inventory("web-00", "web-00", FIXED_GLIBC)).await;
+    apply(&client, ns, workload_inventory("web-00", FIXED_GLIBC)).await;
     controller_achieves("the fix verified", LONG_WAIT, &log, async || {
         let s = workload_status(&workloads, "web-00").await?;
         (s.remediation.as_ref().and_then(|r| r.phase) == Some(RemediationPhase::Verified)
@@ -866,7 +866,7 @@ async fn the_controller_does_its_job_with_the_charts_identity(
     .await;
     // A failed Job: its Pod's termination message (a Pod list) explains it.
     apply(&client, ns, workload("web-01", json!({"tier": "gold"}))).await;
-    apply(&client, ns, inventory("web-01", "web-01", OLD_GLIBC)).await;
+    apply(&client, ns, workload_inventory("web-01", OLD_GLIBC)).await;
     let failing = controller_achieves("a Job for web-01", LONG_WAIT, &log, async || {
         executor::jobs(&client, ns)
             .await

@@ -236,7 +236,7 @@ async fn one_replica_leads_and_a_standby_takes_over() {
     // Only the leader reconciles and writes.
     for w in ["web-01", "web-02"] {
         apply(&client, &ns, workload(w, json!({"tier": "gold"}))).await;
-        apply(&client, &ns, inventory(w, w, OLD_GLIBC)).await;
+        apply(&client, &ns, workload_inventory(w, OLD_GLIBC)).await;
     }
     apply(&client, &ns, template("base", json!({"tier": "gold"}))).await;
     apply(
@@ -283,7 +283,7 @@ async fn one_replica_leads_and_a_standby_takes_over() {
     // The new leader does the work: one Job for a new Workload, none again
     // for the others.
     apply(&client, &ns, workload("web-03", json!({"tier": "gold"}))).await;
-    apply(&client, &ns, inventory("web-03", "web-03", OLD_GLIBC)).await;
+    apply(&client, &ns, workload_inventory("web-03", OLD_GLIBC)).await;
     let after = support::eventually("web-03's Job from the new leader", WAIT, async || {
         let now = written(&client, &ns).await;
         (now.0.len() > before.0.len()).then_some(now)

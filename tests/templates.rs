@@ -16,6 +16,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use patchloop::api::change_request::ChangeRequestPhase;
 use patchloop::api::inventory::{InventorySubject, SubjectKind};
+use patchloop::api::policy::TemplateApproval;
 use patchloop::api::{ChangeRequest, PatchPolicy, Template, Workload};
 use patchloop::controller::jobs::contract_file;
 use serde_json::{Value, json};
@@ -376,7 +377,7 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
     apply(
         &client,
         &ns,
-        template_policy("gold", json!({"tier": "gold"}), "Required"),
+        template_policy("gold", json!({"tier": "gold"}), TemplateApproval::Required),
     )
     .await;
     apply(&client, &ns, template("base", json!({"tier": "gold"}))).await;
@@ -396,7 +397,7 @@ async fn an_approved_request_builds_tests_and_publishes_the_next_revision() {
     apply(
         &client,
         &ns,
-        inventory("web-01", "web-01", &[OPENSSH_FIXED, BASH]),
+        workload_inventory("web-01", &[OPENSSH_FIXED, BASH]),
     )
     .await;
     let pl = Patchloop::start(env, &ns, &label, &[]).await;
@@ -771,7 +772,7 @@ async fn a_failed_test_leaves_the_published_image_and_fails_the_request() {
     apply(
         &client,
         &ns,
-        template_policy("auto", json!({}), "Automatic"),
+        template_policy("auto", json!({}), TemplateApproval::Automatic),
     )
     .await;
     apply(&client, &ns, template("base", json!({}))).await;
@@ -907,7 +908,7 @@ async fn failed_builds_and_unpublishable_images_leave_the_template_as_it_was() {
     apply(
         &client,
         &ns,
-        template_policy("auto", json!({}), "Automatic"),
+        template_policy("auto", json!({}), TemplateApproval::Automatic),
     )
     .await;
     // Three templates needing the openssh fix, rebuilt at once; each build
@@ -1034,7 +1035,7 @@ async fn automatic_for_emergency_builds_critical_fixes_and_waits_for_medium_ones
     apply(
         &client,
         &ns,
-        template_policy("gold", json!({}), "AutomaticForEmergency"),
+        template_policy("gold", json!({}), TemplateApproval::AutomaticForEmergency),
     )
     .await;
     apply(&client, &ns, template("medium", json!({}))).await;
@@ -1101,7 +1102,12 @@ async fn a_scope_change_voids_the_approval_and_late_advisories_wait_for_the_next
         ],
     )
     .await;
-    apply(&client, &ns, template_policy("gold", json!({}), "Required")).await;
+    apply(
+        &client,
+        &ns,
+        template_policy("gold", json!({}), TemplateApproval::Required),
+    )
+    .await;
     apply(&client, &ns, template("base", json!({}))).await;
     apply(
         &client,
@@ -1241,7 +1247,7 @@ async fn a_rejection_stands_until_the_findings_change_and_requests_outlive_their
     let label = support::random_suffix();
     fixture_feeds(&client, &label).await;
     // An inventory far older than inventoryMaxAge: images do not age.
-    let mut gold = template_policy("gold", json!({}), "Required");
+    let mut gold = template_policy("gold", json!({}), TemplateApproval::Required);
     gold["spec"]["inventoryMaxAge"] = json!("1s");
     apply(&client, &ns, gold).await;
     apply(&client, &ns, template("base", json!({}))).await;
@@ -1411,7 +1417,12 @@ async fn an_approval_covers_the_template_as_reviewed_once_and_never_returns() {
     let ns = env.namespace("tpl-approval").await;
     let label = support::random_suffix();
     fixture_feeds(&client, &label).await;
-    apply(&client, &ns, template_policy("gold", json!({}), "Required")).await;
+    apply(
+        &client,
+        &ns,
+        template_policy("gold", json!({}), TemplateApproval::Required),
+    )
+    .await;
     apply(&client, &ns, template("base", json!({}))).await;
     apply(
         &client,
@@ -1558,7 +1569,12 @@ async fn restarts_at_every_phase_never_duplicate_requests_or_jobs() {
     let ns = env.namespace("tpl-restart").await;
     let label = support::random_suffix();
     fixture_feeds(&client, &label).await;
-    apply(&client, &ns, template_policy("gold", json!({}), "Required")).await;
+    apply(
+        &client,
+        &ns,
+        template_policy("gold", json!({}), TemplateApproval::Required),
+    )
+    .await;
     apply(&client, &ns, template("base", json!({}))).await;
     apply(
         &client,
@@ -1719,7 +1735,12 @@ async fn closed_requests_beyond_the_retention_go_with_their_results() {
     let ns = env.namespace("tpl-retention").await;
     let label = support::random_suffix();
     fixture_feeds(&client, &label).await;
-    apply(&client, &ns, template_policy("gold", json!({}), "Required")).await;
+    apply(
+        &client,
+        &ns,
+        template_policy("gold", json!({}), TemplateApproval::Required),
+    )
+    .await;
     let mut t = template("base", json!({}));
     t["spec"]["keepClosedChangeRequests"] = json!(2);
     apply(&client, &ns, t).await;

@@ -12,6 +12,7 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use patchloop::api::change_request::ChangeRequestPhase;
 use patchloop::api::inventory::{InventorySubject, SubjectKind};
+use patchloop::api::policy::TemplateApproval;
 use patchloop::api::{ChangeRequest, Inventory, Template};
 use serde_json::{Value, json};
 
@@ -76,7 +77,12 @@ async fn setup(prefix: &str) -> (kube::Client, String, String, Patchloop, String
     let ns = env.namespace(prefix).await;
     let label = support::random_suffix();
     fixture_feeds(&client, &label).await;
-    apply(&client, &ns, template_policy("gold", json!({}), "Required")).await;
+    apply(
+        &client,
+        &ns,
+        template_policy("gold", json!({}), TemplateApproval::Required),
+    )
+    .await;
     apply(&client, &ns, template("base", json!({}))).await;
     apply(
         &client,

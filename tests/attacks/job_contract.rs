@@ -10,7 +10,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use patchloop::api::inventory::{InventorySubject, SubjectKind};
 use patchloop::api::workload::RemediationPhase;
 use patchloop::api::{PatchPolicy, Workload, WorkloadStatus};
 use patchloop::controller::jobs::{CONTRACT_ANNOTATION_PREFIX, contract_file};
@@ -23,16 +22,6 @@ use crate::support::patchloop::Patchloop;
 use crate::support::{self, TestEnv};
 
 const WORKLOAD_LABEL: &str = "patchloop.dev/workload";
-
-/// The canonical Inventory of Workload `name`.
-fn inventory_of(name: &str) -> Value {
-    let subject = InventorySubject {
-        kind: SubjectKind::Workload,
-        name: name.to_owned(),
-        revision: None,
-    };
-    inventory(&subject.canonical_inventory_name(), name, OLD_GLIBC)
-}
 
 /// A Workload of tier `gold` with `target`, as its author writes it.
 fn workload_with(name: &str, target: Value) -> Value {
@@ -213,12 +202,7 @@ async fn job_of(client: &kube::Client, ns: &str, name: &str) -> Job {
 /// working script would, and waits for the fix to be verified.
 async fn remediate(client: &kube::Client, ns: &str, job: &Job, name: &str) {
     executor::complete(client, ns, &job.name_any(), None).await;
-    let subject = InventorySubject {
-        kind: SubjectKind::Workload,
-        name: name.to_owned(),
-        revision: None,
-    };
-    let mut fixed = inventory(&subject.canonical_inventory_name(), name, FIXED_GLIBC);
+    let mut fixed = workload_inventory(name, FIXED_GLIBC);
     fixed["spec"]["reportedAt"] = json!(patchloop::controller::now().to_string());
     apply(client, ns, fixed).await;
     let workloads: Api<Workload> = Api::namespaced(client.clone(), ns);
@@ -347,7 +331,7 @@ async fn a_workload_author_cannot_expand_the_job_templates_env_or_secrets() {
     let mut evil: Vec<&str> = tricked.iter().map(|(n, _)| *n).collect();
     evil.push("evil-patched");
     for name in evil.iter().chain(["honest"].iter()) {
-        apply(&client, &ns, inventory_of(name)).await;
+        apply(&client, &ns, workload_inventory(name, OLD_GLIBC)).await;
     }
 
     let sentinels = Sentinels::new();
@@ -435,7 +419,7 @@ async fn a_config_map_named_like_the_next_job_changes_nothing() {
     .await;
     identity::assert_cannot_read_secrets(&writer, &ns).await;
     apply(&client, &ns, workload("web-01", json!({"tier": "gold"}))).await;
-    apply(&client, &ns, inventory_of("web-01")).await;
+    apply(&client, &ns, workload_inventory("web-01", OLD_GLIBC)).await;
     let sentinels = Sentinels::new();
     policy_with_secrets(
         &client,

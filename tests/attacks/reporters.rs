@@ -164,7 +164,7 @@ async fn forged_reporters_under_other_names_change_no_verdict() {
     apply(&admin, &ns, policy("gold", json!({"tier": "gold"}), 100)).await;
     for w in ["web-01", "web-02"] {
         apply(&admin, &ns, workload(w, json!({"tier": "gold"}))).await;
-        apply(&admin, &ns, inventory(w, w, OLD_GLIBC)).await;
+        apply(&admin, &ns, workload_inventory(w, OLD_GLIBC)).await;
     }
     // A machine judged by its template revision's (provisional) Inventory.
     apply(&admin, &ns, template("base", json!({"tier": "gold"}))).await;
@@ -332,7 +332,7 @@ async fn a_node_agent_limited_to_its_node_cannot_touch_another_nodes_inventory()
     fixture_feeds(&admin, &label).await;
     apply(&admin, &ns, policy("gold", json!({"tier": "gold"}), 100)).await;
     apply(&admin, &ns, workload("node-b", json!({"tier": "gold"}))).await;
-    apply(&admin, &ns, inventory("node-b", "node-b", OLD_GLIBC)).await;
+    apply(&admin, &ns, workload_inventory("node-b", OLD_GLIBC)).await;
     let _pl = Patchloop::start(env, &ns, &label, &[]).await;
     let workloads: Api<Workload> = Api::namespaced(admin.clone(), &ns);
     support::eventually("node-b Overdue", WAIT, async || {
@@ -359,7 +359,7 @@ async fn a_node_agent_limited_to_its_node_cannot_touch_another_nodes_inventory()
     let agent = identity::with_rules(&ns, "agent-a", rules).await;
     identity::assert_cannot_read_secrets(&agent, &ns).await;
     // Its own node's Inventory: allowed (created, then patched).
-    let own = inventory("node-a", "node-a", FIXED_GLIBC);
+    let own = workload_inventory("node-a", FIXED_GLIBC);
     apply_as(&agent, &ns, &own)
         .await
         .expect("the agent creates its own node's Inventory");
@@ -432,7 +432,7 @@ async fn verification_takes_no_forged_reporter_and_no_client_sent_write_time() {
     )
     .await;
     apply(&admin, &ns, workload("web-01", json!({"tier": "gold"}))).await;
-    apply(&admin, &ns, inventory("web-01", "web-01", OLD_GLIBC)).await;
+    apply(&admin, &ns, workload_inventory("web-01", OLD_GLIBC)).await;
     let _pl = Patchloop::start(env, &ns, &label, &[]).await;
     let workloads: Api<Workload> = Api::namespaced(admin.clone(), &ns);
     let job = support::eventually("the remediation Job", WAIT, async || {

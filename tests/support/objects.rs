@@ -4,17 +4,23 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Api;
 use kube::api::ListParams;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use patchloop::api::change_request::TEMPLATE_LABEL;
 use patchloop::api::common::Duration as ApiDuration;
+use patchloop::api::common::Severity;
 use patchloop::api::feed::FeedSource;
 use patchloop::api::inventory::{InventorySubject, PackageFormat, SubjectKind};
+use patchloop::api::policy::{
+    Deadlines, EmergencyRule, ExceptionLimits, FixApproval, MaintenanceWindow, Remediation,
+    RemediationMode, TemplateApproval, TemplatePolicy,
+};
 use patchloop::api::{
-    AdvisoryFeed, AdvisoryFeedSpec, ChangeRequest, Inventory, InventorySpec, Template,
-    TemplateSpec, Workload, WorkloadSpec,
+    AdvisoryFeed, AdvisoryFeedSpec, ChangeRequest, Inventory, InventorySpec, PatchPolicy,
+    PatchPolicySpec, Template, TemplateSpec, Workload, WorkloadSpec,
 };
 use serde_json::{Value, json};
 
@@ -110,18 +116,6 @@ pub fn feed(name: &str, label: &str, format: &str, path: &str) -> Value {
     manifest(&feed)
 }
 
-/// The Inventory of Workload `workload`, under its canonical name
-/// (`workload-<workload>`: the only one the controller reads for it). The
-/// first argument is kept for existing callers and not used.
-pub fn inventory(_name: &str, workload: &str, packages: &[&str]) -> Value {
-    let subject = InventorySubject {
-        kind: SubjectKind::Workload,
-        name: workload.to_owned(),
-        revision: None,
-    };
-    dpkg_inventory(subject, "test", packages, "2026-11-24T08:00:00Z")
-}
-
 /// A dpkg Inventory of `subject` under its canonical name.
 fn dpkg_inventory(
     subject: InventorySubject,
@@ -159,14 +153,40 @@ pub fn workload(name: &str, labels: Value) -> Value {
     manifest(&workload)
 }
 
+/// A PatchPolicy selecting `selector` (a JSON object of labels) with the
+/// tests' deadlines (critical 3d, known-exploited 2d) and an inventory
+/// max age no fixture reaches; it reports and never remediates.
 pub fn policy(name: &str, selector: Value, priority: i32) -> Value {
-    json!({
-        "apiVersion": "patchloop.dev/v1alpha1", "kind": "PatchPolicy",
-        "metadata": {"name": name},
-        "spec": {"selector": {"matchLabels": selector}, "priority": priority,
-                 "deadlines": {"critical": "3d", "high": "7d", "medium": "30d", "low": "90d", "unknown": "30d"},
-                 "knownExploited": "2d", "inventoryMaxAge": "3650d"}
-    })
+    manifest(&typed_policy(name, selector, priority))
+}
+
+fn typed_policy(name: &str, selector: Value, priority: i32) -> PatchPolicy {
+    let days = |d: &str| ApiDuration(d.to_owned());
+    PatchPolicy::new(
+        name,
+        PatchPolicySpec {
+            selector: LabelSelector {
+                match_labels: Some(from_json(selector, "labels")),
+                match_expressions: None,
+            },
+            priority,
+            deadlines: Deadlines {
+                critical: days("3d"),
+                high: days("7d"),
+                medium: days("30d"),
+                low: days("90d"),
+                unknown: days("30d"),
+            },
+            known_exploited: Some(days("2d")),
+            inventory_max_age: days("3650d"),
+            approval: FixApproval::default(),
+            exceptions: ExceptionLimits::default(),
+            maintenance_windows: Vec::new(),
+            emergency: None,
+            remediation: Remediation::default(),
+            templates: TemplatePolicy::default(),
+        },
+    )
 }
 
 pub const OLD_GLIBC: &[&str] = &[
@@ -243,21 +263,32 @@ pub fn condition_reason<'a>(
         .map(|c| c.reason.as_str())
 }
 
-/// A PatchPolicy that remediates `tier`, always inside a window, with
-/// `remediation` fields merged over the defaults of these tests.
+/// A PatchPolicy that remediates `tier`, always inside a window, one
+/// Workload at a time without canary, with `remediation` fields (a JSON
+/// object in the API's spelling) merged over those settings.
 pub fn remediating_policy(name: &str, tier: &str, remediation: Value) -> Value {
-    let mut p = policy(name, json!({"tier": tier}), 100);
-    p["spec"]["maintenanceWindows"] = json!([{"schedule": "* * * * *", "duration": "2h"}]);
-    let mut r = json!({
-        "mode": "Remediate", "maxConcurrent": 1, "canary": 0, "maxFailures": 2, "attempts": 1,
-        "jobTemplate": {"spec": {"template": {"spec": {
+    let mut policy = typed_policy(name, json!({"tier": tier}), 100);
+    policy.spec.maintenance_windows = vec![MaintenanceWindow {
+        schedule: "* * * * *".to_owned(),
+        duration: ApiDuration("2h".to_owned()),
+        time_zone: "UTC".to_owned(),
+    }];
+    policy.spec.remediation = Remediation {
+        mode: RemediationMode::Remediate,
+        canary: 0,
+        attempts: 1,
+        job_template: Some(json!({"spec": {"template": {"spec": {
             "containers": [{"name": "patch", "image": "debian:12", "command": ["/scripts/patch.sh"]}]
-        }}}}
-    });
-    if let (Some(r), Some(extra)) = (r.as_object_mut(), remediation.as_object()) {
+        }}}})),
+        ..Remediation::default()
+    };
+    let mut p = manifest(&policy);
+    if let (Some(r), Some(extra)) = (
+        p["spec"]["remediation"].as_object_mut(),
+        remediation.as_object(),
+    ) {
         r.extend(extra.clone());
     }
-    p["spec"]["remediation"] = r;
     p
 }
 
@@ -305,11 +336,14 @@ pub fn template_inventory(template: &str, packages: &[&str], reported_at: &str) 
 
 /// A PatchPolicy that also governs templates, with `approval` for their
 /// rebuilds and critical findings as its emergencies.
-pub fn template_policy(name: &str, selector: Value, approval: &str) -> Value {
-    let mut p = policy(name, selector, 10);
-    p["spec"]["templates"] = json!({"approval": approval});
-    p["spec"]["emergency"] = json!({"severities": ["critical"]});
-    p
+pub fn template_policy(name: &str, selector: Value, approval: TemplateApproval) -> Value {
+    let mut policy = typed_policy(name, selector, 10);
+    policy.spec.templates = TemplatePolicy { approval };
+    policy.spec.emergency = Some(EmergencyRule {
+        severities: vec![Severity::Critical],
+        known_exploited: false,
+    });
+    manifest(&policy)
 }
 
 /// The ChangeRequests of a Template (found by its label), oldest first.
@@ -325,9 +359,14 @@ pub async fn requests(client: &kube::Client, ns: &str, template: &str) -> Vec<Ch
 }
 
 /// A Workload's own Inventory, under the one name that may speak for it
-/// (`InventorySubject::canonical_inventory_name`).
+/// (`InventorySubject::canonical_inventory_name`: `workload-<workload>`).
 pub fn workload_inventory(workload: &str, packages: &[&str]) -> Value {
-    inventory(workload, workload, packages)
+    let subject = InventorySubject {
+        kind: SubjectKind::Workload,
+        name: workload.to_owned(),
+        revision: None,
+    };
+    dpkg_inventory(subject, "test", packages, "2026-11-24T08:00:00Z")
 }
 
 /// The label and annotation the wake helpers set; nothing selects on it.
