@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prepares a real Kubernetes 1.20.2 control plane (etcd, kube-apiserver,
-# kube-controller-manager) for the integration tests, from Debian's own
-# packages: no download of prebuilt binaries is possible on these machines.
+# kube-controller-manager) and a real node (kube-scheduler, kubelet,
+# containerd, runc, CNI plugins, local images: scripts/node-images.sh) for
+# the integration tests, from Debian's own packages: no download of prebuilt
+# binaries is possible on these machines.
 #
 # Idempotent: the built binaries are cached under $PATCHLOOP_CACHE
 # (default: ${XDG_CACHE_HOME:-$HOME/.cache}/patchloop), keyed by version, so a
@@ -15,6 +17,8 @@ K8S_SOURCE_VERSION="1.20.5+really1.20.2"
 K8S_VERSION="1.20.2"
 CACHE="${PATCHLOOP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/patchloop}"
 BIN_DIR="$CACHE/k8s-$K8S_VERSION/bin"
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+PAUSE_SOURCE="$CACHE/k8s-$K8S_VERSION/src/pause.c"
 
 log() { echo "testenv: $*" >&2; }
 
@@ -76,14 +80,24 @@ build_kubernetes() {
   fi
   mkdir -p "$tree/.go/src/k8s.io"
   [ -e "$tree/.go/src/k8s.io/kubernetes" ] || ln -s ../../.. "$tree/.go/src/k8s.io/kubernetes"
-  log "building kube-apiserver and kube-controller-manager (about 5 minutes on 2 cores)"
+  # One make run for all four: the source is fetched and unpacked once.
+  log "building ${K8S_BINARIES[*]} (about 10 minutes on 2 cores)"
+  local what=()
+  for bin in "${K8S_BINARIES[@]}"; do what+=("cmd/$bin"); done
   (cd "$tree" && GOPATH="$tree/.go" GO111MODULE=off CGO_ENABLED=0 GOFLAGS= \
-    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >&2)
+    make WHAT="${what[*]}" >&2)
   mkdir -p "$BIN_DIR"
   local out
-  out=$(find "$tree/_output" -type f -name kube-apiserver -path '*bin*' | head -n1)
-  cp "$out" "$(dirname "$out")/kube-controller-manager" "$BIN_DIR/"
-  rm -rf "$work"   # the tree is ~1 GB; the two binaries are all we keep
+  out=$(dirname "$(find "$tree/_output" -type f -name kube-apiserver -path '*bin*' | head -n1)")
+  # Copy, then rename: a running test may be executing the old binary.
+  for bin in "${K8S_BINARIES[@]}"; do
+    cp "$out/$bin" "$BIN_DIR/.$bin.new"
+    mv "$BIN_DIR/.$bin.new" "$BIN_DIR/$bin"
+  done
+  # The node's pause image is compiled from this tree's source (scripts/node-images.sh).
+  mkdir -p "$(dirname "$PAUSE_SOURCE")"
+  cp "$tree/build/pause/linux/pause.c" "$PAUSE_SOURCE"
+  rm -rf "$work"   # the tree and its Go cache are ~2.7 GB; the binaries are all we keep
 }
 
 main() {
@@ -95,13 +109,23 @@ main() {
   if ! command -v kubectl >/dev/null 2>&1; then
     apt_install kubernetes-client
   fi
-  if [ ! -x "$BIN_DIR/kube-apiserver" ] || [ ! -x "$BIN_DIR/kube-controller-manager" ]; then
-    build_kubernetes
-  fi
+  # The real node (tests/support/node.rs): Debian's containerd, runc and CNI
+  # plugins (the system containerd is never started: the harness runs its
+  # own), iproute2 for its bridge and the test machines' namespaces, socat
+  # for the `kubernetes` Service (Pods reach the apiserver through it),
+  # debootstrap for the images' Debian root. Only missing packages are
+  # installed: naming an installed one would upgrade it on the host.
+  apt_install containerd runc containernetworking-plugins iproute2 debootstrap socat
+  local built=1 bin
+  for bin in "${K8S_BINARIES[@]}"; do [ -x "$BIN_DIR/$bin" ] || built=0; done
+  [ -f "$PAUSE_SOURCE" ] || built=0
+  [ "$built" -eq 1 ] || build_kubernetes
+  "$(dirname "$0")/node-images.sh" >&2
   "$BIN_DIR/kube-apiserver" --version >&2
   if [ "${1:-}" = "--print-env" ]; then
     echo "export PATCHLOOP_K8S_BIN=$BIN_DIR"
     echo "export PATCHLOOP_ETCD=$(command -v etcd || echo /usr/bin/etcd)"
+    echo "export PATCHLOOP_NODE_IMAGES=$("$(dirname "$0")/node-images.sh" --print-dir)"
   else
     echo "$BIN_DIR"
   fi

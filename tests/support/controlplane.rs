@@ -4,12 +4,13 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
 
+use super::node::{self, Credentials, Network, Node};
 use super::process::{self, ManagedChild};
 use super::{crds, kubeconfig};
 
@@ -27,6 +28,7 @@ pub const ADMIN_USER: &str = "patchloop-admin";
 /// Where the binaries are, from `scripts/testenv.sh --print-env` or the same defaults.
 #[derive(Debug, Clone)]
 pub struct Binaries {
+    pub k8s_bin: PathBuf,
     pub etcd: PathBuf,
     pub kube_apiserver: PathBuf,
     pub kube_controller_manager: PathBuf,
@@ -60,6 +62,7 @@ impl Binaries {
                 .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd")),
             kube_apiserver: k8s_bin.join("kube-apiserver"),
             kube_controller_manager: k8s_bin.join("kube-controller-manager"),
+            k8s_bin,
         };
         let missing: Vec<String> = [
             &bins.etcd,
@@ -94,6 +97,7 @@ pub struct Started {
     pub installed_crds: Vec<String>,
     pub startup: Duration,
     pub processes: Vec<ManagedChild>,
+    pub node: Option<Node>,
 }
 
 /// Base directory for scratch dirs: tmpfs if available (etcd fsyncs a lot), else $TMPDIR.
@@ -112,50 +116,51 @@ fn scratch_base() -> PathBuf {
     std::env::temp_dir()
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
 /// Serving certificate (self-signed, not a CA so that rustls accepts it as the end entity too)
-/// and the service-account key pair, all ECDSA P-256 (fast to generate).
-fn make_keys(dir: &Path) -> Result<(), String> {
-    run(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "30"])
-        .args(["-subj", "/CN=patchloop-testenv"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(dir.join("serving.key"))
-        .arg("-out")
-        .arg(dir.join("serving.crt")))?;
-    run(Command::new("openssl")
-        .args([
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-        ])
-        .arg(dir.join("sa.key")))?;
-    run(Command::new("openssl")
-        .args(["ec", "-pubout", "-in"])
-        .arg(dir.join("sa.key"))
-        .arg("-out")
-        .arg(dir.join("sa.pub")))?;
+/// and the service-account key pair, all ECDSA P-256 (fast to generate). With a node, the
+/// certificate also names the `kubernetes` Service's address (in-cluster clients) and the
+/// node's.
+fn make_keys(dir: &Path, network: Option<&Network>) -> Result<(), String> {
+    let mut names = "subjectAltName=IP:127.0.0.1,DNS:localhost".to_owned();
+    if let Some(network) = network {
+        names.push_str(&format!(
+            ",IP:{},IP:{},DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local",
+            network.service_ip(),
+            network.node_ip()
+        ));
+    }
+    process::run(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "30"])
+            .args(["-subj", "/CN=patchloop-testenv"])
+            .args(["-addext", &names])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .args(["-addext", "extendedKeyUsage=serverAuth"])
+            .arg("-keyout")
+            .arg(dir.join("serving.key"))
+            .arg("-out")
+            .arg(dir.join("serving.crt")),
+    )?;
+    process::run(
+        Command::new("openssl")
+            .args([
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+            ])
+            .arg(dir.join("sa.key")),
+    )?;
+    process::run(
+        Command::new("openssl")
+            .args(["ec", "-pubout", "-in"])
+            .arg(dir.join("sa.key"))
+            .arg("-out")
+            .arg(dir.join("sa.pub")),
+    )?;
     Ok(())
 }
 
@@ -172,23 +177,14 @@ fn free_ports(n: usize) -> Result<Vec<u16>, String> {
         .map_err(|e| format!("cannot read a bound port: {e}"))
 }
 
-fn log_file(path: &Path) -> Result<Stdio, String> {
-    std::fs::File::create(path)
-        .map(Stdio::from)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))
-}
-
 fn spawn_logged(name: &str, mut cmd: Command, log: &Path) -> Result<ManagedChild, String> {
-    cmd.stdin(Stdio::null())
-        .stdout(log_file(log)?)
-        .stderr(log_file(log)?);
     // etcd reads ETCD_* variables; don't let a developer's environment leak in.
     for (key, _) in std::env::vars_os() {
         if key.to_str().is_some_and(|k| k.starts_with("ETCD_")) {
             cmd.env_remove(key);
         }
     }
-    process::spawn(name, cmd).map_err(|e| format!("cannot start {name}: {e}"))
+    process::spawn_logged(name, cmd, log)
 }
 
 /// One running process with its log, for failure reports.
@@ -246,6 +242,14 @@ fn etcd_healthy(port: u16) -> bool {
 
 pub struct Options {
     pub install_crds: bool,
+    /// Also start a real node (`node.rs`): kubelet, kube-scheduler, containerd.
+    pub node: bool,
+}
+
+/// What a node adds to the control plane, made before the apiserver starts.
+struct NodePlan {
+    network: Network,
+    credentials: Credentials,
 }
 
 /// Why an attempt failed: a process did not come up (worth retrying with new ports), or
@@ -266,17 +270,27 @@ pub fn start(opts: Options) -> Result<Started, String> {
     let began = Instant::now();
     let bins = Binaries::locate()?;
     let base = scratch_base();
+    node::sweep_stale_nodes();
     process::sweep_stale_scratch_dirs(&base, SCRATCH_PREFIX);
     let dir = process::create_scratch_dir(&base, SCRATCH_PREFIX)
         .map_err(|e| format!("cannot create a scratch dir in {}: {e}", base.display()))?;
-    make_keys(&dir)?;
+    let node_plan = if opts.node {
+        Some(NodePlan {
+            network: Network::allocate(&dir.join("node"))?,
+            credentials: Credentials::create(&dir.join("node-credentials"))?,
+        })
+    } else {
+        None
+    };
+    make_keys(&dir, node_plan.as_ref().map(|p| &p.network))?;
     let admin_token = process::random_hex(24);
     let tokens = dir.join("tokens.csv");
-    std::fs::write(
-        &tokens,
-        format!("{admin_token},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n"),
-    )
-    .map_err(|e| format!("cannot write {}: {e}", tokens.display()))?;
+    let mut token_lines = format!("{admin_token},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n");
+    if let Some(plan) = &node_plan {
+        token_lines.push_str(&plan.credentials.token_line(&plan.network));
+    }
+    std::fs::write(&tokens, token_lines)
+        .map_err(|e| format!("cannot write {}: {e}", tokens.display()))?;
     let crd_manifests = if opts.install_crds {
         crds::manifests()?
     } else {
@@ -289,14 +303,48 @@ pub fn start(opts: Options) -> Result<Started, String> {
 
     let mut errors = Vec::new();
     for attempt in 1..=ATTEMPTS {
-        match try_start(&runtime, &bins, &dir, attempt, &admin_token, &crd_manifests) {
+        match try_start(
+            &runtime,
+            &bins,
+            &dir,
+            attempt,
+            &admin_token,
+            &crd_manifests,
+            node_plan.as_ref(),
+        ) {
             Ok(Attempt {
                 server,
                 kubeconfig,
                 processes,
                 installed_crds,
-                phases,
+                mut phases,
+                apiserver_port,
             }) => {
+                let node = match &node_plan {
+                    None => None,
+                    Some(plan) => {
+                        let node = node::start(
+                            &runtime,
+                            plan.network,
+                            &plan.credentials,
+                            &dir.join("node"),
+                            &node::ControlPlane {
+                                k8s_bin: &bins.k8s_bin,
+                                kubeconfig: &kubeconfig,
+                                server: &server,
+                                ca_file: &dir.join("serving.crt"),
+                                apiserver_port,
+                            },
+                        )
+                        .map_err(|e| format!("cannot start the test node: {e}"))?;
+                        phases.push_str(&format!(
+                            ", node {} {:.1}s",
+                            node.network.node_name(),
+                            node.startup.as_secs_f64()
+                        ));
+                        Some(node)
+                    }
+                };
                 let startup = began.elapsed();
                 eprintln!(
                     "testenv: Kubernetes {K8S_VERSION} control plane up at {server} in {:.1}s \
@@ -314,6 +362,7 @@ pub fn start(opts: Options) -> Result<Started, String> {
                     installed_crds,
                     startup,
                     processes,
+                    node,
                 });
             }
             Err(Failure::Fatal(e)) => {
@@ -340,6 +389,7 @@ struct Attempt {
     installed_crds: Vec<String>,
     /// "etcd 0.4s, kube-apiserver 5.0s, ..." for the start message.
     phases: String,
+    apiserver_port: u16,
 }
 
 /// Appends "<name> <elapsed since *since>s" to `phases` and restarts the clock.
@@ -358,6 +408,7 @@ fn try_start(
     attempt: usize,
     admin_token: &str,
     crd_manifests: &[serde_json::Value],
+    node_plan: Option<&NodePlan>,
 ) -> Result<Attempt, Failure> {
     let run_dir = dir.join(format!("attempt-{attempt}"));
     std::fs::create_dir_all(run_dir.join("etcd"))
@@ -432,7 +483,13 @@ fn try_start(
             "--token-auth-file={}",
             dir.join("tokens.csv").display()
         ))
-        .arg("--authorization-mode=RBAC")
+        // With a node, also Node authorization (and NodeRestriction admission), as in any
+        // cluster with kubelets.
+        .arg(if node_plan.is_some() {
+            "--authorization-mode=Node,RBAC"
+        } else {
+            "--authorization-mode=RBAC"
+        })
         .arg(format!(
             "--service-account-key-file={}",
             dir.join("sa.pub").display()
@@ -443,11 +500,17 @@ fn try_start(
         ))
         .arg(format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"))
         .arg(format!(
-            "--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"
+            "--service-cluster-ip-range={}",
+            node_plan.map_or(SERVICE_CLUSTER_IP_RANGE.to_owned(), |p| p
+                .network
+                .service_cidr())
         ))
         .arg("--allow-privileged=true")
         .arg("--profiling=false")
         .arg("--v=1");
+    if let Some(plan) = node_plan {
+        apiserver.args(plan.credentials.apiserver_args());
+    }
     let log = run_dir.join("kube-apiserver.log");
     procs.push(Proc {
         child: spawn_logged("kube-apiserver", apiserver, &log)?,
@@ -495,9 +558,16 @@ fn try_start(
         // kube-controller-manager (resourcequota: the README's object-count quotas on
         // Patchloop's kinds are tested, and admission enforces a quota only once this
         // controller has computed its usage)
+        // With a node: nodelifecycle removes the not-ready taint (else nothing is scheduled),
+        // daemonset, podgc and ttl do what they do in any cluster.
+        let controllers = if node_plan.is_some() {
+            "garbagecollector,job,namespace,resourcequota,serviceaccount,serviceaccount-token,daemonset,nodelifecycle,podgc,ttl"
+        } else {
+            "garbagecollector,job,namespace,resourcequota,serviceaccount,serviceaccount-token"
+        };
         let mut kcm = Command::new(&bins.kube_controller_manager);
         kcm.arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg("--controllers=garbagecollector,job,namespace,resourcequota,serviceaccount,serviceaccount-token")
+            .arg(format!("--controllers={controllers}"))
             .arg(format!(
                 "--service-account-private-key-file={}",
                 dir.join("sa.key").display()
@@ -547,5 +617,6 @@ fn try_start(
         processes: procs.into_iter().map(|p| p.child).collect(),
         installed_crds,
         phases,
+        apiserver_port,
     })
 }

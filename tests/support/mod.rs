@@ -16,7 +16,8 @@
 //!
 //! Binaries come from `$PATCHLOOP_K8S_BIN` / `$PATCHLOOP_ETCD` (`scripts/testenv.sh
 //! --print-env`), else `${PATCHLOOP_CACHE:-${XDG_CACHE_HOME:-~/.cache}/patchloop}/k8s-1.20.2/bin`
-//! and `/usr/bin/etcd`. There is no scheduler and no kubelet: Pods are created, never run.
+//! and `/usr/bin/etcd`. [`env`] has no scheduler and no kubelet: Pods are created, never run;
+//! [`env_with_node`] adds a real node (`node.rs`) where they do.
 //! Set `PATCHLOOP_TESTENV_KEEP=1` to keep the scratch directory (logs, kubeconfig) after the run.
 #![allow(dead_code)]
 
@@ -24,6 +25,7 @@ mod controlplane;
 mod crds;
 pub mod executor;
 mod kubeconfig;
+pub mod node;
 pub mod objects;
 pub mod patchloop;
 mod process;
@@ -60,21 +62,23 @@ pub struct TestEnv {
     startup: Duration,
     /// Kept so the processes are not killed; the atexit handler kills them.
     processes: Mutex<Vec<ManagedChild>>,
+    node: Option<node::Node>,
 }
 
 static WITH_CRDS: OnceLock<Result<TestEnv, String>> = OnceLock::new();
 static WITHOUT_CRDS: OnceLock<Result<TestEnv, String>> = OnceLock::new();
+static WITH_NODE: OnceLock<Result<TestEnv, String>> = OnceLock::new();
 
 fn shared(
     cell: &'static OnceLock<Result<TestEnv, String>>,
-    install_crds: bool,
+    opts: fn() -> controlplane::Options,
 ) -> &'static TestEnv {
     let started = cell.get_or_init(|| {
         // On a thread of its own: the caller is usually inside a tokio runtime, and start-up
         // blocks on one. Processes are still spawned from the supervisor thread (see process.rs).
         let starter = std::thread::Builder::new()
             .name("patchloop-testenv-start".into())
-            .spawn(move || controlplane::start(controlplane::Options { install_crds }))
+            .spawn(move || controlplane::start(opts()))
             .expect("cannot spawn the test-env start thread");
         let started = starter
             .join()
@@ -88,6 +92,7 @@ fn shared(
             installed_crds: s.installed_crds,
             startup: s.startup,
             processes: Mutex::new(s.processes),
+            node: s.node,
         })
     });
     match started {
@@ -99,13 +104,28 @@ fn shared(
 /// The control plane of this test binary, with the CRDs of `crds/` installed (and Established)
 /// before kube-controller-manager started. Started on first use; blocks until it is up.
 pub fn env() -> &'static TestEnv {
-    shared(&WITH_CRDS, true)
+    shared(&WITH_CRDS, || controlplane::Options {
+        install_crds: true,
+        node: false,
+    })
+}
+
+/// A control plane with the CRDs and a real node (`node.rs`): Pods run for real. Separate
+/// from [`env`]; started on first use (about half a minute more), torn down at exit.
+pub fn env_with_node() -> &'static TestEnv {
+    shared(&WITH_NODE, || controlplane::Options {
+        install_crds: true,
+        node: true,
+    })
 }
 
 /// A control plane without pre-installed CRDs (e.g. for Helm, which refuses to adopt CRDs that
 /// lack its labels). Separate from [`env`]: a binary using both runs two control planes.
 pub fn env_without_crds() -> &'static TestEnv {
-    shared(&WITHOUT_CRDS, false)
+    shared(&WITHOUT_CRDS, || controlplane::Options {
+        install_crds: false,
+        node: false,
+    })
 }
 
 /// A random lowercase hex suffix (8 characters) for unique names.
@@ -166,6 +186,11 @@ impl TestEnv {
     /// Scratch directory of this control plane (removed at exit): a place for test files.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The real node of [`env_with_node`] (None for the others).
+    pub fn node(&self) -> Option<&node::Node> {
+        self.node.as_ref()
     }
 
     /// How long starting the control plane took.

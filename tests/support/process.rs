@@ -31,6 +31,9 @@ pub const KEEP_ENV: &str = "PATCHLOOP_TESTENV_KEEP";
 static SUPERVISOR: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
 static LIVE_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 static SCRATCH_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Run at exit before the children are killed (e.g. the node's teardown,
+/// which needs its containerd alive to stop the containers).
+static TEARDOWNS: Mutex<Vec<Job>> = Mutex::new(Vec::new());
 static ATEXIT: Once = Once::new();
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,6 +66,10 @@ extern "C" fn cleanup_at_exit() {
         }
         Vec::new()
     }
+    for teardown in take(&TEARDOWNS) {
+        // A panicking teardown must not keep the children below alive.
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(teardown));
+    }
     let pids = take(&LIVE_PIDS);
     for &pid in &pids {
         // SAFETY: plain syscalls on pids of our own, not yet reaped, children.
@@ -83,6 +90,13 @@ extern "C" fn cleanup_at_exit() {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Registers `teardown` to run at exit, before the registered children are
+/// killed; teardowns run in registration order.
+pub fn at_exit(teardown: impl FnOnce() + Send + 'static) {
+    register_atexit();
+    lock(&TEARDOWNS).push(Box::new(teardown));
 }
 
 pub fn keep_scratch() -> bool {
@@ -273,6 +287,51 @@ fn process_start_time(pid: u32) -> Option<u64> {
     // The command name (field 2) may contain spaces and parentheses: skip past its last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Runs `cmd` to completion (stdin closed); an error names it, its status and its stderr.
+pub fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// [`spawn`] with stdout and stderr to `log` (a new file) and stdin closed.
+pub fn spawn_logged(name: &str, mut cmd: Command, log: &Path) -> Result<ManagedChild, String> {
+    let file =
+        || std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()));
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(file()?)
+        .stderr(file()?);
+    spawn(name, cmd).map_err(|e| format!("cannot start {name}: {e}"))
+}
+
+/// "<pid> <start time>" of this process: what an owner file records.
+pub fn owner_record() -> String {
+    let pid = std::process::id();
+    format!("{pid} {}", process_start_time(pid).unwrap_or(0))
+}
+
+/// Whether the process an [`owner_record`] names still runs (the same pid
+/// with the same start time: not a later process that reused the pid).
+pub fn owner_alive(record: &str) -> bool {
+    let mut fields = record.split_whitespace();
+    let pid = fields.next().and_then(|p| p.parse::<u32>().ok());
+    let start = fields.next().and_then(|s| s.parse::<u64>().ok());
+    match (pid, start) {
+        (Some(pid), Some(start)) => process_start_time(pid).is_some_and(|now| now == start),
+        _ => false,
+    }
 }
 
 /// Random lowercase hex string from the kernel's CSPRNG.

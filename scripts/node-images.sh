@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Builds the images the real test node runs (tests/support/node.rs), with no
+# registry ever pulled from: image tarballs in the `docker save` layout that
+# `ctr images import` reads, written by hand.
+#
+#   localhost/pause:3.4.1     Kubernetes' own build/pause/linux/pause.c, static
+#   localhost/debian:12       Debian 12 (debootstrap minbase) + bash, jq,
+#                             openssh-client, ca-certificates
+#   localhost/runner:<hash>   debian:12 + the patchloop binary given with
+#                             --runner (the remediation runner image)
+#
+# Idempotent and cached under $PATCHLOOP_CACHE/node-images: the Debian root
+# is made once (about 2 minutes), the runner image again only when the binary
+# changes. Needs root (debootstrap, numeric owners in the layers).
+#
+# Usage: scripts/node-images.sh                 build pause and debian
+#        scripts/node-images.sh --print-dir     print the image directory
+#        scripts/node-images.sh --runner BIN    build the runner image of BIN,
+#                                               print its tarball's path
+set -euo pipefail
+
+CACHE="${PATCHLOOP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/patchloop}"
+K8S_VERSION="1.20.2"
+PAUSE_SOURCE="$CACHE/k8s-$K8S_VERSION/src/pause.c"
+PAUSE_TAG="3.4.1"
+SUITE="bookworm"
+MIRROR="${PATCHLOOP_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+IMAGES="$CACHE/node-images"
+ROOTFS="$IMAGES/rootfs-$SUITE"
+BASE_PACKAGES="jq,openssh-client,ca-certificates"
+
+log() { echo "node-images: $*" >&2; }
+
+sha256() { sha256sum "$1" | cut -d' ' -f1; }
+
+# make_image NAME TAG CMD_JSON LAYER_TAR... : writes $IMAGES/NAME-TAG.tar.
+# Each layer tar is stored as <diff_id>/layer.tar; the config lists the
+# diff_ids in order; manifest.json names the image localhost/NAME:TAG.
+make_image() {
+  local name="$1" tag="$2" cmd="$3"
+  shift 3
+  local out="$IMAGES/$name-$tag.tar" work diff_ids=() layers=()
+  work=$(mktemp -d "$IMAGES/.work.XXXXXX")
+  local layer id
+  for layer in "$@"; do
+    id=$(sha256 "$layer")
+    mkdir -p "$work/$id"
+    ln "$layer" "$work/$id/layer.tar" 2>/dev/null || cp "$layer" "$work/$id/layer.tar"
+    diff_ids+=("\"sha256:$id\"")
+    layers+=("\"$id/layer.tar\"")
+  done
+  local config
+  config=$(IFS=,; printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":%s},"rootfs":{"type":"layers","diff_ids":[%s]}}' "$cmd" "${diff_ids[*]}")
+  printf '%s' "$config" > "$work/config.json"
+  local config_id
+  config_id=$(sha256 "$work/config.json")
+  mv "$work/config.json" "$work/$config_id.json"
+  (IFS=,; printf '[{"Config":"%s.json","RepoTags":["localhost/%s:%s"],"Layers":[%s]}]' \
+    "$config_id" "$name" "$tag" "${layers[*]}") > "$work/manifest.json"
+  (cd "$work" && tar -cf "$out.partial" manifest.json "$config_id.json" $(for l in "$@"; do echo "$(sha256 "$l")/layer.tar"; done))
+  mv "$out.partial" "$out"
+  rm -rf "$work"
+}
+
+# layer_of DIR OUT : a layer tarball of DIR (entry names without "./").
+layer_of() {
+  local dir="$1" out="$2"
+  (cd "$dir" && tar --numeric-owner --xattrs -cf "$out.partial" $(ls -A))
+  mv "$out.partial" "$out"
+}
+
+build_pause() {
+  [ -f "$IMAGES/pause-$PAUSE_TAG.tar" ] && return 0
+  if [ ! -f "$PAUSE_SOURCE" ]; then
+    log "missing $PAUSE_SOURCE (kept by scripts/testenv.sh when it builds Kubernetes); remove $CACHE/k8s-$K8S_VERSION and run scripts/testenv.sh"
+    exit 1
+  fi
+  log "building localhost/pause:$PAUSE_TAG from Kubernetes' pause.c"
+  local root
+  root=$(mktemp -d "$IMAGES/.pause.XXXXXX")
+  gcc -Os -static -Wall -Werror -DVERSION="v$PAUSE_TAG-patchloop" -o "$root/pause" "$PAUSE_SOURCE"
+  strip "$root/pause"
+  layer_of "$root" "$IMAGES/pause.layer.tar"
+  make_image pause "$PAUSE_TAG" '["/pause"]' "$IMAGES/pause.layer.tar"
+  rm -rf "$root" "$IMAGES/pause.layer.tar"
+}
+
+build_rootfs() {
+  [ -f "$ROOTFS/.patchloop-complete" ] && return 0
+  log "debootstrap $SUITE (minbase + $BASE_PACKAGES) from $MIRROR, about 2 minutes"
+  rm -rf "$ROOTFS"
+  debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$ROOTFS" "$MIRROR" >&2
+  # Nothing of the build host's apt state or logs belongs in an image.
+  rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/log/*.log
+  touch "$ROOTFS/.patchloop-complete"
+}
+
+build_debian() {
+  [ -f "$IMAGES/debian-12.tar" ] && [ -f "$IMAGES/debian-12.layer.tar" ] && return 0
+  build_rootfs
+  log "building localhost/debian:12"
+  layer_of "$ROOTFS" "$IMAGES/debian-12.layer.tar"
+  make_image debian 12 '["/bin/bash"]' "$IMAGES/debian-12.layer.tar"
+}
+
+# build_runner BIN: localhost/runner:<first 12 hex of BIN's sha256>; prints the tarball.
+build_runner() {
+  local bin="$1" tag
+  tag=$(sha256 "$bin" | cut -c1-12)
+  local out="$IMAGES/runner-$tag.tar"
+  if [ ! -f "$out" ]; then
+    build_debian
+    log "building localhost/runner:$tag"
+    local root
+    root=$(mktemp -d "$IMAGES/.runner.XXXXXX")
+    install -D -m 0755 "$bin" "$root/usr/local/bin/patchloop"
+    layer_of "$root" "$IMAGES/runner-$tag.layer.tar"
+    make_image runner "$tag" '["/usr/local/bin/patchloop"]' "$IMAGES/debian-12.layer.tar" "$IMAGES/runner-$tag.layer.tar"
+    rm -rf "$root" "$IMAGES/runner-$tag.layer.tar"
+    # Older runner images are of binaries no test runs any more.
+    find "$IMAGES" -maxdepth 1 -name 'runner-*.tar' ! -name "runner-$tag.tar" -delete
+  fi
+  echo "$out"
+}
+
+main() {
+  mkdir -p "$IMAGES"
+  case "${1:-}" in
+    --print-dir) echo "$IMAGES" ;;
+    --runner) build_runner "$2" ;;
+    "") build_pause; build_debian ;;
+    *) echo "usage: $0 [--print-dir | --runner BIN]" >&2; exit 2 ;;
+  esac
+}
+
+main "$@"
