@@ -9,6 +9,16 @@
 #   localhost/runner:<hash>   debian:12 + the patchloop binary given with
 #                             --runner (the remediation runner image)
 #
+# and, for the test machines (tests/support/machines.rs), not an image:
+#
+#   machine-root/             debian:12's root + openssh-server, with
+#                             $MACHINE_PACKAGE at bookworm's own (older)
+#                             version, no SSH host keys (each machine makes
+#                             its own)
+#   repo-fixed/               a flat apt repository holding the newest
+#                             $MACHINE_PACKAGE the host's apt knows (from
+#                             bookworm-security): the fix the machines lack
+#
 # Idempotent and cached under $PATCHLOOP_CACHE/node-images: the Debian root
 # is made once (about 2 minutes), the runner image again only when the binary
 # changes. Needs root (debootstrap, numeric owners in the layers).
@@ -28,6 +38,11 @@ MIRROR="${PATCHLOOP_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 IMAGES="$CACHE/node-images"
 ROOTFS="$IMAGES/rootfs-$SUITE"
 BASE_PACKAGES="jq,openssh-client,ca-certificates"
+# The package the test machines run old and the repository holds fixed: a
+# real Debian advisory in tests/fixtures/osv/debian names the fix.
+MACHINE_PACKAGE="${PATCHLOOP_MACHINE_PACKAGE:-libexpat1}"
+MACHINE_ROOT="$IMAGES/machine-root"
+FIXED_REPO="$IMAGES/repo-fixed"
 
 log() { echo "node-images: $*" >&2; }
 
@@ -103,6 +118,43 @@ build_debian() {
   make_image debian 12 '["/bin/bash"]' "$IMAGES/debian-12.layer.tar"
 }
 
+# chroot_apt ROOT ARGS...: apt-get in ROOT, no service started (policy-rc.d).
+chroot_apt() {
+  local root="$1"
+  shift
+  printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
+  chmod 0755 "$root/usr/sbin/policy-rc.d"
+  chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get "$@" >&2
+  rm -f "$root/usr/sbin/policy-rc.d"
+}
+
+build_machine_root() {
+  [ -f "$MACHINE_ROOT/.patchloop-complete" ] && return 0
+  build_rootfs
+  log "building the test machines' root (openssh-server, $MACHINE_PACKAGE from $SUITE)"
+  rm -rf "$MACHINE_ROOT"
+  cp -a "$ROOTFS" "$MACHINE_ROOT"
+  rm -f "$MACHINE_ROOT/.patchloop-complete"
+  # The debootstrap root knows only $SUITE main: what it installs is the
+  # release's own version, older than bookworm-security's fix.
+  chroot_apt "$MACHINE_ROOT" update -qq
+  chroot_apt "$MACHINE_ROOT" install -y -qq --no-install-recommends openssh-server "$MACHINE_PACKAGE"
+  rm -f "$MACHINE_ROOT"/etc/ssh/ssh_host_*
+  rm -rf "$MACHINE_ROOT"/var/cache/apt/archives/*.deb "$MACHINE_ROOT"/var/lib/apt/lists/*
+  touch "$MACHINE_ROOT/.patchloop-complete"
+}
+
+build_fixed_repo() {
+  [ -f "$FIXED_REPO/Packages" ] && return 0
+  log "building the fixed repository ($MACHINE_PACKAGE as the host's apt has it)"
+  rm -rf "$FIXED_REPO.partial"
+  mkdir -p "$FIXED_REPO.partial"
+  (cd "$FIXED_REPO.partial" && apt-get download -q "$MACHINE_PACKAGE" >&2 \
+    && dpkg-scanpackages --multiversion . /dev/null > Packages 2>/dev/null)
+  rm -rf "$FIXED_REPO"
+  mv "$FIXED_REPO.partial" "$FIXED_REPO"
+}
+
 # build_runner BIN: localhost/runner:<first 12 hex of BIN's sha256>; prints the tarball.
 build_runner() {
   local bin="$1" tag
@@ -128,7 +180,7 @@ main() {
   case "${1:-}" in
     --print-dir) echo "$IMAGES" ;;
     --runner) build_runner "$2" ;;
-    "") build_pause; build_debian ;;
+    "") build_pause; build_debian; build_machine_root; build_fixed_repo ;;
     *) echo "usage: $0 [--print-dir | --runner BIN]" >&2; exit 2 ;;
   esac
 }

@@ -113,9 +113,10 @@ main() {
   # plugins (the system containerd is never started: the harness runs its
   # own), iproute2 for its bridge and the test machines' namespaces, socat
   # for the `kubernetes` Service (Pods reach the apiserver through it),
-  # debootstrap for the images' Debian root. Only missing packages are
+  # debootstrap for the images' Debian root, dpkg-dev for the test machines'
+  # apt repository (dpkg-scanpackages). Only missing packages are
   # installed: naming an installed one would upgrade it on the host.
-  apt_install containerd runc containernetworking-plugins iproute2 debootstrap socat
+  apt_install containerd runc containernetworking-plugins iproute2 debootstrap socat dpkg-dev
   local built=1 bin
   for bin in "${K8S_BINARIES[@]}"; do [ -x "$BIN_DIR/$bin" ] || built=0; done
   [ -f "$PAUSE_SOURCE" ] || built=0

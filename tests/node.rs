@@ -188,3 +188,111 @@ async fn a_pod_reaches_the_apiserver_with_its_service_account() {
         .unwrap_or_else(|| panic!("jq in {:?}", inventory.spec.packages));
     assert!(jq.starts_with("jq 1.6"), "{jq}");
 }
+
+/// The test machines (`tests/support/machines.rs`): sshd with a host key of its own in a
+/// network namespace on the node's bridge, the package at bookworm's own version, and an apt
+/// repository with the fix (or, for the second machine, without it). A Pod in the runner image
+/// reaches both over SSH with the client key and the pinned host keys from a Secret, as a
+/// remediation Job does.
+#[tokio::test]
+async fn a_pod_reaches_the_test_machines_over_ssh_with_pinned_host_keys() {
+    let env = support::env_with_node();
+    let node = env.node().expect("the test node");
+    let machines = support::machines::start(node, 2, 1).unwrap_or_else(|e| panic!("{e}"));
+    let client_key = support::machines::client_key(node);
+    let package = support::machines::PACKAGE;
+    let old: Vec<String> = machines
+        .iter()
+        .map(|m| {
+            m.installed_version(client_key, package)
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    assert!(old[0].starts_with("2.5.0-1+deb12u"), "{old:?}");
+    assert_eq!(old[0], old[1], "both machines start at bookworm's version");
+
+    let client = env.client().await;
+    let ns = env.namespace("node-ssh").await;
+    let known_hosts: String = machines
+        .iter()
+        .map(|m| format!("{}\n", m.known_hosts_line))
+        .collect();
+    let private_key =
+        std::fs::read_to_string(&client_key.private_key).expect("reading the client key");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "ssh"},
+                "stringData": {"id_ed25519": private_key, "known_hosts": known_hosts},
+            }))
+            .expect("a Secret"),
+        )
+        .await
+        .expect("creating the Secret");
+    let mut probe = job(
+        "probe",
+        &node.runner_image,
+        "default",
+        &format!(
+            "for m in {} {}; do \
+               echo \"== $m\"; \
+               ssh -i /ssh/id_ed25519 -o UserKnownHostsFile=/ssh/known_hosts \
+                   -o StrictHostKeyChecking=yes -o BatchMode=yes root@$m \
+                   'dpkg-query -W {package}; apt-get -qq update; apt-cache policy {package} | grep Candidate'; \
+             done",
+            machines[0].address, machines[1].address
+        ),
+    );
+    let pod = probe
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .expect("a Pod template");
+    pod.volumes = Some(vec![
+        serde_json::from_value(json!({
+            "name": "ssh", "secret": {"secretName": "ssh", "defaultMode": 0o400},
+        }))
+        .expect("a volume"),
+    ]);
+    pod.containers[0].volume_mounts = Some(vec![
+        serde_json::from_value(json!({"name": "ssh", "mountPath": "/ssh", "readOnly": true}))
+            .expect("a volume mount"),
+    ]);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    jobs.create(&PostParams::default(), &probe)
+        .await
+        .expect("creating the Job");
+    let pod = finished_pod(&client, &ns, "probe").await;
+    let out = logs(&client, &ns, &pod).await;
+    let fixed_repository = out
+        .split("== ")
+        .find(|part| part.starts_with(&machines[0].address.to_string()))
+        .unwrap_or_else(|| panic!("{out}"));
+    let empty_repository = out
+        .split("== ")
+        .find(|part| part.starts_with(&machines[1].address.to_string()))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        fixed_repository.contains(&format!("{package}:amd64\t{}", old[0])),
+        "{fixed_repository}"
+    );
+    let candidate = fixed_repository
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate: "))
+        .unwrap_or_else(|| panic!("{fixed_repository}"));
+    let newer = std::process::Command::new("dpkg")
+        .args(["--compare-versions", candidate, "gt", &old[0]])
+        .status()
+        .expect("running dpkg");
+    assert!(
+        newer.success(),
+        "the fixed repository offers {candidate} over {}",
+        old[0]
+    );
+    assert!(
+        empty_repository.contains(&format!("Candidate: {}", old[1])),
+        "the empty repository offers nothing newer: {empty_repository}"
+    );
+}

@@ -1,7 +1,8 @@
 //! The real test node leaves nothing behind: after a Pod ran on it, its teardown (what runs at
 //! exit, and what the next start runs for a test binary that was killed) stops the containers
 //! and shims, unmounts everything under its directory, removes its cgroups, bridge, CNI
-//! results and Pod log links, and restores the host sysctls the kubelet rewrote. A binary of
+//! results and Pod log links, the test machines (their sshd, namespaces and mounts), and restores
+//! the host sysctls the kubelet rewrote. A binary of
 //! its own: no other node may change those sysctls meanwhile.
 
 mod support;
@@ -38,10 +39,13 @@ async fn tearing_down_the_node_leaves_nothing_behind() {
         (status.phase.as_deref() == Some("Running")).then_some(())
     })
     .await;
+    let machines = support::machines::start(node, 1, 0).unwrap_or_else(|e| panic!("{e}"));
     let before = node.teardown().leftovers();
     assert!(
         before.iter().any(|l| l.starts_with("mount "))
-            && before.iter().any(|l| l.starts_with("cgroup ")),
+            && before.iter().any(|l| l.starts_with("cgroup "))
+            && before.iter().any(|l| l.contains(machines[0].netns()))
+            && before.iter().any(|l| l.contains("chrooted under")),
         "a running node shows up in the leftovers check (it can fail): {before:#?}"
     );
 

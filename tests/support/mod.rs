@@ -25,6 +25,7 @@ mod controlplane;
 mod crds;
 pub mod executor;
 mod kubeconfig;
+pub mod machines;
 pub mod node;
 pub mod objects;
 pub mod patchloop;

@@ -765,21 +765,32 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     mounts
 }
 
-/// SIGKILLs the processes whose command line mentions `needle` and waits (a few seconds at
-/// most) until they are gone: a dead process's command line is empty, also as a zombie.
-fn kill_mentioning(needle: &str) {
+/// SIGKILLs the processes `find` names until it names none (a few seconds at most): a dead
+/// process has an empty command line and no root, also as a zombie.
+fn kill_all(find: impl Fn() -> Vec<i32>) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let pids = processes_mentioning(needle);
+        let pids = find();
         if pids.is_empty() || Instant::now() >= deadline {
             return;
         }
         for pid in pids {
-            // SAFETY: a signal to a process of this node (its command line names it).
+            // SAFETY: a signal to a process of this node (found by its command line or root).
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Processes whose root directory (`/proc/<pid>/root`) is under `dir`: the test machines'.
+fn processes_rooted_under(dir: &Path) -> Vec<i32> {
+    read_dir("/proc")
+        .into_iter()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|root| root.starts_with(dir))
+        })
+        .collect()
 }
 
 /// Processes whose command line mentions `needle` (the node's containerd socket, for the
@@ -844,7 +855,8 @@ impl Teardown {
     pub fn run(&self) {
         let socket = self.containerd_socket().display().to_string();
         // The kubelet first: it would restart containers.
-        kill_mentioning(&self.dir.join("kubelet.kubeconfig").display().to_string());
+        let kubelet = self.dir.join("kubelet.kubeconfig").display().to_string();
+        kill_all(|| processes_mentioning(&kubelet));
         let containers = self.containers();
         for id in &containers {
             let runc = |args: &[&str]| {
@@ -862,8 +874,17 @@ impl Teardown {
         // (detached from the test binary) name the node's directory, the Service proxy its
         // address. A shim's socket is named after the containerd address, the namespace and
         // the sandbox id.
-        kill_mentioning(&self.dir.display().to_string());
-        kill_mentioning(&self.network.proxy_listen());
+        let (dir, proxy) = (self.dir.display().to_string(), self.network.proxy_listen());
+        kill_all(|| processes_mentioning(&dir));
+        kill_all(|| processes_mentioning(&proxy));
+        // The test machines' sshd, chrooted under the node's directory (`machines.rs`).
+        kill_all(|| processes_rooted_under(&self.dir));
+        for netns in self.machine_namespaces() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &netns])
+                .stderr(Stdio::null())
+                .status();
+        }
         for id in &containers {
             let digest = Sha256::digest(format!("{socket}/{CRI_NAMESPACE}/{id}").as_bytes());
             let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
@@ -926,9 +947,28 @@ impl Teardown {
         }
     }
 
+    /// The test machines' network namespaces (`plm<slot>-<index>`).
+    fn machine_namespaces(&self) -> Vec<String> {
+        let prefix = format!("plm{}-", self.network.slot);
+        read_dir("/run/netns")
+            .into_iter()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
+    }
+
     /// What of this node is still on the host after [`Teardown::run`]; empty when nothing is.
     pub fn leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
+        for pid in processes_rooted_under(&self.dir) {
+            left.push(format!(
+                "process {pid} chrooted under {}",
+                self.dir.display()
+            ));
+        }
+        for netns in self.machine_namespaces() {
+            left.push(format!("network namespace {netns}"));
+        }
         for needle in [self.dir.display().to_string(), self.network.proxy_listen()] {
             for pid in processes_mentioning(&needle) {
                 left.push(format!("process {pid} mentioning {needle}"));
