@@ -18,6 +18,9 @@
 #   repo-fixed/               a flat apt repository holding the newest
 #                             $MACHINE_PACKAGE the host's apt knows (from
 #                             bookworm-security): the fix the machines lack
+#   advisory-fixed.json       OSV records of that fix, one per Debian
+#                             changelog entry between the machines' version
+#                             and the repository's (see build_fixed_advisory)
 #
 # Idempotent and cached under $PATCHLOOP_CACHE/node-images: the Debian root
 # is made once (about 2 minutes), the runner image again only when the binary
@@ -43,6 +46,7 @@ BASE_PACKAGES="jq,openssh-client,ca-certificates"
 MACHINE_PACKAGE="${PATCHLOOP_MACHINE_PACKAGE:-libexpat1}"
 MACHINE_ROOT="$IMAGES/machine-root"
 FIXED_REPO="$IMAGES/repo-fixed"
+FIXED_ADVISORY="$IMAGES/advisory-fixed.json"
 
 log() { echo "node-images: $*" >&2; }
 
@@ -155,6 +159,51 @@ build_fixed_repo() {
   mv "$FIXED_REPO.partial" "$FIXED_REPO"
 }
 
+# The advisory that names the repository's fix. The public OSV mirror the
+# fixtures come from (tests/fixtures/SOURCES.md) ends in early 2025, and
+# bookworm's own version already has every fix it names; the fixes between
+# bookworm and bookworm-security are stated by Debian in the fixed package's
+# changelog. Each changelog entry newer than the machines' version becomes
+# one OSV record (Debian:12, the source package, fixed at that entry's
+# version, its CVEs as aliases, published at its date), with the .deb's name
+# and sha256 as provenance. Nothing in it is written by hand.
+build_fixed_advisory() {
+  [ -f "$FIXED_ADVISORY" ] && return 0
+  local deb old source package
+  deb=$(find "$FIXED_REPO" -maxdepth 1 -name '*.deb' | head -n1)
+  package=$(dpkg-deb -f "$deb" Package)
+  source=$(dpkg-deb -f "$deb" Source | cut -d' ' -f1)
+  source=${source:-$package}
+  old=$(dpkg-query --admindir="$MACHINE_ROOT/var/lib/dpkg" -W -f '${Version}' "$package")
+  log "deriving the advisory of $source from $(basename "$deb")'s changelog (entries after $old)"
+  dpkg-deb --fsys-tarfile "$deb" \
+    | tar -xOf - "./usr/share/doc/$package/changelog.Debian.gz" | gunzip \
+    | awk -v old="$old" '
+        /^[a-z0-9][a-z0-9.+-]* \(/ { version = $2; gsub(/[()]/, "", version); if (version == old) exit; next }
+        /^ -- / { sub(/^.*>  /, ""); print version "\t" $0 "\t" cves; cves = ""; next }
+        { while (match($0, /CVE-[0-9]+-[0-9]+/)) { c = substr($0, RSTART, RLENGTH); if (index(cves, c) == 0) cves = cves " " c; $0 = substr($0, RSTART + RLENGTH) } }' \
+    | while IFS=$'\t' read -r version date cves; do
+        jq -n --arg source "$source" --arg version "$version" --arg cves "$cves" \
+          --arg published "$(date -u -d "$date" +%Y-%m-%dT%H:%M:%SZ)" \
+          --arg deb "$(basename "$deb")" --arg sha "$(sha256 "$deb")" '{
+            schema_version: "1.6.0",
+            id: ("DEBIAN-CHANGELOG-" + $source + "-" + ($version | gsub("[^A-Za-z0-9.-]"; "_"))),
+            published: $published, modified: $published,
+            aliases: ($cves | split(" ") | map(select(. != ""))),
+            summary: ($source + " " + $version + ": security fixes named in its Debian changelog"),
+            details: ("Derived from debian/changelog in " + $deb + " (sha256 " + $sha + "): the entry for " + $version + " names these CVEs as fixed."),
+            affected: [{package: {ecosystem: "Debian:12", name: $source},
+                        ranges: [{type: "ECOSYSTEM", events: [{introduced: "0"}, {fixed: $version}]}]}],
+            database_specific: {source: "debian/changelog", deb: $deb, deb_sha256: $sha}
+          }'
+      done | jq -s . > "$FIXED_ADVISORY.partial"
+  if [ "$(jq length "$FIXED_ADVISORY.partial")" -eq 0 ]; then
+    log "no changelog entry of $source is newer than $old: nothing to fix"
+    exit 1
+  fi
+  mv "$FIXED_ADVISORY.partial" "$FIXED_ADVISORY"
+}
+
 # build_runner BIN: localhost/runner:<first 12 hex of BIN's sha256>; prints the tarball.
 build_runner() {
   local bin="$1" tag
@@ -180,7 +229,7 @@ main() {
   case "${1:-}" in
     --print-dir) echo "$IMAGES" ;;
     --runner) build_runner "$2" ;;
-    "") build_pause; build_debian; build_machine_root; build_fixed_repo ;;
+    "") build_pause; build_debian; build_machine_root; build_fixed_repo; build_fixed_advisory ;;
     *) echo "usage: $0 [--print-dir | --runner BIN]" >&2; exit 2 ;;
   esac
 }
