@@ -7,7 +7,8 @@
 #   localhost/debian:12       Debian 12 (debootstrap minbase) + bash, jq,
 #                             openssh-client, ca-certificates
 #   localhost/runner:<hash>   debian:12 + the patchloop binary given with
-#                             --runner (the remediation runner image)
+#                             --runner and the user 65532 (the remediation
+#                             runner image)
 #
 # and, for the test machines (tests/support/machines.rs), not an image:
 #
@@ -204,10 +205,11 @@ build_fixed_advisory() {
   mv "$FIXED_ADVISORY.partial" "$FIXED_ADVISORY"
 }
 
-# build_runner BIN: localhost/runner:<first 12 hex of BIN's sha256>; prints the tarball.
+# build_runner BIN: localhost/runner:<12 hex of BIN's and this script's hash>; prints the tarball.
 build_runner() {
   local bin="$1" tag
-  tag=$(sha256 "$bin" | cut -c1-12)
+  # The binary and this script (the image's layout) name the image.
+  tag=$( (sha256 "$bin"; sha256 "$0") | sha256sum | cut -c1-12)
   local out="$IMAGES/runner-$tag.tar"
   if [ ! -f "$out" ]; then
     build_debian
@@ -215,6 +217,12 @@ build_runner() {
     local root
     root=$(mktemp -d "$IMAGES/.runner.XXXXXX")
     install -D -m 0755 "$bin" "$root/usr/local/bin/patchloop"
+    # The unprivileged user Jobs run as (examples/jobs/remediation.yaml):
+    # ssh and ssh-keygen refuse to run for a uid /etc/passwd does not name.
+    mkdir -p "$root/etc"
+    cp "$ROOTFS/etc/passwd" "$ROOTFS/etc/group" "$root/etc/"
+    echo "nonroot:x:65532:65532:nonroot:/nonexistent:/usr/sbin/nologin" >> "$root/etc/passwd"
+    echo "nonroot:x:65532:" >> "$root/etc/group"
     layer_of "$root" "$IMAGES/runner-$tag.layer.tar"
     make_image runner "$tag" '["/usr/local/bin/patchloop"]' "$IMAGES/debian-12.layer.tar" "$IMAGES/runner-$tag.layer.tar"
     rm -rf "$root" "$IMAGES/runner-$tag.layer.tar"

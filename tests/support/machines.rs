@@ -42,6 +42,8 @@ pub enum Repository {
 pub struct Machine {
     pub name: String,
     pub address: Ipv4Addr,
+    /// The machine's host key as a `known_hosts` line wants it: `ssh-ed25519 <key>`.
+    pub host_key: String,
     /// The line for an SSH `known_hosts` file: `<address> ssh-ed25519 <key>`.
     pub known_hosts_line: String,
     root: PathBuf,
@@ -99,7 +101,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 /// The fixed and empty repositories and the machines' root, from `scripts/node-images.sh`.
-fn images_dir() -> PathBuf {
+pub fn images_dir() -> PathBuf {
     std::env::var("PATCHLOOP_NODE_IMAGES")
         .ok()
         .filter(|v| !v.is_empty())
@@ -222,8 +224,12 @@ impl Machine {
         std::fs::create_dir_all(root.join("run/sshd"))
             .map_err(|e| format!("cannot create /run/sshd: {e}"))?;
         let host_key = read(&root.join("etc/ssh/ssh_host_ed25519_key.pub"))?;
-        let key_fields: Vec<&str> = host_key.split_whitespace().take(2).collect();
-        let known_hosts_line = format!("{address} {}", key_fields.join(" "));
+        let host_key = host_key
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let known_hosts_line = format!("{address} {host_key}");
 
         // The namespace, on the node's bridge.
         let host_veth = format!("plv{slot}x{index}");
@@ -270,6 +276,7 @@ impl Machine {
         Ok(Machine {
             name,
             address,
+            host_key,
             known_hosts_line,
             root,
             netns,
