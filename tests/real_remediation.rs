@@ -16,9 +16,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use patchloop::api::Workload;
+use patchloop::api::workload::{RemediationPhase, RemediationRecord};
 use serde_json::{Value, json};
 use support::machines::{self, Machine, PACKAGE};
-use support::objects::{apply, in_state, workload_status};
+use support::objects::{apply, condition, in_state, workload_status};
 use support::patchloop::Patchloop;
 
 /// Real Jobs: a Pod start, an SSH session, `apt-get update` and an install per machine.
@@ -330,4 +331,142 @@ async fn real_jobs_upgrade_real_machines_canary_first_one_at_a_time() {
             "{name} ran apt: {log}"
         );
     }
+}
+
+/// What one remediation attempt of `name` ended as, once it ended.
+async fn failed_remediation(workloads: &Api<Workload>, name: &str) -> RemediationRecord {
+    support::eventually(
+        &format!("{name}'s Job Failed"),
+        REMEDIATION_TIMEOUT,
+        async || {
+            let record = workload_status(workloads, name).await?.remediation?;
+            (record.phase == Some(RemediationPhase::Failed)).then_some(record)
+        },
+    )
+    .await
+}
+
+/// Two real failures pause the rollout (`maxFailures: 2`): a machine whose repository lacks
+/// the fix (apt runs, the version stays below the fix, the script says so), then a machine that
+/// presents a host key other than the one pinned for its Workload (ssh stops at the key
+/// exchange, before the client key is offered: the machine's sshd sees no authentication
+/// attempt). The third Workload, whose machine could be fixed, never gets a Job.
+#[tokio::test]
+async fn real_failures_pause_the_rollout_and_an_unpinned_host_key_is_refused_before_authentication()
+{
+    let env = support::env_with_node();
+    let node = env.node().expect("the test node");
+    let client = env.client().await;
+    let ns = env.namespace("real-failures").await;
+    let label = format!("fail-{}", support::random_suffix());
+    // [fixed, fixed, empty]: the empty one lacks the fix.
+    let fleet = machines::start(node, 3, 1).unwrap_or_else(|e| panic!("{e}"));
+    let client_key = machines::client_key(node);
+    let (fixable, impostor, lacks_fix) = (&fleet[0], &fleet[1], &fleet[2]);
+    // Rollout order is by name when due dates tie: a-..., then b-..., then c-....
+    let workloads_and_machines = [
+        ("a-lacks-fix", lacks_fix),
+        ("b-impostor", impostor),
+        ("c-fixable", fixable),
+    ];
+    let before = lacks_fix
+        .installed_version(client_key, PACKAGE)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    machines_feed(&client, &label).await;
+    job_identities(&client, &ns).await;
+    job_scripts(&client, &ns).await;
+    // b-impostor's pin is another machine's key: its own machine presents a different one.
+    fleet_ssh(
+        &client,
+        &ns,
+        &[
+            ("a-lacks-fix", lacks_fix.host_key.as_str()),
+            ("b-impostor", fixable.host_key.as_str()),
+            ("c-fixable", fixable.host_key.as_str()),
+        ],
+    )
+    .await;
+    for (name, machine) in workloads_and_machines {
+        apply(&client, &ns, workload_of(name, machine)).await;
+        report_inventory(env, &ns, name, machine);
+    }
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+    let controller = Patchloop::start(env, &ns, &label, &[]).await;
+    for (name, _) in workloads_and_machines {
+        support::eventually(
+            &format!("{name} Overdue"),
+            support::objects::WAIT,
+            async || {
+                let status = workload_status(&workloads, name).await?;
+                in_state(&status, "Overdue").then_some(())
+            },
+        )
+        .await;
+    }
+    // What the impostor logs from here on is the Jobs' doing (the harness's own collection
+    // logged in before).
+    let impostor_log_mark = impostor.sshd_log().len();
+    apply(&client, &ns, apt_over_ssh_policy(&node.runner_image, 2)).await;
+
+    let lacking = failed_remediation(&workloads, "a-lacks-fix").await;
+    let message = lacking.message.unwrap_or_default();
+    assert!(
+        message.contains(PACKAGE),
+        "the script names the package still below its fix: {message}"
+    );
+    assert_eq!(
+        lacks_fix
+            .installed_version(client_key, PACKAGE)
+            .unwrap_or_else(|e| panic!("{e}")),
+        before,
+        "nothing newer was there to install"
+    );
+
+    let refused = failed_remediation(&workloads, "b-impostor").await;
+    let message = refused.message.unwrap_or_default();
+    assert!(
+        message.contains("host key mismatch"),
+        "ssh stopped at the host key: {message}"
+    );
+    let sshd_log = impostor.sshd_log()[impostor_log_mark..].to_owned();
+    assert!(
+        sshd_log.contains("[preauth]") && !sshd_log.contains("Accepted publickey"),
+        "the impostor saw a connection that never authenticated: {sshd_log}"
+    );
+    assert!(
+        !sshd_log.contains("authenticating user"),
+        "no credential was offered to the impostor: {sshd_log}"
+    );
+
+    let policies: Api<patchloop::api::PatchPolicy> = Api::namespaced(client.clone(), &ns);
+    support::eventually("RolloutPaused", support::objects::WAIT, async || {
+        let status = policies.get_status("apt-over-ssh").await.ok()?.status?;
+        (condition(&status.conditions, "RolloutPaused") == Some("True")).then_some(())
+    })
+    .await;
+    let woken = controller
+        .wake_and_count(&client, &ns, "apt-over-ssh", "policy", 1)
+        .await;
+    assert_eq!(woken.jobs_created(), 0.0, "no Job starts while paused");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns);
+    let created: BTreeSet<String> = jobs
+        .list(&ListParams::default())
+        .await
+        .expect("listing Jobs")
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.labels?.get("patchloop.dev/workload").cloned())
+        .collect();
+    assert_eq!(
+        created,
+        BTreeSet::from(["a-lacks-fix".to_owned(), "b-impostor".to_owned()]),
+        "c-fixable never got a Job"
+    );
+    assert!(in_state(
+        &workload_status(&workloads, "c-fixable")
+            .await
+            .expect("a status"),
+        "Overdue"
+    ));
 }

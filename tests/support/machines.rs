@@ -320,6 +320,12 @@ impl Machine {
         .map(|v| v.trim().to_owned())
     }
 
+    /// What the machine's sshd logged (`sshd -e`: connections, authentications).
+    pub fn sshd_log(&self) -> String {
+        let log = self.root.parent().unwrap_or(&self.root).join("sshd.log");
+        std::fs::read_to_string(log).unwrap_or_default()
+    }
+
     /// The network namespace's name (`ip netns`).
     pub fn netns(&self) -> &str {
         &self.netns
