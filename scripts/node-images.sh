@@ -53,11 +53,12 @@ log() { echo "node-images: $*" >&2; }
 
 sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
-# make_image NAME TAG CMD_JSON LAYER_TAR... : writes $IMAGES/NAME-TAG.tar.
+# make_image NAME TAG RUN_JSON LAYER_TAR... : writes $IMAGES/NAME-TAG.tar.
+# RUN_JSON is the config's Entrypoint/Cmd fields, e.g. '"Cmd":["/bin/bash"]'.
 # Each layer tar is stored as <diff_id>/layer.tar; the config lists the
 # diff_ids in order; manifest.json names the image localhost/NAME:TAG.
 make_image() {
-  local name="$1" tag="$2" cmd="$3"
+  local name="$1" tag="$2" run="$3"
   shift 3
   local out="$IMAGES/$name-$tag.tar" work diff_ids=() layers=()
   work=$(mktemp -d "$IMAGES/.work.XXXXXX")
@@ -70,7 +71,7 @@ make_image() {
     layers+=("\"$id/layer.tar\"")
   done
   local config
-  config=$(IFS=,; printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":%s},"rootfs":{"type":"layers","diff_ids":[%s]}}' "$cmd" "${diff_ids[*]}")
+  config=$(IFS=,; printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],%s},"rootfs":{"type":"layers","diff_ids":[%s]}}' "$run" "${diff_ids[*]}")
   printf '%s' "$config" > "$work/config.json"
   local config_id
   config_id=$(sha256 "$work/config.json")
@@ -101,7 +102,7 @@ build_pause() {
   gcc -Os -static -Wall -Werror -DVERSION="v$PAUSE_TAG-patchloop" -o "$root/pause" "$PAUSE_SOURCE"
   strip "$root/pause"
   layer_of "$root" "$IMAGES/pause.layer.tar"
-  make_image pause "$PAUSE_TAG" '["/pause"]' "$IMAGES/pause.layer.tar"
+  make_image pause "$PAUSE_TAG" '"Entrypoint":["/pause"]' "$IMAGES/pause.layer.tar"
   rm -rf "$root" "$IMAGES/pause.layer.tar"
 }
 
@@ -120,7 +121,7 @@ build_debian() {
   build_rootfs
   log "building localhost/debian:12"
   layer_of "$ROOTFS" "$IMAGES/debian-12.layer.tar"
-  make_image debian 12 '["/bin/bash"]' "$IMAGES/debian-12.layer.tar"
+  make_image debian 12 '"Cmd":["/bin/bash"]' "$IMAGES/debian-12.layer.tar"
 }
 
 # chroot_apt ROOT ARGS...: apt-get in ROOT, no service started (policy-rc.d).
@@ -224,7 +225,8 @@ build_runner() {
     echo "nonroot:x:65532:65532:nonroot:/nonexistent:/usr/sbin/nologin" >> "$root/etc/passwd"
     echo "nonroot:x:65532:" >> "$root/etc/group"
     layer_of "$root" "$IMAGES/runner-$tag.layer.tar"
-    make_image runner "$tag" '["/usr/local/bin/patchloop"]' "$IMAGES/debian-12.layer.tar" "$IMAGES/runner-$tag.layer.tar"
+    # As the project's image (Dockerfile): patchloop is the entrypoint.
+    make_image runner "$tag" '"Entrypoint":["/usr/local/bin/patchloop"],"Cmd":["run"]' "$IMAGES/debian-12.layer.tar" "$IMAGES/runner-$tag.layer.tar"
     rm -rf "$root" "$IMAGES/runner-$tag.layer.tar"
     # Older runner images are of binaries no test runs any more.
     find "$IMAGES" -maxdepth 1 -name 'runner-*.tar' ! -name "runner-$tag.tar" -delete

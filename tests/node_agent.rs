@@ -162,7 +162,7 @@ fn managers(meta: &kube::api::ObjectMeta) -> Vec<String> {
 
 #[tokio::test]
 async fn the_agent_creates_its_workload_and_inventory_with_least_privilege() {
-    let env = support::env();
+    let env = support::env_with_node();
     let admin = env.client().await;
     let ns = env.namespace("node-agent").await;
     let (_, docs) = manifests();
@@ -445,7 +445,7 @@ async fn the_daemonset_is_accepted_and_mounts_only_what_it_reads_read_only() {
 
     // The apiserver accepts it and keeps every field (1.20 drops unknown
     // fields silently, so compare what comes back). No kubelet: no Pods.
-    let env = support::env();
+    let env = support::env_with_node();
     let admin = env.client().await;
     let ns = env.namespace("node-agent-ds").await;
     apply(&admin, &ns, &docs, &["ServiceAccount", "DaemonSet"]).await;
@@ -489,7 +489,7 @@ fn daemonset_args(docs: &[Value], node: &str, ns: &str, root: &Path) -> (Vec<Str
 
 #[tokio::test]
 async fn the_daemonsets_command_reports_and_stops_on_sigterm() {
-    let env = support::env();
+    let env = support::env_with_node();
     let admin = env.client().await;
     let ns = env.namespace("node-agent-loop").await;
     let (_, docs) = manifests();
@@ -571,5 +571,92 @@ fn the_role_is_the_charts_node_agent_role() {
             {"apiGroups": ["patchloop.dev"], "resources": ["inventories"], "verbs": ["get", "create", "patch"]},
             {"apiGroups": ["patchloop.dev"], "resources": ["workloads"], "verbs": ["get", "create"]},
         ])
+    );
+}
+
+/// The DaemonSet for real, on the real node: its Pod runs (the project's binary in the runner
+/// image, which has the image's entrypoint), reads the node's own dpkg database through the
+/// read-only host mounts, and writes the node's Workload and Inventory with its
+/// ServiceAccount. Only the image is changed, as a user's kustomize overlay would.
+#[tokio::test]
+async fn the_daemonset_runs_on_the_real_node_and_reports_the_nodes_packages() {
+    let env = support::env_with_node();
+    let node = env.node().expect("the test node");
+    let admin = env.client().await;
+    let ns = env.namespace("node-agent-ds").await;
+    let (_, mut docs) = manifests();
+    for doc in docs.iter_mut().filter(|d| d["kind"] == "DaemonSet") {
+        let container = &mut doc["spec"]["template"]["spec"]["containers"][0];
+        container["image"] = json!(node.runner_image);
+        container["imagePullPolicy"] = json!("Never");
+    }
+    // The token Secret must exist before the Pod is admitted.
+    apply(
+        &admin,
+        &ns,
+        &docs,
+        &["ServiceAccount", "Role", "RoleBinding"],
+    )
+    .await;
+    env.kubeconfig_for_service_account(&ns, AGENT).await;
+    apply(&admin, &ns, &docs, &["DaemonSet"]).await;
+
+    let node_name = node.network.node_name();
+    let inventories: Api<Inventory> = Api::namespaced(admin.clone(), &ns);
+    let inventory = support::eventually(
+        "the node's Inventory from the DaemonSet's Pod",
+        Duration::from_secs(120),
+        async || {
+            inventories
+                .get_opt(&format!("workload-{node_name}"))
+                .await
+                .ok()?
+        },
+    )
+    .await;
+    assert_eq!(
+        inventory.spec.reporter.as_deref(),
+        Some(AGENT),
+        "written by the agent"
+    );
+    // The host's own packages: what dpkg-query says on this machine.
+    let host = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package} ${Version}\\n"])
+        .output()
+        .expect("dpkg-query");
+    let host_packages = String::from_utf8_lossy(&host.stdout);
+    let containerd = host_packages
+        .lines()
+        .find(|l| l.starts_with("containerd "))
+        .expect("containerd is installed on the node");
+    let version = containerd.split(' ').nth(1).expect("a version");
+    assert!(
+        inventory
+            .spec
+            .packages
+            .iter()
+            .any(|p| p.starts_with(&format!("containerd {version}"))),
+        "the node's containerd {version} is in the Inventory"
+    );
+    let workloads: Api<Workload> = Api::namespaced(admin.clone(), &ns);
+    let workload = workloads
+        .get(&node_name)
+        .await
+        .expect("the node's Workload");
+    assert_eq!(workload.spec.target, Some(json!({"node": node_name})));
+    assert_eq!(workload.spec.platform, "Debian:12");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(admin.clone(), &ns);
+    let running = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=patchloop-node-agent"))
+        .await
+        .expect("listing the agent's Pods")
+        .items;
+    assert_eq!(running.len(), 1, "one agent on the one node");
+    assert_eq!(
+        running[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref()),
+        Some(node_name.as_str())
     );
 }

@@ -57,8 +57,8 @@ const POD_LOGS: &str = "/var/log/pods";
 const CONTAINER_LOGS: &str = "/var/log/containers";
 const CNI_RESULTS: &str = "/var/lib/cni/results";
 const SHIM_SOCKETS: &str = "/run/containerd/s";
-/// Those paths and their parents, deepest first: the ones a node created are removed again
-/// when empty.
+/// Those paths and their parents, deepest first, and what hostPath volumes create: the ones
+/// that appear while a node runs are removed again when empty.
 const HOST_DIRS: &[&str] = &[
     POD_LOGS,
     CONTAINER_LOGS,
@@ -66,6 +66,11 @@ const HOST_DIRS: &[&str] = &[
     "/var/lib/cni",
     SHIM_SOCKETS,
     "/run/containerd",
+    // The node agent's hostPath mounts of other distributions' databases, which containerd
+    // creates empty when missing (deploy/node-agent/README.md, "Host mounts").
+    "/lib/apk/db",
+    "/lib/apk",
+    "/var/lib/rpm",
 ];
 /// The containerd namespace of the CRI plugin.
 const CRI_NAMESPACE: &str = "k8s.io";
