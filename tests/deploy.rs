@@ -13,7 +13,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use patchloop::api::workload::RemediationPhase;
 use patchloop::api::{PatchPolicy, Workload};
 use serde_json::{Value, json};
 use support::executor;
+use support::helm::{chart, helm, install};
 use support::objects::*;
 use support::patchloop::Patchloop;
 
@@ -36,57 +37,7 @@ const LONG_WAIT: Duration = Duration::from_secs(120);
 const SCOPED_DIGEST: &str =
     "sha256:4f7d1c2a9b3e8f6d5c4b3a291817161514131211100f0e0d0c0b0a0908070605";
 
-fn chart() -> PathBuf {
-    Path::new(REPO).join("charts/patchloop")
-}
-
-// ---------------------------------------------------------------- Helm
-
-/// Runs `scripts/helm.sh <args>` (which installs helm-sdkpy once, cached)
-/// and parses the JSON it prints; the error is Helm's message.
-async fn helm(args: &[&str], kubeconfig: Option<&Path>) -> Result<Value, String> {
-    let mut cmd = tokio::process::Command::new(Path::new(REPO).join("scripts/helm.sh"));
-    cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
-    if let Some(kc) = kubeconfig {
-        cmd.arg("--kubeconfig").arg(kc);
-    }
-    let out = cmd
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run scripts/helm.sh: {e}"));
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "helm.py printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-async fn install(
-    env: &support::TestEnv,
-    release: &str,
-    chart: &Path,
-    ns: &str,
-    values: &Value,
-) -> Result<Value, String> {
-    let values = values.to_string();
-    helm(
-        &[
-            "install",
-            release,
-            &chart.to_string_lossy(),
-            "--namespace",
-            ns,
-            "--values",
-            &values,
-        ],
-        Some(env.kubeconfig()),
-    )
-    .await
-}
+// ---------------------------------------------------------------- Helm: support/helm.rs
 
 /// The documents of a rendered manifest (Helm's `manifest`, or a file).
 fn documents(text: &str) -> Vec<Value> {

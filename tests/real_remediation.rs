@@ -7,187 +7,25 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use patchloop::api::Workload;
 use patchloop::api::workload::{RemediationPhase, RemediationRecord};
-use serde_json::{Value, json};
-use support::machines::{self, Machine, PACKAGE};
+use support::fleet::{
+    all_compliant, apt_over_ssh_policy, assert_upgraded, fleet_ssh, job_identities, job_scripts,
+    machines_feed, report_inventory, workload_of,
+};
+use support::machines::{self, PACKAGE};
 use support::objects::{apply, condition, in_state, workload_status};
 use support::patchloop::Patchloop;
 
 /// Real Jobs: a Pod start, an SSH session, `apt-get update` and an install per machine.
-const REMEDIATION_TIMEOUT: Duration = Duration::from_secs(90);
-const JOB_SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/jobs");
-
-fn yaml_documents(path: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"))
-}
-
-/// Server-side applies a manifest of a core or RBAC kind (ServiceAccount, Role, RoleBinding,
-/// ConfigMap, Secret) in `ns`.
-async fn apply_core(client: &kube::Client, ns: &str, doc: Value) {
-    async fn typed<K>(client: &kube::Client, ns: &str, doc: Value)
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + serde::Serialize,
-        K::DynamicType: Default,
-    {
-        let name = doc["metadata"]["name"].as_str().expect("a name").to_owned();
-        let api: Api<K> = Api::namespaced(client.clone(), ns);
-        api.patch(
-            &name,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(&doc),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying {name}: {e}"));
-    }
-    use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
-    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-    match doc["kind"].as_str() {
-        Some("ServiceAccount") => typed::<ServiceAccount>(client, ns, doc).await,
-        Some("Role") => typed::<Role>(client, ns, doc).await,
-        Some("RoleBinding") => typed::<RoleBinding>(client, ns, doc).await,
-        Some("ConfigMap") => typed::<ConfigMap>(client, ns, doc).await,
-        Some("Secret") => typed::<Secret>(client, ns, doc).await,
-        other => panic!("not a kind this test applies: {other:?}"),
-    }
-}
-
-/// `examples/jobs/rbac.yaml` (the Jobs' ServiceAccounts and their Inventory writer Role), bound
-/// in `ns` instead of the example's `fleet`.
-async fn job_identities(client: &kube::Client, ns: &str) {
-    for mut doc in yaml_documents(&format!("{JOB_SCRIPTS}/rbac.yaml")) {
-        if let Some(subjects) = doc.get_mut("subjects").and_then(Value::as_array_mut) {
-            for subject in subjects {
-                subject["namespace"] = json!(ns);
-            }
-        }
-        apply_core(client, ns, doc).await;
-    }
-}
-
-/// The `patchloop-job-scripts` ConfigMap of the example policy: the reference scripts as they
-/// are in the repository.
-async fn job_scripts(client: &kube::Client, ns: &str) {
-    let mut data = serde_json::Map::new();
-    for script in ["apt-remediate.sh", "patchloop-lib.sh"] {
-        let path = format!("{JOB_SCRIPTS}/{script}");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-        data.insert(script.to_owned(), json!(text));
-    }
-    apply_core(
-        client,
-        ns,
-        json!({"apiVersion": "v1", "kind": "ConfigMap",
-               "metadata": {"name": "patchloop-job-scripts"}, "data": data}),
-    )
-    .await;
-}
-
-/// The `fleet-ssh` Secret: the client key and one pinned host key per Workload, named
-/// `<namespace>/<workload>` as the script looks them up.
-async fn fleet_ssh(client: &kube::Client, ns: &str, pinned: &[(&str, &str)]) {
-    let key = &machines::client_key(support::env_with_node().node().expect("the node")).private_key;
-    let private_key = std::fs::read_to_string(key).expect("reading the client key");
-    let known_hosts: String = pinned
-        .iter()
-        .map(|(workload, host_key)| format!("{ns}/{workload} {host_key}\n"))
-        .collect();
-    apply_core(
-        client,
-        ns,
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fleet-ssh"},
-               "stringData": {"id_ed25519": private_key, "known_hosts": known_hosts}}),
-    )
-    .await;
-}
-
-/// The example's `apt-over-ssh` policy as a user adapts it to this cluster: the runner image
-/// built here (never pulled), root on the machines, a window that is always open, one machine
-/// at a time after one canary.
-fn apt_over_ssh_policy(runner_image: &str, max_failures: i64) -> Value {
-    let mut policy = yaml_documents(&format!("{JOB_SCRIPTS}/remediation.yaml"))
-        .into_iter()
-        .find(|d| d["metadata"]["name"] == "apt-over-ssh")
-        .expect("the apt-over-ssh example policy");
-    let spec = &mut policy["spec"];
-    spec["maintenanceWindows"] = json!([{"schedule": "* * * * *", "duration": "2h"}]);
-    let remediation = &mut spec["remediation"];
-    remediation["maxConcurrent"] = json!(1);
-    remediation["canary"] = json!(1);
-    remediation["attempts"] = json!(1);
-    remediation["maxFailures"] = json!(max_failures);
-    let container = &mut remediation["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
-    container["image"] = json!(runner_image);
-    container["imagePullPolicy"] = json!("Never");
-    container["env"] = json!([
-        {"name": "PATCHLOOP_SSH_DIR", "value": "/etc/patchloop/ssh"},
-        {"name": "PATCHLOOP_SSH_USER", "value": "root"},
-    ]);
-    policy
-}
-
-/// The machine's inventory as an operator's collector reports it: the dpkg status file read
-/// over SSH, written with `patchloop inventory --from-file`.
-fn report_inventory(env: &support::TestEnv, ns: &str, workload: &str, machine: &Machine) {
-    let client_key = machines::client_key(env.node().expect("the node"));
-    let status = machine
-        .ssh(client_key, "cat /var/lib/dpkg/status")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let file = env.dir().join(format!("{ns}-{workload}.status"));
-    std::fs::write(&file, status).expect("writing the status file");
-    let out = Command::new(env!("CARGO_BIN_EXE_patchloop"))
-        .args(["inventory", "--workload", workload, "--namespace", ns])
-        .args(["--reporter", "ssh-collector"])
-        .arg("--from-file")
-        .arg(format!("dpkg-status:{}", file.display()))
-        .env("KUBECONFIG", env.kubeconfig())
-        .output()
-        .expect("running patchloop inventory");
-    assert!(
-        out.status.success(),
-        "patchloop inventory: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn workload_of(name: &str, machine: &Machine) -> Value {
-    json!({
-        "apiVersion": "patchloop.dev/v1alpha1", "kind": "Workload",
-        "metadata": {"name": name, "labels": {"patch-via": "apt-ssh"}},
-        "spec": {"platform": "Debian:12", "target": {"address": machine.address.to_string()}},
-    })
-}
-
-/// The feed of the machines' real advisory (`scripts/node-images.sh`: Debian's changelog of
-/// the fixed package), loaded by the controllers started with `label`.
-async fn machines_feed(client: &kube::Client, label: &str) {
-    let path = machines::images_dir().join("advisory-fixed.json");
-    assert!(path.is_file(), "{} is missing", path.display());
-    apply(
-        client,
-        "",
-        support::objects::feed(
-            &format!("machines-{label}"),
-            label,
-            "OSV",
-            &path.display().to_string(),
-        ),
-    )
-    .await;
-}
+const REMEDIATION_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Counts the remediation Pods of `ns` that are neither Succeeded nor Failed, and keeps the
 /// highest count seen and every Pod's node, until `done`.
@@ -251,7 +89,7 @@ async fn real_jobs_upgrade_real_machines_canary_first_one_at_a_time() {
         .zip(&fleet)
         .map(|(name, m)| (name.as_str(), m.host_key.as_str()))
         .collect();
-    fleet_ssh(&client, &ns, &pinned).await;
+    fleet_ssh(&client, &ns, client_key, &pinned).await;
     for (name, machine) in names.iter().zip(&fleet) {
         apply(&client, &ns, workload_of(name, machine)).await;
         report_inventory(env, &ns, name, machine);
@@ -274,17 +112,8 @@ async fn real_jobs_upgrade_real_machines_canary_first_one_at_a_time() {
     let done = Arc::new(AtomicBool::new(false));
     let (most_active, pod_nodes) = watch_active_pods(client.clone(), ns.clone(), done.clone());
     apply(&client, &ns, apt_over_ssh_policy(&node.runner_image, 2)).await;
-    for name in &names {
-        support::eventually(
-            &format!("{name} Compliant"),
-            REMEDIATION_TIMEOUT,
-            async || {
-                let status = workload_status(&workloads, name).await?;
-                in_state(&status, "Compliant").then_some(())
-            },
-        )
-        .await;
-    }
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    all_compliant(&client, &ns, &name_refs, REMEDIATION_TIMEOUT).await;
     done.store(true, Ordering::Relaxed);
     let nodes = pod_nodes.await.expect("the Pod watcher");
 
@@ -298,30 +127,21 @@ async fn real_jobs_upgrade_real_machines_canary_first_one_at_a_time() {
         BTreeSet::from([node.network.node_name()]),
         "the Pods ran on the real node"
     );
-    for (machine, old) in fleet.iter().zip(&before) {
-        let now = machine
-            .installed_version(client_key, PACKAGE)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let upgraded = Command::new("dpkg")
-            .args(["--compare-versions", &now, "gt", old])
-            .status()
-            .expect("running dpkg");
-        assert!(upgraded.success(), "{}: {old} -> {now}", machine.name);
-    }
+    assert_upgraded(&fleet, client_key, &before);
     // The Pods' own logs: real apt, and the script's report.
+    // A Workload turns Compliant from the Inventory its Pod reports, before the Pod exits.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let list = pods
-        .list(&ListParams::default())
-        .await
-        .expect("listing the Pods");
+    let list = support::eventually("every Pod Succeeded", REMEDIATION_TIMEOUT, async || {
+        let list = pods.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+            .then_some(list)
+    })
+    .await;
     assert_eq!(list.items.len(), fleet.len(), "one Pod per machine");
     for pod in &list.items {
         let name = pod.metadata.name.clone().expect("a Pod name");
-        assert_eq!(
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded"),
-            "{name}"
-        );
         let log = pods
             .logs(&name, &Default::default())
             .await
@@ -380,6 +200,7 @@ async fn real_failures_pause_the_rollout_and_an_unpinned_host_key_is_refused_bef
     fleet_ssh(
         &client,
         &ns,
+        client_key,
         &[
             ("a-lacks-fix", lacks_fix.host_key.as_str()),
             ("b-impostor", fixable.host_key.as_str()),

@@ -558,10 +558,11 @@ fn try_start(
         // kube-controller-manager (resourcequota: the README's object-count quotas on
         // Patchloop's kinds are tested, and admission enforces a quota only once this
         // controller has computed its usage)
-        // With a node: nodelifecycle removes the not-ready taint (else nothing is scheduled),
-        // daemonset, podgc and ttl do what they do in any cluster.
+        // With a node: nodelifecycle removes the not-ready taint (else nothing is scheduled);
+        // the workload controllers (Deployments, ReplicaSets, DaemonSets), PodDisruptionBudgets,
+        // Endpoints, podgc and ttl do what they do in any cluster.
         let controllers = if node_plan.is_some() {
-            "garbagecollector,job,namespace,resourcequota,serviceaccount,serviceaccount-token,daemonset,nodelifecycle,podgc,ttl"
+            "garbagecollector,job,namespace,resourcequota,serviceaccount,serviceaccount-token,daemonset,nodelifecycle,podgc,ttl,deployment,replicaset,disruption,endpoint"
         } else {
             "garbagecollector,job,namespace,resourcequota,serviceaccount,serviceaccount-token"
         };

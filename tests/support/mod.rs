@@ -24,6 +24,8 @@
 mod controlplane;
 mod crds;
 pub mod executor;
+pub mod fleet;
+pub mod helm;
 mod kubeconfig;
 pub mod machines;
 pub mod node;
@@ -69,6 +71,7 @@ pub struct TestEnv {
 static WITH_CRDS: OnceLock<Result<TestEnv, String>> = OnceLock::new();
 static WITHOUT_CRDS: OnceLock<Result<TestEnv, String>> = OnceLock::new();
 static WITH_NODE: OnceLock<Result<TestEnv, String>> = OnceLock::new();
+static WITH_NODE_WITHOUT_CRDS: OnceLock<Result<TestEnv, String>> = OnceLock::new();
 
 fn shared(
     cell: &'static OnceLock<Result<TestEnv, String>>,
@@ -116,6 +119,15 @@ pub fn env() -> &'static TestEnv {
 pub fn env_with_node() -> &'static TestEnv {
     shared(&WITH_NODE, || controlplane::Options {
         install_crds: true,
+        node: true,
+    })
+}
+
+/// A control plane without pre-installed CRDs and with a real node: the chart's Pods run
+/// (Helm installs the CRDs). Separate from the others.
+pub fn env_with_node_without_crds() -> &'static TestEnv {
+    shared(&WITH_NODE_WITHOUT_CRDS, || controlplane::Options {
+        install_crds: false,
         node: true,
     })
 }
