@@ -7,6 +7,10 @@
 //! the roles users bind, `watchNamespaces`, an upgrade that changes the CRDs,
 //! and an uninstall that keeps them.
 //!
+//! Why simulated (`support::executor`): the RBAC smoke scenario runs the binary with the
+//! chart's ServiceAccount token on a control plane without a node, many times per render
+//! (`watchNamespaces`, upgrades); the chart's Pods run for real in `tests/chart_pods.rs`.
+//!
 //! `PATCHLOOP_UPDATE_DEPLOY=1` (`make deploy`) rewrites `deploy/` from the
 //! chart's default render instead of comparing.
 

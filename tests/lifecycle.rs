@@ -3,6 +3,10 @@
 //! one leader with a Lease (standbys ready but idle, SIGTERM hands over at
 //! once, SIGKILL after the lease expires), a leader rides out failed lease
 //! renewals until its renew deadline, and a failing reconcile backs off.
+//!
+//! Why simulated (`support::executor`): Jobs must finish at exact moments relative to a SIGKILL
+//! and a lease expiry (no Job or ChangeRequest twice); the chart's replicas hand over as real
+//! Pods in `tests/chart_pods.rs`.
 
 mod support;
 

@@ -1,9 +1,12 @@
 //! Live remediation against a real Kubernetes 1.20.2 control plane: Jobs
 //! rolled out by the policy reconciler (windows, emergencies, canary,
 //! maxConcurrent under cache lag, maxFailures and resume), outcomes verified
-//! by fresh inventory, and crashes that never duplicate a Job. The tests play
-//! the executor (there is no kubelet): they set Job and Pod status and write
-//! the fixed Inventory.
+//! by fresh inventory, and crashes that never duplicate a Job.
+//!
+//! Why simulated (`support::executor`): these tests need Jobs to end at chosen moments — between
+//! a create and its record (crash tests), under a 3 s Job-watch lag, 50 Workloads and 21
+//! canary loops within seconds — which real Pods cannot time. The same rollout with real Pods
+//! and machines is `tests/real_remediation.rs`.
 
 mod support;
 

@@ -2,9 +2,11 @@
 //! Template compliance, the ChangeRequest lifecycle (approval bound to the
 //! scope digest, build and test Jobs, nonce-checked results, publication),
 //! the fleet view, `patchloop approve` / `reject`, and restarts at every
-//! phase. The tests play the build and test executors: they report build
-//! results as Inventories and finish Jobs through the status subresource
-//! (there is no kubelet).
+//! phase.
+//!
+//! Why simulated (`support::executor`): they report build results as Inventories and finish
+//! Jobs through the status subresource, to stop at every phase (restarts) and to forge results;
+//! a real rebuild needs the local registry of the image-pipeline issue.
 
 mod support;
 

@@ -10,6 +10,11 @@
 //! subject's data and no package-manager action word reaches a Job, a
 //! ConfigMap, a status or an Event. One module per finding of the
 //! trust-boundary review (README, "Threat model").
+//!
+//! Why simulated (`support::executor`): an attack's outcome is a Job or Pod status an attacker
+//! forged or a termination message a compromised build wrote; the tests set them exactly. The
+//! real SSH boundary (a machine presenting an unpinned host key) is attacked with real Pods in
+//! `tests/real_remediation.rs`.
 
 #[path = "../support/mod.rs"]
 mod support;

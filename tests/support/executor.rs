@@ -1,7 +1,13 @@
-//! Plays the executors the test control plane lacks (no kubelet runs Pods):
-//! finishes Patchloop's Jobs by setting their status as the Job controller
-//! would, sets a failed Pod's termination message, and watches how many
-//! Jobs are in flight at once.
+//! A simulated executor, for the control planes without a node (`support::env()`): finishes
+//! Patchloop's Jobs by setting their status as the Job controller would, sets a failed Pod's
+//! termination message, and watches how many Jobs are in flight at once.
+//!
+//! Remediation is proven with real Pods, real machines and real apt in `tests/real_remediation.rs`,
+//! `tests/chart_pods.rs` and `tests/node.rs`. This executor stays only where a test needs an
+//! outcome a real Pod cannot give quickly or at all, and each test binary using it says which
+//! (its module doc, "Why simulated"): a Job ending at an exact moment relative to a crash, a
+//! watch lag or a lease; dozens of Jobs in a few seconds; a termination message or result line
+//! an attacker forged; a build that pushed an image no registry here holds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
