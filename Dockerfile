@@ -23,7 +23,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
  && touch src/lib.rs \
- && for f in src/main.rs benches/engine.rs benches/controller.rs benches/remediation.rs; do \
+ && for f in src/main.rs benches/engine.rs benches/controller.rs benches/remediation.rs benches/remediation_real.rs; do \
       echo 'fn main() {}' > "$f"; \
     done \
  && cargo build --release --locked \
