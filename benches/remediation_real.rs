@@ -14,16 +14,16 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 use kube::Api;
 use kube::api::ListParams;
 use serde_json::json;
 use support::fleet::{
-    all_compliant, apt_over_ssh_policy, assert_upgraded, fleet_ssh, job_identities, job_scripts,
-    machines_feed, report_inventory, workload_of,
+    all_in_state, apt_over_ssh_policy, assert_upgraded, installed_versions, machines_feed,
+    own_pins, prepare,
 };
-use support::machines::{self, PACKAGE};
-use support::objects::{apply, in_state, workload_status};
+use support::machines::{self, Machine};
+use support::objects::apply;
 use support::patchloop::Patchloop;
 
 fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
@@ -33,25 +33,26 @@ fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// How the Pod's (only) container ended, once it has.
+fn terminated(pod: &Pod) -> Option<ContainerStateTerminated> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()?
+        .terminated
+        .clone()
+}
+
 /// Seconds from each Pod's creation to its container's start (scheduling, the sandbox, the
 /// container): what a real Job costs beyond its script.
 fn start_seconds(pods: &[Pod]) -> Vec<f64> {
     pods.iter()
         .filter_map(|p| {
             let created = p.metadata.creation_timestamp.as_ref()?.0;
-            let started = p
-                .status
-                .as_ref()?
-                .container_statuses
-                .as_ref()?
-                .first()?
-                .state
-                .as_ref()?
-                .terminated
-                .as_ref()?
-                .started_at
-                .as_ref()?
-                .0;
+            let started = terminated(p)?.started_at?.0;
             Some(started.duration_since(created).as_secs_f64())
         })
         .collect()
@@ -65,19 +66,14 @@ fn average(v: &[f64]) -> f64 {
 fn container_seconds(pods: &[Pod]) -> Vec<f64> {
     pods.iter()
         .filter_map(|p| {
-            let state = p
-                .status
-                .as_ref()?
-                .container_statuses
-                .as_ref()?
-                .first()?
-                .state
-                .as_ref()?
-                .terminated
-                .clone()?;
-            let started = state.started_at?.0;
-            let finished = state.finished_at?.0;
-            Some(finished.duration_since(started).as_secs_f64())
+            let state = terminated(p)?;
+            Some(
+                state
+                    .finished_at?
+                    .0
+                    .duration_since(state.started_at?.0)
+                    .as_secs_f64(),
+            )
         })
         .collect()
 }
@@ -96,39 +92,20 @@ fn main() {
         let fleet = machines::start(node, machine_count, 0).unwrap_or_else(|e| panic!("{e}"));
         let client_key = machines::client_key(node);
         let names: Vec<String> = (0..fleet.len()).map(|i| format!("m-{i:02}")).collect();
-        let before: Vec<String> = fleet
-            .iter()
-            .map(|m| {
-                m.installed_version(client_key, PACKAGE)
-                    .unwrap_or_else(|e| panic!("{e}"))
-            })
-            .collect();
+        let members: Vec<(&str, &Machine)> = names.iter().map(String::as_str).zip(&fleet).collect();
+        let before = installed_versions(&fleet, client_key);
         machines_feed(&client, &label).await;
-        job_identities(&client, &ns).await;
-        job_scripts(&client, &ns).await;
-        let pinned: Vec<(&str, &str)> = names
-            .iter()
-            .zip(&fleet)
-            .map(|(n, m)| (n.as_str(), m.host_key.as_str()))
-            .collect();
-        fleet_ssh(&client, &ns, client_key, &pinned).await;
-        for (name, machine) in names.iter().zip(&fleet) {
-            apply(&client, &ns, workload_of(name, machine)).await;
-            report_inventory(env, &ns, name, machine);
-        }
+        prepare(env, &client, &ns, client_key, &members, &own_pins(&members)).await;
         let _controller = Patchloop::start(env, &ns, &label, &[]).await;
-        let workloads: Api<patchloop::api::Workload> = Api::namespaced(client.clone(), &ns);
-        for name in &names {
-            support::eventually(
-                &format!("{name} Overdue"),
-                Duration::from_secs(120),
-                async || {
-                    let status = workload_status(&workloads, name).await?;
-                    in_state(&status, "Overdue").then_some(())
-                },
-            )
-            .await;
-        }
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        all_in_state(
+            &client,
+            &ns,
+            &name_refs,
+            "Overdue",
+            Duration::from_secs(120),
+        )
+        .await;
         println!(
             "bench: setup ({machine_count} machines, Workloads, Inventories, controller): {:.1} s",
             setup.elapsed().as_secs_f64()
@@ -139,8 +116,14 @@ fn main() {
         policy["spec"]["remediation"]["canary"] = json!(0);
         let clock = Instant::now();
         apply(&client, &ns, policy).await;
-        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        all_compliant(&client, &ns, &name_refs, Duration::from_secs(900)).await;
+        all_in_state(
+            &client,
+            &ns,
+            &name_refs,
+            "Compliant",
+            Duration::from_secs(900),
+        )
+        .await;
         let took = clock.elapsed().as_secs_f64();
         assert_upgraded(&fleet, client_key, &before);
 

@@ -18,10 +18,10 @@ use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
 use patchloop::controller::leader;
 use serde_json::json;
 use support::fleet::{
-    all_compliant, apply_core, apt_over_ssh_policy, assert_upgraded, fleet_ssh, job_identities,
-    job_scripts, report_inventory, workload_of,
+    all_in_state, apply_core, apt_over_ssh_policy, assert_upgraded, installed_versions, own_pins,
+    prepare,
 };
-use support::machines::{self, PACKAGE};
+use support::machines::{self, Machine};
 use support::objects::apply;
 
 const RELEASE: &str = "patchloop";
@@ -104,13 +104,7 @@ async fn the_charts_pods_elect_a_leader_remediate_for_real_and_hand_over() {
     let ns = env.namespace("chart-fleet").await;
     let fleet = machines::start(node, 2, 0).unwrap_or_else(|e| panic!("{e}"));
     let client_key = machines::client_key(node);
-    let before: Vec<String> = fleet
-        .iter()
-        .map(|m| {
-            m.installed_version(client_key, PACKAGE)
-                .unwrap_or_else(|e| panic!("{e}"))
-        })
-        .collect();
+    let before = installed_versions(&fleet, client_key);
     let advisory = std::fs::read_to_string(machines::images_dir().join("advisory-fixed.json"))
         .expect("the machines' advisory");
     apply_core(
@@ -130,21 +124,11 @@ async fn the_charts_pods_elect_a_leader_remediate_for_real_and_hand_over() {
                                                  "key": "advisories.json"}}}}),
     )
     .await;
-    job_identities(&client, &ns).await;
-    job_scripts(&client, &ns).await;
     let names = ["app-0", "app-1"];
-    let pinned: Vec<(&str, &str)> = names
-        .iter()
-        .zip(&fleet)
-        .map(|(name, m)| (*name, m.host_key.as_str()))
-        .collect();
-    fleet_ssh(&client, &ns, client_key, &pinned).await;
-    for (name, machine) in names.iter().zip(&fleet) {
-        apply(&client, &ns, workload_of(name, machine)).await;
-        report_inventory(env, &ns, name, machine);
-    }
+    let members: Vec<(&str, &Machine)> = names.into_iter().zip(&fleet).collect();
+    prepare(env, &client, &ns, client_key, &members, &own_pins(&members)).await;
     apply(&client, &ns, apt_over_ssh_policy(&node.runner_image, 2)).await;
-    all_compliant(&client, &ns, &names, REMEDIATION_TIMEOUT).await;
+    all_in_state(&client, &ns, &names, "Compliant", REMEDIATION_TIMEOUT).await;
     assert_upgraded(&fleet, client_key, &before);
     for replica in &replicas {
         let log = pods

@@ -17,9 +17,10 @@ use kube::api::ListParams;
 use patchloop::api::Workload;
 use patchloop::api::workload::{RemediationPhase, RemediationRecord};
 use support::fleet::{
-    all_compliant, apt_over_ssh_policy, assert_upgraded, fleet_ssh, job_identities, job_scripts,
-    machines_feed, report_inventory, workload_of,
+    all_in_state, apt_over_ssh_policy, assert_upgraded, installed_versions, machines_feed,
+    own_pins, prepare,
 };
+use support::machines::Machine;
 use support::machines::{self, PACKAGE};
 use support::objects::{apply, condition, in_state, workload_status};
 use support::patchloop::Patchloop;
@@ -72,48 +73,19 @@ async fn real_jobs_upgrade_real_machines_canary_first_one_at_a_time() {
     let label = format!("real-{}", support::random_suffix());
     let fleet = machines::start(node, 3, 0).unwrap_or_else(|e| panic!("{e}"));
     let client_key = machines::client_key(node);
-    let names: Vec<String> = (0..fleet.len()).map(|i| format!("web-{i}")).collect();
-    let before: Vec<String> = fleet
-        .iter()
-        .map(|m| {
-            m.installed_version(client_key, PACKAGE)
-                .unwrap_or_else(|e| panic!("{e}"))
-        })
-        .collect();
-
+    let names = ["web-0", "web-1", "web-2"];
+    let members: Vec<(&str, &Machine)> = names.into_iter().zip(&fleet).collect();
+    let before = installed_versions(&fleet, client_key);
     machines_feed(&client, &label).await;
-    job_identities(&client, &ns).await;
-    job_scripts(&client, &ns).await;
-    let pinned: Vec<(&str, &str)> = names
-        .iter()
-        .zip(&fleet)
-        .map(|(name, m)| (name.as_str(), m.host_key.as_str()))
-        .collect();
-    fleet_ssh(&client, &ns, client_key, &pinned).await;
-    for (name, machine) in names.iter().zip(&fleet) {
-        apply(&client, &ns, workload_of(name, machine)).await;
-        report_inventory(env, &ns, name, machine);
-    }
-    let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
+    prepare(env, &client, &ns, client_key, &members, &own_pins(&members)).await;
     let _controller = Patchloop::start(env, &ns, &label, &[]).await;
     // Report-only first: the real advisory makes every machine Overdue.
-    for name in &names {
-        support::eventually(
-            &format!("{name} Overdue"),
-            support::objects::WAIT,
-            async || {
-                let status = workload_status(&workloads, name).await?;
-                in_state(&status, "Overdue").then_some(())
-            },
-        )
-        .await;
-    }
+    all_in_state(&client, &ns, &names, "Overdue", support::objects::WAIT).await;
 
     let done = Arc::new(AtomicBool::new(false));
     let (most_active, pod_nodes) = watch_active_pods(client.clone(), ns.clone(), done.clone());
     apply(&client, &ns, apt_over_ssh_policy(&node.runner_image, 2)).await;
-    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    all_compliant(&client, &ns, &name_refs, REMEDIATION_TIMEOUT).await;
+    all_in_state(&client, &ns, &names, "Compliant", REMEDIATION_TIMEOUT).await;
     done.store(true, Ordering::Relaxed);
     let nodes = pod_nodes.await.expect("the Pod watcher");
 
@@ -184,47 +156,24 @@ async fn real_failures_pause_the_rollout_and_an_unpinned_host_key_is_refused_bef
     let client_key = machines::client_key(node);
     let (fixable, impostor, lacks_fix) = (&fleet[0], &fleet[1], &fleet[2]);
     // Rollout order is by name when due dates tie: a-..., then b-..., then c-....
-    let workloads_and_machines = [
+    let members = [
         ("a-lacks-fix", lacks_fix),
         ("b-impostor", impostor),
         ("c-fixable", fixable),
     ];
-    let before = lacks_fix
-        .installed_version(client_key, PACKAGE)
-        .unwrap_or_else(|e| panic!("{e}"));
-
+    let before = installed_versions(std::slice::from_ref(lacks_fix), client_key);
     machines_feed(&client, &label).await;
-    job_identities(&client, &ns).await;
-    job_scripts(&client, &ns).await;
     // b-impostor's pin is another machine's key: its own machine presents a different one.
-    fleet_ssh(
-        &client,
-        &ns,
-        client_key,
-        &[
-            ("a-lacks-fix", lacks_fix.host_key.as_str()),
-            ("b-impostor", fixable.host_key.as_str()),
-            ("c-fixable", fixable.host_key.as_str()),
-        ],
-    )
-    .await;
-    for (name, machine) in workloads_and_machines {
-        apply(&client, &ns, workload_of(name, machine)).await;
-        report_inventory(env, &ns, name, machine);
-    }
+    let pins = [
+        ("a-lacks-fix", lacks_fix.host_key.as_str()),
+        ("b-impostor", fixable.host_key.as_str()),
+        ("c-fixable", fixable.host_key.as_str()),
+    ];
+    prepare(env, &client, &ns, client_key, &members, &pins).await;
     let workloads: Api<Workload> = Api::namespaced(client.clone(), &ns);
     let controller = Patchloop::start(env, &ns, &label, &[]).await;
-    for (name, _) in workloads_and_machines {
-        support::eventually(
-            &format!("{name} Overdue"),
-            support::objects::WAIT,
-            async || {
-                let status = workload_status(&workloads, name).await?;
-                in_state(&status, "Overdue").then_some(())
-            },
-        )
-        .await;
-    }
+    let names: Vec<&str> = members.iter().map(|(name, _)| *name).collect();
+    all_in_state(&client, &ns, &names, "Overdue", support::objects::WAIT).await;
     // What the impostor logs from here on is the Jobs' doing (the harness's own collection
     // logged in before).
     let impostor_log_mark = impostor.sshd_log().len();
@@ -240,7 +189,7 @@ async fn real_failures_pause_the_rollout_and_an_unpinned_host_key_is_refused_bef
         lacks_fix
             .installed_version(client_key, PACKAGE)
             .unwrap_or_else(|e| panic!("{e}")),
-        before,
+        before[0],
         "nothing newer was there to install"
     );
 

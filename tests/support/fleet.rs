@@ -181,21 +181,61 @@ pub async fn machines_feed(client: &kube::Client, label: &str) {
     .await;
 }
 
-/// Waits (up to `timeout`) until every Workload of `names` in `ns` is Compliant.
-pub async fn all_compliant(
+/// Waits (up to `timeout`) until every Workload of `names` in `ns` is in compliance `state`.
+pub async fn all_in_state(
     client: &kube::Client,
     ns: &str,
     names: &[&str],
+    state: &str,
     timeout: std::time::Duration,
 ) {
     let workloads: Api<patchloop::api::Workload> = Api::namespaced(client.clone(), ns);
     for name in names {
-        super::eventually(&format!("{name} Compliant"), timeout, async || {
+        super::eventually(&format!("{name} {state}"), timeout, async || {
             let status = objects::workload_status(&workloads, name).await?;
-            objects::in_state(&status, "Compliant").then_some(())
+            objects::in_state(&status, state).then_some(())
         })
         .await;
     }
+}
+
+/// What a remediation scenario sets up before its policy: the Jobs' identities and scripts,
+/// the SSH Secret pinning `pins` (Workload → the host key pinned for it), and for each
+/// (Workload, machine) of `members` the Workload and its Inventory read from the machine.
+pub async fn prepare(
+    env: &super::TestEnv,
+    client: &kube::Client,
+    ns: &str,
+    client_key: &ClientKey,
+    members: &[(&str, &Machine)],
+    pins: &[(&str, &str)],
+) {
+    job_identities(client, ns).await;
+    job_scripts(client, ns).await;
+    fleet_ssh(client, ns, client_key, pins).await;
+    for (name, machine) in members {
+        apply(client, ns, workload_of(name, machine)).await;
+        report_inventory(env, ns, name, machine);
+    }
+}
+
+/// Each Workload pinned to its own machine's host key.
+pub fn own_pins<'a>(members: &[(&'a str, &'a Machine)]) -> Vec<(&'a str, &'a str)> {
+    members
+        .iter()
+        .map(|(name, machine)| (*name, machine.host_key.as_str()))
+        .collect()
+}
+
+/// The installed version of [`machines::PACKAGE`] on each machine (`dpkg-query` over SSH).
+pub fn installed_versions(fleet: &[Machine], client_key: &ClientKey) -> Vec<String> {
+    fleet
+        .iter()
+        .map(|m| {
+            m.installed_version(client_key, machines::PACKAGE)
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect()
 }
 
 /// Asserts that `dpkg-query` over SSH shows [`machines::PACKAGE`] on each machine newer than
