@@ -94,7 +94,7 @@ fn main() {
         let names: Vec<String> = (0..fleet.len()).map(|i| format!("m-{i:02}")).collect();
         let members: Vec<(&str, &Machine)> = names.iter().map(String::as_str).zip(&fleet).collect();
         let before = installed_versions(&fleet, client_key);
-        machines_feed(&client, &label).await;
+        machines_feed(&client, node, &label).await;
         prepare(env, &client, &ns, client_key, &members, &own_pins(&members)).await;
         let _controller = Patchloop::start(env, &ns, &label, &[]).await;
         let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();

@@ -105,7 +105,7 @@ async fn the_charts_pods_elect_a_leader_remediate_for_real_and_hand_over() {
     let fleet = machines::start(node, 2, 0).unwrap_or_else(|e| panic!("{e}"));
     let client_key = machines::client_key(node);
     let before = installed_versions(&fleet, client_key);
-    let advisory = std::fs::read_to_string(machines::images_dir().join("advisory-fixed.json"))
+    let advisory = std::fs::read_to_string(node.images.join("advisory-fixed.json"))
         .expect("the machines' advisory");
     apply_core(
         &client,

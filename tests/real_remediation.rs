@@ -76,7 +76,7 @@ async fn real_jobs_upgrade_real_machines_canary_first_one_at_a_time() {
     let names = ["web-0", "web-1", "web-2"];
     let members: Vec<(&str, &Machine)> = names.into_iter().zip(&fleet).collect();
     let before = installed_versions(&fleet, client_key);
-    machines_feed(&client, &label).await;
+    machines_feed(&client, node, &label).await;
     prepare(env, &client, &ns, client_key, &members, &own_pins(&members)).await;
     let _controller = Patchloop::start(env, &ns, &label, &[]).await;
     // Report-only first: the real advisory makes every machine Overdue.
@@ -162,7 +162,7 @@ async fn real_failures_pause_the_rollout_and_an_unpinned_host_key_is_refused_bef
         ("c-fixable", fixable),
     ];
     let before = installed_versions(std::slice::from_ref(lacks_fix), client_key);
-    machines_feed(&client, &label).await;
+    machines_feed(&client, node, &label).await;
     // b-impostor's pin is another machine's key: its own machine presents a different one.
     let pins = [
         ("a-lacks-fix", lacks_fix.host_key.as_str()),

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use std::process::Command;
 
 use super::machines::{self, ClientKey, Machine};
+use super::node::Node;
 use super::objects::{self, apply};
 
 const JOB_SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/jobs");
@@ -165,8 +166,8 @@ pub fn workload_of(name: &str, machine: &Machine) -> Value {
 
 /// The feed of the machines' real advisory (`scripts/node-images.sh`: Debian's changelog of
 /// the fixed package), loaded by the controllers started with `label`.
-pub async fn machines_feed(client: &kube::Client, label: &str) {
-    let path = machines::images_dir().join("advisory-fixed.json");
+pub async fn machines_feed(client: &kube::Client, node: &Node, label: &str) {
+    let path = node.images.join("advisory-fixed.json");
     assert!(path.is_file(), "{} is missing", path.display());
     apply(
         client,

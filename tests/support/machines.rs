@@ -100,22 +100,6 @@ fn ip(args: &[&str]) -> Result<(), String> {
     process::run(Command::new("ip").args(args))
 }
 
-/// The fixed and empty repositories and the machines' root, from `scripts/node-images.sh`.
-pub fn images_dir() -> PathBuf {
-    std::env::var("PATCHLOOP_NODE_IMAGES")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| {
-                    PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache")
-                });
-            cache.join("patchloop/node-images")
-        })
-}
-
 /// A small `/dev` of its own (a tmpfs with the usual character devices): bind-mounting the
 /// host's would copy every mount under `/dev/shm`, this node's directory included.
 fn make_dev(dev: &Path) -> Result<(), String> {
@@ -157,7 +141,7 @@ impl Machine {
         let address = Ipv4Addr::new(198, 18, slot, 200 + index);
         let netns = format!("plm{slot}-{index}");
         let dir = node.dir.join("machines").join(&name);
-        let images = images_dir();
+        let images = &node.images;
         let lower = images.join("machine-root");
         if !lower.join(".patchloop-complete").exists() {
             return Err(format!(

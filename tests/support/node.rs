@@ -321,6 +321,9 @@ pub struct Node {
     pub startup: Duration,
     pub dir: PathBuf,
     pub runner_image: String,
+    /// `scripts/node-images.sh`'s directory: the images, and the test machines' root,
+    /// repository and advisory (`machines.rs`).
+    pub images: PathBuf,
     teardown: Teardown,
     processes: Vec<ManagedChild>,
 }
@@ -417,6 +420,7 @@ pub fn start(
         startup: began.elapsed(),
         dir: dir.to_path_buf(),
         runner_image,
+        images: tools.images,
         teardown,
         processes,
     })
