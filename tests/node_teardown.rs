@@ -2,7 +2,7 @@
 //! exit, and what the next start runs for a test binary that was killed) stops the containers
 //! and shims, unmounts everything under its directory, removes its cgroups, bridge, CNI
 //! results and Pod log links, the test machines (their sshd, namespaces and mounts), and restores
-//! the host sysctls the kubelet rewrote. A binary of
+//! the host sysctls the kubelet and the CNI bridge plugin rewrote (`ip_forward` among them). A binary of
 //! its own: no other node may change those sysctls meanwhile.
 
 mod support;

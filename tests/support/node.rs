@@ -13,14 +13,16 @@
 //!   API: what kube-proxy does, in user space, without iptables or NAT. The serving
 //!   certificate names the address.
 //! * Pods get a route to 198.19.N.0/24 only: no default route, no NAT (`ipMasq: false`), and the
-//!   host's `ip_forward` is left as it is, so nothing a Pod sends leaves this machine.
+//!   test machines have no route beyond the bridge, so nothing either sends leaves this machine.
+//!   (The CNI bridge plugin turns the host's `ip_forward` on while the node runs, as it does for
+//!   any gateway bridge; teardown restores it.)
 //!
 //! Everything else lives in the node's directory inside the control plane's scratch directory
 //! (containerd's root, state and socket, runc's root, CNI configuration and IPAM, the kubelet's
 //! root). Teardown — at exit, before the processes are killed, or by the next start when a test
 //! binary was killed outright — stops the containers with runc, unmounts what is under the
 //! node's directory, removes its cgroups, its bridge and what the kubelet writes to fixed host
-//! paths, and restores the host sysctls the kubelet rewrites. [`Teardown::leftovers`] checks it.
+//! paths, and restores the host sysctls the node rewrites. [`Teardown::leftovers`] checks it.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -43,8 +45,10 @@ const NODE_GROUP: &str = "system:nodes";
 /// Where node records live, one per bridge: found by the next start if a test binary is killed.
 const RECORDS: &str = "/run/patchloop-node";
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-/// The host sysctls the 1.20 kubelet rewrites at start-up.
-const KUBELET_SYSCTLS: &[&str] = &[
+/// The host sysctls a node rewrites: the 1.20 kubelet's at start-up, and `ip_forward`, which
+/// the CNI bridge plugin turns on for a gateway bridge (`isGateway`).
+const NODE_SYSCTLS: &[&str] = &[
+    "net/ipv4/ip_forward",
     "vm/overcommit_memory",
     "vm/panic_on_oom",
     "kernel/panic",
@@ -309,7 +313,7 @@ pub struct Teardown {
     owner: String,
     network: Network,
     dir: PathBuf,
-    /// The kubelet's sysctls as they were before it started.
+    /// The node's sysctls ([`NODE_SYSCTLS`]) as they were before it started.
     sysctls: Vec<(String, String)>,
     /// The fixed host directories that did not exist before (removed again if empty).
     created_host_dirs: Vec<PathBuf>,
@@ -365,7 +369,7 @@ pub fn start(
         owner: process::owner_record(),
         network,
         dir: dir.to_path_buf(),
-        sysctls: KUBELET_SYSCTLS
+        sysctls: NODE_SYSCTLS
             .iter()
             .filter_map(|name| read_sysctl(name).map(|v| ((*name).to_owned(), v)))
             .collect(),
